@@ -19,6 +19,7 @@ Exactly how pysrp computes each value (with rfc5054 mode on) is in docs/protocol
 from __future__ import annotations
 
 import ctypes
+import os
 import hashlib
 import hmac
 import importlib
@@ -162,6 +163,18 @@ def compute_verifier(password: bytes, salt: bytes, group: SRPGroup = GROUP_3072_
     return group.pad(pow(group.g, x, group.N))
 
 
+SALT_BYTES = 32  # RFC 5054 asks for >= 16; 32 costs nothing
+
+
+def new_verifier_record(password: bytes, random=None, group: SRPGroup = GROUP_3072_SHA512,
+                        identity: bytes = IDENTITY) -> tuple[bytes, bytes]:
+    """A fresh (salt, verifier) for `password`. The salt's first byte is never zero, so the
+    salt bytes and pysrp's minimal integer encoding of them are the same string."""
+    salt = bytearray((random or os.urandom)(SALT_BYTES))
+    salt[0] |= 0x80
+    return bytes(salt), compute_verifier(password, bytes(salt), group, identity)
+
+
 def _ephemeral(value: bytes) -> bytes:
     if len(value) != EPHEMERAL_BYTES or not any(value):
         raise ValueError(f"SRP ephemerals are {EPHEMERAL_BYTES} random bytes")
@@ -236,6 +249,14 @@ class SRPClient:
             raise InvalidSRPParameter("SRP scrambling parameter u is 0")
         self._M1 = M1
         return M1
+
+    @property
+    def unverified_session_key(self) -> bytes:
+        """K after process_challenge, before M2 is checked: the requester needs it to commit to
+        its certificate in the same frame as M1. Nothing may rely on it being authentic."""
+        if self._M1 is None:
+            raise AuthenticationFailed("SRP challenge not processed")
+        return self._impl.K
 
     def verify(self, M2: bytes) -> None:
         """Check the host proof M2.

@@ -1,0 +1,499 @@
+"""The enrollment state machines: ServerEnrollment (appliance) and ClientEnrollment (requester).
+
+Everything revolves around these two objects. Like h11's Connection they never touch a socket:
+bytes go in (`receive_data`, `tls_established`, `authorization_persisted`), events come out
+(`SendFrame`, `StartTLS`, `PersistAuthorization`, `Enrolled`). The driver in agent/ or
+requester/ only moves bytes, upgrades the stream when told, reports the peer's certificate,
+and persists what it is told to persist.
+
+Message flow (docs/protocol.md has every byte):
+
+    requester (client)                                   appliance (server)
+    hello {A}                      ------------------->
+                                   <-------------------  challenge {salt, B}
+    client_proof {M1, cert, commitment} -------------->
+                                   <-------------------  server_proof {M2, cert, commitment}
+    ========================= STARTTLS, TLS 1.3, both certificates =========================
+                                   <-------------------  appliance_proof {sec_b_proof, confirm}
+    finish {confirm, name, ssh_key?} ----------------->
+                                                         (persist the authorization)
+                                   <-------------------  enrolled {pin, ssh_host_keys, api_port}
+
+Any error puts the machine into ERROR for good; every later call raises StateError. Errors the
+peer caused carry an error frame for the driver to send before it closes (`error_frame`).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+from . import limits
+from .credentials import validate_secret
+from .errors import (
+    BindingFailed,
+    ConfirmationFailed,
+    FirsttrustError,
+    InvalidField,
+    PeerRefused,
+    ProtocolError,
+    SecBProofFailed,
+    StateError,
+    TruncatedFrame,
+    UnexpectedFrame,
+)
+from .framing import Frame, FrameDecoder, encode_error, encode_frame
+from .identity import InvalidCertificate, certificate_der, pin_of_certificate
+from .keyschedule import KeySchedule, equal, sha256
+from .messages import SCHEMAS, b64encode, validate
+from .srp6a import EPHEMERAL_BYTES, GROUP_3072_SHA512, SRPClient, SRPGroup, SRPServer
+
+RandomBytes = Callable[[int], bytes]
+FINISH_FIELDS = SCHEMAS["finish"]
+Clock = Callable[[], float]
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendFrame:
+    """Write these bytes to the peer (on the current layer: plaintext or TLS)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class StartTLS:
+    """Upgrade the stream to TLS 1.3 now. Trust exactly `peer_certificate` (DER) in the
+    handshake and present your own; then call `tls_established` with what the peer presented."""
+
+    peer_certificate: bytes
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """What the appliance must persist, atomically, before it may answer "enrolled"."""
+
+    requester_pin: str
+    requester_certificate: bytes = field(repr=False)  # DER
+    name: str
+    ssh_key: str | None
+    enrolled_at: float
+
+
+@dataclass(frozen=True)
+class PersistAuthorization:
+    authorization: Authorization
+
+
+@dataclass(frozen=True)
+class EnrollmentResult:
+    """What the requester learned, every part of it verified."""
+
+    appliance_pin: str
+    appliance_certificate: bytes = field(repr=False)  # DER
+    ssh_host_keys: tuple[str, ...]
+    api_port: int
+    enrolled_at: float
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """Enrollment is complete. Server side: `result` is the Authorization it persisted.
+    Client side: an EnrollmentResult; only now may the requester pin the appliance."""
+
+    result: Union[Authorization, EnrollmentResult]
+
+
+Event = Union[SendFrame, StartTLS, PersistAuthorization, Enrolled]
+
+
+class State(enum.Enum):
+    START = "start"
+    AWAIT_HELLO = "await_hello"
+    AWAIT_CHALLENGE = "await_challenge"
+    AWAIT_CLIENT_PROOF = "await_client_proof"
+    AWAIT_SERVER_PROOF = "await_server_proof"
+    TLS_HANDSHAKE = "tls_handshake"
+    AWAIT_APPLIANCE_PROOF = "await_appliance_proof"
+    AWAIT_FINISH = "await_finish"
+    PERSISTING = "persisting"
+    AWAIT_ENROLLED = "await_enrolled"
+    DONE = "done"
+    ERROR = "error"
+
+
+# How long the driver may wait in each state before cutting the peer off. A state missing here
+# waits on nobody (START, DONE, ERROR).
+TIMEOUTS: dict[State, float] = {
+    State.AWAIT_HELLO: limits.PHASE_TIMEOUT,
+    State.AWAIT_CHALLENGE: limits.PHASE_TIMEOUT,
+    State.AWAIT_CLIENT_PROOF: limits.PHASE_TIMEOUT,
+    State.AWAIT_SERVER_PROOF: limits.PHASE_TIMEOUT,
+    State.TLS_HANDSHAKE: limits.PHASE_TIMEOUT,
+    State.AWAIT_APPLIANCE_PROOF: limits.PHASE_TIMEOUT,
+    State.AWAIT_FINISH: limits.PHASE_TIMEOUT,
+    State.PERSISTING: limits.PERSIST_TIMEOUT,
+    State.AWAIT_ENROLLED: limits.PHASE_TIMEOUT,
+}
+
+# States in which the stream is TLS (frames after the upgrade).
+TLS_STATES = frozenset({State.AWAIT_APPLIANCE_PROOF, State.AWAIT_FINISH, State.PERSISTING,
+                        State.AWAIT_ENROLLED, State.DONE})
+
+
+def _transcript_hash(frames: list[bytes]) -> bytes:
+    return hashlib.sha256(b"".join(frames)).digest()
+
+
+class _Enrollment:
+    """What both roles share: the frame decoder, the state, the error discipline."""
+
+    # (state) -> (expected frame type, handler name); the state machine as data.
+    _HANDLERS: dict[State, tuple[str, str]] = {}
+
+    def __init__(self, random: RandomBytes, clock: Clock, group: SRPGroup) -> None:
+        self._random = random
+        self._clock = clock
+        self._group = group
+        self._decoder = FrameDecoder()
+        self._transcript: list[bytes] = []
+        self._keys: KeySchedule | None = None
+        self.state = State.START
+        self.error: FirsttrustError | None = None
+
+    # -- public surface ---------------------------------------------------------------------
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds the driver may wait for the peer in the current state (None: no wait)."""
+        return TIMEOUTS.get(self.state)
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.state in TLS_STATES
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes read from the peer; return what to do next.
+
+        Raises:
+            ProtocolError, AuthenticationError (subclasses): the peer misbehaved or failed a
+                check; send `error_frame()` and close.
+            PeerRefused: the peer sent an error frame; close.
+            StateError: called in a state that takes no data (e.g. during the TLS handshake).
+        """
+        return self._guard(self._receive_data, data)
+
+    def receive_eof(self) -> None:
+        """The peer closed its side. Anywhere but DONE that is an error."""
+        self._guard(self._receive_eof)
+
+    def tls_established(self, peer_certificate: bytes | None) -> list[Event]:
+        """Report the certificate the peer presented in the TLS handshake (DER).
+
+        Raises:
+            BindingFailed: it is not the certificate the peer committed to under K.
+        """
+        return self._guard(self._tls_established, peer_certificate)
+
+    def error_frame(self) -> bytes | None:
+        """The error frame to send the peer after a failure (None: nothing to send)."""
+        if self.error is None or isinstance(self.error, (PeerRefused, StateError)):
+            return None
+        return encode_error(self.error.code, str(self.error))
+
+    def abort(self, code: str, message: str) -> bytes:
+        """A local decision to stop (timeout, lockout, shutdown): enter ERROR, return the frame."""
+        if self.state is not State.ERROR:
+            self.state = State.ERROR
+            self.error = ProtocolError(message)
+        return encode_error(code, message)
+
+    # -- machinery --------------------------------------------------------------------------
+
+    def _guard(self, method: Callable[..., Any], *args: Any) -> Any:
+        if self.state is State.ERROR:
+            raise StateError(f"enrollment already failed ({self.error.code if self.error else 'error'})")
+        try:
+            return method(*args)
+        except FirsttrustError as exc:
+            if not isinstance(exc, StateError):
+                self.state = State.ERROR
+                self.error = exc
+            raise
+
+    def _receive_data(self, data: bytes) -> list[Event]:
+        if self.state not in self._HANDLERS:
+            raise StateError(f"no data expected in state {self.state.value}")
+        self._decoder.feed(data)
+        events: list[Event] = []
+        while self.state in self._HANDLERS:
+            frame = self._decoder.next_frame()
+            if frame is None:
+                break
+            events += self._dispatch(frame)
+        if self.state is State.DONE and self._decoder.buffered:
+            raise UnexpectedFrame("data after the final frame")
+        return events
+
+    def _dispatch(self, frame: Frame) -> list[Event]:
+        if frame.type == "error":
+            fields = validate(frame)
+            raise PeerRefused(fields["code"], fields["message"])
+        expected, handler = self._HANDLERS[self.state]
+        if frame.type != expected:
+            raise UnexpectedFrame(f"got {frame.type} while expecting {expected} (state {self.state.value})")
+        events = getattr(self, handler)(frame, validate(frame))
+        if self.state is State.TLS_HANDSHAKE and self._decoder.buffered:
+            # Strict lockstep: the peer must not send a byte past the frame that triggers the
+            # upgrade; those bytes would be read as plaintext and never reach TLS.
+            raise UnexpectedFrame("data after the last plaintext frame (STARTTLS lockstep broken)")
+        return events
+
+    def _receive_eof(self) -> None:
+        self._decoder.close()
+        if self.state is not State.DONE:
+            raise TruncatedFrame(f"peer closed the connection in state {self.state.value}")
+
+    def _check_peer_certificate(self, presented: bytes | None, key: bytes) -> None:
+        if not presented:
+            raise BindingFailed("peer presented no certificate in the TLS handshake")
+        if not equal(KeySchedule.commitment(key, presented), self._peer_commitment):
+            raise BindingFailed("TLS peer certificate is not the one committed to under the SRP key")
+
+    def _new_ephemeral(self) -> bytes:
+        value = self._random(EPHEMERAL_BYTES)
+        if len(value) != EPHEMERAL_BYTES:
+            raise ValueError("random source returned the wrong number of bytes")
+        return value
+
+    def _send(self, frame_type: str, fields: dict[str, Any], transcript: bool = False) -> SendFrame:
+        data = encode_frame(frame_type, fields)
+        if transcript:
+            self._transcript.append(data)
+        return SendFrame(data)
+
+
+def _peer_certificate(name: str, der: bytes) -> bytes:
+    try:
+        canonical = certificate_der(der)
+    except InvalidCertificate as exc:
+        raise InvalidField(f"field {name!r}: {exc}") from None
+    if canonical != der:
+        raise InvalidField(f"field {name!r} is not a DER certificate")
+    return der
+
+
+class ServerEnrollment(_Enrollment):
+    """The appliance's half. It knows the SRP salt and verifier (never SEC-A), SEC-B, and its
+    own certificate.
+
+    Args:
+        salt, verifier: from provisioning (`srp6a.compute_verifier`).
+        sec_b: SEC-B as provisioned.
+        certificate: the appliance's certificate (DER) that its TLS layer will present.
+        api_port: where the pinned mTLS API listens, told to the requester in "enrolled".
+        ssh_host_keys: the appliance's SSH host public keys (OpenSSH lines), possibly none.
+        random, clock: injectable for tests and vectors.
+    """
+
+    _HANDLERS = {
+        State.AWAIT_HELLO: ("hello", "_on_hello"),
+        State.AWAIT_CLIENT_PROOF: ("client_proof", "_on_client_proof"),
+        State.AWAIT_FINISH: ("finish", "_on_finish"),
+    }
+
+    def __init__(self, *, salt: bytes, verifier: bytes, sec_b: str, certificate: bytes, api_port: int,
+                 ssh_host_keys: tuple[str, ...] = (), random: RandomBytes = os.urandom,
+                 clock: Clock = time.time, group: SRPGroup = GROUP_3072_SHA512) -> None:
+        super().__init__(random, clock, group)
+        self._salt = salt
+        self._verifier = verifier
+        self._sec_b = validate_secret(sec_b, "SEC-B").encode("ascii")
+        self._certificate = certificate
+        self._api_port = api_port
+        self._ssh_host_keys = list(ssh_host_keys)
+        self._srp: SRPServer | None = None
+        self._peer_certificate = b""
+        self._peer_commitment = b""
+        self._authorization: Authorization | None = None
+        self.state = State.AWAIT_HELLO
+
+    def _on_hello(self, frame: Frame, fields: dict[str, Any]) -> list[Event]:
+        self._transcript.append(frame.raw)
+        self._srp = SRPServer(self._salt, self._verifier, fields["A"], self._new_ephemeral(), self._group)
+        self.state = State.AWAIT_CLIENT_PROOF
+        return [self._send("challenge", {"salt": b64encode(self._salt), "B": b64encode(self._srp.B)},
+                           transcript=True)]
+
+    def _on_client_proof(self, frame: Frame, fields: dict[str, Any]) -> list[Event]:
+        assert self._srp is not None
+        self._transcript.append(frame.raw)
+        M2 = self._srp.verify(fields["M1"])  # AuthenticationFailed: wrong SEC-A
+        self._keys = keys = KeySchedule(self._srp.session_key)
+        peer_cert = _peer_certificate("certificate", fields["certificate"])
+        if not equal(fields["commitment"], keys.commitment(keys.commit_requester, peer_cert)):
+            raise BindingFailed("requester certificate does not match its commitment")
+        self._peer_certificate, self._peer_commitment = peer_cert, fields["commitment"]
+        send = self._send("server_proof", {
+            "M2": b64encode(M2),
+            "certificate": b64encode(self._certificate),
+            "commitment": b64encode(keys.commitment(keys.commit_appliance, self._certificate)),
+        }, transcript=True)
+        self.state = State.TLS_HANDSHAKE
+        return [send, StartTLS(peer_certificate=peer_cert)]
+
+    def _tls_established(self, peer_certificate: bytes | None) -> list[Event]:
+        if self.state is not State.TLS_HANDSHAKE:
+            raise StateError(f"tls_established in state {self.state.value}")
+        assert self._keys is not None
+        self._check_peer_certificate(peer_certificate, self._keys.commit_requester)
+        th = _transcript_hash(self._transcript)
+        self.state = State.AWAIT_FINISH
+        return [self._send("appliance_proof", {
+            "sec_b_proof": b64encode(self._keys.sec_b_proof(self._sec_b, th, self._certificate)),
+            "confirm": b64encode(self._keys.confirmation(self._keys.confirm_appliance, th, self._certificate,
+                                                         self._peer_certificate)),
+        })]
+
+    def _on_finish(self, frame: Frame, fields: dict[str, Any]) -> list[Event]:
+        assert self._keys is not None
+        th = _transcript_hash(self._transcript)
+        expected = self._keys.confirmation(self._keys.confirm_requester, th, self._certificate, self._peer_certificate)
+        if not equal(fields["confirm"], expected):
+            raise ConfirmationFailed("requester key confirmation did not verify")
+        self._authorization = Authorization(
+            requester_pin=pin_of_certificate(self._peer_certificate),
+            requester_certificate=self._peer_certificate,
+            name=fields["name"],
+            ssh_key=fields.get("ssh_key"),
+            enrolled_at=self._clock(),
+        )
+        self.state = State.PERSISTING
+        return [PersistAuthorization(self._authorization)]
+
+    def authorization_persisted(self) -> list[Event]:
+        """The driver has durably stored the Authorization; answer "enrolled"."""
+        return self._guard(self._persisted)
+
+    def _persisted(self) -> list[Event]:
+        if self.state is not State.PERSISTING or self._authorization is None:
+            raise StateError(f"authorization_persisted in state {self.state.value}")
+        self.state = State.DONE
+        return [
+            self._send("enrolled", {"pin": pin_of_certificate(self._certificate),
+                                    "ssh_host_keys": self._ssh_host_keys, "api_port": self._api_port}),
+            Enrolled(self._authorization),
+        ]
+
+
+class ClientEnrollment(_Enrollment):
+    """The requester's half. It knows SEC-A, SEC-B and its own certificate.
+
+    Args:
+        sec_a, sec_b: the secrets injected into this appliance.
+        certificate: the requester's certificate (DER) that its TLS layer will present.
+        name: how the requester names itself to the appliance (a label in the authorization).
+        ssh_key: an OpenSSH public key line for the appliance account, or None.
+        random, clock: injectable for tests and vectors.
+    """
+
+    _HANDLERS = {
+        State.AWAIT_CHALLENGE: ("challenge", "_on_challenge"),
+        State.AWAIT_SERVER_PROOF: ("server_proof", "_on_server_proof"),
+        State.AWAIT_APPLIANCE_PROOF: ("appliance_proof", "_on_appliance_proof"),
+        State.AWAIT_ENROLLED: ("enrolled", "_on_enrolled"),
+    }
+
+    def __init__(self, *, sec_a: str, sec_b: str, certificate: bytes, name: str, ssh_key: str | None = None,
+                 random: RandomBytes = os.urandom, clock: Clock = time.time,
+                 group: SRPGroup = GROUP_3072_SHA512) -> None:
+        super().__init__(random, clock, group)
+        self._sec_a = validate_secret(sec_a, "SEC-A").encode("ascii")
+        self._sec_b = validate_secret(sec_b, "SEC-B").encode("ascii")
+        self._certificate = certificate
+        # Checked here with the receiver's rules, so a bad value fails locally and clearly.
+        self._name = FINISH_FIELDS["name"][0]("name", name)
+        self._ssh_key = None if ssh_key is None else FINISH_FIELDS["ssh_key"][0]("ssh_key", ssh_key.strip())
+        self._srp: SRPClient | None = None
+        self._peer_certificate = b""
+        self._peer_commitment = b""
+
+    def start(self) -> list[Event]:
+        """Begin: returns the hello frame to send."""
+        return self._guard(self._start)
+
+    def _start(self) -> list[Event]:
+        if self.state is not State.START:
+            raise StateError(f"start in state {self.state.value}")
+        self._srp = SRPClient(self._sec_a, self._new_ephemeral(), self._group)
+        self.state = State.AWAIT_CHALLENGE
+        return [self._send("hello", {"A": b64encode(self._srp.A)}, transcript=True)]
+
+    def _on_challenge(self, frame: Frame, fields: dict[str, Any]) -> list[Event]:
+        assert self._srp is not None
+        self._transcript.append(frame.raw)
+        M1 = self._srp.process_challenge(fields["salt"], fields["B"])  # InvalidSRPParameter: B % N == 0
+        self._keys = keys = KeySchedule(self._srp.unverified_session_key)
+        self.state = State.AWAIT_SERVER_PROOF
+        return [self._send("client_proof", {
+            "M1": b64encode(M1),
+            "certificate": b64encode(self._certificate),
+            "commitment": b64encode(keys.commitment(keys.commit_requester, self._certificate)),
+        }, transcript=True)]
+
+    def _on_server_proof(self, frame: Frame, fields: dict[str, Any]) -> list[Event]:
+        assert self._srp is not None and self._keys is not None
+        self._transcript.append(frame.raw)
+        self._srp.verify(fields["M2"])  # AuthenticationFailed: the server lacks the verifier
+        peer_cert = _peer_certificate("certificate", fields["certificate"])
+        if not equal(fields["commitment"], self._keys.commitment(self._keys.commit_appliance, peer_cert)):
+            raise BindingFailed("appliance certificate does not match its commitment")
+        self._peer_certificate, self._peer_commitment = peer_cert, fields["commitment"]
+        self.state = State.TLS_HANDSHAKE
+        return [StartTLS(peer_certificate=peer_cert)]
+
+    def _tls_established(self, peer_certificate: bytes | None) -> list[Event]:
+        if self.state is not State.TLS_HANDSHAKE:
+            raise StateError(f"tls_established in state {self.state.value}")
+        assert self._keys is not None
+        self._check_peer_certificate(peer_certificate, self._keys.commit_appliance)
+        self.state = State.AWAIT_APPLIANCE_PROOF
+        return []
+
+    def _on_appliance_proof(self, frame: Frame, fields: dict[str, Any]) -> list[Event]:
+        assert self._keys is not None
+        th = _transcript_hash(self._transcript)
+        keys = self._keys
+        if not equal(fields["confirm"], keys.confirmation(keys.confirm_appliance, th, self._peer_certificate,
+                                                          self._certificate)):
+            raise ConfirmationFailed("appliance key confirmation did not verify")
+        if not equal(fields["sec_b_proof"], keys.sec_b_proof(self._sec_b, th, self._peer_certificate)):
+            raise SecBProofFailed("appliance did not prove SEC-B: not the appliance the secrets were given to")
+        finish: dict[str, Any] = {
+            "confirm": b64encode(keys.confirmation(keys.confirm_requester, th, self._peer_certificate,
+                                                   self._certificate)),
+            "name": self._name,
+        }
+        if self._ssh_key is not None:
+            finish["ssh_key"] = self._ssh_key
+        self.state = State.AWAIT_ENROLLED
+        return [self._send("finish", finish)]
+
+    def _on_enrolled(self, frame: Frame, fields: dict[str, Any]) -> list[Event]:
+        pin = pin_of_certificate(self._peer_certificate)
+        if fields["pin"] != pin:
+            raise BindingFailed("appliance reported a pin other than its TLS certificate's")
+        self.state = State.DONE
+        return [Enrolled(EnrollmentResult(
+            appliance_pin=pin,
+            appliance_certificate=self._peer_certificate,
+            ssh_host_keys=tuple(fields["ssh_host_keys"]),
+            api_port=fields["api_port"],
+            enrolled_at=self._clock(),
+        ))]

@@ -1,0 +1,179 @@
+"""Identities (ECDSA P-256 key + self-signed X.509 certificate) and pins.
+
+A pin names a public key, not a certificate: `sha256:<hex>` over the DER SubjectPublicKeyInfo,
+the form kubeadm uses for --discovery-token-ca-cert-hash. curl's --pinnedpubkey wants the same
+digest as `sha256//<base64>`; both convert losslessly. Certificates are only carriers for the
+key: validity dates and issuers are never what trust rests on here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import hashlib
+import hmac
+import ipaddress
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .errors import InvalidCertificate, InvalidPin
+
+Clock = Callable[[], float]
+
+# Self-signed certificates are pinned, not validated against a CA, so the dates matter only to
+# TLS stacks that check them anyway: start a day early (appliance clocks at first boot are often
+# off) and run for 20 years (re-keying is POST /v1/identity/rotate, not expiry).
+BACKDATE = datetime.timedelta(days=1)
+VALIDITY = datetime.timedelta(days=20 * 365)
+
+_PIN_RE = re.compile(r"sha256:([0-9a-f]{64})")
+_CURL_RE = re.compile(r"sha256//([A-Za-z0-9+/]{43}=)")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A private key and its self-signed certificate, both PEM."""
+
+    key_pem: bytes
+    cert_pem: bytes
+
+    @property
+    def private_key(self) -> ec.EllipticCurvePrivateKey:
+        key = serialization.load_pem_private_key(self.key_pem, password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return key
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_pem)
+
+    @property
+    def cert_der(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.DER)
+
+    @property
+    def pin(self) -> str:
+        return pin_of_certificate(self.certificate)
+
+    def __repr__(self) -> str:
+        return f"Identity(pin={self.pin})"
+
+
+def create_identity(common_name: str, *, dns_names: Iterable[str] = (), ip_addresses: Iterable[str] = (),
+                    clock: Clock = time.time,
+                    private_key: ec.EllipticCurvePrivateKey | None = None) -> Identity:
+    """A new P-256 key (unless one is given) and a self-signed certificate for it.
+
+    The certificate carries serverAuth and clientAuth: the appliance and the requester present
+    theirs as TLS server and client respectively, and each side pins the other.
+    """
+    key = private_key or ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.fromtimestamp(int(clock()), tz=datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                       critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(key, hashes.SHA256())
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return Identity(key_pem, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def load_certificate(data: bytes) -> x509.Certificate:
+    """Parse a certificate given as PEM or DER.
+
+    Raises:
+        InvalidCertificate: not a certificate, or its key is not ECDSA P-256.
+    """
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            cert = x509.load_pem_x509_certificate(data)
+        else:
+            cert = x509.load_der_x509_certificate(data)
+        key = cert.public_key()
+    except (ValueError, TypeError):
+        raise InvalidCertificate("not a valid X.509 certificate (PEM or DER)") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise InvalidCertificate("certificate key must be ECDSA P-256")
+    return cert
+
+
+def certificate_der(data: bytes) -> bytes:
+    """The DER form of a PEM or DER certificate (validated as by load_certificate)."""
+    return load_certificate(data).public_bytes(serialization.Encoding.DER)
+
+
+def certificate_pem(data: bytes) -> bytes:
+    return load_certificate(data).public_bytes(serialization.Encoding.PEM)
+
+
+def spki_sha256(cert: x509.Certificate) -> bytes:
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).digest()
+
+
+def pin_of_certificate(cert: x509.Certificate | bytes) -> str:
+    """`sha256:<hex>` of the certificate's SubjectPublicKeyInfo (cert object, PEM or DER)."""
+    if isinstance(cert, bytes):
+        cert = load_certificate(cert)
+    return "sha256:" + spki_sha256(cert).hex()
+
+
+def parse_pin(pin: str) -> bytes:
+    """The 32-byte digest of a pin in kubeadm (`sha256:<hex>`) or curl (`sha256//<b64>`) form.
+
+    Raises:
+        InvalidPin: neither form.
+    """
+    if isinstance(pin, str):
+        if match := _PIN_RE.fullmatch(pin):
+            return bytes.fromhex(match.group(1))
+        if match := _CURL_RE.fullmatch(pin):
+            try:
+                digest = base64.b64decode(match.group(1), validate=True)
+            except binascii.Error:
+                digest = b""
+            if len(digest) == 32:
+                return digest
+    raise InvalidPin("a pin is sha256:<64 lowercase hex digits> or sha256//<base64 of 32 bytes>")
+
+
+def normalize_pin(pin: str) -> str:
+    return "sha256:" + parse_pin(pin).hex()
+
+
+def pin_to_curl(pin: str) -> str:
+    return "sha256//" + base64.b64encode(parse_pin(pin)).decode("ascii")
+
+
+def pin_matches(pin: str, cert: x509.Certificate | bytes) -> bool:
+    """Whether the certificate's key is the pinned one (constant-time compare)."""
+    if isinstance(cert, bytes):
+        cert = load_certificate(cert)
+    return hmac.compare_digest(parse_pin(pin), spki_sha256(cert))

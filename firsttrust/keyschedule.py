@@ -1,0 +1,71 @@
+"""Everything derived from the SRP session key K, and the SEC-B proof.
+
+    PRK-based keys:  k_<label> = HKDF-SHA512(IKM = K, salt = "firsttrust/v1", info = label, L = 32)
+    commitment     = HMAC-SHA256(k_commit_<side>, SHA-256(certificate DER))
+    confirm        = HMAC-SHA256(k_confirm_<side>, TH | SHA-256(appliance cert) | SHA-256(requester cert))
+    sec_b_proof    = HMAC-SHA256(HKDF-SHA512(IKM = SEC-B, salt = K, info = LABEL_SEC_B, L = 32),
+                                 TH | SHA-256(appliance cert))
+
+TH is SHA-256 over the four plaintext frames exactly as they crossed the wire (length prefix
+included). One label per purpose (RFC 5869 section 3.2: "info" separates contexts), so no
+key is ever used for two jobs. docs/protocol.md, "Key schedule", is the normative text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+HKDF_SALT = b"firsttrust/v1"
+KEY_BYTES = 32
+
+LABEL_COMMIT_REQUESTER = b"firsttrust/v1 commit requester"
+LABEL_COMMIT_APPLIANCE = b"firsttrust/v1 commit appliance"
+LABEL_CONFIRM_REQUESTER = b"firsttrust/v1 confirm requester"
+LABEL_CONFIRM_APPLIANCE = b"firsttrust/v1 confirm appliance"
+LABEL_SEC_B = b"firsttrust/v1 sec-b proof"
+
+LABELS = (LABEL_COMMIT_REQUESTER, LABEL_COMMIT_APPLIANCE, LABEL_CONFIRM_REQUESTER,
+          LABEL_CONFIRM_APPLIANCE, LABEL_SEC_B)
+
+
+def hkdf(ikm: bytes, salt: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
+    return HKDF(algorithm=hashes.SHA512(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def mac(key: bytes, *parts: bytes) -> bytes:
+    return hmac.new(key, b"".join(parts), hashlib.sha256).digest()
+
+
+class KeySchedule:
+    """The per-purpose keys of one enrollment, derived from the SRP session key K."""
+
+    def __init__(self, session_key: bytes) -> None:
+        self._K = session_key
+        self.commit_requester = hkdf(session_key, HKDF_SALT, LABEL_COMMIT_REQUESTER)
+        self.commit_appliance = hkdf(session_key, HKDF_SALT, LABEL_COMMIT_APPLIANCE)
+        self.confirm_requester = hkdf(session_key, HKDF_SALT, LABEL_CONFIRM_REQUESTER)
+        self.confirm_appliance = hkdf(session_key, HKDF_SALT, LABEL_CONFIRM_APPLIANCE)
+
+    @staticmethod
+    def commitment(key: bytes, certificate_der: bytes) -> bytes:
+        return mac(key, sha256(certificate_der))
+
+    @staticmethod
+    def confirmation(key: bytes, transcript_hash: bytes, appliance_der: bytes, requester_der: bytes) -> bytes:
+        return mac(key, transcript_hash, sha256(appliance_der), sha256(requester_der))
+
+    def sec_b_proof(self, sec_b: bytes, transcript_hash: bytes, appliance_der: bytes) -> bytes:
+        return mac(hkdf(sec_b, self._K, LABEL_SEC_B), transcript_hash, sha256(appliance_der))
+
+
+def equal(a: bytes, b: bytes) -> bool:
+    """Constant-time comparison for every MAC and proof."""
+    return hmac.compare_digest(a, b)
