@@ -1,0 +1,459 @@
+"""The enrollment state machines, driven with bytes and events only."""
+
+import base64
+import json
+import struct
+
+import pytest
+from enrollment_driver import run
+
+from firsttrust import limits
+from firsttrust.credentials import EnrollmentSecrets
+from firsttrust.enrollment import (
+    Authorization,
+    ClientEnrollment,
+    Enrolled,
+    EnrollmentResult,
+    PersistAuthorization,
+    SendFrame,
+    ServerEnrollment,
+    StartTLS,
+    State,
+)
+from firsttrust.errors import (
+    AuthenticationFailed,
+    BindingFailed,
+    ConfirmationFailed,
+    FirsttrustError,
+    FrameTooLarge,
+    InvalidField,
+    InvalidSecret,
+    InvalidSRPParameter,
+    MalformedFrame,
+    PeerRefused,
+    SecBProofFailed,
+    StateError,
+    TruncatedFrame,
+    UnexpectedFrame,
+    UnknownFrameType,
+    UnsupportedVersion,
+)
+from firsttrust.framing import encode_frame
+from firsttrust.srp6a import GROUP_3072_SHA512, new_verifier_record
+
+N = GROUP_3072_SHA512.N
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB6jexample user@bringup"
+
+
+class Pair:
+    """A client and a server for one appliance, stepped by hand."""
+
+    def __init__(self, secrets, requester, appliance, *, client_secrets=None, server_sec_b=None,
+                 client_cert=None, server_cert=None):
+        self.secrets = secrets
+        client_secrets = client_secrets or secrets
+        self.salt, self.verifier = new_verifier_record(secrets.sec_a.encode())
+        self.ccert = client_cert or requester.cert_der
+        self.scert = server_cert or appliance.cert_der
+        self.client = ClientEnrollment(sec_a=client_secrets.sec_a, sec_b=client_secrets.sec_b,
+                                       certificate=self.ccert, name="bringup-01", ssh_key=SSH_KEY)
+        self.server = ServerEnrollment(salt=self.salt, verifier=self.verifier,
+                                       sec_b=server_sec_b or secrets.sec_b, certificate=self.scert,
+                                       api_port=8443, ssh_host_keys=("ssh-ed25519 AAAAhostkey root@appliance",))
+
+    def hello(self):
+        return only_send(self.client.start())
+
+    def challenge(self):
+        return only_send(self.server.receive_data(self.hello()))
+
+    def client_proof(self):
+        return only_send(self.client.receive_data(self.challenge()))
+
+    def server_proof(self):
+        events = self.server.receive_data(self.client_proof())
+        assert isinstance(events[0], SendFrame) and isinstance(events[1], StartTLS)
+        assert events[1].peer_certificate == self.ccert
+        return events[0].data
+
+    def through_tls(self):
+        events = self.client.receive_data(self.server_proof())
+        assert events == [StartTLS(peer_certificate=self.scert)]
+        appliance_proof = only_send(self.server.tls_established(self.ccert))
+        assert self.client.tls_established(self.scert) == []
+        return appliance_proof
+
+    def finish(self):
+        return only_send(self.client.receive_data(self.through_tls()))
+
+
+def only_send(events):
+    assert len(events) == 1 and isinstance(events[0], SendFrame), events
+    return events[0].data
+
+
+def fields_of(frame: bytes) -> dict:
+    return json.loads(frame[4:])
+
+
+def rebuild(frame: bytes, **changes) -> bytes:
+    fields = fields_of(frame)
+    fields.update(changes)
+    kind = fields.pop("type")
+    fields.pop("v")
+    return encode_frame(kind, fields)
+
+
+def flip(b64: str) -> str:
+    data = bytearray(base64.b64decode(b64))
+    data[0] ^= 1
+    return base64.b64encode(bytes(data)).decode()
+
+
+@pytest.fixture
+def pair(secrets, requester_identity, appliance_identity):
+    return Pair(secrets, requester_identity, appliance_identity)
+
+
+# --- the happy path ---------------------------------------------------------------------------
+
+
+def test_enrollment_succeeds_and_both_sides_hold_the_others_pin(pair, requester_identity, appliance_identity):
+    record = run(pair.client, pair.server, client_cert=pair.ccert, server_cert=pair.scert)
+    assert isinstance(record.client_result, EnrollmentResult)
+    assert isinstance(record.server_result, Authorization)
+    assert record.client_result.appliance_pin == appliance_identity.pin
+    assert record.client_result.appliance_certificate == appliance_identity.cert_der
+    assert record.client_result.ssh_host_keys == ("ssh-ed25519 AAAAhostkey root@appliance",)
+    assert record.client_result.api_port == 8443
+    assert record.server_result.requester_pin == requester_identity.pin
+    assert record.server_result.ssh_key == SSH_KEY and record.server_result.name == "bringup-01"
+    assert record.persisted == [record.server_result]
+    assert pair.client.state is pair.server.state is State.DONE
+    assert [fields_of(f)["type"] for f in record.client_frames] == ["hello", "client_proof", "finish"]
+    assert [fields_of(f)["type"] for f in record.server_frames] == [
+        "challenge", "server_proof", "appliance_proof", "enrolled"]
+
+
+def test_server_answers_enrolled_only_after_persisting(pair):
+    finish = pair.finish()
+    events = pair.server.receive_data(finish)
+    assert len(events) == 1 and isinstance(events[0], PersistAuthorization)
+    assert pair.server.state is State.PERSISTING and pair.server.timeout == limits.PERSIST_TIMEOUT
+    events = pair.server.authorization_persisted()
+    assert isinstance(events[0], SendFrame) and fields_of(events[0].data)["type"] == "enrolled"
+    assert isinstance(events[1], Enrolled)
+    with pytest.raises(StateError):
+        pair.server.authorization_persisted()
+
+
+def test_no_secret_appears_in_any_frame(pair):
+    record = run(pair.client, pair.server, client_cert=pair.ccert, server_cert=pair.scert)
+    wire = b"".join(record.client_frames + record.server_frames)
+    for secret in (pair.secrets.sec_a, pair.secrets.sec_b):
+        assert secret.encode() not in wire
+        assert base64.b64encode(secret.encode()) not in wire
+    assert "hidden" in repr(pair.secrets) and pair.secrets.sec_a not in repr(pair.secrets)
+
+
+def test_timeouts_and_layers_follow_the_state(pair):
+    assert pair.server.timeout == limits.PHASE_TIMEOUT and not pair.server.uses_tls
+    pair.through_tls()
+    assert pair.client.uses_tls and pair.server.uses_tls
+
+
+# --- wrong secrets --------------------------------------------------------------------------
+
+
+def test_wrong_sec_a_is_refused_by_the_server(secrets, requester_identity, appliance_identity):
+    other = EnrollmentSecrets.generate()
+    p = Pair(secrets, requester_identity, appliance_identity, client_secrets=other)
+    with pytest.raises(AuthenticationFailed) as info:
+        p.server_proof()
+    assert info.value.code == "auth_failed"
+    error = p.server.error_frame()
+    assert fields_of(error)["code"] == "auth_failed"
+    with pytest.raises(PeerRefused) as refused:
+        p.client.receive_data(error)
+    assert refused.value.code == "auth_failed"
+    assert p.client.error_frame() is None  # nothing to answer an error frame with
+    for secret in (secrets.sec_a, other.sec_a, secrets.sec_b):
+        assert secret not in str(info.value) and secret.encode() not in error
+
+
+def test_wrong_sec_b_is_a_forged_appliance_and_the_requester_sends_nothing_in_tls(
+        secrets, requester_identity, appliance_identity):
+    forged = EnrollmentSecrets.generate()
+    p = Pair(secrets, requester_identity, appliance_identity, server_sec_b=forged.sec_b)
+    appliance_proof = p.through_tls()
+    with pytest.raises(SecBProofFailed) as info:
+        p.client.receive_data(appliance_proof)
+    assert info.value.code == "sec_b_failed"
+    assert p.client.state is State.ERROR
+
+
+def test_a_server_without_the_verifier_fails_m2(secrets, requester_identity, appliance_identity, pair):
+    # A server that guesses: right frames, wrong verifier.
+    hello = pair.hello()
+    rogue = ServerEnrollment(salt=pair.salt, verifier=new_verifier_record(b"guess" * 5)[1], sec_b=secrets.sec_b,
+                             certificate=pair.scert, api_port=1)
+    challenge = only_send(rogue.receive_data(hello))
+    client_proof = only_send(pair.client.receive_data(challenge))
+    with pytest.raises(AuthenticationFailed):
+        rogue.receive_data(client_proof)
+    # Even if the rogue answered with a made-up M2, the client refuses it.
+    fake = encode_frame("server_proof", {"M2": base64.b64encode(b"\1" * 64).decode(),
+                                         "certificate": base64.b64encode(pair.scert).decode(),
+                                         "commitment": base64.b64encode(b"\2" * 32).decode()})
+    with pytest.raises(AuthenticationFailed):
+        pair.client.receive_data(fake)
+
+
+# --- bad SRP public values ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("A, error", [(0, InvalidSRPParameter), (N, InvalidSRPParameter), (2 * N, InvalidField)])
+def test_server_rejects_bad_A(pair, A, error):
+    length = max(384, (A.bit_length() + 7) // 8)
+    hello = encode_frame("hello", {"A": base64.b64encode(A.to_bytes(length, "big")).decode()})
+    with pytest.raises(error):
+        pair.server.receive_data(hello)
+    assert fields_of(pair.server.error_frame())["code"] == error.code
+
+
+@pytest.mark.parametrize("B", [0, N])
+def test_client_rejects_bad_B(pair, B):
+    pair.hello()
+    challenge = encode_frame("challenge", {"salt": base64.b64encode(pair.salt).decode(),
+                                           "B": base64.b64encode(B.to_bytes(384, "big")).decode()})
+    with pytest.raises(InvalidSRPParameter):
+        pair.client.receive_data(challenge)
+
+
+# --- binding TLS to SRP -------------------------------------------------------------------------------
+
+
+def test_tampered_requester_commitment(pair):
+    client_proof = pair.client_proof()
+    bad = rebuild(client_proof, commitment=flip(fields_of(client_proof)["commitment"]))
+    with pytest.raises(BindingFailed):
+        pair.server.receive_data(bad)
+
+
+def test_tampered_appliance_commitment(pair):
+    server_proof = pair.server_proof()
+    bad = rebuild(server_proof, commitment=flip(fields_of(server_proof)["commitment"]))
+    with pytest.raises(BindingFailed):
+        pair.client.receive_data(bad)
+
+
+def test_relay_cannot_swap_the_requester_certificate_in_plaintext(pair, stranger_identity):
+    client_proof = pair.client_proof()
+    bad = rebuild(client_proof, certificate=base64.b64encode(stranger_identity.cert_der).decode())
+    with pytest.raises(BindingFailed):
+        pair.server.receive_data(bad)
+
+
+def test_relay_cannot_swap_the_appliance_certificate_in_plaintext(pair, stranger_identity):
+    server_proof = pair.server_proof()
+    bad = rebuild(server_proof, certificate=base64.b64encode(stranger_identity.cert_der).decode())
+    with pytest.raises(BindingFailed):
+        pair.client.receive_data(bad)
+
+
+def test_server_refuses_a_tls_client_certificate_other_than_the_committed_one(pair, stranger_identity):
+    record_error = None
+    try:
+        run(pair.client, pair.server, client_cert=pair.ccert, server_cert=pair.scert,
+            presented_to_server=stranger_identity.cert_der)
+    except BindingFailed as exc:
+        record_error = exc
+    assert record_error is not None and pair.server.state is State.ERROR
+    assert pair.server.error.code == "binding_failed"
+
+
+def test_client_refuses_a_tls_server_certificate_other_than_the_committed_one(pair, stranger_identity):
+    pair.client.receive_data(pair.server_proof())
+    with pytest.raises(BindingFailed):
+        pair.client.tls_established(stranger_identity.cert_der)
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_no_tls_certificate_at_all(pair, side):
+    pair.client.receive_data(pair.server_proof())
+    with pytest.raises(BindingFailed):
+        getattr(pair, side).tls_established(None)
+
+
+def test_tampered_confirmations(pair):
+    appliance_proof = pair.through_tls()
+    bad = rebuild(appliance_proof, confirm=flip(fields_of(appliance_proof)["confirm"]))
+    with pytest.raises(ConfirmationFailed):
+        pair.client.receive_data(bad)
+
+
+def test_tampered_requester_confirmation(pair):
+    finish = pair.finish()
+    with pytest.raises(ConfirmationFailed):
+        pair.server.receive_data(rebuild(finish, confirm=flip(fields_of(finish)["confirm"])))
+
+
+def test_enrolled_with_another_pin_is_refused(pair):
+    finish = pair.finish()
+    pair.server.receive_data(finish)
+    enrolled = pair.server.authorization_persisted()[0].data
+    with pytest.raises(BindingFailed):
+        pair.client.receive_data(rebuild(enrolled, pin="sha256:" + "00" * 32))
+
+
+# --- order, repetition, truncation, garbage -------------------------------------------------------------
+
+
+def test_server_frame_out_of_order(pair):
+    with pytest.raises(UnexpectedFrame):
+        pair.server.receive_data(encode_frame("finish", {"confirm": "A" * 43 + "=", "name": "x"}))
+
+
+def test_repeated_hello(pair):
+    hello = pair.hello()
+    pair.server.receive_data(hello)
+    with pytest.raises(UnexpectedFrame):
+        pair.server.receive_data(hello)
+
+
+def test_client_frame_out_of_order(pair):
+    server_proof = pair.server_proof()
+    fresh = Pair(pair.secrets, *_identities(pair))
+    fresh.hello()
+    with pytest.raises(UnexpectedFrame):
+        fresh.client.receive_data(server_proof)
+
+
+def _identities(pair):
+    class I:  # noqa: E742 - minimal identity stand-ins
+        def __init__(self, der):
+            self.cert_der = der
+    return I(pair.ccert), I(pair.scert)
+
+
+def test_frame_after_the_end(pair):
+    run(pair.client, pair.server, client_cert=pair.ccert, server_cert=pair.scert)
+    with pytest.raises(StateError):
+        pair.server.receive_data(encode_frame("hello", {"A": "AA=="}))
+
+
+def test_lockstep_no_bytes_after_the_last_plaintext_frame(pair):
+    client_proof = pair.client_proof()
+    with pytest.raises(UnexpectedFrame):
+        pair.server.receive_data(client_proof + b"\x16\x03\x01")
+
+
+def test_lockstep_client_side(pair):
+    server_proof = pair.server_proof()
+    with pytest.raises(UnexpectedFrame):
+        pair.client.receive_data(server_proof + b"\0")
+
+
+def test_no_data_during_the_tls_handshake(pair):
+    pair.server_proof()
+    with pytest.raises(StateError):
+        pair.server.receive_data(b"\x16\x03\x01")
+
+
+def test_truncated_frame_then_eof(pair):
+    hello = pair.hello()
+    assert pair.server.receive_data(hello[:-10]) == []
+    with pytest.raises(TruncatedFrame):
+        pair.server.receive_eof()
+
+
+def test_eof_between_frames_before_done(pair):
+    pair.server.receive_data(pair.hello())
+    with pytest.raises(TruncatedFrame):
+        pair.server.receive_eof()
+
+
+def test_eof_after_done_is_fine(pair):
+    run(pair.client, pair.server, client_cert=pair.ccert, server_cert=pair.scert)
+    pair.client.receive_eof()
+
+
+@pytest.mark.parametrize("data, error", [
+    (struct.pack(">I", limits.MAX_FRAME_BODY + 1), FrameTooLarge),
+    (struct.pack(">I", 8) + b"not json", MalformedFrame),
+    (struct.pack(">I", 2) + b"\xc3\x28", MalformedFrame),
+    (encode_frame("hello", {"A": "AA=="})[:4] + b'{"A":"AA==","type":"hello","v":9}'[:30], None),
+    (struct.pack(">I", 25) + b'{"v":9,"type":"hello"}   ', UnsupportedVersion),
+    (struct.pack(">I", 25) + b'{"v":1,"type":"howdy"}   ', UnknownFrameType),
+    (encode_frame("hello", {"A": "!!!!"}), InvalidField),
+    (encode_frame("hello", {"A": base64.b64encode(b"\1" * 100).decode()}), InvalidField),
+    (encode_frame("hello", {"A": base64.b64encode(b"\1" * 384).decode(), "extra": 1}), InvalidField),
+])
+def test_garbage_ends_in_a_typed_error(pair, data, error):
+    if error is None:  # an incomplete frame just waits for more bytes
+        assert pair.server.receive_data(data) == []
+        return
+    with pytest.raises(error) as info:
+        pair.server.receive_data(data)
+    assert fields_of(pair.server.error_frame())["code"] == info.value.code
+    with pytest.raises(StateError):  # and the machine stays failed
+        pair.server.receive_data(pair.hello())
+
+
+def test_peer_error_frame_becomes_peer_refused(pair):
+    pair.hello()
+    with pytest.raises(PeerRefused) as info:
+        pair.client.receive_data(encode_frame("error", {"code": "locked_out", "message": "too many failures"}))
+    assert info.value.code == "locked_out" and "too many failures" in str(info.value)
+
+
+def test_abort_gives_an_error_frame_and_ends_the_machine(pair):
+    frame = pair.server.abort("timeout", "no hello within 15 s")
+    assert fields_of(frame) == {"v": 1, "type": "error", "code": "timeout", "message": "no hello within 15 s"}
+    with pytest.raises(StateError):
+        pair.server.receive_data(pair.hello())
+
+
+def test_start_twice(pair):
+    pair.client.start()
+    with pytest.raises(StateError):
+        pair.client.start()
+
+
+# --- construction and determinism ---------------------------------------------------------------------
+
+
+def test_client_checks_its_own_inputs_clearly(pair):
+    with pytest.raises(InvalidField):
+        ClientEnrollment(sec_a=pair.secrets.sec_a, sec_b=pair.secrets.sec_b, certificate=pair.ccert,
+                         name="no spaces allowed")
+    with pytest.raises(InvalidField):
+        ClientEnrollment(sec_a=pair.secrets.sec_a, sec_b=pair.secrets.sec_b, certificate=pair.ccert,
+                         name="ok", ssh_key="not an ssh key")
+    with pytest.raises(InvalidSecret) as info:
+        ClientEnrollment(sec_a="short secret", sec_b=pair.secrets.sec_b, certificate=pair.ccert, name="ok")
+    assert "short secret" not in str(info.value)
+
+
+def test_injected_randomness_makes_transcripts_reproducible(pair, requester_identity, appliance_identity):
+    def frames():
+        seeds = iter([b"\x11" * 32, b"\x22" * 32])
+        c = ClientEnrollment(sec_a=pair.secrets.sec_a, sec_b=pair.secrets.sec_b, certificate=pair.ccert,
+                             name="n", random=lambda n: next(seeds), clock=lambda: 5.0)
+        s = ServerEnrollment(salt=pair.salt, verifier=pair.verifier, sec_b=pair.secrets.sec_b,
+                             certificate=pair.scert, api_port=1, random=lambda n: next(seeds), clock=lambda: 6.0)
+        r = run(c, s, client_cert=pair.ccert, server_cert=pair.scert)
+        return r.client_frames + r.server_frames, r.server_result.enrolled_at, r.client_result.enrolled_at
+
+    first, second = frames(), frames()
+    assert first == second and first[1:] == (6.0, 5.0)
+
+
+def test_every_error_is_a_firsttrust_error_with_a_stable_code():
+    from firsttrust.errors import all_codes
+    codes = all_codes()
+    for code in ("auth_failed", "bad_srp_parameter", "binding_failed", "sec_b_failed", "confirm_failed",
+                 "frame_too_large", "malformed_frame", "truncated_frame", "unsupported_version",
+                 "unknown_type", "unexpected_frame", "invalid_field", "locked_out", "already_enrolled"):
+        assert code in codes
+    assert issubclass(PeerRefused, FirsttrustError)

@@ -1,0 +1,98 @@
+"""Identities and pins."""
+
+import base64
+import hashlib
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from firsttrust.errors import InvalidCertificate, InvalidPin
+from firsttrust.identity import (
+    certificate_der,
+    certificate_pem,
+    create_identity,
+    load_certificate,
+    normalize_pin,
+    parse_pin,
+    pin_matches,
+    pin_of_certificate,
+    pin_to_curl,
+)
+
+
+def test_identity_is_p256_self_signed_with_sans(appliance_identity):
+    cert = appliance_identity.certificate
+    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+    assert cert.public_key().curve.name == "secp256r1"
+    assert cert.issuer == cert.subject
+    cert.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["appliance.example"]
+    assert [str(a) for a in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+
+
+def test_pin_is_sha256_of_spki(appliance_identity):
+    spki = appliance_identity.certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert appliance_identity.pin == "sha256:" + hashlib.sha256(spki).hexdigest()
+    # the same key in a new certificate has the same pin
+    again = create_identity("renamed", private_key=appliance_identity.private_key)
+    assert again.pin == appliance_identity.pin and again.cert_der != appliance_identity.cert_der
+
+
+def test_curl_form_round_trip(appliance_identity):
+    pin = appliance_identity.pin
+    curl = pin_to_curl(pin)
+    assert curl == "sha256//" + base64.b64encode(bytes.fromhex(pin[7:])).decode()
+    assert normalize_pin(curl) == pin
+    assert parse_pin(curl) == parse_pin(pin)
+
+
+@pytest.mark.parametrize("bad", ["", "sha256:", "sha256:" + "AB" * 32, "sha1:" + "ab" * 20, "sha256:" + "ab" * 31,
+                                 "sha256//" + "A" * 43, "sha256//!!!", None, 12])
+def test_bad_pins(bad):
+    with pytest.raises(InvalidPin):
+        parse_pin(bad)
+
+
+def test_pin_matches(appliance_identity, stranger_identity):
+    assert pin_matches(appliance_identity.pin, appliance_identity.cert_der)
+    assert not pin_matches(appliance_identity.pin, stranger_identity.certificate)
+
+
+def test_pem_and_der_both_load(appliance_identity):
+    assert certificate_der(appliance_identity.cert_pem) == appliance_identity.cert_der
+    assert certificate_pem(appliance_identity.cert_der) == appliance_identity.cert_pem
+    assert pin_of_certificate(appliance_identity.cert_pem) == appliance_identity.pin
+
+
+@pytest.mark.parametrize("data", [b"", b"garbage", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                                  b"\x30\x82\x01\x00" + b"\0" * 10])
+def test_invalid_certificates(data):
+    with pytest.raises(InvalidCertificate):
+        load_certificate(data)
+
+
+def test_non_p256_keys_are_refused():
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "rsa")])
+    now = datetime.datetime(2024, 1, 1)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    with pytest.raises(InvalidCertificate):
+        load_certificate(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def test_injected_clock_sets_validity():
+    import datetime
+
+    cert = create_identity("t", clock=lambda: 1700000000).certificate
+    start = getattr(cert, "not_valid_before_utc", None) or cert.not_valid_before.replace(tzinfo=datetime.timezone.utc)
+    assert start == datetime.datetime(2023, 11, 13, 22, 13, 20, tzinfo=datetime.timezone.utc)  # one day early

@@ -1,0 +1,73 @@
+"""The TLS policy, exercised with real OpenSSL handshakes over memory BIOs (no sockets)."""
+
+import ssl
+
+import pytest
+
+from firsttrust.tlspolicy import apply_policy
+
+
+def context(side, identity, trusted, tmp_path):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if side == "server" else ssl.PROTOCOL_TLS_CLIENT)
+    key, cert = tmp_path / f"{side}.key", tmp_path / f"{side}.crt"
+    key.write_bytes(identity.key_pem)
+    cert.write_bytes(identity.cert_pem)
+    ctx.load_cert_chain(cert, key)
+    return apply_policy(ctx, trusted)
+
+
+def handshake(client_ctx, server_ctx):
+    bios = [ssl.MemoryBIO() for _ in range(4)]
+    client = client_ctx.wrap_bio(bios[0], bios[1], server_side=False)
+    server = server_ctx.wrap_bio(bios[2], bios[3], server_side=True)
+    done = set()
+    for _ in range(10):
+        for name, conn, out, peer_in in (("c", client, bios[1], bios[2]), ("s", server, bios[3], bios[0])):
+            if name not in done:
+                try:
+                    conn.do_handshake()
+                    done.add(name)
+                except ssl.SSLWantReadError:
+                    pass
+            peer_in.write(out.read())
+        if done == {"c", "s"}:
+            # In TLS 1.3 the server judges the client certificate after the client is "done":
+            # make the client read so a server-side alert reaches it.
+            client.write(b"x")
+            server_in = bios[2]
+            server_in.write(bios[1].read())
+            assert server.read(1) == b"x"
+            return client, server
+    raise AssertionError("handshake did not finish")
+
+
+def test_mutual_tls13_with_exactly_the_trusted_certificates(requester_identity, appliance_identity, tmp_path):
+    client, server = handshake(context("client", requester_identity, [appliance_identity.cert_der], tmp_path),
+                               context("server", appliance_identity, [requester_identity.cert_der], tmp_path))
+    assert client.version() == "TLSv1.3"
+    assert client.getpeercert(binary_form=True) == appliance_identity.cert_der
+    assert server.getpeercert(binary_form=True) == requester_identity.cert_der
+
+
+def test_client_refuses_an_untrusted_server(requester_identity, appliance_identity, stranger_identity, tmp_path):
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(context("client", requester_identity, [stranger_identity.cert_der], tmp_path),
+                  context("server", appliance_identity, [requester_identity.cert_der], tmp_path))
+
+
+def test_server_refuses_an_untrusted_client(requester_identity, appliance_identity, stranger_identity, tmp_path):
+    with pytest.raises(ssl.SSLError):
+        handshake(context("client", stranger_identity, [appliance_identity.cert_der], tmp_path),
+                  context("server", appliance_identity, [requester_identity.cert_der], tmp_path))
+
+
+def test_tls12_is_refused(requester_identity, appliance_identity, tmp_path):
+    client_ctx = context("client", requester_identity, [appliance_identity.cert_der], tmp_path)
+    client_ctx.minimum_version = client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(ssl.SSLError):
+        handshake(client_ctx, context("server", appliance_identity, [requester_identity.cert_der], tmp_path))
+
+
+def test_empty_trust_is_refused():
+    with pytest.raises(ValueError):
+        apply_policy(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), [])
