@@ -1,0 +1,75 @@
+"""Files that matter, written atomically: temp file in the same directory, created with its
+final mode, fsync, rename over the target, fsync the directory. A crash at any point leaves
+either the old file or the new one, never a mix, and never a moment with looser permissions."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+def ensure_private_dir(path: Path, mode: int = 0o700) -> Path:
+    """Create `path` (and parents) if missing, and make sure it has exactly `mode`."""
+    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o7777 != mode:
+        os.chmod(path, mode)
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600, *, uid: int | None = None,
+                 gid: int | None = None) -> None:
+    """Replace `path` with `data`, atomically and durably, with permissions `mode`.
+
+    The temp file is opened O_EXCL with `mode` (the umask can only remove bits, and we chmod
+    after to undo it), so the content is never readable by anyone `mode` does not allow.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        if uid is not None or gid is not None:
+            os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def remove_durably(path: Path) -> None:
+    """Delete `path` if present and make the deletion durable."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    _fsync_dir(Path(path).parent)
+
+
+def clean_stale_temps(directory: Path) -> int:
+    """Remove temp files a crash left behind (names as write_atomic makes them)."""
+    removed = 0
+    for entry in Path(directory).glob(".*.tmp"):
+        entry.unlink(missing_ok=True)
+        removed += 1
+    return removed

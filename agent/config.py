@@ -1,0 +1,109 @@
+"""The agent's own configuration: /etc/firsttrust/agent.toml (every key optional).
+
+    account = "admin"                      # whose password SEC-A becomes
+    state_dir = "/var/lib/firsttrust"      # 0700, the agent's private state
+    public_certificate = "/etc/firsttrust/appliance.crt"
+    max_failures = 10                      # failed SRP attempts before lockout (1..10)
+    enroll_window = "24h"                  # default window; the firsttrust.enroll-window property overrides
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from firsttrust.deployment import DEFAULT_ENROLL_WINDOW, InvalidDuration, parse_duration
+
+from .errors import AgentError
+
+DEFAULT_CONFIG = Path("/etc/firsttrust/agent.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/firsttrust")
+DEFAULT_PUBLIC_CERT = Path("/etc/firsttrust/appliance.crt")
+# Lockout after at most 10 failed SRP attempts (configurable lower, never higher): at 160-bit
+# secrets one guess is worth 2^-160, so 10 costs nothing to legitimate retries.
+MAX_FAILURES_CEILING = 10
+MAX_CONFIG_BYTES = 64 * 1024
+
+_ACCOUNT_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+class ConfigError(AgentError):
+    """The agent's configuration file is unreadable or invalid."""
+
+    code = "config"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    account: str = "admin"
+    state_dir: Path = DEFAULT_STATE_DIR
+    public_certificate: Path = DEFAULT_PUBLIC_CERT
+    max_failures: int = MAX_FAILURES_CEILING
+    enroll_window: int = DEFAULT_ENROLL_WINDOW
+
+    def with_state_dir(self, state_dir: Path, explicit_public: bool) -> "AgentConfig":
+        """--state-dir on the command line. Unless the config names a public certificate path,
+        the certificate goes beside the state: a test or container run must not write /etc."""
+        public = self.public_certificate if explicit_public else Path(state_dir) / "appliance.crt"
+        return replace(self, state_dir=Path(state_dir), public_certificate=public)
+
+
+def load_config(path: Path | None = None, state_dir: Path | None = None) -> AgentConfig:
+    """Read the configuration. A missing default file means all defaults; a missing file that
+    was named explicitly is an error.
+
+    Raises:
+        ConfigError: unreadable, not TOML, unknown key, or a value of the wrong type or range.
+    """
+    explicit = path is not None
+    path = Path(path) if path else DEFAULT_CONFIG
+    values: dict = {}
+    try:
+        data = path.read_bytes()[: MAX_CONFIG_BYTES + 1]
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"config file {path} does not exist") from None
+        data = b""
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
+    if data:
+        try:
+            values = tomllib.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {str(exc).splitlines()[0]}") from None
+    config = _from_values(values, path)
+    if state_dir is not None:
+        config = config.with_state_dir(state_dir, explicit_public="public_certificate" in values)
+    return config
+
+
+def _from_values(values: dict, path: Path) -> AgentConfig:
+    known = {"account", "state_dir", "public_certificate", "max_failures", "enroll_window"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}")
+    config = AgentConfig()
+    if "account" in values:
+        if not isinstance(values["account"], str) or not _ACCOUNT_RE.fullmatch(values["account"]):
+            raise ConfigError(f"{path}: account must be a login name")
+        config = replace(config, account=values["account"])
+    for key in ("state_dir", "public_certificate"):
+        if key in values:
+            if not isinstance(values[key], str) or not values[key].startswith("/"):
+                raise ConfigError(f"{path}: {key} must be an absolute path")
+            config = replace(config, **{key: Path(values[key])})
+    if "max_failures" in values:
+        value = values["max_failures"]
+        if type(value) is not int or not 1 <= value <= MAX_FAILURES_CEILING:
+            raise ConfigError(f"{path}: max_failures must be an integer from 1 to {MAX_FAILURES_CEILING}")
+        config = replace(config, max_failures=value)
+    if "enroll_window" in values:
+        try:
+            config = replace(config, enroll_window=parse_duration(str(values["enroll_window"])))
+        except InvalidDuration as exc:
+            raise ConfigError(f"{path}: enroll_window: {exc}") from None
+    return config

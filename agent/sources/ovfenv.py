@@ -1,0 +1,453 @@
+"""The OVF environment document (DMTF DSP0243 clause 11): parse it, write it, scrub it.
+
+vCenter hands a deployed VM its vApp properties as one XML document, the OVF environment,
+either in `guestinfo.ovfEnv` or as `ovf-env.xml` on a CD-ROM labelled "OVF ENV". The
+document is supplied by whoever can deploy or reconfigure the VM, so it is parsed as
+hostile: size-capped before the parser sees it, no DTD, no entities, no external
+references (defusedxml), and namespace-strict, so a look-alike document is refused rather
+than half-read.
+
+The shape vCenter delivers (seen in open-vm-tools' and cloud-init's test data)::
+
+    <?xml version="1.0" encoding="UTF-8"?>
+    <Environment
+         xmlns="http://schemas.dmtf.org/ovf/environment/1"
+         xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+         xmlns:oe="http://schemas.dmtf.org/ovf/environment/1"
+         xmlns:ve="http://www.vmware.com/schema/ovfenv"
+         oe:id=""
+         ve:vCenterId="vm-42">
+       <PlatformSection>
+          <Kind>VMware ESXi</Kind> <Version>8.0.3</Version>
+          <Vendor>VMware, Inc.</Vendor> <Locale>en</Locale>
+       </PlatformSection>
+       <PropertySection>
+             <Property oe:key="firsttrust.sec_a" oe:value="..."/>
+       </PropertySection>
+       <ve:EthernetAdapterSection>...</ve:EthernetAdapterSection>
+    </Environment>
+"""
+
+from __future__ import annotations
+
+import re
+import xml.parsers.expat
+from dataclasses import dataclass, field
+from xml.etree.ElementTree import Element, ParseError
+
+import defusedxml
+import defusedxml.ElementTree
+
+from agent.errors import OvfEnvError
+
+# DSP0243 clause 11 and its schema (DSP8027): one namespace for the elements and for the
+# qualified attributes (oe:key, oe:value, oe:id).
+OVFENV_NS = "http://schemas.dmtf.org/ovf/environment/1"
+VMWARE_OVFENV_NS = "http://www.vmware.com/schema/ovfenv"
+XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+
+# A vCenter document for a few dozen properties is a few KiB; the largest value we expect is
+# a PEM certificate chain (a few KiB). 1 MiB bounds what expat and ElementTree hold in memory
+# while leaving two orders of magnitude of headroom. Checked on the raw bytes, before parsing.
+MAX_DOCUMENT_BYTES = 1024 * 1024
+# Per property value, in UTF-8 bytes: a gzip+base64 value decodes to at most
+# encodings.MAX_DECODED_BYTES (64 KiB), and no value of ours needs more than that.
+MAX_VALUE_BYTES = 64 * 1024
+# Keys are identifiers (`firsttrust.sec_a`); anything this long is not one, and keys do
+# appear in error messages.
+MAX_KEY_BYTES = 1024
+
+# Default platform for serialize_ovf_env: what an ESXi 8 host behind vCenter writes.
+DEFAULT_KIND = "VMware ESXi"
+DEFAULT_VERSION = "8.0.3"
+DEFAULT_VENDOR = "VMware, Inc."
+DEFAULT_LOCALE = "en"
+
+_ENVIRONMENT = f"{{{OVFENV_NS}}}Environment"
+_PLATFORM_SECTION = f"{{{OVFENV_NS}}}PlatformSection"
+_PROPERTY_SECTION = f"{{{OVFENV_NS}}}PropertySection"
+_PROPERTY = f"{{{OVFENV_NS}}}Property"
+_KEY = f"{{{OVFENV_NS}}}key"
+_VALUE = f"{{{OVFENV_NS}}}value"
+_ID = f"{{{OVFENV_NS}}}id"
+_VCENTER_ID = f"{{{VMWARE_OVFENV_NS}}}vCenterId"
+_ESX_ID = f"{{{VMWARE_OVFENV_NS}}}esxId"
+
+# The XML declaration's encoding pseudo-attribute (XML 1.0 section 4.3.3).
+_DECLARED_ENCODING = re.compile(rb"\A<\?xml[^>]*?\bencoding\s*=\s*([\"'])([A-Za-z0-9._-]*)\1")
+# Characters XML 1.0 cannot carry at all, not even as character references (section 2.2).
+_NOT_XML_CHAR = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+@dataclass(frozen=True)
+class PlatformInfo:
+    """The PlatformSection (DSP0243 clause 11): who is running the VM. Informational only."""
+
+    kind: str | None = None
+    version: str | None = None
+    vendor: str | None = None
+    locale: str | None = None
+
+
+@dataclass(frozen=True)
+class OvfEnvironment:
+    """What this VM was given at deployment.
+
+    `properties` holds this VM's own properties only (not those of sibling VMs in a vApp), in
+    document order. `environment_id` is `oe:id` ("" from vCenter for a lone VM, None when
+    absent); `vcenter_id` is VMware's `ve:vCenterId` (the VM's managed object id, `vm-42`).
+    """
+
+    properties: dict[str, str]
+    environment_id: str | None = None
+    vcenter_id: str | None = None
+    esx_id: str | None = None
+    platform: PlatformInfo = field(default_factory=PlatformInfo)
+
+
+def parse_ovf_env(data: bytes) -> OvfEnvironment:
+    """Parse an OVF environment document as vCenter delivers it.
+
+    Args:
+        data: the raw document (the `guestinfo.ovfEnv` value or the ISO's `ovf-env.xml`).
+
+    Returns:
+        The environment: properties of this VM in document order, ids and platform info.
+
+    Raises:
+        OvfEnvError: the document is larger than MAX_DOCUMENT_BYTES, not UTF-8, not
+            well-formed, carries a DTD, an entity declaration or an external reference, is
+            not a DSP0243 Environment, has a Property without `oe:key`/`oe:value` or with an
+            unqualified `key`/`value` attribute, repeats a key, or has a key or value over
+            its cap. The message names keys and sizes, never a value.
+    """
+    root = _parse_document(data)
+    return OvfEnvironment(
+        properties=_own_properties(root),
+        environment_id=root.get(_ID),
+        vcenter_id=root.get(_VCENTER_ID),
+        esx_id=root.get(_ESX_ID),
+        platform=_platform(root),
+    )
+
+
+def serialize_ovf_env(
+    properties: dict[str, str],
+    environment_id: str = "",
+    *,
+    vcenter_id: str | None = "vm-1",
+    platform: PlatformInfo | None = None,
+) -> bytes:
+    """Write a complete OVF environment document the way vCenter delivers it.
+
+    Values are escaped so that they survive attribute-value normalization (XML 1.0 section
+    3.3.3): tab, CR and LF become character references, so a PEM value keeps its newlines.
+
+    Args:
+        properties: key -> value, written in this order.
+        environment_id: the `oe:id` attribute; vCenter writes "" for a VM outside a vApp.
+        vcenter_id: the `ve:vCenterId` attribute, or None to leave it out.
+        platform: the PlatformSection; defaults to an ESXi 8 host.
+
+    Returns:
+        The UTF-8 document, accepted by parse_ovf_env.
+
+    Raises:
+        OvfEnvError: a key is empty, a key or value holds a character XML cannot carry
+            (NUL, most C0 controls, lone surrogates), or a key, value or the whole document
+            is over its cap.
+    """
+    platform = platform or PlatformInfo(DEFAULT_KIND, DEFAULT_VERSION, DEFAULT_VENDOR, DEFAULT_LOCALE)
+    root_attributes = [
+        'xmlns="' + OVFENV_NS + '"',
+        'xmlns:xsi="' + XSI_NS + '"',
+        'xmlns:oe="' + OVFENV_NS + '"',
+        'xmlns:ve="' + VMWARE_OVFENV_NS + '"',
+        "oe:id=" + _attribute(environment_id, "oe:id"),
+    ]
+    if vcenter_id is not None:
+        root_attributes.append("ve:vCenterId=" + _attribute(vcenter_id, "ve:vCenterId"))
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>', "<Environment"]
+    lines += ["     " + attribute for attribute in root_attributes[:-1]]
+    lines += ["     " + root_attributes[-1] + ">", "   <PlatformSection>"]
+    for tag, text in (
+        ("Kind", platform.kind),
+        ("Version", platform.version),
+        ("Vendor", platform.vendor),
+        ("Locale", platform.locale),
+    ):
+        if text is not None:
+            lines.append(f"      <{tag}>{_text(text, tag)}</{tag}>")
+    lines += ["   </PlatformSection>", "   <PropertySection>"]
+    for key, value in properties.items():
+        _check_key(key)
+        _check_value_size(key, value)
+        key_text = _attribute(key, "a key")
+        value_text = _attribute(value, f"the value of {_show(key)}")
+        lines.append(f"         <Property oe:key={key_text} oe:value={value_text}/>")
+    lines += ["   </PropertySection>", "</Environment>", ""]
+    document = "\n".join(lines).encode("utf-8")
+    if len(document) > MAX_DOCUMENT_BYTES:
+        raise OvfEnvError(f"OVF environment would be {len(document)} bytes, over the {MAX_DOCUMENT_BYTES}-byte cap")
+    return document
+
+
+def remove_properties(data: bytes, prefix: str) -> bytes:
+    """Return the same document without the Property elements whose key starts with prefix.
+
+    Used to scrub secrets from `guestinfo.ovfEnv`. Everything else is kept byte for byte
+    (declaration, namespaces, PlatformSection, VMware sections, comments, other properties);
+    each removed element takes its own line's indentation with it. Matching properties in
+    `Entity` sections (sibling VMs of a vApp) are removed too: a scrubber errs on the side of
+    removing a secret, whoever it was meant for.
+
+    Args:
+        data: a document parse_ovf_env accepts.
+        prefix: the key prefix to remove, e.g. "firsttrust.". Must not be empty.
+
+    Returns:
+        The scrubbed document (unchanged bytes if nothing matched).
+
+    Raises:
+        OvfEnvError: data is not a document parse_ovf_env accepts.
+        ValueError: prefix is empty (that would remove every property: a caller bug).
+    """
+    if not prefix:
+        raise ValueError("remove_properties needs a non-empty prefix")
+    _parse_document(data)  # every check of parse_ovf_env, and the proof there is no DTD
+    spans = _property_spans(data, prefix)
+    out = bytearray()
+    cursor = 0
+    for start, end in spans:
+        out += data[cursor:_line_start(data, start, cursor)]
+        cursor = end
+    out += data[cursor:]
+    return bytes(out)
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def _parse_document(data: bytes) -> Element:
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError("OVF environment must be bytes")
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise OvfEnvError(f"OVF environment is {len(data)} bytes, over the {MAX_DOCUMENT_BYTES}-byte cap")
+    try:
+        bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OvfEnvError(f"OVF environment is not UTF-8 (invalid byte at offset {exc.start})") from None
+    declared = _DECLARED_ENCODING.match(bytes(data).removeprefix(b"\xef\xbb\xbf"))
+    if declared and declared.group(2).lower() not in (b"utf-8", b"utf8"):
+        # The bytes are valid UTF-8, but expat would decode them as declared: refuse instead.
+        raise OvfEnvError("OVF environment declares an encoding other than UTF-8")
+    try:
+        root = defusedxml.ElementTree.fromstring(
+            bytes(data), forbid_dtd=True, forbid_entities=True, forbid_external=True
+        )
+    except defusedxml.DTDForbidden:
+        raise OvfEnvError("OVF environment contains a DTD, which is forbidden") from None
+    except defusedxml.EntitiesForbidden:
+        raise OvfEnvError("OVF environment declares an entity, which is forbidden") from None
+    except defusedxml.ExternalReferenceForbidden:
+        raise OvfEnvError("OVF environment references an external resource, which is forbidden") from None
+    except defusedxml.DefusedXmlException:
+        raise OvfEnvError("OVF environment uses a forbidden XML construct") from None
+    except ParseError as exc:
+        line, column = getattr(exc, "position", (0, 0))
+        raise OvfEnvError(f"OVF environment is not well-formed XML (line {line}, column {column})") from None
+    if root.tag != _ENVIRONMENT:
+        raise OvfEnvError(f"OVF environment root is {_show(root.tag)}, not {_ENVIRONMENT} (DSP0243 clause 11)")
+    return root
+
+
+def _own_properties(root: Element) -> dict[str, str]:
+    properties: dict[str, str] = {}
+    # Only PropertySections that are direct children of Environment belong to this VM. A vApp's
+    # environment also carries one `Entity` per sibling VM, each with its own PropertySection
+    # (DSP0243 clause 11); those are the siblings' properties and are deliberately not read.
+    for section in root:
+        if not isinstance(section.tag, str):
+            continue  # comment or processing instruction
+        if _local_name(section.tag) == "PropertySection" and section.tag != _PROPERTY_SECTION:
+            raise OvfEnvError(f"PropertySection is in namespace {_show(_namespace(section.tag))}, not {OVFENV_NS}")
+        if section.tag != _PROPERTY_SECTION:
+            continue
+        for element in section:
+            if not isinstance(element.tag, str):
+                continue
+            if element.tag != _PROPERTY:
+                if _local_name(element.tag) == "Property":
+                    raise OvfEnvError(f"Property is in namespace {_show(_namespace(element.tag))}, not {OVFENV_NS}")
+                continue  # DSP0243 lets sections carry elements of other namespaces
+            key, value = _key_value(element)
+            if key in properties:
+                raise OvfEnvError(f"OVF environment repeats property key {_show(key)}")
+            properties[key] = value
+    return properties
+
+
+def _key_value(element: Element) -> tuple[str, str]:
+    # DSP0243's schema qualifies Property's attributes (oe:key, oe:value). An unqualified `key`
+    # is in no namespace at all: refusing it keeps a look-alike document from being half-read.
+    for unqualified in ("key", "value"):
+        if unqualified in element.attrib:
+            raise OvfEnvError(
+                f"Property has an unqualified {unqualified!r} attribute; DSP0243 requires oe:{unqualified}"
+            )
+    key = element.get(_KEY)
+    if key is None:
+        raise OvfEnvError("Property has no oe:key attribute")
+    _check_key(key)
+    value = element.get(_VALUE)
+    if value is None:
+        raise OvfEnvError(f"Property {_show(key)} has no oe:value attribute")
+    _check_value_size(key, value)
+    return key, value
+
+
+def _platform(root: Element) -> PlatformInfo:
+    section = root.find(_PLATFORM_SECTION)
+    if section is None:
+        return PlatformInfo()
+
+    def text(tag: str) -> str | None:
+        element = section.find(f"{{{OVFENV_NS}}}{tag}")
+        return None if element is None else (element.text or "").strip()
+
+    return PlatformInfo(kind=text("Kind"), version=text("Version"), vendor=text("Vendor"), locale=text("Locale"))
+
+
+# --- scrubbing -------------------------------------------------------------------------------
+
+
+def _property_spans(data: bytes, prefix: str) -> list[tuple[int, int]]:
+    """Byte spans [start, end) of the outermost Property elements whose key starts with prefix.
+
+    The caller has already parsed `data` with defusedxml, so it has no DTD; the plain expat
+    parser here only reports positions. Handlers for DTD constructs refuse anyway.
+    """
+    parser = xml.parsers.expat.ParserCreate(namespace_separator="}")
+    spans: list[tuple[int, int]] = []
+    depth = 0  # >0 while inside a Property being removed
+    start = 0
+    empty_end = 0  # for an empty-element tag `<Property .../>`, the index just past it
+
+    def refuse(*_args: object) -> None:
+        raise OvfEnvError("OVF environment contains a DTD, which is forbidden")
+
+    def start_element(name: str, attributes: dict[str, str]) -> None:
+        nonlocal depth, start, empty_end
+        if depth:
+            depth += 1
+        elif "{" + name == _PROPERTY and attributes.get(OVFENV_NS + "}key", "").startswith(prefix):
+            depth = 1
+            start = parser.CurrentByteIndex  # the "<" of the start tag
+            tag_end = _tag_end(data, start)
+            empty_end = tag_end if data[tag_end - 2 : tag_end] == b"/>" else 0
+
+    def end_element(_name: str) -> None:
+        nonlocal depth
+        if depth:
+            depth -= 1
+            if not depth:
+                # After an empty-element tag expat points just past it, which may be anything;
+                # at a real end tag it points at its "</".
+                spans.append((start, empty_end or _tag_end(data, parser.CurrentByteIndex)))
+
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    parser.ExternalEntityRefHandler = refuse
+    parser.StartElementHandler = start_element
+    parser.EndElementHandler = end_element
+    try:
+        parser.Parse(bytes(data), True)
+    except xml.parsers.expat.ExpatError as exc:  # cannot happen after _parse_document; be safe
+        raise OvfEnvError(f"OVF environment is not well-formed XML (line {exc.lineno})") from None
+    return spans
+
+
+def _tag_end(data: bytes, index: int) -> int:
+    """Index just past the `>` closing the tag that starts at index (quoted `>` skipped)."""
+    quote = 0
+    for position in range(index, len(data)):
+        byte = data[position]
+        if quote:
+            if byte == quote:
+                quote = 0
+        elif byte in b"\"'":
+            quote = byte
+        elif byte == ord(">"):
+            return position + 1
+    raise OvfEnvError("OVF environment ends inside a tag")
+
+
+def _line_start(data: bytes, start: int, floor: int) -> int:
+    """Extend a removal back over its indentation and the line break before it."""
+    position = start
+    while position > floor and data[position - 1] in b" \t":
+        position -= 1
+    if position > floor and data[position - 1] == ord("\n"):
+        position -= 1
+        if position > floor and data[position - 1] == ord("\r"):
+            position -= 1
+        return position
+    return start  # something else shares the line: remove the element only
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def _attribute(value: str, what: str) -> str:
+    _check_xml_chars(value, what)
+    escaped = (
+        value.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace('"', "&quot;")
+        .replace("\t", "&#9;")
+        .replace("\n", "&#10;")
+        .replace("\r", "&#13;")
+    )
+    return f'"{escaped}"'
+
+
+def _text(value: str, what: str) -> str:
+    _check_xml_chars(value, what)
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
+
+
+def _check_xml_chars(value: str, what: str) -> None:
+    bad = _NOT_XML_CHAR.search(value)
+    if bad:
+        raise OvfEnvError(f"{what} contains a character XML 1.0 cannot carry (U+{ord(bad.group()):04X})")
+
+
+# --- shared checks -----------------------------------------------------------------------------
+
+
+def _check_key(key: str) -> None:
+    if not key:
+        raise OvfEnvError("Property has an empty oe:key")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise OvfEnvError(f"a property key is over the {MAX_KEY_BYTES}-byte cap")
+
+
+def _check_value_size(key: str, value: str) -> None:
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_VALUE_BYTES:
+        raise OvfEnvError(f"value of {_show(key)} is {size} bytes, over the {MAX_VALUE_BYTES}-byte cap")
+
+
+def _show(name: str, limit: int = 80) -> str:
+    """A key or tag for an error message: quoted, one line, bounded. Never used for values."""
+    text = repr(name)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def _local_name(tag: str) -> str:
+    return tag.rpartition("}")[2]
+
+
+def _namespace(tag: str) -> str:
+    return tag[1:].partition("}")[0] if tag.startswith("{") else ""
