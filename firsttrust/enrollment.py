@@ -54,6 +54,7 @@ from .srp6a import EPHEMERAL_BYTES, GROUP_3072_SHA512, SRPClient, SRPGroup, SRPS
 
 RandomBytes = Callable[[int], bytes]
 FINISH_FIELDS = SCHEMAS["finish"]
+_ENROLLED_FIELDS = SCHEMAS["enrolled"]
 Clock = Callable[[], float]
 
 
@@ -139,7 +140,8 @@ TIMEOUTS: dict[State, float] = {
     State.AWAIT_APPLIANCE_PROOF: limits.PHASE_TIMEOUT,
     State.AWAIT_FINISH: limits.PHASE_TIMEOUT,
     State.PERSISTING: limits.PERSIST_TIMEOUT,
-    State.AWAIT_ENROLLED: limits.PHASE_TIMEOUT,
+    # The appliance may take PERSIST_TIMEOUT to store the authorization before it answers.
+    State.AWAIT_ENROLLED: limits.PERSIST_TIMEOUT + limits.PHASE_TIMEOUT,
 }
 
 # States in which the stream is TLS (frames after the upgrade).
@@ -211,7 +213,7 @@ class _Enrollment:
         """A local decision to stop (timeout, lockout, shutdown): enter ERROR, return the frame."""
         if self.state is not State.ERROR:
             self.state = State.ERROR
-            self.error = ProtocolError(message)
+            self.error = ProtocolError(message, code=code)
         return encode_error(code, message)
 
     # -- machinery --------------------------------------------------------------------------
@@ -228,8 +230,10 @@ class _Enrollment:
             raise
 
     def _receive_data(self, data: bytes) -> list[Event]:
-        if self.state not in self._HANDLERS:
+        if self.state in (State.START, State.TLS_HANDSHAKE):
             raise StateError(f"no data expected in state {self.state.value}")
+        if self.state not in self._HANDLERS:  # persisting or done: the peer must be silent
+            raise UnexpectedFrame(f"data from the peer in state {self.state.value}")
         self._decoder.feed(data)
         events: list[Event] = []
         while self.state in self._HANDLERS:
@@ -237,8 +241,8 @@ class _Enrollment:
             if frame is None:
                 break
             events += self._dispatch(frame)
-        if self.state is State.DONE and self._decoder.buffered:
-            raise UnexpectedFrame("data after the final frame")
+        if self.state not in self._HANDLERS and self._decoder.buffered:
+            raise UnexpectedFrame(f"data after the last expected frame (state {self.state.value})")
         return events
 
     def _dispatch(self, frame: Frame) -> list[Event]:
@@ -317,7 +321,10 @@ class ServerEnrollment(_Enrollment):
         self._sec_b = validate_secret(sec_b, "SEC-B").encode("ascii")
         self._certificate = certificate
         self._api_port = api_port
-        self._ssh_host_keys = list(ssh_host_keys)
+        # Checked with the requester's own rules now, so a bad host key line fails here and not
+        # after the authorization has been persisted.
+        self._ssh_host_keys = _ENROLLED_FIELDS["ssh_host_keys"][0]("ssh_host_keys", list(ssh_host_keys))
+        _ENROLLED_FIELDS["api_port"][0]("api_port", api_port)
         self._srp: SRPServer | None = None
         self._peer_certificate = b""
         self._peer_commitment = b""
@@ -384,12 +391,10 @@ class ServerEnrollment(_Enrollment):
     def _persisted(self) -> list[Event]:
         if self.state is not State.PERSISTING or self._authorization is None:
             raise StateError(f"authorization_persisted in state {self.state.value}")
+        send = self._send("enrolled", {"pin": pin_of_certificate(self._certificate),
+                                       "ssh_host_keys": self._ssh_host_keys, "api_port": self._api_port})
         self.state = State.DONE
-        return [
-            self._send("enrolled", {"pin": pin_of_certificate(self._certificate),
-                                    "ssh_host_keys": self._ssh_host_keys, "api_port": self._api_port}),
-            Enrolled(self._authorization),
-        ]
+        return [send, Enrolled(self._authorization)]
 
 
 class ClientEnrollment(_Enrollment):

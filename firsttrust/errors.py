@@ -13,8 +13,10 @@ class FirsttrustError(Exception):
 
     code = "error"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message.splitlines()[0] if message else self.code)
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message.splitlines()[0] if message and message.splitlines() else self.code)
+        if code is not None:
+            self.code = code
 
     @property
     def message(self) -> str:
@@ -78,7 +80,7 @@ class AuthenticationFailed(AuthenticationError):
 
 
 class InvalidSRPParameter(AuthenticationError):
-    """A % N == 0 or B % N == 0 (RFC 5054 section 2.5.4), or u == 0."""
+    """A % N == 0 (RFC 5054 section 2.5.4) or B % N == 0 (section 2.5.3), or u == 0."""
 
     code = "bad_srp_parameter"
 
@@ -158,7 +160,8 @@ def all_codes() -> dict[str, str]:
     while stack:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
-        if "code" in cls.__dict__ and isinstance(cls.__dict__["code"], str):
+        # Only this module's classes: agent/ and requester/ errors are local, never on the wire.
+        if cls.__module__ == __name__ and isinstance(cls.__dict__.get("code"), str):
             codes[cls.code] = (cls.__doc__ or cls.__name__).strip().splitlines()[0]
     codes.update(AGENT_CODES)
     return codes

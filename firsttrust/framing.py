@@ -70,8 +70,11 @@ def encode_frame(frame_type: str, fields: dict[str, Any]) -> bytes:
 
 
 def encode_error(code: str, message: str) -> bytes:
-    """An error frame: the last frame a side sends before closing."""
-    return encode_frame("error", {"code": code, "message": message.splitlines()[0][:512]})
+    """An error frame: the last frame a side sends before closing. The message is reduced to
+    its first line, control characters replaced, capped at 512 characters."""
+    lines = message.splitlines()
+    first = "".join(c if c.isprintable() else " " for c in (lines[0] if lines else code))
+    return encode_frame("error", {"code": code, "message": first[:512]})
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -181,6 +181,17 @@ def _ephemeral(value: bytes) -> bytes:
     return value
 
 
+def _construct(cls, *args, ephemeral_name: str, ephemeral: bytes, **kwargs):
+    """pysrp's backends disagree on the ephemeral's length (ctypes: 32 bytes; pure Python
+    1.0.22: 256). Left-padding with zeros gives the pure backend the same integer."""
+    try:
+        return cls(*args, **{ephemeral_name: ephemeral}, **kwargs)
+    except ValueError:
+        if BACKEND == "openssl":
+            raise
+        return cls(*args, **{ephemeral_name: bytes(256 - len(ephemeral)) + ephemeral}, **kwargs)
+
+
 class SRPServer:
     """The host side: knows salt and verifier, never the password.
 
@@ -193,8 +204,8 @@ class SRPServer:
         self.group = group
         if int.from_bytes(A, "big") % group.N == 0:
             raise InvalidSRPParameter("client public value A is 0 mod N")
-        self._impl = _backend.Verifier(identity, salt, verifier, A, bytes_b=_ephemeral(b),
-                                       **group._pysrp_args())
+        self._impl = _construct(_backend.Verifier, identity, salt, verifier, A, ephemeral_name="bytes_b",
+                                ephemeral=_ephemeral(b), **group._pysrp_args())
         _, B = self._impl.get_challenge()
         if B is None:  # pysrp's own A % N check; unreachable after ours, kept as a backstop
             raise InvalidSRPParameter("client public value A is 0 mod N")
@@ -229,7 +240,8 @@ class SRPClient:
     def __init__(self, password: bytes, a: bytes, group: SRPGroup = GROUP_3072_SHA512,
                  identity: bytes = IDENTITY) -> None:
         self.group = group
-        self._impl = _backend.User(identity, password, bytes_a=_ephemeral(a), **group._pysrp_args())
+        self._impl = _construct(_backend.User, identity, password, ephemeral_name="bytes_a",
+                                ephemeral=_ephemeral(a), **group._pysrp_args())
         _, A = self._impl.start_authentication()
         self.A = group.pad(int.from_bytes(A, "big"))
         self._M1: bytes | None = None
@@ -239,7 +251,7 @@ class SRPClient:
         """Compute the client proof M1 = H(H(N) xor H(g) | H(I) | s | A | B | K).
 
         Raises:
-            InvalidSRPParameter: B % N == 0 (RFC 5054 section 2.5.4; pysrp checks only B == 0),
+            InvalidSRPParameter: B % N == 0 (RFC 5054 section 2.5.3; pysrp checks only B == 0),
                 or u == 0.
         """
         if int.from_bytes(B, "big") % self.group.N == 0:

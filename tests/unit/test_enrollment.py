@@ -338,8 +338,29 @@ def _identities(pair):
 
 def test_frame_after_the_end(pair):
     run(pair.client, pair.server, client_cert=pair.ccert, server_cert=pair.scert)
-    with pytest.raises(StateError):
+    with pytest.raises(UnexpectedFrame):
         pair.server.receive_data(encode_frame("hello", {"A": "AA=="}))
+
+
+def test_bytes_after_finish_in_the_same_read(pair):
+    finish = pair.finish()
+    with pytest.raises(UnexpectedFrame):
+        pair.server.receive_data(finish + b"\0")
+
+
+def test_data_while_persisting(pair):
+    pair.server.receive_data(pair.finish())
+    with pytest.raises(UnexpectedFrame):
+        pair.server.receive_data(b"\0")
+
+
+def test_server_checks_its_own_enrolled_fields(pair):
+    with pytest.raises(InvalidField):
+        ServerEnrollment(salt=pair.salt, verifier=pair.verifier, sec_b=pair.secrets.sec_b, certificate=pair.scert,
+                         api_port=8443, ssh_host_keys=("ssh-ed25519 AAAA host\n",))
+    with pytest.raises(InvalidField):
+        ServerEnrollment(salt=pair.salt, verifier=pair.verifier, sec_b=pair.secrets.sec_b, certificate=pair.scert,
+                         api_port=0)
 
 
 def test_lockstep_no_bytes_after_the_last_plaintext_frame(pair):
@@ -410,6 +431,7 @@ def test_peer_error_frame_becomes_peer_refused(pair):
 def test_abort_gives_an_error_frame_and_ends_the_machine(pair):
     frame = pair.server.abort("timeout", "no hello within 15 s")
     assert fields_of(frame) == {"v": 1, "type": "error", "code": "timeout", "message": "no hello within 15 s"}
+    assert pair.server.error.code == "timeout"
     with pytest.raises(StateError):
         pair.server.receive_data(pair.hello())
 

@@ -132,3 +132,12 @@ def test_error_frame_message_is_one_line_and_capped():
     fields = json.loads(frame[4:])
     assert fields["message"] == "first line"
     assert len(json.loads(encode_error("internal", "y" * 2000)[4:])["message"]) == 512
+
+
+def test_error_frame_from_an_empty_or_odd_message_is_still_valid():
+    from firsttrust.framing import FrameDecoder
+    from firsttrust.messages import validate
+    for message in ("", "tab\there", "\x00nul"):
+        dec = FrameDecoder()
+        dec.feed(encode_error("internal", message))
+        assert validate(dec.next_frame())["code"] == "internal"

@@ -198,3 +198,25 @@ def test_ephemerals_must_be_32_random_bytes():
         SRPClient(b"pw", b"\x01" * 31)
     with pytest.raises(ValueError):
         SRPClient(b"pw", bytes(32))
+
+
+def test_pure_python_fallback_still_completes_a_handshake():
+    code = textwrap.dedent("""
+        import ctypes, os, warnings
+        real = ctypes.CDLL.__init__
+        def init(self, name, *a, **k):
+            if "libssl" in str(name):
+                raise OSError("no libssl here")
+            return real(self, name, *a, **k)
+        ctypes.CDLL.__init__ = init
+        warnings.simplefilter("ignore")
+        from firsttrust import srp6a
+        assert srp6a.BACKEND == "pure-python"
+        salt, v = srp6a.new_verifier_record(b"pw")
+        c = srp6a.SRPClient(b"pw", os.urandom(32)); s = srp6a.SRPServer(salt, v, c.A, os.urandom(32))
+        c.verify(s.verify(c.process_challenge(salt, s.B)))
+        print(c.session_key == s.session_key)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
