@@ -1,0 +1,1 @@
+"""A local data center for the demo and tests: no VMware needed."""
