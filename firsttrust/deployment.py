@@ -6,7 +6,11 @@ the agent reads them at first boot. docs/deployment.md is the operator's view of
 
 from __future__ import annotations
 
+import base64
+import gzip
 import re
+
+from .errors import FirsttrustError
 
 PREFIX = "firsttrust."
 GUESTINFO_PREFIX = "guestinfo."
@@ -52,3 +56,60 @@ def parse_duration(text: str) -> int:
 def guestinfo_key(property_key: str) -> str:
     """The extraConfig twin of an OVF property: firsttrust.sec-a -> guestinfo.firsttrust.sec-a."""
     return GUESTINFO_PREFIX + property_key
+
+
+# --- property value encodings (the requester's side; agent.sources.encodings decodes) ---------
+#
+# A property K may have a sibling K.encoding saying how its value is written. Certificates are
+# base64: a PEM's newlines would not survive an XML attribute written by a tool that does not
+# escape them (XML 1.0 section 3.3.3 normalizes them to spaces), nor a single-line form field.
+
+PLAIN = "plain"
+BASE64 = "base64"
+GZIP_BASE64 = "gzip+base64"
+ENCODINGS = (PLAIN, BASE64, GZIP_BASE64)
+
+# A decoded value (secret, certificate chain, JSON document) is at most a few KiB. 64 KiB is the
+# cap per value the OVF environment applies (ovfenv.MAX_VALUE_BYTES), so a value that is too big
+# decoded would be too big plain as well.
+MAX_DECODED_BYTES = 64 * 1024
+
+
+class PropertyEncodingError(FirsttrustError):
+    """A property value cannot be written in the requested encoding."""
+
+    code = "encoding"
+
+
+def encode_value(value: str, encoding: str) -> str:
+    """Encode a value for a property, the requester's side of the agent's decode_value.
+
+    gzip output is deterministic (mtime 0, no file name), so the same value always yields the
+    same property text and deploy specs are reproducible.
+
+    Args:
+        value: the text to carry.
+        encoding: one of ENCODINGS (case-insensitive), or "" for plain.
+
+    Returns:
+        The property text; decode_value(result, encoding) == value.
+
+    Raises:
+        PropertyEncodingError: unknown encoding, a value that is not encodable as UTF-8 (lone
+            surrogates), or one whose UTF-8 form is over MAX_DECODED_BYTES (the agent would
+            refuse it). Messages never contain the value.
+    """
+    name = encoding.lower() or PLAIN
+    if name not in ENCODINGS:
+        raise PropertyEncodingError(f"unknown encoding; expected one of {', '.join(ENCODINGS)}")
+    if name == PLAIN:
+        return value
+    try:
+        data = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PropertyEncodingError("the value is not encodable as UTF-8") from None
+    if len(data) > MAX_DECODED_BYTES:
+        raise PropertyEncodingError(f"the value is {len(data)} bytes, over the {MAX_DECODED_BYTES}-byte cap")
+    if name == GZIP_BASE64:
+        data = gzip.compress(data, compresslevel=9, mtime=0)
+    return base64.b64encode(data).decode("ascii")

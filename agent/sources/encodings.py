@@ -21,22 +21,22 @@ from __future__ import annotations
 
 import base64
 import binascii
-import gzip
 import re
 import zlib
 
 from agent.errors import EncodingError
+# The names and the cap are shared with the requester's encoder, which lives in the core.
+from firsttrust import deployment
+from firsttrust.deployment import (  # noqa: F401  (re-exported)
+    BASE64,
+    ENCODING_SUFFIX,
+    ENCODINGS,
+    GZIP_BASE64,
+    MAX_DECODED_BYTES,
+    PLAIN,
+    PropertyEncodingError,
+)
 
-ENCODING_SUFFIX = ".encoding"
-PLAIN = "plain"
-BASE64 = "base64"
-GZIP_BASE64 = "gzip+base64"
-ENCODINGS = (PLAIN, BASE64, GZIP_BASE64)
-
-# A decoded value (secret, certificate chain, JSON document) is at most a few KiB. 64 KiB is the
-# cap per value the OVF environment parser applies (ovfenv.MAX_VALUE_BYTES), so a value that is
-# too big decoded would be too big plain as well.
-MAX_DECODED_BYTES = 64 * 1024
 # Base64 text for MAX_DECODED_BYTES bytes, plus generous room for wrapping whitespace. Checked
 # before decoding, so a huge value costs nothing.
 MAX_ENCODED_CHARS = 2 * (4 * (MAX_DECODED_BYTES + 2) // 3)
@@ -112,35 +112,18 @@ def decode_value(value: str, encoding: str, *, key: str = "a property") -> str:
 
 
 def encode_value(value: str, encoding: str) -> str:
-    """Encode a value for a property, the requester's side of decode_value.
+    """firsttrust.deployment.encode_value (the requester's encoder), raising EncodingError.
 
-    gzip output is deterministic (mtime 0, no file name), so the same value always yields the
-    same property text.
-
-    Args:
-        value: the text to carry.
-        encoding: one of ENCODINGS (case-insensitive), or "" for plain.
-
-    Returns:
-        The property text; decode_value(result, encoding) == value.
+    The encoder lives in the core so the requester can use it without importing the agent; this
+    name keeps every error of this module an EncodingError for the agent's tests and the lab.
 
     Raises:
-        EncodingError: unknown encoding, a value that is not encodable as UTF-8 (lone
-            surrogates), or one whose UTF-8 form is over MAX_DECODED_BYTES (the agent would
-            refuse it).
+        EncodingError: whatever the core refuses (see firsttrust.deployment.encode_value).
     """
-    name = _normalize(encoding, "the value")
-    if name == PLAIN:
-        return value
     try:
-        data = value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise EncodingError("the value is not encodable as UTF-8") from None
-    if len(data) > MAX_DECODED_BYTES:
-        raise EncodingError(f"the value is {len(data)} bytes, over the {MAX_DECODED_BYTES}-byte cap")
-    if name == GZIP_BASE64:
-        data = gzip.compress(data, compresslevel=9, mtime=0)
-    return base64.b64encode(data).decode("ascii")
+        return deployment.encode_value(value, encoding)
+    except PropertyEncodingError as exc:
+        raise EncodingError(str(exc)) from None
 
 
 def _normalize(encoding: str, key: str) -> str:

@@ -1,11 +1,12 @@
-"""The OVF environment document (DMTF DSP0243 clause 11): parse it, write it, scrub it.
+"""The OVF environment document (DMTF DSP0243 clause 11): parse it and scrub it.
 
 vCenter hands a deployed VM its vApp properties as one XML document, the OVF environment,
 either in `guestinfo.ovfEnv` or as `ovf-env.xml` on a CD-ROM labelled "OVF ENV". The
 document is supplied by whoever can deploy or reconfigure the VM, so it is parsed as
 hostile: size-capped before the parser sees it, no DTD, no entities, no external
 references (defusedxml), and namespace-strict, so a look-alike document is refused rather
-than half-read.
+than half-read. The writer, with the names and limits both sides share, is in
+`firsttrust.ovfenv` (the requester writes documents too); serialize_ovf_env here wraps it.
 
 The shape vCenter delivers (seen in open-vm-tools' and cloud-init's test data)::
 
@@ -22,7 +23,7 @@ The shape vCenter delivers (seen in open-vm-tools' and cloud-init's test data)::
           <Vendor>VMware, Inc.</Vendor> <Locale>en</Locale>
        </PlatformSection>
        <PropertySection>
-             <Property oe:key="firsttrust.sec_a" oe:value="..."/>
+             <Property oe:key="firsttrust.sec-a" oe:value="..."/>
        </PropertySection>
        <ve:EthernetAdapterSection>...</ve:EthernetAdapterSection>
     </Environment>
@@ -39,29 +40,21 @@ import defusedxml
 import defusedxml.ElementTree
 
 from agent.errors import OvfEnvError
-
-# DSP0243 clause 11 and its schema (DSP8027): one namespace for the elements and for the
-# qualified attributes (oe:key, oe:value, oe:id).
-OVFENV_NS = "http://schemas.dmtf.org/ovf/environment/1"
-VMWARE_OVFENV_NS = "http://www.vmware.com/schema/ovfenv"
-XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
-
-# A vCenter document for a few dozen properties is a few KiB; the largest value we expect is
-# a PEM certificate chain (a few KiB). 1 MiB bounds what expat and ElementTree hold in memory
-# while leaving two orders of magnitude of headroom. Checked on the raw bytes, before parsing.
-MAX_DOCUMENT_BYTES = 1024 * 1024
-# Per property value, in UTF-8 bytes: a gzip+base64 value decodes to at most
-# encodings.MAX_DECODED_BYTES (64 KiB), and no value of ours needs more than that.
-MAX_VALUE_BYTES = 64 * 1024
-# Keys are identifiers (`firsttrust.sec_a`); anything this long is not one, and keys do
-# appear in error messages.
-MAX_KEY_BYTES = 1024
-
-# Default platform for serialize_ovf_env: what an ESXi 8 host behind vCenter writes.
-DEFAULT_KIND = "VMware ESXi"
-DEFAULT_VERSION = "8.0.3"
-DEFAULT_VENDOR = "VMware, Inc."
-DEFAULT_LOCALE = "en"
+from firsttrust import ovfenv as _writer
+# One definition of the names, limits and checks for writer and parser; the caps and
+# PlatformInfo are also re-exported for this module's users.
+from firsttrust.ovfenv import (  # noqa: F401
+    MAX_DOCUMENT_BYTES,
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+    OVFENV_NS,
+    VMWARE_OVFENV_NS,
+    OvfEnvValueError,
+    PlatformInfo,
+    check_key,
+    check_value_size,
+    show_key,
+)
 
 _ENVIRONMENT = f"{{{OVFENV_NS}}}Environment"
 _PLATFORM_SECTION = f"{{{OVFENV_NS}}}PlatformSection"
@@ -75,18 +68,6 @@ _ESX_ID = f"{{{VMWARE_OVFENV_NS}}}esxId"
 
 # The XML declaration's encoding pseudo-attribute (XML 1.0 section 4.3.3).
 _DECLARED_ENCODING = re.compile(rb"\A<\?xml[^>]*?\bencoding\s*=\s*([\"'])([A-Za-z0-9._-]*)\1")
-# Characters XML 1.0 cannot carry at all, not even as character references (section 2.2).
-_NOT_XML_CHAR = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-@dataclass(frozen=True)
-class PlatformInfo:
-    """The PlatformSection (DSP0243 clause 11): who is running the VM. Informational only."""
-
-    kind: str | None = None
-    version: str | None = None
-    vendor: str | None = None
-    locale: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,58 +119,18 @@ def serialize_ovf_env(
     vcenter_id: str | None = "vm-1",
     platform: PlatformInfo | None = None,
 ) -> bytes:
-    """Write a complete OVF environment document the way vCenter delivers it.
+    """firsttrust.ovfenv.serialize_ovf_env (same arguments and output), raising OvfEnvError.
 
-    Values are escaped so that they survive attribute-value normalization (XML 1.0 section
-    3.3.3): tab, CR and LF become character references, so a PEM value keeps its newlines.
-
-    Args:
-        properties: key -> value, written in this order.
-        environment_id: the `oe:id` attribute; vCenter writes "" for a VM outside a vApp.
-        vcenter_id: the `ve:vCenterId` attribute, or None to leave it out.
-        platform: the PlatformSection; defaults to an ESXi 8 host.
-
-    Returns:
-        The UTF-8 document, accepted by parse_ovf_env.
+    The writer lives in the core so the requester can use it; this name keeps every error of
+    this module an OvfEnvError (a ConfigSourceError) for the agent's tests and the lab.
 
     Raises:
-        OvfEnvError: a key is empty, a key or value holds a character XML cannot carry
-            (NUL, most C0 controls, lone surrogates), or a key, value or the whole document
-            is over its cap.
+        OvfEnvError: whatever the core refuses (see firsttrust.ovfenv.serialize_ovf_env).
     """
-    platform = platform or PlatformInfo(DEFAULT_KIND, DEFAULT_VERSION, DEFAULT_VENDOR, DEFAULT_LOCALE)
-    root_attributes = [
-        'xmlns="' + OVFENV_NS + '"',
-        'xmlns:xsi="' + XSI_NS + '"',
-        'xmlns:oe="' + OVFENV_NS + '"',
-        'xmlns:ve="' + VMWARE_OVFENV_NS + '"',
-        "oe:id=" + _attribute(environment_id, "oe:id"),
-    ]
-    if vcenter_id is not None:
-        root_attributes.append("ve:vCenterId=" + _attribute(vcenter_id, "ve:vCenterId"))
-    lines = ['<?xml version="1.0" encoding="UTF-8"?>', "<Environment"]
-    lines += ["     " + attribute for attribute in root_attributes[:-1]]
-    lines += ["     " + root_attributes[-1] + ">", "   <PlatformSection>"]
-    for tag, text in (
-        ("Kind", platform.kind),
-        ("Version", platform.version),
-        ("Vendor", platform.vendor),
-        ("Locale", platform.locale),
-    ):
-        if text is not None:
-            lines.append(f"      <{tag}>{_text(text, tag)}</{tag}>")
-    lines += ["   </PlatformSection>", "   <PropertySection>"]
-    for key, value in properties.items():
-        _check_key(key)
-        _check_value_size(key, value)
-        key_text = _attribute(key, "a key")
-        value_text = _attribute(value, f"the value of {_show(key)}")
-        lines.append(f"         <Property oe:key={key_text} oe:value={value_text}/>")
-    lines += ["   </PropertySection>", "</Environment>", ""]
-    document = "\n".join(lines).encode("utf-8")
-    if len(document) > MAX_DOCUMENT_BYTES:
-        raise OvfEnvError(f"OVF environment would be {len(document)} bytes, over the {MAX_DOCUMENT_BYTES}-byte cap")
-    return document
+    try:
+        return _writer.serialize_ovf_env(properties, environment_id, vcenter_id=vcenter_id, platform=platform)
+    except OvfEnvValueError as exc:
+        raise OvfEnvError(str(exc)) from None
 
 
 def remove_properties(data: bytes, prefix: str) -> bytes:
@@ -257,7 +198,7 @@ def _parse_document(data: bytes) -> Element:
         line, column = getattr(exc, "position", (0, 0))
         raise OvfEnvError(f"OVF environment is not well-formed XML (line {line}, column {column})") from None
     if root.tag != _ENVIRONMENT:
-        raise OvfEnvError(f"OVF environment root is {_show(root.tag)}, not {_ENVIRONMENT} (DSP0243 clause 11)")
+        raise OvfEnvError(f"OVF environment root is {show_key(root.tag)}, not {_ENVIRONMENT} (DSP0243 clause 11)")
     return root
 
 
@@ -270,7 +211,7 @@ def _own_properties(root: Element) -> dict[str, str]:
         if not isinstance(section.tag, str):
             continue  # comment or processing instruction
         if _local_name(section.tag) == "PropertySection" and section.tag != _PROPERTY_SECTION:
-            raise OvfEnvError(f"PropertySection is in namespace {_show(_namespace(section.tag))}, not {OVFENV_NS}")
+            raise OvfEnvError(f"PropertySection is in namespace {show_key(_namespace(section.tag))}, not {OVFENV_NS}")
         if section.tag != _PROPERTY_SECTION:
             continue
         for element in section:
@@ -278,11 +219,11 @@ def _own_properties(root: Element) -> dict[str, str]:
                 continue
             if element.tag != _PROPERTY:
                 if _local_name(element.tag) == "Property":
-                    raise OvfEnvError(f"Property is in namespace {_show(_namespace(element.tag))}, not {OVFENV_NS}")
+                    raise OvfEnvError(f"Property is in namespace {show_key(_namespace(element.tag))}, not {OVFENV_NS}")
                 continue  # DSP0243 lets sections carry elements of other namespaces
             key, value = _key_value(element)
             if key in properties:
-                raise OvfEnvError(f"OVF environment repeats property key {_show(key)}")
+                raise OvfEnvError(f"OVF environment repeats property key {show_key(key)}")
             properties[key] = value
     return properties
 
@@ -298,11 +239,11 @@ def _key_value(element: Element) -> tuple[str, str]:
     key = element.get(_KEY)
     if key is None:
         raise OvfEnvError("Property has no oe:key attribute")
-    _check_key(key)
+    check_key(key, OvfEnvError)
     value = element.get(_VALUE)
     if value is None:
-        raise OvfEnvError(f"Property {_show(key)} has no oe:value attribute")
-    _check_value_size(key, value)
+        raise OvfEnvError(f"Property {show_key(key)} has no oe:value attribute")
+    check_value_size(key, value, OvfEnvError)
     return key, value
 
 
@@ -393,56 +334,6 @@ def _line_start(data: bytes, start: int, floor: int) -> int:
             position -= 1
         return position
     return start  # something else shares the line: remove the element only
-
-
-# --- writing ---------------------------------------------------------------------------------
-
-
-def _attribute(value: str, what: str) -> str:
-    _check_xml_chars(value, what)
-    escaped = (
-        value.replace("&", "&amp;")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace('"', "&quot;")
-        .replace("\t", "&#9;")
-        .replace("\n", "&#10;")
-        .replace("\r", "&#13;")
-    )
-    return f'"{escaped}"'
-
-
-def _text(value: str, what: str) -> str:
-    _check_xml_chars(value, what)
-    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
-
-
-def _check_xml_chars(value: str, what: str) -> None:
-    bad = _NOT_XML_CHAR.search(value)
-    if bad:
-        raise OvfEnvError(f"{what} contains a character XML 1.0 cannot carry (U+{ord(bad.group()):04X})")
-
-
-# --- shared checks -----------------------------------------------------------------------------
-
-
-def _check_key(key: str) -> None:
-    if not key:
-        raise OvfEnvError("Property has an empty oe:key")
-    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
-        raise OvfEnvError(f"a property key is over the {MAX_KEY_BYTES}-byte cap")
-
-
-def _check_value_size(key: str, value: str) -> None:
-    size = len(value.encode("utf-8", "surrogatepass"))
-    if size > MAX_VALUE_BYTES:
-        raise OvfEnvError(f"value of {_show(key)} is {size} bytes, over the {MAX_VALUE_BYTES}-byte cap")
-
-
-def _show(name: str, limit: int = 80) -> str:
-    """A key or tag for an error message: quoted, one line, bounded. Never used for values."""
-    text = repr(name)
-    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 def _local_name(tag: str) -> str:

@@ -1,0 +1,13 @@
+"""firsttrust requester: the client half, library first.
+
+The requester is the machine that asks vCenter to deploy an appliance and then enrolls with it.
+Its library turns the core protocol (`firsttrust`) into operations on real files, sockets and
+deployments; the `firsttrust` command (`requester.cli`) is a thin layer over it.
+
+  deployspec   the deployment properties that carry SEC-A, SEC-B and the requester's
+               certificate to a new appliance, as an OVF environment, an OVF descriptor
+               ProductSection, or guestinfo extraConfig lines (docs/deployment.md)
+  cli          `firsttrust secrets new`, `firsttrust deploy-spec`, ...
+
+Nothing here imports `agent`: the two halves share only `firsttrust`.
+"""
