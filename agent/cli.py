@@ -1,0 +1,179 @@
+"""firsttrust-agent: the appliance-side command.
+
+Exit codes: 0 success; 1 the operation failed; 2 bad usage or bad input (config, properties,
+certificate); 3 not provisioned yet (status, show-identity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from firsttrust.errors import FirsttrustError, InvalidCertificate
+from firsttrust.identity import load_certificate, pin_of_certificate
+
+from . import audit
+from .config import ConfigError, load_config
+from .errors import ConfigSourceError, NoConfiguration
+from .provision import provision
+from .sources.deploy import read_deploy_config
+from .state import StateDir
+
+EXIT_FAILED, EXIT_USAGE, EXIT_NOT_PROVISIONED = 1, 2, 3
+MAX_CERT_INPUT = 64 * 1024
+
+
+class NotProvisioned(FirsttrustError):
+    code = "not_provisioned"
+
+
+class UsageError(FirsttrustError):
+    code = "usage"
+
+
+def _store(args: argparse.Namespace):
+    config = load_config(args.config, args.state_dir)
+    return config, StateDir(config.state_dir)
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    config, _ = _store(args)
+    deploy = read_deploy_config(args.source)
+    report = provision(config, deploy, set_account_password=not args.no_set_password)
+    print(f"{report.action}: {report.pin} (source {deploy.source}, scrub {report.state.scrub['result']})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config, store = _store(args)
+    state = store.load()
+    identity = store.load_identity()
+    if state is None:
+        if args.json:
+            print(json.dumps({"phase": "unprovisioned", "state_dir": str(store.path)}))
+        else:
+            print(f"unprovisioned (state dir {store.path})")
+        return EXIT_NOT_PROVISIONED
+    now = time.time()
+    report = {
+        "phase": state.phase,
+        "source": state.source,
+        "pin": identity.pin if identity else None,
+        "provisioned_at": state.provisioned_at,
+        "enrolled_at": state.enrolled_at,
+        "enrolled_via": state.enrolled_via,
+        "window_expires_at": state.window_expires_at,
+        "window_open": bool(state.armed and state.window_expires_at and now < state.window_expires_at),
+        "failures": state.failures,
+        "failures_left": max(0, config.max_failures - state.failures),
+        "password": state.password,
+        "scrub": state.scrub,
+        "published": state.published,
+        "authorized_keys": len(store.authorized()),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        for key, value in report.items():
+            if isinstance(value, dict):
+                value = f"{value['result']}" + (f" ({value['detail']})" if value.get("detail") else "")
+            print(f"{key.replace('_', ' ')}: {value}")
+    return 0
+
+
+def _read_cert_input(name: str) -> bytes:
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read(MAX_CERT_INPUT + 1)
+        else:
+            with open(name, "rb") as handle:
+                data = handle.read(MAX_CERT_INPUT + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {name}: {exc.strerror}") from None
+    if len(data) > MAX_CERT_INPUT:
+        raise InvalidCertificate(f"{name} is larger than {MAX_CERT_INPUT} bytes")
+    return data
+
+
+def cmd_authorize(args: argparse.Namespace) -> int:
+    _, store = _store(args)
+    data = _read_cert_input(args.cert)
+    load_certificate(data)
+    store.ensure()
+    pin, added = store.authorize(data, name=args.name, source="guest-command")
+    if added:
+        audit.event("key-authorized", f"authorized requester key {pin} by guest command", pin=pin,
+                    source="guest-command")
+    print(f"{'authorized' if added else 'already authorized'}: {pin}")
+    return 0
+
+
+def cmd_show_identity(args: argparse.Namespace) -> int:
+    _, store = _store(args)
+    identity = store.load_identity()
+    if identity is None:
+        raise NotProvisioned(f"no appliance identity in {store.path} (run firsttrust-agent provision)")
+    if args.format == "pin":
+        print(pin_of_certificate(identity.certificate))
+    else:
+        sys.stdout.write(identity.cert_pem.decode("ascii"))
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+    "provision": (cmd_provision, "read deploy-time properties and provision this appliance"),
+    "status": (cmd_status, "show provisioning and enrollment state"),
+    "authorize": (cmd_authorize, "authorize a requester certificate (seed FIG. 3, guest operations)"),
+    "show-identity": (cmd_show_identity, "print this appliance's certificate or pin"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other user mistake
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="firsttrust-agent", description="firsttrust appliance agent")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", type=Path, help="agent config (default /etc/firsttrust/agent.toml)")
+        p.add_argument("--state-dir", type=Path, help="state directory (default /var/lib/firsttrust)")
+        if name == "provision":
+            p.add_argument("--source", default="auto", help="auto | vmware | iso | file:PATH (default auto)")
+            p.add_argument("--no-set-password", action="store_true", help="do not set the account password")
+        elif name == "status":
+            p.add_argument("--json", action="store_true")
+        elif name == "authorize":
+            p.add_argument("--cert", required=True, help="certificate file (PEM or DER), or - for stdin")
+            p.add_argument("--name", default="guest-command", help="label for this requester")
+        elif name == "show-identity":
+            p.add_argument("--format", choices=("pem", "pin"), default="pem")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command][0](args)
+    except (UsageError, ConfigError, ConfigSourceError, InvalidCertificate) as exc:
+        code = EXIT_FAILED if isinstance(exc, NoConfiguration) else EXIT_USAGE
+        print(f"firsttrust-agent: error: {exc}", file=sys.stderr)
+        return code
+    except NotProvisioned as exc:
+        print(f"firsttrust-agent: error: {exc}", file=sys.stderr)
+        return EXIT_NOT_PROVISIONED
+    except FirsttrustError as exc:
+        print(f"firsttrust-agent: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""First-boot provisioning: from deploy-time properties to an armed (or enrolled) appliance.
+
+Steps, in this order (each a checkpoint; a crash between any two leaves a state from which a
+rerun completes, see tests/unit/test_provision_crash.py):
+
+  identity     create the key (once) and its self-signed certificate; public copy of the cert
+  password     chpasswd the configured account from SEC-A (stdin only)
+  sec-b        write SEC-B (0600)
+  authorized   add an injected requester certificate (seed FIG. 2)
+  state        write state.json: the commit point (salt + verifier, window, sha256 of sec-b)
+  publish      info-set guestinfo.firsttrust.appliance-cert for the manager to read
+  scrub        blank our guestinfo keys / rewrite guestinfo.ovfEnv without our properties,
+               read back to verify; the result (done, failed, impossible) goes to state.json
+
+Re-arming rule: a second run keeps the identity. Injected secrets re-arm SRP enrollment only if
+they differ from the provisioned ones and the appliance is not yet enrolled; once enrolled,
+injected secrets are ignored (and still scrubbed). SEC-A is never written anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import socket
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from firsttrust.deployment import APPLIANCE_CERT_GUESTINFO, DEFAULT_ENROLL_WINDOW, PREFIX
+from firsttrust.identity import Identity, create_identity
+from firsttrust.srp6a import compute_verifier, new_verifier_record
+
+from . import audit
+from .atomicfile import clean_stale_temps, write_atomic
+from .config import AgentConfig
+from .errors import AgentError, GuestInfoError, HypervisorUnavailable, NoConfiguration
+from .password import set_password
+from .sources.deploy import OVFENV_GUESTINFO_KEY, DeployConfig
+from .sources.guestinfo import GuestInfo
+from .sources.ovfenv import remove_properties
+from .state import AgentState, StateDir
+
+Checkpoint = Callable[[str], None]
+
+
+def _no_checkpoint(step: str) -> None:
+    """Tests replace this to kill the process between steps."""
+
+
+@dataclass(frozen=True)
+class ProvisionReport:
+    action: str  # "armed" | "re-armed" | "unchanged" | "ignored-enrolled" | "authorized-only"
+    pin: str
+    state: AgentState
+
+
+def _ensure_identity(store: StateDir, clock: Callable[[], float]) -> Identity:
+    identity = store.load_identity()
+    if identity is not None:
+        return identity
+    key_pem = store.load_key_pem()  # a crash may have left the key without its certificate
+    fresh = create_identity(socket.gethostname() or "appliance", dns_names=[socket.gethostname() or "appliance"],
+                            clock=clock,
+                            private_key=Identity(key_pem, b"").private_key if key_pem else None)
+    if key_pem is None:
+        store.save_key(fresh.key_pem)
+    store.save_certificate(fresh.cert_pem)
+    return fresh
+
+
+def _same_secrets(store: StateDir, state: AgentState, deploy: DeployConfig) -> bool:
+    if not state.armed or state.srp_salt is None or state.srp_verifier is None:
+        return False
+    verifier = compute_verifier(deploy.sec_a.encode("ascii"), bytes.fromhex(state.srp_salt))
+    same_a = hmac.compare_digest(verifier, bytes.fromhex(state.srp_verifier))
+    same_b = store.load_sec_b(state.sec_b_sha256) == deploy.sec_b
+    return same_a and same_b
+
+
+def provision(config: AgentConfig, deploy: DeployConfig, *, guestinfo: GuestInfo | None = None,
+              set_account_password: bool = True, clock: Callable[[], float] = time.time,
+              checkpoint: Checkpoint | None = None) -> ProvisionReport:
+    """Provision (or re-check) the appliance from `deploy`. Safe to run any number of times.
+
+    Raises:
+        NoConfiguration: nothing injected and never provisioned before.
+        AgentError (subclasses): a step failed; state.json is only written once all earlier
+            steps succeeded, so the appliance is never left half-armed.
+    """
+    step = checkpoint or _no_checkpoint
+    store = StateDir(config.state_dir)
+    store.ensure()
+    clean_stale_temps(store.path)
+    state = store.load()
+    if deploy.empty and state is None:
+        raise NoConfiguration("no firsttrust properties found (guestinfo, OVF environment, ISO) "
+                              "and the appliance was never provisioned")
+
+    identity = _ensure_identity(store, clock)
+    _write_public_certificate(config, identity)
+    step("identity")
+
+    state = state or AgentState()
+    if not deploy.has_secrets:
+        action = "authorized-only" if deploy.requester_cert_pem else "unchanged"
+    elif state.phase == "enrolled":
+        action = "ignored-enrolled"
+    elif _same_secrets(store, state, deploy):
+        action = "unchanged"
+    else:
+        action = "re-armed" if state.armed else "armed"
+
+    new = replace(state)
+    if action in ("armed", "re-armed"):
+        assert deploy.sec_a is not None and deploy.sec_b is not None
+        if set_account_password:
+            set_password(config.account, deploy.sec_a)
+            new.password = "set"
+        else:
+            new.password = "skipped"
+        step("password")
+        salt, verifier = new_verifier_record(deploy.sec_a.encode("ascii"))
+        new.sec_b_sha256 = store.save_sec_b(deploy.sec_b)
+        step("sec-b")
+        now = clock()
+        window = deploy.enroll_window or config.enroll_window or DEFAULT_ENROLL_WINDOW
+        new.phase, new.source, new.provisioned_at = "provisioned", deploy.source, now
+        new.srp_salt, new.srp_verifier = salt.hex(), verifier.hex()
+        new.enroll_window, new.window_expires_at, new.failures = window, now + window, 0
+
+    if deploy.requester_cert_pem is not None:
+        pin, added = store.authorize(deploy.requester_cert_pem, name="injected", source=deploy.source, clock=clock)
+        if added:
+            audit.event("key-authorized", f"authorized injected requester key {pin}", pin=pin, source=deploy.source)
+        if not deploy.has_secrets and new.phase != "enrolled":
+            # FIG. 2 alone: the requester is pinned by injection, SRP enrollment never opens.
+            new.phase, new.enrolled_via, new.enrolled_at, new.source = "enrolled", "injected-certificate", clock(), \
+                deploy.source
+    step("authorized")
+
+    if new != state or store.load() is None:
+        store.save(new)
+        if action in ("armed", "re-armed", "authorized-only"):
+            audit.event("provisioned", f"provisioned from {deploy.source} ({action})", source=deploy.source,
+                        action=action, pin=identity.pin)
+    step("state")
+
+    guestinfo = guestinfo or GuestInfo()
+    new.published = _publish(guestinfo, identity)
+    step("publish")
+    if not deploy.empty:
+        new.scrub = _scrub(guestinfo, deploy)
+        if new.scrub["result"] != "done":
+            audit.event("scrub-failed", f"secrets not scrubbed from {deploy.source}: {new.scrub['detail']}",
+                        source=deploy.source, outcome=new.scrub["result"])
+    store.save(new)
+    step("scrub")
+    return ProvisionReport(action=action, pin=identity.pin, state=new)
+
+
+def _write_public_certificate(config: AgentConfig, identity: Identity) -> None:
+    path = config.public_certificate
+    try:
+        if path.read_bytes() == identity.cert_pem:
+            return
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise AgentError(f"cannot read {path}: {exc.strerror}") from None
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    write_atomic(path, identity.cert_pem, 0o644)
+
+
+def _publish(guestinfo: GuestInfo, identity: Identity) -> dict[str, str]:
+    value = base64.b64encode(identity.cert_pem).decode("ascii")
+    try:
+        guestinfo.set(APPLIANCE_CERT_GUESTINFO, value)
+        if guestinfo.get(APPLIANCE_CERT_GUESTINFO) != value:
+            return {"result": "failed", "detail": "read-back differs"}
+    except HypervisorUnavailable:
+        return {"result": "impossible", "detail": "no VMware hypervisor channel"}
+    except GuestInfoError as exc:
+        return {"result": "failed", "detail": str(exc)}
+    return {"result": "done", "detail": APPLIANCE_CERT_GUESTINFO}
+
+
+def _scrub(guestinfo: GuestInfo, deploy: DeployConfig) -> dict[str, str]:
+    """Remove our secrets from where they came from, and check that they are gone."""
+    if deploy.scrub == "impossible":
+        return {"result": "impossible",
+                "detail": f"{deploy.source} is read-only from the guest; detach it after enrollment"}
+    try:
+        if deploy.scrub == "guestinfo":
+            for key in deploy.guestinfo_keys:
+                guestinfo.set(key, "")
+            leftover = [k for k in deploy.guestinfo_keys if guestinfo.get(k)]
+            if leftover:
+                return {"result": "failed", "detail": f"{leftover[0]} still set after scrubbing"}
+        elif deploy.scrub == "ovfenv":
+            document = guestinfo.get(OVFENV_GUESTINFO_KEY) or ""
+            cleaned = remove_properties(document.encode("utf-8"), PREFIX).decode("utf-8")
+            guestinfo.set(OVFENV_GUESTINFO_KEY, cleaned)
+            after = guestinfo.get(OVFENV_GUESTINFO_KEY) or ""
+            if any(secret and secret in after for secret in (deploy.sec_a, deploy.sec_b)) or PREFIX + "sec-" in after:
+                return {"result": "failed", "detail": "guestinfo.ovfEnv still holds firsttrust properties"}
+    except HypervisorUnavailable:
+        return {"result": "failed", "detail": "the VMware channel went away before scrubbing"}
+    except (GuestInfoError, AgentError) as exc:
+        return {"result": "failed", "detail": str(exc)}
+    return {"result": "done", "detail": deploy.source}

@@ -1,0 +1,184 @@
+"""The agent's state directory: what provisioning and enrollment leave behind.
+
+    <state_dir>/            0700
+      identity.key          0600  the appliance's private key (PEM, PKCS#8)
+      identity.crt          0644  its self-signed certificate
+      sec-b                 0600  SEC-B while enrollment is armed; removed once consumed
+      state.json            0600  phase, SRP salt + verifier, window, counters, scrub result
+      authorized.json       0600  the requester certificates allowed on the API
+
+state.json is the commit point of provisioning: it is written last, atomically, and names the
+SHA-256 of the sec-b file it goes with, so a crash between the two is detected, not trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from firsttrust.identity import Identity, certificate_pem, load_certificate, pin_of_certificate
+
+from .atomicfile import ensure_private_dir, remove_durably, write_atomic
+from .errors import AgentError
+
+STATE_VERSION = 1
+MAX_STATE_FILE = 1024 * 1024
+
+
+class StateError(AgentError):
+    """The state directory is unreadable or its content is corrupt."""
+
+    code = "state"
+
+
+@dataclass
+class AgentState:
+    phase: str = "unprovisioned"  # "provisioned" (SRP armed) | "enrolled"
+    source: str = ""
+    provisioned_at: float | None = None
+    enroll_window: int | None = None
+    window_expires_at: float | None = None
+    srp_salt: str | None = None  # hex; None once consumed
+    srp_verifier: str | None = None
+    sec_b_sha256: str | None = None
+    failures: int = 0
+    password: str = "not-set"  # "set" | "skipped" | "not-set"
+    scrub: dict[str, str] = field(default_factory=lambda: {"result": "not-needed", "detail": ""})
+    published: dict[str, str] = field(default_factory=lambda: {"result": "not-attempted", "detail": ""})
+    enrolled_at: float | None = None
+    enrolled_via: str | None = None
+    version: int = STATE_VERSION
+
+    @property
+    def armed(self) -> bool:
+        return self.phase == "provisioned" and self.srp_verifier is not None
+
+
+class StateDir:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    key_path = property(lambda self: self.path / "identity.key")
+    cert_path = property(lambda self: self.path / "identity.crt")
+    sec_b_path = property(lambda self: self.path / "sec-b")
+    state_path = property(lambda self: self.path / "state.json")
+    authorized_path = property(lambda self: self.path / "authorized.json")
+
+    def ensure(self) -> None:
+        ensure_private_dir(self.path)
+
+    # -- state.json ---------------------------------------------------------------------------
+
+    def _read_json(self, path: Path) -> Any:
+        try:
+            data = path.read_bytes()[: MAX_STATE_FILE + 1]
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            if len(data) > MAX_STATE_FILE:
+                raise ValueError
+            return json.loads(data)
+        except ValueError:
+            raise StateError(f"{path} is corrupt (not JSON); refusing to guess") from None
+
+    def load(self) -> AgentState | None:
+        raw = self._read_json(self.state_path)
+        if raw is None:
+            return None
+        try:
+            state = AgentState(**raw)
+        except TypeError:
+            raise StateError(f"{self.state_path} has unknown or missing fields") from None
+        if state.version != STATE_VERSION:
+            raise StateError(f"{self.state_path} is version {state.version}, this agent reads {STATE_VERSION}")
+        return state
+
+    def save(self, state: AgentState) -> None:
+        write_atomic(self.state_path, json.dumps(asdict(state), indent=2, sort_keys=True).encode() + b"\n", 0o600)
+
+    # -- identity -----------------------------------------------------------------------------
+
+    def load_identity(self) -> Identity | None:
+        try:
+            key_pem = self.key_path.read_bytes()
+            cert_pem = self.cert_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        identity = Identity(key_pem, cert_pem)
+        try:
+            if identity.certificate.public_key() != identity.private_key.public_key():
+                return None
+        except ValueError:
+            raise StateError("the identity key or certificate is corrupt") from None
+        return identity
+
+    def load_key_pem(self) -> bytes | None:
+        try:
+            return self.key_path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def save_key(self, key_pem: bytes) -> None:
+        write_atomic(self.key_path, key_pem, 0o600)
+
+    def save_certificate(self, cert_pem: bytes) -> None:
+        write_atomic(self.cert_path, cert_pem, 0o644)
+
+    # -- SEC-B --------------------------------------------------------------------------------
+
+    def save_sec_b(self, sec_b: str) -> str:
+        data = sec_b.encode("ascii")
+        write_atomic(self.sec_b_path, data, 0o600)
+        return hashlib.sha256(data).hexdigest()
+
+    def load_sec_b(self, expected_sha256: str | None) -> str | None:
+        """SEC-B if the file exists and is the one state.json names, else None."""
+        try:
+            data = self.sec_b_path.read_bytes()[:1024]
+        except FileNotFoundError:
+            return None
+        if expected_sha256 is None or hashlib.sha256(data).hexdigest() != expected_sha256:
+            return None
+        return data.decode("ascii")
+
+    def remove_sec_b(self) -> None:
+        remove_durably(self.sec_b_path)
+
+    # -- authorized requesters ---------------------------------------------------------------------
+
+    def authorized(self) -> list[dict[str, Any]]:
+        raw = self._read_json(self.authorized_path)
+        if raw is None:
+            return []
+        if not isinstance(raw, dict) or not isinstance(raw.get("keys"), list):
+            raise StateError(f"{self.authorized_path} is corrupt")
+        return raw["keys"]
+
+    def authorize(self, cert: bytes, *, name: str, source: str, clock=time.time) -> tuple[str, bool]:
+        """Add a requester certificate (PEM or DER). Returns (pin, added); idempotent by pin."""
+        pem = certificate_pem(cert)
+        pin = pin_of_certificate(load_certificate(pem))
+        entries = self.authorized()
+        if any(entry.get("pin") == pin for entry in entries):
+            return pin, False
+        entries.append({"pin": pin, "name": name, "source": source, "added_at": clock(),
+                        "certificate": pem.decode("ascii")})
+        self._save_authorized(entries)
+        return pin, True
+
+    def deauthorize(self, pin: str) -> bool:
+        entries = self.authorized()
+        kept = [entry for entry in entries if entry.get("pin") != pin]
+        if len(kept) == len(entries):
+            return False
+        self._save_authorized(kept)
+        return True
+
+    def _save_authorized(self, entries: list[dict[str, Any]]) -> None:
+        write_atomic(self.authorized_path, json.dumps({"keys": entries}, indent=2).encode() + b"\n", 0o600)

@@ -1,0 +1,344 @@
+"""firsttrust-agent provision / status / authorize / show-identity, against files and the
+emulated guestinfo channel. No real VMware; the real chpasswd on a throwaway account."""
+
+import base64
+import json
+import os
+import pwd
+import stat
+import subprocess
+import sys
+import uuid
+import warnings
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from agent.config import load_config
+from agent.provision import provision
+from agent.sources.deploy import read_deploy_config
+from agent.sources.guestinfo import GuestInfo
+from agent.sources.ovfenv import serialize_ovf_env
+from firsttrust import deployment as keys
+from firsttrust.credentials import EnrollmentSecrets
+from firsttrust.srp6a import compute_verifier
+from lab import vmware_emulator
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def vm(tmp_path, monkeypatch):
+    """An emulated VM: the emulator's vmtoolsd/vmware-rpctool first on PATH."""
+    path = tmp_path / "vm.json"
+    vmware_emulator.create_vm(path, {})
+    monkeypatch.setenv(vmware_emulator.ENV_VAR, str(path))
+    monkeypatch.setenv("PATH", f"{vmware_emulator.bin_dir()}{os.pathsep}{os.environ['PATH']}")
+    return path
+
+
+@pytest.fixture
+def no_vm(tmp_path, monkeypatch):
+    monkeypatch.setenv(vmware_emulator.ENV_VAR, str(tmp_path / "absent.json"))
+    monkeypatch.setenv("PATH", f"{vmware_emulator.bin_dir()}{os.pathsep}{os.environ['PATH']}")
+
+
+def ovf_file(tmp_path, properties, name="ovf-env.xml") -> Path:
+    path = tmp_path / name
+    path.write_bytes(serialize_ovf_env(properties))
+    return path
+
+
+def secret_props(secrets, **extra):
+    return {keys.SEC_A: secrets.sec_a, keys.SEC_B: secrets.sec_b, **extra}
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def all_bytes_under(path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file())
+
+
+# --- the command as a user types it ----------------------------------------------------------------
+
+
+def test_provision_from_file_then_show_identity_pin(tmp_path, capsys, secrets, no_vm):
+    env = ovf_file(tmp_path, secret_props(secrets, **{keys.ENROLL_WINDOW: "2h"}))
+    state_dir = tmp_path / "state"
+    code, out, err = run_cli(capsys, "provision", "--source", f"file:{env}", "--state-dir", str(state_dir),
+                             "--no-set-password")
+    assert code == 0, err
+    assert out.startswith("armed: sha256:")
+    code, pin, _ = run_cli(capsys, "show-identity", "--state-dir", str(state_dir), "--format", "pin")
+    assert code == 0 and pin.strip() == out.split()[1]
+    # files and modes
+    assert mode(state_dir) == 0o700
+    assert mode(state_dir / "identity.key") == 0o600
+    assert mode(state_dir / "sec-b") == 0o600 and (state_dir / "sec-b").read_text() == secrets.sec_b
+    assert mode(state_dir / "state.json") == 0o600
+    assert mode(state_dir / "appliance.crt") == 0o644
+    state = json.loads((state_dir / "state.json").read_text())
+    assert state["phase"] == "provisioned" and state["enroll_window"] == 7200
+    assert compute_verifier(secrets.sec_a.encode(), bytes.fromhex(state["srp_salt"])).hex() == state["srp_verifier"]
+    # SEC-A is nowhere on disk, SEC-B only in its file; nothing printed either
+    assert secrets.sec_a.encode() not in all_bytes_under(tmp_path / "state")
+    assert all_bytes_under(state_dir).count(secrets.sec_b.encode()) == 1
+    for text in (out, err, pin):
+        assert secrets.sec_a not in text and secrets.sec_b not in text
+
+
+def test_status_json_reports_the_scrub_as_impossible_for_a_file(tmp_path, capsys, secrets, no_vm):
+    env = ovf_file(tmp_path, secret_props(secrets))
+    run_cli(capsys, "provision", "--source", f"file:{env}", "--state-dir", str(tmp_path / "s"), "--no-set-password")
+    code, out, _ = run_cli(capsys, "status", "--json", "--state-dir", str(tmp_path / "s"))
+    status = json.loads(out)
+    assert code == 0 and status["phase"] == "provisioned" and status["window_open"] is True
+    assert status["scrub"]["result"] == "impossible" and status["failures_left"] == 10
+    assert status["password"] == "skipped"
+
+
+def test_status_before_provisioning(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "status", "--state-dir", str(tmp_path / "none"))
+    assert code == 3 and "unprovisioned" in out
+    code, _, err = run_cli(capsys, "show-identity", "--state-dir", str(tmp_path / "none"))
+    assert code == 3 and err.count("\n") == 1
+
+
+# --- idempotence and re-arming --------------------------------------------------------------------
+
+
+def test_second_run_keeps_identity_and_secrets(tmp_path, secrets, no_vm):
+    config = load_config(None, tmp_path / "s")
+    deploy = read_deploy_config(f"file:{ovf_file(tmp_path, secret_props(secrets))}")
+    first = provision(config, deploy, set_account_password=False)
+    second = provision(config, deploy, set_account_password=False)
+    assert (first.action, second.action) == ("armed", "unchanged")
+    assert first.pin == second.pin and first.state.srp_verifier == second.state.srp_verifier
+
+
+def test_new_secrets_rearm_until_enrolled(tmp_path, no_vm):
+    config = load_config(None, tmp_path / "s")
+    one, two, three = (EnrollmentSecrets.generate() for _ in range(3))
+    first = provision(config, read_deploy_config(f"file:{ovf_file(tmp_path, secret_props(one), 'a.xml')}"),
+                      set_account_password=False)
+    second = provision(config, read_deploy_config(f"file:{ovf_file(tmp_path, secret_props(two), 'b.xml')}"),
+                       set_account_password=False)
+    assert second.action == "re-armed" and second.pin == first.pin
+    assert second.state.srp_verifier != first.state.srp_verifier
+    assert (tmp_path / "s" / "sec-b").read_text() == two.sec_b
+    # once enrolled, injected secrets are ignored
+    state_file = tmp_path / "s" / "state.json"
+    state = json.loads(state_file.read_text())
+    state.update(phase="enrolled", srp_salt=None, srp_verifier=None)
+    state_file.write_text(json.dumps(state))
+    third = provision(config, read_deploy_config(f"file:{ovf_file(tmp_path, secret_props(three), 'c.xml')}"),
+                      set_account_password=False)
+    assert third.action == "ignored-enrolled" and third.state.phase == "enrolled"
+    assert (tmp_path / "s" / "sec-b").read_text() == two.sec_b
+
+
+def test_nothing_injected_and_never_provisioned(tmp_path, capsys, no_vm):
+    empty = tmp_path / "empty.xml"
+    empty.write_bytes(serialize_ovf_env({"other.key": "x"}))
+    code, _, err = run_cli(capsys, "provision", "--source", f"file:{empty}", "--state-dir", str(tmp_path / "s"))
+    assert code == 1 and "no firsttrust properties" in err and err.count("\n") == 1
+    assert not (tmp_path / "s" / "state.json").exists()
+
+
+# --- the VMware channel (emulated): publish and scrub ----------------------------------------------------------
+
+
+def test_guestinfo_keys_are_read_scrubbed_and_the_certificate_published(tmp_path, capsys, secrets, vm,
+                                                                        requester_identity):
+    vmware_emulator.create_vm(vm, {
+        "guestinfo.firsttrust.sec-a": secrets.sec_a,
+        "guestinfo.firsttrust.sec-b": secrets.sec_b,
+        "guestinfo.firsttrust.requester-cert": base64.b64encode(requester_identity.cert_pem).decode(),
+        "guestinfo.firsttrust.requester-cert.encoding": "base64",
+    })
+    code, out, err = run_cli(capsys, "provision", "--state-dir", str(tmp_path / "s"), "--no-set-password")
+    assert code == 0, err
+    data = vmware_emulator.read_vm(vm)
+    assert all(v == "" for k, v in data["guestinfo"].items() if k.startswith("guestinfo.firsttrust.s"))
+    published = base64.b64decode(data["guestinfo"][keys.APPLIANCE_CERT_GUESTINFO])
+    assert published == (tmp_path / "s" / "identity.crt").read_bytes()
+    status = json.loads(run_cli(capsys, "status", "--json", "--state-dir", str(tmp_path / "s"))[1])
+    assert status["scrub"]["result"] == "done" and status["published"]["result"] == "done"
+    assert status["authorized_keys"] == 1  # FIG. 2: the injected requester certificate
+    # no secret ever reached a tool's argv
+    argv = json.dumps(data["argv_log"])
+    assert secrets.sec_a not in argv and secrets.sec_b not in argv
+    # a reboot: guestinfo now blank, state kept, nothing re-provisioned
+    code, out, _ = run_cli(capsys, "provision", "--state-dir", str(tmp_path / "s"), "--no-set-password")
+    assert code == 0 and out.startswith("unchanged")
+
+
+def test_ovfenv_in_guestinfo_is_rewritten_without_our_properties(tmp_path, capsys, secrets, vm):
+    document = serialize_ovf_env(secret_props(secrets, **{"vendor.hostname": "app-01"})).decode()
+    vmware_emulator.create_vm(vm, {"guestinfo.ovfEnv": document})
+    code, out, err = run_cli(capsys, "provision", "--state-dir", str(tmp_path / "s"), "--no-set-password")
+    assert code == 0, err
+    after = vmware_emulator.read_vm(vm)["guestinfo"]["guestinfo.ovfEnv"]
+    assert secrets.sec_a not in after and secrets.sec_b not in after
+    assert 'oe:key="vendor.hostname"' in after
+    assert json.loads(run_cli(capsys, "status", "--json", "--state-dir", str(tmp_path / "s"))[1])["scrub"][
+        "result"] == "done"
+
+
+def test_scrub_failure_is_recorded_not_ignored(tmp_path, capsys, secrets, vm):
+    vmware_emulator.create_vm(vm, {"guestinfo.firsttrust.sec-a": secrets.sec_a,
+                                   "guestinfo.firsttrust.sec-b": secrets.sec_b})
+    config = load_config(None, tmp_path / "s")
+    deploy = read_deploy_config("vmware", guestinfo=GuestInfo(timeout=2, attempts=1))
+    vmware_emulator.set_mode(vm, "permission-denied")
+    report = provision(config, deploy, guestinfo=GuestInfo(timeout=2, attempts=1, backoff=0),
+                       set_account_password=False)
+    assert report.state.scrub["result"] == "failed"
+    assert secrets.sec_a not in report.state.scrub["detail"]
+    assert json.loads((tmp_path / "s" / "state.json").read_text())["scrub"]["result"] == "failed"
+    assert "scrub-failed" in capsys.readouterr().err
+
+
+def test_hanging_vmtoolsd_is_cut_off(tmp_path, secrets, vm):
+    vmware_emulator.create_vm(vm, {"guestinfo.firsttrust.sec-a": secrets.sec_a})
+    vmware_emulator.set_mode(vm, "hang")
+    from agent.errors import GuestInfoError
+    with pytest.raises(GuestInfoError) as info:
+        read_deploy_config("vmware", guestinfo=GuestInfo(timeout=0.5, attempts=2, backoff=0.05))
+    assert len(str(info.value).splitlines()) == 1
+    assert not (tmp_path / "s").exists()
+
+
+# --- bad input: typed one-line error, exit 2, state untouched --------------------------------------------------
+
+BAD_DOCUMENTS = {
+    "malformed": b"<Environment><unclosed>",
+    "xxe": (b'<?xml version="1.0"?><!DOCTYPE e [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+            b'<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1">&x;</Environment>'),
+    "bomb": (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>'
+             b'<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1">&lol2;</Environment>'),
+    "oversized": b"<Environment>" + b" " * (1024 * 1024 + 10) + b"</Environment>",
+    "wrong-namespace": serialize_ovf_env({"firsttrust.sec-a": "x" * 30}).replace(
+        b"http://schemas.dmtf.org/ovf/environment/1", b"http://example.com/not-ovf"),
+    "non-utf8": serialize_ovf_env({"vendor.x": "caf\u00e9"}).replace("caf\u00e9".encode(), b"caf\xe9"),
+}
+
+
+def bad_property_documents(secrets, cert_pem):
+    s = secret_props(secrets)
+    return {
+        "duplicate-keys": serialize_ovf_env(s).replace(
+            b"</PropertySection>", b'<Property oe:key="firsttrust.sec-a" oe:value="zz"/></PropertySection>'),
+        "unknown-encoding": serialize_ovf_env({**s, "firsttrust.sec-b.encoding": "rot13"}),
+        "bad-base64": serialize_ovf_env({**s, "firsttrust.sec-b.encoding": "base64"}),
+        "bad-gzip": serialize_ovf_env({**s, keys.SEC_B: base64.b64encode(b"not gzip").decode(),
+                                       "firsttrust.sec-b.encoding": "gzip+base64"}),
+        "sec-a-without-sec-b": serialize_ovf_env({keys.SEC_A: secrets.sec_a}),
+        "invalid-cert": serialize_ovf_env({**s, keys.REQUESTER_CERT: "-----BEGIN CERTIFICATE-----\nAAAA"}),
+        "weak-secret": serialize_ovf_env({keys.SEC_A: "short", keys.SEC_B: secrets.sec_b}),
+        "bad-window": serialize_ovf_env({**s, keys.ENROLL_WINDOW: "forever"}),
+        "unknown-key": serialize_ovf_env({**s, "firsttrust.sec_c": "x"}),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DOCUMENTS) + ["duplicate-keys", "unknown-encoding", "bad-base64",
+                                                          "bad-gzip", "sec-a-without-sec-b", "invalid-cert",
+                                                          "weak-secret", "bad-window", "unknown-key"])
+def test_bad_input_is_a_one_line_error_and_leaves_state_untouched(tmp_path, capsys, secrets, requester_identity,
+                                                                  case, no_vm):
+    state_dir = tmp_path / "s"
+    good = ovf_file(tmp_path, secret_props(secrets), "good.xml")
+    assert run_cli(capsys, "provision", "--source", f"file:{good}", "--state-dir", str(state_dir),
+                   "--no-set-password")[0] == 0
+    before = {p.name: p.read_bytes() for p in state_dir.iterdir()}
+    documents = {**BAD_DOCUMENTS, **bad_property_documents(EnrollmentSecrets.generate(), requester_identity.cert_pem)}
+    bad = tmp_path / "bad.xml"
+    bad.write_bytes(documents[case])
+    code, out, err = run_cli(capsys, "provision", "--source", f"file:{bad}", "--state-dir", str(state_dir),
+                             "--no-set-password")
+    assert code == 2, (case, err)
+    assert err.startswith("firsttrust-agent: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and "root:" not in err
+    assert {p.name: p.read_bytes() for p in state_dir.iterdir()} == before
+
+
+def test_bad_config_file(tmp_path, capsys):
+    config = tmp_path / "agent.toml"
+    for text in ("account = 'Root Account'", "max_failures = 11", "nonsense = 1", "state_dir = 'relative'",
+                 "[[[", "enroll_window = 'soon'"):
+        config.write_text(text)
+        code, _, err = run_cli(capsys, "status", "--config", str(config))
+        assert code == 2 and err.count("\n") == 1, (text, err)
+
+
+def test_bad_cli_arguments(capsys):
+    for argv in ([], ["provision", "--bogus"], ["show-identity", "--format", "der"], ["launch"]):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and err.startswith("firsttrust-agent: error: ") and err.count("\n") == 1
+
+
+# --- FIG. 3: authorize through guest operations -----------------------------------------------------------------
+
+
+def test_authorize_from_stdin_and_file(tmp_path, requester_identity, stranger_identity):
+    state_dir = tmp_path / "s"
+    exe = [sys.executable, "-m", "agent.cli"]
+    out = subprocess.run(exe + ["authorize", "--cert", "-", "--state-dir", str(state_dir)],
+                         input=requester_identity.cert_pem, capture_output=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0 and requester_identity.pin.encode() in out.stdout
+    cert_file = tmp_path / "stranger.der"
+    cert_file.write_bytes(stranger_identity.cert_der)
+    assert main(["authorize", "--cert", str(cert_file), "--state-dir", str(state_dir)]) == 0
+    assert main(["authorize", "--cert", str(cert_file), "--state-dir", str(state_dir)]) == 0  # idempotent
+    entries = json.loads((state_dir / "authorized.json").read_text())["keys"]
+    assert [e["pin"] for e in entries] == [requester_identity.pin, stranger_identity.pin]
+    assert mode(state_dir / "authorized.json") == 0o600
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    assert main(["authorize", "--cert", str(garbage), "--state-dir", str(state_dir)]) == 2
+
+
+# --- the real chpasswd ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create an account")
+def test_real_chpasswd_sets_a_hash_that_verifies_sec_a(tmp_path, capsys, secrets, no_vm):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+    account = "ft" + uuid.uuid4().hex[:10]
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", account], check=True, timeout=60)
+    try:
+        config = tmp_path / "agent.toml"
+        config.write_text(f'account = "{account}"\n')
+        env = ovf_file(tmp_path, secret_props(secrets))
+        code, out, err = run_cli(capsys, "provision", "--config", str(config), "--source", f"file:{env}",
+                                 "--state-dir", str(tmp_path / "s"))
+        assert code == 0, err
+        shadow = {line.split(":")[0]: line.split(":")[1] for line in Path("/etc/shadow").read_text().splitlines()}
+        stored = shadow[account]
+        assert stored.startswith("$") and crypt.crypt(secrets.sec_a, stored) == stored
+        assert crypt.crypt(secrets.sec_b, stored) != stored
+        assert json.loads((tmp_path / "s" / "state.json").read_text())["password"] == "set"
+    finally:
+        subprocess.run(["userdel", account], check=False, timeout=60)
+    assert account not in pwd.getpwall().__repr__()
+
+
+def test_missing_account_fails_before_anything_is_armed(tmp_path, capsys, secrets, no_vm):
+    config = tmp_path / "agent.toml"
+    config.write_text('account = "nosuchuser-ft"\n')
+    env = ovf_file(tmp_path, secret_props(secrets))
+    code, _, err = run_cli(capsys, "provision", "--config", str(config), "--source", f"file:{env}",
+                           "--state-dir", str(tmp_path / "s"))
+    assert code == 1 and "does not exist" in err and secrets.sec_a not in err
+    assert not (tmp_path / "s" / "state.json").exists() and not (tmp_path / "s" / "sec-b").exists()
