@@ -8,25 +8,7 @@ references (defusedxml), and namespace-strict, so a look-alike document is refus
 than half-read. The writer, with the names and limits both sides share, is in
 `firsttrust.ovfenv` (the requester writes documents too); serialize_ovf_env here wraps it.
 
-The shape vCenter delivers (seen in open-vm-tools' and cloud-init's test data)::
-
-    <?xml version="1.0" encoding="UTF-8"?>
-    <Environment
-         xmlns="http://schemas.dmtf.org/ovf/environment/1"
-         xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
-         xmlns:oe="http://schemas.dmtf.org/ovf/environment/1"
-         xmlns:ve="http://www.vmware.com/schema/ovfenv"
-         oe:id=""
-         ve:vCenterId="vm-42">
-       <PlatformSection>
-          <Kind>VMware ESXi</Kind> <Version>8.0.3</Version>
-          <Vendor>VMware, Inc.</Vendor> <Locale>en</Locale>
-       </PlatformSection>
-       <PropertySection>
-             <Property oe:key="firsttrust.sec-a" oe:value="..."/>
-       </PropertySection>
-       <ve:EthernetAdapterSection>...</ve:EthernetAdapterSection>
-    </Environment>
+The document's shape as vCenter delivers it is shown in `firsttrust.ovfenv`.
 """
 
 from __future__ import annotations
