@@ -7,7 +7,9 @@ PY     := $(VENV)/bin/python
 # What the tests need from Debian: a Python with venv, the OpenSSL runtime pysrp's fast backend
 # loads (libssl3, not libssl-dev: firsttrust.srp6a finds libssl.so.3 itself), and the tools the
 # agent drives (chpasswd from passwd).
-DEB_PACKAGES := python3 python3-venv python3-pip libssl3 passwd ca-certificates
+# systemd-python builds from source: libsystemd-dev, pkg-config, a compiler and Python headers.
+DEB_PACKAGES := python3 python3-venv python3-pip python3-dev libssl3 passwd ca-certificates \
+                libsystemd-dev pkg-config gcc systemd
 
 .PHONY: test system-deps venv clean
 
@@ -28,7 +30,7 @@ venv: system-deps $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,agent]'
 	touch $@
 
 clean:
