@@ -113,3 +113,9 @@ def encode_value(value: str, encoding: str) -> str:
     if name == GZIP_BASE64:
         data = gzip.compress(data, compresslevel=9, mtime=0)
     return base64.b64encode(data).decode("ascii")
+
+# Where the agent listens (docs/operations.md). Two ports, not one: the enrollment port speaks the
+# SRP preamble to anyone and can be firewalled off after first boot; the API port speaks only
+# mutually authenticated TLS to pinned keys, with no unauthenticated protocol in front of it.
+DEFAULT_ENROLL_PORT = 8790
+DEFAULT_API_PORT = 8791

@@ -15,7 +15,9 @@ through files and stdout: never argv, never a message.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -26,7 +28,13 @@ from firsttrust.deployment import MAX_DECODED_BYTES, PropertyEncodingError
 from firsttrust.errors import FirsttrustError, InvalidCertificate, InvalidSecret
 from firsttrust.ovfenv import OvfEnvValueError
 
+from firsttrust.deployment import DEFAULT_ENROLL_PORT
+from firsttrust.messages import SSH_KEY_PATTERN
+
 from .deployspec import FORMATS, InvalidDeploySpec, deployment_properties, render, secrets_from_json, secrets_to_json
+from .enroll import parse_address
+from .library import enroll_appliance
+from .truststore import NAME_RE
 
 PROG = "firsttrust"
 EXIT_OK = 0
@@ -127,6 +135,38 @@ def _deploy_spec(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- enroll ----------------------------------------------------------------------------------------
+
+
+def _enroll_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("address", metavar="ADDRESS", help="the appliance: HOST or HOST:PORT (default port 8790)")
+    parser.add_argument("--secrets", required=True, metavar="FILE", help="the appliance's secrets file")
+    parser.add_argument("--name", required=True, help="the name to pin the appliance under")
+    parser.add_argument("--ssh-key", metavar="PUBFILE", help="an OpenSSH public key to install for the account")
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    data, _ = read_input(args.secrets, "secrets file")
+    try:
+        secrets = secrets_from_json(data)
+    except (InvalidDeploySpec, InvalidSecret) as exc:
+        raise type(exc)(f"secrets file {args.secrets}: {exc}") from None
+    if not NAME_RE.fullmatch(args.name):
+        raise UsageError("--name must be 1-64 letters, digits, '.', '_' or '-', starting alphanumeric")
+    ssh_key = None
+    if args.ssh_key:
+        ssh_key = read_input(args.ssh_key, "SSH public key")[0].decode("ascii", "replace").strip()
+        if not re.fullmatch(SSH_KEY_PATTERN, ssh_key):
+            raise UsageError(f"{args.ssh_key} is not a single OpenSSH public key line")
+    try:
+        parse_address(args.address, DEFAULT_ENROLL_PORT)
+    except ValueError:
+        raise UsageError(f"invalid address {args.address[:80]!r}: expected HOST or HOST:PORT") from None
+    record = asyncio.run(enroll_appliance(args.address, secrets, name=args.name, ssh_key=ssh_key))
+    print(f"enrolled {record.name}: {record.pin}")
+    return EXIT_OK
+
+
 # --- the table -------------------------------------------------------------------------------------
 
 
@@ -143,6 +183,8 @@ SUBCOMMANDS = (
                _secrets_new_arguments, _secrets_new),
     Subcommand(("deploy-spec",), "write the deployment properties that carry the secrets to an appliance",
                _deploy_spec_arguments, _deploy_spec),
+    Subcommand(("enroll",), "enroll an appliance with its secrets and pin its key",
+               _enroll_arguments, _enroll),
 )
 # Help for the words that only group subcommands.
 GROUP_HELP = {("secrets",): "one-time enrollment secrets"}

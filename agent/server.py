@@ -1,0 +1,335 @@
+"""The enrollment listener: drives firsttrust.enrollment.ServerEnrollment over asyncio.
+
+This module only moves bytes, upgrades the stream to TLS when the state machine says so,
+reports the peer certificate, and persists what it is told to persist. Everything about the
+protocol is decided in firsttrust/; everything about one appliance's policy (is enrollment
+open? how many failures? back-off?) is decided here, in `EnrollmentGate`.
+
+Per connection:  gate check -> hello -> challenge -> client_proof (a failure is charged before
+the proof is checked and refunded when it verifies, so a crash can only over-count) ->
+server_proof + STARTTLS -> appliance_proof -> finish -> persist (under a lock: when two
+requesters race, exactly one wins) -> enrolled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from firsttrust import limits
+from firsttrust.enrollment import (
+    Authorization,
+    Enrolled,
+    PersistAuthorization,
+    SendFrame,
+    ServerEnrollment,
+    StartTLS,
+    State,
+)
+from firsttrust.errors import AuthenticationFailed, FirsttrustError, PeerRefused, StateError
+from firsttrust.framing import HEADER, FrameDecoder, encode_error
+from firsttrust.tlspolicy import apply_policy
+
+from . import audit
+from .config import AgentConfig
+from .sshkeys import HOST_KEY_GLOB, host_public_keys, install_authorized_key
+from .state import AgentState, StateDir
+
+log = logging.getLogger("firsttrust.server")
+
+# At most this many connections may be in the unauthenticated phase at once; more get "busy".
+# SRP costs ~4 ms of CPU per server side; 32 concurrent handshakes are ~130 ms of work, while
+# a flood of idle sockets is bounded by the phase timeout.
+MAX_UNAUTHENTICATED = 32
+READ_CHUNK = 16 * 1024
+# Back-off after the n-th failed attempt: base * 2^(n-1) seconds, capped.
+BACKOFF_CAP = 300.0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: str
+    message: str
+
+
+class EnrollmentGate:
+    """The appliance's enrollment policy and its persistent counters. One per process; every
+    mutation happens under `lock` and is written to state.json before it takes effect."""
+
+    def __init__(self, config: AgentConfig, store: StateDir, *, clock: Callable[[], float] = time.time,
+                 backoff_base: float = 1.0) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.backoff_base = backoff_base
+        self.lock = asyncio.Lock()
+        self.last_failure_at = 0.0
+
+    def _state(self) -> AgentState | None:
+        return self.store.load()
+
+    def check(self) -> Refusal | tuple[AgentState, str]:
+        """May a new attempt start now? Returns the armed state and SEC-B, or a Refusal."""
+        state = self._state()
+        if state is None or (state.phase != "enrolled" and not state.armed):
+            return Refusal("not_provisioned", "this appliance has no enrollment secrets")
+        if state.phase == "enrolled":
+            return Refusal("already_enrolled", "this appliance is already enrolled; SRP enrollment is closed")
+        if state.failures >= self.config.max_failures:
+            return Refusal("locked_out", f"locked after {state.failures} failed attempts; re-arm with fresh secrets")
+        if state.window_expires_at is not None and self.clock() >= state.window_expires_at:
+            return Refusal("window_closed", "the enrollment window has expired; re-arm with fresh secrets")
+        if state.failures:
+            wait = min(BACKOFF_CAP, self.backoff_base * 2 ** (state.failures - 1))
+            if self.clock() < self.last_failure_at + wait:
+                return Refusal("backing_off", f"a recent attempt failed; retry in {wait:.0f} s")
+        sec_b = self.store.load_sec_b(state.sec_b_sha256)
+        if sec_b is None:
+            return Refusal("not_provisioned", "SEC-B is missing or does not match the armed state")
+        return state, sec_b
+
+    async def charge(self) -> None:
+        """Count an attempt as failed before its proof is checked (crash-safe)."""
+        async with self.lock:
+            state = self._state()
+            if state is not None:
+                state.failures += 1
+                self.store.save(state)
+                self.last_failure_at = self.clock()
+
+    async def refund(self) -> None:
+        async with self.lock:
+            state = self._state()
+            if state is not None and state.failures > 0:
+                state.failures -= 1
+                self.store.save(state)
+
+    async def persist(self, verifier_hex: str, authorization: Authorization, peer: str) -> bool:
+        """Store the authorization and close enrollment, unless someone else won first."""
+        async with self.lock:
+            state = self._state()
+            if state is None or not state.armed or state.srp_verifier != verifier_hex:
+                return False
+            # Order matters for crash safety: the key first (harmless alone: the requester
+            # proved SEC-A and has not been told "enrolled"), the commit point (state.json) last.
+            self.store.authorize(authorization.requester_certificate, name=authorization.name,
+                                 source="enrollment", clock=self.clock)
+            if authorization.ssh_key:
+                install_authorized_key(self.config.account, authorization.ssh_key)
+            state.phase, state.enrolled_at, state.enrolled_via = "enrolled", authorization.enrolled_at, "srp"
+            state.srp_salt = state.srp_verifier = state.sec_b_sha256 = None
+            state.failures = 0
+            self.store.save(state)
+            self.store.remove_sec_b()
+            return True
+
+
+class EnrollmentServer:
+    """Accepts connections and runs one ServerEnrollment per connection."""
+
+    def __init__(self, gate: EnrollmentGate, *, api_port: int, host_key_glob: str = HOST_KEY_GLOB,
+                 max_unauthenticated: int = MAX_UNAUTHENTICATED, phase_timeout: float = limits.PHASE_TIMEOUT,
+                 enrollment_timeout: float = limits.ENROLLMENT_TIMEOUT,
+                 on_enrolled: Callable[[Authorization], Awaitable[None]] | None = None) -> None:
+        self.gate = gate
+        self.api_port = api_port
+        self.host_key_glob = host_key_glob
+        self.max_unauthenticated = max_unauthenticated
+        self.unauthenticated = 0
+        self.phase_timeout = phase_timeout
+        self.enrollment_timeout = enrollment_timeout
+        self.on_enrolled = on_enrolled
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = _peer_name(writer)
+        slot = _Slot(self)
+        try:
+            if not slot.take():
+                await self._refuse(writer, "busy", "too many unauthenticated connections; retry later")
+                return
+            async with asyncio.timeout(self.enrollment_timeout):
+                await self._run(reader, writer, peer, slot)
+        except TimeoutError:
+            await self._refuse(writer, "timeout", "enrollment took too long")
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            log.debug("connection from %s ended: %s", peer, exc)
+        except Exception:  # a bug on our side: say so to the peer, keep serving others
+            log.exception("enrollment from %s failed inside the agent", peer)
+            await self._refuse(writer, "internal", "the agent failed on its side; nothing was authorized")
+        finally:
+            slot.release()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 2)
+
+    async def _enrolled(self, authorization: Authorization, peer: str) -> None:
+        audit.event("enrolled", f"enrolled requester {authorization.requester_pin} from {peer}", peer=peer,
+                    pin=authorization.requester_pin, requester=authorization.name, outcome="enrolled")
+        if self.on_enrolled:
+            await self.on_enrolled(authorization)
+
+    async def _refuse(self, writer: asyncio.StreamWriter, code: str, message: str) -> None:
+        with contextlib.suppress(Exception):
+            writer.write(encode_error(code, message))
+            await asyncio.wait_for(writer.drain(), 2)
+
+    async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str, slot: "_Slot") -> None:
+        gate = self.gate
+        decision = gate.check()
+        if isinstance(decision, Refusal):
+            # Read the hello first, so the requester gets the error as the answer to it.
+            await _read_first_frame(reader, self.phase_timeout)
+            if decision.code == "locked_out":
+                audit.event("locked-out", f"refused enrollment from {peer}: locked", peer=peer, outcome="locked_out")
+            await self._refuse(writer, decision.code, decision.message)
+            return
+        state, sec_b = decision
+        identity = gate.store.load_identity()
+        if identity is None:
+            await self._refuse(writer, "internal", "the appliance identity is missing")
+            return
+        machine = ServerEnrollment(salt=bytes.fromhex(state.srp_salt), verifier=bytes.fromhex(state.srp_verifier),
+                                   sec_b=sec_b, certificate=identity.cert_der, api_port=self.api_port,
+                                   ssh_host_keys=host_public_keys(self.host_key_glob), clock=gate.clock)
+        audit.event("enroll-attempt", f"enrollment attempt from {peer}", peer=peer)
+        charged = False
+        try:
+            while machine.state is not State.DONE:
+                data, eof = await _read_frame(reader, min(machine.timeout or self.phase_timeout, self.phase_timeout))
+                if machine.state is State.AWAIT_CLIENT_PROOF and not charged and not eof:
+                    # The proof is in hand: count the attempt before checking it.
+                    await gate.charge()
+                    charged = True
+                if data:
+                    events = machine.receive_data(data)
+                else:
+                    events = []
+                if eof:
+                    machine.receive_eof()
+                    return
+                for event in events:
+                    if isinstance(event, SendFrame):
+                        writer.write(event.data)
+                        await writer.drain()
+                    elif isinstance(event, StartTLS):
+                        await gate.refund()  # the SRP proof verified: not a failed guess
+                        charged = False
+                        slot.release()  # authenticated by SRP: no longer an unauthenticated peer
+                        await writer.start_tls(_server_context(gate.store, event.peer_certificate),
+                                               ssl_handshake_timeout=self.phase_timeout)
+                        ssl_object = writer.get_extra_info("ssl_object")
+                        peer_der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+                        for sent in machine.tls_established(peer_der):
+                            writer.write(sent.data)
+                        await writer.drain()
+                    elif isinstance(event, PersistAuthorization):
+                        won = await gate.persist(state.srp_verifier, event.authorization, peer)
+                        if not won:
+                            writer.write(machine.abort("already_enrolled", "another requester enrolled first"))
+                            await writer.drain()
+                            return
+                        for done in machine.authorization_persisted():
+                            if isinstance(done, SendFrame):
+                                writer.write(done.data)
+                                await writer.drain()
+                            elif isinstance(done, Enrolled):
+                                await self._enrolled(done.result, peer)
+            return
+        except PeerRefused as exc:
+            audit.event("enroll-failed", f"requester {peer} gave up: {exc.code}", peer=peer, outcome=exc.code)
+            return
+        except StateError:
+            raise
+        except FirsttrustError as exc:
+            outcome = exc.code
+            audit.event("enroll-failed", f"enrollment from {peer} failed: {exc}", peer=peer, outcome=outcome)
+            frame = machine.error_frame()
+            if frame:
+                with contextlib.suppress(Exception):
+                    writer.write(frame)
+                    await writer.drain()
+            if isinstance(exc, AuthenticationFailed):
+                current = gate.store.load()
+                if current is not None and current.failures >= gate.config.max_failures:
+                    audit.event("locked-out", f"enrollment locked after {current.failures} failures",
+                                peer=peer, outcome="locked_out")
+            return
+        except TimeoutError:
+            with contextlib.suppress(Exception):
+                writer.write(machine.abort("timeout", f"no answer within {machine.timeout or 0:.0f} s"))
+                await writer.drain()
+            audit.event("enroll-failed", f"enrollment from {peer} timed out in {machine.state.value}",
+                        peer=peer, outcome="timeout")
+            return
+
+
+class _Slot:
+    """One connection's claim on the unauthenticated-connection cap; released exactly once."""
+
+    def __init__(self, server: EnrollmentServer) -> None:
+        self.server = server
+        self.held = False
+
+    def take(self) -> bool:
+        if self.server.unauthenticated >= self.server.max_unauthenticated:
+            return False
+        self.server.unauthenticated += 1
+        self.held = True
+        return True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.server.unauthenticated -= 1
+
+
+async def _read_frame(reader: asyncio.StreamReader, timeout: float) -> tuple[bytes, bool]:
+    """Read exactly one frame (never a byte past it: after the last plaintext frame the next
+    bytes belong to TLS). Returns (bytes, eof). An oversized or empty length is returned as the
+    bare header, for the state machine to reject."""
+    try:
+        header = await asyncio.wait_for(reader.readexactly(HEADER.size), timeout)
+    except asyncio.IncompleteReadError as exc:
+        return exc.partial, True
+    (length,) = HEADER.unpack(header)
+    if length == 0 or length > limits.MAX_FRAME_BODY:
+        return header, False
+    try:
+        body = await asyncio.wait_for(reader.readexactly(length), timeout)
+    except asyncio.IncompleteReadError as exc:
+        return header + exc.partial, True
+    return header + body, False
+
+
+async def _read_first_frame(reader: asyncio.StreamReader, timeout: float) -> None:
+    decoder = FrameDecoder()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout):
+            while decoder.next_frame() is None:
+                data = await reader.read(READ_CHUNK)
+                if not data:
+                    return
+                decoder.feed(data)
+
+
+def _server_context(store: StateDir, requester_certificate: bytes) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(store.cert_path, store.key_path)
+    return apply_policy(context, [requester_certificate])
+
+
+def _peer_name(writer: asyncio.StreamWriter) -> str:
+    address = writer.get_extra_info("peername")
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address or "unknown")
+
+
+async def start_enrollment_server(server: EnrollmentServer, host: str, port: int) -> asyncio.base_events.Server:
+    return await asyncio.start_server(server.handle, host, port, limit=limits.MAX_FRAME_BODY + 4,
+                                      reuse_address=True)

@@ -1,0 +1,173 @@
+"""The requester's trust store: its own identity and one pinned record per appliance.
+
+    $FIRSTTRUST_HOME (default $XDG_DATA_HOME/firsttrust, i.e. ~/.local/share/firsttrust)  0700
+      identity.key    0600  the requester's private key, created once per home
+      identity.crt    0644  its self-signed certificate (what appliances authorize)
+      appliances/     0700  NAME.json per appliance: name, address, pin, certificate, SSH host
+                            keys, API port, how and when it was enrolled
+      .lock                 flock serialising writers across threads and processes
+
+Records are written atomically (temp file, fsync, rename) under the lock, one file per
+appliance, so parallel enrollments in many processes never lose or tear a record. The
+requester cannot import the agent's file helpers (the two halves never import each other),
+hence the small writer here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from firsttrust.identity import Identity, create_identity, load_certificate, normalize_pin, pin_of_certificate
+
+from .errors import RequesterError
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_RECORD_BYTES = 256 * 1024
+_thread_lock = threading.Lock()  # flock is per open file description; threads need their own
+
+
+class TrustStoreError(RequesterError):
+    """The trust store is unreadable, corrupt, or has no such appliance."""
+
+    code = "trust_store"
+
+
+class UnknownAppliance(TrustStoreError):
+    code = "unknown_appliance"
+
+
+@dataclass(frozen=True)
+class ApplianceRecord:
+    name: str
+    address: str
+    pin: str
+    certificate: str  # PEM
+    api_port: int
+    ssh_host_keys: tuple[str, ...] = ()
+    embodiment: str = "srp"  # "srp" | "injected-certificate" | "guest-command"
+    enrolled_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["ssh_host_keys"] = list(self.ssh_host_keys)
+        return json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes, source: Path) -> "ApplianceRecord":
+        try:
+            raw = json.loads(data)
+            raw["ssh_host_keys"] = tuple(raw.get("ssh_host_keys", ()))
+            record = cls(**raw)
+            if normalize_pin(record.pin) != pin_of_certificate(record.certificate.encode()):
+                raise ValueError("pin does not match certificate")
+        except (ValueError, TypeError, KeyError) as exc:
+            raise TrustStoreError(f"{source} is corrupt ({str(exc).splitlines()[0][:80]})") from None
+        return record
+
+
+def default_home() -> Path:
+    if os.environ.get("FIRSTTRUST_HOME"):
+        return Path(os.environ["FIRSTTRUST_HOME"])
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "firsttrust"
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class TrustStore:
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = Path(home) if home else default_home()
+        self.appliances = self.home / "appliances"
+        self.key_path = self.home / "identity.key"
+        self.cert_path = self.home / "identity.crt"
+
+    def _ensure(self) -> None:
+        for directory in (self.home, self.appliances):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        self._ensure()
+        with _thread_lock, open(self.home / ".lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # -- the requester's own identity ------------------------------------------------------------
+
+    def identity(self) -> Identity:
+        """The requester's identity, created on first use (once, even under concurrency)."""
+        with self.locked():
+            try:
+                identity = Identity(self.key_path.read_bytes(), self.cert_path.read_bytes())
+                identity.certificate  # noqa: B018 - parse now, fail clearly if corrupt
+                return identity
+            except FileNotFoundError:
+                pass
+            except ValueError:
+                raise TrustStoreError(f"the requester identity in {self.home} is corrupt") from None
+            identity = create_identity("firsttrust-requester")
+            _write_atomic(self.key_path, identity.key_pem, 0o600)
+            _write_atomic(self.cert_path, identity.cert_pem, 0o644)
+            return identity
+
+    # -- appliance records ---------------------------------------------------------------------
+
+    def _record_path(self, name: str) -> Path:
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise TrustStoreError("an appliance name is 1-64 letters, digits, '.', '_' or '-', starting alphanumeric")
+        return self.appliances / f"{name}.json"
+
+    def save(self, record: ApplianceRecord) -> None:
+        load_certificate(record.certificate.encode())
+        path = self._record_path(record.name)
+        with self.locked():
+            _write_atomic(path, record.to_json(), 0o600)
+
+    def get(self, name: str) -> ApplianceRecord:
+        path = self._record_path(name)
+        try:
+            data = path.read_bytes()[: MAX_RECORD_BYTES + 1]
+        except FileNotFoundError:
+            raise UnknownAppliance(f"no pinned appliance named {name!r} in {self.home}") from None
+        return ApplianceRecord.from_json(data, path)
+
+    def list(self) -> list[ApplianceRecord]:
+        if not self.appliances.exists():
+            return []
+        return [self.get(path.stem) for path in sorted(self.appliances.glob("*.json"))]
+
+    def remove(self, name: str) -> None:
+        path = self._record_path(name)
+        with self.locked():
+            path.unlink(missing_ok=True)

@@ -1,0 +1,290 @@
+"""The enrollment listener on loopback, driven by the requester's client half."""
+
+import asyncio
+import json
+import ssl
+
+import pytest
+from agent_fixture import identity_files, provisioned
+
+from firsttrust.credentials import EnrollmentSecrets
+from firsttrust.enrollment import ClientEnrollment
+from firsttrust.errors import PeerRefused, SecBProofFailed
+from firsttrust.framing import HEADER, encode_frame
+from firsttrust.tlspolicy import VERIFY_NO_CHECK_TIME
+from requester.enroll import EnrollmentConnectionError, enroll
+
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB6jexampleexampleexampleexample0000 bringup@host"
+
+
+@pytest.fixture
+async def appliance(tmp_path):
+    app = provisioned(tmp_path)
+    await app.start(phase_timeout=1.0)
+    yield app
+    await app.stop()
+
+
+async def test_enrollment_succeeds_and_closes_srp_for_good(appliance, tmp_path, requester_identity,
+                                                           appliance_identity, capfd):
+    files = identity_files(tmp_path, requester_identity)
+    result = await enroll("127.0.0.1", appliance.port, appliance.secrets, files, name="bringup-01")
+    identity = appliance.store.load_identity()
+    assert result.appliance_pin == identity.pin and result.api_port == 8791
+    authorized = appliance.store.authorized()
+    assert [entry["pin"] for entry in authorized] == [requester_identity.pin]
+    state = appliance.store.load()
+    assert state.phase == "enrolled" and state.srp_verifier is None and state.srp_salt is None
+    assert not appliance.store.sec_b_path.exists()
+    with pytest.raises(PeerRefused) as info:
+        await enroll("127.0.0.1", appliance.port, appliance.secrets, files, name="again")
+    assert info.value.code == "already_enrolled"
+    err = capfd.readouterr().err
+    assert "event=enroll-attempt" in err and "event=enrolled" in err
+    assert appliance.secrets.sec_a not in err and appliance.secrets.sec_b not in err
+
+
+async def test_wrong_sec_a_is_refused_and_counted(appliance, tmp_path, requester_identity):
+    wrong = EnrollmentSecrets(EnrollmentSecrets.generate().sec_a, appliance.secrets.sec_b)
+    with pytest.raises(PeerRefused) as info:
+        await enroll("127.0.0.1", appliance.port, wrong, identity_files(tmp_path, requester_identity), name="x")
+    assert info.value.code == "auth_failed"
+    assert appliance.store.load().failures == 1 and appliance.store.authorized() == []
+
+
+async def test_forged_appliance_without_sec_b_is_caught_and_nothing_is_authorized(tmp_path, requester_identity):
+    secrets = EnrollmentSecrets.generate()
+    forged = provisioned(tmp_path, secrets, sec_b=EnrollmentSecrets.generate().sec_b)
+    await forged.start(phase_timeout=1.0)
+    try:
+        with pytest.raises(SecBProofFailed):
+            await enroll("127.0.0.1", forged.port, secrets, identity_files(tmp_path, requester_identity), name="x")
+        await asyncio.sleep(0.2)
+        assert forged.store.authorized() == [] and forged.store.load().phase == "provisioned"
+    finally:
+        await forged.stop()
+
+
+async def test_relay_that_terminates_tls_is_caught_on_both_sides(appliance, tmp_path, requester_identity,
+                                                                stranger_identity):
+    """A relay forwards the plaintext SRP phase, then runs TLS on each side with its own key."""
+    relay_files = identity_files(tmp_path, stranger_identity, "relay")
+    outcome = {}
+
+    def any_cert_context(side):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if side == "server" else ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_cert_chain(relay_files.cert_path, relay_files.key_path)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.verify_flags |= VERIFY_NO_CHECK_TIME
+        return ctx
+
+    async def frame(reader):
+        header = await reader.readexactly(4)
+        return header + await reader.readexactly(HEADER.unpack(header)[0])
+
+    async def handle(c_reader, c_writer):
+        s_reader, s_writer = await asyncio.open_connection("127.0.0.1", appliance.port)
+        try:
+            for src, dst in ((c_reader, s_writer), (s_reader, c_writer), (c_reader, s_writer), (s_reader, c_writer)):
+                dst.write(await frame(src))
+                await dst.drain()
+            results = await asyncio.gather(c_writer.start_tls(any_cert_context("server")),
+                                           s_writer.start_tls(any_cert_context("client")), return_exceptions=True)
+            outcome["relay"] = results
+        finally:
+            c_writer.close()
+            s_writer.close()
+
+    relay = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        with pytest.raises((EnrollmentConnectionError, PeerRefused)):
+            await enroll("127.0.0.1", relay.sockets[0].getsockname()[1], appliance.secrets,
+                         identity_files(tmp_path, requester_identity), name="victim")
+        await asyncio.sleep(0.3)
+    finally:
+        relay.close()
+    assert appliance.store.authorized() == []
+    assert appliance.store.load().phase == "provisioned"  # nothing was consumed either
+    assert any(isinstance(r, Exception) for r in outcome.get("relay", [ValueError()]))
+
+
+async def test_lockout_after_ten_failures_survives_a_restart(tmp_path, requester_identity):
+    app = provisioned(tmp_path, max_failures=10)
+    await app.start(phase_timeout=1.0)
+    files = identity_files(tmp_path, requester_identity)
+    codes = []
+    try:
+        for _ in range(11):
+            wrong = EnrollmentSecrets(EnrollmentSecrets.generate().sec_a, app.secrets.sec_b)
+            with pytest.raises(PeerRefused) as info:
+                await enroll("127.0.0.1", app.port, wrong, files, name="guess")
+            codes.append(info.value.code)
+        assert codes == ["auth_failed"] * 10 + ["locked_out"]
+        with pytest.raises(PeerRefused) as info:
+            await enroll("127.0.0.1", app.port, app.secrets, files, name="right")
+        assert info.value.code == "locked_out"
+    finally:
+        await app.stop()
+    restarted = await type(app)(app.config, app.store, app.secrets).start(phase_timeout=1.0)
+    try:
+        with pytest.raises(PeerRefused) as info:
+            await enroll("127.0.0.1", restarted.port, app.secrets, files, name="right")
+        assert info.value.code == "locked_out" and restarted.store.load().failures == 10
+    finally:
+        await restarted.stop()
+
+
+async def test_back_off_grows_after_failures(tmp_path, requester_identity):
+    app = provisioned(tmp_path)
+    await app.start(phase_timeout=1.0, backoff_base=30.0)
+    files = identity_files(tmp_path, requester_identity)
+    try:
+        wrong = EnrollmentSecrets(EnrollmentSecrets.generate().sec_a, app.secrets.sec_b)
+        with pytest.raises(PeerRefused):
+            await enroll("127.0.0.1", app.port, wrong, files, name="guess")
+        with pytest.raises(PeerRefused) as info:
+            await enroll("127.0.0.1", app.port, app.secrets, files, name="right")
+        assert info.value.code == "backing_off"
+    finally:
+        await app.stop()
+
+
+async def test_window_closed(tmp_path, requester_identity):
+    app = provisioned(tmp_path)
+    state = app.store.load()
+    state.window_expires_at = 1.0
+    app.store.save(state)
+    await app.start(phase_timeout=1.0)
+    try:
+        with pytest.raises(PeerRefused) as info:
+            await enroll("127.0.0.1", app.port, app.secrets, identity_files(tmp_path, requester_identity), name="x")
+        assert info.value.code == "window_closed"
+    finally:
+        await app.stop()
+
+
+async def read_all(reader, timeout):
+    data = b""
+    async with asyncio.timeout(timeout):
+        while chunk := await reader.read(65536):
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize("phase", ["before-hello", "after-hello", "before-tls", "after-tls"])
+async def test_a_stalled_client_is_cut_off_and_its_slot_freed(appliance, tmp_path, requester_identity, phase):
+    reader, writer = await asyncio.open_connection("127.0.0.1", appliance.port)
+    machine = ClientEnrollment(sec_a=appliance.secrets.sec_a, sec_b=appliance.secrets.sec_b,
+                               certificate=requester_identity.cert_der, name="staller")
+    hello = machine.start()[0].data
+    if phase != "before-hello":
+        writer.write(hello)
+        header = await reader.readexactly(4)
+        challenge = header + await reader.readexactly(HEADER.unpack(header)[0])
+        if phase in ("before-tls", "after-tls"):
+            writer.write(machine.receive_data(challenge)[0].data)
+            header = await reader.readexactly(4)
+            server_proof = header + await reader.readexactly(HEADER.unpack(header)[0])
+            machine.receive_data(server_proof)
+            if phase == "after-tls":
+                from requester.enroll import _client_context
+                await writer.start_tls(_client_context(identity_files(tmp_path, requester_identity),
+                                                       machine._peer_certificate))
+    assert appliance.server.unauthenticated <= 1
+    start = asyncio.get_running_loop().time()
+    try:
+        await read_all(reader, 5.0)
+    except (ConnectionError, ssl.SSLError):
+        pass
+    elapsed = asyncio.get_running_loop().time() - start
+    assert elapsed < 4.0, f"stalled client in {phase} was not cut off ({elapsed:.1f} s)"
+    writer.close()
+    await asyncio.sleep(0.05)
+    assert appliance.server.unauthenticated == 0
+    assert appliance.store.load().phase == "provisioned"
+
+
+async def test_200_garbage_and_half_open_connections_do_not_stop_a_real_enrollment(tmp_path, requester_identity):
+    app = provisioned(tmp_path)
+    await app.start(phase_timeout=0.5, max_unauthenticated=32)
+    files = identity_files(tmp_path, requester_identity)
+    writers = []
+    try:
+        for i in range(200):
+            reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+            if i % 3 == 0:
+                writer.write(b"\x16\x03\x01\x02\x00" + bytes(100))  # a TLS ClientHello to the wrong port
+            elif i % 3 == 1:
+                writer.write(b"\xff\xff\xff\xff")  # a 4 GiB frame announcement
+            writers.append(writer)  # i % 3 == 2: half-open, silent
+        result = None
+        for _attempt in range(40):
+            try:
+                result = await enroll("127.0.0.1", app.port, app.secrets, files, name="legit")
+                break
+            except PeerRefused as exc:
+                assert exc.code == "busy"
+                await asyncio.sleep(0.25)
+        assert result is not None and result.appliance_pin == app.store.load_identity().pin
+    finally:
+        for writer in writers:
+            writer.close()
+        await app.stop()
+
+
+async def test_two_concurrent_right_secret_enrollments_exactly_one_wins(appliance, tmp_path, requester_identity,
+                                                                       stranger_identity):
+    a = identity_files(tmp_path, requester_identity, "a")
+    b = identity_files(tmp_path, stranger_identity, "b")
+    results = await asyncio.gather(
+        enroll("127.0.0.1", appliance.port, appliance.secrets, a, name="a"),
+        enroll("127.0.0.1", appliance.port, appliance.secrets, b, name="b"),
+        return_exceptions=True)
+    wins = [r for r in results if not isinstance(r, Exception)]
+    losses = [r for r in results if isinstance(r, Exception)]
+    assert len(wins) == 1 and len(losses) == 1, results
+    assert isinstance(losses[0], PeerRefused) and losses[0].code == "already_enrolled"
+    assert len(appliance.store.authorized()) == 1
+
+
+async def test_ssh_key_is_installed_for_the_account(tmp_path, requester_identity):
+    import os
+    import pwd
+    import subprocess
+    import uuid
+    from dataclasses import replace
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create an account")
+    account = "ft" + uuid.uuid4().hex[:10]
+    home = tmp_path / "home" / account
+    subprocess.run(["useradd", "--create-home", "--home-dir", str(home), "--shell", "/usr/sbin/nologin", account],
+                   check=True, timeout=60)
+    try:
+        app = provisioned(tmp_path)
+        app.config = replace(app.config, account=account)
+        await app.start(phase_timeout=1.0)
+        try:
+            await enroll("127.0.0.1", app.port, app.secrets, identity_files(tmp_path, requester_identity),
+                         name="x", ssh_key=SSH_KEY)
+        finally:
+            await app.stop()
+        keys = home / ".ssh" / "authorized_keys"
+        entry = pwd.getpwnam(account)
+        assert keys.read_text() == SSH_KEY + "\n"
+        assert (keys.stat().st_mode & 0o777, keys.stat().st_uid) == (0o600, entry.pw_uid)
+        assert ((home / ".ssh").stat().st_mode & 0o777, (home / ".ssh").stat().st_uid) == (0o700, entry.pw_uid)
+    finally:
+        subprocess.run(["userdel", "--remove", account], check=False, timeout=60, capture_output=True)
+
+
+async def test_oversized_and_garbage_frames_get_a_typed_error_frame(appliance):
+    for data, code in ((b"\xff\xff\xff\xff", "frame_too_large"),
+                       (HEADER.pack(4) + b"nope", "malformed_frame"),
+                       (encode_frame("finish", {"confirm": "AA==", "name": "x"}), "unexpected_frame")):
+        reader, writer = await asyncio.open_connection("127.0.0.1", appliance.port)
+        writer.write(data)
+        reply = await read_all(reader, 3.0)
+        assert json.loads(reply[4:])["code"] == code
+        writer.close()
+    assert appliance.store.load().failures == 0
