@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["pytester"]
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from firsttrust.credentials import EnrollmentSecrets  # noqa: E402
@@ -27,3 +29,38 @@ def stranger_identity():
 @pytest.fixture
 def secrets():
     return EnrollmentSecrets.generate()
+
+
+# --- no secret in any log line or stderr, across the whole suite --------------------------------
+# Every secret the suite generates is remembered; after each test, its captured stderr and log
+# output are searched for them. stdout is exempt: `deploy-spec` prints secrets there by design.
+
+import firsttrust.credentials as _credentials  # noqa: E402
+
+GENERATED_SECRETS: set[str] = set()
+_original_generate = _credentials.generate_secret
+
+
+def _remembering_generate(*args, **kwargs):
+    value = _original_generate(*args, **kwargs)
+    GENERATED_SECRETS.add(value)
+    return value
+
+
+_credentials.generate_secret = _remembering_generate
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or report.failed or "allow_secret_output" in item.keywords:
+        return
+    for title, text in report.sections:
+        if "stdout" in title:
+            continue
+        leaked = [s for s in GENERATED_SECRETS if s in text]
+        if leaked:
+            report.outcome = "failed"
+            report.longrepr = f"a generated secret appeared in '{title}' (no secret may reach a log or stderr)"
+            return
