@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+
 from firsttrust.identity import Identity, certificate_pem, load_certificate, pin_of_certificate
 
 from .atomicfile import ensure_private_dir, remove_durably, write_atomic
@@ -56,6 +58,11 @@ class AgentState:
     @property
     def armed(self) -> bool:
         return self.phase == "provisioned" and self.srp_verifier is not None
+
+
+def _pin_of_key(key) -> str:
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
 
 
 class StateDir:
@@ -112,7 +119,8 @@ class StateDir:
             return None
         identity = Identity(key_pem, cert_pem)
         try:
-            if identity.certificate.public_key() != identity.private_key.public_key():
+            # Compare pins, not key objects: cryptography 38 (Debian 12) has no key equality.
+            if pin_of_certificate(identity.certificate) != _pin_of_key(identity.private_key):
                 return None
         except ValueError:
             raise StateError("the identity key or certificate is corrupt") from None

@@ -6,6 +6,8 @@ from firsttrust.errors import FirsttrustError
 
 
 class RequesterError(FirsttrustError):
+    """Base of the requester library's own errors (enrollment, trust store, API session)."""
+
     code = "requester_error"
 
 
