@@ -11,10 +11,26 @@ PY     := $(VENV)/bin/python
 DEB_PACKAGES := python3 python3-venv python3-pip python3-dev libssl3 passwd ca-certificates \
                 libsystemd-dev pkg-config gcc systemd
 
-.PHONY: test system-deps venv clean
+.PHONY: test test-debian-versions system-deps venv clean
+
+# pytest's exit 5 means it collected no test: a failure, said so.
+PYTEST_CHECK = rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; fi; exit $$rc
 
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS); $(PYTEST_CHECK)
+
+# The agent must run on Debian 12's own packages: the same suite against those exact versions.
+DEB12_VENV := .venv-debian12
+DEB12_PINS := aiohttp==3.8.4 cryptography==38.0.4 srp==1.0.20 defusedxml==0.7.1 systemd-python==235 \
+              pytest pytest-asyncio hypothesis
+
+test-debian-versions: system-deps $(DEB12_VENV)/.installed
+	PYTHONPATH=$(CURDIR) $(DEB12_VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS); $(PYTEST_CHECK)
+
+$(DEB12_VENV)/.installed: Makefile
+	test -x $(DEB12_VENV)/bin/python || $(PYTHON) -m venv $(DEB12_VENV)
+	$(DEB12_VENV)/bin/python -m pip install -q $(DEB12_PINS)
+	touch $@
 
 system-deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -34,4 +50,4 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) build .pytest_cache
+	rm -rf $(VENV) $(DEB12_VENV) build .pytest_cache
