@@ -1,32 +1,105 @@
 """Audit events: one structured record per thing that matters (provisioned, scrub-failed, ...).
 
-Every event has a stable name (FIRSTTRUST_EVENT) and fields; never a secret. Without journald
-the events go to stderr as one `firsttrust-agent: event=NAME key=value ...` line each.
+Every event has a stable name (FIRSTTRUST_EVENT), a stable journal MESSAGE_ID, and fields; never
+a secret. With journald (agent/systemd_glue.setup_logging attaches a JournalHandler to this
+logger) each field also becomes a journal field, so
+
+    journalctl -t firsttrust-agent MESSAGE_ID=ea17a7ca10464565ae3c3d2404e0033d   # enroll-failed
+    journalctl -t firsttrust-agent FIRSTTRUST_EVENT=enrolled FIRSTTRUST_PEER=10.0.0.5:51234
+
+select events without parsing text. Without journald the events go to stderr as one
+`firsttrust-agent: MESSAGE [event=NAME key=value ...]` line each.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
 log = logging.getLogger("firsttrust.audit")
+# Audit events are INFO or above: never dropped by a default WARNING level when a handler is attached.
+log.setLevel(logging.INFO)
 
-EVENTS = ("provisioned", "enroll-attempt", "enroll-failed", "locked-out", "enrolled", "key-authorized",
-          "key-removed", "rotated", "scrub-failed")
+# The journal's MESSAGE_ID for each event: 128-bit, generated once (uuid4) and never changed,
+# since operators filter and alert on them (sd-id128(3), "journalctl MESSAGE_ID=..."). A new
+# event gets a new row with a new random ID; a renamed event keeps its ID.
+MESSAGE_IDS: dict[str, str] = {
+    "provisioned": "d239307abe9344cfafc3c2c249135cac",
+    "enroll-attempt": "e9644ba42afb4a65b71e1f1865fa3686",
+    "enroll-failed": "ea17a7ca10464565ae3c3d2404e0033d",
+    "locked-out": "4f4f37c1f47f4e84bc3323d7bb7690c2",
+    "enrolled": "77e7f7168897430ab5efa69b366b83eb",
+    "key-authorized": "d5fc7f98a6a4432da7af6f7b18273bd0",
+    "key-removed": "3325e06adfeb4472b2af74c4b9e2c120",
+    "rotated": "a1066a6a271e46ca967b098106f2930a",
+    "scrub-failed": "24f90ff41a5545ea9b6f8944c69f0c3e",
+}
+EVENTS = tuple(MESSAGE_IDS)
+
+# Events an operator should see without asking: journal PRIORITY=4 (warning); the rest are info.
+WARNING_EVENTS = frozenset({"enroll-failed", "locked-out", "scrub-failed"})
+
+REDACTED = "<redacted>"
+# Callers never pass a secret; this is the net under that rule. Any field whose name looks like
+# one (sec_a, sec_b, secret, password, passphrase, ...) is logged as REDACTED, whatever its value.
+_SECRET_FIELD = re.compile(r"secret|sec_?[ab](?![a-z0-9])|passw|passphrase", re.IGNORECASE)
+
+FIELD_PREFIX = "FIRSTTRUST_"
+# Journal field names: A-Z, 0-9 and "_", not starting with "_" or a digit, at most 64 bytes
+# (systemd.journal-fields(7), journal_field_valid() in journald).
+_MAX_FIELD_NAME = 64
+_INVALID_FIELD_CHARS = re.compile(r"[^A-Z0-9_]")
+
+
+def redact(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` with the value of every secret-looking field replaced by REDACTED."""
+    return {key: (REDACTED if _SECRET_FIELD.search(key) and value is not None else value)
+            for key, value in fields.items()}
+
+
+def _one_line(text: str) -> str:
+    # A peer-supplied string must not start a forged line in a line-based log.
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _format(name: str, fields: dict[str, Any]) -> str:
-    parts = [f"event={name}"] + [f"{k}={v}" for k, v in fields.items() if v is not None]
+    parts = [f"event={name}"] + [f"{k}={_one_line(str(v))}" for k, v in fields.items() if v is not None]
     return " ".join(parts)
 
 
+def journal_field_name(key: str) -> str:
+    """FIRSTTRUST_<KEY>, made a valid journal field name."""
+    return (FIELD_PREFIX + _INVALID_FIELD_CHARS.sub("_", key.upper()))[:_MAX_FIELD_NAME]
+
+
+def journal_fields(name: str, fields: dict[str, Any]) -> dict[str, str]:
+    """The structured journal fields of event `name`: MESSAGE_ID, FIRSTTRUST_EVENT and one
+    FIRSTTRUST_<KEY> per field that is not None (so FIRSTTRUST_PEER, FIRSTTRUST_OUTCOME, ...).
+
+    systemd.journal.JournalHandler sends every attribute of the log record as a field and
+    journald keeps the valid (upper-case) names, so these go in the log call's `extra=`.
+    """
+    out = {journal_field_name(k): str(v) for k, v in redact(fields).items() if v is not None}
+    out["FIRSTTRUST_EVENT"] = name
+    out["MESSAGE_ID"] = MESSAGE_IDS[name]
+    return out
+
+
 def event(name: str, message: str, **fields: Any) -> None:
-    """Record audit event `name` (one of EVENTS) with a one-line `message` and fields."""
-    if name not in EVENTS:
+    """Record audit event `name` (one of EVENTS) with a one-line `message` and fields.
+
+    Raises:
+        ValueError: `name` is not one of EVENTS.
+    """
+    if name not in MESSAGE_IDS:
         raise ValueError(f"unknown audit event {name!r}")
-    line = f"firsttrust-agent: {message} [{_format(name, fields)}]"
-    if log.handlers:  # the service attaches its journal handler here
-        log.info(line, extra={"firsttrust_event": name, "firsttrust_fields": fields})
+    fields = redact(fields)
+    text = f"{_one_line(message)} [{_format(name, fields)}]"
+    if log.handlers:  # the service attaches its journal (or stderr) handler here
+        extra: dict[str, Any] = journal_fields(name, fields)
+        extra.update(firsttrust_event=name, firsttrust_fields=fields)
+        log.log(logging.WARNING if name in WARNING_EVENTS else logging.INFO, text, extra=extra)
     else:
-        print(line, file=sys.stderr, flush=True)
+        print(f"firsttrust-agent: {text}", file=sys.stderr, flush=True)

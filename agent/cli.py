@@ -124,11 +124,36 @@ def cmd_show_identity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from . import systemd_glue
+    from .service import DEFAULT_API_LISTEN, DEFAULT_LISTEN, Listen, serve
+
+    try:
+        listen = Listen.parse(args.listen, DEFAULT_LISTEN.port) if args.listen else DEFAULT_LISTEN
+        api_listen = Listen.parse(args.api_listen, DEFAULT_API_LISTEN.port) if args.api_listen else DEFAULT_API_LISTEN
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    config, _ = _store(args)
+    systemd_glue.setup_logging()
+    try:
+        asyncio.run(serve(config, listen, api_listen))
+    except OSError as exc:
+        raise ServeError(f"cannot listen: {exc.strerror or exc}") from None
+    return 0
+
+
+class ServeError(FirsttrustError):
+    code = "serve"
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "provision": (cmd_provision, "read deploy-time properties and provision this appliance"),
     "status": (cmd_status, "show provisioning and enrollment state"),
     "authorize": (cmd_authorize, "authorize a requester certificate (seed FIG. 3, guest operations)"),
     "show-identity": (cmd_show_identity, "print this appliance's certificate or pin"),
+    "serve": (cmd_serve, "serve enrollment (SRP, then TLS) and the pinned mTLS API"),
 }
 
 
@@ -154,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--name", default="guest-command", help="label for this requester")
         elif name == "show-identity":
             p.add_argument("--format", choices=("pem", "pin"), default="pem")
+        elif name == "serve":
+            p.add_argument("--listen", metavar="ADDR:PORT", help="enrollment listener (default 0.0.0.0:8790)")
+            p.add_argument("--api-listen", metavar="ADDR:PORT", help="pinned API listener (default 0.0.0.0:8791)")
     return parser
 
 

@@ -51,6 +51,10 @@ READ_CHUNK = 16 * 1024
 BACKOFF_CAP = 300.0
 
 
+def _checkpoint(step: str) -> None:
+    """Tests replace this to kill the process between enrollment steps."""
+
+
 @dataclass(frozen=True)
 class Refusal:
     code: str
@@ -119,13 +123,17 @@ class EnrollmentGate:
             # proved SEC-A and has not been told "enrolled"), the commit point (state.json) last.
             self.store.authorize(authorization.requester_certificate, name=authorization.name,
                                  source="enrollment", clock=self.clock)
+            _checkpoint("authorized")
             if authorization.ssh_key:
                 install_authorized_key(self.config.account, authorization.ssh_key)
+                _checkpoint("ssh-key")
             state.phase, state.enrolled_at, state.enrolled_via = "enrolled", authorization.enrolled_at, "srp"
             state.srp_salt = state.srp_verifier = state.sec_b_sha256 = None
             state.failures = 0
             self.store.save(state)
+            _checkpoint("state")
             self.store.remove_sec_b()
+            _checkpoint("sec-b-removed")
             return True
 
 
@@ -168,6 +176,7 @@ class EnrollmentServer:
                 await asyncio.wait_for(writer.wait_closed(), 2)
 
     async def _enrolled(self, authorization: Authorization, peer: str) -> None:
+        _checkpoint("enrolled-sent")
         audit.event("enrolled", f"enrolled requester {authorization.requester_pin} from {peer}", peer=peer,
                     pin=authorization.requester_pin, requester=authorization.name, outcome="enrolled")
         if self.on_enrolled:
@@ -205,6 +214,7 @@ class EnrollmentServer:
                     # The proof is in hand: count the attempt before checking it.
                     await gate.charge()
                     charged = True
+                    _checkpoint("charged")
                 if data:
                     events = machine.receive_data(data)
                 else:
@@ -219,6 +229,7 @@ class EnrollmentServer:
                     elif isinstance(event, StartTLS):
                         await gate.refund()  # the SRP proof verified: not a failed guess
                         charged = False
+                        _checkpoint("refunded")
                         slot.release()  # authenticated by SRP: no longer an unauthenticated peer
                         await writer.start_tls(_server_context(gate.store, event.peer_certificate),
                                                ssl_handshake_timeout=self.phase_timeout)
@@ -227,6 +238,7 @@ class EnrollmentServer:
                         for sent in machine.tls_established(peer_der):
                             writer.write(sent.data)
                         await writer.drain()
+                        _checkpoint("tls")
                     elif isinstance(event, PersistAuthorization):
                         won = await gate.persist(state.srp_verifier, event.authorization, peer)
                         if not won:

@@ -1,0 +1,113 @@
+"""`firsttrust-agent serve`: the long-running service (systemd Type=notify).
+
+One event loop runs the enrollment listener (SRP -> TLS, firsttrust.enrollment) and the pinned
+mTLS API (agent.api). READY=1 is sent once both listeners are bound; WATCHDOG=1 pings come from
+the running loop, so a wedged loop gets the service restarted. SIGTERM stops both cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from firsttrust.deployment import DEFAULT_API_PORT, DEFAULT_ENROLL_PORT
+from firsttrust.srp6a import BACKEND
+
+from . import systemd_glue
+from .api import ApiInfo, start_api
+from .config import AgentConfig
+from .errors import AgentError
+from .server import EnrollmentGate, EnrollmentServer, start_enrollment_server
+from .sshkeys import HOST_KEY_GLOB
+from .state import StateDir
+
+log = logging.getLogger("firsttrust.service")
+
+
+class NotProvisioned(AgentError):
+    """serve was started before provisioning succeeded."""
+
+    code = "not_provisioned"
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, default_port: int) -> "Listen":
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            host, port = text, str(default_port)
+        host = host.strip("[]") or "0.0.0.0"
+        if not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"invalid listen address {text[:60]!r}: expected ADDR:PORT")
+        return cls(host, int(port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+DEFAULT_LISTEN = Listen("0.0.0.0", DEFAULT_ENROLL_PORT)
+DEFAULT_API_LISTEN = Listen("0.0.0.0", DEFAULT_API_PORT)
+
+
+async def serve(config: AgentConfig, listen: Listen = DEFAULT_LISTEN, api_listen: Listen = DEFAULT_API_LISTEN, *,
+                host_key_glob: str = HOST_KEY_GLOB, clock: Callable[[], float] = time.time,
+                stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or `stop` is set).
+
+    Raises:
+        NotProvisioned: no state or no identity (the provision unit has not succeeded).
+        OSError: a port cannot be bound.
+    """
+    store = StateDir(config.state_dir)
+    state = store.load()
+    if state is None or store.load_identity() is None:
+        raise NotProvisioned(f"{store.path} holds no provisioned appliance; run firsttrust-agent provision first")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+
+    info = ApiInfo(host_key_glob=host_key_glob)
+    api_runner, contexts = await start_api(store, api_listen.host, api_listen.port, info)
+    api_port = _bound_port(api_runner) or api_listen.port
+
+    async def on_enrolled(_authorization) -> None:
+        contexts.reload()  # the new requester's key is accepted on the next API handshake
+        systemd_glue.notify("STATUS=enrolled; serving the pinned API")
+
+    gate = EnrollmentGate(config, store, clock=clock)
+    enrollment = EnrollmentServer(gate, api_port=api_port, host_key_glob=host_key_glob, on_enrolled=on_enrolled)
+    server = await start_enrollment_server(enrollment, listen.host, listen.port)
+    enroll_port = server.sockets[0].getsockname()[1]
+    phase = "enrolled" if state.phase == "enrolled" else "waiting for enrollment"
+    status = f"STATUS={phase}; enrollment on {listen.host}:{enroll_port}, API on {api_listen.host}:{api_port}"
+    log.info("listening: enrollment %s:%s, API %s:%s (SRP backend %s)", listen.host, enroll_port,
+             api_listen.host, api_port, BACKEND)
+    systemd_glue.notify("READY=1", status)
+    watchdog = asyncio.create_task(systemd_glue.watchdog_loop())
+    try:
+        await stop.wait()
+    finally:
+        systemd_glue.notify("STOPPING=1")
+        watchdog.cancel()
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 5)
+        await api_runner.cleanup()
+
+
+def _bound_port(runner) -> int | None:
+    with contextlib.suppress(Exception):
+        for site in runner.sites:
+            return site._server.sockets[0].getsockname()[1]
+    return None
