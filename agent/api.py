@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -379,8 +380,8 @@ def create_app(store: StateDir, contexts: AuthorizedContexts, info: ApiInfo | No
     return app
 
 
-async def start_api(store: StateDir, host: str, port: int,
-                    info: ApiInfo | None = None) -> tuple[web.AppRunner, AuthorizedContexts]:
+async def start_api(store: StateDir, host: str, port: int, info: ApiInfo | None = None, *,
+                    sock: socket.socket | None = None) -> tuple[web.AppRunner, AuthorizedContexts]:
     """Recover an interrupted rotation, then serve the API on host:port (0: an ephemeral port).
 
     Returns:
@@ -389,6 +390,8 @@ async def start_api(store: StateDir, host: str, port: int,
     Raises:
         NoIdentity: the appliance is not provisioned.
         OSError: the address cannot be bound.
+
+    With `sock` (a listening socket handed over by systemd), host and port are ignored.
     """
     recovered = recover_rotation(store)
     if recovered == "completed":
@@ -397,7 +400,10 @@ async def start_api(store: StateDir, host: str, port: int,
     runner = web.AppRunner(create_app(store, contexts, info))
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, ssl_context=contexts.listening).start()
+        if sock is not None:
+            await web.SockSite(runner, sock, ssl_context=contexts.listening).start()
+        else:
+            await web.TCPSite(runner, host, port, ssl_context=contexts.listening).start()
     except BaseException:
         await runner.cleanup()
         raise

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -342,6 +343,10 @@ def _peer_name(writer: asyncio.StreamWriter) -> str:
     return str(address or "unknown")
 
 
-async def start_enrollment_server(server: EnrollmentServer, host: str, port: int) -> asyncio.base_events.Server:
+async def start_enrollment_server(server: EnrollmentServer, host: str, port: int, *,
+                                  sock: socket.socket | None = None) -> asyncio.base_events.Server:
+    """Listen on host:port, or on `sock` (handed over by systemd socket activation)."""
+    if sock is not None:
+        return await asyncio.start_server(server.handle, sock=sock, limit=limits.MAX_FRAME_BODY + 4)
     return await asyncio.start_server(server.handle, host, port, limit=limits.MAX_FRAME_BODY + 4,
                                       reuse_address=True)

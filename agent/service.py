@@ -77,8 +77,11 @@ async def serve(config: AgentConfig, listen: Listen = DEFAULT_LISTEN, api_listen
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
 
+    # Under systemd the listening sockets come from firsttrust-enroll.socket and
+    # firsttrust-api.socket (so the service itself needs no network namespace of its own).
+    passed = systemd_glue.listen_sockets()
     info = ApiInfo(host_key_glob=host_key_glob)
-    api_runner, contexts = await start_api(store, api_listen.host, api_listen.port, info)
+    api_runner, contexts = await start_api(store, api_listen.host, api_listen.port, info, sock=passed.get("api"))
     api_port = _bound_port(api_runner) or api_listen.port
 
     async def on_enrolled(_authorization) -> None:
@@ -87,12 +90,11 @@ async def serve(config: AgentConfig, listen: Listen = DEFAULT_LISTEN, api_listen
 
     gate = EnrollmentGate(config, store, clock=clock)
     enrollment = EnrollmentServer(gate, api_port=api_port, host_key_glob=host_key_glob, on_enrolled=on_enrolled)
-    server = await start_enrollment_server(enrollment, listen.host, listen.port)
-    enroll_port = server.sockets[0].getsockname()[1]
+    server = await start_enrollment_server(enrollment, listen.host, listen.port, sock=passed.get("enroll"))
+    enroll_host, enroll_port = server.sockets[0].getsockname()[:2]
     phase = "enrolled" if state.phase == "enrolled" else "waiting for enrollment"
-    status = f"STATUS={phase}; enrollment on {listen.host}:{enroll_port}, API on {api_listen.host}:{api_port}"
-    log.info("listening: enrollment %s:%s, API %s:%s (SRP backend %s)", listen.host, enroll_port,
-             api_listen.host, api_port, BACKEND)
+    status = f"STATUS={phase}; enrollment on {enroll_host}:{enroll_port}, API on port {api_port}"
+    log.info("listening: enrollment %s:%s, API port %s (SRP backend %s)", enroll_host, enroll_port, api_port, BACKEND)
     systemd_glue.notify("READY=1", status)
     watchdog = asyncio.create_task(systemd_glue.watchdog_loop())
     try:

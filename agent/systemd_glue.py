@@ -194,3 +194,32 @@ def setup_logging(verbose: bool = False, *, journal_socket: Path | str = JOURNAL
     # Audit events have their own handler; without this they would reach the journal twice.
     audit_log.propagate = False
     return sink
+
+
+# sd_listen_fds(3): passed descriptors start at 3.
+SD_LISTEN_FDS_START = 3
+
+
+def listen_sockets(environ: dict[str, str] | None = None) -> dict[str, socket.socket]:
+    """Listening sockets handed over by systemd socket activation, by FileDescriptorName.
+
+    Returns {} unless LISTEN_PID is this process. The environment variables are removed, as
+    sd_listen_fds(1) does, so child processes do not believe the sockets are theirs.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        if int(env.get("LISTEN_PID", "0")) != os.getpid():
+            return {}
+        count = int(env.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return {}
+    names = env.get("LISTEN_FDNAMES", "").split(":") if env.get("LISTEN_FDNAMES") else []
+    sockets: dict[str, socket.socket] = {}
+    for index in range(count):
+        fd = SD_LISTEN_FDS_START + index
+        os.set_inheritable(fd, False)
+        name = names[index] if index < len(names) else f"fd{index}"
+        sockets[name] = socket.socket(fileno=fd)
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        env.pop(key, None)
+    return sockets
