@@ -1,13 +1,20 @@
 """The `firsttrust` command: the requester's operations for people and scripts.
 
     firsttrust secrets new --out FILE [--force]
-    firsttrust deploy-spec --secrets FILE --format {ovf-env,ovf-properties,extraconfig}
+    firsttrust deploy-spec --secrets FILE --format {govc,ovf-env,ovf-properties,extraconfig}
                            [--requester-cert FILE] [--enroll-window DURATION] [--out FILE] [--force]
+    firsttrust enroll ADDRESS --secrets FILE --name NAME [--ssh-key PUBFILE]
+    firsttrust enroll --targets FILE [--concurrency N] [--json]
+    firsttrust pins list [--json] | pins show NAME | pins export NAME --format kubeadm|curl|known_hosts|pem
+    firsttrust call NAME METHOD PATH [--data JSON]
+    firsttrust pin-cert NAME --address ADDR --cert FILE
+    firsttrust identity
 
 Subcommands are rows in SUBCOMMANDS: words, help, an argument function and a run function.
 
-Exit codes: 0 success; 1 the operation failed (an output file exists or cannot be written);
-2 usage or input error (bad arguments, unreadable or invalid input file). A failure prints one
+Exit codes: 0 success; 1 the operation failed (a refused or unreachable appliance, any failed
+appliance of a batch, an output file that exists or cannot be written); 2 usage or input error
+(bad arguments, unreadable or invalid input file, unknown appliance name). A failure prints one
 line on stderr, `firsttrust: error: <message>`, and no traceback. Secret values travel only
 through files and stdout: never argv, never a message.
 """
@@ -16,6 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import io
+import json
 import os
 import re
 import sys
@@ -28,13 +38,14 @@ from firsttrust.deployment import MAX_DECODED_BYTES, PropertyEncodingError
 from firsttrust.errors import FirsttrustError, InvalidCertificate, InvalidSecret
 from firsttrust.ovfenv import OvfEnvValueError
 
-from firsttrust.deployment import DEFAULT_ENROLL_PORT
+from firsttrust.deployment import DEFAULT_API_PORT, DEFAULT_ENROLL_PORT
+from firsttrust.identity import normalize_pin, pin_to_curl
 from firsttrust.messages import SSH_KEY_PATTERN
 
 from .deployspec import FORMATS, InvalidDeploySpec, deployment_properties, render, secrets_from_json, secrets_to_json
 from .enroll import parse_address
-from .library import enroll_appliance
-from .truststore import NAME_RE
+from .library import Outcome, Target, call, enroll_appliance, enroll_many, pin_certificate
+from .truststore import NAME_RE, ApplianceRecord, TrustStore, UnknownAppliance
 
 PROG = "firsttrust"
 EXIT_OK = 0
@@ -68,6 +79,7 @@ EXIT_CODES: dict[type[FirsttrustError], int] = {
     OvfEnvValueError: EXIT_USAGE,
     PropertyEncodingError: EXIT_USAGE,
     OutputError: EXIT_FAILED,
+    UnknownAppliance: EXIT_USAGE,
     FirsttrustError: EXIT_FAILED,
 }
 
@@ -137,33 +149,269 @@ def _deploy_spec(args: argparse.Namespace) -> int:
 
 # --- enroll ----------------------------------------------------------------------------------------
 
+MAX_TARGETS = 10_000
+
 
 def _enroll_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("address", metavar="ADDRESS", help="the appliance: HOST or HOST:PORT (default port 8790)")
-    parser.add_argument("--secrets", required=True, metavar="FILE", help="the appliance's secrets file")
-    parser.add_argument("--name", required=True, help="the name to pin the appliance under")
+    parser.add_argument("address", nargs="?", metavar="ADDRESS",
+                        help="the appliance: HOST or HOST:PORT (default port 8790)")
+    parser.add_argument("--secrets", metavar="FILE", help="the appliance's secrets file")
+    parser.add_argument("--name", help="the name to pin the appliance under")
     parser.add_argument("--ssh-key", metavar="PUBFILE", help="an OpenSSH public key to install for the account")
+    parser.add_argument("--targets", metavar="FILE",
+                        help="batch: CSV (header name,address,secrets) or JSON list of {name, address, secrets}")
+    parser.add_argument("--concurrency", type=int, default=32, help="batch: enrollments in flight (default 32)")
+    parser.add_argument("--json", action="store_true", help="batch: print the results as JSON")
+
+
+def _load_secrets(path: str) -> EnrollmentSecrets:
+    data, _ = read_input(path, "secrets file")
+    try:
+        return secrets_from_json(data)
+    except (InvalidDeploySpec, InvalidSecret) as exc:
+        raise type(exc)(f"secrets file {path}: {exc}") from None
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise UsageError(f"invalid name {str(name)[:40]!r}: 1-64 letters, digits, '.', '_' or '-'")
+    return name
+
+
+def _check_address(address: str) -> str:
+    try:
+        parse_address(address, DEFAULT_ENROLL_PORT)
+    except (ValueError, TypeError):
+        raise UsageError(f"invalid address {str(address)[:80]!r}: expected HOST or HOST:PORT") from None
+    return address
+
+
+def _read_ssh_key(path: str | None) -> str | None:
+    if not path:
+        return None
+    key = read_input(path, "SSH public key")[0].decode("ascii", "replace").strip()
+    if not re.fullmatch(SSH_KEY_PATTERN, key):
+        raise UsageError(f"{path} is not a single OpenSSH public key line")
+    return key
 
 
 def _enroll(args: argparse.Namespace) -> int:
-    data, _ = read_input(args.secrets, "secrets file")
-    try:
-        secrets = secrets_from_json(data)
-    except (InvalidDeploySpec, InvalidSecret) as exc:
-        raise type(exc)(f"secrets file {args.secrets}: {exc}") from None
-    if not NAME_RE.fullmatch(args.name):
-        raise UsageError("--name must be 1-64 letters, digits, '.', '_' or '-', starting alphanumeric")
-    ssh_key = None
-    if args.ssh_key:
-        ssh_key = read_input(args.ssh_key, "SSH public key")[0].decode("ascii", "replace").strip()
-        if not re.fullmatch(SSH_KEY_PATTERN, ssh_key):
-            raise UsageError(f"{args.ssh_key} is not a single OpenSSH public key line")
-    try:
-        parse_address(args.address, DEFAULT_ENROLL_PORT)
-    except ValueError:
-        raise UsageError(f"invalid address {args.address[:80]!r}: expected HOST or HOST:PORT") from None
+    if args.targets:
+        if args.address or args.secrets or args.name:
+            raise UsageError("--targets replaces ADDRESS, --secrets and --name")
+        return _enroll_batch(args)
+    if not (args.address and args.secrets and args.name):
+        raise UsageError("enroll needs ADDRESS, --secrets and --name (or --targets FILE)")
+    secrets = _load_secrets(args.secrets)
+    _check_name(args.name)
+    _check_address(args.address)
+    ssh_key = _read_ssh_key(args.ssh_key)
     record = asyncio.run(enroll_appliance(args.address, secrets, name=args.name, ssh_key=ssh_key))
     print(f"enrolled {record.name}: {record.pin}")
+    return EXIT_OK
+
+
+def _read_targets(path: str) -> list[Target]:
+    data, _ = read_input(path, "targets file")
+    base = os.path.dirname(os.path.abspath(path))
+    text = data.decode("utf-8", "replace")
+    try:
+        if text.lstrip().startswith("["):
+            rows = json.loads(text)
+            if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+                raise ValueError("a JSON targets file is a list of objects")
+        else:
+            rows = list(csv.DictReader(io.StringIO(text)))
+    except (ValueError, csv.Error) as exc:
+        raise UsageError(f"targets file {path}: {str(exc).splitlines()[0][:100]}") from None
+    if not rows:
+        raise UsageError(f"targets file {path} lists no appliance")
+    if len(rows) > MAX_TARGETS:
+        raise UsageError(f"targets file {path} lists more than {MAX_TARGETS} appliances")
+    targets, names = [], set()
+    for number, row in enumerate(rows, 1):
+        missing = [key for key in ("name", "address", "secrets") if not row.get(key)]
+        if missing:
+            raise UsageError(f"targets file {path}, row {number}: missing {missing[0]}")
+        name = _check_name(row["name"])
+        if name in names:
+            raise UsageError(f"targets file {path}, row {number}: name {name!r} appears twice")
+        names.add(name)
+        secrets_path = os.path.join(base, str(row["secrets"]))
+        targets.append(Target(name, _check_address(str(row["address"])), _load_secrets(secrets_path)))
+    return targets
+
+
+def _enroll_batch(args: argparse.Namespace) -> int:
+    if not 1 <= args.concurrency <= 1024:
+        raise UsageError("--concurrency must be between 1 and 1024")
+    targets = _read_targets(args.targets)
+    progress = _Progress(len(targets), enabled=sys.stderr.isatty() and not args.json)
+    outcomes = asyncio.run(enroll_many(targets, concurrency=args.concurrency, ssh_key=_read_ssh_key(args.ssh_key),
+                                       on_done=progress.step))
+    progress.finish()
+    failed = [o for o in outcomes if not o.ok]
+    if args.json:
+        print(json.dumps([{"name": o.target.name, "address": o.target.address, "ok": o.ok,
+                           "pin": o.record.pin if o.record else None,
+                           "error": {"code": o.error.code, "message": str(o.error)} if o.error else None,
+                           "seconds": round(o.seconds, 3)} for o in outcomes], indent=2))
+    else:
+        rows = [(o.target.name, o.target.address, o.record.pin if o.record else f"FAILED {o.error.code}: {o.error}",
+                 f"{o.seconds * 1000:.0f} ms") for o in outcomes]
+        print(_table(("NAME", "ADDRESS", "PIN", "TIME"), rows))
+        print(f"{len(outcomes) - len(failed)} enrolled, {len(failed)} failed")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+class _Progress:
+    """A one-line progress bar on a terminal (stderr), nothing otherwise."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.done, self.failed, self.enabled = total, 0, 0, enabled
+
+    def step(self, outcome: Outcome) -> None:
+        self.done += 1
+        self.failed += 0 if outcome.ok else 1
+        if self.enabled:
+            width = 30
+            filled = width * self.done // self.total
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}"
+                             f" ({self.failed} failed)")
+            sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+             for row in (header, *rows)]
+    return "\n".join(lines)
+
+
+# --- pins ------------------------------------------------------------------------------------------
+
+PIN_FORMATS = ("kubeadm", "curl", "known_hosts", "pem")
+
+
+def _pins_list_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true")
+
+
+def _record_summary(record: ApplianceRecord) -> dict:
+    return {"name": record.name, "address": record.address, "api_port": record.api_port, "pin": record.pin,
+            "embodiment": record.embodiment, "enrolled_at": record.enrolled_at,
+            "ssh_host_keys": list(record.ssh_host_keys)}
+
+
+def _pins_list(args: argparse.Namespace) -> int:
+    records = TrustStore().list()
+    if args.json:
+        print(json.dumps([_record_summary(r) for r in records], indent=2))
+    elif records:
+        print(_table(("NAME", "ADDRESS", "EMBODIMENT", "PIN"),
+                     [(r.name, f"{r.address}:{r.api_port}", r.embodiment, r.pin) for r in records]))
+    return EXIT_OK
+
+
+def _name_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="the appliance's name in the trust store")
+
+
+def _pins_show(args: argparse.Namespace) -> int:
+    record = TrustStore().get(_check_name(args.name))
+    for key, value in _record_summary(record).items():
+        if key == "ssh_host_keys":
+            value = ", ".join(v.split()[0] for v in value) or "none"
+        print(f"{key.replace('_', ' ')}: {value}")
+    return EXIT_OK
+
+
+def _pins_export_arguments(parser: argparse.ArgumentParser) -> None:
+    _name_argument(parser)
+    parser.add_argument("--format", required=True, choices=PIN_FORMATS, dest="pin_format")
+    parser.add_argument("--ssh-port", type=int, default=22, help="known_hosts: the SSH port (default 22)")
+
+
+def _pins_export(args: argparse.Namespace) -> int:
+    record = TrustStore().get(_check_name(args.name))
+    if args.pin_format == "kubeadm":
+        print(normalize_pin(record.pin))
+    elif args.pin_format == "curl":
+        print(pin_to_curl(record.pin))
+    elif args.pin_format == "pem":
+        sys.stdout.write(record.certificate)
+    else:
+        if not record.ssh_host_keys:
+            raise NoHostKeys(f"{record.name} has no SSH host keys on record (they come with SRP enrollment)")
+        for key in record.ssh_host_keys:
+            print(known_hosts_line(record.address, key, args.ssh_port))
+    return EXIT_OK
+
+
+def known_hosts_line(address: str, host_key: str, port: int = 22) -> str:
+    """An OpenSSH known_hosts line: `[host]:port` when the port is not 22."""
+    host = f"[{address}]:{port}" if port != 22 else address
+    return f"{host} {' '.join(host_key.split()[:2])}"
+
+
+class NoHostKeys(FirsttrustError):
+    """The appliance record carries no SSH host keys."""
+
+    code = "no_host_keys"
+
+
+# --- call, pin-cert ----------------------------------------------------------------------------------
+
+
+def _call_arguments(parser: argparse.ArgumentParser) -> None:
+    _name_argument(parser)
+    parser.add_argument("method", metavar="METHOD", type=str.upper, choices=("GET", "POST", "DELETE"))
+    parser.add_argument("path", metavar="PATH", help="e.g. /v1/identity")
+    parser.add_argument("--data", metavar="JSON", help="request body (JSON)")
+
+
+def _call(args: argparse.Namespace) -> int:
+    if not args.path.startswith("/"):
+        raise UsageError("PATH must start with '/'")
+    body = None
+    if args.data is not None:
+        try:
+            body = json.loads(args.data)
+        except ValueError:
+            raise UsageError("--data is not valid JSON") from None
+    answer = asyncio.run(call(_check_name(args.name), args.method, args.path, body))
+    if answer is not None:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def _pin_cert_arguments(parser: argparse.ArgumentParser) -> None:
+    _name_argument(parser)
+    parser.add_argument("--address", required=True, help="the appliance's API address: HOST[:PORT] (default 8791)")
+    parser.add_argument("--cert", required=True, metavar="FILE", help="the appliance certificate (PEM or DER)")
+    parser.add_argument("--embodiment", choices=("injected-certificate", "guest-command"),
+                        default="injected-certificate")
+
+
+def _pin_cert(args: argparse.Namespace) -> int:
+    certificate, _ = read_input(args.cert, "certificate")
+    try:
+        parse_address(args.address, DEFAULT_API_PORT)
+    except ValueError:
+        raise UsageError(f"invalid address {args.address[:80]!r}") from None
+    record = pin_certificate(_check_name(args.name), args.address, certificate, embodiment=args.embodiment)
+    print(f"pinned {record.name}: {record.pin}")
+    print(f"requester certificate to authorize on the appliance: {TrustStore().cert_path}")
+    return EXIT_OK
+
+
+def _identity(args: argparse.Namespace) -> int:
+    store = TrustStore()
+    sys.stdout.write(store.identity().cert_pem.decode("ascii"))
     return EXIT_OK
 
 
@@ -183,11 +431,20 @@ SUBCOMMANDS = (
                _secrets_new_arguments, _secrets_new),
     Subcommand(("deploy-spec",), "write the deployment properties that carry the secrets to an appliance",
                _deploy_spec_arguments, _deploy_spec),
-    Subcommand(("enroll",), "enroll an appliance with its secrets and pin its key",
+    Subcommand(("enroll",), "enroll an appliance (or a batch) with its secrets and pin its key",
                _enroll_arguments, _enroll),
+    Subcommand(("pins", "list"), "list the pinned appliances", _pins_list_arguments, _pins_list),
+    Subcommand(("pins", "show"), "show one pinned appliance", _name_argument, _pins_show),
+    Subcommand(("pins", "export"), "export a pin for other tools (kubeadm, curl, known_hosts, pem)",
+               _pins_export_arguments, _pins_export),
+    Subcommand(("call",), "call the appliance's API over pinned mutual TLS", _call_arguments, _call),
+    Subcommand(("pin-cert",), "pin a certificate handed over by the manager (FIG. 2/3)",
+               _pin_cert_arguments, _pin_cert),
+    Subcommand(("identity",), "print the requester's certificate (what appliances authorize)",
+               lambda parser: None, _identity),
 )
 # Help for the words that only group subcommands.
-GROUP_HELP = {("secrets",): "one-time enrollment secrets"}
+GROUP_HELP = {("secrets",): "one-time enrollment secrets", ("pins",): "the trust store's pinned appliances"}
 
 
 class _Parser(argparse.ArgumentParser):

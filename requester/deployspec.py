@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from typing import Callable
 
 from firsttrust.credentials import EnrollmentSecrets
@@ -191,7 +192,39 @@ def vmx_line(name: str, value: str) -> str:
     return f'{name} = "{_VMX_ESCAPED.sub(lambda match: f"|{ord(match.group()):02X}", value)}"'
 
 
+def render_govc(properties: dict[str, str]) -> bytes:
+    """A shell script for govc: the OVF property options for `govc import.ova` (written to a
+    0600 file and passed with -options, so the values stay out of argv), and the
+    `govc vm.change -e` lines for an existing VM (whose values do appear in govc's argv on the
+    machine that runs it: run it only where that is acceptable)."""
+    options = {"PropertyMapping": [{"Key": key, "Value": value} for key, value in properties.items()]}
+    options_json = json.dumps(options, indent=2)
+    if "FIRSTTRUST_EOF" in options_json:
+        raise InvalidDeploySpec("a property value contains the here-document marker FIRSTTRUST_EOF")
+    lines = [
+        "#!/bin/sh",
+        "# firsttrust deployment spec for govc. Holds one-time secrets: keep this file private (0600).",
+        "set -eu",
+        "umask 077",
+        "# 1. Deploying an OVA: import.ova reads the OVF property values from a file, never argv.",
+        "cat > firsttrust-import-options.json <<'FIRSTTRUST_EOF'",
+        options_json,
+        "FIRSTTRUST_EOF",
+        '# govc import.ova -options=firsttrust-import-options.json -name "$VM" appliance.ova',
+        "# 2. Or an existing VM, before its first boot (extraConfig; values are in govc's argv here):",
+        'if [ -n "${VM:-}" ]; then',
+        '  govc vm.change -vm "$VM" \\',
+    ]
+    settings = [f"guestinfo.{key}={value}" for key, value in properties.items()]
+    for index, setting in enumerate(settings):
+        tail = " \\" if index < len(settings) - 1 else ""
+        lines.append(f"    -e {shlex.quote(setting)}{tail}")
+    lines.append("fi")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
 FORMATS: dict[str, Callable[[dict[str, str]], bytes]] = {
+    "govc": render_govc,
     "ovf-env": render_ovf_env,
     "ovf-properties": render_ovf_properties,
     "extraconfig": render_extraconfig,

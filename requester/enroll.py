@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,12 +48,18 @@ def parse_address(address: str, default_port: int) -> tuple[str, int]:
         host, _, rest = address[1:].partition("]")
         if rest.startswith(":"):
             port = int(rest[1:])
+        elif rest:
+            raise ValueError("address must be HOST[:PORT]")
     elif address.count(":") == 1:
         host, _, text = address.partition(":")
         port = int(text)
-    if not host or not 0 < port < 65536:
+    if not _HOST_RE.fullmatch(host) or not 0 < port < 65536:
         raise ValueError("address must be HOST[:PORT]")
     return host, port
+
+
+# A DNS name, an IPv4 address, or (inside brackets) an IPv6 address.
+_HOST_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?")
 
 
 async def _read_frame(reader: asyncio.StreamReader, timeout: float) -> tuple[bytes, bool]:
