@@ -271,3 +271,30 @@ def test_the_operator_guide_examples_are_generated_output(spec_format):
     block = text[text.index(marker) + len(marker):]
     block = block[block.index("\n") + 1 : block.index("```\n", block.index("\n"))]
     assert block.encode() == render(deployment_properties(DOC_EXAMPLE, enroll_window="24h"), spec_format)
+
+
+def test_govc_script_writes_the_import_options_and_quotes_vm_change(tmp_path):
+    import shutil
+    import subprocess
+
+    from firsttrust.credentials import EnrollmentSecrets
+    from requester.deployspec import deployment_properties, render
+
+    secrets = EnrollmentSecrets("Odd'Quote\"Secret$(x)-123", EnrollmentSecrets.generate().sec_b)
+    script = render(deployment_properties(secrets), "govc").decode()
+    (tmp_path / "spec.sh").write_text(script)
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "govc").write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > "$GOVC_ARGS"\n')
+    (fake_bin / "govc").chmod(0o755)
+    env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "VM": "app-01", "GOVC_ARGS": str(tmp_path / "args")}
+    result = subprocess.run([shutil.which("sh"), str(tmp_path / "spec.sh")], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    options = json.loads((tmp_path / "firsttrust-import-options.json").read_text())
+    assert {m["Key"]: m["Value"] for m in options["PropertyMapping"]} == {
+        "firsttrust.sec-a": secrets.sec_a, "firsttrust.sec-b": secrets.sec_b}
+    assert (tmp_path / "firsttrust-import-options.json").stat().st_mode & 0o777 == 0o600
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[:3] == ["vm.change", "-vm", "app-01"]
+    assert f"guestinfo.firsttrust.sec-a={secrets.sec_a}" in args
