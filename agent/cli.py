@@ -41,6 +41,9 @@ def _store(args: argparse.Namespace):
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
+    from . import systemd_glue
+
+    systemd_glue.setup_logging()  # audit events with MESSAGE_ID and FIRSTTRUST_* fields under journald
     config, _ = _store(args)
     deploy = read_deploy_config(args.source)
     report = provision(config, deploy, set_account_password=not args.no_set_password)
@@ -100,6 +103,9 @@ def _read_cert_input(name: str) -> bytes:
 
 
 def cmd_authorize(args: argparse.Namespace) -> int:
+    from . import systemd_glue
+
+    systemd_glue.setup_logging()
     _, store = _store(args)
     data = _read_cert_input(args.cert)
     load_certificate(data)

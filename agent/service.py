@@ -80,6 +80,9 @@ async def serve(config: AgentConfig, listen: Listen = DEFAULT_LISTEN, api_listen
     # Under systemd the listening sockets come from firsttrust-enroll.socket and
     # firsttrust-api.socket (so the service itself needs no network namespace of its own).
     passed = systemd_glue.listen_sockets()
+    if passed and not {"enroll", "api"} <= set(passed):
+        raise AgentError(f"systemd passed sockets named {', '.join(sorted(passed))}; expected 'enroll' and 'api' "
+                         "(firsttrust-enroll.socket, firsttrust-api.socket)")
     info = ApiInfo(host_key_glob=host_key_glob)
     api_runner, contexts = await start_api(store, api_listen.host, api_listen.port, info, sock=passed.get("api"))
     api_port = _bound_port(api_runner) or api_listen.port
@@ -91,6 +94,9 @@ async def serve(config: AgentConfig, listen: Listen = DEFAULT_LISTEN, api_listen
     gate = EnrollmentGate(config, store, clock=clock)
     enrollment = EnrollmentServer(gate, api_port=api_port, host_key_glob=host_key_glob, on_enrolled=on_enrolled)
     server = await start_enrollment_server(enrollment, listen.host, listen.port, sock=passed.get("enroll"))
+    if not server.sockets:
+        await api_runner.cleanup()
+        raise AgentError("the enrollment listener has no socket (address family not allowed?)")
     enroll_host, enroll_port = server.sockets[0].getsockname()[:2]
     phase = "enrolled" if state.phase == "enrolled" else "waiting for enrollment"
     status = f"STATUS={phase}; enrollment on {enroll_host}:{enroll_port}, API on port {api_port}"

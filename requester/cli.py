@@ -8,6 +8,7 @@
     firsttrust pins list [--json] | pins show NAME | pins export NAME --format kubeadm|curl|known_hosts|pem
     firsttrust call NAME METHOD PATH [--data JSON]
     firsttrust pin-cert NAME --address ADDR --cert FILE
+    firsttrust rotate NAME
     firsttrust identity
 
 Subcommands are rows in SUBCOMMANDS: words, help, an argument function and a run function.
@@ -44,7 +45,7 @@ from firsttrust.messages import SSH_KEY_PATTERN
 
 from .deployspec import FORMATS, InvalidDeploySpec, deployment_properties, render, secrets_from_json, secrets_to_json
 from .enroll import parse_address
-from .library import Outcome, Target, call, enroll_appliance, enroll_many, pin_certificate
+from .library import Outcome, Target, call, enroll_appliance, enroll_many, pin_certificate, rotate_appliance
 from .truststore import NAME_RE, ApplianceRecord, TrustStore, UnknownAppliance
 
 PROG = "firsttrust"
@@ -377,6 +378,8 @@ def _call_arguments(parser: argparse.ArgumentParser) -> None:
 def _call(args: argparse.Namespace) -> int:
     if not args.path.startswith("/"):
         raise UsageError("PATH must start with '/'")
+    if args.path.rstrip("/") == "/v1/identity/rotate":
+        raise UsageError("use `firsttrust rotate NAME`: it verifies the rotation and moves the pin")
     body = None
     if args.data is not None:
         try:
@@ -406,6 +409,12 @@ def _pin_cert(args: argparse.Namespace) -> int:
     record = pin_certificate(_check_name(args.name), args.address, certificate, embodiment=args.embodiment)
     print(f"pinned {record.name}: {record.pin}")
     print(f"requester certificate to authorize on the appliance: {TrustStore().cert_path}")
+    return EXIT_OK
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    record = asyncio.run(rotate_appliance(_check_name(args.name)))
+    print(f"rotated {record.name}: {record.pin}")
     return EXIT_OK
 
 
@@ -440,6 +449,8 @@ SUBCOMMANDS = (
     Subcommand(("call",), "call the appliance's API over pinned mutual TLS", _call_arguments, _call),
     Subcommand(("pin-cert",), "pin a certificate handed over by the manager (FIG. 2/3)",
                _pin_cert_arguments, _pin_cert),
+    Subcommand(("rotate",), "have the appliance rotate its key; move the pin after checking the old key signed it",
+               _name_argument, _rotate),
     Subcommand(("identity",), "print the requester's certificate (what appliances authorize)",
                lambda parser: None, _identity),
 )

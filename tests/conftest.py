@@ -64,3 +64,17 @@ def pytest_runtest_makereport(item, call):
             report.outcome = "failed"
             report.longrepr = f"a generated secret appeared in '{title}' (no secret may reach a log or stderr)"
             return
+
+
+@pytest.fixture(autouse=True)
+def _reset_agent_logging():
+    """The agent's commands attach their log handlers process-wide (as a service should);
+    in-process CLI tests must not leave them to the next test."""
+    import logging
+    yield
+    for name in ("firsttrust", "firsttrust.audit"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
