@@ -11,7 +11,11 @@ PY     := $(VENV)/bin/python
 DEB_PACKAGES := python3 python3-venv python3-pip python3-dev libssl3 passwd ca-certificates \
                 libsystemd-dev pkg-config gcc systemd
 
-.PHONY: test test-debian-versions system-deps venv clean
+.PHONY: demo test test-debian-versions system-deps venv clean
+
+# The local end-to-end demo: a local data center on 127.0.0.1, all three embodiments.
+demo: venv
+	$(VENV)/bin/firsttrust-lab demo
 
 # pytest's exit 5 means it collected no test: a failure, said so.
 PYTEST_CHECK = rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; fi; exit $$rc

@@ -145,11 +145,25 @@ class AuthorizedContexts:
         identity = self._store.load_identity()
         if identity is None:
             raise NoIdentity(f"no appliance identity in {self._store.path}")
+        stamp = self._stamp()
         entries = self._store.authorized()
         trusted = [certificate_der(entry["certificate"].encode("ascii")) for entry in entries]
         context = self._server_context(trusted or [_unusable_certificate()])
         self.identity: Identity = identity
         self.current = context
+        self._loaded_stamp = stamp
+
+    def _stamp(self) -> tuple:
+        """What identifies the on-disk state a context was built from (files are replaced by
+        rename, so a new inode or mtime means new content)."""
+        stamps = []
+        for path in (self._store.authorized_path, self._store.cert_path):
+            try:
+                info = os.stat(path)
+                stamps.append((info.st_ino, info.st_mtime_ns, info.st_size))
+            except FileNotFoundError:
+                stamps.append(None)
+        return tuple(stamps)
 
     def _server_context(self, trusted: list[bytes]) -> ssl.SSLContext:
         context = apply_policy(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), trusted)
@@ -158,6 +172,15 @@ class AuthorizedContexts:
         return context
 
     def _select(self, ssl_object: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
+        # A key added by `firsttrust-agent authorize` (another process, seed FIG. 3) is seen on
+        # the next handshake: two stat() calls per handshake, a rebuild only on change.
+        stamp = self._stamp()
+        if stamp != self._loaded_stamp:
+            try:
+                self.reload()
+            except Exception:  # keep serving with the last good context; the API reports errors
+                self._loaded_stamp = stamp  # once per change, not once per handshake
+                log.exception("could not reload the API's TLS context; keeping the previous one")
         ssl_object.context = self.current
 
 

@@ -232,8 +232,15 @@ class EnrollmentServer:
                         charged = False
                         _checkpoint("refunded")
                         slot.release()  # authenticated by SRP: no longer an unauthenticated peer
-                        await writer.start_tls(_server_context(gate.store, event.peer_certificate),
-                                               ssl_handshake_timeout=self.phase_timeout)
+                        try:
+                            await writer.start_tls(_server_context(gate.store, event.peer_certificate),
+                                                   ssl_handshake_timeout=self.phase_timeout)
+                        except (ssl.SSLError, ConnectionError, TimeoutError) as exc:
+                            # After a verified SRP proof, a failed handshake is what a relay that
+                            # terminates TLS with its own key looks like: worth an audit line.
+                            audit.event("enroll-failed", f"TLS after SRP failed for {peer}: {exc}", peer=peer,
+                                        outcome="tls_failed")
+                            raise
                         ssl_object = writer.get_extra_info("ssl_object")
                         peer_der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
                         for sent in machine.tls_established(peer_der):

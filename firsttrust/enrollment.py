@@ -48,7 +48,7 @@ from .errors import (
 )
 from .framing import Frame, FrameDecoder, encode_error, encode_frame
 from .identity import InvalidCertificate, certificate_der, pin_of_certificate
-from .keyschedule import KeySchedule, equal, sha256
+from .keyschedule import KeySchedule, equal
 from .messages import SCHEMAS, b64encode, validate
 from .srp6a import EPHEMERAL_BYTES, GROUP_3072_SHA512, SRPClient, SRPGroup, SRPServer
 

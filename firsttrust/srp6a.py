@@ -24,7 +24,6 @@ import hashlib
 import hmac
 import importlib
 import logging
-import sys
 import warnings
 from dataclasses import dataclass
 from types import ModuleType

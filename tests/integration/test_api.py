@@ -9,6 +9,7 @@ import time
 
 import aiohttp
 import pytest
+from pathlib import Path
 
 from agent.api import AuthorizedContexts, ApiInfo, NEXT_CERT, NEXT_KEY, _persist_identity, recover_rotation, \
     start_api, stop_api
@@ -448,3 +449,39 @@ async def test_session_times_out_on_a_server_that_never_answers_tls(tmp_path, re
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_key_authorized_by_the_guest_command_is_accepted_without_a_restart(tmp_path, requester_identity,
+                                                                                  stranger_identity):
+    """seed FIG. 3: `firsttrust-agent authorize` runs in another process while the API serves."""
+    import subprocess
+    import sys
+
+    from agent.api import start_api, stop_api
+    from agent.state import StateDir
+    from firsttrust.identity import create_identity
+    from requester.session import PinnedSession
+
+    store = StateDir(tmp_path / "state")
+    store.ensure()
+    appliance = create_identity("appliance")
+    store.save_key(appliance.key_pem)
+    store.save_certificate(appliance.cert_pem)
+    store.authorize(requester_identity.cert_pem, name="first", source="test")
+    runner, _contexts = await start_api(store, "127.0.0.1", 0)
+    port = runner.addresses[0][1]
+    key, cert = tmp_path / "s.key", tmp_path / "s.crt"
+    key.write_bytes(stranger_identity.key_pem)
+    cert.write_bytes(stranger_identity.cert_pem)
+    try:
+        with pytest.raises(Exception):
+            async with PinnedSession("127.0.0.1", port, appliance.cert_pem, key, cert) as api:
+                await api.get("/v1/health")
+        out = subprocess.run([sys.executable, "-m", "agent.cli", "authorize", "--cert", str(cert), "--state-dir",
+                              str(store.path)], capture_output=True, text=True, timeout=60,
+                             cwd=Path(__file__).resolve().parents[2])
+        assert out.returncode == 0, out.stderr
+        async with PinnedSession("127.0.0.1", port, appliance.cert_pem, key, cert) as api:
+            assert (await api.get("/v1/health"))["status"] == "ok"
+    finally:
+        await stop_api(runner)

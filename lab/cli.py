@@ -1,0 +1,217 @@
+"""`firsttrust-lab`: a local data center on 127.0.0.1 for demos and tests. No VMware needed.
+
+    firsttrust-lab demo [--short] [--keep] [--root DIR]   every way in and two failed attacks, end to end
+    firsttrust-lab up N [--root DIR]                      N appliances waiting for SRP enrollment (FIG. 4)
+    firsttrust-lab status [--root DIR]                    what runs in the lab root
+    firsttrust-lab down [--root DIR]                      stop everything the lab root runs
+
+The lab root is --root, else $FIRSTTRUST_LAB_ROOT, else build/lab under the current directory.
+`up` writes each appliance's secrets to a 0600 file under <root>/secrets/ and prints its path,
+never the secrets.
+
+Exit codes: 0 success; 1 the operation failed (a deployment, a demo check, an agent that would
+not stop); 2 bad usage; 130 interrupted (Ctrl-C, SIGTERM, SIGHUP: a demo still destroys its
+appliances). Errors are one line on stderr, `firsttrust-lab: error: <message>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable, Iterator
+
+from firsttrust.credentials import EnrollmentSecrets
+from firsttrust.errors import FirsttrustError
+from requester.deployspec import deployment_properties, secrets_to_json
+
+from . import demo, procs
+from .errors import LabError
+from .manager import Manager
+
+PROG = "firsttrust-lab"
+EXIT_FAILED, EXIT_USAGE = 1, 2
+MAX_UP = 64  # appliances per `up`: each is two Python processes' worth of memory (~40 MB)
+DEBUG_ENV = "FIRSTTRUST_LAB_DEBUG"  # set to 1 for tracebacks of unexpected errors
+
+
+class UsageError(Exception):
+    pass
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    demo.run(args.root, short=args.short, keep=args.keep)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    if not 1 <= args.count <= MAX_UP:
+        raise UsageError(f"N must be from 1 to {MAX_UP}")
+    manager = Manager(args.root, detached=True)
+    running = manager.running()
+    if running:
+        raise LabError(f"{manager.root} runs {len(running)} appliance(s) already; run {PROG} down first")
+    names = [f"app-{index:02d}" for index in range(1, args.count + 1)]
+    manager.ensure_root()
+    secrets_dir = manager.root / "secrets"
+    secrets_dir.mkdir(mode=0o700, exist_ok=True)
+    secrets_dir.chmod(0o700)
+    plan, files = {}, {}
+    for name in names:
+        pair = EnrollmentSecrets.generate()
+        files[name] = secrets_dir / f"{name}.json"
+        _write_private(files[name], secrets_to_json(pair))
+        plan[name] = deployment_properties(pair)
+    try:
+        appliances = manager.deploy_many(plan)
+    except BaseException:  # all or nothing, also when interrupted
+        for name, path in files.items():
+            manager.destroy(name)
+            path.unlink(missing_ok=True)
+        raise
+    rows = [("NAME", "ENROLLMENT", "API", "SECRETS")]
+    rows += [(app.name, app.enroll_address, app.api_address, str(files[app.name])) for app in appliances]
+    _print_table(rows)
+    first = appliances[0]
+    print(f"\nenroll: firsttrust enroll {first.enroll_address} --secrets {files[first.name]} --name {first.name}")
+    print(f"stop:   {PROG} down --root {manager.root}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    manager = Manager(args.root)
+    appliances = manager.appliances()
+    if not appliances:
+        print(f"no appliances in {manager.root}")
+        return 0
+    rows = [("NAME", "AGENT", "ENROLLMENT", "API", "PHASE", "KEYS")]
+    for app in appliances:
+        running = procs.alive(app.pid) and procs.is_lab_agent(app.pid, app.config_path)
+        phase, keys = "?", "?"
+        result = manager.guest_command(app.name, ["firsttrust-agent", "status", "--json"])
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            state = json.loads(result.stdout)
+            phase, keys = state["phase"], str(state.get("authorized_keys", "?"))
+        rows.append((app.name, f"pid {app.pid}" if running else "stopped", app.enroll_address, app.api_address,
+                     phase, keys))
+    _print_table(rows)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    manager = Manager(args.root)
+    outcomes = manager.destroy_all()
+    for name, outcome in outcomes.items():
+        print(f"{name}: {outcome}")
+        # The appliance is gone: its one-time secrets no longer open anything.
+        (manager.root / "secrets" / f"{name}.json").unlink(missing_ok=True)
+    stopped = sum(outcome == "stopped" for outcome in outcomes.values())
+    print(f"stopped {stopped} appliance(s) in {manager.root}" if outcomes else f"nothing runs in {manager.root}")
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+    "demo": (cmd_demo, "all three ways in and two failed attacks, end to end, then clean up"),
+    "up": (cmd_up, "deploy N appliances that wait for SRP enrollment, and leave them running"),
+    "status": (cmd_status, "list the lab root's appliances"),
+    "down": (cmd_down, "stop every appliance of the lab root"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="A local data center on 127.0.0.1: firsttrust appliances as "
+                                            "processes, each with its own emulated VMware guestinfo.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (_, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("--root", type=Path,
+                             help="lab root (default $FIRSTTRUST_LAB_ROOT, else ./build/lab)")
+        if name == "demo":
+            command.add_argument("--short", action="store_true", help="no pauses between the steps")
+            command.add_argument("--keep", action="store_true", help="leave the appliances running")
+        elif name == "up":
+            command.add_argument("count", type=int, metavar="N", help=f"how many appliances (1-{MAX_UP})")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        with _exit_on_termination():
+            return COMMANDS[args.command][0](args)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except FirsttrustError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one line (FIRSTTRUST_LAB_DEBUG=1 for the traceback)
+        if os.environ.get(DEBUG_ENV):
+            raise
+        first = (str(exc).splitlines() or [""])[0][:200]
+        print(f"{PROG}: error: unexpected {type(exc).__name__}: {first}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _exit_on_termination() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the command like Ctrl-C does: through every `finally`, so the
+    appliances of a demo are destroyed (`up` leaves its agents running by design)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically, mode 0600 from creation (it holds secrets)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

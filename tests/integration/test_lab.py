@@ -1,0 +1,213 @@
+"""The local data center (`lab/`): the demo as a test, `up`/`down` across invocations, and that
+no agent process ever outlives its lab."""
+
+import base64
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import firsttrust.credentials as credentials
+from firsttrust.identity import pin_of_certificate
+from lab import demo, procs
+from lab.cli import main
+from lab.errors import LabError
+from lab.manager import Manager
+from lab.vmware_emulator import ENV_VAR
+from requester.deployspec import deployment_properties, secrets_from_json
+from requester.library import enroll_appliance_sync
+from requester.truststore import TrustStore
+
+# `serve` that ignores SIGTERM: SIG_IGN, and the event loop's own SIGTERM handler never installed.
+STUBBORN_AGENT = """
+import asyncio, signal, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+_add = asyncio.unix_events._UnixSelectorEventLoop.add_signal_handler
+def add_signal_handler(self, signum, callback, *args):
+    if signum != signal.SIGTERM:
+        return _add(self, signum, callback, *args)
+asyncio.unix_events._UnixSelectorEventLoop.add_signal_handler = add_signal_handler
+from agent.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def processes_naming(root: Path) -> list[int]:
+    """Every live process (but this one) whose command line mentions the lab root."""
+    return [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+            if pid != os.getpid() and procs.alive(pid) and any(str(root) in arg for arg in procs.cmdline(pid))]
+
+
+@pytest.fixture
+def lab_root(tmp_path):
+    root = (tmp_path / "lab").resolve()
+    yield root
+    left = sorted(set(processes_naming(root)) | set(procs.guest_processes(root, ENV_VAR)))
+    for pid in left:  # do not leak them into the rest of the suite, then fail
+        procs.stop_recorded(pid, 1.0)
+    assert left == [], f"processes of {root} outlived the test: {[procs.cmdline(pid) for pid in left]}"
+
+
+@pytest.fixture
+def generated(monkeypatch):
+    """Every secret generated during the test."""
+    values: list[str] = []
+    original = credentials.generate_secret
+
+    def remembering(*args, **kwargs):
+        value = original(*args, **kwargs)
+        values.append(value)
+        return value
+
+    monkeypatch.setattr(credentials, "generate_secret", remembering)
+    return values
+
+
+def table_rows(output: str) -> list[list[str]]:
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("NAME ") and "EMBODIMENT" in line)
+    rows = []
+    for line in lines[start + 1:]:
+        if not line.strip() or line.startswith("note:"):
+            break
+        rows.append(line.split(None, 1)[:1] + [line])
+    return rows
+
+
+def test_the_demo_enrolls_three_ways_refuses_two_attacks_and_leaves_nothing_running(lab_root, capsys, generated):
+    assert main(["demo", "--short", "--root", str(lab_root)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    rows = table_rows(out)
+    trusted = {name: line for name, line in rows if "ok: pinned, /v1/identity verified" in line}
+    assert sorted(trusted) == ["app-cert", "app-guest", "app-srp-1", "app-srp-2"]
+    assert " injected-certificate " in trusted["app-cert"] and " guest-command " in trusted["app-guest"]
+    assert all(" srp " in trusted[name] for name in ("app-srp-1", "app-srp-2"))
+    refusals = [line for _, line in rows if "(expected)" in line]
+    assert len(refusals) == 2 and len(rows) == 6
+    assert any("refused: auth_failed (expected)" in line for line in refusals)
+    assert any("caught: " in line and "relay" in line for line in refusals)
+    assert out.rstrip().splitlines()[-1].startswith("all checks passed")
+
+    records = {record.name: record for record in TrustStore(lab_root / "requester").list()}
+    assert {name: record.embodiment for name, record in records.items()} == {
+        "app-srp-1": "srp", "app-srp-2": "srp", "app-cert": "injected-certificate", "app-guest": "guest-command"}
+    for name, record in records.items():
+        assert record.pin.split(":")[1][:12] in trusted[name]
+    assert json.loads((lab_root / "lab.json").read_text())["appliances"] == {}
+    assert generated and not [secret for secret in generated if secret in out]
+
+
+def test_a_failed_demo_check_is_one_line_exit_1_and_still_cleans_up(lab_root, capsys, monkeypatch):
+    # The FIG. 2 step looks for the published certificate under a key nobody writes.
+    monkeypatch.setattr(demo, "APPLIANCE_CERT_GUESTINFO", "guestinfo.firsttrust.nothing-here")
+    assert main(["demo", "--short", "--root", str(lab_root)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "published no certificate" in err and "Traceback" not in err
+    assert json.loads((lab_root / "lab.json").read_text())["appliances"] == {}
+
+
+def test_up_leaves_agents_running_detached_and_down_stops_them(lab_root, capsys, generated):
+    assert main(["up", "3", "--root", str(lab_root)]) == 0
+    out = capsys.readouterr().out
+    names = ["app-01", "app-02", "app-03"]
+    assert all(f"{name} " in out for name in names)
+    assert generated and not [secret for secret in generated if secret in out]
+    running = Manager(lab_root).running()
+    assert [app.name for app in running] == names
+    for app in running:
+        assert os.getsid(app.pid) == app.pid  # its own session: a Ctrl-C at the terminal does not reach it
+        secrets_file = lab_root / "secrets" / f"{app.name}.json"
+        assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600 and str(secrets_file) in out
+
+    # The printed secrets file enrolls the printed address, as a person would.
+    first = running[0]
+    secrets = secrets_from_json((lab_root / "secrets" / "app-01.json").read_bytes())
+    store = TrustStore(lab_root / "requester")
+    record = enroll_appliance_sync(first.enroll_address, secrets, name="app-01", store=store)
+    assert record.api_port == first.api_port
+
+    assert main(["status", "--root", str(lab_root)]) == 0
+    status = capsys.readouterr().out
+    assert "enrolled" in status and status.count("provisioned") == 2
+
+    assert main(["down", "--root", str(lab_root)]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{name}: stopped" in out for name in names)
+    assert not any(procs.alive(app.pid) for app in running)
+    assert not list((lab_root / "secrets").iterdir())
+    assert main(["down", "--root", str(lab_root)]) == 0
+    assert "nothing runs" in capsys.readouterr().out
+
+
+def test_up_refuses_a_lab_root_that_already_runs(lab_root, capsys):
+    assert main(["up", "1", "--root", str(lab_root)]) == 0
+    try:
+        assert main(["up", "1", "--root", str(lab_root)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "already" in err
+    finally:
+        assert main(["down", "--root", str(lab_root)]) == 0
+
+
+def test_destroy_all_kills_an_agent_that_ignores_sigterm(lab_root):
+    manager = Manager(lab_root, stop_timeout=0.5)
+    properties = deployment_properties(credentials.EnrollmentSecrets.generate())
+    manager.deploy("polite", properties)
+    manager.deploy("stubborn", properties, agent_command=[sys.executable, "-c", STUBBORN_AGENT])
+    polite, stubborn = manager._children["polite"], manager._children["stubborn"]
+    stubborn.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert stubborn.poll() is None  # it really ignores SIGTERM
+    started = time.monotonic()
+    assert manager.destroy_all() == {"polite": "stopped", "stubborn": "stopped"}
+    assert time.monotonic() - started >= 0.5
+    assert polite.returncode == 0 and stubborn.returncode == -signal.SIGKILL
+
+
+def test_down_leaves_alone_a_recorded_pid_that_is_no_longer_an_agent(lab_root):
+    manager = Manager(lab_root)
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        with manager.registry.editing() as data:
+            data["appliances"]["gone"] = {"directory": str(lab_root / "gone"), "enroll_port": 1, "api_port": 2,
+                                          "pid": stranger.pid}
+        assert manager.destroy_all() == {"gone": "not ours"}
+        assert stranger.poll() is None
+        assert manager.appliances() == []
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_vm_with_nothing_injected_fails_first_boot_with_the_agents_reason(lab_root):
+    manager = Manager(lab_root)
+    with pytest.raises(LabError) as info:
+        manager.deploy("empty", None)
+    assert "first boot failed" in str(info.value) and "no firsttrust properties found" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert manager.running() == []
+
+
+def test_guest_operations_and_guestinfo_reach_only_their_own_vm(lab_root):
+    manager = Manager(lab_root)
+    try:
+        manager.deploy_many({name: deployment_properties(credentials.EnrollmentSecrets.generate())
+                             for name in ("one", "two")})
+        for name in ("one", "two"):
+            published = manager.read_guestinfo(name, "guestinfo.firsttrust.appliance-cert")
+            shown = manager.guest_command(name, ["firsttrust-agent", "show-identity", "--format", "pin"])
+            assert shown.returncode == 0
+            assert shown.stdout.decode().strip() == pin_of_certificate(base64.b64decode(published))
+            assert manager.read_guestinfo(name, "guestinfo.firsttrust.sec-a") is None
+        pins = {manager.guest_command(name, ["firsttrust-agent", "show-identity", "--format", "pin"]).stdout
+                for name in ("one", "two")}
+        assert len(pins) == 2
+    finally:
+        manager.destroy_all()
