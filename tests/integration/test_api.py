@@ -237,13 +237,25 @@ async def test_removing_the_last_key_is_refused(appliance, requester_identity, a
 
 async def test_a_key_removed_behind_the_apis_back_is_refused_by_the_application(appliance, requester_identity,
                                                                                 stranger_identity, appliance_identity):
-    """Defense in depth: TLS still trusts the key (no reload), the per-request check does not."""
+    """Defense in depth: a kept-alive connection was authenticated before the key was removed;
+    TLS is not redone for its next request, the per-request check is."""
     appliance.store.authorize(stranger_identity.cert_pem, name="stranger", source="test")
-    appliance.store.deauthorize(requester_identity.pin)  # no contexts.reload()
     async with appliance.session(requester_identity, "requester", appliance_identity.cert_pem) as api:
+        assert (await api.get("/v1/health"))["status"] == "ok"  # opens the kept-alive connection
+        appliance.store.deauthorize(requester_identity.pin)
         with pytest.raises(ApiError) as info:
             await api.get("/v1/health")
+        assert api.connections_checked == 1  # same connection: no new handshake happened
     assert (info.value.status, info.value.code) == (403, "not_authorized")
+
+
+async def test_a_key_removed_on_disk_is_refused_at_the_next_handshake(appliance, requester_identity,
+                                                                      stranger_identity, appliance_identity):
+    appliance.store.authorize(stranger_identity.cert_pem, name="stranger", source="test")
+    appliance.store.deauthorize(requester_identity.pin)  # another process edits authorized.json
+    with pytest.raises(ConnectionFailed):
+        async with appliance.session(requester_identity, "requester", appliance_identity.cert_pem) as api:
+            await api.get("/v1/health")
 
 
 # -- bad requests -------------------------------------------------------------------------------------
