@@ -1,7 +1,8 @@
 """firsttrust-agent: the appliance-side command.
 
-Exit codes: 0 success; 1 the operation failed; 2 bad usage or bad input (config, properties,
-certificate); 3 not provisioned yet (status, show-identity).
+Exit codes: 0 success; 1 the operation failed (including: nothing injected, guestinfo channel
+failing); 2 bad usage or bad input (config, properties, certificate); 3 not provisioned yet
+(status, show-identity).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from firsttrust.identity import load_certificate, pin_of_certificate
 
 from . import audit
 from .config import ConfigError, load_config
-from .errors import ConfigSourceError, NoConfiguration
+from .errors import ConfigSourceError, GuestInfoError, HypervisorUnavailable, NoConfiguration
 from .provision import provision
 from .sources.deploy import read_deploy_config
 from .state import StateDir
@@ -196,9 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command][0](args)
     except (UsageError, ConfigError, ConfigSourceError, InvalidCertificate) as exc:
-        code = EXIT_FAILED if isinstance(exc, NoConfiguration) else EXIT_USAGE
+        # Bad input is the caller's to fix (2); nothing to read or a channel that failed is an
+        # environment problem (1).
+        environment = isinstance(exc, (NoConfiguration, GuestInfoError, HypervisorUnavailable))
         print(f"firsttrust-agent: error: {exc}", file=sys.stderr)
-        return code
+        return EXIT_FAILED if environment else EXIT_USAGE
     except NotProvisioned as exc:
         print(f"firsttrust-agent: error: {exc}", file=sys.stderr)
         return EXIT_NOT_PROVISIONED

@@ -159,6 +159,9 @@ def _enroll_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--secrets", metavar="FILE", help="the appliance's secrets file")
     parser.add_argument("--name", help="the name to pin the appliance under")
     parser.add_argument("--ssh-key", metavar="PUBFILE", help="an OpenSSH public key to install for the account")
+    parser.add_argument("--api-address", metavar="HOST:PORT",
+                        help="where to reach the API afterwards, if not the enrollment host and the port the "
+                             "appliance reports (NAT, port forwarding)")
     parser.add_argument("--targets", metavar="FILE",
                         help="batch: CSV (header name,address,secrets) or JSON list of {name, address, secrets}")
     parser.add_argument("--concurrency", type=int, default=32, help="batch: enrollments in flight (default 32)")
@@ -207,7 +210,13 @@ def _enroll(args: argparse.Namespace) -> int:
     _check_name(args.name)
     _check_address(args.address)
     ssh_key = _read_ssh_key(args.ssh_key)
-    record = asyncio.run(enroll_appliance(args.address, secrets, name=args.name, ssh_key=ssh_key))
+    if args.api_address:
+        try:
+            parse_address(args.api_address, DEFAULT_API_PORT)
+        except ValueError:
+            raise UsageError(f"invalid --api-address {args.api_address[:80]!r}: expected HOST:PORT") from None
+    record = asyncio.run(enroll_appliance(args.address, secrets, name=args.name, ssh_key=ssh_key,
+                                          api_address=args.api_address))
     print(f"enrolled {record.name}: {record.pin}")
     return EXIT_OK
 

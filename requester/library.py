@@ -32,8 +32,12 @@ RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
 
 
 async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: str, ssh_key: str | None = None,
-                           store: TrustStore | None = None, **timeouts: float) -> ApplianceRecord:
+                           store: TrustStore | None = None, api_address: str | None = None,
+                           **timeouts: float) -> ApplianceRecord:
     """Enroll the appliance at `address` (HOST[:PORT], default port 8790) and pin it as `name`.
+
+    `api_address` (HOST[:PORT]) overrides where the API is reached afterwards, for appliances
+    behind NAT or port forwarding; by default the enrollment host and the port it reported.
 
     The record is written only after the appliance passed every check (SRP, commitments,
     SEC-B proof, key confirmation); on any failure nothing is stored and a typed error is raised.
@@ -42,6 +46,8 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
     store = store or TrustStore()
     store.identity()  # created once per home, before any network traffic
     host, port = parse_address(address, DEFAULT_ENROLL_PORT)
+    if api_address:
+        parse_address(api_address, DEFAULT_API_PORT)  # refuse a bad one before enrolling
     files = ClientIdentityFiles(store.cert_path, store.key_path)
     for delay in (*RETRY_DELAYS, None):
         try:
@@ -51,9 +57,10 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
             if exc.code not in RETRYABLE or delay is None:
                 raise
             await asyncio.sleep(delay)
-    record = ApplianceRecord(name=name, address=host, pin=result.appliance_pin,
+    api_host, api_port = parse_address(api_address, result.api_port) if api_address else (host, result.api_port)
+    record = ApplianceRecord(name=name, address=api_host, pin=result.appliance_pin,
                              certificate=certificate_pem(result.appliance_certificate).decode("ascii"),
-                             api_port=result.api_port, ssh_host_keys=result.ssh_host_keys, embodiment="srp",
+                             api_port=api_port, ssh_host_keys=result.ssh_host_keys, embodiment="srp",
                              enrolled_at=time.time())
     store.save(record)
     return record

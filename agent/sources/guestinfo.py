@@ -67,6 +67,7 @@ PERMISSION_DENIED = "Permission denied"  # VMX refusal, transient at boot
 _NOT_IN_VM_MARKERS = (
     "to VMware hypervisor.",  # vmtoolsd: "Unable to send command [from file] to VMware hypervisor."
     "Failed sending message to VMware.",  # vmware-rpctool
+    "must be run inside a virtual machine",  # vmware-rpctool 12.2 (Debian 12) outside VMware, exit 255
 )
 # rpctool.c, as published, exits 1 with the message above outside a VM. Exit status 255 is read
 # the same way, in case a build reports the failure so (not seen in the published source).
@@ -273,7 +274,10 @@ class GuestInfo:
 
     def _raise_failure(self, run: _Run, *, what: str, secret: str = "") -> None:
         line = _first_line(run.stderr)
-        if any(marker in line for marker in _NOT_IN_VM_MARKERS) or (
+        # open-vm-tools 12.2's vmtoolsd, run outside VMware (seen under QEMU), exits 1 and says
+        # nothing at all; inside a VM every failure it reports comes with a message.
+        silent_failure = run.returncode == 1 and not run.stdout.strip() and not run.stderr.strip()
+        if any(marker in line for marker in _NOT_IN_VM_MARKERS) or silent_failure or (
             run.returncode == _RPCTOOL_NOT_IN_VM_EXIT
         ):
             raise HypervisorUnavailable(

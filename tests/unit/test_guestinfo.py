@@ -415,3 +415,22 @@ def test_constructor_rejects_nonsense() -> None:
     for kwargs in ({"timeout": 0}, {"attempts": 0}, {"backoff": -1}):
         with pytest.raises(ValueError):
             GuestInfo(**kwargs)
+
+
+def test_real_open_vm_tools_outside_vmware_is_no_hypervisor(tmp_path):
+    """open-vm-tools 12.2 under QEMU: vmtoolsd exits 1 silently, vmware-rpctool exits 255 with
+    'must be run inside a virtual machine'. Both mean: not a VMware VM."""
+    from agent.errors import HypervisorUnavailable
+    from agent.sources.guestinfo import GuestInfo
+
+    vmtoolsd = tmp_path / "vmtoolsd"
+    vmtoolsd.write_text("#!/bin/sh\nexit 1\n")
+    rpctool = tmp_path / "vmware-rpctool"
+    rpctool.write_text("#!/bin/sh\necho 'Error: vmware-rpctool must be run inside a virtual machine on a VMware "
+                       "hypervisor product.' >&2\nexit 255\n")
+    for tool in (vmtoolsd, rpctool):
+        tool.chmod(0o755)
+    with pytest.raises(HypervisorUnavailable):
+        GuestInfo(vmtoolsd=str(vmtoolsd), attempts=1).get("firsttrust.sec-a")
+    with pytest.raises(HypervisorUnavailable):
+        GuestInfo(vmtoolsd=str(tmp_path / "absent"), rpctool=str(rpctool), attempts=1).get("firsttrust.sec-a")
