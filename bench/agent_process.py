@@ -1,0 +1,120 @@
+"""The agent as a process: `python -m agent.cli serve` over a provisioned state dir, as systemd
+starts it (Type=notify), on two ephemeral ports of 127.0.0.1.
+
+  cold_start  from spawning the process to receiving READY=1 on a NOTIFY_SOCKET made here
+              (an AF_UNIX datagram socket, as systemd's), i.e. interpreter start, imports,
+              reading the state, binding both listeners. Median over runs, after one unmeasured
+              run that warms the page cache (a booting appliance has a cold one: worse).
+  idle_rss    VmRSS of that process (/proc/PID/status) about a second after READY=1, with
+              both listeners up and nothing connected.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from firsttrust.credentials import EnrollmentSecrets
+
+from . import appliances
+
+ROOT = Path(__file__).resolve().parents[1]
+READY_TIMEOUT = 30.0
+# How long the idle agent runs before its RSS is read: past start-up's transient allocations.
+IDLE_SETTLE = 1.0
+
+
+@dataclass(frozen=True)
+class AgentStart:
+    ready_seconds: float
+    rss_mb: float | None = None
+    rss_anon_mb: float | None = None  # private memory: heap, Python objects
+    rss_file_mb: float | None = None  # mapped files: libpython, libcrypto, extension modules
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    """Whether something LISTENs on 127.0.0.1:port (/proc/net/tcp, state 0A), without connecting:
+    a connection would start an enrollment or a TLS handshake in the agent."""
+    wanted = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == wanted and fields[3] == "0A":
+            return True
+    return False
+
+
+def _rss_mb(pid: int) -> dict[str, float]:
+    """VmRSS, RssAnon and RssFile of `pid` in MB (/proc/PID/status, kB)."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("VmRSS", "RssAnon", "RssFile"):
+            values[name] = int(rest.split()[0]) / 1024
+    return values
+
+
+def start_agent(state_dir: Path, workdir: Path, measure_rss: bool = False, python: str = sys.executable) -> AgentStart:
+    """Spawn `serve` with `python`, wait for READY=1 (and, for RSS, for both ports to listen,
+    then settle), stop it with SIGTERM."""
+    notify_path = workdir / "notify.sock"
+    notify_path.unlink(missing_ok=True)
+    enroll_port, api_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_"))}
+    env["NOTIFY_SOCKET"] = str(notify_path)
+    if python != sys.executable:  # another interpreter (e.g. .venv-debian12): find the code as `make` does
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    argv = [python, "-m", "agent.cli", "serve", "--state-dir", str(state_dir),
+            "--listen", f"127.0.0.1:{enroll_port}", "--api-listen", f"127.0.0.1:{api_port}"]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify, open(workdir / "serve.log", "ab") as log:
+        notify.bind(str(notify_path))
+        notify.settimeout(READY_TIMEOUT)
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while True:
+                try:
+                    message = notify.recv(4096).decode("utf-8", "replace")
+                except TimeoutError:
+                    raise RuntimeError(f"no READY=1 within {READY_TIMEOUT} s; see {workdir / 'serve.log'}") from None
+                if "READY=1" in message.split("\n"):
+                    ready = time.perf_counter() - started
+                    break
+            if not measure_rss:
+                return AgentStart(ready)
+            if not (_listening(enroll_port) and _listening(api_port)):
+                raise RuntimeError("READY=1 was sent but the agent does not listen on both ports")
+            time.sleep(IDLE_SETTLE)
+            rss = _rss_mb(proc.pid)
+            return AgentStart(ready, rss["VmRSS"], rss["RssAnon"], rss["RssFile"])
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def measure_agent(cold_runs: int, python: str = sys.executable) -> tuple[float, AgentStart]:
+    """(median seconds from spawn to READY=1 over `cold_runs`, the idle-RSS start)."""
+    with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
+        workdir = Path(tmp)
+        directory = appliances.provision_one(workdir, 0, EnrollmentSecrets.generate())
+        start_agent(directory, workdir, python=python)  # warm the page cache; not measured
+        idle = start_agent(directory, workdir, measure_rss=True, python=python)
+        ready = [start_agent(directory, workdir, python=python).ready_seconds for _ in range(cold_runs)]
+    return statistics.median(ready), idle

@@ -1,0 +1,132 @@
+"""A batch: one requester enrolls COUNT appliances hosted in another process.
+
+The appliances run in bench.appliance_host (one process, one EnrollmentServer per appliance,
+each with its own identity and secrets); the requester runs here with
+requester.library.enroll_many and a TrustStore in a temp dir. With two cores, each process can
+have one, as a real requester and real appliances would on separate machines.
+
+Timed: the enroll_many call only (wall time). Also taken over the same window: this process's
+CPU time (process_time) and the appliance process's (utime + stime from /proc/PID/stat), to
+split the cost per enrollment between the two sides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import json
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.state import StateDir
+from firsttrust.credentials import EnrollmentSecrets
+from requester.library import Target, enroll_many
+from requester.truststore import TrustStore
+
+from . import appliances
+from .measure import machine_busy_seconds
+
+ROOT = Path(__file__).resolve().parents[1]
+# enroll_many's own default: how many enrollments the requester keeps in flight.
+CONCURRENCY = 32
+HOST_READY_TIMEOUT = 60.0
+
+
+@dataclass
+class BatchResult:
+    count: int
+    wall: float
+    requester_cpu: float
+    appliances_cpu: float
+    provision_wall: float
+    failures: list[str] = field(default_factory=list)
+    not_enrolled: int = 0
+    others_cpu: float = 0.0  # CPU seconds other processes used during the timed window
+
+    @property
+    def throughput(self) -> float:
+        return self.count / self.wall
+
+
+def _process_cpu(pid: int) -> float:
+    """utime + stime of `pid` in seconds (clock ticks, 10 ms on most kernels)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_batch(count: int, concurrency: int = CONCURRENCY, profile_dir: Path | None = None) -> BatchResult:
+    """Provision `count` appliances, serve them in bench.appliance_host, enroll them all.
+    With `profile_dir`, both sides of the timed window run under cProfile (requester.prof,
+    appliances.prof there); the profiler's own cost then lowers the throughput."""
+    secrets = [EnrollmentSecrets.generate() for _ in range(count)]
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
+        root = Path(tmp)
+        started = time.perf_counter()
+        appliances.provision_many(root, secrets, workers=os.cpu_count() or 2)
+        provision_wall = time.perf_counter() - started
+        argv = [sys.executable, "-m", "bench.appliance_host", str(root), str(count)]
+        if profile_dir:
+            profile_dir.mkdir(parents=True, exist_ok=True)
+            argv.append(str(profile_dir.resolve() / "appliances.prof"))
+        host = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            ports = _wait_ready(host)
+            result = asyncio.run(_enroll_all(root, secrets, ports, host.pid, concurrency,
+                                             profile_dir / "requester.prof" if profile_dir else None))
+        finally:
+            host.stdin.close()
+            try:
+                host.wait(30)
+            except subprocess.TimeoutExpired:
+                host.kill()
+                host.wait()
+        result.provision_wall = provision_wall
+        result.not_enrolled = sum(1 for i in range(count) if not _enrolled(appliances.state_dir(root, i)))
+        return result
+
+
+def _enrolled(directory: Path) -> bool:
+    """What the appliance itself recorded: state.json says enrolled."""
+    state = StateDir(directory).load()
+    return state is not None and state.phase == "enrolled"
+
+
+def _wait_ready(host: subprocess.Popen) -> list[int]:
+    ready, _, _ = select.select([host.stdout], [], [], HOST_READY_TIMEOUT)
+    if not ready:
+        raise RuntimeError(f"appliance host did not listen within {HOST_READY_TIMEOUT:.0f} s")
+    line = host.stdout.readline()
+    if not line:
+        raise RuntimeError(f"appliance host exited with {host.wait()} before listening")
+    return json.loads(line)["ports"]
+
+
+async def _enroll_all(root: Path, secrets: list[EnrollmentSecrets], ports: list[int], host_pid: int,
+                      concurrency: int, profile: Path | None) -> BatchResult:
+    store = TrustStore(root / "requester")
+    store.identity()
+    targets = [Target(f"appliance-{i:04d}", f"127.0.0.1:{port}", pair)
+               for i, (port, pair) in enumerate(zip(ports, secrets))]
+    busy, host_cpu, cpu = machine_busy_seconds(), _process_cpu(host_pid), time.process_time()
+    profiler = cProfile.Profile() if profile else None
+    wall = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    outcomes = await enroll_many(targets, concurrency=concurrency, store=store)
+    if profiler:
+        profiler.disable()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if profiler:
+        profiler.dump_stats(profile)
+    host_cpu = _process_cpu(host_pid) - host_cpu
+    others = max(0.0, machine_busy_seconds() - busy - cpu - host_cpu)
+    errors = Counter(f"{type(o.error).__name__}: {o.error}" for o in outcomes if not o.ok)
+    failures = [f"{n} x {text}" for text, n in errors.most_common()]
+    return BatchResult(len(targets), wall, cpu, host_cpu, 0.0, failures, others_cpu=others)

@@ -1,0 +1,159 @@
+"""The crypto floor: what one enrollment cannot be cheaper than.
+
+  srp_floor   one SRP-6a handshake, both sides, in this process: SRPClient + SRPServer of
+              firsttrust.srp6a (pysrp's OpenSSL backend, RFC 5054 3072-bit group, SHA-512),
+              from the client's A to the client checking M2. The verifier is computed before
+              (provisioning does that, once per appliance).
+  tls_floor   one TLS 1.3 handshake, both sides, in this process over 127.0.0.1: ECDSA P-256
+              self-signed certificates both sides, mutual authentication, contexts built once
+              with firsttrust.tlspolicy.apply_policy. Timed from the TCP connect to the server's
+              handler running (the server completes last in TLS 1.3), so TCP connect, both
+              handshakes and the two session tickets Python's server sends are inside.
+
+Both are timed as wall time and as CPU time of this one process, which runs both sides: the
+CPU figure is the cost of the primitive for the pair, the number the batch ideal divides into
+two cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import statistics
+import tempfile
+from pathlib import Path
+
+from firsttrust.identity import create_identity
+from firsttrust.srp6a import EPHEMERAL_BYTES, SRPClient, SRPServer, new_verifier_record
+from firsttrust.tlspolicy import apply_policy
+
+from .measure import Sample, Stopwatch
+
+# Warm-up runs before the timed ones: first calls pay for lazy imports, OpenSSL's method tables
+# and the allocator's first growth.
+WARMUP = 5
+
+
+def srp_handshake(password: bytes, salt: bytes, verifier: bytes) -> None:
+    client = SRPClient(password, os.urandom(EPHEMERAL_BYTES))
+    server = SRPServer(salt, verifier, client.A, os.urandom(EPHEMERAL_BYTES))
+    M1 = client.process_challenge(server.salt, server.B)
+    M2 = server.verify(M1)
+    client.verify(M2)
+    assert client.session_key == server.session_key
+
+
+def srp_floor(runs: int) -> Sample:
+    password = b"bench-password-0123456789"
+    salt, verifier = new_verifier_record(password)
+    walls, cpus = [], []
+    for i in range(WARMUP + runs):
+        with Stopwatch() as sw:
+            srp_handshake(password, salt, verifier)
+        if i >= WARMUP:
+            walls.append(sw.wall)
+            cpus.append(sw.cpu)
+    return Sample.of(walls, cpus)
+
+
+def srp_split(runs: int) -> tuple[float, float]:
+    """Median CPU seconds of the client's and of the server's half of one SRP handshake. They
+    differ: the client's exponent a + u*x is ~4x longer than the server's b."""
+    password = b"bench-password-0123456789"
+    salt, verifier = new_verifier_record(password)
+    clients, servers = [], []
+    for i in range(WARMUP + runs):
+        with Stopwatch() as c1:
+            client = SRPClient(password, os.urandom(EPHEMERAL_BYTES))
+        with Stopwatch() as s1:
+            server = SRPServer(salt, verifier, client.A, os.urandom(EPHEMERAL_BYTES))
+        with Stopwatch() as c2:
+            M1 = client.process_challenge(server.salt, server.B)
+        with Stopwatch() as s2:
+            M2 = server.verify(M1)
+        with Stopwatch() as c3:
+            client.verify(M2)
+        if i >= WARMUP:
+            clients.append(c1.cpu + c2.cpu + c3.cpu)
+            servers.append(s1.cpu + s2.cpu)
+    return statistics.median(clients), statistics.median(servers)
+
+
+def policy_contexts(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) contexts as the enrollment builds them: own key and certificate loaded
+    from files, the peer's certificate as the only trust anchor, firsttrust's TLS policy."""
+    appliance, requester = create_identity("bench-appliance"), create_identity("bench-requester")
+    paths = {}
+    for name, identity in (("appliance", appliance), ("requester", requester)):
+        cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+        cert.write_bytes(identity.cert_pem)
+        key.write_bytes(identity.key_pem)
+        paths[name] = (cert, key)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(*paths["appliance"])
+    apply_policy(server, [requester.cert_der])
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_cert_chain(*paths["requester"])
+    apply_policy(client, [appliance.cert_der])
+    return server, client
+
+
+async def _tls_floor(runs: int) -> Sample:
+    with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
+        server_context, client_context = policy_contexts(Path(tmp))
+    loop = asyncio.get_running_loop()
+    handshaken: asyncio.Future = loop.create_future()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        if not handshaken.done():
+            handshaken.set_result(peer)
+        await reader.read()  # until the client closes
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    walls, cpus = [], []
+    try:
+        for i in range(WARMUP + runs):
+            handshaken = loop.create_future()
+            with Stopwatch() as sw:
+                _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context)
+                assert await handshaken
+            writer.close()
+            await writer.wait_closed()
+            if i >= WARMUP:
+                walls.append(sw.wall)
+                cpus.append(sw.cpu)
+    finally:
+        server.close()
+        await server.wait_closed()
+    return Sample.of(walls, cpus)
+
+
+def tls_floor(runs: int) -> Sample:
+    return asyncio.run(_tls_floor(runs))
+
+
+def context_build_cost(runs: int) -> Sample:
+    """Not part of the floor: building one policy context pair (load_cert_chain from files,
+    load_verify_locations, apply_policy), which the enrollment drivers do per connection."""
+    walls, cpus = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-ctx-") as tmp:
+        policy_contexts(Path(tmp))
+        appliance, requester = create_identity("a"), create_identity("r")
+        for name, identity in (("a", appliance), ("r", requester)):
+            (Path(tmp) / f"{name}.crt").write_bytes(identity.cert_pem)
+            (Path(tmp) / f"{name}.key").write_bytes(identity.key_pem)
+        for i in range(WARMUP + runs):
+            with Stopwatch() as sw:
+                for role, own, peer in ((ssl.PROTOCOL_TLS_SERVER, "a", requester),
+                                        (ssl.PROTOCOL_TLS_CLIENT, "r", appliance)):
+                    context = ssl.SSLContext(role)
+                    context.load_cert_chain(Path(tmp) / f"{own}.crt", Path(tmp) / f"{own}.key")
+                    apply_policy(context, [peer.cert_der])
+            if i >= WARMUP:
+                walls.append(sw.wall)
+                cpus.append(sw.cpu)
+    return Sample.of(walls, cpus)

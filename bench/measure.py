@@ -1,0 +1,63 @@
+"""Timing helpers shared by every benchmark: wall time with perf_counter, CPU time with
+process_time (all threads of this process), and the median over runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Medians over `runs` runs, in seconds: wall time and this process's CPU time."""
+
+    wall: float
+    cpu: float
+    runs: int
+
+    @classmethod
+    def of(cls, walls: list[float], cpus: list[float]) -> "Sample":
+        return cls(statistics.median(walls), statistics.median(cpus), len(walls))
+
+    def __str__(self) -> str:
+        return f"{self.wall * 1e3:.2f} ms wall, {self.cpu * 1e3:.2f} ms CPU (median of {self.runs})"
+
+
+class Stopwatch:
+    """`with Stopwatch() as sw: ...` then sw.wall, sw.cpu (seconds)."""
+
+    wall = cpu = 0.0
+
+    def __enter__(self) -> "Stopwatch":
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+
+def quiet_audit() -> None:
+    """Route agent audit events through logging into a NullHandler, as the service routes them
+    to the journal: without a handler audit.event() prints one stderr line per event, which
+    would flood the output (and cost a write per event that the service does not pay)."""
+    audit_log = logging.getLogger("firsttrust.audit")
+    if not any(isinstance(h, logging.NullHandler) for h in audit_log.handlers):
+        audit_log.addHandler(logging.NullHandler())
+
+
+def machine_busy_seconds() -> float:
+    """CPU time spent by everything on this machine so far (/proc/stat: all but idle and iowait)."""
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    # guest and guest_nice (fields 8, 9) are already counted in user and nice.
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU time of this process and of its children that have been waited for."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
