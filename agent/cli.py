@@ -20,8 +20,6 @@ from firsttrust.identity import load_certificate, pin_of_certificate
 from . import audit
 from .config import ConfigError, load_config
 from .errors import ConfigSourceError, GuestInfoError, HypervisorUnavailable, NoConfiguration
-from .provision import provision
-from .sources.deploy import read_deploy_config
 from .state import StateDir
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_PROVISIONED = 1, 2, 3
@@ -43,6 +41,11 @@ def _store(args: argparse.Namespace):
 
 def cmd_provision(args: argparse.Namespace) -> int:
     from . import systemd_glue
+
+    # Imported here, not at the top: `serve` never provisions, and these imports cost the
+    # long-running service memory and start-up time (bench/README.md).
+    from .provision import provision
+    from .sources.deploy import read_deploy_config
 
     systemd_glue.setup_logging()  # audit events with MESSAGE_ID and FIRSTTRUST_* fields under journald
     config, _ = _store(args)

@@ -6,7 +6,8 @@ protocol is decided in firsttrust/; everything about one appliance's policy (is 
 open? how many failures? back-off?) is decided here, in `EnrollmentGate`.
 
 Per connection:  gate check -> hello -> challenge -> client_proof (a failure is charged before
-the proof is checked and refunded when it verifies, so a crash can only over-count) ->
+the proof is checked; if the proof verifies, the charge is cleared by the commit that enrolls, or
+refunded if the enrollment fails later, so a crash can only over-count) ->
 server_proof + STARTTLS -> appliance_proof -> finish -> persist (under a lock: when two
 requesters race, exactly one wins) -> enrolled.
 """
@@ -99,43 +100,48 @@ class EnrollmentGate:
         return state, sec_b
 
     async def charge(self) -> None:
-        """Count an attempt as failed before its proof is checked (crash-safe)."""
+        """Count an attempt as failed before its proof is checked (crash-safe). The disk work
+        runs in a thread: an fsync must not stall every other connection's event loop."""
         async with self.lock:
-            state = self._state()
-            if state is not None:
-                state.failures += 1
-                self.store.save(state)
-                self.last_failure_at = self.clock()
+            await asyncio.to_thread(self._add_failures, 1)
+            self.last_failure_at = self.clock()
 
     async def refund(self) -> None:
+        """Undo a charge whose proof verified but whose enrollment did not complete."""
         async with self.lock:
-            state = self._state()
-            if state is not None and state.failures > 0:
-                state.failures -= 1
-                self.store.save(state)
+            await asyncio.to_thread(self._add_failures, -1)
+
+    def _add_failures(self, delta: int) -> None:
+        state = self._state()
+        if state is not None and state.armed and state.failures + delta >= 0:
+            state.failures += delta
+            self.store.save(state)
 
     async def persist(self, verifier_hex: str, authorization: Authorization, peer: str) -> bool:
         """Store the authorization and close enrollment, unless someone else won first."""
         async with self.lock:
-            state = self._state()
-            if state is None or not state.armed or state.srp_verifier != verifier_hex:
-                return False
-            # Order matters for crash safety: the key first (harmless alone: the requester
-            # proved SEC-A and has not been told "enrolled"), the commit point (state.json) last.
-            self.store.authorize(authorization.requester_certificate, name=authorization.name,
-                                 source="enrollment", clock=self.clock)
-            _checkpoint("authorized")
-            if authorization.ssh_key:
-                install_authorized_key(self.config.account, authorization.ssh_key)
-                _checkpoint("ssh-key")
-            state.phase, state.enrolled_at, state.enrolled_via = "enrolled", authorization.enrolled_at, "srp"
-            state.srp_salt = state.srp_verifier = state.sec_b_sha256 = None
-            state.failures = 0
-            self.store.save(state)
-            _checkpoint("state")
-            self.store.remove_sec_b()
-            _checkpoint("sec-b-removed")
-            return True
+            return await asyncio.to_thread(self._persist, verifier_hex, authorization)
+
+    def _persist(self, verifier_hex: str, authorization: Authorization) -> bool:
+        state = self._state()
+        if state is None or not state.armed or state.srp_verifier != verifier_hex:
+            return False
+        # Order matters for crash safety: the key first (harmless alone: the requester
+        # proved SEC-A and has not been told "enrolled"), the commit point (state.json) last.
+        self.store.authorize(authorization.requester_certificate, name=authorization.name,
+                             source="enrollment", clock=self.clock)
+        _checkpoint("authorized")
+        if authorization.ssh_key:
+            install_authorized_key(self.config.account, authorization.ssh_key)
+            _checkpoint("ssh-key")
+        state.phase, state.enrolled_at, state.enrolled_via = "enrolled", authorization.enrolled_at, "srp"
+        state.srp_salt = state.srp_verifier = state.sec_b_sha256 = None
+        state.failures = 0  # also clears this attempt's own charge: no separate refund write
+        self.store.save(state)
+        _checkpoint("state")
+        self.store.remove_sec_b()
+        _checkpoint("sec-b-removed")
+        return True
 
 
 class EnrollmentServer:
@@ -207,7 +213,7 @@ class EnrollmentServer:
                                    sec_b=sec_b, certificate=identity.cert_der, api_port=self.api_port,
                                    ssh_host_keys=host_public_keys(self.host_key_glob), clock=gate.clock)
         audit.event("enroll-attempt", f"enrollment attempt from {peer}", peer=peer)
-        charged = False
+        charged = verified = enrolled = False
         try:
             while machine.state is not State.DONE:
                 data, eof = await _read_frame(reader, min(machine.timeout or self.phase_timeout, self.phase_timeout))
@@ -228,9 +234,8 @@ class EnrollmentServer:
                         writer.write(event.data)
                         await writer.drain()
                     elif isinstance(event, StartTLS):
-                        await gate.refund()  # the SRP proof verified: not a failed guess
-                        charged = False
-                        _checkpoint("refunded")
+                        verified = True  # the SRP proof verified: not a failed guess (see finally)
+                        _checkpoint("verified")
                         slot.release()  # authenticated by SRP: no longer an unauthenticated peer
                         try:
                             await writer.start_tls(_server_context(gate.store, event.peer_certificate),
@@ -258,6 +263,7 @@ class EnrollmentServer:
                                 writer.write(done.data)
                                 await writer.drain()
                             elif isinstance(done, Enrolled):
+                                enrolled = True
                                 await self._enrolled(done.result, peer)
             return
         except PeerRefused as exc:
@@ -286,6 +292,9 @@ class EnrollmentServer:
             audit.event("enroll-failed", f"enrollment from {peer} timed out in {machine.state.value}",
                         peer=peer, outcome="timeout")
             return
+        finally:
+            if charged and verified and not enrolled:
+                await gate.refund()
 
 
 class _Slot:

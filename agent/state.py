@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 
 from firsttrust.identity import Identity, certificate_pem, load_certificate, pin_of_certificate
 
-from .atomicfile import ensure_private_dir, remove_durably, write_atomic
+from .atomicfile import ensure_private_dir, write_atomic
 from .errors import AgentError
 
 STATE_VERSION = 1
@@ -156,7 +156,9 @@ class StateDir:
         return data.decode("ascii")
 
     def remove_sec_b(self) -> None:
-        remove_durably(self.sec_b_path)
+        # No directory fsync: state.json (already durable) no longer names a sec-b digest, so a
+        # file that a crash brings back is ignored by load_sec_b and removed at the next chance.
+        self.sec_b_path.unlink(missing_ok=True)
 
     # -- authorized requesters ---------------------------------------------------------------------
 

@@ -78,7 +78,7 @@ class Serve:
         return self.log.read_text()
 
 
-STEPS = ["charged", "refunded", "tls", "authorized", "state", "sec-b-removed", "enrolled-sent"]
+STEPS = ["charged", "verified", "tls", "authorized", "state", "sec-b-removed", "enrolled-sent"]
 
 
 @pytest.mark.parametrize("step", STEPS)
