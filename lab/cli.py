@@ -82,7 +82,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     rows += [(app.name, app.enroll_address, app.api_address, str(files[app.name])) for app in appliances]
     _print_table(rows)
     first = appliances[0]
-    print(f"\nenroll: firsttrust enroll {first.enroll_address} --secrets {files[first.name]} --name {first.name}")
+    # The file's path, never its content, is shown.
+    example = f"firsttrust enroll {first.enroll_address} --secrets {files[first.name]} --name {first.name}"
+    print(f"\nenroll: {example}")
     print(f"stop:   {PROG} down --root {manager.root}")
     return 0
 
