@@ -99,12 +99,24 @@ class EnrollmentGate:
             return Refusal("not_provisioned", "SEC-B is missing or does not match the armed state")
         return state, sec_b
 
-    async def charge(self) -> None:
-        """Count an attempt as failed before its proof is checked (crash-safe). The disk work
-        runs in a thread: an fsync must not stall every other connection's event loop."""
+    async def charge(self) -> bool:
+        """Count an attempt as failed before its proof is checked (crash-safe). Returns False,
+        charging nothing, when the limit was reached meanwhile: concurrent connections that all
+        passed `check` cannot get more than max_failures proofs checked between them. The disk
+        work runs in a thread: an fsync must not stall every other connection's event loop."""
         async with self.lock:
-            await asyncio.to_thread(self._add_failures, 1)
-            self.last_failure_at = self.clock()
+            charged = await asyncio.to_thread(self._charge)
+            if charged:
+                self.last_failure_at = self.clock()
+            return charged
+
+    def _charge(self) -> bool:
+        state = self._state()
+        if state is None or not state.armed or state.failures >= self.config.max_failures:
+            return False
+        state.failures += 1
+        self.store.save(state)
+        return True
 
     async def refund(self) -> None:
         """Undo a charge whose proof verified but whose enrollment did not complete."""
@@ -219,7 +231,13 @@ class EnrollmentServer:
                 data, eof = await _read_frame(reader, min(machine.timeout or self.phase_timeout, self.phase_timeout))
                 if machine.state is State.AWAIT_CLIENT_PROOF and not charged and not eof:
                     # The proof is in hand: count the attempt before checking it.
-                    await gate.charge()
+                    if not await gate.charge():
+                        writer.write(machine.abort("locked_out", "locked: too many failed attempts; re-arm with "
+                                                                 "fresh secrets"))
+                        await writer.drain()
+                        audit.event("locked-out", f"refused a proof from {peer}: locked", peer=peer,
+                                    outcome="locked_out")
+                        return
                     charged = True
                     _checkpoint("charged")
                 if data:

@@ -288,3 +288,20 @@ async def test_oversized_and_garbage_frames_get_a_typed_error_frame(appliance):
         assert json.loads(reply[4:])["code"] == code
         writer.close()
     assert appliance.store.load().failures == 0
+
+
+async def test_concurrent_guesses_cannot_exceed_the_limit(tmp_path, requester_identity):
+    """Ten connections that all passed the gate while failures was 0: with max_failures = 3,
+    only three proofs are checked; the rest are refused before their proof is looked at."""
+    app = provisioned(tmp_path, max_failures=3)
+    await app.start(phase_timeout=5.0)
+    files = identity_files(tmp_path, requester_identity)
+    try:
+        wrong = [EnrollmentSecrets(EnrollmentSecrets.generate().sec_a, app.secrets.sec_b) for _ in range(10)]
+        results = await asyncio.gather(*(enroll("127.0.0.1", app.port, w, files, name="guess") for w in wrong),
+                                       return_exceptions=True)
+        codes = sorted(r.code for r in results)
+        assert codes.count("auth_failed") == 3 and codes.count("locked_out") == 7, codes
+        assert app.store.load().failures == 3
+    finally:
+        await app.stop()
