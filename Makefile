@@ -22,13 +22,7 @@ demo: venv
 VM_DEB_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap genisoimage e2fsprogs openssh-client dpkg-dev
 
 vm-deps:
-	@missing=""; for p in $(VM_DEB_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	@$(call apt_install_missing,$(VM_DEB_PACKAGES),--no-install-recommends)
 
 vm-test: venv vm-deps
 	FIRSTTRUST_VM_TESTS=1 $(PY) -m pytest tests/vm -v -rA -s $(PYTEST_ARGS); $(PYTEST_CHECK)
@@ -56,14 +50,17 @@ $(DEB12_VENV)/.installed: Makefile
 	$(DEB12_VENV)/bin/python -m pip install -q $(DEB12_PINS)
 	touch $@
 
-system-deps:
-	@missing=""; for p in $(DEB_PACKAGES); do \
+# $(call apt_install_missing,PACKAGES,EXTRA APT OPTIONS): install those not installed yet, and only those.
+apt_install_missing = missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) $$missing; \
 	fi
+
+system-deps:
+	@$(call apt_install_missing,$(DEB_PACKAGES))
 
 venv: system-deps $(VENV)/.installed
 

@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Callable, Iterator
@@ -30,6 +29,7 @@ from typing import Callable, Iterator
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.errors import FirsttrustError
 from requester.deployspec import deployment_properties, secrets_to_json
+from requester.truststore import write_atomic
 
 from . import demo, procs
 from .errors import LabError
@@ -69,7 +69,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     for name in names:
         pair = EnrollmentSecrets.generate()
         files[name] = secrets_dir / f"{name}.json"
-        _write_private(files[name], secrets_to_json(pair))
+        write_atomic(files[name], secrets_to_json(pair), 0o600)
         plan[name] = deployment_properties(pair)
     try:
         appliances = manager.deploy_many(plan)
@@ -192,21 +192,6 @@ def _exit_on_termination() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically, mode 0600 from creation (it holds secrets)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:

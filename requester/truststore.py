@@ -82,7 +82,8 @@ def default_home() -> Path:
     return Path(base) / "firsttrust"
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data`: temp file created with `mode`, fsync, rename, fsync the directory."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
@@ -137,8 +138,8 @@ class TrustStore:
             except ValueError:
                 raise TrustStoreError(f"the requester identity in {self.home} is corrupt") from None
             identity = create_identity("firsttrust-requester")
-            _write_atomic(self.key_path, identity.key_pem, 0o600)
-            _write_atomic(self.cert_path, identity.cert_pem, 0o644)
+            write_atomic(self.key_path, identity.key_pem, 0o600)
+            write_atomic(self.cert_path, identity.cert_pem, 0o644)
             return identity
 
     # -- appliance records ---------------------------------------------------------------------
@@ -152,7 +153,7 @@ class TrustStore:
         load_certificate(record.certificate.encode())
         path = self._record_path(record.name)
         with self.locked():
-            _write_atomic(path, record.to_json(), 0o600)
+            write_atomic(path, record.to_json(), 0o600)
 
     def get(self, name: str) -> ApplianceRecord:
         path = self._record_path(name)
