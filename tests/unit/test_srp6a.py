@@ -19,6 +19,24 @@ def h(text: str) -> bytes:
     return bytes.fromhex("".join(text.split()))
 
 
+def run_without_libssl(body: str, *, only: tuple[str, ...] | None = None,
+                       timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `body` in a fresh interpreter in which loading libssl fails: every libssl, or only the
+    library names in `only` (("libssl.so", "libssl.so.1.1.0") imitates a machine without libssl-dev)."""
+    hidden = f"str(name) in {only!r}" if only else '"libssl" in str(name)'
+    prelude = textwrap.dedent(f"""
+        import ctypes
+        _real = ctypes.CDLL.__init__
+        def _init(self, name, *a, **k):
+            if {hidden}:
+                raise OSError(str(name) + ": cannot open shared object file")
+            return _real(self, name, *a, **k)
+        ctypes.CDLL.__init__ = _init
+    """)
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(body)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def test_fast_openssl_backend_is_active():
     assert srp6a.BACKEND == "openssl"
     assert srp6a._backend.__name__ == "srp._ctsrp"
@@ -26,35 +44,21 @@ def test_fast_openssl_backend_is_active():
 
 
 def test_fast_backend_loads_with_only_the_libssl3_runtime():
-    # Simulate a machine without libssl-dev: the unversioned libssl.so does not exist.
-    code = textwrap.dedent("""
-        import ctypes, warnings
-        real = ctypes.CDLL.__init__
-        def init(self, name, *a, **k):
-            if name in ("libssl.so", "libssl.so.1.1.0"):
-                raise OSError(name + ": cannot open shared object file")
-            return real(self, name, *a, **k)
-        ctypes.CDLL.__init__ = init
+    # Without libssl-dev the unversioned libssl.so (and pysrp's libssl.so.1.1.0) do not exist.
+    out = run_without_libssl("""
+        import warnings
         warnings.simplefilter("error")
         import srp  # pysrp alone falls back to pure Python here...
         assert srp._mod.__name__ == "srp._pysrp", srp._mod
         from firsttrust import srp6a  # ...firsttrust still gets the OpenSSL backend
         print(srp6a.BACKEND)
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    """, only=("libssl.so", "libssl.so.1.1.0"))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "openssl"
 
 
 def test_pure_python_fallback_warns_loudly():
-    code = textwrap.dedent("""
-        import ctypes
-        real = ctypes.CDLL.__init__
-        def init(self, name, *a, **k):
-            if "libssl" in str(name):
-                raise OSError("no libssl here")
-            return real(self, name, *a, **k)
-        ctypes.CDLL.__init__ = init
+    out = run_without_libssl("""
         import warnings
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -65,7 +69,6 @@ def test_pure_python_fallback_warns_loudly():
         except Exception as exc:
             print(type(exc).__name__, exc.code)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     first, second = out.stdout.splitlines()
     assert first == "pure-python ['SlowSRPBackendWarning']"
@@ -201,14 +204,8 @@ def test_ephemerals_must_be_32_random_bytes():
 
 
 def test_pure_python_fallback_still_completes_a_handshake():
-    code = textwrap.dedent("""
-        import ctypes, os, warnings
-        real = ctypes.CDLL.__init__
-        def init(self, name, *a, **k):
-            if "libssl" in str(name):
-                raise OSError("no libssl here")
-            return real(self, name, *a, **k)
-        ctypes.CDLL.__init__ = init
+    out = run_without_libssl("""
+        import os, warnings
         warnings.simplefilter("ignore")
         from firsttrust import srp6a
         assert srp6a.BACKEND == "pure-python"
@@ -217,6 +214,5 @@ def test_pure_python_fallback_still_completes_a_handshake():
         c.verify(s.verify(c.process_challenge(salt, s.B)))
         print(c.session_key == s.session_key)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
