@@ -43,11 +43,13 @@ DEB12_PINS := aiohttp==3.8.4 cryptography==38.0.4 srp==1.0.20 defusedxml==0.7.1 
               pytest pytest-asyncio hypothesis
 
 test-debian-versions: system-deps $(DEB12_VENV)/.installed
-	PYTHONPATH=$(CURDIR) $(DEB12_VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS); $(PYTEST_CHECK)
+	$(DEB12_VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS); $(PYTEST_CHECK)
 
-$(DEB12_VENV)/.installed: Makefile
+# firsttrust itself goes in editable and without dependencies, so the pins above are what it runs on.
+$(DEB12_VENV)/.installed: Makefile pyproject.toml
 	test -x $(DEB12_VENV)/bin/python || $(PYTHON) -m venv $(DEB12_VENV)
 	$(DEB12_VENV)/bin/python -m pip install -q $(DEB12_PINS)
+	$(DEB12_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
 # $(call apt_install_missing,PACKAGES,EXTRA APT OPTIONS): install those not installed yet, and only those.

@@ -1,4 +1,4 @@
-"""The agent as a process: `python -m agent.cli serve` over a provisioned state dir, as systemd
+"""The agent as a process: `python -m firsttrust.agent.cli serve` over a provisioned state dir, as systemd
 starts it (Type=notify), on two ephemeral ports of 127.0.0.1.
 
   cold_start  from spawning the process to receiving READY=1 on a NOTIFY_SOCKET made here
@@ -75,9 +75,7 @@ def start_agent(state_dir: Path, workdir: Path, measure_rss: bool = False, pytho
     enroll_port, api_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_"))}
     env["NOTIFY_SOCKET"] = str(notify_path)
-    if python != sys.executable:  # another interpreter (e.g. .venv-debian12): find the code as `make` does
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    argv = [python, "-m", "agent.cli", "serve", "--state-dir", str(state_dir),
+    argv = [python, "-m", "firsttrust.agent.cli", "serve", "--state-dir", str(state_dir),
             "--listen", f"127.0.0.1:{enroll_port}", "--api-listen", f"127.0.0.1:{api_port}"]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify, open(workdir / "serve.log", "ab") as log:
         notify.bind(str(notify_path))

@@ -1,5 +1,5 @@
 """Appliances in temp dirs, as tests/integration/agent_fixture.py makes them: provisioned
-(identity, salt + verifier, SEC-B, state.json) with agent.provision.provision, the account
+(identity, salt + verifier, SEC-B, state.json) with firsttrust.agent.provision.provision, the account
 password left alone, then served by an in-process EnrollmentServer on 127.0.0.1.
 
 Provisioning is never inside a measurement: it happens once per appliance, at first boot.
@@ -13,11 +13,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.config import AgentConfig, load_config
-from agent.provision import provision
-from agent.server import EnrollmentGate, EnrollmentServer, start_enrollment_server
-from agent.sources.deploy import DeployConfig
-from agent.state import StateDir
+from firsttrust.agent.config import AgentConfig, load_config
+from firsttrust.agent.provision import provision
+from firsttrust.agent.server import EnrollmentGate, EnrollmentServer, start_enrollment_server
+from firsttrust.agent.sources.deploy import DeployConfig
+from firsttrust.agent.state import StateDir
 from firsttrust.credentials import EnrollmentSecrets
 
 from .measure import quiet_audit

@@ -2,7 +2,7 @@
 
 The appliances run in bench.appliance_host (one process, one EnrollmentServer per appliance,
 each with its own identity and secrets); the requester runs here with
-requester.library.enroll_many and a TrustStore in a temp dir. With two cores, each process can
+firsttrust.requester.library.enroll_many and a TrustStore in a temp dir. With two cores, each process can
 have one, as a real requester and real appliances would on separate machines.
 
 Timed: the enroll_many call only (wall time). Also taken over the same window: this process's
@@ -25,10 +25,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.state import StateDir
+from firsttrust.agent.state import StateDir
 from firsttrust.credentials import EnrollmentSecrets
-from requester.library import Target, enroll_many
-from requester.truststore import TrustStore
+from firsttrust.requester.library import Target, enroll_many
+from firsttrust.requester.truststore import TrustStore
 
 from . import appliances
 from .measure import machine_busy_seconds

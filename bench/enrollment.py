@@ -1,6 +1,6 @@
 """One enrollment end to end, in this process over 127.0.0.1: an EnrollmentServer over a freshly
 provisioned state dir (agent side, as shipped: state.json, SEC-B and the identity read from
-disk, counters and the authorization written with fsync) and requester.enroll.enroll with the
+disk, counters and the authorization written with fsync) and firsttrust.requester.enroll.enroll with the
 requester's key and certificate as files (requester side, as shipped). Timed from the call to
 enroll() until it returns the verified result.
 
@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 from firsttrust.credentials import EnrollmentSecrets
-from requester.enroll import ClientIdentityFiles, enroll
-from requester.truststore import TrustStore
+from firsttrust.requester.enroll import ClientIdentityFiles, enroll
+from firsttrust.requester.truststore import TrustStore
 
 from . import appliances
 from .floor import WARMUP

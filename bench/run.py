@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make `bench` importable as a package
 
-from agent.atomicfile import write_atomic  # noqa: E402
+from firsttrust.agent.atomicfile import write_atomic  # noqa: E402
 
 from bench import floor  # noqa: E402
 from bench.agent_process import measure_agent  # noqa: E402

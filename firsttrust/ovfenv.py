@@ -1,7 +1,7 @@
 """Writing the OVF environment document (DMTF DSP0243 clause 11), shared by both sides.
 
 The requester writes the document a deployment would deliver (deploy specs, the lab's emulated
-vCenter); the agent parses it (`agent.sources.ovfenv`, which imports the names, limits and checks
+vCenter); the agent parses it (`firsttrust.agent.sources.ovfenv`, which imports the names, limits and checks
 below so that writer and parser cannot drift apart). Pure string work: no files, no parser.
 
 The shape vCenter delivers (seen in open-vm-tools' and cloud-init's test data)::

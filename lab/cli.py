@@ -28,8 +28,8 @@ from typing import Callable, Iterator
 
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.errors import FirsttrustError
-from requester.deployspec import deployment_properties, secrets_to_json
-from requester.truststore import write_atomic
+from firsttrust.requester.deployspec import deployment_properties, secrets_to_json
+from firsttrust.requester.truststore import write_atomic
 
 from . import demo, procs
 from .errors import LabError

@@ -47,9 +47,9 @@ from firsttrust.deployment import (
 )
 from firsttrust.errors import FirsttrustError, PeerRefused
 from firsttrust.identity import pin_of_certificate
-from requester.deployspec import deployment_properties
-from requester.library import Target, enroll_appliance, enroll_many, open_session, pin_certificate
-from requester.truststore import TrustStore, UnknownAppliance
+from firsttrust.requester.deployspec import deployment_properties
+from firsttrust.requester.library import Target, enroll_appliance, enroll_many, open_session, pin_certificate
+from firsttrust.requester.truststore import TrustStore, UnknownAppliance
 
 from . import procs
 from .errors import LabError

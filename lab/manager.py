@@ -47,14 +47,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from agent.sources.deploy import OVFENV_GUESTINFO_KEY
+from firsttrust.agent.sources.deploy import OVFENV_GUESTINFO_KEY
 from firsttrust.deployment import guestinfo_key
-from requester.deployspec import render
+from firsttrust.requester.deployspec import render
 
 from . import procs
 from .errors import LabError
 from .registry import Registry
-from .vmware_emulator import ENV_VAR, bin_dir, create_vm, read_vm
+from .vmware_emulator import ENV_VAR, create_vm, guest_tools_path, read_vm
 
 LISTEN_HOST = "127.0.0.1"
 ROOT_ENV = "FIRSTTRUST_LAB_ROOT"
@@ -90,9 +90,9 @@ def default_root() -> Path:
 
 
 def default_agent_command() -> list[str]:
-    """`firsttrust-agent` beside this interpreter (the venv's console script), else `python -m agent.cli`."""
+    """`firsttrust-agent` beside this interpreter (the venv's console script), else `python -m firsttrust.agent.cli`."""
     script = Path(sys.executable).with_name("firsttrust-agent")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "agent.cli"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "firsttrust.agent.cli"]
 
 
 def prepare_lab_directory(path: Path) -> None:
@@ -386,13 +386,7 @@ class Manager:
     def _guest_env(self, appliance: Appliance, argv: Sequence[str]) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if key not in _SYSTEMD_VARIABLES}
         env[ENV_VAR] = str(appliance.vm_path)
-        # The emulated tools run under `#!/usr/bin/env python3`: this interpreter's directory
-        # next, so they start in ~30 ms instead of ~200 ms through a version-manager shim.
-        env["PATH"] = os.pathsep.join([str(bin_dir()), str(Path(sys.executable).parent),
-                                       env.get("PATH", os.defpath)])
-        if list(argv[1:3]) == ["-m", "agent.cli"]:  # the agent from this source tree, not installed
-            source_root = str(Path(__file__).resolve().parents[1])
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [source_root, env.get("PYTHONPATH")]))
+        env["PATH"] = guest_tools_path(env.get("PATH", os.defpath))
         return env
 
     def _first_boot(self, appliance: Appliance, command: list[str]) -> None:

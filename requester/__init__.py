@@ -2,7 +2,7 @@
 
 The requester is the machine that asks vCenter to deploy an appliance and then enrolls with it.
 Its library turns the core protocol (`firsttrust`) into operations on real files, sockets and
-deployments; the `firsttrust` command (`requester.cli`) is a thin layer over it.
+deployments; the `firsttrust` command (`firsttrust.requester.cli`) is a thin layer over it.
 
   deployspec   the deployment properties that carry SEC-A, SEC-B and the requester's
                certificate to a new appliance, as an OVF environment, an OVF descriptor

@@ -24,7 +24,7 @@ import binascii
 import re
 import zlib
 
-from agent.errors import EncodingError
+from firsttrust.agent.errors import EncodingError
 # The names and the cap are shared with the requester's encoder, which lives in the core.
 from firsttrust import deployment
 from firsttrust.deployment import (  # noqa: F401  (re-exported)

@@ -21,7 +21,7 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml
 import defusedxml.ElementTree
 
-from agent.errors import OvfEnvError
+from firsttrust.agent.errors import OvfEnvError
 from firsttrust import ovfenv as _writer
 # One definition of the names, limits and checks for writer and parser; the caps and
 # PlatformInfo are also re-exported for this module's users.

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Build the agent's Debian package, build/firsttrust-agent_<version>_all.deb, with dpkg-deb alone
-# (no debhelper, no pip, no venv): the `firsttrust` and `agent` source trees go to Debian's
-# dist-packages, so the agent runs on Debian 12's own python3-* packages.
+# (no debhelper, no pip, no venv): the `firsttrust` core and the `agent` source tree go to Debian's
+# dist-packages as firsttrust/ and firsttrust/agent/ (one import name, as pyproject.toml maps it),
+# so the agent runs on Debian 12's own python3-* packages.
 #
 #   packaging/deb/build.sh [--units-dir DIR] [--out-dir DIR] [--lintian]
 #
@@ -18,7 +19,6 @@ OUT_DIR=$REPO/build
 RUN_LINTIAN=no
 # The units the package must ship; both are enabled at installation.
 REQUIRED_UNITS=(firsttrust-provision.service firsttrust-agent.service)
-PYTHON_PACKAGES=(firsttrust agent)
 
 die() { echo "packaging/deb/build.sh: error: $*" >&2; exit 1; }
 log() { echo "packaging/deb/build.sh: $*" >&2; }
@@ -64,8 +64,12 @@ mkdir -p "$stage/DEBIAN" "$OUT_DIR"
 # --- the files -----------------------------------------------------------------------------------
 site=$stage/usr/lib/python3/dist-packages
 mkdir -p "$site"
-tar -C "$REPO" --exclude=__pycache__ --exclude='*.pyc' --exclude='*.pyo' -cf - "${PYTHON_PACKAGES[@]}" |
-	tar -C "$site" -xf -
+copy_tree() {  # copy_tree SOURCE-FOLDER DESTINATION: Python sources only, no caches
+	mkdir -p "$2"
+	tar -C "$REPO/$1" --exclude=__pycache__ --exclude='*.pyc' --exclude='*.pyo' -cf - . | tar -C "$2" -xf -
+}
+copy_tree firsttrust "$site/firsttrust"
+copy_tree agent "$site/firsttrust/agent"
 # A syntax error in a file someone is still writing fails the build, not the appliance's first boot.
 pycache=$(mktemp -d)
 trap 'rm -rf "$pycache"' EXIT
@@ -78,7 +82,7 @@ install -D -m 0755 /dev/stdin "$stage/usr/bin/$PACKAGE" <<'EOF'
 # variables nor the current directory or a user site-packages can change what root runs.
 import sys
 
-from agent.cli import main
+from firsttrust.agent.cli import main
 
 sys.exit(main())
 EOF

@@ -7,14 +7,14 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.config import AgentConfig, load_config
-from agent.provision import provision
-from agent.server import EnrollmentGate, EnrollmentServer, start_enrollment_server
-from agent.sources.deploy import DeployConfig
-from agent.state import StateDir
+from firsttrust.agent.config import AgentConfig, load_config
+from firsttrust.agent.provision import provision
+from firsttrust.agent.server import EnrollmentGate, EnrollmentServer, start_enrollment_server
+from firsttrust.agent.sources.deploy import DeployConfig
+from firsttrust.agent.state import StateDir
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.identity import Identity
-from requester.enroll import ClientIdentityFiles
+from firsttrust.requester.enroll import ClientIdentityFiles
 
 
 @dataclass

@@ -11,14 +11,14 @@ import aiohttp
 import pytest
 from pathlib import Path
 
-from agent.api import AuthorizedContexts, ApiInfo, NEXT_CERT, NEXT_KEY, _persist_identity, recover_rotation, \
+from firsttrust.agent.api import AuthorizedContexts, ApiInfo, NEXT_CERT, NEXT_KEY, _persist_identity, recover_rotation, \
     start_api, stop_api
-from agent.state import AgentState, StateDir
+from firsttrust.agent.state import AgentState, StateDir
 from firsttrust.identity import create_identity, pin_of_certificate
 from firsttrust.rotation import verify_rotation
 from firsttrust.tlspolicy import VERIFY_NO_CHECK_TIME
-from requester.errors import ApiError, ConnectionFailed, PinMismatch, RequestTimeout
-from requester.session import PinnedSession, pinned_ssl_context
+from firsttrust.requester.errors import ApiError, ConnectionFailed, PinMismatch, RequestTimeout
+from firsttrust.requester.session import PinnedSession, pinned_ssl_context
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB6jexampleexampleexampleexample0000"
 
@@ -469,10 +469,10 @@ async def test_a_key_authorized_by_the_guest_command_is_accepted_without_a_resta
     import subprocess
     import sys
 
-    from agent.api import start_api, stop_api
-    from agent.state import StateDir
+    from firsttrust.agent.api import start_api, stop_api
+    from firsttrust.agent.state import StateDir
     from firsttrust.identity import create_identity
-    from requester.session import PinnedSession
+    from firsttrust.requester.session import PinnedSession
 
     store = StateDir(tmp_path / "state")
     store.ensure()
@@ -489,7 +489,7 @@ async def test_a_key_authorized_by_the_guest_command_is_accepted_without_a_resta
         with pytest.raises(Exception):
             async with PinnedSession("127.0.0.1", port, appliance.cert_pem, key, cert) as api:
                 await api.get("/v1/health")
-        out = subprocess.run([sys.executable, "-m", "agent.cli", "authorize", "--cert", str(cert), "--state-dir",
+        out = subprocess.run([sys.executable, "-m", "firsttrust.agent.cli", "authorize", "--cert", str(cert), "--state-dir",
                               str(store.path)], capture_output=True, text=True, timeout=60,
                              cwd=Path(__file__).resolve().parents[2])
         assert out.returncode == 0, out.stderr

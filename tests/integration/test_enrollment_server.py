@@ -12,7 +12,7 @@ from firsttrust.enrollment import ClientEnrollment
 from firsttrust.errors import PeerRefused, SecBProofFailed
 from firsttrust.framing import HEADER, encode_frame
 from firsttrust.tlspolicy import VERIFY_NO_CHECK_TIME
-from requester.enroll import EnrollmentConnectionError, enroll
+from firsttrust.requester.enroll import EnrollmentConnectionError, enroll
 
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB6jexampleexampleexampleexample0000 bringup@host"
 
@@ -188,7 +188,7 @@ async def test_a_stalled_client_is_cut_off_and_its_slot_freed(appliance, tmp_pat
             server_proof = header + await reader.readexactly(HEADER.unpack(header)[0])
             machine.receive_data(server_proof)
             if phase == "after-tls":
-                from requester.enroll import _client_context
+                from firsttrust.requester.enroll import _client_context
                 await writer.start_tls(_client_context(identity_files(tmp_path, requester_identity),
                                                        machine._peer_certificate))
     assert appliance.server.unauthenticated <= 1

@@ -15,14 +15,14 @@ import pytest
 
 import firsttrust.credentials as credentials
 from firsttrust.identity import pin_of_certificate
-from lab import demo, procs
-from lab.cli import main
-from lab.errors import LabError
-from lab.manager import Manager
-from lab.vmware_emulator import ENV_VAR
-from requester.deployspec import deployment_properties, secrets_from_json
-from requester.library import enroll_appliance_sync
-from requester.truststore import TrustStore
+from firsttrust.lab import demo, procs
+from firsttrust.lab.cli import main
+from firsttrust.lab.errors import LabError
+from firsttrust.lab.manager import Manager
+from firsttrust.lab.vmware_emulator import ENV_VAR
+from firsttrust.requester.deployspec import deployment_properties, secrets_from_json
+from firsttrust.requester.library import enroll_appliance_sync
+from firsttrust.requester.truststore import TrustStore
 
 # `serve` that ignores SIGTERM: SIG_IGN, and the event loop's own SIGTERM handler never installed.
 STUBBORN_AGENT = """
@@ -33,7 +33,7 @@ def add_signal_handler(self, signum, callback, *args):
     if signum != signal.SIGTERM:
         return _add(self, signum, callback, *args)
 asyncio.unix_events._UnixSelectorEventLoop.add_signal_handler = add_signal_handler
-from agent.cli import main
+from firsttrust.agent.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

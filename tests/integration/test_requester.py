@@ -13,16 +13,16 @@ from agent_fixture import provisioned
 
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.identity import create_identity
-from requester.library import enroll_appliance, open_session, pin_certificate, rotate_appliance
-from requester.errors import ConnectionFailed, PinMismatch
-from requester.truststore import ApplianceRecord, TrustStore
+from firsttrust.requester.library import enroll_appliance, open_session, pin_certificate, rotate_appliance
+from firsttrust.requester.errors import ConnectionFailed, PinMismatch
+from firsttrust.requester.truststore import ApplianceRecord, TrustStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 async def cli(*args, home: Path, stdin: bytes | None = None):
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "requester.cli", *args, cwd=ROOT, env={**os.environ, "FIRSTTRUST_HOME": str(home)},
+        sys.executable, "-m", "firsttrust.requester.cli", *args, cwd=ROOT, env={**os.environ, "FIRSTTRUST_HOME": str(home)},
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(stdin), 120)
     return proc.returncode, out.decode(), err.decode()
@@ -37,7 +37,7 @@ def write_secrets(path: Path, secrets: EnrollmentSecrets) -> Path:
 async def test_library_enroll_then_pinned_session_then_rotate(tmp_path):
     app = provisioned(tmp_path / "app")
     await app.start(phase_timeout=2.0)
-    from agent.api import start_api, stop_api
+    from firsttrust.agent.api import start_api, stop_api
     runner, contexts = await start_api(app.store, "127.0.0.1", 0)
     api_port = runner.addresses[0][1]
     app.server.api_port = api_port
@@ -90,7 +90,7 @@ def test_trust_store_parallel_processes(tmp_path, appliance_identity):
     home = tmp_path / "home"
     cert = tmp_path / "a.pem"
     cert.write_bytes(appliance_identity.cert_pem)
-    procs = [subprocess.Popen([sys.executable, "-m", "requester.cli", "pin-cert", f"p{i}", "--address",
+    procs = [subprocess.Popen([sys.executable, "-m", "firsttrust.requester.cli", "pin-cert", f"p{i}", "--address",
                                "127.0.0.1:8791", "--cert", str(cert)], cwd=ROOT,
                               env={**os.environ, "FIRSTTRUST_HOME": str(home)}, stdout=subprocess.DEVNULL)
              for i in range(20)]
@@ -133,7 +133,7 @@ async def test_cli_pins_export_call_and_errors(tmp_path):
     (host_keys / "ssh_host_ed25519_key.pub").write_text(
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyForTheTestsHostKeyForTheTests0 root@app\n")
     await app.start(phase_timeout=2.0, host_key_glob=str(host_keys / "ssh_host_*_key.pub"))
-    from agent.api import ApiInfo, start_api, stop_api
+    from firsttrust.agent.api import ApiInfo, start_api, stop_api
     runner, contexts = await start_api(app.store, "127.0.0.1", 0,
                                        ApiInfo(host_key_glob=str(host_keys / "ssh_host_*_key.pub")))
     app.server.api_port = runner.addresses[0][1]

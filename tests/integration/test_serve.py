@@ -16,20 +16,20 @@ from agent_fixture import identity_files, provisioned
 
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.errors import FirsttrustError
-from requester.enroll import enroll
+from firsttrust.requester.enroll import enroll
 
 ROOT = Path(__file__).resolve().parents[2]
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB6jexampleexampleexampleexample0000 bringup@host"
 
 KILLER = """
 import os, signal, sys
-import agent.server as server
+import firsttrust.agent.server as server
 target = sys.argv[1]
 def checkpoint(step):
     if step == target:
         os.kill(os.getpid(), signal.SIGKILL)
 server._checkpoint = checkpoint
-from agent.cli import main
+from firsttrust.agent.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -150,7 +150,7 @@ async def test_ready_status_and_watchdog_reach_the_notify_socket(tmp_path):
 
 
 async def test_serve_refuses_to_start_unprovisioned(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "serve", "--state-dir", str(tmp_path / "none"),
+    out = subprocess.run([sys.executable, "-m", "firsttrust.agent.cli", "serve", "--state-dir", str(tmp_path / "none"),
                           "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 1 and "provision" in out.stderr and out.stderr.count("\n") == 1
@@ -167,12 +167,12 @@ async def test_as_a_user_types_it_serve_then_enroll_then_call(tmp_path):
     await serve.ready()
     env = {**os.environ, "FIRSTTRUST_HOME": str(tmp_path / "home")}
     try:
-        out = subprocess.run([sys.executable, "-m", "requester.cli", "enroll", f"127.0.0.1:{serve.enroll_port}",
+        out = subprocess.run([sys.executable, "-m", "firsttrust.requester.cli", "enroll", f"127.0.0.1:{serve.enroll_port}",
                               "--secrets", str(secrets_file), "--name", "app-01"],
                              capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == f"enrolled app-01: {app.store.load_identity().pin}"
-        again = subprocess.run([sys.executable, "-m", "requester.cli", "enroll", f"127.0.0.1:{serve.enroll_port}",
+        again = subprocess.run([sys.executable, "-m", "firsttrust.requester.cli", "enroll", f"127.0.0.1:{serve.enroll_port}",
                                 "--secrets", str(secrets_file), "--name", "app-01"],
                                capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
         assert again.returncode == 1 and "already_enrolled" in again.stderr and again.stderr.count("\n") == 1

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from agent_fixture import identity_files, provisioned
 
-from requester.enroll import enroll
-from requester.session import PinnedSession
+from firsttrust.requester.enroll import enroll
+from firsttrust.requester.session import PinnedSession
 
 ROOT = Path(__file__).resolve().parents[2]
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
@@ -104,7 +104,7 @@ class SocketActivated:
         self.log = state_dir.parent / "socket-activate.log"
         self.handle = open(self.log, "wb")
         argv = [SOCKET_ACTIVATE, "-l", f"127.0.0.1:{self.enroll_port}", "-l", f"127.0.0.1:{self.api_port}",
-                "--fdname=enroll:api", *prefix, sys.executable, "-m", "agent.cli", "serve",
+                "--fdname=enroll:api", *prefix, sys.executable, "-m", "firsttrust.agent.cli", "serve",
                 "--state-dir", str(state_dir)]
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=self.handle, stderr=subprocess.STDOUT)
 

@@ -12,15 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.sources.encodings import decode_properties, decode_value
-from agent.sources.ovfenv import parse_ovf_env
+from firsttrust.agent.sources.encodings import decode_properties, decode_value
+from firsttrust.agent.sources.ovfenv import parse_ovf_env
 from firsttrust import deployment
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import ENROLL_WINDOW, REQUESTER_CERT, SEC_A, SEC_B, PropertyEncodingError, encode_value
 from firsttrust.errors import FirsttrustError, InvalidCertificate, InvalidSecret
 from firsttrust.identity import certificate_der
 from firsttrust.ovfenv import OvfEnvValueError, serialize_ovf_env
-from requester.deployspec import (
+from firsttrust.requester.deployspec import (
     FORMATS,
     HARDENING_VMX_SETTINGS,
     OVF_ENVELOPE_NS,
@@ -278,7 +278,7 @@ def test_govc_script_writes_the_import_options_and_quotes_vm_change(tmp_path):
     import subprocess
 
     from firsttrust.credentials import EnrollmentSecrets
-    from requester.deployspec import deployment_properties, render
+    from firsttrust.requester.deployspec import deployment_properties, render
 
     secrets = EnrollmentSecrets("Odd'Quote\"Secret$(x)-123", EnrollmentSecrets.generate().sec_b)
     script = render(deployment_properties(secrets), "govc").decode()

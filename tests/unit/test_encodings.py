@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.errors import EncodingError
-from agent.sources.encodings import (
+from firsttrust.agent.errors import EncodingError
+from firsttrust.agent.sources.encodings import (
     ENCODINGS,
     MAX_DECODED_BYTES,
     MAX_ENCODED_CHARS,

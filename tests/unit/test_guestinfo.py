@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import GuestInfoError, HypervisorUnavailable
-from agent.sources.guestinfo import MAX_MESSAGE_BYTES, MAX_REPLY_BYTES, GuestInfo, guestinfo_key
-from lab.vmware_emulator import ENV_VAR, bin_dir, create_vm, read_vm, set_mode
+from firsttrust.agent.errors import GuestInfoError, HypervisorUnavailable
+from firsttrust.agent.sources.guestinfo import MAX_MESSAGE_BYTES, MAX_REPLY_BYTES, GuestInfo, guestinfo_key
+from firsttrust.lab.vmware_emulator import ENV_VAR, bin_dir, create_vm, link_interpreter, read_vm, set_mode
 
 SECRET = "s3cret-Value with spaces\nand a second line"
 
@@ -28,7 +28,7 @@ def tool_dir(tmp_path: Path, *tools: str) -> str:
     on PATH, so real open-vm-tools on the test machine cannot answer instead of the emulator.
     """
     directory = Path(tempfile.mkdtemp(prefix="tools-", dir=tmp_path))
-    (directory / "python3").symlink_to(sys.executable)
+    link_interpreter(directory)
     for tool in tools:
         (directory / tool).symlink_to(bin_dir() / tool)
     return str(directory)
@@ -420,8 +420,8 @@ def test_constructor_rejects_nonsense() -> None:
 def test_real_open_vm_tools_outside_vmware_is_no_hypervisor(tmp_path):
     """open-vm-tools 12.2 under QEMU: vmtoolsd exits 1 silently, vmware-rpctool exits 255 with
     'must be run inside a virtual machine'. Both mean: not a VMware VM."""
-    from agent.errors import HypervisorUnavailable
-    from agent.sources.guestinfo import GuestInfo
+    from firsttrust.agent.errors import HypervisorUnavailable
+    from firsttrust.agent.sources.guestinfo import GuestInfo
 
     vmtoolsd = tmp_path / "vmtoolsd"
     vmtoolsd.write_text("#!/bin/sh\nexit 1\n")

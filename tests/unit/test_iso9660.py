@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from isobuild import SECTOR, BuiltIso, IsoFile, build_iso
 
-from agent.errors import OvfEnvError
-from agent.sources.iso9660 import (
+from firsttrust.agent.errors import OvfEnvError
+from firsttrust.agent.sources.iso9660 import (
     MAX_DESCRIPTORS,
     MAX_DIRECTORY_BYTES,
     candidate_devices,
@@ -128,7 +128,7 @@ def test_file_over_max_size_is_refused(tmp_path):
 
 
 def test_read_ovf_env_defaults_to_the_parser_cap(tmp_path):
-    from agent.sources.ovfenv import MAX_DOCUMENT_BYTES
+    from firsttrust.agent.sources.ovfenv import MAX_DOCUMENT_BYTES
 
     huge = build_iso([IsoFile("OVF_ENV.XML;1", b" " * (MAX_DOCUMENT_BYTES + 1))])
     assert "cap" in refused(write(tmp_path, huge.data), read=read_ovf_env)

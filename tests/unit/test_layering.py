@@ -1,4 +1,5 @@
-"""The import rule: firsttrust/ is sans-IO and depends on none of agent/, requester/, lab/."""
+"""The import rule: firsttrust/ is sans-IO and depends on none of agent/, requester/, lab/
+(installed as firsttrust.agent, firsttrust.requester, firsttrust.lab)."""
 
 import ast
 import subprocess
@@ -7,17 +8,32 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN_IN_CORE = {"asyncio", "socket", "socketserver", "selectors", "aiohttp", "subprocess",
-                     "agent", "requester", "lab"}
+                     "firsttrust.agent", "firsttrust.requester", "firsttrust.lab"}
+SIDES = {"agent": "firsttrust.agent", "requester": "firsttrust.requester", "lab": "firsttrust.lab"}
 
 
 def imported_modules(path: Path) -> set[str]:
+    """Top-level names imported by `path`, and firsttrust's subpackages by their two-part name
+    (a relative import inside agent/ etc. resolves to the folder's own subpackage)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
+        modules = []
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            modules = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+            modules = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for module in modules:
+            parts = module.split(".")
+            names.add(parts[0])
+            if parts[0] == "firsttrust" and len(parts) > 1:
+                names.add(".".join(parts[:2]))
     return names
+
+
+def test_imported_modules_sees_subpackages_by_either_import_form(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("import firsttrust.agent.state\nfrom firsttrust import requester\nfrom asyncio import sleep\n")
+    assert {"firsttrust.agent", "firsttrust.requester", "asyncio"} <= imported_modules(path)
 
 
 def test_core_imports_nothing_forbidden():
@@ -46,5 +62,16 @@ def test_importing_the_core_loads_no_event_loop_or_socket_module():
 
 def test_agent_and_requester_never_import_each_other():
     for side, other in (("agent", "requester"), ("requester", "agent")):
-        for path in sorted((ROOT / side).rglob("*.py")) if (ROOT / side).exists() else []:
-            assert other not in imported_modules(path), f"{path.relative_to(ROOT)} imports {other}"
+        files = sorted((ROOT / side).rglob("*.py"))
+        assert files
+        for path in files:
+            assert SIDES[other] not in imported_modules(path), f"{path.relative_to(ROOT)} imports {SIDES[other]}"
+
+
+def test_no_generic_top_level_import_names_remain():
+    """agent/, requester/ and lab/ are imported only as firsttrust.agent etc."""
+    folders = ("firsttrust", "agent", "requester", "lab", "tests", "bench", "packaging")
+    files = [path for folder in folders for path in sorted((ROOT / folder).rglob("*.py"))]
+    for path in files + sorted((ROOT / "lab" / "bin").iterdir()):
+        bad = imported_modules(path) & set(SIDES)
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)} by a generic top-level name"

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.errors import OvfEnvError
-from agent.sources.ovfenv import (
+from firsttrust.agent.errors import OvfEnvError
+from firsttrust.agent.sources.ovfenv import (
     MAX_DOCUMENT_BYTES,
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,

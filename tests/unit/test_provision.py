@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
-from agent.config import load_config
-from agent.provision import provision
-from agent.sources.deploy import read_deploy_config
-from agent.sources.guestinfo import GuestInfo
-from agent.sources.ovfenv import serialize_ovf_env
+from firsttrust.agent.cli import main
+from firsttrust.agent.config import load_config
+from firsttrust.agent.provision import provision
+from firsttrust.agent.sources.deploy import read_deploy_config
+from firsttrust.agent.sources.guestinfo import GuestInfo
+from firsttrust.agent.sources.ovfenv import serialize_ovf_env
 from firsttrust import deployment as keys
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.srp6a import compute_verifier
-from lab import vmware_emulator
+from firsttrust.lab import vmware_emulator
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,14 +34,14 @@ def vm(tmp_path, monkeypatch):
     path = tmp_path / "vm.json"
     vmware_emulator.create_vm(path, {})
     monkeypatch.setenv(vmware_emulator.ENV_VAR, str(path))
-    monkeypatch.setenv("PATH", f"{vmware_emulator.bin_dir()}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", vmware_emulator.guest_tools_path(os.environ['PATH']))
     return path
 
 
 @pytest.fixture
 def no_vm(tmp_path, monkeypatch):
     monkeypatch.setenv(vmware_emulator.ENV_VAR, str(tmp_path / "absent.json"))
-    monkeypatch.setenv("PATH", f"{vmware_emulator.bin_dir()}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", vmware_emulator.guest_tools_path(os.environ['PATH']))
 
 
 def ovf_file(tmp_path, properties, name="ovf-env.xml") -> Path:
@@ -211,7 +211,7 @@ def test_scrub_failure_is_recorded_not_ignored(tmp_path, capsys, secrets, vm):
 def test_hanging_vmtoolsd_is_cut_off(tmp_path, secrets, vm):
     vmware_emulator.create_vm(vm, {"guestinfo.firsttrust.sec-a": secrets.sec_a})
     vmware_emulator.set_mode(vm, "hang")
-    from agent.errors import GuestInfoError
+    from firsttrust.agent.errors import GuestInfoError
     with pytest.raises(GuestInfoError) as info:
         read_deploy_config("vmware", guestinfo=GuestInfo(timeout=0.5, attempts=2, backoff=0.05))
     assert len(str(info.value).splitlines()) == 1
@@ -291,7 +291,7 @@ def test_bad_cli_arguments(capsys):
 
 def test_authorize_from_stdin_and_file(tmp_path, requester_identity, stranger_identity):
     state_dir = tmp_path / "s"
-    exe = [sys.executable, "-m", "agent.cli"]
+    exe = [sys.executable, "-m", "firsttrust.agent.cli"]
     out = subprocess.run(exe + ["authorize", "--cert", "-", "--state-dir", str(state_dir)],
                          input=requester_identity.cert_pem, capture_output=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0 and requester_identity.pin.encode() in out.stdout

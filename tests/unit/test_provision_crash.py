@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.sources.ovfenv import serialize_ovf_env
+from firsttrust.agent.sources.ovfenv import serialize_ovf_env
 from firsttrust import deployment as keys
 from firsttrust.srp6a import compute_verifier
-from lab import vmware_emulator
+from firsttrust.lab import vmware_emulator
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ["identity", "password", "sec-b", "authorized", "state", "publish", "scrub"]
@@ -20,13 +20,13 @@ STEPS = ["identity", "password", "sec-b", "authorized", "state", "publish", "scr
 # Runs the real CLI with the provisioning checkpoint replaced by a SIGKILL at one step.
 KILLER = """
 import os, signal, sys
-import agent.provision as p
+import firsttrust.agent.provision as p
 target = sys.argv[1]
 def checkpoint(step):
     if step == target:
         os.kill(os.getpid(), signal.SIGKILL)
 p._no_checkpoint = checkpoint
-from agent.cli import main
+from firsttrust.agent.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -42,7 +42,7 @@ def test_kill_at_each_step_then_rerun_completes(tmp_path, secrets, requester_ide
     vmware_emulator.create_vm(vm, {"guestinfo.ovfEnv": serialize_ovf_env({
         keys.SEC_A: secrets.sec_a, keys.SEC_B: secrets.sec_b}).decode()})
     env = {**os.environ, vmware_emulator.ENV_VAR: str(vm),
-           "PATH": f"{vmware_emulator.bin_dir()}{os.pathsep}{os.environ['PATH']}"}
+           "PATH": vmware_emulator.guest_tools_path(os.environ['PATH'])}
     state_dir = tmp_path / "s"
     args = ["provision", "--state-dir", str(state_dir), "--no-set-password"]
     killed = run(args, env, kill_at=step)
@@ -55,7 +55,7 @@ def test_kill_at_each_step_then_rerun_completes(tmp_path, secrets, requester_ide
     assert state["phase"] == "provisioned"
     assert compute_verifier(secrets.sec_a.encode(), bytes.fromhex(state["srp_salt"])).hex() == state["srp_verifier"]
     assert (state_dir / "sec-b").read_text() == secrets.sec_b
-    pin = subprocess.run([sys.executable, "-m", "agent.cli", "show-identity", "--format", "pin", "--state-dir",
+    pin = subprocess.run([sys.executable, "-m", "firsttrust.agent.cli", "show-identity", "--format", "pin", "--state-dir",
                           str(state_dir)], capture_output=True, text=True, cwd=ROOT, timeout=60).stdout.strip()
     assert pin.startswith("sha256:")
     data = vmware_emulator.read_vm(vm)

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.sources.encodings import decode_properties
-from agent.sources.ovfenv import parse_ovf_env
+from firsttrust.agent.sources.encodings import decode_properties
+from firsttrust.agent.sources.ovfenv import parse_ovf_env
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import REQUESTER_CERT, SEC_A, SEC_B
-from requester import cli
-from requester.deployspec import FORMATS, deployment_properties, render, secrets_to_json
+from firsttrust.requester import cli
+from firsttrust.requester.deployspec import FORMATS, deployment_properties, render, secrets_to_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -221,7 +221,7 @@ def test_exit_codes_follow_the_table():
 
 def test_the_command_as_a_process_keeps_secrets_out_of_argv(tmp_path, cert_file, requester_identity):
     def firsttrust(*args: str) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "requester.cli", *args]
+        argv = [sys.executable, "-m", "firsttrust.requester.cli", *args]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
         calls.append(argv)
         return done

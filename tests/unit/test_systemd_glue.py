@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from agent import audit, systemd_glue
+from firsttrust.agent import audit, systemd_glue
 
 try:
     from systemd import journal as real_journal

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from lab.vmware_emulator import (
+from firsttrust.lab.vmware_emulator import (
     ENV_VAR,
     GUESTMSG_MAX_IN_SIZE,
     bin_dir,
     create_vm,
+    link_interpreter,
     read_vm,
     set_mode,
 )
@@ -35,7 +36,7 @@ def tool_path(tmp_path: Path, *dirs: Path) -> str:
     python_dir = tmp_path / "python"
     if not python_dir.exists():
         python_dir.mkdir()
-        (python_dir / "python3").symlink_to(sys.executable)
+        link_interpreter(python_dir)
     return os.pathsep.join([*map(str, dirs), str(python_dir)])
 
 
