@@ -35,11 +35,12 @@ MESSAGE_IDS: dict[str, str] = {
     "key-removed": "3325e06adfeb4472b2af74c4b9e2c120",
     "rotated": "a1066a6a271e46ca967b098106f2930a",
     "scrub-failed": "24f90ff41a5545ea9b6f8944c69f0c3e",
+    "repaired": "3562f6f22a484540a6443dca12e430e2",
 }
 EVENTS = tuple(MESSAGE_IDS)
 
 # Events an operator should see without asking: journal PRIORITY=4 (warning); the rest are info.
-WARNING_EVENTS = frozenset({"enroll-failed", "locked-out", "scrub-failed"})
+WARNING_EVENTS = frozenset({"enroll-failed", "locked-out", "scrub-failed", "repaired"})
 
 REDACTED = "<redacted>"
 # Callers never pass a secret; this is the net under that rule. Any field whose name looks like

@@ -6,10 +6,11 @@ protocol is decided in firsttrust/; everything about one appliance's policy (is 
 open? how many failures? back-off?) is decided here, in `EnrollmentGate`.
 
 Per connection:  gate check -> hello -> challenge -> client_proof (a failure is charged before
-the proof is checked; if the proof verifies, the charge is cleared by the commit that enrolls, or
-refunded if the enrollment fails later, so a crash can only over-count) ->
-server_proof + STARTTLS -> appliance_proof -> finish -> persist (under a lock: when two
-requesters race, exactly one wins) -> enrolled.
+the proof is checked, and back-off is checked again then; if the proof verifies, the charge is
+cleared by the commit that enrolls, or refunded if the enrollment fails later, so a crash can
+only over-count) -> no plaintext behind it (STARTTLS injection) -> server_proof + STARTTLS ->
+appliance_proof -> finish -> prepare, commit, apply the grant (agent/grant.py; under a lock: when
+two requesters race, exactly one wins) -> enrolled.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from firsttrust.tlspolicy import apply_policy
 
 from . import audit
 from .config import AgentConfig
-from .sshkeys import HOST_KEY_GLOB, host_public_keys, install_authorized_key
+from .grant import GrantRefused, apply_grant, commit_grant, prepare_grant
+from .sshkeys import HOST_KEY_GLOB, SSHKeyError, host_public_keys
 from .state import AgentState, StateDir
 
 log = logging.getLogger("firsttrust.server")
@@ -49,6 +51,8 @@ log = logging.getLogger("firsttrust.server")
 # a flood of idle sockets is bounded by the phase timeout.
 MAX_UNAUTHENTICATED = 32
 READ_CHUNK = 16 * 1024
+# The first byte of a TLS handshake record (RFC 8446 section 5.1, ContentType handshake(22)).
+TLS_HANDSHAKE_RECORD = b"\x16"
 # Back-off after the n-th failed attempt: base * 2^(n-1) seconds, capped.
 BACKOFF_CAP = 300.0
 
@@ -90,33 +94,46 @@ class EnrollmentGate:
             return Refusal("locked_out", f"locked after {state.failures} failed attempts; re-arm with fresh secrets")
         if state.window_expires_at is not None and self.clock() >= state.window_expires_at:
             return Refusal("window_closed", "the enrollment window has expired; re-arm with fresh secrets")
-        if state.failures:
-            wait = min(BACKOFF_CAP, self.backoff_base * 2 ** (state.failures - 1))
-            if self.clock() < self.last_failure_at + wait:
-                return Refusal("backing_off", f"a recent attempt failed; retry in {wait:.0f} s")
+        wait = self.backoff_remaining(state.failures)
+        if wait > 0:
+            return Refusal("backing_off", f"a recent attempt failed; retry in {wait:.0f} s")
         sec_b = self.store.load_sec_b(state.sec_b_sha256)
         if sec_b is None:
             return Refusal("not_provisioned", "SEC-B is missing or does not match the armed state")
         return state, sec_b
 
-    async def charge(self) -> bool:
-        """Count an attempt as failed before its proof is checked (crash-safe). Returns False,
-        charging nothing, when the limit was reached meanwhile: concurrent connections that all
-        passed `check` cannot get more than max_failures proofs checked between them. The disk
-        work runs in a thread: an fsync must not stall every other connection's event loop."""
-        async with self.lock:
-            charged = await asyncio.to_thread(self._charge)
-            if charged:
-                self.last_failure_at = self.clock()
-            return charged
+    def backoff_remaining(self, failures: int) -> float:
+        """Seconds until the back-off after `failures` failed attempts has passed (0: none)."""
+        if not failures:
+            return 0.0
+        wait = min(BACKOFF_CAP, self.backoff_base * 2 ** (failures - 1))
+        return max(0.0, self.last_failure_at + wait - self.clock())
 
-    def _charge(self) -> bool:
+    async def charge(self) -> Refusal | None:
+        """Count an attempt as failed before its proof is checked (crash-safe). Refuses, charging
+        nothing, when the limit was reached meanwhile (concurrent connections that all passed
+        `check` cannot get more than max_failures proofs checked between them) or when a failure
+        since this connection opened put the appliance into back-off: the back-off applies when
+        the proof arrives, not only when the connection opens. The disk work runs in a thread:
+        an fsync must not stall every other connection's event loop."""
+        async with self.lock:
+            refusal = await asyncio.to_thread(self._charge)
+            if refusal is None:
+                self.last_failure_at = self.clock()
+            return refusal
+
+    def _charge(self) -> Refusal | None:
         state = self._state()
-        if state is None or not state.armed or state.failures >= self.config.max_failures:
-            return False
+        if state is None or not state.armed:
+            return Refusal("already_enrolled", "this appliance is already enrolled; SRP enrollment is closed")
+        if state.failures >= self.config.max_failures:
+            return Refusal("locked_out", "locked: too many failed attempts; re-arm with fresh secrets")
+        wait = self.backoff_remaining(state.failures)
+        if wait > 0:
+            return Refusal("backing_off", f"a recent attempt failed; retry in {wait:.0f} s")
         state.failures += 1
         self.store.save(state)
-        return True
+        return None
 
     async def refund(self) -> None:
         """Undo a charge whose proof verified but whose enrollment did not complete."""
@@ -129,31 +146,27 @@ class EnrollmentGate:
             state.failures += delta
             self.store.save(state)
 
-    async def persist(self, verifier_hex: str, authorization: Authorization, peer: str) -> bool:
-        """Store the authorization and close enrollment, unless someone else won first."""
+    async def enroll(self, verifier_hex: str, authorization: Authorization, peer: str) -> Refusal | None:
+        """Prepare, commit and apply the grant (agent/grant.py), unless someone else won first.
+        Returns None once committed, or the Refusal to send (nothing was committed then)."""
         async with self.lock:
-            return await asyncio.to_thread(self._persist, verifier_hex, authorization)
+            return await asyncio.to_thread(self._enroll, verifier_hex, authorization, peer)
 
-    def _persist(self, verifier_hex: str, authorization: Authorization) -> bool:
-        state = self._state()
-        if state is None or not state.armed or state.srp_verifier != verifier_hex:
-            return False
-        # Order matters for crash safety: the key first (harmless alone: the requester
-        # proved SEC-A and has not been told "enrolled"), the commit point (state.json) last.
-        self.store.authorize(authorization.requester_certificate, name=authorization.name,
-                             source="enrollment", clock=self.clock)
-        _checkpoint("authorized")
-        if authorization.ssh_key:
-            install_authorized_key(self.config.account, authorization.ssh_key)
-            _checkpoint("ssh-key")
-        state.phase, state.enrolled_at, state.enrolled_via = "enrolled", authorization.enrolled_at, "srp"
-        state.srp_salt = state.srp_verifier = state.sec_b_sha256 = None
-        state.failures = 0  # also clears this attempt's own charge: no separate refund write
-        self.store.save(state)
-        _checkpoint("state")
-        self.store.remove_sec_b()
-        _checkpoint("sec-b-removed")
-        return True
+    def _enroll(self, verifier_hex: str, authorization: Authorization, peer: str) -> Refusal | None:
+        try:
+            grant = prepare_grant(self.config, self.store, verifier_hex, authorization)
+            _checkpoint("prepared")
+            state = commit_grant(self.store, grant)
+        except GrantRefused as exc:
+            return Refusal(exc.code, str(exc))
+        _checkpoint("committed")
+        try:
+            apply_grant(self.store, state, clock=self.clock)
+        except SSHKeyError as exc:  # committed: rolled forward at the next start, said loudly now
+            audit.event("repaired", f"enrollment committed but the SSH key is not installed yet: {exc}",
+                        peer=peer, outcome="apply_incomplete")
+        _checkpoint("applied")
+        return None
 
 
 class EnrollmentServer:
@@ -225,25 +238,27 @@ class EnrollmentServer:
                                    sec_b=sec_b, certificate=identity.cert_der, api_port=self.api_port,
                                    ssh_host_keys=host_public_keys(self.host_key_glob), clock=gate.clock)
         audit.event("enroll-attempt", f"enrollment attempt from {peer}", peer=peer)
-        charged = verified = enrolled = False
+        charged = verified = committed = False
         try:
             while machine.state is not State.DONE:
                 data, eof = await _read_frame(reader, min(machine.timeout or self.phase_timeout, self.phase_timeout))
+                if machine.state is State.AWAIT_CLIENT_PROOF and not eof:
+                    # client_proof is the requester's last plaintext frame: whatever it sent behind
+                    # it in the same read is injection, refused before server_proof is sent.
+                    data += _take_buffered(reader)
                 if machine.state is State.AWAIT_CLIENT_PROOF and not charged and not eof:
                     # The proof is in hand: count the attempt before checking it.
-                    if not await gate.charge():
-                        writer.write(machine.abort("locked_out", "locked: too many failed attempts; re-arm with "
-                                                                 "fresh secrets"))
+                    refusal = await gate.charge()
+                    if refusal is not None:
+                        writer.write(machine.abort(refusal.code, refusal.message))
                         await writer.drain()
-                        audit.event("locked-out", f"refused a proof from {peer}: locked", peer=peer,
-                                    outcome="locked_out")
+                        if refusal.code == "locked_out":
+                            audit.event("locked-out", f"refused a proof from {peer}: locked", peer=peer,
+                                        outcome="locked_out")
                         return
                     charged = True
                     _checkpoint("charged")
-                if data:
-                    events = machine.receive_data(data)
-                else:
-                    events = []
+                events = machine.receive_data(data) if data else []
                 if eof:
                     machine.receive_eof()
                     return
@@ -255,6 +270,10 @@ class EnrollmentServer:
                         verified = True  # the SRP proof verified: not a failed guess (see finally)
                         _checkpoint("verified")
                         slot.release()  # authenticated by SRP: no longer an unauthenticated peer
+                        # Plaintext that arrived after client_proof and before TLS: injection.
+                        leftover = _take_buffered(reader) or _peek_plaintext(writer)
+                        if leftover:
+                            machine.receive_data(leftover)  # raises UnexpectedFrame
                         try:
                             await writer.start_tls(_server_context(gate.store, event.peer_certificate),
                                                    ssl_handshake_timeout=self.phase_timeout)
@@ -271,17 +290,19 @@ class EnrollmentServer:
                         await writer.drain()
                         _checkpoint("tls")
                     elif isinstance(event, PersistAuthorization):
-                        won = await gate.persist(state.srp_verifier, event.authorization, peer)
-                        if not won:
-                            writer.write(machine.abort("already_enrolled", "another requester enrolled first"))
+                        refusal = await gate.enroll(state.srp_verifier, event.authorization, peer)
+                        if refusal is not None:
+                            audit.event("enroll-failed", f"enrollment from {peer} not committed: {refusal.message}",
+                                        peer=peer, outcome=refusal.code)
+                            writer.write(machine.abort(refusal.code, refusal.message))
                             await writer.drain()
                             return
+                        committed = True
                         for done in machine.authorization_persisted():
                             if isinstance(done, SendFrame):
                                 writer.write(done.data)
                                 await writer.drain()
                             elif isinstance(done, Enrolled):
-                                enrolled = True
                                 await self._enrolled(done.result, peer)
             return
         except PeerRefused as exc:
@@ -311,8 +332,10 @@ class EnrollmentServer:
                         peer=peer, outcome="timeout")
             return
         finally:
-            if charged and verified and not enrolled:
-                await gate.refund()
+            # A verified proof is not a failed guess: refund its charge unless the commit (which
+            # clears the count) happened. A crash before this line can only over-count.
+            if charged and verified and not committed:
+                await asyncio.shield(gate.refund())  # even when the listener is being shut down
 
 
 class _Slot:
@@ -351,6 +374,30 @@ async def _read_frame(reader: asyncio.StreamReader, timeout: float) -> tuple[byt
     except asyncio.IncompleteReadError as exc:
         return header + exc.partial, True
     return header + body, False
+
+
+def _take_buffered(reader: asyncio.StreamReader) -> bytes:
+    """Whatever the peer sent that the stream has read but nobody consumed yet. After the last
+    plaintext frame that is never legitimate (docs/protocol.md section 7.2)."""
+    buffer = reader._buffer  # asyncio keeps no public accessor; stable from 3.8 to 3.13
+    data = bytes(buffer)
+    buffer.clear()
+    return data
+
+
+def _peek_plaintext(writer: asyncio.StreamWriter) -> bytes:
+    """Bytes waiting in the kernel's receive buffer that do not start a TLS record. Called right
+    after server_proof is sent: the requester's next bytes must be its ClientHello (a TLS
+    handshake record, 0x16), anything else arrived in plaintext behind client_proof."""
+    transport_socket = writer.get_extra_info("socket")
+    if transport_socket is None:
+        return b""
+    with transport_socket.dup() as sock:
+        try:
+            data = sock.recv(HEADER.size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError, OSError):
+            return b""
+    return b"" if not data or data[:1] == TLS_HANDSHAKE_RECORD else data
 
 
 async def _read_first_frame(reader: asyncio.StreamReader, timeout: float) -> None:

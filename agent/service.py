@@ -18,10 +18,11 @@ from typing import Callable
 from firsttrust.deployment import DEFAULT_API_PORT, DEFAULT_ENROLL_PORT
 from firsttrust.srp6a import BACKEND
 
-from . import systemd_glue
+from . import audit, systemd_glue
 from .api import ApiInfo, start_api
 from .config import AgentConfig
 from .errors import AgentError
+from .grant import repair_at_start
 from .server import EnrollmentGate, EnrollmentServer, start_enrollment_server
 from .sshkeys import HOST_KEY_GLOB
 from .state import StateDir
@@ -71,6 +72,12 @@ async def serve(config: AgentConfig, listen: Listen = DEFAULT_LISTEN, api_listen
     state = store.load()
     if state is None or store.load_identity() is None:
         raise NotProvisioned(f"{store.path} holds no provisioned appliance; run firsttrust-agent provision first")
+    # Roll forward an enrollment a crash cut short after its commit (agent/grant.py), before
+    # anything is served: the API trusts exactly what state.json committed.
+    repaired = repair_at_start(store, clock=clock)
+    if repaired:
+        audit.event("repaired", "finished what an interrupted run left: " + "; ".join(repaired),
+                    outcome="repaired")
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

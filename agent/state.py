@@ -53,6 +53,11 @@ class AgentState:
     published: dict[str, str] = field(default_factory=lambda: {"result": "not-attempted", "detail": ""})
     enrolled_at: float | None = None
     enrolled_via: str | None = None
+    # The SRP enrollment's grant, recorded by the one write that commits it (agent/grant.py):
+    # pin, name, certificate (PEM), ssh_key, account. Applied outside state.json afterwards.
+    enrollment: dict[str, Any] | None = None
+    # What the last start found half-done and finished (agent/grant.py repair_at_start).
+    repaired: dict[str, Any] | None = None
     version: int = STATE_VERSION
 
     @property

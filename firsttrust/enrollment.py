@@ -14,9 +14,10 @@ Message flow (docs/protocol.md has every byte):
     client_proof {M1, cert, commitment} -------------->
                                    <-------------------  server_proof {M2, cert, commitment}
     ========================= STARTTLS, TLS 1.3, both certificates =========================
-                                   <-------------------  appliance_proof {sec_b_proof, confirm}
+                                   <-------------------  appliance_proof {sec_b_proof, confirm, api_port}
+    (keep the verified appliance as a pending pin)
     finish {confirm, name, ssh_key?} ----------------->
-                                                         (persist the authorization)
+                                                         (prepare, commit, apply the grant)
                                    <-------------------  enrolled {pin, ssh_host_keys, api_port}
 
 Any error puts the machine into ERROR for good; every later call raises StateError. Errors the
@@ -104,6 +105,18 @@ class EnrollmentResult:
 
 
 @dataclass(frozen=True)
+class PendingPin:
+    """Requester side, before `finish`: the appliance has passed every check (SRP, commitment,
+    TLS binding, SEC-B proof, key confirmation). The driver stores this durably BEFORE it sends
+    `finish`: if `enrolled` is then lost, the requester confirms the commit over the pinned API
+    with its own key instead of trusting anything new (docs/protocol.md, recovery)."""
+
+    appliance_pin: str
+    appliance_certificate: bytes = field(repr=False)  # DER
+    api_port: int
+
+
+@dataclass(frozen=True)
 class Enrolled:
     """Enrollment is complete. Server side: `result` is the Authorization it persisted.
     Client side: an EnrollmentResult; only now may the requester pin the appliance."""
@@ -111,7 +124,7 @@ class Enrolled:
     result: Union[Authorization, EnrollmentResult]
 
 
-Event = Union[SendFrame, StartTLS, PersistAuthorization, Enrolled]
+Event = Union[SendFrame, StartTLS, PersistAuthorization, PendingPin, Enrolled]
 
 
 class State(enum.Enum):
@@ -230,8 +243,12 @@ class _Enrollment:
             raise
 
     def _receive_data(self, data: bytes) -> list[Event]:
-        if self.state in (State.START, State.TLS_HANDSHAKE):
+        if self.state is State.START:
             raise StateError(f"no data expected in state {self.state.value}")
+        if self.state is State.TLS_HANDSHAKE:
+            # Plaintext that arrived after the last plaintext frame and before TLS began: the
+            # STARTTLS injection class (docs/protocol.md section 7.2). Never handed to TLS.
+            raise UnexpectedFrame("plaintext data after the last plaintext frame, before the TLS handshake")
         if self.state not in self._HANDLERS:  # persisting or done: the peer must be silent
             raise UnexpectedFrame(f"data from the peer in state {self.state.value}")
         self._decoder.feed(data)
@@ -301,7 +318,7 @@ class ServerEnrollment(_Enrollment):
         salt, verifier: from provisioning (`srp6a.compute_verifier`).
         sec_b: SEC-B as provisioned.
         certificate: the appliance's certificate (DER) that its TLS layer will present.
-        api_port: where the pinned mTLS API listens, told to the requester in "enrolled".
+        api_port: where the pinned mTLS API listens, told to the requester in "appliance_proof" and "enrolled".
         ssh_host_keys: the appliance's SSH host public keys (OpenSSH lines), possibly none.
         random, clock: injectable for tests and vectors.
     """
@@ -366,6 +383,7 @@ class ServerEnrollment(_Enrollment):
             "sec_b_proof": b64encode(self._keys.sec_b_proof(self._sec_b, th, self._certificate)),
             "confirm": b64encode(self._keys.confirmation(self._keys.confirm_appliance, th, self._certificate,
                                                          self._peer_certificate)),
+            "api_port": self._api_port,
         })]
 
     def _on_finish(self, frame: Frame, fields: dict[str, Any]) -> list[Event]:
@@ -428,6 +446,7 @@ class ClientEnrollment(_Enrollment):
         self._srp: SRPClient | None = None
         self._peer_certificate = b""
         self._peer_commitment = b""
+        self._api_port = 0
 
     def start(self) -> list[Event]:
         """Begin: returns the hello frame to send."""
@@ -487,13 +506,18 @@ class ClientEnrollment(_Enrollment):
         }
         if self._ssh_key is not None:
             finish["ssh_key"] = self._ssh_key
+        self._api_port = fields["api_port"]
         self.state = State.AWAIT_ENROLLED
-        return [self._send("finish", finish)]
+        # In this order: the driver persists the pending pin before it sends `finish`.
+        return [PendingPin(pin_of_certificate(self._peer_certificate), self._peer_certificate, self._api_port),
+                self._send("finish", finish)]
 
     def _on_enrolled(self, frame: Frame, fields: dict[str, Any]) -> list[Event]:
         pin = pin_of_certificate(self._peer_certificate)
         if fields["pin"] != pin:
             raise BindingFailed("appliance reported a pin other than its TLS certificate's")
+        if fields["api_port"] != self._api_port:
+            raise InvalidField("enrolled names another API port than appliance_proof")
         self.state = State.DONE
         return [Enrolled(EnrollmentResult(
             appliance_pin=pin,

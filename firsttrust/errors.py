@@ -150,6 +150,8 @@ AGENT_CODES = {
     "busy": "too many unauthenticated connections; retry later",
     "timeout": "the peer was too slow in this phase",
     "internal": "the agent failed on its side; nothing was authorized",
+    "ssh_key_rejected": "the SSH key cannot be installed (bad key, missing account or home); nothing was authorized",
+    "commit_failed": "the appliance could not store the enrollment; nothing was authorized",
 }
 
 

@@ -119,6 +119,9 @@ SCHEMAS: dict[str, dict[str, tuple[Validator, bool]]] = {
     "appliance_proof": {
         "sec_b_proof": (Base64(exact=MAC_BYTES), True),
         "confirm": (Base64(exact=MAC_BYTES), True),
+        # Before `finish`, so a requester that never sees `enrolled` knows where to confirm the
+        # commit over the pinned API (docs/protocol.md section 10, recovery).
+        "api_port": (Integer(1, 65535), True),
     },
     "finish": {
         "confirm": (Base64(exact=MAC_BYTES), True),

@@ -45,7 +45,16 @@ from firsttrust.messages import SSH_KEY_PATTERN
 
 from .deployspec import FORMATS, InvalidDeploySpec, deployment_properties, render, secrets_from_json, secrets_to_json
 from .enroll import parse_address
-from .library import Outcome, Target, call, enroll_appliance, enroll_many, pin_certificate, rotate_appliance
+from .library import (
+    AlreadyPinned,
+    Outcome,
+    Target,
+    call,
+    enroll_appliance,
+    enroll_many,
+    pin_certificate,
+    rotate_appliance,
+)
 from .truststore import NAME_RE, ApplianceRecord, TrustStore, UnknownAppliance
 
 PROG = "firsttrust"
@@ -215,8 +224,12 @@ def _enroll(args: argparse.Namespace) -> int:
             parse_address(args.api_address, DEFAULT_API_PORT)
         except ValueError:
             raise UsageError(f"invalid --api-address {args.api_address[:80]!r}: expected HOST:PORT") from None
-    record = asyncio.run(enroll_appliance(args.address, secrets, name=args.name, ssh_key=ssh_key,
-                                          api_address=args.api_address))
+    try:
+        record = asyncio.run(enroll_appliance(args.address, secrets, name=args.name, ssh_key=ssh_key,
+                                              api_address=args.api_address))
+    except AlreadyPinned as exc:
+        print(f"already-pinned {exc.record.name}: {exc.record.pin}")
+        return EXIT_OK
     print(f"enrolled {record.name}: {record.pin}")
     return EXIT_OK
 
@@ -263,14 +276,16 @@ def _enroll_batch(args: argparse.Namespace) -> int:
     failed = [o for o in outcomes if not o.ok]
     if args.json:
         print(json.dumps([{"name": o.target.name, "address": o.target.address, "ok": o.ok,
-                           "pin": o.record.pin if o.record else None,
+                           "status": o.status, "pin": o.record.pin if o.record else None,
                            "error": {"code": o.error.code, "message": str(o.error)} if o.error else None,
                            "seconds": round(o.seconds, 3)} for o in outcomes], indent=2))
     else:
-        rows = [(o.target.name, o.target.address, o.record.pin if o.record else f"FAILED {o.error.code}: {o.error}",
-                 f"{o.seconds * 1000:.0f} ms") for o in outcomes]
-        print(_table(("NAME", "ADDRESS", "PIN", "TIME"), rows))
-        print(f"{len(outcomes) - len(failed)} enrolled, {len(failed)} failed")
+        rows = [(o.target.name, o.target.address, o.status,
+                 o.record.pin if o.record else f"{o.error.code}: {o.error}", f"{o.seconds * 1000:.0f} ms")
+                for o in outcomes]
+        print(_table(("NAME", "ADDRESS", "STATUS", "PIN", "TIME"), rows))
+        pinned = sum(o.status == "already-pinned" for o in outcomes)
+        print(f"{len(outcomes) - len(failed) - pinned} enrolled, {pinned} already pinned, {len(failed)} failed")
     return EXIT_FAILED if failed else EXIT_OK
 
 

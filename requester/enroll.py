@@ -11,13 +11,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Awaitable, Callable
 
 from firsttrust import limits
 from firsttrust.credentials import EnrollmentSecrets
-from firsttrust.enrollment import ClientEnrollment, Enrolled, EnrollmentResult, SendFrame, StartTLS, State
+from firsttrust.enrollment import (
+    ClientEnrollment,
+    Enrolled,
+    EnrollmentResult,
+    PendingPin,
+    SendFrame,
+    StartTLS,
+    State,
+)
+from firsttrust.errors import BindingFailed, FirsttrustError, TruncatedFrame
 from firsttrust.framing import HEADER
 from firsttrust.identity import certificate_der
 from firsttrust.tlspolicy import apply_policy
@@ -25,6 +36,19 @@ from firsttrust.tlspolicy import apply_policy
 from .errors import RequesterError
 
 CONNECT_TIMEOUT = 10.0
+
+# What the requester is waiting for in each state, for messages people read (never a state name).
+WAITING_FOR = {
+    State.AWAIT_CHALLENGE: "the appliance's SRP challenge (is this a firsttrust agent's enrollment port?)",
+    State.AWAIT_SERVER_PROOF: "the appliance's SRP proof (the appliance may be overloaded)",
+    State.TLS_HANDSHAKE: "the TLS handshake after SRP",
+    State.AWAIT_APPLIANCE_PROOF: "the appliance's SEC-B proof inside TLS",
+    State.AWAIT_ENROLLED: "the appliance to confirm the enrollment (run the same command again to recover)",
+}
+INTERCEPTED = ("the appliance's TLS certificate is not the one bound to the SRP exchange: "
+               "the connection is being intercepted")
+
+OnPending = Callable[[PendingPin], Awaitable[None]]
 
 
 class EnrollmentConnectionError(RequesterError):
@@ -85,8 +109,12 @@ def _client_context(files: ClientIdentityFiles, appliance_certificate: bytes) ->
 
 async def enroll_connection(host: str, port: int, machine: ClientEnrollment, files: ClientIdentityFiles, *,
                             phase_timeout: float = limits.PHASE_TIMEOUT,
-                            total_timeout: float = limits.ENROLLMENT_TIMEOUT) -> EnrollmentResult:
+                            total_timeout: float = limits.ENROLLMENT_TIMEOUT,
+                            on_pending: OnPending | None = None) -> EnrollmentResult:
     """Run one enrollment to its end.
+
+    `on_pending` is awaited with the verified appliance before `finish` is sent; it must store
+    it durably (the pending pin that a lost `enrolled` is recovered from).
 
     Raises:
         firsttrust errors from the state machine (AuthenticationFailed, SecBProofFailed,
@@ -97,21 +125,63 @@ async def enroll_connection(host: str, port: int, machine: ClientEnrollment, fil
         async with asyncio.timeout(total_timeout):
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
             try:
-                return await _drive(reader, writer, machine, files, host, phase_timeout)
+                return await _drive(reader, writer, machine, files, phase_timeout, on_pending)
+            except FirsttrustError:
+                # Tell the appliance why we stop (docs/protocol.md section 8.4), then close.
+                frame = machine.error_frame()
+                if frame and not writer.is_closing():
+                    with contextlib.suppress(Exception):
+                        writer.write(frame)
+                        await asyncio.wait_for(writer.drain(), 2)
+                raise
             finally:
                 writer.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(writer.wait_closed(), 2)
     except TimeoutError:
-        raise EnrollmentConnectionError(f"{host}:{port}: timed out in state {machine.state.value}") from None
+        waiting = WAITING_FOR.get(machine.state, "the appliance to answer")
+        if machine.state is State.START:
+            waiting = "the TCP connection"
+        raise EnrollmentConnectionError(f"{host}:{port}: timed out waiting for {waiting}") from None
     except ssl.SSLError as exc:
+        if machine.state is State.TLS_HANDSHAKE:
+            # SRP succeeded, so the appliance would present exactly the certificate it committed
+            # to: a TLS failure now is someone else terminating TLS.
+            raise BindingFailed(f"{INTERCEPTED} (TLS: {exc.reason or exc})") from None
         raise EnrollmentConnectionError(f"{host}:{port}: TLS failed: {exc.reason or exc}") from None
+    except ConnectionRefusedError:
+        raise EnrollmentConnectionError(f"{host}:{port} refuses connections (not listening yet?)") from None
     except OSError as exc:
+        if machine.state is State.AWAIT_ENROLLED:
+            raise EnrollmentConnectionError(
+                f"{host}:{port}: connection lost while waiting for {WAITING_FOR[State.AWAIT_ENROLLED]}") from None
         raise EnrollmentConnectionError(f"{host}:{port}: {exc.strerror or exc}") from None
 
 
-async def _drive(reader, writer, machine: ClientEnrollment, files: ClientIdentityFiles, host: str,
-                 phase_timeout: float) -> EnrollmentResult:
+def _take_buffered(reader: asyncio.StreamReader) -> bytes:
+    """Bytes the stream has read from the appliance but nobody consumed: after server_proof,
+    the last plaintext frame, there must be none (docs/protocol.md section 7.2)."""
+    buffer = reader._buffer  # asyncio keeps no public accessor; stable from 3.8 to 3.13
+    data = bytes(buffer)
+    buffer.clear()
+    return data
+
+
+def _unread_in_kernel(writer: asyncio.StreamWriter) -> bytes:
+    """Bytes from the appliance waiting in the kernel before our ClientHello is even sent. In TLS
+    the appliance speaks second, so any byte here is plaintext injected behind server_proof."""
+    transport_socket = writer.get_extra_info("socket")
+    if transport_socket is None:
+        return b""
+    with transport_socket.dup() as sock:
+        try:
+            return sock.recv(HEADER.size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:
+            return b""
+
+
+async def _drive(reader, writer, machine: ClientEnrollment, files: ClientIdentityFiles, phase_timeout: float,
+                 on_pending: OnPending | None) -> EnrollmentResult:
     pending = machine.start()
     while True:
         for event in pending:
@@ -119,23 +189,42 @@ async def _drive(reader, writer, machine: ClientEnrollment, files: ClientIdentit
                 writer.write(event.data)
                 await writer.drain()
             elif isinstance(event, StartTLS):
+                leftover = _take_buffered(reader) or _unread_in_kernel(writer)
+                if leftover:
+                    machine.receive_data(leftover)  # raises UnexpectedFrame: STARTTLS injection
                 await writer.start_tls(_client_context(files, event.peer_certificate),
                                        ssl_handshake_timeout=phase_timeout)
                 ssl_object = writer.get_extra_info("ssl_object")
-                machine.tls_established(ssl_object.getpeercert(binary_form=True) if ssl_object else None)
+                try:
+                    machine.tls_established(ssl_object.getpeercert(binary_form=True) if ssl_object else None)
+                except BindingFailed:
+                    raise BindingFailed(INTERCEPTED) from None
+            elif isinstance(event, PendingPin):
+                if on_pending is not None:
+                    await on_pending(event)
             elif isinstance(event, Enrolled):
                 assert isinstance(event.result, EnrollmentResult)
                 return event.result
         data, eof = await _read_frame(reader, min(machine.timeout or phase_timeout, phase_timeout))
+        if machine.state is State.AWAIT_SERVER_PROOF and not eof:
+            # server_proof is the appliance's last plaintext frame: anything behind it in the same
+            # read is injection, refused by the state machine (unexpected_frame).
+            data += _take_buffered(reader)
         pending = machine.receive_data(data) if data else []
         if eof and machine.state is not State.DONE and not any(isinstance(e, Enrolled) for e in pending):
-            machine.receive_eof()
+            waiting = WAITING_FOR.get(machine.state, "the appliance to answer")
+            try:
+                machine.receive_eof()
+            except TruncatedFrame:
+                raise EnrollmentConnectionError(f"the appliance closed the connection while the requester waited "
+                                                f"for {waiting}") from None
 
 
 async def enroll(host: str, port: int, secrets: EnrollmentSecrets, files: ClientIdentityFiles, *, name: str,
-                 ssh_key: str | None = None, **timeouts: float) -> EnrollmentResult:
+                 ssh_key: str | None = None, on_pending: OnPending | None = None,
+                 **timeouts: float) -> EnrollmentResult:
     """Enroll one appliance with its secrets, as the requester whose identity is in `files`."""
     certificate = files.cert_path.read_bytes()
     machine = ClientEnrollment(sec_a=secrets.sec_a, sec_b=secrets.sec_b, certificate=certificate_der(certificate),
                                name=name, ssh_key=ssh_key)
-    return await enroll_connection(host, port, machine, files, **timeouts)
+    return await enroll_connection(host, port, machine, files, on_pending=on_pending, **timeouts)

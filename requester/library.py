@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -19,16 +20,35 @@ from typing import Awaitable, Callable, Iterable
 
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import DEFAULT_API_PORT, DEFAULT_ENROLL_PORT
+from firsttrust.enrollment import PendingPin
 from firsttrust.errors import FirsttrustError, PeerRefused
 from firsttrust.identity import certificate_pem, pin_of_certificate
 
 from .enroll import ClientIdentityFiles, enroll, parse_address
+from .errors import ApiError, BadResponse, ConnectionFailed, PinMismatch, RequesterError
 from .session import PinnedSession
-from .truststore import ApplianceRecord, TrustStore
+from .truststore import ApplianceRecord, TrustStore, UnknownAppliance
 
 # Refusals that mean "not now", not "no": retried with back-off within the overall deadline.
 RETRYABLE = frozenset({"busy"})
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+
+
+class EnrollmentUnconfirmed(RequesterError):
+    """An earlier run verified this appliance and sent `finish`, but neither its API confirms
+    that this requester is authorized nor does SRP enrollment accept the secrets any more."""
+
+    code = "unconfirmed"
+
+
+class AlreadyPinned(RequesterError):
+    """The name is already pinned to this address: nothing to do (`record` is the pin)."""
+
+    code = "already_pinned"
+
+    def __init__(self, record: ApplianceRecord) -> None:
+        super().__init__(f"{record.name} is already pinned ({record.pin}); nothing to do")
+        self.record = record
 
 
 async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: str, ssh_key: str | None = None,
@@ -39,30 +59,82 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
     `api_address` (HOST[:PORT]) overrides where the API is reached afterwards, for appliances
     behind NAT or port forwarding; by default the enrollment host and the port it reported.
 
-    The record is written only after the appliance passed every check (SRP, commitments,
-    SEC-B proof, key confirmation); on any failure nothing is stored and a typed error is raised.
-    A "busy" appliance (too many unauthenticated connections) is retried a few times.
+    Exactly once, with recovery: the verified appliance is kept as a pending pin before `finish`
+    is sent. If `enrolled` never arrived (either side crashed, the connection dropped), calling
+    this again with the same name confirms the commit over the pinned mutual-TLS API with this
+    requester's own key, or, if the appliance never committed, enrolls afresh with the same
+    secrets. The pin is written only after every check; on any failure a typed error is raised.
+
+    Raises:
+        AlreadyPinned: `name` is pinned to this address already (nothing was sent).
+        EnrollmentUnconfirmed: see the class.
+        firsttrust errors (PeerRefused, AuthenticationFailed, BindingFailed, ...) and
+        EnrollmentConnectionError.
     """
     store = store or TrustStore()
     store.identity()  # created once per home, before any network traffic
     host, port = parse_address(address, DEFAULT_ENROLL_PORT)
-    if api_address:
-        parse_address(api_address, DEFAULT_API_PORT)  # refuse a bad one before enrolling
-    files = ClientIdentityFiles(store.cert_path, store.key_path)
+    api_host, api_port = parse_address(api_address, DEFAULT_API_PORT) if api_address else (host, None)
+    pending = store.get_pending(name)
+    if pending is not None and pending.address == api_host:
+        confirmed = await _confirm_pending(store, pending)
+        if confirmed is not None:
+            return confirmed
+    elif pending is None:
+        with contextlib.suppress(UnknownAppliance):
+            pinned = store.get(name)
+            if pinned.address == api_host:
+                raise AlreadyPinned(pinned)
+
+    async def keep_pending(verified: PendingPin) -> None:
+        record = ApplianceRecord(name=name, address=api_host, pin=verified.appliance_pin,
+                                 certificate=certificate_pem(verified.appliance_certificate).decode("ascii"),
+                                 api_port=api_port or verified.api_port, embodiment="srp", enrolled_at=time.time())
+        await asyncio.to_thread(store.save_pending, record)
+
     for delay in (*RETRY_DELAYS, None):
         try:
-            result = await enroll(host, port, secrets, files, name=name, ssh_key=ssh_key, **timeouts)
+            result = await enroll(host, port, secrets, files_of(store), name=name, ssh_key=ssh_key,
+                                  on_pending=keep_pending, **timeouts)
             break
         except PeerRefused as exc:
+            if exc.code == "already_enrolled" and pending is not None:
+                raise EnrollmentUnconfirmed(
+                    f"{name}: an earlier run sent finish to {address}, but the appliance's API at "
+                    f"{pending.address}:{pending.api_port} does not accept this requester's key and SRP enrollment "
+                    "is closed: the appliance was enrolled by another requester (or its agent has not restarted "
+                    "since a crash; run the same command again)") from None
             if exc.code not in RETRYABLE or delay is None:
                 raise
             await asyncio.sleep(delay)
-    api_host, api_port = parse_address(api_address, result.api_port) if api_address else (host, result.api_port)
     record = ApplianceRecord(name=name, address=api_host, pin=result.appliance_pin,
                              certificate=certificate_pem(result.appliance_certificate).decode("ascii"),
-                             api_port=api_port, ssh_host_keys=result.ssh_host_keys, embodiment="srp",
-                             enrolled_at=time.time())
-    store.save(record)
+                             api_port=api_port or result.api_port, ssh_host_keys=result.ssh_host_keys,
+                             embodiment="srp", enrolled_at=time.time())
+    store.promote(record)
+    return record
+
+
+def files_of(store: TrustStore) -> ClientIdentityFiles:
+    return ClientIdentityFiles(store.cert_path, store.key_path)
+
+
+async def _confirm_pending(store: TrustStore, pending: ApplianceRecord) -> ApplianceRecord | None:
+    """Recovery: does the appliance's API accept this requester's key, presenting the pending
+    pin? Then the appliance committed this requester's enrollment: pin it. None: not (yet)
+    confirmed, the caller runs SRP again (which the appliance refuses if it did commit)."""
+    try:
+        async with PinnedSession(pending.address, pending.api_port, pending.certificate.encode(), store.key_path,
+                                 store.cert_path) as api:
+            identity = await api.get("/v1/identity")
+    except (ApiError, ConnectionFailed, PinMismatch, BadResponse):
+        return None
+    if not isinstance(identity, dict) or identity.get("pin") != pending.pin:
+        return None
+    host_keys = identity.get("ssh_host_keys")
+    record = dataclasses.replace(pending, enrolled_at=time.time(), ssh_host_keys=tuple(
+        key for key in (host_keys if isinstance(host_keys, list) else []) if isinstance(key, str)))
+    store.promote(record)
     return record
 
 
@@ -83,10 +155,16 @@ class Outcome:
     record: ApplianceRecord | None
     error: FirsttrustError | None
     seconds: float
+    already_pinned: bool = False
 
     @property
     def ok(self) -> bool:
         return self.record is not None
+
+    @property
+    def status(self) -> str:
+        """"enrolled", "already-pinned" or "failed"."""
+        return "failed" if self.record is None else "already-pinned" if self.already_pinned else "enrolled"
 
 
 async def enroll_many(targets: Iterable[Target], *, concurrency: int = 32, store: TrustStore | None = None,
@@ -104,6 +182,8 @@ async def enroll_many(targets: Iterable[Target], *, concurrency: int = 32, store
                 record = await enroll_appliance(target.address, target.secrets, name=target.name, store=store,
                                                 **kwargs)
                 outcome = Outcome(target, record, None, time.perf_counter() - start)
+            except AlreadyPinned as exc:
+                outcome = Outcome(target, exc.record, None, time.perf_counter() - start, already_pinned=True)
             except FirsttrustError as exc:
                 outcome = Outcome(target, None, exc, time.perf_counter() - start)
         if on_done:

@@ -5,6 +5,8 @@
       identity.crt    0644  its self-signed certificate (what appliances authorize)
       appliances/     0700  NAME.json per appliance: name, address, pin, certificate, SSH host
                             keys, API port, how and when it was enrolled
+      pending/        0700  NAME.json per SRP enrollment that sent `finish` but has not seen
+                            `enrolled` yet: the appliance it verified, kept to recover from
       .lock                 flock serialising writers across threads and processes
 
 Records are written atomically (temp file, fsync, rename) under the lock, one file per
@@ -107,11 +109,12 @@ class TrustStore:
     def __init__(self, home: Path | None = None) -> None:
         self.home = Path(home) if home else default_home()
         self.appliances = self.home / "appliances"
+        self.pending = self.home / "pending"
         self.key_path = self.home / "identity.key"
         self.cert_path = self.home / "identity.crt"
 
     def _ensure(self) -> None:
-        for directory in (self.home, self.appliances):
+        for directory in (self.home, self.appliances, self.pending):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     @contextlib.contextmanager
@@ -172,3 +175,34 @@ class TrustStore:
         path = self._record_path(name)
         with self.locked():
             path.unlink(missing_ok=True)
+
+    # -- pending enrollments (docs/protocol.md, recovery) ---------------------------------------
+
+    def _pending_path(self, name: str) -> Path:
+        return self.pending / self._record_path(name).name
+
+    def save_pending(self, record: ApplianceRecord) -> None:
+        """Keep a verified appliance whose `enrolled` has not arrived yet (before `finish`)."""
+        load_certificate(record.certificate.encode())
+        path = self._pending_path(record.name)
+        with self.locked():
+            write_atomic(path, record.to_json(), 0o600)
+
+    def get_pending(self, name: str) -> ApplianceRecord | None:
+        path = self._pending_path(name)
+        try:
+            data = path.read_bytes()[: MAX_RECORD_BYTES + 1]
+        except FileNotFoundError:
+            return None
+        return ApplianceRecord.from_json(data, path)
+
+    def remove_pending(self, name: str) -> None:
+        path = self._pending_path(name)
+        with self.locked():
+            path.unlink(missing_ok=True)
+
+    def promote(self, record: ApplianceRecord) -> None:
+        """Pin `record` and drop its pending entry: the pin is written first, so a crash in
+        between leaves a pin plus a pending entry that the next run removes."""
+        self.save(record)
+        self.remove_pending(record.name)

@@ -14,6 +14,7 @@ from firsttrust.enrollment import (
     ClientEnrollment,
     Enrolled,
     EnrollmentResult,
+    PendingPin,
     PersistAuthorization,
     SendFrame,
     ServerEnrollment,
@@ -39,6 +40,7 @@ from firsttrust.errors import (
     UnsupportedVersion,
 )
 from firsttrust.framing import encode_frame
+from firsttrust.identity import pin_of_certificate
 from firsttrust.srp6a import GROUP_3072_SHA512, new_verifier_record
 
 N = GROUP_3072_SHA512.N
@@ -84,7 +86,11 @@ class Pair:
         return appliance_proof
 
     def finish(self):
-        return only_send(self.client.receive_data(self.through_tls()))
+        events = self.client.receive_data(self.through_tls())
+        # The requester is told to keep the verified appliance as a pending pin BEFORE it sends finish.
+        assert [type(e) for e in events] == [PendingPin, SendFrame], events
+        assert events[0] == PendingPin(pin_of_certificate(self.scert), self.scert, 8443)
+        return events[1].data
 
 
 def only_send(events):
@@ -375,10 +381,18 @@ def test_lockstep_client_side(pair):
         pair.client.receive_data(server_proof + b"\0")
 
 
-def test_no_data_during_the_tls_handshake(pair):
+def test_plaintext_before_the_tls_handshake_is_an_injection_on_the_appliance(pair):
     pair.server_proof()
-    with pytest.raises(StateError):
-        pair.server.receive_data(b"\x16\x03\x01")
+    with pytest.raises(UnexpectedFrame, match="before the TLS handshake"):
+        pair.server.receive_data(encode_frame("finish", {"confirm": "AAAA", "name": "x"}))
+    assert pair.server.error_frame() is not None and b"unexpected_frame" in pair.server.error_frame()
+
+
+def test_plaintext_before_the_tls_handshake_is_an_injection_on_the_requester(pair):
+    pair.client.receive_data(pair.server_proof())
+    with pytest.raises(UnexpectedFrame, match="before the TLS handshake"):
+        pair.client.receive_data(b"\x00\x00\x00\x02{}")
+    assert b"unexpected_frame" in pair.client.error_frame()
 
 
 def test_truncated_frame_then_eof(pair):

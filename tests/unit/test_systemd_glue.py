@@ -296,6 +296,7 @@ def test_message_ids_are_pinned():
         "key-removed": "3325e06adfeb4472b2af74c4b9e2c120",
         "rotated": "a1066a6a271e46ca967b098106f2930a",
         "scrub-failed": "24f90ff41a5545ea9b6f8944c69f0c3e",
+        "repaired": "3562f6f22a484540a6443dca12e430e2",
     }
     assert set(audit.EVENTS) == set(audit.MESSAGE_IDS)
     assert all(re.fullmatch(r"[0-9a-f]{32}", v) for v in audit.MESSAGE_IDS.values())
