@@ -294,6 +294,9 @@ class EnrollmentServer:
                         if refusal is not None:
                             audit.event("enroll-failed", f"enrollment from {peer} not committed: {refusal.message}",
                                         peer=peer, outcome=refusal.code)
+                            # Refund before answering: the requester may retry at once.
+                            await gate.refund()
+                            charged = False
                             writer.write(machine.abort(refusal.code, refusal.message))
                             await writer.drain()
                             return

@@ -41,8 +41,8 @@ def free_port() -> int:
 
 
 class Serve:
-    def __init__(self, state_dir: Path, env=None, kill_at: str | None = None):
-        self.enroll_port, self.api_port = free_port(), free_port()
+    def __init__(self, state_dir: Path, env=None, kill_at: str | None = None, ports: tuple[int, int] | None = None):
+        self.enroll_port, self.api_port = ports or (free_port(), free_port())
         args = ["serve", "--state-dir", str(state_dir), "--listen", f"127.0.0.1:{self.enroll_port}",
                 "--api-listen", f"127.0.0.1:{self.api_port}"]
         argv = [sys.executable, "-c", KILLER, kill_at or "-"] + args

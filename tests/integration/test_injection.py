@@ -1,0 +1,128 @@
+"""STARTTLS injection (docs/protocol.md section 7.2): plaintext queued behind the last plaintext
+frame, in the same write or in a segment of its own, is `unexpected_frame` on both sides and is
+never read as if TLS had protected it."""
+
+import asyncio
+import socket
+import time
+
+import pytest
+from agent_fixture import identity_files, provisioned
+
+from firsttrust.enrollment import ClientEnrollment, SendFrame, ServerEnrollment, StartTLS
+from firsttrust.errors import UnexpectedFrame
+from firsttrust.framing import FrameDecoder, encode_frame
+from firsttrust.identity import certificate_der
+from firsttrust.requester.enroll import enroll
+
+INJECTED = encode_frame("finish", {"confirm": "A" * 43 + "=", "name": "injected"})
+
+
+def slow_before_tls(monkeypatch, module) -> None:
+    """Make the driver's check right before the TLS upgrade (its second look at the buffer) take
+    0.3 s, so a segment sent 0.1 s after the last plaintext frame deterministically arrives
+    between that frame and the upgrade: the separate-segment case, not the same-read one."""
+    original, calls = module._take_buffered, []
+
+    def delayed(reader):
+        calls.append(1)
+        if len(calls) == 2:
+            time.sleep(0.3)  # blocking on purpose: the event loop must not read the segment first
+        return original(reader)
+
+    monkeypatch.setattr(module, "_take_buffered", delayed)
+
+
+def read_frame_blocking(sock: socket.socket) -> bytes:
+    header = sock.recv(4, socket.MSG_WAITALL)
+    return header + sock.recv(int.from_bytes(header, "big"), socket.MSG_WAITALL)
+
+
+def frames_of(data: bytes) -> list:
+    decoder, frames = FrameDecoder(), []
+    decoder.feed(data)
+    while (frame := decoder.next_frame()) is not None:
+        frames.append(frame)
+    return frames
+
+
+@pytest.mark.parametrize("separate", [False, True], ids=["same-write", "separate-segment"])
+async def test_plaintext_behind_client_proof_is_refused_by_the_appliance(tmp_path, requester_identity, separate,
+                                                                         monkeypatch):
+    import firsttrust.agent.server as server_module
+    if separate:
+        slow_before_tls(monkeypatch, server_module)
+    app = provisioned(tmp_path)
+    await app.start()
+    client = ClientEnrollment(sec_a=app.secrets.sec_a, sec_b=app.secrets.sec_b,
+                              certificate=requester_identity.cert_der, name="attacker")
+
+    def attacker() -> bytes:  # blocking sockets in a thread: the agent's loop may block meanwhile
+        with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(client.start()[0].data)
+            (client_proof,) = client.receive_data(read_frame_blocking(sock))
+            if separate:
+                sock.sendall(client_proof.data)
+                time.sleep(0.1)
+                sock.sendall(INJECTED)
+            else:
+                sock.sendall(client_proof.data + INJECTED)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            return answer
+
+    try:
+        answer = await asyncio.to_thread(attacker)
+    finally:
+        await app.stop()
+    frames = frames_of(answer)
+    assert frames[-1].type == "error" and frames[-1].fields["code"] == "unexpected_frame", frames
+    # Same write: refused before server_proof. Separate segment: after it, before any TLS byte.
+    assert [f.type for f in frames] == (["server_proof", "error"] if separate else ["error"])
+    assert app.store.authorized() == [] and app.store.load().phase == "provisioned"
+
+
+@pytest.mark.parametrize("separate", [False, True], ids=["same-write", "separate-segment"])
+async def test_plaintext_behind_server_proof_is_refused_by_the_requester(tmp_path, requester_identity,
+                                                                          appliance_identity, separate, monkeypatch):
+    import firsttrust.requester.enroll as enroll_module
+    if separate:
+        slow_before_tls(monkeypatch, enroll_module)
+    app = provisioned(tmp_path)
+    state = app.store.load()
+    server = ServerEnrollment(salt=bytes.fromhex(state.srp_salt), verifier=bytes.fromhex(state.srp_verifier),
+                              sec_b=app.secrets.sec_b, certificate=appliance_identity.cert_der, api_port=8791)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+
+    def fake_appliance() -> bytes:  # a thread with blocking sockets: the requester's loop may block
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.sendall(server.receive_data(read_frame_blocking(conn))[0].data)
+            events = server.receive_data(read_frame_blocking(conn))
+            assert isinstance(events[0], SendFrame) and isinstance(events[1], StartTLS)
+            if separate:
+                conn.sendall(events[0].data)
+                time.sleep(0.1)
+                conn.sendall(INJECTED)
+            else:
+                conn.sendall(events[0].data + INJECTED)
+            said = b""
+            while chunk := conn.recv(65536):
+                said += chunk
+            return said
+
+    heard_back = asyncio.ensure_future(asyncio.to_thread(fake_appliance))
+    try:
+        with pytest.raises(UnexpectedFrame):
+            await enroll("127.0.0.1", listener.getsockname()[1], app.secrets,
+                         identity_files(tmp_path, requester_identity), name="victim")
+        said = await asyncio.wait_for(heard_back, 10)
+    finally:
+        listener.close()
+    # The requester told the appliance why, in plaintext, and sent no TLS ClientHello.
+    assert [(f.type, f.fields["code"]) for f in frames_of(said)] == [("error", "unexpected_frame")]

@@ -1,0 +1,91 @@
+"""Enrollment as a transaction (docs/protocol.md section 8.5): nothing granted before the one
+commit, a refused preparation names its reason and leaves the secrets valid, and a requester that
+lost `enrolled` recovers by running the same enrollment again."""
+
+import dataclasses
+import signal
+import uuid
+
+import pytest
+from agent_fixture import provisioned
+from test_serve import SSH_KEY, Serve
+
+from firsttrust.errors import PeerRefused
+from firsttrust.requester.enroll import EnrollmentConnectionError
+from firsttrust.requester.library import AlreadyPinned, call, enroll_appliance
+from firsttrust.requester.truststore import TrustStore
+
+
+async def test_ssh_key_for_a_missing_account_is_refused_with_that_reason_and_nothing_is_granted(tmp_path):
+    app = provisioned(tmp_path)
+    account = "ftnone" + uuid.uuid4().hex[:8]
+    app.config = dataclasses.replace(app.config, account=account)
+    await app.start()
+    store = TrustStore(tmp_path / "home")
+    try:
+        with pytest.raises(PeerRefused) as refused:
+            await enroll_appliance(f"127.0.0.1:{app.port}", app.secrets, name="app", ssh_key=SSH_KEY, store=store)
+        assert refused.value.code == "ssh_key_rejected"
+        assert f"account {account!r} does not exist on the appliance" in str(refused.value)
+        state = app.store.load()
+        assert (state.phase, state.failures, app.store.authorized()) == ("provisioned", 0, [])
+        assert app.store.sec_b_path.exists() and store.get_pending("app") is not None
+        # The same secrets, without the SSH key: the appliance was left armed.
+        record = await enroll_appliance(f"127.0.0.1:{app.port}", app.secrets, name="app", store=store)
+    finally:
+        await app.stop()
+    assert record.pin == app.store.load_identity().pin
+    assert [entry["pin"] for entry in app.store.authorized()] == [store.identity().pin]
+    assert store.get_pending("app") is None and not app.store.sec_b_path.exists()
+
+
+@pytest.mark.parametrize("step, committed", [("prepared", False), ("committed", True), ("applied", True),
+                                             ])
+async def test_a_lost_enrolled_is_recovered_by_the_same_call(tmp_path, step, committed):
+    app = provisioned(tmp_path)
+    store = TrustStore(tmp_path / "home")
+    serve = Serve(app.store.path, kill_at=step)
+    ports = (serve.enroll_port, serve.api_port)
+    await serve.ready()
+    address = f"127.0.0.1:{serve.enroll_port}"
+    with pytest.raises(EnrollmentConnectionError, match="waited for the appliance to confirm the enrollment"):
+        await enroll_appliance(address, app.secrets, name="app", store=store)
+    serve.proc.wait(10)
+    assert serve.proc.returncode == -signal.SIGKILL
+    serve.stop()
+    assert (app.store.load().phase == "enrolled") is committed
+    assert store.get_pending("app") is not None  # kept before finish was sent
+    again = Serve(app.store.path, ports=ports)
+    await again.ready()
+    try:
+        record = await enroll_appliance(address, app.secrets, name="app", store=store)
+        identity = await call("app", "GET", "/v1/identity", store=store)
+        with pytest.raises(AlreadyPinned):
+            await enroll_appliance(address, app.secrets, name="app", store=store)
+    finally:
+        log = again.stop()
+    assert record.pin == identity["pin"] == app.store.load_identity().pin
+    assert [entry["pin"] for entry in app.store.authorized()] == [store.identity().pin]
+    assert store.get_pending("app") is None and not app.store.sec_b_path.exists()
+    assert app.secrets.sec_b not in log
+
+
+async def test_another_requester_cannot_recover_a_commit_that_is_not_its_own(tmp_path):
+    app = provisioned(tmp_path)
+    mine, theirs = TrustStore(tmp_path / "mine"), TrustStore(tmp_path / "theirs")
+    serve = Serve(app.store.path)
+    await serve.ready()
+    address = f"127.0.0.1:{serve.enroll_port}"
+    try:
+        await enroll_appliance(address, app.secrets, name="app", store=mine)
+        # Someone else with the same secrets and a stale pending pin for that appliance.
+        theirs.identity()
+        theirs.save_pending(dataclasses.replace(mine.get("app")))
+        with pytest.raises(Exception) as refused:
+            await enroll_appliance(address, app.secrets, name="app", store=theirs)
+        assert getattr(refused.value, "code", None) == "unconfirmed"
+    finally:
+        serve.stop()
+    with pytest.raises(Exception):
+        theirs.get("app")
+    assert [entry["pin"] for entry in app.store.authorized()] == [mine.identity().pin]
