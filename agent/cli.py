@@ -20,6 +20,7 @@ from firsttrust.identity import load_certificate, pin_of_certificate
 from . import audit
 from .config import ConfigError, load_config
 from .errors import ConfigSourceError, GuestInfoError, HypervisorUnavailable, NoConfiguration
+from .sshkeys import has_authorized_key
 from .state import StateDir
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_PROVISIONED = 1, 2, 3
@@ -81,15 +82,35 @@ def cmd_status(args: argparse.Namespace) -> int:
         "scrub": state.scrub,
         "published": state.published,
         "authorized_keys": len(store.authorized()),
+        # The SRP grant as committed (agent/grant.py), and whether it is applied outside state.json.
+        "enrolled_requester": _grant_summary(store, state),
+        "repaired": state.repaired,
+        "sec_b_on_disk": store.sec_b_path.exists(),
     }
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
         for key, value in report.items():
-            if isinstance(value, dict):
+            if key == "repaired":
+                value = "; ".join(value["actions"]) if value else "nothing"
+            elif isinstance(value, dict) and "result" in value:
                 value = f"{value['result']}" + (f" ({value['detail']})" if value.get("detail") else "")
+            elif isinstance(value, dict):
+                value = " ".join(f"{k}={v}" for k, v in value.items())
             print(f"{key.replace('_', ' ')}: {value}")
     return 0
+
+
+def _grant_summary(store: StateDir, state) -> dict | None:
+    grant = state.enrollment if state.phase == "enrolled" else None
+    if not grant:
+        return None
+    summary = {"pin": grant["pin"], "name": grant["name"],
+               "api": "applied" if grant["pin"] in {e.get("pin") for e in store.authorized()} else "pending"}
+    if grant.get("ssh_key"):
+        installed = has_authorized_key(grant["account"], grant["ssh_key"])
+        summary["ssh_key"] = f"{'installed' if installed else 'pending'} for {grant['account']}"
+    return summary
 
 
 def _read_cert_input(name: str) -> bytes:

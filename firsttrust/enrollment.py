@@ -157,6 +157,22 @@ TIMEOUTS: dict[State, float] = {
     State.AWAIT_ENROLLED: limits.PERSIST_TIMEOUT + limits.PHASE_TIMEOUT,
 }
 
+# Where a machine is, in words for error messages people read (no internal state names).
+_WHILE: dict[State, str] = {
+    State.START: "before the enrollment started",
+    State.AWAIT_HELLO: "before sending hello",
+    State.AWAIT_CHALLENGE: "before sending the SRP challenge",
+    State.AWAIT_CLIENT_PROOF: "before sending the SRP proof",
+    State.AWAIT_SERVER_PROOF: "before sending its SRP proof",
+    State.TLS_HANDSHAKE: "during the TLS upgrade",
+    State.AWAIT_APPLIANCE_PROOF: "before proving SEC-B inside TLS",
+    State.AWAIT_FINISH: "before sending finish inside TLS",
+    State.PERSISTING: "while the appliance was committing the enrollment",
+    State.AWAIT_ENROLLED: "before confirming the enrollment",
+    State.DONE: "after the enrollment completed",
+    State.ERROR: "after the enrollment failed",
+}
+
 # States in which the stream is TLS (frames after the upgrade).
 TLS_STATES = frozenset({State.AWAIT_APPLIANCE_PROOF, State.AWAIT_FINISH, State.PERSISTING,
                         State.AWAIT_ENROLLED, State.DONE})
@@ -250,7 +266,7 @@ class _Enrollment:
             # STARTTLS injection class (docs/protocol.md section 7.2). Never handed to TLS.
             raise UnexpectedFrame("plaintext data after the last plaintext frame, before the TLS handshake")
         if self.state not in self._HANDLERS:  # persisting or done: the peer must be silent
-            raise UnexpectedFrame(f"data from the peer in state {self.state.value}")
+            raise UnexpectedFrame(f"the peer sent data {_WHILE[self.state]}")
         self._decoder.feed(data)
         events: list[Event] = []
         while self.state in self._HANDLERS:
@@ -259,7 +275,7 @@ class _Enrollment:
                 break
             events += self._dispatch(frame)
         if self.state not in self._HANDLERS and self._decoder.buffered:
-            raise UnexpectedFrame(f"data after the last expected frame (state {self.state.value})")
+            raise UnexpectedFrame(f"the peer sent data after the last frame it may send {_WHILE[self.state]}")
         return events
 
     def _dispatch(self, frame: Frame) -> list[Event]:
@@ -268,7 +284,7 @@ class _Enrollment:
             raise PeerRefused(fields["code"], fields["message"])
         expected, handler = self._HANDLERS[self.state]
         if frame.type != expected:
-            raise UnexpectedFrame(f"got {frame.type} while expecting {expected} (state {self.state.value})")
+            raise UnexpectedFrame(f"got {frame.type} while expecting {expected}")
         events = getattr(self, handler)(frame, validate(frame))
         if self.state is State.TLS_HANDSHAKE and self._decoder.buffered:
             # Strict lockstep: the peer must not send a byte past the frame that triggers the
@@ -279,7 +295,7 @@ class _Enrollment:
     def _receive_eof(self) -> None:
         self._decoder.close()
         if self.state is not State.DONE:
-            raise TruncatedFrame(f"peer closed the connection in state {self.state.value}")
+            raise TruncatedFrame(f"the peer closed the connection {_WHILE[self.state]}")
 
     def _check_peer_certificate(self, presented: bytes | None, key: bytes) -> None:
         if not presented:
