@@ -3,9 +3,10 @@
     firsttrust secrets new --out FILE [--force]
     firsttrust deploy-spec --secrets FILE --format {govc,ovf-env,ovf-properties,extraconfig}
                            [--requester-cert FILE] [--enroll-window DURATION] [--out FILE] [--force]
-    firsttrust enroll ADDRESS --secrets FILE --name NAME [--ssh-key PUBFILE]
+    firsttrust enroll ADDRESS --secrets FILE --name NAME [--ssh-key PUBFILE] [--replace]
     firsttrust enroll --targets FILE [--concurrency N] [--json]
-    firsttrust pins list [--json] | pins show NAME | pins export NAME --format kubeadm|curl|known_hosts|pem
+    firsttrust pins list [--json] | pins show NAME | pins remove NAME
+    firsttrust pins export NAME --format kubeadm|curl|known_hosts|pem
     firsttrust call NAME METHOD PATH [--data JSON]
     firsttrust pin-cert NAME --address ADDR --cert FILE
     firsttrust rotate NAME
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -171,6 +173,8 @@ def _enroll_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-address", metavar="HOST:PORT",
                         help="where to reach the API afterwards, if not the enrollment host and the port the "
                              "appliance reports (NAT, port forwarding)")
+    parser.add_argument("--replace", action="store_true",
+                        help="re-pin NAME even if it is pinned to another appliance (says what it replaced)")
     parser.add_argument("--targets", metavar="FILE",
                         help="batch: CSV (header name,address,secrets) or JSON list of {name, address, secrets}")
     parser.add_argument("--concurrency", type=int, default=32, help="batch: enrollments in flight (default 32)")
@@ -224,13 +228,20 @@ def _enroll(args: argparse.Namespace) -> int:
             parse_address(args.api_address, DEFAULT_API_PORT)
         except ValueError:
             raise UsageError(f"invalid --api-address {args.api_address[:80]!r}: expected HOST:PORT") from None
+    store = TrustStore()
+    previous = None
+    if args.replace:
+        with contextlib.suppress(UnknownAppliance):
+            previous = store.get(args.name)
     try:
         record = asyncio.run(enroll_appliance(args.address, secrets, name=args.name, ssh_key=ssh_key,
-                                              api_address=args.api_address))
+                                              api_address=args.api_address, replace=args.replace, store=store))
     except AlreadyPinned as exc:
         print(f"already-pinned {exc.record.name}: {exc.record.pin}")
         return EXIT_OK
     print(f"enrolled {record.name}: {record.pin}")
+    if previous is not None and previous.pin != record.pin:
+        print(f"replaced {previous.name}: {previous.address} {previous.pin}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -333,12 +344,25 @@ def _record_summary(record: ApplianceRecord) -> dict:
 
 
 def _pins_list(args: argparse.Namespace) -> int:
-    records = TrustStore().list()
+    store = TrustStore()
+    records, problems = store.scan()
+    for problem in problems:  # reported, skipped: the other records are still listed
+        _error(f"skipped: {problem}")
     if args.json:
         print(json.dumps([_record_summary(r) for r in records], indent=2))
     elif records:
         print(_table(("NAME", "ADDRESS", "EMBODIMENT", "PIN"),
                      [(r.name, f"{r.address}:{r.api_port}", r.embodiment, r.pin) for r in records]))
+    else:
+        print(f"no pinned appliances in {store.home}", file=sys.stderr)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def _pins_remove(args: argparse.Namespace) -> int:
+    store = TrustStore()
+    record = store.get(_check_name(args.name))
+    store.remove(record.name)
+    print(f"removed {record.name}: {record.address}:{record.api_port} {record.pin}")
     return EXIT_OK
 
 
@@ -371,7 +395,9 @@ def _pins_export(args: argparse.Namespace) -> int:
         sys.stdout.write(record.certificate)
     else:
         if not record.ssh_host_keys:
-            raise NoHostKeys(f"{record.name} has no SSH host keys on record (they come with SRP enrollment)")
+            raise NoHostKeys(f"{record.name} has no SSH host keys on record: the appliance reported none when it was "
+                             f"{'enrolled' if record.embodiment == 'srp' else 'pinned with pin-cert'} "
+                             "(no /etc/ssh/ssh_host_*_key.pub on it then)")
         for key in record.ssh_host_keys:
             print(known_hosts_line(record.address, key, args.ssh_port))
     return EXIT_OK
@@ -444,7 +470,9 @@ def _rotate(args: argparse.Namespace) -> int:
 
 def _identity(args: argparse.Namespace) -> int:
     store = TrustStore()
-    sys.stdout.write(store.identity().cert_pem.decode("ascii"))
+    identity = store.identity()
+    print(f"trust store: {store.home} (FIRSTTRUST_HOME)", file=sys.stderr)
+    sys.stdout.write(identity.cert_pem.decode("ascii"))
     return EXIT_OK
 
 
@@ -468,6 +496,7 @@ SUBCOMMANDS = (
                _enroll_arguments, _enroll),
     Subcommand(("pins", "list"), "list the pinned appliances", _pins_list_arguments, _pins_list),
     Subcommand(("pins", "show"), "show one pinned appliance", _name_argument, _pins_show),
+    Subcommand(("pins", "remove"), "forget a pinned appliance", _name_argument, _pins_remove),
     Subcommand(("pins", "export"), "export a pin for other tools (kubeadm, curl, known_hosts, pem)",
                _pins_export_arguments, _pins_export),
     Subcommand(("call",), "call the appliance's API over pinned mutual TLS", _call_arguments, _call),
@@ -491,8 +520,12 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every row of SUBCOMMANDS."""
-    parser = _Parser(prog=PROG, allow_abbrev=False,
-                     description="Establish first trust between a requester and a freshly deployed appliance.")
+    parser = _Parser(prog=PROG, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+                     description="Establish first trust between a requester and a freshly deployed appliance.",
+                     epilog="environment:\n  FIRSTTRUST_HOME  the trust store: this requester's key and certificate and "
+                            "the pinned\n                   appliances (default ~/.local/share/firsttrust; "
+                            "`firsttrust identity` prints it)\n\n"
+                            "exit codes: 0 success, 1 the operation failed, 2 usage or input error")
     groups = {(): parser.add_subparsers(metavar="COMMAND", required=True)}
     for command in SUBCOMMANDS:
         for depth in range(1, len(command.words)):

@@ -41,6 +41,12 @@ class EnrollmentUnconfirmed(RequesterError):
     code = "unconfirmed"
 
 
+class NameTaken(RequesterError):
+    """The name is pinned to another appliance; enrolling under it needs `replace=True`."""
+
+    code = "name_taken"
+
+
 class AlreadyPinned(RequesterError):
     """The name is already pinned to this address: nothing to do (`record` is the pin)."""
 
@@ -53,7 +59,7 @@ class AlreadyPinned(RequesterError):
 
 async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: str, ssh_key: str | None = None,
                            store: TrustStore | None = None, api_address: str | None = None,
-                           **timeouts: float) -> ApplianceRecord:
+                           replace: bool = False, **timeouts: float) -> ApplianceRecord:
     """Enroll the appliance at `address` (HOST[:PORT], default port 8790) and pin it as `name`.
 
     `api_address` (HOST[:PORT]) overrides where the API is reached afterwards, for appliances
@@ -65,8 +71,13 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
     requester's own key, or, if the appliance never committed, enrolls afresh with the same
     secrets. The pin is written only after every check; on any failure a typed error is raised.
 
+    The name is checked before anything is sent (refusing after the enrollment would spend the
+    secrets and leave the appliance enrolled to nobody): a name pinned to another address is
+    refused unless `replace` is true.
+
     Raises:
         AlreadyPinned: `name` is pinned to this address already (nothing was sent).
+        NameTaken: `name` is pinned to another address and `replace` is false (nothing was sent).
         EnrollmentUnconfirmed: see the class.
         firsttrust errors (PeerRefused, AuthenticationFailed, BindingFailed, ...) and
         EnrollmentConnectionError.
@@ -85,6 +96,9 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
             pinned = store.get(name)
             if pinned.address == api_host:
                 raise AlreadyPinned(pinned)
+            if not replace:
+                raise NameTaken(f"{name} is already pinned to another appliance ({pinned.address}, {pinned.pin}); "
+                                "choose another name, or pass --replace to re-pin it")
 
     async def keep_pending(verified: PendingPin) -> None:
         record = ApplianceRecord(name=name, address=api_host, pin=verified.appliance_pin,

@@ -167,9 +167,22 @@ class TrustStore:
         return ApplianceRecord.from_json(data, path)
 
     def list(self) -> list[ApplianceRecord]:
-        if not self.appliances.exists():
-            return []
-        return [self.get(path.stem) for path in sorted(self.appliances.glob("*.json"))]
+        """Every readable record; corrupt ones are skipped (`scan` names them)."""
+        return self.scan()[0]
+
+    def scan(self) -> tuple[list[ApplianceRecord], list[TrustStoreError]]:
+        """Every record, and one error (naming the file) per record that cannot be read."""
+        if self.home.exists() and not self.home.is_dir():
+            raise TrustStoreError(f"the trust store {self.home} is not a directory (FIRSTTRUST_HOME)")
+        if not self.appliances.is_dir():
+            return [], []
+        records, problems = [], []
+        for path in sorted(self.appliances.glob("*.json")):
+            try:
+                records.append(self.get(path.stem))
+            except TrustStoreError as exc:
+                problems.append(exc)
+        return records, problems
 
     def remove(self, name: str) -> None:
         path = self._record_path(name)

@@ -2,6 +2,7 @@
 commit, a refused preparation names its reason and leaves the secrets valid, and a requester that
 lost `enrolled` recovers by running the same enrollment again."""
 
+import asyncio
 import dataclasses
 import signal
 import uuid
@@ -89,3 +90,33 @@ async def test_another_requester_cannot_recover_a_commit_that_is_not_its_own(tmp
     with pytest.raises(Exception):
         theirs.get("app")
     assert [entry["pin"] for entry in app.store.authorized()] == [mine.identity().pin]
+
+
+def test_replace_repins_a_name_held_by_another_appliance_and_says_what_it_replaced(tmp_path, monkeypatch, capsys):
+    from firsttrust.identity import create_identity
+    from firsttrust.requester import cli
+    from firsttrust.requester.deployspec import secrets_to_json
+    from firsttrust.requester.library import pin_certificate
+
+    app = provisioned(tmp_path)
+    monkeypatch.setenv("FIRSTTRUST_HOME", str(tmp_path / "home"))
+    store = TrustStore(tmp_path / "home")
+    old = create_identity("old")
+    pin_certificate("app", "127.0.0.9", old.cert_pem, store=store)
+    secrets = tmp_path / "s.json"
+    secrets.write_bytes(secrets_to_json(app.secrets))
+    secrets.chmod(0o600)
+    serve = Serve(app.store.path)
+    asyncio.run(serve.ready())
+    try:
+        argv = ["enroll", f"127.0.0.1:{serve.enroll_port}", "--secrets", str(secrets), "--name", "app"]
+        assert cli.main(argv) == 1
+        assert "already pinned to another appliance" in capsys.readouterr().err
+        assert app.store.load().phase == "provisioned"  # refused before anything was sent
+        assert cli.main(argv + ["--replace"]) == 0
+        out, err = capsys.readouterr()
+    finally:
+        serve.stop()
+    assert out.strip() == f"enrolled app: {app.store.load_identity().pin}"
+    assert err.strip() == f"replaced app: 127.0.0.9 {old.pin}"
+    assert store.get("app").pin == app.store.load_identity().pin

@@ -1,0 +1,90 @@
+"""The trust store from the command line: pins list/show/remove, a corrupt record, an empty
+store, names checked before anything is sent (docs/requester.md)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from firsttrust.identity import create_identity
+from firsttrust.requester import cli
+from firsttrust.requester.library import AlreadyPinned, NameTaken, enroll_appliance, pin_certificate
+from firsttrust.requester.truststore import TrustStore
+from firsttrust.credentials import EnrollmentSecrets
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FIRSTTRUST_HOME", str(tmp_path / "home"))
+    return TrustStore(tmp_path / "home")
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def pin(store: TrustStore, name: str, address: str = "127.0.0.9") -> str:
+    identity = create_identity(name)
+    pin_certificate(name, address, identity.cert_pem, store=store)
+    return identity.pin
+
+
+def test_an_empty_store_says_so(home, capsys):
+    code, out, err = run(capsys, "pins", "list")
+    assert (code, out) == (0, "") and err == f"no pinned appliances in {home.home}\n"
+
+
+def test_a_corrupt_record_is_named_and_skipped_and_the_others_are_listed(home, capsys):
+    good = pin(home, "good")
+    pin(home, "bad")
+    (home.appliances / "bad.json").write_text("{not json")
+    code, out, err = run(capsys, "pins", "list")
+    assert code == 1
+    assert "good" in out and good in out and "bad" not in out
+    assert err.count("\n") == 1 and str(home.appliances / "bad.json") in err and "corrupt" in err
+
+
+def test_pins_remove_forgets_exactly_that_appliance(home, capsys):
+    pin(home, "one")
+    two = pin(home, "two")
+    code, out, _ = run(capsys, "pins", "remove", "one")
+    assert code == 0 and out.startswith("removed one: ")
+    assert [r.name for r in home.list()] == ["two"] and home.get("two").pin == two
+    code, _, err = run(capsys, "pins", "remove", "one")
+    assert code == 2 and "no pinned appliance named 'one'" in err and err.count("\n") == 1
+
+
+def test_a_store_that_is_a_file_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("FIRSTTRUST_HOME", str(tmp_path / "file"))
+    code, _, err = run(capsys, "pins", "list")
+    assert code == 1 and str(tmp_path / "file") in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_identity_says_where_the_store_is(home, capsys):
+    code, out, err = run(capsys, "identity")
+    assert code == 0 and out.startswith("-----BEGIN CERTIFICATE-----")
+    assert err == f"trust store: {home.home} (FIRSTTRUST_HOME)\n"
+
+
+def test_help_names_firsttrust_home(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "FIRSTTRUST_HOME" in out
+
+
+async def test_a_name_pinned_elsewhere_is_refused_before_anything_is_sent(home):
+    taken = pin(home, "app", "127.0.0.9")
+    # Port 9 on 127.0.0.10: nothing listens, so reaching the network would fail differently.
+    with pytest.raises(NameTaken, match="already pinned to another appliance"):
+        await enroll_appliance("127.0.0.10:9", EnrollmentSecrets.generate(), name="app", store=home)
+    assert home.get("app").pin == taken
+
+
+async def test_the_same_name_and_address_again_is_already_pinned_without_contact(home):
+    taken = pin(home, "app", "127.0.0.9")
+    with pytest.raises(AlreadyPinned) as already:
+        await enroll_appliance("127.0.0.9:9", EnrollmentSecrets.generate(), name="app", store=home)
+    assert already.value.record.pin == taken
