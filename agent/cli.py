@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from firsttrust.clierrors import os_error_line, silence_broken_pipe, unexpected_error_line
 from firsttrust.errors import FirsttrustError, InvalidCertificate
 from firsttrust.identity import load_certificate, pin_of_certificate
 
@@ -234,6 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return silence_broken_pipe()
+    except OSError as exc:
+        print(f"firsttrust-agent: error: {os_error_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # a bug: one line, never a traceback
+        print(f"firsttrust-agent: error: {unexpected_error_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
+from firsttrust.clierrors import os_error_line, silence_broken_pipe
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.errors import FirsttrustError
 from firsttrust.requester.deployspec import deployment_properties, secrets_to_json
@@ -164,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return silence_broken_pipe()
+    except OSError as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"{PROG}: error: {os_error_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as exc:  # a bug: still one line (FIRSTTRUST_LAB_DEBUG=1 for the traceback)
         if os.environ.get(DEBUG_ENV):
             raise

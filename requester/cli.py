@@ -36,6 +36,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from firsttrust.clierrors import os_error_line, silence_broken_pipe, unexpected_error_line
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import MAX_DECODED_BYTES, PropertyEncodingError
 from firsttrust.errors import FirsttrustError, InvalidCertificate, InvalidSecret
@@ -558,8 +559,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_code_for(exc)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return silence_broken_pipe()
+    except OSError as exc:
+        _error(os_error_line(exc))
+        return EXIT_FAILED
     except Exception as exc:  # a bug: its message might quote a value, so only name its type
-        _error(f"internal error ({type(exc).__name__}); nothing secret was printed")
+        _error(unexpected_error_line(exc))
         return EXIT_FAILED
 
 

@@ -114,6 +114,8 @@ class TrustStore:
         self.cert_path = self.home / "identity.crt"
 
     def _ensure(self) -> None:
+        if self.home.exists() and not self.home.is_dir():
+            raise TrustStoreError(f"the trust store {self.home} is not a directory (FIRSTTRUST_HOME)")
         for directory in (self.home, self.appliances, self.pending):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
