@@ -1,5 +1,6 @@
 """The requester library's top level: safe by default.
 
+    secrets = load_secrets("app-01.json")                                 # as `firsttrust secrets new` wrote it
     record = await enroll_appliance("10.0.0.5", secrets, name="app-01")   # pins only after every check
     records = await enroll_many(targets, concurrency=32)                  # hundreds at once
     async with open_session("app-01") as api:                             # pinned mTLS
@@ -15,20 +16,23 @@ import asyncio
 import contextlib
 import dataclasses
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable
 
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import DEFAULT_API_PORT, DEFAULT_ENROLL_PORT
 from firsttrust.enrollment import PendingPin
-from firsttrust.errors import FirsttrustError, PeerRefused
+from firsttrust.errors import FirsttrustError, InvalidSecret, PeerRefused
 from firsttrust.identity import certificate_pem, pin_of_certificate
 
+from .deployspec import InvalidDeploySpec, secrets_from_json
 from .enroll import ClientIdentityFiles, enroll, parse_address
 from .errors import ApiError, BadResponse, ConnectionFailed, PinMismatch, RequesterError
 from .session import PinnedSession
-from .truststore import ApplianceRecord, TrustStore, UnknownAppliance
+from .truststore import ApplianceRecord, TrustStore, TrustStoreError, UnknownAppliance
 
+MAX_SECRETS_FILE = 64 * 1024
 # Refusals that mean "not now", not "no": retried with back-off within the overall deadline.
 RETRYABLE = frozenset({"busy"})
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
@@ -150,6 +154,27 @@ async def _confirm_pending(store: TrustStore, pending: ApplianceRecord) -> Appli
         key for key in (host_keys if isinstance(host_keys, list) else []) if isinstance(key, str)))
     store.promote(record)
     return record
+
+
+def load_secrets(path: str | Path) -> EnrollmentSecrets:
+    """Read a secrets file as `firsttrust secrets new` writes it (JSON with sec_a and sec_b).
+
+    Raises:
+        InvalidDeploySpec, InvalidSecret: the file is not a valid secrets file (the message
+            names the file, never a value); TrustStoreError if it cannot be read.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_SECRETS_FILE + 1)
+    except OSError as exc:
+        raise TrustStoreError(f"cannot read secrets file {path}: {exc.strerror}") from None
+    if len(data) > MAX_SECRETS_FILE:
+        raise InvalidDeploySpec(f"secrets file {path} is larger than {MAX_SECRETS_FILE} bytes")
+    try:
+        return secrets_from_json(data)
+    except (InvalidDeploySpec, InvalidSecret) as exc:
+        raise type(exc)(f"secrets file {path}: {exc}") from None
 
 
 def enroll_appliance_sync(address: str, secrets: EnrollmentSecrets, **kwargs) -> ApplianceRecord:
