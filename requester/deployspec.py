@@ -193,34 +193,14 @@ def vmx_line(name: str, value: str) -> str:
 
 
 def render_govc(properties: dict[str, str]) -> bytes:
-    """A shell script for govc: the OVF property options for `govc import.ova` (written to a
-    0600 file and passed with -options, so the values stay out of argv), and the
-    `govc vm.change -e` lines for an existing VM (whose values do appear in govc's argv on the
-    machine that runs it: run it only where that is acceptable)."""
+    """govc's import options document (what `govc import.spec` prints, with the firsttrust
+    properties in PropertyMapping), for `govc import.ova -options=FILE`: govc reads the secrets
+    from the file, so they never appear on a command line. Write it 0600 (`--out`) and delete it
+    after the import. There is deliberately no `govc vm.change -e` form: it would put the secrets
+    in govc's argv, readable by every user of the machine through /proc; for an existing VM use
+    `firsttrust deploy`, which sets them through the vSphere API (docs/deployment.md)."""
     options = {"PropertyMapping": [{"Key": key, "Value": value} for key, value in properties.items()]}
-    options_json = json.dumps(options, indent=2)
-    if "FIRSTTRUST_EOF" in options_json:
-        raise InvalidDeploySpec("a property value contains the here-document marker FIRSTTRUST_EOF")
-    lines = [
-        "#!/bin/sh",
-        "# firsttrust deployment spec for govc. Holds one-time secrets: keep this file private (0600).",
-        "set -eu",
-        "umask 077",
-        "# 1. Deploying an OVA: import.ova reads the OVF property values from a file, never argv.",
-        "cat > firsttrust-import-options.json <<'FIRSTTRUST_EOF'",
-        options_json,
-        "FIRSTTRUST_EOF",
-        '# govc import.ova -options=firsttrust-import-options.json -name "$VM" appliance.ova',
-        "# 2. Or an existing VM, before its first boot (extraConfig; values are in govc's argv here):",
-        'if [ -n "${VM:-}" ]; then',
-        '  govc vm.change -vm "$VM" \\',
-    ]
-    settings = [f"guestinfo.{key}={value}" for key, value in properties.items()]
-    for index, setting in enumerate(settings):
-        tail = " \\" if index < len(settings) - 1 else ""
-        lines.append(f"    -e {shlex.quote(setting)}{tail}")
-    lines.append("fi")
-    return ("\n".join(lines) + "\n").encode("utf-8")
+    return (json.dumps(options, indent=2) + "\n").encode("utf-8")
 
 
 FORMATS: dict[str, Callable[[dict[str, str]], bytes]] = {
