@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 # agent drives (chpasswd from passwd).
 # systemd-python builds from source: libsystemd-dev, pkg-config, a compiler and Python headers.
 DEB_PACKAGES := python3 python3-venv python3-pip python3-dev libssl3 passwd ca-certificates \
-                libsystemd-dev pkg-config gcc systemd
+                libsystemd-dev pkg-config gcc systemd openssh-client
 
 .PHONY: demo test test-debian-versions vm-test vm-deps bench system-deps venv clean
 

@@ -5,6 +5,7 @@
     public_certificate = "/etc/firsttrust/appliance.crt"
     max_failures = 10                      # failed SRP attempts before lockout (1..10)
     enroll_window = "24h"                  # default window; the firsttrust.enroll-window property overrides
+    ssh_host_keys = "/etc/ssh/ssh_host_*_key.pub"   # host keys reported at enrollment (glob)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from firsttrust.deployment import DEFAULT_ENROLL_WINDOW, InvalidDuration, parse_duration
 
 from .errors import AgentError
+from .sshkeys import HOST_KEY_GLOB
 
 DEFAULT_CONFIG = Path("/etc/firsttrust/agent.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/firsttrust")
@@ -42,6 +44,9 @@ class AgentConfig:
     public_certificate: Path = DEFAULT_PUBLIC_CERT
     max_failures: int = MAX_FAILURES_CEILING
     enroll_window: int = DEFAULT_ENROLL_WINDOW
+    # Where the appliance's SSH host public keys are (a glob), reported to the requester so that
+    # ssh needs no trust on first use.
+    ssh_host_keys: str = HOST_KEY_GLOB
 
     def with_state_dir(self, state_dir: Path, explicit_public: bool) -> "AgentConfig":
         """--state-dir on the command line. Unless the config names a public certificate path,
@@ -82,7 +87,7 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Agen
 
 
 def _from_values(values: dict, path: Path) -> AgentConfig:
-    known = {"account", "state_dir", "public_certificate", "max_failures", "enroll_window"}
+    known = {"account", "state_dir", "public_certificate", "max_failures", "enroll_window", "ssh_host_keys"}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r}")
@@ -91,6 +96,11 @@ def _from_values(values: dict, path: Path) -> AgentConfig:
         if not isinstance(values["account"], str) or not _ACCOUNT_RE.fullmatch(values["account"]):
             raise ConfigError(f"{path}: account must be a login name")
         config = replace(config, account=values["account"])
+    if "ssh_host_keys" in values:
+        value = values["ssh_host_keys"]
+        if not isinstance(value, str) or not value.startswith("/"):
+            raise ConfigError(f"{path}: ssh_host_keys must be an absolute path or glob")
+        config = replace(config, ssh_host_keys=value)
     for key in ("state_dir", "public_certificate"):
         if key in values:
             if not isinstance(values[key], str) or not values[key].startswith("/"):

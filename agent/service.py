@@ -24,7 +24,6 @@ from .config import AgentConfig
 from .errors import AgentError
 from .grant import repair_at_start
 from .server import EnrollmentGate, EnrollmentServer, start_enrollment_server
-from .sshkeys import HOST_KEY_GLOB
 from .state import StateDir
 
 log = logging.getLogger("firsttrust.service")
@@ -60,7 +59,7 @@ DEFAULT_API_LISTEN = Listen("0.0.0.0", DEFAULT_API_PORT)
 
 
 async def serve(config: AgentConfig, listen: Listen = DEFAULT_LISTEN, api_listen: Listen = DEFAULT_API_LISTEN, *,
-                host_key_glob: str = HOST_KEY_GLOB, clock: Callable[[], float] = time.time,
+                host_key_glob: str | None = None, clock: Callable[[], float] = time.time,
                 stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or `stop` is set).
 
@@ -68,6 +67,7 @@ async def serve(config: AgentConfig, listen: Listen = DEFAULT_LISTEN, api_listen
         NotProvisioned: no state or no identity (the provision unit has not succeeded).
         OSError: a port cannot be bound.
     """
+    host_key_glob = host_key_glob or config.ssh_host_keys
     store = StateDir(config.state_dir)
     state = store.load()
     if state is None or store.load_identity() is None:

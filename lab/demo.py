@@ -31,6 +31,8 @@ import base64
 import binascii
 import contextlib
 import json
+import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -48,7 +50,14 @@ from firsttrust.deployment import (
 from firsttrust.errors import FirsttrustError, PeerRefused
 from firsttrust.identity import pin_of_certificate
 from firsttrust.requester.deployspec import deployment_properties
-from firsttrust.requester.library import Target, enroll_appliance, enroll_many, open_session, pin_certificate
+from firsttrust.requester.library import (
+    Target,
+    enroll_appliance,
+    enroll_many,
+    known_hosts_lines,
+    open_session,
+    pin_certificate,
+)
 from firsttrust.requester.truststore import TrustStore, UnknownAppliance
 
 from . import procs
@@ -132,6 +141,7 @@ class Demo:
         await self.step()
 
         await self.fig4(apps, secrets)
+        self.known_hosts("app-srp-1")
         await self.step()
         await self.fig2(apps["app-cert"])
         await self.step()
@@ -156,6 +166,24 @@ class Demo:
                   f"{name}: the appliance named API port {outcome.record.api_port}, not {apps[name].api_port}")
             self.rows.append(Row(name, SRP, outcome.record.pin, outcome.seconds, "ok"))
             self.say(f"  {name}: enrolled, pinned {self.short_pin(outcome.record.pin)}")
+
+    def known_hosts(self, name: str) -> None:
+        """ssh without trust on first use: the host key came with the SRP enrollment."""
+        record = self.store.get(name)
+        check(bool(record.ssh_host_keys), f"{name}: the enrollment reported no SSH host keys")
+        path = self.manager.root / f"{name}.known_hosts"
+        path.write_text("".join(line + "\n" for line in known_hosts_lines(record)))
+        self.say(f"  {name}: SSH host key pinned with the enrollment; `firsttrust pins export {name} "
+                 f"--format known_hosts` > {path.name}")
+        if shutil.which("ssh-keygen") is None:
+            self.say("  (ssh-keygen not installed: apt-get install openssh-client to see ssh find it)")
+            return
+        found = subprocess.run(["ssh-keygen", "-F", record.address, "-f", str(path)], capture_output=True,
+                               text=True, timeout=30)
+        check(found.returncode == 0 and record.ssh_host_keys[0].split()[1] in found.stdout,
+              f"ssh-keygen -F {record.address} did not find {name}'s host key in {path}")
+        self.say(f"  ssh-keygen -F {record.address} -f {path.name}: found; ssh -o StrictHostKeyChecking=yes "
+                 "trusts it, nothing on first use")
 
     async def fig2(self, app: Appliance) -> None:
         self.say(f"FIG. 2  injected certificate: {app.name} got the requester's certificate at deployment")

@@ -47,6 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from firsttrust.agent.sources.deploy import OVFENV_GUESTINFO_KEY
 from firsttrust.deployment import guestinfo_key
 from firsttrust.requester.deployspec import render
@@ -93,6 +96,21 @@ def default_agent_command() -> list[str]:
     """`firsttrust-agent` beside this interpreter (the venv's console script), else `python -m firsttrust.agent.cli`."""
     script = Path(sys.executable).with_name("firsttrust-agent")
     return [str(script)] if script.is_file() else [sys.executable, "-m", "firsttrust.agent.cli"]
+
+
+def _make_host_keys(directory: Path) -> str:
+    """An SSH host key of the lab appliance's own, as an installed sshd would have one under
+    /etc/ssh (the private half 0600); returns the glob the agent's ssh_host_keys takes."""
+    directory.mkdir(mode=0o700)
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    fd = os.open(directory / "ssh_host_ed25519_key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(private)
+    (directory / "ssh_host_ed25519_key.pub").write_bytes(public + b" root@lab-appliance\n")
+    return str(directory / "ssh_host_*_key.pub")
 
 
 def prepare_lab_directory(path: Path) -> None:
@@ -238,8 +256,10 @@ class Manager:
         prepare_lab_directory(directory)
         draft = Appliance(name, directory, 0, 0, 0, self.detached)
         create_vm(draft.vm_path, _guestinfo_of(properties, transport))
+        host_keys = _make_host_keys(directory / "ssh")
         draft.config_path.write_text(f"state_dir = {json.dumps(str(draft.state_dir))}\n"
-                                     f"public_certificate = {json.dumps(str(directory / 'appliance.crt'))}\n")
+                                     f"public_certificate = {json.dumps(str(directory / 'appliance.crt'))}\n"
+                                     f"ssh_host_keys = {json.dumps(host_keys)}\n")
         self._first_boot(draft, command)
         for attempt in range(1, BIND_ATTEMPTS + 1):
             enroll_port, api_port = _free_ports(2)

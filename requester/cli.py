@@ -55,6 +55,7 @@ from .library import (
     call,
     enroll_appliance,
     enroll_many,
+    known_hosts_lines,
     pin_certificate,
     rotate_appliance,
 )
@@ -399,15 +400,9 @@ def _pins_export(args: argparse.Namespace) -> int:
             raise NoHostKeys(f"{record.name} has no SSH host keys on record: the appliance reported none when it was "
                              f"{'enrolled' if record.embodiment == 'srp' else 'pinned with pin-cert'} "
                              "(no /etc/ssh/ssh_host_*_key.pub on it then)")
-        for key in record.ssh_host_keys:
-            print(known_hosts_line(record.address, key, args.ssh_port))
+        for line in known_hosts_lines(record, args.ssh_port):
+            print(line)
     return EXIT_OK
-
-
-def known_hosts_line(address: str, host_key: str, port: int = 22) -> str:
-    """An OpenSSH known_hosts line: `[host]:port` when the port is not 22."""
-    host = f"[{address}]:{port}" if port != 22 else address
-    return f"{host} {' '.join(host_key.split()[:2])}"
 
 
 class NoHostKeys(FirsttrustError):

@@ -156,6 +156,13 @@ async def _confirm_pending(store: TrustStore, pending: ApplianceRecord) -> Appli
     return record
 
 
+def known_hosts_lines(record: ApplianceRecord, port: int = 22) -> list[str]:
+    """OpenSSH known_hosts lines for the appliance's pinned SSH host keys (`[host]:port` when the
+    port is not 22). Empty when the appliance reported none."""
+    host = f"[{record.address}]:{port}" if port != 22 else record.address
+    return [f"{host} {' '.join(key.split()[:2])}" for key in record.ssh_host_keys]
+
+
 def load_secrets(path: str | Path) -> EnrollmentSecrets:
     """Read a secrets file as `firsttrust secrets new` writes it (JSON with sec_a and sec_b).
 

@@ -100,6 +100,11 @@ def test_the_demo_enrolls_three_ways_refuses_two_attacks_and_leaves_nothing_runn
         "app-srp-1": "srp", "app-srp-2": "srp", "app-cert": "injected-certificate", "app-guest": "guest-command"}
     for name, record in records.items():
         assert record.pin.split(":")[1][:12] in trusted[name]
+    # Lab appliances have SSH host keys of their own: pinned with the enrollment, found by ssh-keygen.
+    host_key = (lab_root / "app-srp-1" / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()[1]
+    assert [key.split()[1] for key in records["app-srp-1"].ssh_host_keys] == [host_key]
+    assert (lab_root / "app-srp-1.known_hosts").read_text() == f"127.0.0.1 ssh-ed25519 {host_key}\n"
+    assert "ssh-keygen -F 127.0.0.1 -f app-srp-1.known_hosts: found" in out
     assert json.loads((lab_root / "lab.json").read_text())["appliances"] == {}
     assert generated and not [secret for secret in generated if secret in out]
 
