@@ -2,12 +2,14 @@
 no agent process ever outlives its lab."""
 
 import base64
+import contextlib
 import json
 import os
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -80,8 +82,41 @@ def table_rows(output: str) -> list[list[str]]:
     return rows
 
 
+class ArgvWatch:
+    """Scans every process's argv (/proc/PID/cmdline) every few milliseconds while it runs; the
+    demo's processes (agents, emulated guest tools, guest commands) are all children of this one."""
+
+    def __init__(self) -> None:
+        self.seen: set[bytes] = set()
+        self.scans = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                with contextlib.suppress(OSError):
+                    self.seen.add(cmdline.read_bytes())
+            self.scans += 1
+            time.sleep(0.005)
+
+    def __enter__(self) -> "ArgvWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def test_the_demo_enrolls_three_ways_refuses_two_attacks_and_leaves_nothing_running(lab_root, capsys, generated):
-    assert main(["demo", "--short", "--root", str(lab_root)]) == 0
+    with ArgvWatch() as argv:
+        assert main(["demo", "--short", "--root", str(lab_root)]) == 0
+    # No secret, nor a 12-character piece of one, on any command line while the demo ran.
+    assert argv.scans > 10 and any(b"firsttrust" in line for line in argv.seen)
+    for secret in generated:
+        pieces = {secret[i:i + 12].encode() for i in range(0, len(secret) - 11)}
+        assert not [line for line in argv.seen if any(piece in line for piece in pieces)]
     out, err = capsys.readouterr()
     assert err == ""
     rows = table_rows(out)
