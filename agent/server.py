@@ -39,15 +39,15 @@ from firsttrust.tlspolicy import apply_policy
 
 from . import audit
 from .config import AgentConfig
+from .frontdoor import FIRST_FRAME_TIMEOUT, MAX_UNAUTHENTICATED, PER_SOURCE_MAX_UNAUTHENTICATED, FirstFrame, \
+    FrontDoor, WatchedReader, source_key
 from .sshkeys import HOST_KEY_GLOB, host_public_keys, install_authorized_key
 from .state import AgentState, StateDir
 
 log = logging.getLogger("firsttrust.server")
 
-# At most this many connections may be in the unauthenticated phase at once; more get "busy".
-# SRP costs ~4 ms of CPU per server side; 32 concurrent handshakes are ~130 ms of work, while
-# a flood of idle sockets is bounded by the phase timeout.
-MAX_UNAUTHENTICATED = 32
+# The pre-authentication limits (MAX_UNAUTHENTICATED, per source, first-frame deadline) and
+# their reasons live in agent/frontdoor.py.
 READ_CHUNK = 16 * 1024
 # Back-off after the n-th failed attempt: base * 2^(n-1) seconds, capped.
 BACKOFF_CAP = 300.0
@@ -162,22 +162,37 @@ class EnrollmentServer:
     def __init__(self, gate: EnrollmentGate, *, api_port: int, host_key_glob: str = HOST_KEY_GLOB,
                  max_unauthenticated: int = MAX_UNAUTHENTICATED, phase_timeout: float = limits.PHASE_TIMEOUT,
                  enrollment_timeout: float = limits.ENROLLMENT_TIMEOUT,
-                 on_enrolled: Callable[[Authorization], Awaitable[None]] | None = None) -> None:
+                 on_enrolled: Callable[[Authorization], Awaitable[None]] | None = None,
+                 per_source_max: int = PER_SOURCE_MAX_UNAUTHENTICATED,
+                 first_frame_timeout: float = FIRST_FRAME_TIMEOUT) -> None:
         self.gate = gate
         self.api_port = api_port
         self.host_key_glob = host_key_glob
-        self.max_unauthenticated = max_unauthenticated
-        self.unauthenticated = 0
+        # The first frame's deadline is the shorter one: never longer than a whole phase.
+        self.door = FrontDoor(max_unauthenticated, per_source_max, min(first_frame_timeout, phase_timeout))
+        self._slots: dict = {}  # door entry -> _Slot, to wake an evicted connection
         self.phase_timeout = phase_timeout
         self.enrollment_timeout = enrollment_timeout
         self.on_enrolled = on_enrolled
 
+    @property
+    def unauthenticated(self) -> int:
+        """Connections holding a pre-authentication slot now."""
+        return len(self.door)
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: a front-door slot (agent/frontdoor.py), its first frame within the
+        first-frame deadline, and only for a valid hello the enrollment itself."""
         peer = _peer_name(writer)
-        slot = _Slot(self)
+        slot = _Slot(self, writer, reader)
         try:
             if not slot.take():
                 await self._refuse(writer, "busy", "too many unauthenticated connections; retry later")
+                return
+            first = await slot.first_frame()
+            if not first.hello:
+                if first.code:
+                    await self._refuse(writer, first.code, first.message or first.code)
                 return
             async with asyncio.timeout(self.enrollment_timeout):
                 await self._run(reader, writer, peer, slot)
@@ -315,24 +330,65 @@ class EnrollmentServer:
                 await gate.refund()
 
 
-class _Slot:
-    """One connection's claim on the unauthenticated-connection cap; released exactly once."""
+# What an evicted connection, or one too slow with its first frame, is told before it is closed.
+_EVICTED = FirstFrame(hello=False, code="busy",
+                      message="dropped to make room: no hello yet while the appliance is busy; retry at once")
+_TOO_SLOW = FirstFrame(hello=False, code="timeout", message="no hello within the first-frame deadline")
 
-    def __init__(self, server: EnrollmentServer) -> None:
+
+class _Slot:
+    """One connection's entry in the server's FrontDoor; released exactly once."""
+
+    def __init__(self, server: EnrollmentServer, writer: asyncio.StreamWriter, reader: asyncio.StreamReader) -> None:
         self.server = server
-        self.held = False
+        self.reader = reader
+        self.source = source_key(_peer_host(writer))
+        self.entry = None
+
+    @property
+    def held(self) -> bool:
+        return self.entry is not None and self.entry.held
 
     def take(self) -> bool:
-        if self.server.unauthenticated >= self.server.max_unauthenticated:
+        """Admit this connection, waking every connection the door evicted to make room."""
+        admission = self.server.door.admit(self.source)
+        for victim in admission.evicted:
+            evicted = self.server._slots.pop(victim, None)
+            if evicted is not None:
+                evicted._wake(_EVICTED)
+        if admission.entry is None:
             return False
-        self.server.unauthenticated += 1
-        self.held = True
+        self.entry = admission.entry
+        self.server._slots[self.entry] = self
+        if isinstance(self.reader, WatchedReader):
+            self.reader.on_first = self._on_first
         return True
 
+    def _on_first(self, outcome: FirstFrame) -> None:
+        if outcome.hello and self.held:
+            self.server.door.mark_hello(self.entry)
+
+    def _wake(self, outcome: FirstFrame) -> None:
+        if isinstance(self.reader, WatchedReader) and not self.reader.first_frame.done():
+            self.reader.first_frame.set_result(outcome)
+
+    async def first_frame(self) -> FirstFrame:
+        """Wait for the first complete frame, at most until the entry's deadline. A reader that
+        does not watch (not from start_enrollment_server) is taken as having said hello."""
+        if not isinstance(self.reader, WatchedReader):
+            self.server.door.mark_hello(self.entry)
+            return FirstFrame(hello=True)
+        try:
+            async with asyncio.timeout(self.server.door.remaining(self.entry)):
+                return await self.reader.first_frame
+        except TimeoutError:
+            return _TOO_SLOW
+
     def release(self) -> None:
-        if self.held:
-            self.held = False
-            self.server.unauthenticated -= 1
+        if self.entry is not None:
+            self.server.door.release(self.entry)
+            self.server._slots.pop(self.entry, None)
+            self.entry = None
 
 
 async def _read_frame(reader: asyncio.StreamReader, timeout: float) -> tuple[bytes, bool]:
@@ -370,6 +426,11 @@ def _server_context(store: StateDir, requester_certificate: bytes) -> ssl.SSLCon
     return apply_policy(context, [requester_certificate])
 
 
+def _peer_host(writer: asyncio.StreamWriter) -> str:
+    address = writer.get_extra_info("peername")
+    return str(address[0]) if isinstance(address, tuple) and address else str(address or "unknown")
+
+
 def _peer_name(writer: asyncio.StreamWriter) -> str:
     address = writer.get_extra_info("peername")
     if isinstance(address, tuple) and len(address) >= 2:
@@ -377,10 +438,23 @@ def _peer_name(writer: asyncio.StreamWriter) -> str:
     return str(address or "unknown")
 
 
+# Accept queue length. asyncio's default (100) fills within one event-loop turn under a connect
+# flood; the kernel then drops a real requester's SYN and its TCP stack retries only after the
+# initial RTO of 1 s (RFC 6298), a second lost per dropped SYN. Linux caps it at
+# net.core.somaxconn (4096 since 5.4); nginx and HAProxy default to 511 and somaxconn.
+ACCEPT_BACKLOG = 1024
+
+
 async def start_enrollment_server(server: EnrollmentServer, host: str, port: int, *,
                                   sock: socket.socket | None = None) -> asyncio.base_events.Server:
-    """Listen on host:port, or on `sock` (handed over by systemd socket activation)."""
+    """Listen on host:port, or on `sock` (handed over by systemd socket activation). Each
+    connection's reader watches its first frame for the front door (agent/frontdoor.py)."""
+    loop = asyncio.get_running_loop()
+
+    def protocol() -> asyncio.StreamReaderProtocol:
+        reader = WatchedReader(limits.MAX_FRAME_BODY + 4, loop)
+        return asyncio.StreamReaderProtocol(reader, server.handle, loop=loop)
+
     if sock is not None:
-        return await asyncio.start_server(server.handle, sock=sock, limit=limits.MAX_FRAME_BODY + 4)
-    return await asyncio.start_server(server.handle, host, port, limit=limits.MAX_FRAME_BODY + 4,
-                                      reuse_address=True)
+        return await loop.create_server(protocol, sock=sock, backlog=ACCEPT_BACKLOG)
+    return await loop.create_server(protocol, host, port, reuse_address=True, backlog=ACCEPT_BACKLOG)
