@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import ssl
 import time
@@ -61,6 +62,7 @@ def _checkpoint(step: str) -> None:
 class Refusal:
     code: str
     message: str
+    retry_after: int | None = None  # seconds, sent in the error frame (backing_off)
 
 
 class EnrollmentGate:
@@ -92,8 +94,10 @@ class EnrollmentGate:
             return Refusal("window_closed", "the enrollment window has expired; re-arm with fresh secrets")
         if state.failures:
             wait = min(BACKOFF_CAP, self.backoff_base * 2 ** (state.failures - 1))
-            if self.clock() < self.last_failure_at + wait:
-                return Refusal("backing_off", f"a recent attempt failed; retry in {wait:.0f} s")
+            left = self.last_failure_at + wait - self.clock()
+            if left > 0:
+                seconds = min(limits.MAX_RETRY_AFTER, math.ceil(left))
+                return Refusal("backing_off", f"a recent attempt failed; retry in {seconds} s", seconds)
         sec_b = self.store.load_sec_b(state.sec_b_sha256)
         if sec_b is None:
             return Refusal("not_provisioned", "SEC-B is missing or does not match the armed state")
@@ -216,9 +220,10 @@ class EnrollmentServer:
         if self.on_enrolled:
             await self.on_enrolled(authorization)
 
-    async def _refuse(self, writer: asyncio.StreamWriter, code: str, message: str) -> None:
+    async def _refuse(self, writer: asyncio.StreamWriter, code: str, message: str,
+                      retry_after: int | None = None) -> None:
         with contextlib.suppress(Exception):
-            writer.write(encode_error(code, message))
+            writer.write(encode_error(code, message, retry_after))
             await asyncio.wait_for(writer.drain(), 2)
 
     async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str, slot: "_Slot") -> None:
@@ -229,7 +234,7 @@ class EnrollmentServer:
             await _read_first_frame(reader, self.phase_timeout)
             if decision.code == "locked_out":
                 audit.event("locked-out", f"refused enrollment from {peer}: locked", peer=peer, outcome="locked_out")
-            await self._refuse(writer, decision.code, decision.message)
+            await self._refuse(writer, decision.code, decision.message, decision.retry_after)
             return
         state, sec_b = decision
         identity = gate.store.load_identity()

@@ -248,7 +248,7 @@ class _Enrollment:
     def _dispatch(self, frame: Frame) -> list[Event]:
         if frame.type == "error":
             fields = validate(frame)
-            raise PeerRefused(fields["code"], fields["message"])
+            raise PeerRefused(fields["code"], fields["message"], fields.get("retry_after"))
         expected, handler = self._HANDLERS[self.state]
         if frame.type != expected:
             raise UnexpectedFrame(f"got {frame.type} while expecting {expected} (state {self.state.value})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import re
 import ssl
 from dataclasses import dataclass
@@ -28,9 +29,18 @@ CONNECT_TIMEOUT = 10.0
 
 
 class EnrollmentConnectionError(RequesterError):
-    """The appliance could not be reached, or the connection broke."""
+    """The appliance could not be reached, or the connection broke. `retry_reason` says whether
+    trying again may help (requester/retry.py): "refused", "reset", "timeout", "unreachable", or None."""
 
     code = "connection"
+
+    def __init__(self, message: str, retry_reason: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_reason = retry_reason
+
+
+# What a booting appliance looks like before its address is up (ARP/ND gets no answer).
+_UNREACHABLE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN})
 
 
 @dataclass(frozen=True)
@@ -103,11 +113,17 @@ async def enroll_connection(host: str, port: int, machine: ClientEnrollment, fil
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(writer.wait_closed(), 2)
     except TimeoutError:
-        raise EnrollmentConnectionError(f"{host}:{port}: timed out in state {machine.state.value}") from None
+        raise EnrollmentConnectionError(f"{host}:{port}: timed out in state {machine.state.value}",
+                                        "timeout") from None
     except ssl.SSLError as exc:
         raise EnrollmentConnectionError(f"{host}:{port}: TLS failed: {exc.reason or exc}") from None
+    except ConnectionRefusedError as exc:
+        raise EnrollmentConnectionError(f"{host}:{port}: {exc.strerror or exc}", "refused") from None
+    except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
+        raise EnrollmentConnectionError(f"{host}:{port}: {exc.strerror or exc}", "reset") from None
     except OSError as exc:
-        raise EnrollmentConnectionError(f"{host}:{port}: {exc.strerror or exc}") from None
+        reason = "unreachable" if exc.errno in _UNREACHABLE else None
+        raise EnrollmentConnectionError(f"{host}:{port}: {exc.strerror or exc}", reason) from None
 
 
 async def _drive(reader, writer, machine: ClientEnrollment, files: ClientIdentityFiles, host: str,

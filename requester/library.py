@@ -19,20 +19,18 @@ from typing import Awaitable, Callable, Iterable
 
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import DEFAULT_API_PORT, DEFAULT_ENROLL_PORT
-from firsttrust.errors import FirsttrustError, PeerRefused
+from firsttrust.errors import FirsttrustError
 from firsttrust.identity import certificate_pem, pin_of_certificate
 
 from .enroll import ClientIdentityFiles, enroll, parse_address
+from .retry import DEFAULT_DEADLINE, Waiting, retry_until
 from .session import PinnedSession
 from .truststore import ApplianceRecord, TrustStore
-
-# Refusals that mean "not now", not "no": retried with back-off within the overall deadline.
-RETRYABLE = frozenset({"busy"})
-RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
 
 
 async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: str, ssh_key: str | None = None,
                            store: TrustStore | None = None, api_address: str | None = None,
+                           deadline: float = DEFAULT_DEADLINE, on_wait: Callable[[Waiting], None] | None = None,
                            **timeouts: float) -> ApplianceRecord:
     """Enroll the appliance at `address` (HOST[:PORT], default port 8790) and pin it as `name`.
 
@@ -41,7 +39,12 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
 
     The record is written only after the appliance passed every check (SRP, commitments,
     SEC-B proof, key confirmation); on any failure nothing is stored and a typed error is raised.
-    A "busy" appliance (too many unauthenticated connections) is retried a few times.
+
+    Failures that mean "not now" (connection refused, reset or timed out, `busy`, `backing_off`)
+    are retried with jittered exponential back-off, `backing_off` after its retry_after, until
+    `deadline` seconds have passed (default 300: an appliance that is still booting); then
+    requester.retry.DeadlineExceeded. Any other failure is raised at once. `on_wait` is called
+    once per change of the reason for waiting (requester.retry.Waiting); by default the wait is quiet.
     """
     store = store or TrustStore()
     store.identity()  # created once per home, before any network traffic
@@ -49,14 +52,8 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
     if api_address:
         parse_address(api_address, DEFAULT_API_PORT)  # refuse a bad one before enrolling
     files = ClientIdentityFiles(store.cert_path, store.key_path)
-    for delay in (*RETRY_DELAYS, None):
-        try:
-            result = await enroll(host, port, secrets, files, name=name, ssh_key=ssh_key, **timeouts)
-            break
-        except PeerRefused as exc:
-            if exc.code not in RETRYABLE or delay is None:
-                raise
-            await asyncio.sleep(delay)
+    result = await retry_until(lambda: enroll(host, port, secrets, files, name=name, ssh_key=ssh_key, **timeouts),
+                               address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}", deadline=deadline, on_wait=on_wait)
     api_host, api_port = parse_address(api_address, result.api_port) if api_address else (host, result.api_port)
     record = ApplianceRecord(name=name, address=api_host, pin=result.appliance_pin,
                              certificate=certificate_pem(result.appliance_certificate).decode("ascii"),
@@ -90,9 +87,11 @@ class Outcome:
 
 
 async def enroll_many(targets: Iterable[Target], *, concurrency: int = 32, store: TrustStore | None = None,
-                      on_done: Callable[[Outcome], None] | None = None, **kwargs) -> list[Outcome]:
+                      on_done: Callable[[Outcome], None] | None = None, deadline: float = DEFAULT_DEADLINE,
+                      **kwargs) -> list[Outcome]:
     """Enroll many appliances with at most `concurrency` in flight. Never raises for one
-    appliance's failure: each Outcome carries its record or its typed error."""
+    appliance's failure: each Outcome carries its record or its typed error. `deadline` is each
+    appliance's (see enroll_appliance): a booting appliance holds one of the `concurrency` slots."""
     store = store or TrustStore()
     store.identity()
     limit = asyncio.Semaphore(concurrency)
@@ -102,7 +101,7 @@ async def enroll_many(targets: Iterable[Target], *, concurrency: int = 32, store
             start = time.perf_counter()
             try:
                 record = await enroll_appliance(target.address, target.secrets, name=target.name, store=store,
-                                                **kwargs)
+                                                deadline=deadline, **kwargs)
                 outcome = Outcome(target, record, None, time.perf_counter() - start)
             except FirsttrustError as exc:
                 outcome = Outcome(target, None, exc, time.perf_counter() - start)
