@@ -4,8 +4,8 @@
 (no verified SRP proof), keyed by source. It is sans-IO (no sockets, no asyncio; the clock is
 injected) so every policy decision is a three-line test; `agent/server.py` only asks it and
 closes what it says. `FirstFrameWatch` tells, from the bytes as they arrive, when a connection's
-first frame is complete and whether it is a valid `hello`; `WatchedReader` is the thin asyncio
-glue that feeds it without consuming a byte (the enrollment driver still reads the frame).
+first frame is complete and whether it is a valid `hello`; `DoorProtocol` is the thin asyncio
+glue: it holds a connection until then and hands a hello, bytes and all, to the enrollment driver.
 
 The threat: anyone who can reach port 8790 can open connections. Before this, 32 idle sockets
 got every real requester `busy` for as long as they were held. The rules, after OpenSSH's sshd
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from firsttrust.errors import FirsttrustError, UnexpectedFrame
-from firsttrust.framing import FrameDecoder
+from firsttrust.framing import FrameDecoder, encode_error
 from firsttrust.messages import validate
 
 # --- the limits, with their reasons and precedents ----------------------------------------------
@@ -267,30 +267,93 @@ class FirstFrameWatch:
 # --- asyncio glue -------------------------------------------------------------------------------
 
 
-class WatchedReader(asyncio.StreamReader):
-    """A StreamReader that also shows its first bytes to a FirstFrameWatch, without consuming
-    them, and resolves `first_frame` (a future) when the first frame is complete. `on_first`,
-    if set, runs synchronously at that moment: a valid hello is marked in the table before any
-    other connection can be admitted, so it can never be chosen for eviction after the fact."""
+class DoorProtocol(asyncio.Protocol):
+    """A connection until its first frame: admitted (or refused) the moment it is accepted, its
+    bytes watched, and either handed over with them to `on_hello` (a valid hello) or closed.
 
-    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=limit, loop=loop)
-        self.first_frame: asyncio.Future[FirstFrame] = loop.create_future()
-        self.on_first: Callable[[FirstFrame], None] | None = None
-        self._watch = FirstFrameWatch()
+    A hostile connection never gets a task, a StreamReader or a StreamWriter: admitting, evicting,
+    answering garbage and timing out are a few calls on the transport. That keeps the agent
+    cheaper per connection than the flood that opens them, so the accept queue stays short and
+    a real requester's connection is not stuck behind it.
 
-    def feed_data(self, data: bytes) -> None:
-        super().feed_data(data)
-        if not self._watch.done:
-            self._settle(self._watch.feed(data))
+    Args:
+        door: the listener's FrontDoor.
+        pending: the listener's map of pre-hello entries to their protocols (for eviction).
+        on_hello: takes over the transport with the bytes received so far and the entry.
+    """
 
-    def feed_eof(self) -> None:
-        super().feed_eof()
-        self._settle(self._watch.eof())
+    def __init__(self, door: FrontDoor, pending: dict[Entry, "DoorProtocol"],
+                 on_hello: Callable[[asyncio.Transport, bytes, Entry], None]) -> None:
+        self.door, self.pending, self.on_hello = door, pending, on_hello
+        self.transport: asyncio.Transport | None = None
+        self.entry: Entry | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.buffer = bytearray()
+        self.watch = FirstFrameWatch()
 
-    def _settle(self, outcome: FirstFrame | None) -> None:
-        if outcome is None or self.first_frame.done():
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "unknown")
+        admission = self.door.admit(source_key(host))
+        for victim in admission.evicted:
+            protocol = self.pending.pop(victim, None)
+            if protocol is not None:
+                protocol.drop(EVICTED)
+        if admission.entry is None:
+            self.transport.write(FULL)
+            self.transport.close()
             return
-        if self.on_first is not None:
-            self.on_first(outcome)
-        self.first_frame.set_result(outcome)
+        self.entry = admission.entry
+        self.pending[self.entry] = self
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(self.door.remaining(self.entry), self.drop, TOO_SLOW)
+
+    def data_received(self, data: bytes) -> None:
+        if self.entry is None or not self.entry.held:
+            return
+        self.buffer += data
+        outcome = self.watch.feed(data)
+        if outcome is None:
+            return
+        if not outcome.hello:
+            self.drop(encode_error(outcome.code or "protocol_error", outcome.message or ""))
+            return
+        self.door.mark_hello(self.entry)
+        self._forget()
+        entry, self.entry = self.entry, None
+        self.on_hello(self.transport, bytes(self.buffer), entry)
+
+    def eof_received(self) -> bool:
+        self.drop(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.entry is not None:
+            self._forget()
+            self.door.release(self.entry)
+            self.entry = None
+
+    def drop(self, frame: bytes | None) -> None:
+        """Release the slot, send `frame` (if any) and close."""
+        if self.entry is not None:
+            self._forget()
+            self.door.release(self.entry)
+            self.entry = None
+        if self.transport is not None and not self.transport.is_closing():
+            if frame:
+                self.transport.write(frame)
+            self.transport.close()
+
+    def _forget(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.entry is not None:
+            self.pending.pop(self.entry, None)
+
+
+# What a refused, evicted or too slow connection is told before it is closed.
+FULL = encode_error("busy", "too many unauthenticated connections; retry later")
+EVICTED = encode_error("busy", "dropped to make room: no hello yet while the appliance is busy; retry at once")
+TOO_SLOW = encode_error("timeout", "no hello within the first-frame deadline")

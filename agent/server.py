@@ -40,8 +40,8 @@ from firsttrust.tlspolicy import apply_policy
 
 from . import audit
 from .config import AgentConfig
-from .frontdoor import FIRST_FRAME_TIMEOUT, MAX_UNAUTHENTICATED, PER_SOURCE_MAX_UNAUTHENTICATED, FirstFrame, \
-    FrontDoor, WatchedReader, source_key
+from .frontdoor import EVICTED, FIRST_FRAME_TIMEOUT, MAX_UNAUTHENTICATED, PER_SOURCE_MAX_UNAUTHENTICATED, \
+    DoorProtocol, Entry, FrontDoor, source_key
 from .sshkeys import HOST_KEY_GLOB, host_public_keys, install_authorized_key
 from .state import AgentState, StateDir
 
@@ -174,7 +174,7 @@ class EnrollmentServer:
         self.host_key_glob = host_key_glob
         # The first frame's deadline is the shorter one: never longer than a whole phase.
         self.door = FrontDoor(max_unauthenticated, per_source_max, min(first_frame_timeout, phase_timeout))
-        self._slots: dict = {}  # door entry -> _Slot, to wake an evicted connection
+        self._pending: dict[Entry, DoorProtocol] = {}  # connections that have not said hello yet
         self.phase_timeout = phase_timeout
         self.enrollment_timeout = enrollment_timeout
         self.on_enrolled = on_enrolled
@@ -184,20 +184,31 @@ class EnrollmentServer:
         """Connections holding a pre-authentication slot now."""
         return len(self.door)
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One connection: a front-door slot (agent/frontdoor.py), its first frame within the
-        first-frame deadline, and only for a valid hello the enrollment itself."""
+    def protocol(self) -> DoorProtocol:
+        """A new connection's protocol: the front door (agent/frontdoor.py) admits it and, once
+        it said a valid hello, hands it to `handle`."""
+        return DoorProtocol(self.door, self._pending, self._said_hello)
+
+    def _said_hello(self, transport: asyncio.Transport, received: bytes, entry: Entry) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=limits.MAX_FRAME_BODY + 4, loop=loop)
+        slot = _Slot(self, entry)
+        protocol = asyncio.StreamReaderProtocol(reader, lambda r, w: self.handle(r, w, slot), loop=loop)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        reader.feed_data(received)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     slot: "_Slot | None" = None) -> None:
+        """One connection that said a valid hello (its bytes are in `reader`), holding `slot`.
+        Without a slot (a caller that bypasses the front door) one is taken here."""
         peer = _peer_name(writer)
-        slot = _Slot(self, writer, reader)
         try:
-            if not slot.take():
-                await self._refuse(writer, "busy", "too many unauthenticated connections; retry later")
-                return
-            first = await slot.first_frame()
-            if not first.hello:
-                if first.code:
-                    await self._refuse(writer, first.code, first.message or first.code)
-                return
+            if slot is None:
+                slot = _Slot.take(self, _peer_host(writer))
+                if slot is None:
+                    await self._refuse(writer, "busy", "too many unauthenticated connections; retry later")
+                    return
             async with asyncio.timeout(self.enrollment_timeout):
                 await self._run(reader, writer, peer, slot)
         except TimeoutError:
@@ -208,7 +219,8 @@ class EnrollmentServer:
             log.exception("enrollment from %s failed inside the agent", peer)
             await self._refuse(writer, "internal", "the agent failed on its side; nothing was authorized")
         finally:
-            slot.release()
+            if slot is not None:
+                slot.release()
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2)
@@ -335,64 +347,33 @@ class EnrollmentServer:
                 await gate.refund()
 
 
-# What an evicted connection, or one too slow with its first frame, is told before it is closed.
-_EVICTED = FirstFrame(hello=False, code="busy",
-                      message="dropped to make room: no hello yet while the appliance is busy; retry at once")
-_TOO_SLOW = FirstFrame(hello=False, code="timeout", message="no hello within the first-frame deadline")
-
-
 class _Slot:
-    """One connection's entry in the server's FrontDoor; released exactly once."""
+    """A connection's entry in the server's FrontDoor, once it said hello; released exactly once
+    (at the TLS upgrade, when SRP authenticated the peer, or when the connection ends)."""
 
-    def __init__(self, server: EnrollmentServer, writer: asyncio.StreamWriter, reader: asyncio.StreamReader) -> None:
+    def __init__(self, server: EnrollmentServer, entry: Entry) -> None:
         self.server = server
-        self.reader = reader
-        self.source = source_key(_peer_host(writer))
-        self.entry = None
+        self.entry: Entry | None = entry
+
+    @classmethod
+    def take(cls, server: EnrollmentServer, host: str) -> "_Slot | None":
+        admission = server.door.admit(source_key(host))
+        for victim in admission.evicted:
+            protocol = server._pending.pop(victim, None)
+            if protocol is not None:
+                protocol.drop(EVICTED)
+        if admission.entry is None:
+            return None
+        server.door.mark_hello(admission.entry)
+        return cls(server, admission.entry)
 
     @property
     def held(self) -> bool:
         return self.entry is not None and self.entry.held
 
-    def take(self) -> bool:
-        """Admit this connection, waking every connection the door evicted to make room."""
-        admission = self.server.door.admit(self.source)
-        for victim in admission.evicted:
-            evicted = self.server._slots.pop(victim, None)
-            if evicted is not None:
-                evicted._wake(_EVICTED)
-        if admission.entry is None:
-            return False
-        self.entry = admission.entry
-        self.server._slots[self.entry] = self
-        if isinstance(self.reader, WatchedReader):
-            self.reader.on_first = self._on_first
-        return True
-
-    def _on_first(self, outcome: FirstFrame) -> None:
-        if outcome.hello and self.held:
-            self.server.door.mark_hello(self.entry)
-
-    def _wake(self, outcome: FirstFrame) -> None:
-        if isinstance(self.reader, WatchedReader) and not self.reader.first_frame.done():
-            self.reader.first_frame.set_result(outcome)
-
-    async def first_frame(self) -> FirstFrame:
-        """Wait for the first complete frame, at most until the entry's deadline. A reader that
-        does not watch (not from start_enrollment_server) is taken as having said hello."""
-        if not isinstance(self.reader, WatchedReader):
-            self.server.door.mark_hello(self.entry)
-            return FirstFrame(hello=True)
-        try:
-            async with asyncio.timeout(self.server.door.remaining(self.entry)):
-                return await self.reader.first_frame
-        except TimeoutError:
-            return _TOO_SLOW
-
     def release(self) -> None:
         if self.entry is not None:
             self.server.door.release(self.entry)
-            self.server._slots.pop(self.entry, None)
             self.entry = None
 
 
@@ -452,14 +433,9 @@ ACCEPT_BACKLOG = 1024
 
 async def start_enrollment_server(server: EnrollmentServer, host: str, port: int, *,
                                   sock: socket.socket | None = None) -> asyncio.base_events.Server:
-    """Listen on host:port, or on `sock` (handed over by systemd socket activation). Each
-    connection's reader watches its first frame for the front door (agent/frontdoor.py)."""
+    """Listen on host:port, or on `sock` (handed over by systemd socket activation). Every
+    connection meets the front door (agent/frontdoor.py) before `server.handle` runs."""
     loop = asyncio.get_running_loop()
-
-    def protocol() -> asyncio.StreamReaderProtocol:
-        reader = WatchedReader(limits.MAX_FRAME_BODY + 4, loop)
-        return asyncio.StreamReaderProtocol(reader, server.handle, loop=loop)
-
     if sock is not None:
-        return await loop.create_server(protocol, sock=sock, backlog=ACCEPT_BACKLOG)
-    return await loop.create_server(protocol, host, port, reuse_address=True, backlog=ACCEPT_BACKLOG)
+        return await loop.create_server(server.protocol, sock=sock, backlog=ACCEPT_BACKLOG)
+    return await loop.create_server(server.protocol, host, port, reuse_address=True, backlog=ACCEPT_BACKLOG)
