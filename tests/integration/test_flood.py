@@ -112,9 +112,11 @@ async def test_a_legitimate_enrollment_succeeds_during_a_flood(tmp_path, monkeyp
     try:
         async with flood(app.port) as counts:
             await asyncio.sleep(1.5)  # past the first-frame deadline: idle ones evicted, reopened
+            waits = []
             record = await enroll_appliance(f"127.0.0.1:{app.port}", app.secrets, name="legit", store=store,
-                                            deadline=30)
+                                            deadline=30, on_wait=waits.append)
             assert record.pin == app.store.load_identity().pin
+            assert waits == [], "the requester had to wait: the flood held the door"
             opened_during = counts["opened"]
         assert opened_during > HOSTILE, "no hostile connection was ever closed and reopened"
         state = app.store.load()
