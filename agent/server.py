@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import ssl
 import time
@@ -40,16 +41,16 @@ from firsttrust.tlspolicy import apply_policy
 
 from . import audit
 from .config import AgentConfig
+from .frontdoor import EVICTED, FIRST_FRAME_TIMEOUT, MAX_UNAUTHENTICATED, PER_SOURCE_MAX_UNAUTHENTICATED, \
+    DoorProtocol, Entry, FrontDoor, source_key
 from .grant import GrantRefused, apply_grant, commit_grant, prepare_grant
 from .sshkeys import HOST_KEY_GLOB, SSHKeyError, host_public_keys
 from .state import AgentState, StateDir
 
 log = logging.getLogger("firsttrust.server")
 
-# At most this many connections may be in the unauthenticated phase at once; more get "busy".
-# SRP costs ~4 ms of CPU per server side; 32 concurrent handshakes are ~130 ms of work, while
-# a flood of idle sockets is bounded by the phase timeout.
-MAX_UNAUTHENTICATED = 32
+# The pre-authentication limits (MAX_UNAUTHENTICATED, per source, first-frame deadline) and
+# their reasons live in agent/frontdoor.py.
 READ_CHUNK = 16 * 1024
 # The first byte of a TLS handshake record (RFC 8446 section 5.1, ContentType handshake(22)).
 TLS_HANDSHAKE_RECORD = b"\x16"
@@ -65,6 +66,7 @@ def _checkpoint(step: str) -> None:
 class Refusal:
     code: str
     message: str
+    retry_after: int | None = None  # seconds, sent in the error frame (backing_off)
 
 
 class EnrollmentGate:
@@ -94,20 +96,25 @@ class EnrollmentGate:
             return Refusal("locked_out", f"locked after {state.failures} failed attempts; re-arm with fresh secrets")
         if state.window_expires_at is not None and self.clock() >= state.window_expires_at:
             return Refusal("window_closed", "the enrollment window has expired; re-arm with fresh secrets")
-        wait = self.backoff_remaining(state.failures)
-        if wait > 0:
-            return Refusal("backing_off", f"a recent attempt failed; retry in {wait:.0f} s")
+        refusal = self._backing_off(state.failures)
+        if refusal is not None:
+            return refusal
         sec_b = self.store.load_sec_b(state.sec_b_sha256)
         if sec_b is None:
             return Refusal("not_provisioned", "SEC-B is missing or does not match the armed state")
         return state, sec_b
 
-    def backoff_remaining(self, failures: int) -> float:
-        """Seconds until the back-off after `failures` failed attempts has passed (0: none)."""
+    def _backing_off(self, failures: int) -> Refusal | None:
+        """The `backing_off` refusal, with its machine-readable retry_after, while the back-off
+        after `failures` failed attempts lasts."""
         if not failures:
-            return 0.0
+            return None
         wait = min(BACKOFF_CAP, self.backoff_base * 2 ** (failures - 1))
-        return max(0.0, self.last_failure_at + wait - self.clock())
+        left = self.last_failure_at + wait - self.clock()
+        if left <= 0:
+            return None
+        seconds = min(limits.MAX_RETRY_AFTER, math.ceil(left))
+        return Refusal("backing_off", f"a recent attempt failed; retry in {seconds} s", seconds)
 
     async def charge(self) -> Refusal | None:
         """Count an attempt as failed before its proof is checked (crash-safe). Refuses, charging
@@ -128,9 +135,9 @@ class EnrollmentGate:
             return Refusal("already_enrolled", "this appliance is already enrolled; SRP enrollment is closed")
         if state.failures >= self.config.max_failures:
             return Refusal("locked_out", "locked: too many failed attempts; re-arm with fresh secrets")
-        wait = self.backoff_remaining(state.failures)
-        if wait > 0:
-            return Refusal("backing_off", f"a recent attempt failed; retry in {wait:.0f} s")
+        refusal = self._backing_off(state.failures)
+        if refusal is not None:
+            return refusal
         state.failures += 1
         self.store.save(state)
         return None
@@ -175,23 +182,49 @@ class EnrollmentServer:
     def __init__(self, gate: EnrollmentGate, *, api_port: int, host_key_glob: str = HOST_KEY_GLOB,
                  max_unauthenticated: int = MAX_UNAUTHENTICATED, phase_timeout: float = limits.PHASE_TIMEOUT,
                  enrollment_timeout: float = limits.ENROLLMENT_TIMEOUT,
-                 on_enrolled: Callable[[Authorization], Awaitable[None]] | None = None) -> None:
+                 on_enrolled: Callable[[Authorization], Awaitable[None]] | None = None,
+                 per_source_max: int = PER_SOURCE_MAX_UNAUTHENTICATED,
+                 first_frame_timeout: float = FIRST_FRAME_TIMEOUT) -> None:
         self.gate = gate
         self.api_port = api_port
         self.host_key_glob = host_key_glob
-        self.max_unauthenticated = max_unauthenticated
-        self.unauthenticated = 0
+        # The first frame's deadline is the shorter one: never longer than a whole phase.
+        self.door = FrontDoor(max_unauthenticated, per_source_max, min(first_frame_timeout, phase_timeout))
+        self._pending: dict[Entry, DoorProtocol] = {}  # connections that have not said hello yet
         self.phase_timeout = phase_timeout
         self.enrollment_timeout = enrollment_timeout
         self.on_enrolled = on_enrolled
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    @property
+    def unauthenticated(self) -> int:
+        """Connections holding a pre-authentication slot now."""
+        return len(self.door)
+
+    def protocol(self) -> DoorProtocol:
+        """A new connection's protocol: the front door (agent/frontdoor.py) admits it and, once
+        it said a valid hello, hands it to `handle`."""
+        return DoorProtocol(self.door, self._pending, self._said_hello)
+
+    def _said_hello(self, transport: asyncio.Transport, received: bytes, entry: Entry) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=limits.MAX_FRAME_BODY + 4, loop=loop)
+        slot = _Slot(self, entry)
+        protocol = asyncio.StreamReaderProtocol(reader, lambda r, w: self.handle(r, w, slot), loop=loop)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        reader.feed_data(received)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     slot: "_Slot | None" = None) -> None:
+        """One connection that said a valid hello (its bytes are in `reader`), holding `slot`.
+        Without a slot (a caller that bypasses the front door) one is taken here."""
         peer = _peer_name(writer)
-        slot = _Slot(self)
         try:
-            if not slot.take():
-                await self._refuse(writer, "busy", "too many unauthenticated connections; retry later")
-                return
+            if slot is None:
+                slot = _Slot.take(self, _peer_host(writer))
+                if slot is None:
+                    await self._refuse(writer, "busy", "too many unauthenticated connections; retry later")
+                    return
             async with asyncio.timeout(self.enrollment_timeout):
                 await self._run(reader, writer, peer, slot)
         except TimeoutError:
@@ -202,7 +235,8 @@ class EnrollmentServer:
             log.exception("enrollment from %s failed inside the agent", peer)
             await self._refuse(writer, "internal", "the agent failed on its side; nothing was authorized")
         finally:
-            slot.release()
+            if slot is not None:
+                slot.release()
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2)
@@ -214,9 +248,10 @@ class EnrollmentServer:
         if self.on_enrolled:
             await self.on_enrolled(authorization)
 
-    async def _refuse(self, writer: asyncio.StreamWriter, code: str, message: str) -> None:
+    async def _refuse(self, writer: asyncio.StreamWriter, code: str, message: str,
+                      retry_after: int | None = None) -> None:
         with contextlib.suppress(Exception):
-            writer.write(encode_error(code, message))
+            writer.write(encode_error(code, message, retry_after))
             await asyncio.wait_for(writer.drain(), 2)
 
     async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str, slot: "_Slot") -> None:
@@ -227,7 +262,7 @@ class EnrollmentServer:
             await _read_first_frame(reader, self.phase_timeout)
             if decision.code == "locked_out":
                 audit.event("locked-out", f"refused enrollment from {peer}: locked", peer=peer, outcome="locked_out")
-            await self._refuse(writer, decision.code, decision.message)
+            await self._refuse(writer, decision.code, decision.message, decision.retry_after)
             return
         state, sec_b = decision
         identity = gate.store.load_identity()
@@ -250,7 +285,7 @@ class EnrollmentServer:
                     # The proof is in hand: count the attempt before checking it.
                     refusal = await gate.charge()
                     if refusal is not None:
-                        writer.write(machine.abort(refusal.code, refusal.message))
+                        writer.write(machine.abort(refusal.code, refusal.message, refusal.retry_after))
                         await writer.drain()
                         if refusal.code == "locked_out":
                             audit.event("locked-out", f"refused a proof from {peer}: locked", peer=peer,
@@ -342,23 +377,33 @@ class EnrollmentServer:
 
 
 class _Slot:
-    """One connection's claim on the unauthenticated-connection cap; released exactly once."""
+    """A connection's entry in the server's FrontDoor, once it said hello; released exactly once
+    (at the TLS upgrade, when SRP authenticated the peer, or when the connection ends)."""
 
-    def __init__(self, server: EnrollmentServer) -> None:
+    def __init__(self, server: EnrollmentServer, entry: Entry) -> None:
         self.server = server
-        self.held = False
+        self.entry: Entry | None = entry
 
-    def take(self) -> bool:
-        if self.server.unauthenticated >= self.server.max_unauthenticated:
-            return False
-        self.server.unauthenticated += 1
-        self.held = True
-        return True
+    @classmethod
+    def take(cls, server: EnrollmentServer, host: str) -> "_Slot | None":
+        admission = server.door.admit(source_key(host))
+        for victim in admission.evicted:
+            protocol = server._pending.pop(victim, None)
+            if protocol is not None:
+                protocol.drop(EVICTED)
+        if admission.entry is None:
+            return None
+        server.door.mark_hello(admission.entry)
+        return cls(server, admission.entry)
+
+    @property
+    def held(self) -> bool:
+        return self.entry is not None and self.entry.held
 
     def release(self) -> None:
-        if self.held:
-            self.held = False
-            self.server.unauthenticated -= 1
+        if self.entry is not None:
+            self.server.door.release(self.entry)
+            self.entry = None
 
 
 async def _read_frame(reader: asyncio.StreamReader, timeout: float) -> tuple[bytes, bool]:
@@ -420,6 +465,11 @@ def _server_context(store: StateDir, requester_certificate: bytes) -> ssl.SSLCon
     return apply_policy(context, [requester_certificate])
 
 
+def _peer_host(writer: asyncio.StreamWriter) -> str:
+    address = writer.get_extra_info("peername")
+    return str(address[0]) if isinstance(address, tuple) and address else str(address or "unknown")
+
+
 def _peer_name(writer: asyncio.StreamWriter) -> str:
     address = writer.get_extra_info("peername")
     if isinstance(address, tuple) and len(address) >= 2:
@@ -427,10 +477,18 @@ def _peer_name(writer: asyncio.StreamWriter) -> str:
     return str(address or "unknown")
 
 
+# Accept queue length. asyncio's default (100) fills within one event-loop turn under a connect
+# flood; the kernel then drops a real requester's SYN and its TCP stack retries only after the
+# initial RTO of 1 s (RFC 6298), a second lost per dropped SYN. Linux caps it at
+# net.core.somaxconn (4096 since 5.4); nginx and HAProxy default to 511 and somaxconn.
+ACCEPT_BACKLOG = 1024
+
+
 async def start_enrollment_server(server: EnrollmentServer, host: str, port: int, *,
                                   sock: socket.socket | None = None) -> asyncio.base_events.Server:
-    """Listen on host:port, or on `sock` (handed over by systemd socket activation)."""
+    """Listen on host:port, or on `sock` (handed over by systemd socket activation). Every
+    connection meets the front door (agent/frontdoor.py) before `server.handle` runs."""
+    loop = asyncio.get_running_loop()
     if sock is not None:
-        return await asyncio.start_server(server.handle, sock=sock, limit=limits.MAX_FRAME_BODY + 4)
-    return await asyncio.start_server(server.handle, host, port, limit=limits.MAX_FRAME_BODY + 4,
-                                      reuse_address=True)
+        return await loop.create_server(server.protocol, sock=sock, backlog=ACCEPT_BACKLOG)
+    return await loop.create_server(server.protocol, host, port, reuse_address=True, backlog=ACCEPT_BACKLOG)

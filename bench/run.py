@@ -24,6 +24,7 @@ from bench import floor  # noqa: E402
 from bench.agent_process import measure_agent  # noqa: E402
 from bench.batch import CONCURRENCY, run_batch  # noqa: E402
 from bench.enrollment import enrollment  # noqa: E402
+from bench.flood import CONNECTIONS, SOURCES, measure_flood  # noqa: E402
 from bench.measure import Sample, Stopwatch, machine_busy_seconds, own_cpu_seconds, quiet_audit  # noqa: E402
 from bench.report import Goal, machine_line, write_results  # noqa: E402
 
@@ -32,6 +33,7 @@ ENROLLMENT_OVER_FLOOR_MAX = 1.3
 BATCH_OVER_CPU_BOUND_MIN = 0.8
 AGENT_RSS_MB_MAX = 30
 COLD_START_MS_MAX = 300
+FLOOD_OVER_BASELINE_MAX = 2.0
 # Other processes' average CPU load (cores) above which the run warns that it was not alone.
 FOREIGN_LOAD_WARN = 0.1
 
@@ -61,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agent-python", default=sys.executable, metavar="PYTHON",
                         help="interpreter for the agent process (steps 5-6), e.g. .venv-debian12/bin/python "
                              "for Debian 12's library versions (default: this one)")
+    parser.add_argument("--flood-runs", type=int, default=5, help="timed enrollments with and without the flood "
+                                                                  "(default 5)")
+    parser.add_argument("--flood-connections", type=int, default=CONNECTIONS,
+                        help=f"hostile connections held during the flood (default {CONNECTIONS})")
     parser.add_argument("--profile-batch", type=Path, metavar="DIR",
                         help="cProfile both sides of the batch into DIR (slows the batch down)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.md")
@@ -71,19 +77,21 @@ def main(argv: list[str] | None = None) -> int:
     def step(text: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f} s] {text}", file=sys.stderr, flush=True)
 
-    step("1/6 SRP floor")
+    step("1/7 SRP floor")
     srp = floor.srp_floor(args.runs)
     srp_client, srp_server = floor.srp_split(args.runs)
-    step("2/6 TLS floor")
+    step("2/7 TLS floor")
     tls = floor.tls_floor(args.runs)
     contexts = floor.context_build_cost(args.runs)
     durable_write = write_atomic_cost(20)
-    step("3/6 one enrollment in-process")
+    step("3/7 one enrollment in-process")
     single = enrollment(args.enrollments)
-    step(f"4/6 batch of {args.batch} (provisioning first, not timed)")
+    step(f"4/7 batch of {args.batch} (provisioning first, not timed)")
     batch = run_batch(args.batch, args.concurrency, args.profile_batch)
-    step("5-6/6 agent process: idle RSS and cold start")
+    step("5-6/7 agent process: idle RSS and cold start")
     ready, idle = measure_agent(args.cold_runs, args.agent_python)
+    step(f"7/7 flood: enrollments against an agent process while {args.flood_connections} hostile connections are held")
+    flood = measure_flood(args.flood_runs, args.flood_connections, SOURCES, args.agent_python)
     rss = idle.rss_mb
     total = time.perf_counter() - started
     foreign = max(0.0, machine_busy_seconds() - busy - (own_cpu_seconds() - own)) / total
@@ -98,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
              BATCH_OVER_CPU_BOUND_MIN, at_most=False),
         Goal(f"agent RSS MB = {rss:.1f}", rss, AGENT_RSS_MB_MAX, at_most=True),
         Goal(f"cold start ms = {ready * 1e3:.0f}", ready * 1e3, COLD_START_MS_MAX, at_most=True),
+        Goal(f"flood/baseline = {flood.ratio:.2f}", flood.ratio, FLOOD_OVER_BASELINE_MAX, at_most=True),
     ]
     per = 1e3 / batch.count
     # A single-threaded requester runs the client half of every enrollment on one core: with no
@@ -127,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         ("agent idle RSS: private (RssAnon) / mapped files (RssFile)",
          f"{idle.rss_anon_mb:.1f} MB / {idle.rss_file_mb:.1f} MB"),
         ("agent interpreter", args.agent_python),
+        (f"enrollment against an agent process: alone / during the flood (median of {flood.runs} each)",
+         f"{flood.baseline * 1e3:.1f} ms / {flood.flooded * 1e3:.1f} ms"),
+        (f"the flood ({flood.connections} connections from {flood.sources} addresses; its own counters, last run)",
+         flood.flood_stats),
         ("other processes' CPU load: whole run / during the batch",
          f"{foreign:.2f} / {batch.others_cpu / batch.wall:.2f} cores (near 0 for numbers worth comparing)"),
     ]

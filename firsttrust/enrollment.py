@@ -238,12 +238,13 @@ class _Enrollment:
             return None
         return encode_error(self.error.code, str(self.error))
 
-    def abort(self, code: str, message: str) -> bytes:
-        """A local decision to stop (timeout, lockout, shutdown): enter ERROR, return the frame."""
+    def abort(self, code: str, message: str, retry_after: int | None = None) -> bytes:
+        """A local decision to stop (timeout, lockout, back-off, shutdown): enter ERROR, return the
+        frame (with `retry_after` seconds when the peer may try again later)."""
         if self.state is not State.ERROR:
             self.state = State.ERROR
             self.error = ProtocolError(message, code=code)
-        return encode_error(code, message)
+        return encode_error(code, message, retry_after)
 
     # -- machinery --------------------------------------------------------------------------
 
@@ -281,7 +282,7 @@ class _Enrollment:
     def _dispatch(self, frame: Frame) -> list[Event]:
         if frame.type == "error":
             fields = validate(frame)
-            raise PeerRefused(fields["code"], fields["message"])
+            raise PeerRefused(fields["code"], fields["message"], fields.get("retry_after"))
         expected, handler = self._HANDLERS[self.state]
         if frame.type != expected:
             raise UnexpectedFrame(f"got {frame.type} while expecting {expected}")

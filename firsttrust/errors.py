@@ -107,12 +107,14 @@ class ConfirmationFailed(AuthenticationError):
 
 
 class PeerRefused(FirsttrustError):
-    """The peer sent an error frame; `code` is the peer's code."""
+    """The peer sent an error frame; `code` is the peer's code, `retry_after` its optional
+    retry_after member (seconds; None when absent)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retry_after: int | None = None) -> None:
         super().__init__(f"peer refused: {code}: {message}")
         self.code = code
         self.peer_message = message
+        self.retry_after = retry_after
 
 
 class StateError(FirsttrustError):

@@ -25,7 +25,7 @@ from .errors import (
     UnknownFrameType,
     UnsupportedVersion,
 )
-from .limits import MAX_FRAME_BODY
+from .limits import MAX_FRAME_BODY, MAX_RETRY_AFTER
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct(">I")
@@ -69,12 +69,19 @@ def encode_frame(frame_type: str, fields: dict[str, Any]) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def encode_error(code: str, message: str) -> bytes:
+def encode_error(code: str, message: str, retry_after: int | None = None) -> bytes:
     """An error frame: the last frame a side sends before closing. The message is reduced to
-    its first line, control characters replaced, capped at 512 characters."""
+    its first line, control characters replaced, capped at 512 characters. `retry_after`
+    (whole seconds, 0..86400), when given, tells the peer when a retry may succeed; without it
+    the frame is byte-for-byte what it always was."""
     lines = message.splitlines()
     first = "".join(c if c.isprintable() else " " for c in (lines[0] if lines else code))
-    return encode_frame("error", {"code": code, "message": first[:512]})
+    fields: dict[str, Any] = {"code": code, "message": first[:512]}
+    if retry_after is not None:
+        if type(retry_after) is not int or not 0 <= retry_after <= MAX_RETRY_AFTER:
+            raise ValueError(f"retry_after must be an integer in 0..{MAX_RETRY_AFTER}")
+        fields["retry_after"] = retry_after
+    return encode_frame("error", fields)
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -19,6 +19,9 @@ MAX_NAME = 64
 
 # Error frames: a code and a one-line message.
 MAX_ERROR_MESSAGE = 512
+# An error frame's optional retry_after (seconds): a day bounds what a peer can make a requester
+# wait; the agent's longest back-off is 300 s.
+MAX_RETRY_AFTER = 86400
 
 # Per-phase deadlines (seconds) the drivers in agent/ and requester/ enforce. SRP costs ~10 ms per
 # side with the OpenSSL backend and a TLS 1.3 handshake ~2 ms on loopback; 15 s per phase covers

@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 from .errors import InvalidField
 from .framing import Frame
-from .limits import MAX_CERTIFICATE_DER, MAX_ERROR_MESSAGE, MAX_NAME, MAX_SSH_HOST_KEYS, MAX_SSH_KEY_LINE
+from .limits import (MAX_CERTIFICATE_DER, MAX_ERROR_MESSAGE, MAX_NAME, MAX_RETRY_AFTER, MAX_SSH_HOST_KEYS,
+                     MAX_SSH_KEY_LINE)
 
 # RFC 5054 3072-bit group: public values travel left-padded to the byte length of N.
 SRP_VALUE_BYTES = 384
@@ -136,6 +137,9 @@ SCHEMAS: dict[str, dict[str, tuple[Validator, bool]]] = {
     "error": {
         "code": (Text(CODE_PATTERN, 64), True),
         "message": (Text(r"[^\x00-\x1f\x7f]*", MAX_ERROR_MESSAGE), True),
+        # Optional: whole seconds after which a retry may succeed (the agent sends it with
+        # backing_off). Frames without it encode exactly as before.
+        "retry_after": (Integer(0, MAX_RETRY_AFTER), False),
     },
 }
 

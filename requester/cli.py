@@ -3,8 +3,8 @@
     firsttrust secrets new --out FILE [--force]
     firsttrust deploy-spec --secrets FILE --format {govc,ovf-env,ovf-properties,extraconfig}
                            [--requester-cert FILE] [--enroll-window DURATION] [--out FILE] [--force]
-    firsttrust enroll ADDRESS --secrets FILE --name NAME [--ssh-key PUBFILE] [--replace]
-    firsttrust enroll --targets FILE [--concurrency N] [--json]
+    firsttrust enroll ADDRESS --secrets FILE --name NAME [--ssh-key PUBFILE] [--replace] [--deadline SECONDS]
+    firsttrust enroll --targets FILE [--concurrency N] [--json] [--deadline SECONDS]
     firsttrust pins list [--json] | pins show NAME | pins remove NAME
     firsttrust pins export NAME --format kubeadm|curl|known_hosts|pem
     firsttrust call NAME METHOD PATH [--data JSON]
@@ -59,6 +59,7 @@ from .library import (
     pin_certificate,
     rotate_appliance,
 )
+from .retry import DEFAULT_DEADLINE
 from .truststore import NAME_RE, ApplianceRecord, TrustStore, UnknownAppliance
 
 PROG = "firsttrust"
@@ -181,6 +182,9 @@ def _enroll_arguments(parser: argparse.ArgumentParser) -> None:
                         help="batch: CSV (header name,address,secrets) or JSON list of {name, address, secrets}")
     parser.add_argument("--concurrency", type=int, default=32, help="batch: enrollments in flight (default 32)")
     parser.add_argument("--json", action="store_true", help="batch: print the results as JSON")
+    parser.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE, metavar="SECONDS",
+                        help="keep retrying an appliance that refuses connections, is busy or backing off, for up "
+                             f"to SECONDS (default {DEFAULT_DEADLINE:g}: long enough for one that is still booting)")
 
 
 def _load_secrets(path: str) -> EnrollmentSecrets:
@@ -214,6 +218,19 @@ def _read_ssh_key(path: str | None) -> str | None:
     return key
 
 
+def _show_wait(address: str):
+    """One stderr line per change of what the requester is waiting for (not one per retry)."""
+    host, port = parse_address(address, DEFAULT_ENROLL_PORT)
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return lambda waiting: print(f"{PROG}: {waiting.describe(shown)}", file=sys.stderr, flush=True)
+
+
+def _check_deadline(seconds: float) -> float:
+    if not 0 <= seconds <= 86400:
+        raise UsageError("--deadline must be between 0 and 86400 seconds")
+    return seconds
+
+
 def _enroll(args: argparse.Namespace) -> int:
     if args.targets:
         if args.address or args.secrets or args.name:
@@ -237,7 +254,9 @@ def _enroll(args: argparse.Namespace) -> int:
             previous = store.get(args.name)
     try:
         record = asyncio.run(enroll_appliance(args.address, secrets, name=args.name, ssh_key=ssh_key,
-                                              api_address=args.api_address, replace=args.replace, store=store))
+                                              api_address=args.api_address, replace=args.replace, store=store,
+                                              deadline=_check_deadline(args.deadline),
+                                              on_wait=_show_wait(args.address)))
     except AlreadyPinned as exc:
         print(f"already-pinned {exc.record.name}: {exc.record.pin}")
         return EXIT_OK
@@ -284,7 +303,7 @@ def _enroll_batch(args: argparse.Namespace) -> int:
     targets = _read_targets(args.targets)
     progress = _Progress(len(targets), enabled=sys.stderr.isatty() and not args.json)
     outcomes = asyncio.run(enroll_many(targets, concurrency=args.concurrency, ssh_key=_read_ssh_key(args.ssh_key),
-                                       on_done=progress.step))
+                                       on_done=progress.step, deadline=_check_deadline(args.deadline)))
     progress.finish()
     failed = [o for o in outcomes if not o.ok]
     if args.json:

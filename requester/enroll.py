@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import re
 import socket
 import ssl
@@ -52,9 +53,18 @@ OnPending = Callable[[PendingPin], Awaitable[None]]
 
 
 class EnrollmentConnectionError(RequesterError):
-    """The appliance could not be reached, or the connection broke."""
+    """The appliance could not be reached, or the connection broke. `retry_reason` says whether
+    trying again may help (requester/retry.py): "refused", "reset", "timeout", "unreachable", or None."""
 
     code = "connection"
+
+    def __init__(self, message: str, retry_reason: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_reason = retry_reason
+
+
+# What a booting appliance looks like before its address is up (ARP/ND gets no answer).
+_UNREACHABLE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN})
 
 
 @dataclass(frozen=True)
@@ -142,7 +152,7 @@ async def enroll_connection(host: str, port: int, machine: ClientEnrollment, fil
         waiting = WAITING_FOR.get(machine.state, "the appliance to answer")
         if machine.state is State.START:
             waiting = "the TCP connection"
-        raise EnrollmentConnectionError(f"{host}:{port}: timed out waiting for {waiting}") from None
+        raise EnrollmentConnectionError(f"{host}:{port}: timed out waiting for {waiting}", "timeout") from None
     except ssl.SSLError as exc:
         if machine.state is State.TLS_HANDSHAKE:
             # SRP succeeded, so the appliance would present exactly the certificate it committed
@@ -150,12 +160,18 @@ async def enroll_connection(host: str, port: int, machine: ClientEnrollment, fil
             raise BindingFailed(f"{INTERCEPTED} (TLS: {exc.reason or exc})") from None
         raise EnrollmentConnectionError(f"{host}:{port}: TLS failed: {exc.reason or exc}") from None
     except ConnectionRefusedError:
-        raise EnrollmentConnectionError(f"{host}:{port} refuses connections (not listening yet?)") from None
+        raise EnrollmentConnectionError(f"{host}:{port} refuses connections (not listening yet?)", "refused") from None
+    except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
+        raise EnrollmentConnectionError(f"{host}:{port}: {_lost(machine, exc)}", "reset") from None
     except OSError as exc:
-        if machine.state is State.AWAIT_ENROLLED:
-            raise EnrollmentConnectionError(
-                f"{host}:{port}: connection lost while waiting for {WAITING_FOR[State.AWAIT_ENROLLED]}") from None
-        raise EnrollmentConnectionError(f"{host}:{port}: {exc.strerror or exc}") from None
+        reason = "unreachable" if exc.errno in _UNREACHABLE else None
+        raise EnrollmentConnectionError(f"{host}:{port}: {exc.strerror or exc}", reason) from None
+
+
+def _lost(machine: ClientEnrollment, exc: OSError) -> str:
+    if machine.state is State.AWAIT_ENROLLED:
+        return f"connection lost while waiting for {WAITING_FOR[State.AWAIT_ENROLLED]}"
+    return str(exc.strerror or exc)
 
 
 def _take_buffered(reader: asyncio.StreamReader) -> bytes:
@@ -216,8 +232,11 @@ async def _drive(reader, writer, machine: ClientEnrollment, files: ClientIdentit
             try:
                 machine.receive_eof()
             except TruncatedFrame:
+                # After finish the appliance may have crashed and be restarting: worth retrying
+                # (the retry confirms a commit over the API). Before, a closed door is an answer.
+                reason = "reset" if machine.state is State.AWAIT_ENROLLED else None
                 raise EnrollmentConnectionError(f"the appliance closed the connection while the requester waited "
-                                                f"for {waiting}") from None
+                                                f"for {waiting}", reason) from None
 
 
 async def enroll(host: str, port: int, secrets: EnrollmentSecrets, files: ClientIdentityFiles, *, name: str,

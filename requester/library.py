@@ -16,8 +16,8 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Awaitable, Callable, Iterable
 
 from firsttrust.credentials import EnrollmentSecrets
@@ -29,13 +29,11 @@ from firsttrust.identity import certificate_pem, pin_of_certificate
 from .deployspec import InvalidDeploySpec, secrets_from_json
 from .enroll import ClientIdentityFiles, enroll, parse_address
 from .errors import ApiError, BadResponse, ConnectionFailed, PinMismatch, RequesterError
+from .retry import DEFAULT_DEADLINE, Waiting, retry_until
 from .session import PinnedSession
 from .truststore import ApplianceRecord, TrustStore, TrustStoreError, UnknownAppliance
 
 MAX_SECRETS_FILE = 64 * 1024
-# Refusals that mean "not now", not "no": retried with back-off within the overall deadline.
-RETRYABLE = frozenset({"busy"})
-RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
 
 
 class EnrollmentUnconfirmed(RequesterError):
@@ -63,7 +61,8 @@ class AlreadyPinned(RequesterError):
 
 async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: str, ssh_key: str | None = None,
                            store: TrustStore | None = None, api_address: str | None = None,
-                           replace: bool = False, **timeouts: float) -> ApplianceRecord:
+                           replace: bool = False, deadline: float = DEFAULT_DEADLINE,
+                           on_wait: Callable[[Waiting], None] | None = None, **timeouts: float) -> ApplianceRecord:
     """Enroll the appliance at `address` (HOST[:PORT], default port 8790) and pin it as `name`.
 
     `api_address` (HOST[:PORT]) overrides where the API is reached afterwards, for appliances
@@ -79,6 +78,14 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
     secrets and leave the appliance enrolled to nobody): a name pinned to another address is
     refused unless `replace` is true.
 
+    Failures that mean "not now" (connection refused, reset or timed out, `busy`, `backing_off`,
+    a connection lost after `finish`) are retried with jittered exponential back-off,
+    `backing_off` after its retry_after, until `deadline` seconds have passed (default 300: an
+    appliance that is still booting); then requester.retry.DeadlineExceeded. Each retry starts
+    with the recovery step, so a crash of the appliance after its commit ends pinned once it is
+    back. `on_wait` is called once per change of the reason for waiting (requester.retry.Waiting);
+    by default the wait is quiet.
+
     Raises:
         AlreadyPinned: `name` is pinned to this address already (nothing was sent).
         NameTaken: `name` is pinned to another address and `replace` is false (nothing was sent).
@@ -90,12 +97,7 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
     store.identity()  # created once per home, before any network traffic
     host, port = parse_address(address, DEFAULT_ENROLL_PORT)
     api_host, api_port = parse_address(api_address, DEFAULT_API_PORT) if api_address else (host, None)
-    pending = store.get_pending(name)
-    if pending is not None and pending.address == api_host:
-        confirmed = await _confirm_pending(store, pending)
-        if confirmed is not None:
-            return confirmed
-    elif pending is None:
+    if store.get_pending(name) is None:
         with contextlib.suppress(UnknownAppliance):
             pinned = store.get(name)
             if pinned.address == api_host:
@@ -110,27 +112,32 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
                                  api_port=api_port or verified.api_port, embodiment="srp", enrolled_at=time.time())
         await asyncio.to_thread(store.save_pending, record)
 
-    for delay in (*RETRY_DELAYS, None):
+    async def attempt() -> ApplianceRecord:
+        pending = store.get_pending(name)
+        if pending is not None and pending.address == api_host:
+            confirmed = await _confirm_pending(store, pending)
+            if confirmed is not None:
+                return confirmed
         try:
             result = await enroll(host, port, secrets, files_of(store), name=name, ssh_key=ssh_key,
                                   on_pending=keep_pending, **timeouts)
-            break
         except PeerRefused as exc:
             if exc.code == "already_enrolled" and pending is not None:
                 raise EnrollmentUnconfirmed(
                     f"{name}: an earlier run sent finish to {address}, but the appliance's API at "
-                    f"{pending.address}:{pending.api_port} does not accept this requester's key and SRP enrollment "
-                    "is closed: the appliance was enrolled by another requester (or its agent has not restarted "
-                    "since a crash; run the same command again)") from None
-            if exc.code not in RETRYABLE or delay is None:
-                raise
-            await asyncio.sleep(delay)
-    record = ApplianceRecord(name=name, address=api_host, pin=result.appliance_pin,
-                             certificate=certificate_pem(result.appliance_certificate).decode("ascii"),
-                             api_port=api_port or result.api_port, ssh_host_keys=result.ssh_host_keys,
-                             embodiment="srp", enrolled_at=time.time())
-    store.promote(record)
-    return record
+                    f"{pending.address}:{pending.api_port} does not accept this requester's key and SRP "
+                    "enrollment is closed: the appliance was enrolled by another requester (or its agent has "
+                    "not restarted since a crash; run the same command again)") from None
+            raise
+        record = ApplianceRecord(name=name, address=api_host, pin=result.appliance_pin,
+                                 certificate=certificate_pem(result.appliance_certificate).decode("ascii"),
+                                 api_port=api_port or result.api_port, ssh_host_keys=result.ssh_host_keys,
+                                 embodiment="srp", enrolled_at=time.time())
+        store.promote(record)
+        return record
+
+    return await retry_until(attempt, address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                             deadline=deadline, on_wait=on_wait)
 
 
 def files_of(store: TrustStore) -> ClientIdentityFiles:
@@ -214,9 +221,11 @@ class Outcome:
 
 
 async def enroll_many(targets: Iterable[Target], *, concurrency: int = 32, store: TrustStore | None = None,
-                      on_done: Callable[[Outcome], None] | None = None, **kwargs) -> list[Outcome]:
+                      on_done: Callable[[Outcome], None] | None = None, deadline: float = DEFAULT_DEADLINE,
+                      **kwargs) -> list[Outcome]:
     """Enroll many appliances with at most `concurrency` in flight. Never raises for one
-    appliance's failure: each Outcome carries its record or its typed error."""
+    appliance's failure: each Outcome carries its record or its typed error. `deadline` is each
+    appliance's (see enroll_appliance): a booting appliance holds one of the `concurrency` slots."""
     store = store or TrustStore()
     store.identity()
     limit = asyncio.Semaphore(concurrency)
@@ -226,7 +235,7 @@ async def enroll_many(targets: Iterable[Target], *, concurrency: int = 32, store
             start = time.perf_counter()
             try:
                 record = await enroll_appliance(target.address, target.secrets, name=target.name, store=store,
-                                                **kwargs)
+                                                deadline=deadline, **kwargs)
                 outcome = Outcome(target, record, None, time.perf_counter() - start)
             except AlreadyPinned as exc:
                 outcome = Outcome(target, exc.record, None, time.perf_counter() - start, already_pinned=True)

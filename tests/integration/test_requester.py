@@ -161,7 +161,7 @@ async def test_cli_pins_export_call_and_errors(tmp_path):
                                (("call", "app", "GET", "v1/health"), 2),
                                (("call", "app", "POST", "/v1/authorized-keys", "--data", "{bad"), 2),
                                (("pins", "export", "app", "--format", "x509"), 2),
-                               (("enroll", "127.0.0.1:1", "--secrets", str(secrets), "--name", "x"), 1),
+                               (("enroll", "127.0.0.1:1", "--secrets", str(secrets), "--name", "x", "--deadline", "0"), 1),
                                (("enroll", "not an address", "--secrets", str(secrets), "--name", "x"), 2),
                                (("enroll", "--targets", str(tmp_path / "missing.csv")), 2)):
             code, out, err = await cli(*args, home=home)

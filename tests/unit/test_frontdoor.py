@@ -1,0 +1,200 @@
+"""agent/frontdoor.py: the pre-authentication table, driven with sources and a fake clock only."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from firsttrust.agent.frontdoor import FIRST_FRAME_TIMEOUT, FirstFrameWatch, FrontDoor, source_key
+from firsttrust.framing import HEADER, encode_error, encode_frame
+from firsttrust.messages import SRP_VALUE_BYTES
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def door(total: int = 4, per_source: int = 2) -> tuple[FrontDoor, Clock]:
+    clock = Clock()
+    return FrontDoor(max_unauthenticated=total, per_source=per_source, first_frame_timeout=5.0, clock=clock), clock
+
+
+HELLO = encode_frame("hello", {"A": base64.b64encode(b"\x01" * SRP_VALUE_BYTES).decode()})
+
+
+# --- source_key ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("address, key", [
+    ("10.0.0.5", "10.0.0.5"),
+    ("127.0.0.2", "127.0.0.2"),
+    ("::ffff:10.0.0.5", "10.0.0.5"),  # IPv4-mapped: the IPv4 peer of a dual-stack listener
+    ("::ffff:a00:5", "10.0.0.5"),
+    ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+    ("fe80::1%eth0", "fe80::/64"),
+    ("::1", "::/64"),
+    ("unknown", "unknown"),
+])
+def test_source_key(address, key):
+    assert source_key(address) == key
+
+
+def test_one_ipv6_host_rotating_addresses_in_its_64_is_one_source():
+    assert source_key("2001:db8::1") == source_key("2001:db8::ffff:ffff:ffff:ffff")
+    assert source_key("2001:db8::1") != source_key("2001:db8:0:1::1")
+    assert source_key("10.0.0.5") != source_key("10.0.0.6")
+
+
+# --- admission, per-source cap, eviction --------------------------------------------------------
+
+
+def test_admits_until_full():
+    table, _ = door(total=4, per_source=4)
+    for source in "abcd":
+        assert table.admit(source).entry is not None
+    assert len(table) == 4 and table.count("a") == 1
+
+
+def test_per_source_cap_evicts_the_sources_own_oldest_pre_hello():
+    table, clock = door(total=10, per_source=2)
+    first = table.admit("a").entry
+    clock.now += 1
+    second = table.admit("a").entry
+    other = table.admit("b").entry
+    clock.now += 1
+    admission = table.admit("a")
+    assert admission.entry is not None and admission.evicted == (first,)
+    assert table.count("a") == 2 and not first.held and second.held and other.held
+
+
+def test_per_source_cap_refuses_when_the_source_holds_only_hellos():
+    table, _ = door(total=10, per_source=2)
+    for _ in range(2):
+        table.mark_hello(table.admit("a").entry)
+    admission = table.admit("a")
+    assert admission.entry is None and admission.evicted == ()
+    assert table.count("a") == 2 and table.refusals == 1
+    assert table.admit("b").entry is not None  # other sources are not affected
+
+
+def test_full_table_evicts_oldest_pre_hello_of_the_source_holding_most():
+    table, clock = door(total=4, per_source=4)
+    b_old = table.admit("b").entry
+    clock.now += 1
+    a1 = table.admit("a").entry
+    a2 = table.admit("a").entry
+    c = table.admit("c").entry
+    admission = table.admit("legit")
+    assert admission.evicted == (a1,)  # "a" holds most; its oldest, though "b" is older
+    assert a2.held and b_old.held and c.held and admission.entry.held
+    assert table.evictions == 1
+
+
+def test_a_hello_is_never_evicted_by_a_flood():
+    table, clock = door(total=4, per_source=4)
+    legit = table.admit("legit").entry
+    table.mark_hello(legit)
+    for i in range(1000):  # a flood from many sources, each newcomer making room for itself
+        clock.now += 0.001
+        admission = table.admit(f"flood-{i % 20}")
+        assert admission.entry is not None
+        assert legit not in admission.evicted
+    assert legit.held and len(table) == 4
+
+
+def test_a_pre_hello_newcomer_from_a_quiet_source_survives_a_flood_until_its_hello():
+    table, clock = door(total=8, per_source=8)
+    for i in range(8):
+        table.admit(f"flood-{i % 2}")
+    legit = table.admit("legit").entry
+    for i in range(200):
+        clock.now += 0.001
+        table.admit(f"flood-{i % 2}")
+    assert legit.held  # the flood's sources always hold more: they lose their own slots
+    table.mark_hello(legit)
+
+
+def test_full_of_hellos_refuses_the_newcomer_and_evicts_nobody():
+    table, _ = door(total=2, per_source=2)
+    for source in "ab":
+        table.mark_hello(table.admit(source).entry)
+    admission = table.admit("c")
+    assert admission.entry is None and admission.evicted == () and len(table) == 2
+
+
+def test_release_is_idempotent_and_frees_the_slot():
+    table, _ = door(total=1, per_source=1)
+    entry = table.admit("a").entry
+    table.release(entry)
+    table.release(entry)
+    assert len(table) == 0 and not entry.held
+    assert table.admit("a").evicted == ()
+
+
+def test_evicted_entry_release_does_not_free_anyone_else():
+    table, _ = door(total=1, per_source=1)
+    old = table.admit("a").entry
+    new = table.admit("b").entry
+    table.release(old)  # the evicted connection's handler finishing
+    assert len(table) == 1 and new.held
+
+
+# --- first-frame deadline -----------------------------------------------------------------------
+
+
+def test_first_frame_deadline_counts_from_admission():
+    table, clock = door()
+    entry = table.admit("a").entry
+    assert table.remaining(entry) == 5.0
+    clock.now += 4.9
+    assert table.overdue() == [] and table.remaining(entry) == pytest.approx(0.1)
+    clock.now += 0.1
+    assert table.overdue() == [entry] and table.remaining(entry) == 0.0
+
+
+def test_a_hello_is_never_overdue():
+    table, clock = door()
+    entry = table.admit("a").entry
+    table.mark_hello(entry)
+    clock.now += 60
+    assert table.overdue() == []
+
+
+def test_the_default_first_frame_deadline_is_shorter_than_a_phase():
+    from firsttrust import limits
+    assert FIRST_FRAME_TIMEOUT < limits.PHASE_TIMEOUT
+
+
+# --- the first frame watch ----------------------------------------------------------------------
+
+
+def test_watch_reports_a_valid_hello_once_even_byte_by_byte():
+    watch = FirstFrameWatch()
+    outcomes = [watch.feed(HELLO[i:i + 1]) for i in range(len(HELLO))]
+    assert all(o is None for o in outcomes[:-1]) and outcomes[-1].hello
+    assert watch.feed(b"more") is None and watch.eof() is None
+
+
+@pytest.mark.parametrize("data, code", [
+    (b"\xff\xff\xff\xff", "frame_too_large"),
+    (b"\x16\x03\x01\x02\x00" + bytes(100), "frame_too_large"),
+    (HEADER.pack(5) + b"nope!", "malformed_frame"),
+    (encode_error("busy", "x"), "unexpected_frame"),  # a known frame, but not a hello
+    (encode_frame("hello", {"A": "QQ=="}), "invalid_field"),
+])
+def test_watch_names_what_is_wrong_with_a_first_frame(data, code):
+    outcome = FirstFrameWatch().feed(data)
+    assert outcome is not None and not outcome.hello and outcome.code == code
+
+
+def test_watch_eof_before_a_frame():
+    watch = FirstFrameWatch()
+    assert watch.feed(HELLO[:10]) is None
+    outcome = watch.eof()
+    assert outcome.eof and not outcome.hello and outcome.code is None
