@@ -1,0 +1,114 @@
+"""One kill point = one case: a fresh world, one process killed by strace at the Nth call of a
+syscall, then recovery the way an operator would do it, with the invariants checked at each step."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fault_harness import Account, Agent, Checker, World, killed_call
+
+SLOTS = 2  # cases run two at a time (one throwaway account each): most of a case is process start-up
+
+# side -> syscall -> list of Outcome, filled by the tests, printed by conftest's terminal summary
+RESULTS: dict[str, dict[str, list]] = {"agent": {}, "requester": {}}
+
+
+@dataclass
+class Outcome:
+    side: str
+    syscall: str
+    n: int
+    killed: bool          # the injected SIGKILL fired (this N is a kill point)
+    where: str            # start-up | enrollment | after-enrolled | none
+    steps: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+    def broken(self) -> list[str]:
+        """The violations, each once, with every observation point where it was seen."""
+        merged: dict[str, list[str]] = {}
+        for violation in self.violations:
+            text, _, label = violation.rpartition(" [")
+            if not text:
+                text, label = violation, ""
+            merged.setdefault(text, []).append(label.rstrip("]"))
+        return [f"{text} [{', '.join(l for l in labels if l)}]" for text, labels in merged.items()]
+
+    def line(self) -> str:
+        head = f"{self.side} {self.syscall} N={self.n} [{self.where}] " + "; ".join(self.steps)
+        if self.violations:
+            return head + "\n      BROKEN: " + "\n      BROKEN: ".join(self.broken())
+        return head + " -> ok"
+
+
+def agent_case(root: Path, account: Account, ssh_pub: Path, deadline_flag: bool, syscall: str, n: int) -> Outcome:
+    """Kill the agent at its Nth `syscall`; run the requester; restart the agent; check; run the
+    same requester command again; check."""
+    world = World(root, account, ssh_pub, deadline_flag)
+    check = Checker(world)
+    outcome = Outcome("agent", syscall, n, killed=False, where="none")
+    try:
+        agent = Agent(world, inject=(syscall, n))
+        if not agent.wait_ready():
+            outcome.killed, outcome.where = agent.killed, "start-up"
+            outcome.steps.append(f"agent died before READY ({agent.proc.returncode})")
+        else:
+            first = world.enroll()
+            outcome.steps.append(f"run 1 {first.brief()}")
+            # a kill on the last sends may land just after the requester returned
+            if agent.wait_dead(1.5 if first.rc == 0 else 3.0):
+                outcome.killed = agent.killed
+                outcome.where = "after-enrolled" if first.rc == 0 else "enrollment"
+            agent.stop()
+        if outcome.killed:
+            outcome.steps.insert(0, f"agent killed at {world.short(killed_call(agent.trace))}")
+        if outcome.killed:
+            outcome.violations += check.observe("after-kill", agent_running=False).violations
+        elif outcome.where == "none" or agent.proc.returncode not in (None, -9):
+            outcome.steps.append(f"agent not killed (exit {agent.proc.returncode})")
+        again = Agent(world)
+        assert again.wait_ready(), f"agent restart failed: {again.log.read_text()[-1500:]}"
+        outcome.violations += check.observe("after-restart", agent_running=True, check_tmp=True).violations
+        second = world.enroll()
+        outcome.steps.append(f"run 2 {second.brief()}")
+        outcome.violations += check.observe("after-rerun", agent_running=True, after_rerun=True,
+                                            check_tmp=True).violations
+        again.stop()
+    finally:
+        world.close()
+    outcome.violations += check.secret_violations()
+    return outcome
+
+
+def requester_case(root: Path, account: Account, ssh_pub: Path, deadline_flag: bool, syscall: str,
+                   n: int) -> Outcome:
+    """Kill the requester at its Nth `syscall` while the agent runs normally; run the same command
+    again; check."""
+    world = World(root, account, ssh_pub, deadline_flag)
+    check = Checker(world)
+    outcome = Outcome("requester", syscall, n, killed=False, where="none")
+    try:
+        agent = Agent(world)
+        assert agent.wait_ready(), f"agent start failed: {agent.log.read_text()[-1500:]}"
+        first = world.enroll(inject=(syscall, n))
+        outcome.steps.append(world.short(f"run 1 {first.brief()}"))
+        outcome.killed = first.killed
+        if first.killed:
+            outcome.where = "enrollment"
+            time.sleep(0.2)  # let the agent notice the dead peer (refund, slot release)
+            outcome.violations += check.observe("after-kill", agent_running=True).violations
+        second = world.enroll()
+        outcome.steps.append(f"run 2 {second.brief()}")
+        outcome.violations += check.observe("after-rerun", agent_running=True, after_rerun=True,
+                                            check_tmp=True).violations
+        # I3 needs a restart: the agent must not keep SEC-B past a start once enrolled
+        agent.stop()
+        again = Agent(world)
+        assert again.wait_ready(), f"agent restart failed: {again.log.read_text()[-1500:]}"
+        outcome.violations += check.observe("after-restart", agent_running=True, check_tmp=True).violations
+        again.stop()
+    finally:
+        world.close()
+    outcome.violations += check.secret_violations()
+    return outcome
