@@ -15,12 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fault_harness import REQUESTER, Account  # noqa: E402
-
-SLOTS = 2  # cases run two at a time: the run is mostly process start-up and waiting
-
-# side -> syscall -> list of Outcome, filled by the tests, printed by pytest_terminal_summary
-RESULTS: dict[str, dict[str, list]] = {"agent": {}, "requester": {}}
+from fault_cases import RESULTS, SLOTS  # noqa: E402
+from fault_harness import REQUESTER, Account, Template  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +44,8 @@ def fault_env():
         ssh_pub.write_bytes(public.public_bytes(serialization.Encoding.OpenSSH,
                                                 serialization.PublicFormat.OpenSSH) + b" fault@requester\n")
         help_text = subprocess.run([REQUESTER, "enroll", "--help"], capture_output=True, text=True, timeout=30).stdout
-        yield {"root": root, "accounts": accounts, "ssh_pub": ssh_pub, "deadline_flag": "--deadline" in help_text}
+        yield {"root": root, "accounts": accounts, "ssh_pub": ssh_pub, "deadline_flag": "--deadline" in help_text,
+               "template": Template(root / "template")}
     finally:
         for account in accounts:
             subprocess.run(["userdel", "-r", account.name], capture_output=True, timeout=30)

@@ -2,26 +2,32 @@
 syscall fault injection as the killer, the issue-9 invariants as checks.
 
 Everything goes through the command lines (`firsttrust-agent provision|serve|status`,
-`firsttrust enroll|pin-cert|call`) and the files they own, so the harness does not depend on
+`firsttrust enroll|call`), the files they own and a TLS client for the API, so the harness does not depend on
 how the product is built inside.
 
-One kill point by hand (the agent killed at its 3rd rename; any syscall and N work the same):
+One kill point by hand (the agent killed at its 3rd rename after start-up; any syscall and N work
+the same):
 
-    strace -f -qq -o kill.trace -e trace=rename,renameat,renameat2 \\
-        -e inject=rename,renameat,renameat2:signal=KILL:when=3 \\
-        firsttrust-agent serve --state-dir D --config agent.toml \\
-            --listen 127.0.0.1:8790 --api-listen 127.0.0.1:8791
-    # in another shell, as the bring-up script would:
+    firsttrust-agent serve --state-dir D --config agent.toml \\
+        --listen 127.0.0.1:8790 --api-listen 127.0.0.1:8791 &          # wait for "listening:"
+    strace -f -o kill.trace -e trace=rename,renameat,renameat2 \\
+        -e inject=rename,renameat,renameat2:signal=KILL:when=3 -p $!  # wait for "attached"
     FIRSTTRUST_HOME=H firsttrust enroll 127.0.0.1:8790 --secrets F --name app --ssh-key k.pub
-    # then: restart `firsttrust-agent serve` without strace, check `firsttrust-agent status --json
-    # --state-dir D`, run the same `firsttrust enroll` again, `firsttrust call app GET /v1/identity`.
+    # then: start `firsttrust-agent serve` again (no strace), `firsttrust-agent status --json
+    # --state-dir D`, the same `firsttrust enroll` again, `firsttrust call app GET /v1/identity`.
 
-The requester side is the same with the strace prefix in front of `firsttrust enroll`.
+The agent is attached once it is READY, so its start-up writes are not kill points of the
+enrollment. The requester is run under strace from its start:
+
+    FIRSTTRUST_HOME=H strace -f -qq -o kill.trace -e trace=fsync,fdatasync \\
+        -e inject=fsync,fdatasync:signal=KILL:when=2 \\
+        firsttrust enroll 127.0.0.1:8790 --secrets F --name app --ssh-key k.pub
+
 kill.trace ends with the call that was killed (`rename(...) = ?`, `+++ killed by SIGKILL +++`).
 
 Two facts about strace 6.1 (Debian 12) that shape the matrix:
 - `--seccomp-bpf` silently disables `-e inject` (the syscalls are traced, the signal never comes),
-  so the harness traces with plain ptrace; it costs start-up time, not correctness.
+  so the harness traces with plain ptrace (slower start-up for the requester, same kill points).
 - `when=N` counts per thread: the kill fires in the first thread to make its Nth such call. The
   agent does all its durable writes in one worker thread (asyncio.to_thread's pool) and its
   network sends in the event-loop thread, so N walks each of those sequences in order; the
@@ -69,10 +75,13 @@ APP = "app"
 MAX_N = 60  # a sweep that never completes unkilled is a bug of the harness or a hang
 
 
-def strace_prefix(syscall: str, n: int, trace: Path) -> list[str]:
+def strace_prefix(syscall: str, n: int, trace: Path, attach: int | None = None) -> list[str]:
+    """strace that SIGKILLs the Nth call of `syscall`: the prefix of a command, or (attach=PID)
+    the whole command to attach to a running process and all its threads."""
     names = SYSCALLS[syscall]
-    return ["strace", "-f", "-qq", "-o", str(trace), "-s", "48", "-e", f"trace={names}",
+    argv = ["strace", "-f", "-y", "-o", str(trace), "-s", "64", "-e", f"trace={names}",
             "-e", f"inject={names}:signal=KILL:when={n}"]
+    return argv + ["-p", str(attach)] if attach else argv + ["-qq"]
 
 
 def killed_call(trace: Path) -> str:
@@ -84,7 +93,7 @@ def killed_call(trace: Path) -> str:
     for line in reversed(lines):
         if line.rstrip().endswith("= ?"):
             call = line.split(" ", 1)[1] if " " in line else line
-            return call.rsplit(" = ?", 1)[0][:140]
+            return call.rsplit(" = ?", 1)[0][:200]
     return "?"
 
 
@@ -138,7 +147,7 @@ class Run:
 class Agent:
     """`firsttrust-agent serve` as a process (optionally under strace), in its own session."""
 
-    def __init__(self, world: "World", inject: tuple[str, int] | None = None):
+    def __init__(self, world: "World"):
         self.world = world
         world.agent_starts += 1
         self.log = world.root / f"agent-{world.agent_starts}.log"
@@ -146,11 +155,23 @@ class Agent:
         argv = [AGENT, "serve", "--state-dir", str(world.state), "--config", str(world.config),
                 "--listen", f"127.0.0.1:{world.enroll_port}", "--api-listen", f"127.0.0.1:{world.api_port}"]
         self.trace = world.root / f"agent-{world.agent_starts}.trace"
-        if inject:
-            argv = strace_prefix(*inject, self.trace) + argv
         self.proc = subprocess.Popen(argv, stdout=self.handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=world.env(), start_new_session=True)
         world.processes.append(self.proc)
+
+    def attach(self, syscall: str, n: int, timeout: float = 10.0) -> None:
+        """Put the running (READY) agent under strace's injection: its Nth `syscall` from now on
+        gets SIGKILL. Attaching after READY leaves the start-up's own writes out of the count."""
+        messages = self.world.root / f"agent-{self.world.agent_starts}.strace-stderr"
+        with open(messages, "wb") as handle:
+            tracer = subprocess.Popen(strace_prefix(syscall, n, self.trace, attach=self.proc.pid), stdout=handle,
+                                      stderr=handle, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.world.processes.append(tracer)
+        deadline = time.monotonic() + timeout
+        while b"attached" not in messages.read_bytes():
+            if tracer.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"strace could not attach to the agent: {messages.read_text()[-500:]}")
+            time.sleep(0.01)
 
     def wait_ready(self, timeout: float = 20.0) -> bool:
         """True once the agent logged that it listens; False if it died first."""
@@ -185,10 +206,33 @@ class Agent:
         self.handle.close()
 
 
+class Template:
+    """One `firsttrust-agent provision --source file:ovf-env.xml` per session; each case starts
+    from a copy of its state directory (a provisioned appliance is a directory; copying it saves
+    a second of start-up per case)."""
+
+    def __init__(self, root: Path):
+        root.mkdir(parents=True)
+        self.secrets = EnrollmentSecrets.generate()
+        self.state = root / "state"
+        ovf = root / "ovf-env.xml"
+        ovf.write_bytes(serialize_ovf_env({keys.SEC_A: self.secrets.sec_a, keys.SEC_B: self.secrets.sec_b}))
+        config = root / "agent.toml"
+        config.write_text('account = "root"\n')
+        out = subprocess.run([AGENT, "provision", "--source", f"file:{ovf}", "--state-dir", str(self.state),
+                              "--no-set-password", "--config", str(config)], capture_output=True, text=True,
+                             timeout=60, stdin=subprocess.DEVNULL)
+        assert out.returncode == 0, out.stderr
+        assert self.secrets.sec_a not in out.stdout + out.stderr and self.secrets.sec_b not in out.stdout + out.stderr
+        ovf.unlink()  # the deployment medium is gone once the appliance has read it
+        self.pin = out.stdout.split()[1]  # "armed: sha256:..."
+
+
 class World:
     """One freshly provisioned appliance, its secrets file, a requester home, two fixed ports."""
 
-    def __init__(self, root: Path, account: Account, ssh_pub: Path, deadline_flag: bool):
+    def __init__(self, root: Path, account: Account, ssh_pub: Path, deadline_flag: bool,
+                 template: "Template"):
         self.root = root
         root.mkdir(parents=True)
         self.account = account
@@ -200,22 +244,18 @@ class World:
         self.home = root / "requester"
         self.config = root / "agent.toml"
         self.config.write_text(f'account = "{account.name}"\n')
-        self.secrets = EnrollmentSecrets.generate()
+        self.secrets = template.secrets
         self.secrets_file = root / "secrets.json"
         fd = os.open(self.secrets_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, secrets_to_json(self.secrets))
         os.close(fd)
-        ovf = root / "ovf-env.xml"
-        ovf.write_bytes(serialize_ovf_env({keys.SEC_A: self.secrets.sec_a, keys.SEC_B: self.secrets.sec_b}))
+        shutil.copytree(template.state, self.state, symlinks=True)  # keeps modes; owner is root anyway
+        self.pin = template.pin
         self.enroll_port, self.api_port = free_port(), free_port()
         self.agent_starts = 0
         self.requester_runs = 0
         self.processes: list[subprocess.Popen] = []
         self.transcript: list[str] = []  # every stderr/log text, searched for secrets
-        out = self.cli([AGENT, "provision", "--source", f"file:{ovf}", "--state-dir", str(self.state),
-                        "--no-set-password", "--config", str(self.config)])
-        assert out.returncode == 0, out.stderr
-        self.pin = out.stdout.split()[1]  # "armed: sha256:..."
 
     def short(self, text: str) -> str:
         """Paths in messages: relative to the case directory, the account's home as ~account."""
@@ -355,8 +395,8 @@ class Checker:
                 violations.append(f"I2: requester pin is {pinned or 'missing'}, appliance is {w.pin[:23]}…")
             if not enrolled:
                 violations.append(f"I2: after the re-run the appliance is {phase}, not enrolled")
-            call = w.cli([REQUESTER, "call", APP, "GET", "/v1/identity"])
-            if call.returncode != 0:
+            call = w.cli([REQUESTER, "call", APP, "GET", "/v1/identity"]) if pinned else None
+            if call and call.returncode != 0:
                 violations.append(f"I2: `firsttrust call {APP} GET /v1/identity` exit {call.returncode}: "
                                   f"{call.stderr.strip()[:120]}")
         if check_tmp:

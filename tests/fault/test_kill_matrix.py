@@ -21,8 +21,9 @@ point by hand: see the docstring of fault_harness.py (the exact strace command).
 
 from __future__ import annotations
 
+import queue
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import pytest
 from fault_cases import RESULTS, SLOTS, agent_case, requester_case
@@ -35,23 +36,41 @@ REQUESTER_SYSCALLS = ["rename", "fsync", "unlink", "sendto", "connect"]
 
 
 def sweep(fault_env, side: str, syscall: str) -> list:
-    """Run N = 1, 2, ... (SLOTS at a time, each slot with its own account) until the first N
-    whose kill never fires; that last, unkilled run is checked too (the baseline)."""
+    """Run N = 1, 2, ... (SLOTS cases in flight, each with an account of its own) until the
+    first N whose kill never fires; that unkilled run is the baseline and is checked too. Cases
+    started beyond it are finished and dropped."""
     case = agent_case if side == "agent" else requester_case
     root = fault_env["root"] / f"{side}-{syscall}"
-    outcomes = []
-    n = 1
+    accounts = queue.SimpleQueue()
+    for account in fault_env["accounts"]:
+        accounts.put(account)
+
+    def run(n: int):
+        account = accounts.get()
+        try:
+            return case(root / f"n{n}", account, fault_env["ssh_pub"], fault_env["deadline_flag"],
+                        fault_env["template"], syscall, n)
+        finally:
+            accounts.put(account)
+
+    done, end, next_n = {}, None, 1
     with ThreadPoolExecutor(SLOTS) as pool:
-        while n <= MAX_N:
-            batch = [pool.submit(case, root / f"n{n + slot}", fault_env["accounts"][slot], fault_env["ssh_pub"],
-                                 fault_env["deadline_flag"], syscall, n + slot) for slot in range(SLOTS)]
-            results = [future.result() for future in batch]
-            for outcome in results:
-                outcomes.append(outcome)
-                if not outcome.killed:
-                    return outcomes
-            n += SLOTS
-    raise AssertionError(f"{side} {syscall}: still killed at N={MAX_N}; the sweep never completed")
+        running = {}
+        while True:
+            while len(running) < SLOTS and (end is None or next_n < end) and next_n <= MAX_N:
+                running[pool.submit(run, next_n)] = next_n
+                next_n += 1
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                n = running.pop(future)
+                done[n] = future.result()
+                if not done[n].killed and (end is None or n < end):
+                    end = n
+    if end is None:
+        raise AssertionError(f"{side} {syscall}: still killed at N={MAX_N}; the sweep never completed")
+    return [done[n] for n in sorted(done) if n <= end]
 
 
 @pytest.mark.parametrize("side,syscall", [("agent", s) for s in AGENT_SYSCALLS]
