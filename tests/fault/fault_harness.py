@@ -79,7 +79,8 @@ def strace_prefix(syscall: str, n: int, trace: Path, attach: int | None = None) 
     """strace that SIGKILLs the Nth call of `syscall`: the prefix of a command, or (attach=PID)
     the whole command to attach to a running process and all its threads."""
     names = SYSCALLS[syscall]
-    argv = ["strace", "-f", "-y", "-o", str(trace), "-s", "64", "-e", f"trace={names}",
+    size = "12" if syscall in ("sendto", "connect") else "96"  # a send's first bytes say what it was
+    argv = ["strace", "-f", "-y", "-o", str(trace), "-s", size, "-e", f"trace={names}",
             "-e", f"inject={names}:signal=KILL:when={n}"]
     return argv + ["-p", str(attach)] if attach else argv + ["-qq"]
 
