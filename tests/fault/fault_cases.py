@@ -56,7 +56,7 @@ def agent_case(root: Path, account: Account, ssh_pub: Path, deadline_flag: bool,
         first = world.enroll()
         outcome.steps.append(world.short(f"run 1 {first.brief()}"))
         # a kill on the last sends may land just after the requester returned
-        if agent.wait_dead(1.5 if first.rc == 0 else 3.0):
+        if agent.wait_dead(2.5 if first.rc == 0 else 3.0):
             outcome.killed = agent.killed
             outcome.where = "after-enrolled" if first.rc == 0 else "enrollment"
         agent.stop()
