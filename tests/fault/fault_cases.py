@@ -43,7 +43,7 @@ class Outcome:
 
 
 def agent_case(root: Path, account: Account, ssh_pub: Path, deadline_flag: bool, template: Template,
-               syscall: str, n: int) -> Outcome:
+               syscall: str, n: int, superseded=lambda: False) -> Outcome:
     """Kill the agent at its Nth `syscall` after READY; run the requester; restart the agent;
     check; run the same requester command again; check."""
     world = World(root, account, ssh_pub, deadline_flag, template)
@@ -65,6 +65,8 @@ def agent_case(root: Path, account: Account, ssh_pub: Path, deadline_flag: bool,
             outcome.violations += check.observe("after-kill", agent_running=False).violations
         else:
             outcome.steps.append("agent not killed")
+            if superseded():  # a lower N already ran the unkilled baseline
+                return outcome
         again = Agent(world)
         assert again.wait_ready(), f"agent restart failed: {again.log.read_text()[-1500:]}"
         outcome.violations += check.observe("after-restart", agent_running=True, check_tmp=True).violations
@@ -80,7 +82,7 @@ def agent_case(root: Path, account: Account, ssh_pub: Path, deadline_flag: bool,
 
 
 def requester_case(root: Path, account: Account, ssh_pub: Path, deadline_flag: bool, template: Template,
-                   syscall: str, n: int) -> Outcome:
+                   syscall: str, n: int, superseded=lambda: False) -> Outcome:
     """Kill the requester at its Nth `syscall` while the agent runs normally; run the same command
     again; check; restart the agent; check."""
     world = World(root, account, ssh_pub, deadline_flag, template)
@@ -92,6 +94,8 @@ def requester_case(root: Path, account: Account, ssh_pub: Path, deadline_flag: b
         first = world.enroll(inject=(syscall, n))
         outcome.steps.append(world.short(f"run 1 {first.brief()}"))
         outcome.killed = first.killed
+        if not first.killed and superseded():
+            return outcome
         if first.killed:
             outcome.where = "enrollment"
             time.sleep(0.2)  # let the agent notice the dead peer (refund, slot release)

@@ -93,7 +93,7 @@ def killed_call(trace: Path) -> str:
         return "?"
     for line in reversed(lines):
         if line.rstrip().endswith("= ?"):
-            call = line.split(" ", 1)[1] if " " in line else line
+            call = line.split(None, 1)[1] if " " in line.strip() else line
             return call.rsplit(" = ?", 1)[0][:200]
     return "?"
 

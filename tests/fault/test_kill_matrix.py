@@ -35,53 +35,92 @@ AGENT_SYSCALLS = ["rename", "fsync", "unlink", "sendto"]
 REQUESTER_SYSCALLS = ["rename", "fsync", "unlink", "sendto", "connect"]
 
 
-def sweep(fault_env, side: str, syscall: str) -> list:
-    """Run N = 1, 2, ... (SLOTS cases in flight, each with an account of its own) until the
-    first N whose kill never fires; that unkilled run is the baseline and is checked too. Cases
-    started beyond it are finished and dropped."""
-    case = agent_case if side == "agent" else requester_case
-    root = fault_env["root"] / f"{side}-{syscall}"
+SWEEPS = [("agent", s) for s in AGENT_SYSCALLS] + [("requester", s) for s in REQUESTER_SYSCALLS]
+
+
+class Sweep:
+    """N = 1, 2, ... for one (side, syscall), until the first N whose kill never fires; that
+    unkilled run is the baseline and is checked too."""
+
+    def __init__(self, side: str, syscall: str):
+        self.side, self.syscall = side, syscall
+        self.next_n, self.end = 1, None
+        self.outcomes: dict[int, object] = {}
+        self.started, self.seconds = time.monotonic(), 0.0
+
+    def wants_more(self) -> bool:
+        return (self.end is None or self.next_n < self.end) and self.next_n <= MAX_N
+
+    def superseded(self, n: int) -> bool:
+        return self.end is not None and n > self.end
+
+    def record(self, n: int, outcome) -> None:
+        self.outcomes[n] = outcome
+        if not outcome.killed and not self.superseded(n):
+            self.end = n
+        if self.end is not None and all(k in self.outcomes for k in range(1, self.end + 1)):
+            self.seconds = time.monotonic() - self.started
+
+    def result(self) -> list:
+        if self.end is None:
+            raise AssertionError(f"{self.side} {self.syscall}: still killed at N={MAX_N}; the sweep never ended")
+        return [self.outcomes[n] for n in range(1, self.end + 1)]
+
+
+def run_matrix(fault_env, selected: list[tuple[str, str]]) -> dict:
+    """All selected sweeps share SLOTS workers (one throwaway account each), so no sweep's tail
+    leaves a worker idle. A case started beyond its sweep's end stops after its first run."""
+    sweeps = [Sweep(side, syscall) for side, syscall in selected]
     accounts = queue.SimpleQueue()
     for account in fault_env["accounts"]:
         accounts.put(account)
 
-    def run(n: int):
+    def run(sweep: Sweep, n: int):
+        case = agent_case if sweep.side == "agent" else requester_case
         account = accounts.get()
         try:
-            return case(root / f"n{n}", account, fault_env["ssh_pub"], fault_env["deadline_flag"],
-                        fault_env["template"], syscall, n)
+            return case(fault_env["root"] / f"{sweep.side}-{sweep.syscall}" / f"n{n}", account,
+                        fault_env["ssh_pub"], fault_env["deadline_flag"], fault_env["template"], sweep.syscall,
+                        n, superseded=lambda: sweep.superseded(n))
         finally:
             accounts.put(account)
 
-    done, end, next_n = {}, None, 1
+    running = {}
     with ThreadPoolExecutor(SLOTS) as pool:
-        running = {}
         while True:
-            while len(running) < SLOTS and (end is None or next_n < end) and next_n <= MAX_N:
-                running[pool.submit(run, next_n)] = next_n
-                next_n += 1
+            for sweep in sweeps:  # breadth first: every sweep gets going early
+                if len(running) < SLOTS and sweep.wants_more():
+                    running[pool.submit(run, sweep, sweep.next_n)] = (sweep, sweep.next_n)
+                    sweep.next_n += 1
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                n = running.pop(future)
-                done[n] = future.result()
-                if not done[n].killed and (end is None or n < end):
-                    end = n
-    if end is None:
-        raise AssertionError(f"{side} {syscall}: still killed at N={MAX_N}; the sweep never completed")
-    return [done[n] for n in sorted(done) if n <= end]
+                sweep, n = running.pop(future)
+                sweep.record(n, future.result())
+    return {(sweep.side, sweep.syscall): sweep for sweep in sweeps}
 
 
-@pytest.mark.parametrize("side,syscall", [("agent", s) for s in AGENT_SYSCALLS]
-                         + [("requester", s) for s in REQUESTER_SYSCALLS])
-def test_kill_point_sweep(fault_env, side, syscall):
+@pytest.fixture(scope="session")
+def matrix(fault_env, request):
+    """The sweeps of every selected test_kill_point_sweep item, run together once."""
+    selected = [key for key in SWEEPS if any(getattr(item, "callspec", None) and
+                                             (item.callspec.params.get("side"), item.callspec.params.get("syscall"))
+                                             == key for item in request.session.items)]
     started = time.monotonic()
-    outcomes = sweep(fault_env, side, syscall)
+    sweeps = run_matrix(fault_env, selected)
+    print(f"\nkill -9 matrix: {len(selected)} sweeps in {time.monotonic() - started:.0f}s")
+    return sweeps
+
+
+@pytest.mark.parametrize("side,syscall", SWEEPS)
+def test_kill_point_sweep(matrix, side, syscall):
+    sweep = matrix[(side, syscall)]
+    outcomes = sweep.result()
     RESULTS[side][syscall] = outcomes
     kills = [o for o in outcomes if o.killed]
     report = "\n".join(o.line() for o in outcomes)
-    print(f"\n{side} {syscall}: {len(kills)} kill point(s) in {time.monotonic() - started:.1f}s\n{report}")
+    print(f"\n{side} {syscall}: {len(kills)} kill point(s), {sweep.seconds:.1f}s\n{report}")
     baseline = outcomes[-1]
     assert not baseline.violations, f"the unkilled baseline run breaks an invariant:\n{baseline.line()}"
     broken = [o for o in outcomes if o.violations]
