@@ -56,7 +56,9 @@ def agent_case(root: Path, account: Account, ssh_pub: Path, deadline_flag: bool,
         first = world.enroll()
         outcome.steps.append(world.short(f"run 1 {first.brief()}"))
         # a kill on the last sends may land just after the requester returned
-        if agent.wait_dead(2.5 if first.rc == 0 else 3.0):
+        died = agent.wait_dead(2.5 if first.rc == 0 else 3.0)
+        exit_status = agent.proc.returncode  # before stop(): the shutdown's own sends may meet the kill
+        if died:
             outcome.killed = agent.killed
             outcome.where = "after-enrolled" if first.rc == 0 else "enrollment"
         agent.stop()
@@ -67,6 +69,10 @@ def agent_case(root: Path, account: Account, ssh_pub: Path, deadline_flag: bool,
             outcome.steps.append("agent not killed")
             if superseded():  # a lower N already ran the unkilled baseline
                 return outcome
+            if died:
+                outcome.violations.append(f"the agent exited ({exit_status}) without being killed")
+            if first.rc != 0:
+                outcome.violations.append("the enrollment failed with nothing killed")
         again = Agent(world)
         assert again.wait_ready(), f"agent restart failed: {again.log.read_text()[-1500:]}"
         outcome.violations += check.observe("after-restart", agent_running=True, check_tmp=True).violations
@@ -96,6 +102,8 @@ def requester_case(root: Path, account: Account, ssh_pub: Path, deadline_flag: b
         outcome.killed = first.killed
         if not first.killed and superseded():
             return outcome
+        if not first.killed and first.rc != 0:
+            outcome.violations.append("the enrollment failed with nothing killed")
         if first.killed:
             outcome.where = "enrollment"
             time.sleep(0.2)  # let the agent notice the dead peer (refund, slot release)
