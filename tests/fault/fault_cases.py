@@ -1,0 +1,125 @@
+"""One kill point = one case: a fresh world, one process killed by strace at the Nth call of a
+syscall, then recovery the way an operator would do it, with the invariants checked at each step."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fault_harness import Account, Agent, Checker, Template, World, killed_call
+
+SLOTS = 3  # cases in flight at once, one throwaway account each: a case is mostly waiting on processes
+
+# side -> syscall -> list of Outcome, filled by the tests, printed by conftest's terminal summary
+RESULTS: dict[str, dict[str, list]] = {"agent": {}, "requester": {}}
+
+
+@dataclass
+class Outcome:
+    side: str
+    syscall: str
+    n: int
+    killed: bool          # the injected SIGKILL fired (this N is a kill point)
+    where: str            # start-up | enrollment | after-enrolled | none
+    steps: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+    def broken(self) -> list[str]:
+        """The violations, each once, with every observation point where it was seen."""
+        merged: dict[str, list[str]] = {}
+        for violation in self.violations:
+            text, _, label = violation.rpartition(" [")
+            if not text:
+                text, label = violation, ""
+            merged.setdefault(text, []).append(label.rstrip("]"))
+        return [f"{text} [{', '.join(l for l in labels if l)}]" for text, labels in merged.items()]
+
+    def line(self) -> str:
+        head = f"{self.side} {self.syscall} N={self.n} [{self.where}] " + "; ".join(self.steps)
+        if self.violations:
+            return head + "\n      BROKEN: " + "\n      BROKEN: ".join(self.broken())
+        return head + " -> ok"
+
+
+def agent_case(root: Path, account: Account, ssh_pub: Path, deadline_flag: bool, template: Template,
+               syscall: str, n: int, superseded=lambda: False) -> Outcome:
+    """Kill the agent at its Nth `syscall` after READY; run the requester; restart the agent;
+    check; run the same requester command again; check."""
+    world = World(root, account, ssh_pub, deadline_flag, template)
+    check = Checker(world)
+    outcome = Outcome("agent", syscall, n, killed=False, where="none")
+    try:
+        agent = Agent(world)
+        assert agent.wait_ready(), f"the agent did not start: {agent.log.read_text()[-1500:]}"
+        agent.attach(syscall, n)
+        first = world.enroll()
+        outcome.steps.append(world.short(f"run 1 {first.brief()}"))
+        # a kill on the last sends may land just after the requester returned
+        died = agent.wait_dead(2.5 if first.rc == 0 else 3.0)
+        exit_status = agent.proc.returncode  # before stop(): the shutdown's own sends may meet the kill
+        if died:
+            outcome.killed = agent.killed
+            outcome.where = "after-enrolled" if first.rc == 0 else "enrollment"
+        agent.stop()
+        if outcome.killed:
+            outcome.steps.insert(0, f"agent killed at {world.short(killed_call(agent.trace))}")
+            outcome.violations += check.observe("after-kill", agent_running=False).violations
+        else:
+            outcome.steps.append("agent not killed")
+            if superseded():  # a lower N already ran the unkilled baseline
+                return outcome
+            if died:
+                outcome.violations.append(f"the agent exited ({exit_status}) without being killed")
+            if first.rc != 0:
+                outcome.violations.append("the enrollment failed with nothing killed")
+        again = Agent(world)
+        assert again.wait_ready(), f"agent restart failed: {again.log.read_text()[-1500:]}"
+        outcome.violations += check.observe("after-restart", agent_running=True, check_tmp=True).violations
+        second = world.enroll()
+        outcome.steps.append(f"run 2 {second.brief()}")
+        outcome.violations += check.observe("after-rerun", agent_running=True, after_rerun=True,
+                                            check_tmp=True).violations
+        again.stop()
+    finally:
+        world.close()
+    outcome.violations += check.secret_violations()
+    return outcome
+
+
+def requester_case(root: Path, account: Account, ssh_pub: Path, deadline_flag: bool, template: Template,
+                   syscall: str, n: int, superseded=lambda: False) -> Outcome:
+    """Kill the requester at its Nth `syscall` while the agent runs normally; run the same command
+    again; check; restart the agent; check."""
+    world = World(root, account, ssh_pub, deadline_flag, template)
+    check = Checker(world)
+    outcome = Outcome("requester", syscall, n, killed=False, where="none")
+    try:
+        agent = Agent(world)
+        assert agent.wait_ready(), f"agent start failed: {agent.log.read_text()[-1500:]}"
+        first = world.enroll(inject=(syscall, n))
+        outcome.steps.append(world.short(f"run 1 {first.brief()}"))
+        outcome.killed = first.killed
+        if not first.killed and superseded():
+            return outcome
+        if not first.killed and first.rc != 0:
+            outcome.violations.append("the enrollment failed with nothing killed")
+        if first.killed:
+            outcome.where = "enrollment"
+            time.sleep(0.2)  # let the agent notice the dead peer (refund, slot release)
+            outcome.violations += check.observe("after-kill", agent_running=True).violations
+        second = world.enroll()
+        outcome.steps.append(f"run 2 {second.brief()}")
+        outcome.violations += check.observe("after-rerun", agent_running=True, after_rerun=True,
+                                            check_tmp=True).violations
+        # I3 needs a restart when sec-b is still there: the agent must not keep it past a start
+        agent.stop()
+        if (world.state / "sec-b").exists():
+            again = Agent(world)
+            assert again.wait_ready(), f"agent restart failed: {again.log.read_text()[-1500:]}"
+            outcome.violations += check.observe("after-restart", agent_running=True, check_tmp=True).violations
+            again.stop()
+    finally:
+        world.close()
+    outcome.violations += check.secret_violations()
+    return outcome
