@@ -37,6 +37,7 @@ from .sshkeys import (
     has_authorized_key,
     install_authorized_key,
     parse_public_key_line,
+    remove_stale_authorized_keys_temps,
 )
 from .state import AgentState, StateDir
 
@@ -155,6 +156,9 @@ def repair_at_start(store: StateDir, *, clock: Callable[[], float] = time.time) 
     done = []
     if clean_stale_temps(store.path):
         done.append("removed temporary files of an interrupted write")
+    account = (state.enrollment or {}).get("account") if state.phase == "enrolled" else None
+    if account and remove_stale_authorized_keys_temps(account):
+        done.append(f"removed temporary files of an interrupted write to {account!r}'s authorized_keys")
     try:
         done += apply_grant(store, state, clock=clock)
     except SSHKeyError as exc:

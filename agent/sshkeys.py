@@ -127,6 +127,21 @@ def install_authorized_key(account: str, key_line: str) -> Path:
     return target.path
 
 
+def remove_stale_authorized_keys_temps(account: str) -> int:
+    """Remove the temp files a killed write of the account's authorized_keys left (the names
+    write_atomic gives them). Only at start, before anything could be writing it."""
+    try:
+        ssh_dir = Path(pwd.getpwnam(account).pw_dir) / ".ssh"
+    except KeyError:
+        return 0
+    removed = 0
+    for leftover in ssh_dir.glob(".authorized_keys.*.tmp"):
+        if not leftover.is_symlink():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def has_authorized_key(account: str, key_line: str) -> bool:
     """Whether the account's authorized_keys holds `key_line` (status and tests)."""
     try:

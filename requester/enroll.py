@@ -153,25 +153,32 @@ async def enroll_connection(host: str, port: int, machine: ClientEnrollment, fil
         if machine.state is State.START:
             waiting = "the TCP connection"
         raise EnrollmentConnectionError(f"{host}:{port}: timed out waiting for {waiting}", "timeout") from None
+    except ssl.SSLCertVerificationError as exc:
+        # SRP succeeded, so the appliance would present exactly the certificate it committed to
+        # (the only one the context trusts): another certificate is someone else terminating TLS.
+        raise BindingFailed(f"{INTERCEPTED} (TLS: {exc.reason or exc})") from None
     except ssl.SSLError as exc:
-        if machine.state is State.TLS_HANDSHAKE:
-            # SRP succeeded, so the appliance would present exactly the certificate it committed
-            # to: a TLS failure now is someone else terminating TLS.
-            raise BindingFailed(f"{INTERCEPTED} (TLS: {exc.reason or exc})") from None
-        raise EnrollmentConnectionError(f"{host}:{port}: TLS failed: {exc.reason or exc}") from None
+        # The peer went away or broke off mid-handshake (a crash, a reset): not a verdict on it.
+        raise EnrollmentConnectionError(f"{host}:{port}: the TLS handshake broke off ({_reason(exc)})",
+                                        "reset") from None
     except ConnectionRefusedError:
         raise EnrollmentConnectionError(f"{host}:{port} refuses connections (not listening yet?)", "refused") from None
     except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
         raise EnrollmentConnectionError(f"{host}:{port}: {_lost(machine, exc)}", "reset") from None
     except OSError as exc:
         reason = "unreachable" if exc.errno in _UNREACHABLE else None
-        raise EnrollmentConnectionError(f"{host}:{port}: {exc.strerror or exc}", reason) from None
+        raise EnrollmentConnectionError(f"{host}:{port}: {_reason(exc)}", reason) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """A reason people can read, never empty."""
+    return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc or type(exc).__name__)
 
 
 def _lost(machine: ClientEnrollment, exc: OSError) -> str:
     if machine.state is State.AWAIT_ENROLLED:
         return f"connection lost while waiting for {WAITING_FOR[State.AWAIT_ENROLLED]}"
-    return str(exc.strerror or exc)
+    return f"connection lost ({_reason(exc)})"
 
 
 def _take_buffered(reader: asyncio.StreamReader) -> bytes:

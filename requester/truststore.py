@@ -119,6 +119,13 @@ class TrustStore:
         for directory in (self.home, self.appliances, self.pending):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
+    def _remove_stale_temps(self) -> None:
+        """Temp files a killed writer left (write_atomic's names). Only under the lock: every
+        writer holds it from creating its temp file to renaming it, so none is in flight."""
+        for directory in (self.home, self.appliances, self.pending):
+            for leftover in directory.glob(".*.tmp"):
+                leftover.unlink(missing_ok=True)
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         self._ensure()
@@ -134,6 +141,7 @@ class TrustStore:
     def identity(self) -> Identity:
         """The requester's identity, created on first use (once, even under concurrency)."""
         with self.locked():
+            self._remove_stale_temps()
             try:
                 identity = Identity(self.key_path.read_bytes(), self.cert_path.read_bytes())
                 identity.certificate  # noqa: B018 - parse now, fail clearly if corrupt
