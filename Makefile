@@ -39,7 +39,7 @@ test: venv
 
 # The agent must run on Debian 12's own packages: the same suite against those exact versions.
 DEB12_VENV := .venv-debian12
-DEB12_PINS := aiohttp==3.8.4 cryptography==38.0.4 srp==1.0.20 defusedxml==0.7.1 systemd-python==235 \
+DEB12_PINS := aiohttp==3.8.4 cryptography==38.0.4 srp==1.0.20 defusedxml==0.7.1 systemd-python==235 tqdm==4.64.1 \
               pytest pytest-asyncio hypothesis
 
 test-debian-versions: system-deps $(DEB12_VENV)/.installed

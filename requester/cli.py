@@ -36,6 +36,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from tqdm import tqdm
+
 from firsttrust.clierrors import os_error_line, silence_broken_pipe, unexpected_error_line
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import MAX_DECODED_BYTES, PropertyEncodingError
@@ -301,7 +303,7 @@ def _enroll_batch(args: argparse.Namespace) -> int:
     if not 1 <= args.concurrency <= 1024:
         raise UsageError("--concurrency must be between 1 and 1024")
     targets = _read_targets(args.targets)
-    progress = _Progress(len(targets), enabled=sys.stderr.isatty() and not args.json)
+    progress = _Progress(len(targets), terminal=sys.stderr.isatty())
     outcomes = asyncio.run(enroll_many(targets, concurrency=args.concurrency, ssh_key=_read_ssh_key(args.ssh_key),
                                        on_done=progress.step, deadline=_check_deadline(args.deadline)))
     progress.finish()
@@ -322,24 +324,28 @@ def _enroll_batch(args: argparse.Namespace) -> int:
 
 
 class _Progress:
-    """A one-line progress bar on a terminal (stderr), nothing otherwise."""
+    """Batch progress on stderr, so stdout stays the table or the JSON report: a tqdm bar on a
+    terminal, otherwise one plain line per finished appliance (logs, CI)."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.done, self.failed, self.enabled = total, 0, 0, enabled
+    def __init__(self, total: int, *, terminal: bool) -> None:
+        self.failed = 0
+        self.bar = tqdm(total=total, file=sys.stderr, unit="appliance", dynamic_ncols=True,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} appliances [{elapsed}<{remaining}]{postfix}") \
+            if terminal else None
 
     def step(self, outcome: Outcome) -> None:
-        self.done += 1
         self.failed += 0 if outcome.ok else 1
-        if self.enabled:
-            width = 30
-            filled = width * self.done // self.total
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}"
-                             f" ({self.failed} failed)")
-            sys.stderr.flush()
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.failed} failed", refresh=False)
+            self.bar.update(1)
+        else:
+            detail = outcome.record.pin if outcome.record else f"{outcome.error.code}: {outcome.error}"
+            print(f"{PROG}: {outcome.target.name}: {outcome.status} ({outcome.seconds:.1f} s) {detail}",
+                  file=sys.stderr, flush=True)
 
     def finish(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

@@ -1,6 +1,7 @@
 """The requester library and CLI against real in-process appliances on loopback."""
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -124,6 +125,47 @@ async def test_batch_enroll_of_20_with_one_bad_secret_reports_exactly_one_failur
     assert len(results) == 20 and [r["name"] for r in failed] == ["app-07"]
     assert failed[0]["error"]["code"] == "auth_failed"
     assert len(TrustStore(tmp_path / "home").list()) == 19
+    # stderr is not a terminal here: one plain progress line per appliance, stdout only the JSON
+    lines = err.splitlines()
+    assert len(lines) == 20 and all(line.startswith("firsttrust: app-") for line in lines), err
+    assert sum(": failed (" in line for line in lines) == 1 and sum(": enrolled (" in line for line in lines) == 19
+
+
+async def test_batch_rerun_skips_what_is_pinned_and_shows_a_bar_on_a_terminal(tmp_path):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+    apps = [await provisioned(tmp_path / f"app{i}").start(phase_timeout=5.0) for i in range(3)]
+    rows = ["name,address,secrets"]
+    for i, app in enumerate(apps):
+        write_secrets(tmp_path / f"s{i}.json", app.secrets)
+        rows.append(f"app-{i},127.0.0.1:{app.port},s{i}.json")
+    (tmp_path / "targets.csv").write_text("\n".join(rows) + "\n")
+    try:
+        code, out, err = await cli("enroll", "--targets", str(tmp_path / "targets.csv"), home=tmp_path / "home")
+        assert code == 0 and out.splitlines()[-1] == "3 enrolled, 0 already pinned, 0 failed", out
+        # The same batch again, stderr on a terminal: everything already pinned, exit 0, a progress bar.
+        controller, terminal = pty.openpty()
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "firsttrust.requester.cli", "enroll", "--targets", str(tmp_path / "targets.csv"),
+            stdout=asyncio.subprocess.PIPE, stderr=terminal, cwd=ROOT,
+            env={**os.environ, "FIRSTTRUST_HOME": str(tmp_path / "home")})
+        os.close(terminal)
+        out2, _ = await asyncio.wait_for(proc.communicate(), 60)
+        bar = b""
+        with contextlib.suppress(OSError):
+            while chunk := os.read(controller, 65536):
+                bar += chunk
+        os.close(controller)
+    finally:
+        for app in apps:
+            await app.stop()
+    assert proc.returncode == 0
+    assert out2.decode().splitlines()[-1] == "0 enrolled, 3 already pinned, 0 failed"
+    assert b"3/3 appliances" in bar and b"0 failed" in bar
 
 
 async def test_cli_pins_export_call_and_errors(tmp_path):
