@@ -52,8 +52,9 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
     if api_address:
         parse_address(api_address, DEFAULT_API_PORT)  # refuse a bad one before enrolling
     files = ClientIdentityFiles(store.cert_path, store.key_path)
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     result = await retry_until(lambda: enroll(host, port, secrets, files, name=name, ssh_key=ssh_key, **timeouts),
-                               address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}", deadline=deadline, on_wait=on_wait)
+                               address=shown, deadline=deadline, on_wait=on_wait)
     api_host, api_port = parse_address(api_address, result.api_port) if api_address else (host, result.api_port)
     record = ApplianceRecord(name=name, address=api_host, pin=result.appliance_pin,
                              certificate=certificate_pem(result.appliance_certificate).decode("ascii"),
