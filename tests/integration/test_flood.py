@@ -216,7 +216,8 @@ def test_cli_deadline_exits_with_one_clear_line(tmp_path):
     proc, elapsed = enroll("2")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1, proc.stderr
-    assert start_cost + 1.5 <= elapsed < start_cost + 4, (start_cost, elapsed)
+    # It waited the deadline out, and not much more (the start-up cost varies from run to run on a busy machine).
+    assert 2 <= elapsed < 2 * start_cost + 4, (start_cost, elapsed)
     assert len(lines) == 2, lines  # one notice when the wait starts, one error at the end
     assert lines[0].startswith(f"firsttrust: 127.0.0.1:{port} refuses connections (still booting?); retrying until ")
     assert lines[1].startswith(f"firsttrust: error: 127.0.0.1:{port}: gave up after 2 s (deadline 2 s)")

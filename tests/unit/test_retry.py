@@ -165,7 +165,8 @@ def decode(data: bytes):
 
 
 def test_error_frame_without_retry_after_is_unchanged():
-    assert encode_error("busy", "later") == bytes.fromhex("00000036") + b'{"code":"busy","message":"later","type":"error","v":1}'
+    body = b'{"code":"busy","message":"later","type":"error","v":1}'
+    assert encode_error("busy", "later") == bytes.fromhex("00000036") + body
 
 
 def test_error_frame_carries_retry_after_and_the_client_reports_it():
