@@ -21,12 +21,15 @@ from pathlib import Path
 
 from firsttrust.errors import InvalidCertificate
 
-from .cli import EXIT_FAILED, EXIT_OK, UsageError, _table, read_input
 from .deployer import DEFAULT_CONCURRENCY, DEFAULT_IP_TIMEOUT, CredentialsError, VcenterAccess, deploy
 from .deployplan import InvalidDeployPlan, appliance_names, check_vcenter_url, plan_deployment
 from .vcenter_tls import InvalidThumbprint, ca_context, pinned_context
 
 MAX_CONCURRENCY = 64
+# The CLI's exit codes (cli.py). Not imported from there: under `python -m firsttrust.requester.cli`
+# that module is __main__, and a second copy's error classes would miss its exit-code table.
+EXIT_OK, EXIT_FAILED = 0, 1
+MAX_CERT_BYTES = 64 * 1024
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,19 +59,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Usage errors are InvalidDeployPlan (exit 2); a failed appliance makes the exit 1."""
     if not 1 <= args.concurrency <= MAX_CONCURRENCY:
-        raise UsageError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
+        raise InvalidDeployPlan(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
     if args.ip_timeout <= 0:
-        raise UsageError("--ip-timeout must be positive")
-    certificate = read_input(args.requester_cert, "requester certificate")[0] if args.requester_cert else None
+        raise InvalidDeployPlan("--ip-timeout must be positive")
+    certificate = _read_certificate(args.requester_cert) if args.requester_cert else None
     try:
         check_vcenter_url(args.vcenter)
         context = pinned_context(args.thumbprint) if args.thumbprint else None
         names = appliance_names(args.name, args.name_prefix, args.count)
         plan = plan_deployment(args.vcenter, args.template, names, enroll=not args.no_enroll,
                                requester_cert=certificate, enroll_window=args.enroll_window)
-    except (InvalidDeployPlan, InvalidThumbprint) as exc:
-        raise UsageError(str(exc)) from None
+    except InvalidThumbprint as exc:
+        raise InvalidDeployPlan(str(exc)) from None
     except InvalidCertificate as exc:
         raise InvalidCertificate(f"requester certificate {args.requester_cert}: {exc}") from None
     if args.dry_run:
@@ -79,12 +83,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         access = VcenterAccess.load(args.vcenter, context, args.credentials)
     except CredentialsError as exc:
-        raise UsageError(str(exc)) from None
-    try:
-        reports = deploy(plan, access, Path(args.secrets_dir), concurrency=args.concurrency,
-                         ip_timeout=args.ip_timeout, progress=_progress)
-    except InvalidDeployPlan as exc:
-        raise UsageError(str(exc)) from None
+        raise InvalidDeployPlan(str(exc)) from None
+    reports = deploy(plan, access, Path(args.secrets_dir), concurrency=args.concurrency,
+                     ip_timeout=args.ip_timeout, progress=_progress)
     if args.json:
         print(json.dumps([report.to_json() for report in reports], indent=2))
     else:
@@ -93,6 +94,23 @@ def run(args: argparse.Namespace) -> int:
         print(_table(("NAME", "VM", "STATUS", "IP", "PIN"), rows))
     failed = sum(not r.ok for r in reports)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _read_certificate(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CERT_BYTES + 1)
+    except OSError as exc:
+        raise InvalidDeployPlan(f"cannot read requester certificate {path}: {exc.strerror}") from None
+    if len(data) > MAX_CERT_BYTES:
+        raise InvalidDeployPlan(f"requester certificate {path} is larger than {MAX_CERT_BYTES} bytes")
+    return data
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in (header, *rows))
 
 
 def _progress(name: str, event: str) -> None:

@@ -23,9 +23,7 @@ from urllib.parse import urlsplit
 
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import SEC_A, SEC_B, guestinfo_key
-from firsttrust.errors import FirsttrustError
-
-from .deployspec import HARDENING_VMX_SETTINGS, deployment_properties
+from .deployspec import HARDENING_VMX_SETTINGS, InvalidDeploySpec, deployment_properties
 from .truststore import NAME_RE
 
 # How many appliances one command deploys at most. vCenter's own limits are far above (a
@@ -41,8 +39,9 @@ REMOVED = "removed"
 NOT_REMOVED = "not removed"
 
 
-class InvalidDeployPlan(FirsttrustError):
-    """An input to the plan is unusable: names, count, template, vCenter URL."""
+class InvalidDeployPlan(InvalidDeploySpec):
+    """An input to the plan is unusable: names, count, template, vCenter URL, thumbprint,
+    credentials, secrets directory. The caller's to fix (the CLI's exit 2, as InvalidDeploySpec)."""
 
     code = "invalid_deploy_plan"
 
