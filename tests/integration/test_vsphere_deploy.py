@@ -159,6 +159,24 @@ def test_credentials_come_from_a_private_file_or_the_environment_only(vcsim, tmp
     assert (secrets_dir / "creds-01.json").exists()
 
 
+def test_a_ca_bundle_verifies_the_server_instead_of_a_thumbprint(vcsim, tmp_path, requester_identity):
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    other_ca = tmp_path / "other-ca.pem"
+    other_ca.write_bytes(requester_identity.cert_pem)
+    env = environment(vcsim, tmp_path / "home")
+
+    def command(ca_file, name):
+        return [*FIRSTTRUST, "deploy", "--vcenter", vcsim.url, "--ca-file", str(ca_file), "--template", "DC0_H0_VM0",
+                "--secrets-dir", str(secrets_dir), "--name", name, "--no-enroll"]
+
+    result = subprocess.run(command(other_ca, "ca-wrong"), env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "TLS" in result.stderr and list(secrets_dir.iterdir()) == []
+    result = subprocess.run(command(vcsim.ca_file, "ca-right"), env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (secrets_dir / "ca-right.json").exists()
+
+
 def test_an_existing_vm_name_or_secrets_file_stops_before_anything_is_made(vcsim, tmp_path):
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir()
