@@ -17,6 +17,7 @@ directory: the same JSON `firsttrust secrets new` writes.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
@@ -181,3 +182,21 @@ def _last_values(entries: Iterable[tuple[str, str]]) -> Mapping[str, str]:
     for key, value in entries:
         current[key] = value
     return current
+
+
+def usable_guest_ip(addresses: Iterable[str | None]) -> str | None:
+    """The first address the requester can enroll at, from what VMware Tools reports (the primary
+    `guest.ipAddress`, then every NIC's addresses), or None yet.
+
+    Link-local addresses (169.254/16, fe80::/10) are skipped: a guest reports them while DHCP
+    or SLAAC is still under way, and they are not routable to the requester. Loopback is kept:
+    the lab's appliances live on 127.0.0.0/8.
+    """
+    for address in addresses:
+        try:
+            parsed = ipaddress.ip_address((address or "").split("%")[0])
+        except ValueError:
+            continue
+        if not (parsed.is_link_local or parsed.is_unspecified or parsed.is_multicast):
+            return address
+    return None

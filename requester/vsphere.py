@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from firsttrust.errors import FirsttrustError
 
+from .deployplan import usable_guest_ip
 from .vcenter_tls import ThumbprintMismatch
 
 MIN_PYVMOMI = (8, 0)
@@ -180,7 +181,7 @@ class Vcenter:
         return vm._moId
 
     def wait_for_ip(self, vm, timeout: float) -> str:
-        """The first IP address VMware Tools reports for the guest.
+        """The first usable IP address VMware Tools reports for the guest (deployplan.usable_guest_ip).
 
         Raises:
             VsphereError (code "no_ip"): none within `timeout` seconds.
@@ -188,7 +189,9 @@ class Vcenter:
         deadline = time.monotonic() + timeout
         for delay in _delays():
             with api_call("reading the guest's IP address"):
-                address = vm.guest.ipAddress
+                guest = vm.guest  # one round trip: the whole GuestInfo
+                reported = [guest.ipAddress] + [ip for nic in (guest.net or []) for ip in (nic.ipAddress or [])]
+            address = usable_guest_ip(reported)
             if address:
                 return address
             if time.monotonic() + delay > deadline:

@@ -242,6 +242,32 @@ def test_fifty_appliances_deployed_enrolled_and_their_secret_keys_removal_read_b
         print(f"\n50 appliances deployed and enrolled through vcsim in {elapsed:.1f} s")
 
 
+def test_the_command_enrolls_pins_and_reports_per_appliance(vcsim, tmp_path, monkeypatch, capsys):
+    from firsttrust.requester import cli
+
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    for key, value in vcsim.credentials_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("FIRSTTRUST_HOME", str(tmp_path / "home"))
+    argv = ["deploy", "--vcenter", vcsim.url, "--thumbprint", vcsim.thumbprint_sha256.replace(":", "").lower(),
+            "--template", "DC0_H0_VM0", "--name-prefix", "cli", "--count", "2", "--secrets-dir", str(secrets_dir),
+            "--enroll-window", "1h", "--ip-timeout", "60", "--json"]
+    with Guests(vcsim, "cli-", tmp_path / "guests") as guests:
+        code = cli.main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert not guests.errors
+    report = json.loads(out)
+    assert [entry["status"] for entry in report] == ["enrolled", "enrolled"]
+    pins = {record.name: record.pin for record in TrustStore(tmp_path / "home").list()}
+    for entry in report:
+        assert entry["pin"] == pins[entry["name"]] and entry["ip"] == guests.booted[entry["name"]]
+        assert entry["scrub"] == {key: NOT_REMOVED for key in SCRUB_KEYS}
+        assert set(entry["seconds"]) >= {"clone", "power_on", "wait_ip", "enroll", "scrub"}
+    assert "cli-02: enrolled: sha256:" in err and "secret keys:" in err
+
+
 # --- the simulator's lifecycle -------------------------------------------------------------------
 
 

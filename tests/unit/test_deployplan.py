@@ -20,6 +20,7 @@ from firsttrust.requester.deployplan import (
     plan_deployment,
     scrub_status,
     steps,
+    usable_guest_ip,
 )
 from firsttrust.requester.deployspec import HARDENING_VMX_SETTINGS
 
@@ -124,3 +125,11 @@ def test_scrub_status_vcsim_semantics_an_appended_empty_entry_is_not_removal():
     read_back = [(sec_a, "secret-a"), (sec_b, "secret-b"), (sec_a, ""), (sec_b, "")]
     assert scrub_status(read_back) == {sec_a: NOT_REMOVED, sec_b: NOT_REMOVED}
     assert scrub_status([(sec_a, ""), (sec_b, "secret-b")]) == {sec_a: REMOVED, sec_b: NOT_REMOVED}
+
+
+def test_the_guest_ip_skips_what_cannot_be_enrolled_at():
+    assert usable_guest_ip([None]) is None
+    assert usable_guest_ip(["", "169.254.3.4", "fe80::1%eth0", "not-an-ip"]) is None
+    assert usable_guest_ip(["169.254.3.4", "fe80::1", "10.0.0.7", "10.0.0.8"]) == "10.0.0.7"
+    assert usable_guest_ip(["2001:db8::5"]) == "2001:db8::5"
+    assert usable_guest_ip(["127.5.6.7"]) == "127.5.6.7"  # the lab's appliances
