@@ -158,10 +158,11 @@ class Vcsim:
         user, password = "firsttrust-lab", secrets.token_urlsafe(24)
         env = dict(os.environ, **{USER_ENV: user, PASSWORD_ENV: password})
         try:
-            process = subprocess.Popen(
-                [str(binary), "-listen", f"{host}:0", "-cert", str(workdir / "cert.pem"), "-key", str(key_path)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(workdir / "vcsim.log", "wb"),
-                env=env, cwd=workdir, start_new_session=True)
+            with open(workdir / "vcsim.log", "wb") as log:
+                process = subprocess.Popen(
+                    [str(binary), "-listen", f"{host}:0", "-cert", str(workdir / "cert.pem"), "-key", str(key_path)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, cwd=workdir,
+                    start_new_session=True)
         except OSError as exc:
             shutil.rmtree(workdir, ignore_errors=True)
             raise VcsimError(f"cannot start {binary}: {exc}") from None

@@ -310,3 +310,36 @@ def test_the_build_is_cached_and_keyed_by_its_source(vcsim, tmp_path, monkeypatc
     changed.write_bytes(vcsim_module.MAIN_GO.read_bytes() + b"\n// changed\n")
     monkeypatch.setattr(vcsim_module, "MAIN_GO", changed)
     assert vcsim_module.build_key() != key
+
+
+def test_done_when_against_a_separately_started_simulator(vcsim, tmp_path):
+    """`firsttrust-lab vcsim` in one process, the issue's command in another, with the credentials
+    file it wrote; SIGTERM then stops the simulator for good."""
+    root = tmp_path / "lab"
+    lab = subprocess.Popen([sys.executable, "-m", "firsttrust.lab.cli", "vcsim", "--root", str(root)],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        shown = {}
+        for line in lab.stdout:
+            key, _, value = line.strip().partition(": ")
+            shown[key] = value
+            if key == "pid":
+                break
+        credentials = Path(shown["credentials"])
+        assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
+        secrets_dir = tmp_path / "D"
+        secrets_dir.mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FIRSTTRUST_VSPHERE_")}
+        result = subprocess.run(
+            [*FIRSTTRUST, "deploy", "--vcenter", shown["url"], "--thumbprint", shown["thumbprint"], "--credentials",
+             str(credentials), "--template", "DC0_H0_VM0", "--name-prefix", "app", "--count", "2",
+             "--secrets-dir", str(secrets_dir), "--no-enroll"],
+            env={**env, "FIRSTTRUST_HOME": str(tmp_path / "home")}, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert sorted(p.name for p in secrets_dir.iterdir()) == ["app-01.json", "app-02.json"]
+        assert "deployed" in result.stdout
+    finally:
+        lab.terminate()
+        assert lab.wait(60) == 0
+    assert "vcsim stopped" in lab.stdout.read()
+    assert not procs.alive(int(shown["pid"])) and not credentials.exists()
