@@ -103,8 +103,7 @@ def connect(url: str, user: str, password: str, context: ssl.SSLContext) -> "Vce
     parts = urlsplit(url)
     with api_call(f"connecting to {parts.hostname}"):
         si = pyvim_connect.SmartConnect(protocol="https", host=parts.hostname, port=parts.port or 443,
-                                        path=parts.path or "/sdk", user=user, pwd=password, sslContext=context,
-                                        connectionPoolTimeout=-1)
+                                        path=parts.path or "/sdk", user=user, pwd=password, sslContext=context)
     return Vcenter(si)
 
 
