@@ -121,6 +121,21 @@ def build_vcsim(cache_dir: Path | None = None) -> Path:
     return binary
 
 
+WORKDIR_PREFIX = "firsttrust-vcsim-"
+
+
+def sweep_stale_workdirs() -> list[Path]:
+    """Remove the working directories (certificate, log) of simulators whose lab died without
+    cleaning up (SIGKILL): each is named after its lab's PID. Returns what was removed."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*-*"):
+        owner = path.name[len(WORKDIR_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and int(owner) != os.getpid() and not procs.alive(int(owner)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def _thumbprints(der: bytes) -> tuple[str, str]:
     sha1 = hashlib.sha1(der).hexdigest().upper()
     sha256 = hashlib.sha256(der).hexdigest().upper()
@@ -149,7 +164,8 @@ class Vcsim:
             VcsimError: it did not start, or did not report its URL within START_TIMEOUT.
         """
         binary = binary or build_vcsim()
-        workdir = Path(tempfile.mkdtemp(prefix="firsttrust-vcsim-"))
+        sweep_stale_workdirs()
+        workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
         identity = create_identity("vcsim", dns_names=["localhost"], ip_addresses=[host])
         (workdir / "cert.pem").write_bytes(identity.cert_pem)
         key_path = workdir / "key.pem"
@@ -167,6 +183,7 @@ class Vcsim:
             shutil.rmtree(workdir, ignore_errors=True)
             raise VcsimError(f"cannot start {binary}: {exc}") from None
         url = _read_ready_line(process, workdir)
+        key_path.unlink()  # loaded: the simulator needs it no more, and nobody else ever
         sha1, sha256 = _thumbprints(identity.cert_der)
         server = cls(url=url, user=user, password=password, thumbprint_sha1=sha1, thumbprint_sha256=sha256,
                      ca_file=workdir / "cert.pem", process=process, workdir=workdir)

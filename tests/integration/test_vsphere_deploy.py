@@ -12,6 +12,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -277,6 +278,7 @@ def test_the_simulator_keeps_its_password_out_of_argv_and_stops_for_good(vcsim):
     assert procs.alive(pid)
     argv = procs.cmdline(pid)
     assert argv and not any(server.password in arg for arg in argv)
+    assert not (server.workdir / "key.pem").exists()  # loaded, then gone
     server.stop()
     assert not procs.alive(pid)
     server.stop()  # idempotent
@@ -296,6 +298,10 @@ def test_a_killed_lab_leaves_no_simulator_behind(vcsim, tmp_path):
     while procs.alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not procs.alive(pid), "the simulator outlived the process that started it"
+    leftovers = list(Path(tempfile.gettempdir()).glob(f"{vcsim_module.WORKDIR_PREFIX}{owner.pid}-*"))
+    assert leftovers  # its working directory stayed behind: nobody cleaned up after SIGKILL ...
+    assert set(leftovers) <= set(vcsim_module.sweep_stale_workdirs())  # ... until the next start sweeps it
+    assert not any(path.exists() for path in leftovers)
 
 
 def test_the_build_is_cached_and_keyed_by_its_source(vcsim, tmp_path, monkeypatch):
