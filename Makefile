@@ -10,11 +10,14 @@ PY     := $(VENV)/bin/python
 # systemd-python builds from source: libsystemd-dev, pkg-config, a compiler and Python headers.
 DEB_PACKAGES := python3 python3-venv python3-pip python3-dev libssl3 passwd ca-certificates \
                 libsystemd-dev pkg-config gcc systemd openssh-client strace
+# The lab's vCenter: govmomi's simulator, built offline from Debian's Go and govmomi source (0.24.2)
+# by lab/vcsim.py at first use and cached under build/vcsim/, keyed by its source.
+VCSIM_DEB_PACKAGES := golang-go golang-github-vmware-govmomi-dev
 
-.PHONY: demo test test-debian-versions vm-test vm-deps bench system-deps venv clean
+.PHONY: demo test test-debian-versions vm-test vm-deps vcsim-deps bench system-deps venv clean
 
 # The local end-to-end demo: a local data center on 127.0.0.1, all three embodiments.
-demo: venv
+demo: venv vcsim-deps
 	$(VENV)/bin/firsttrust-lab demo
 
 # The appliance under QEMU (TCG): builds the .deb and the image (cached in build/image/), boots it,
@@ -34,7 +37,7 @@ bench: venv
 # pytest's exit 5 means it collected no test: a failure, said so.
 PYTEST_CHECK = rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; fi; exit $$rc
 
-test: venv
+test: venv vcsim-deps
 	$(PY) -m pytest $(PYTEST_ARGS); $(PYTEST_CHECK)
 
 # The agent must run on Debian 12's own packages: the same suite against those exact versions.
@@ -64,12 +67,15 @@ apt_install_missing = missing=""; for p in $(1); do \
 system-deps:
 	@$(call apt_install_missing,$(DEB_PACKAGES))
 
+vcsim-deps:
+	@$(call apt_install_missing,$(VCSIM_DEB_PACKAGES),--no-install-recommends)
+
 venv: system-deps $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,agent]'
+	$(PY) -m pip install -q -e '.[test,agent,vsphere]'
 	touch $@
 
 clean:

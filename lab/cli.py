@@ -4,6 +4,7 @@
     firsttrust-lab up N [--root DIR]                      N appliances waiting for SRP enrollment (FIG. 4)
     firsttrust-lab status [--root DIR]                    what runs in the lab root
     firsttrust-lab down [--root DIR]                      stop everything the lab root runs
+    firsttrust-lab vcsim [--root DIR]                     a vCenter simulator in the foreground (lab/vcsim.py)
 
 The lab root is --root, else $FIRSTTRUST_LAB_ROOT, else build/lab under the current directory.
 `up` writes each appliance's secrets to a 0600 file under <root>/secrets/ and prints its path,
@@ -34,7 +35,7 @@ from firsttrust.requester.truststore import write_atomic
 
 from . import demo, procs
 from .errors import LabError
-from .manager import Manager
+from .manager import Manager, default_root
 
 PROG = "firsttrust-lab"
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -122,11 +123,39 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vcsim(args: argparse.Namespace) -> int:
+    """Run govmomi's vCenter simulator until Ctrl-C or SIGTERM, for `firsttrust deploy` by hand.
+
+    Its credentials go to <root>/vcsim-credentials.json (0600, the JSON `firsttrust deploy
+    --credentials` reads); the URL and thumbprint are printed, the password never.
+    """
+    from .vcsim import Vcsim
+
+    root = Path(args.root if args.root is not None else default_root()).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    credentials = root / "vcsim-credentials.json"
+    with Vcsim.start() as server:
+        write_atomic(credentials, json.dumps({"user": server.user, "password": server.password}).encode(), 0o600)
+        try:
+            print(f"url: {server.url}\nthumbprint: {server.thumbprint_sha1}\ncredentials: {credentials}\n"
+                  f"pid: {server.pid}\n\ntry: firsttrust deploy --vcenter {server.url} --thumbprint "
+                  f"{server.thumbprint_sha1} --credentials {credentials} --template DC0_H0_VM0 --name-prefix app "
+                  f"--count 2 --secrets-dir DIR --no-enroll\n\nCtrl-C stops it.", flush=True)
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            credentials.unlink(missing_ok=True)
+    print("vcsim stopped", flush=True)
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "demo": (cmd_demo, "all three ways in and two failed attacks, end to end, then clean up"),
     "up": (cmd_up, "deploy N appliances that wait for SRP enrollment, and leave them running"),
     "status": (cmd_status, "list the lab root's appliances"),
     "down": (cmd_down, "stop every appliance of the lab root"),
+    "vcsim": (cmd_vcsim, "run govmomi's vCenter simulator in the foreground until Ctrl-C"),
 }
 
 

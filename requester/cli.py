@@ -11,6 +11,8 @@
     firsttrust pin-cert NAME --address ADDR --cert FILE
     firsttrust rotate NAME
     firsttrust identity
+    firsttrust deploy --vcenter URL --thumbprint TP --template NAME --name-prefix P --count N
+                      --secrets-dir DIR [--no-enroll] [--dry-run] [--json]   (requester/deploycommand.py)
 
 Subcommands are rows in SUBCOMMANDS: words, help, an argument function and a run function.
 
@@ -497,6 +499,19 @@ def _identity(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- deploy: its own module (pyVmomi is imported only when it runs) ---------------------------------
+
+
+def _deploy_arguments(parser: argparse.ArgumentParser) -> None:
+    from .deploycommand import add_arguments
+    add_arguments(parser)
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from .deploycommand import run
+    return run(args)
+
+
 # --- the table -------------------------------------------------------------------------------------
 
 
@@ -527,6 +542,8 @@ SUBCOMMANDS = (
                _name_argument, _rotate),
     Subcommand(("identity",), "print the requester's certificate (what appliances authorize)",
                lambda parser: None, _identity),
+    Subcommand(("deploy",), "deploy appliances through vCenter with fresh secrets, then enroll them",
+               _deploy_arguments, _deploy),
 )
 # Help for the words that only group subcommands.
 GROUP_HELP = {("secrets",): "one-time enrollment secrets", ("pins",): "the trust store's pinned appliances"}

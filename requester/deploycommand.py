@@ -1,0 +1,117 @@
+"""`firsttrust deploy`: deploy appliances through vCenter, write their secrets, enroll them.
+
+    firsttrust deploy --vcenter https://vc.example/sdk (--thumbprint TP | --ca-file FILE)
+                      --template NAME (--name NAME | --name-prefix P --count N) --secrets-dir DIR
+                      [--credentials FILE] [--requester-cert FILE] [--enroll-window DURATION]
+                      [--no-enroll] [--dry-run] [--concurrency N] [--ip-timeout SECONDS] [--json]
+
+The vCenter credentials come from FIRSTTRUST_VSPHERE_USER / FIRSTTRUST_VSPHERE_PASSWORD or a 0600
+credentials file, never argv. Progress goes to stderr, one line per step and appliance; the
+result to stdout, as a table or (--json) one object per appliance. `--dry-run` prints the plan
+(without secret values) and touches nothing. Registered in cli.SUBCOMMANDS; the library is
+requester/deployer.py. docs/deployment.md, "firsttrust deploy", is the operator's guide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from firsttrust.errors import InvalidCertificate
+
+from .deployer import DEFAULT_CONCURRENCY, DEFAULT_IP_TIMEOUT, CredentialsError, VcenterAccess, deploy
+from .deployplan import InvalidDeployPlan, appliance_names, check_vcenter_url, plan_deployment
+from .vcenter_tls import InvalidThumbprint, ca_context, pinned_context
+
+MAX_CONCURRENCY = 64
+# The CLI's exit codes (cli.py). Not imported from there: under `python -m firsttrust.requester.cli`
+# that module is __main__, and a second copy's error classes would miss its exit-code table.
+EXIT_OK, EXIT_FAILED = 0, 1
+MAX_CERT_BYTES = 64 * 1024
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--vcenter", required=True, metavar="URL", help="https://HOST[:PORT]/sdk of vCenter or ESXi")
+    trust = parser.add_mutually_exclusive_group(required=True)
+    trust.add_argument("--thumbprint", metavar="TP",
+                       help="the vCenter certificate's SHA-1 thumbprint as vCenter shows it (AB:CD:..), or SHA-256")
+    trust.add_argument("--ca-file", metavar="FILE", help="verify vCenter's certificate against this CA bundle")
+    parser.add_argument("--credentials", metavar="FILE",
+                        help="0600 JSON {user, password}; default FIRSTTRUST_VSPHERE_USER/_PASSWORD")
+    parser.add_argument("--template", required=True, metavar="NAME", help="the VM or template to clone")
+    names = parser.add_mutually_exclusive_group(required=True)
+    names.add_argument("--name", help="deploy one appliance with this VM name")
+    names.add_argument("--name-prefix", metavar="P", help="deploy --count appliances named P-01, P-02, ...")
+    parser.add_argument("--count", type=int, help="with --name-prefix: how many")
+    parser.add_argument("--secrets-dir", required=True, metavar="DIR",
+                        help="where each appliance's secrets go, as <vm name>.json (mode 0600)")
+    parser.add_argument("--requester-cert", metavar="FILE", help="also inject this requester certificate (FIG. 2)")
+    parser.add_argument("--enroll-window", metavar="DURATION", help="how long enrollment stays open: 90m, 24h, 2d")
+    parser.add_argument("--no-enroll", action="store_true", help="stop after power-on")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan without secrets; change nothing")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                        help=f"appliances in flight (default {DEFAULT_CONCURRENCY})")
+    parser.add_argument("--ip-timeout", type=float, default=DEFAULT_IP_TIMEOUT, metavar="SECONDS",
+                        help=f"how long to wait for VMware Tools to report an IP (default {DEFAULT_IP_TIMEOUT:.0f})")
+    parser.add_argument("--json", action="store_true", help="print the per-appliance report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Usage errors are InvalidDeployPlan (exit 2); a failed appliance makes the exit 1."""
+    if not 1 <= args.concurrency <= MAX_CONCURRENCY:
+        raise InvalidDeployPlan(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
+    if args.ip_timeout <= 0:
+        raise InvalidDeployPlan("--ip-timeout must be positive")
+    certificate = _read_certificate(args.requester_cert) if args.requester_cert else None
+    try:
+        check_vcenter_url(args.vcenter)
+        context = pinned_context(args.thumbprint) if args.thumbprint else None
+        names = appliance_names(args.name, args.name_prefix, args.count)
+        plan = plan_deployment(args.vcenter, args.template, names, enroll=not args.no_enroll,
+                               requester_cert=certificate, enroll_window=args.enroll_window)
+    except InvalidThumbprint as exc:
+        raise InvalidDeployPlan(str(exc)) from None
+    except InvalidCertificate as exc:
+        raise InvalidCertificate(f"requester certificate {args.requester_cert}: {exc}") from None
+    if args.dry_run:
+        print(json.dumps(plan.describe(), indent=2))
+        return EXIT_OK
+    if context is None:
+        context = ca_context(args.ca_file)
+    try:
+        access = VcenterAccess.load(args.vcenter, context, args.credentials)
+    except CredentialsError as exc:
+        raise InvalidDeployPlan(str(exc)) from None
+    reports = deploy(plan, access, Path(args.secrets_dir), concurrency=args.concurrency,
+                     ip_timeout=args.ip_timeout, progress=_progress)
+    if args.json:
+        print(json.dumps([report.to_json() for report in reports], indent=2))
+    else:
+        rows = [(r.name, r.vm or "-", r.status, r.ip or "-",
+                 r.pin or (f"{r.error.code}: {r.error}" if r.error else "-")) for r in reports]
+        print(_table(("NAME", "VM", "STATUS", "IP", "PIN"), rows))
+    failed = sum(not r.ok for r in reports)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _read_certificate(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CERT_BYTES + 1)
+    except OSError as exc:
+        raise InvalidDeployPlan(f"cannot read requester certificate {path}: {exc.strerror}") from None
+    if len(data) > MAX_CERT_BYTES:
+        raise InvalidDeployPlan(f"requester certificate {path} is larger than {MAX_CERT_BYTES} bytes")
+    return data
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in (header, *rows))
+
+
+def _progress(name: str, event: str) -> None:
+    print(f"firsttrust: {name}: {event}", file=sys.stderr, flush=True)

@@ -1,0 +1,109 @@
+"""How the deployer knows it talks to the right vCenter before it sends the credentials.
+
+Two ways, and no third: a CA bundle (ordinary verification, host name included), or a pinned
+certificate thumbprint as vCenter shows it: SHA-1 in colon-hex (`AB:CD:...`, 20 bytes), or
+SHA-256 (32 bytes); colons and case do not matter. There is no "insecure" switch.
+
+`pinned_context` returns an SSLContext whose `wrap_socket` checks the peer's certificate right
+after the handshake and closes the socket on a mismatch, before a single HTTP byte is written.
+Every connection pyVmomi opens through it is checked, not only the first one. pyVmomi's own
+`thumbprint=` argument is not used: in pyVmomi 9 it is consulted only when ordinary verification
+fails, and not at all with a context that does not verify.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import ssl
+
+from firsttrust.errors import FirsttrustError
+
+_HEX_RE = re.compile(r"[0-9a-f]+")
+ALGORITHMS = {20: "sha1", 32: "sha256"}
+
+
+class InvalidThumbprint(FirsttrustError):
+    """A --thumbprint that is not SHA-1 or SHA-256 hex."""
+
+    code = "invalid_thumbprint"
+
+
+class ThumbprintMismatch(ssl.SSLError):
+    """The server's certificate is not the pinned one. Nothing was sent to it.
+
+    An ssl.SSLError, so that it surfaces from the connect of whatever HTTP client holds the
+    context; not an SSLCertVerificationError, which pyVmomi catches to retry without checks.
+    """
+
+
+def parse_thumbprint(text: str) -> tuple[str, bytes]:
+    """("sha1" | "sha256", digest) from `AB:CD:..`, `abcd..` or `AB CD ..`.
+
+    Raises:
+        InvalidThumbprint: not 20 or 32 bytes of hex.
+    """
+    compact = re.sub(r"[\s:]", "", text or "").lower()
+    if not _HEX_RE.fullmatch(compact) or len(compact) // 2 not in ALGORITHMS or len(compact) % 2:
+        raise InvalidThumbprint("a thumbprint is the SHA-1 (20 bytes) or SHA-256 (32 bytes) of the certificate in "
+                                "hex, e.g. as vCenter shows it: AB:CD:...")
+    digest = bytes.fromhex(compact)
+    return ALGORITHMS[len(digest)], digest
+
+
+def format_thumbprint(digest: bytes) -> str:
+    """Colon-hex, uppercase: how vCenter and ESXi show a thumbprint."""
+    return ":".join(f"{byte:02X}" for byte in digest)
+
+
+def certificate_matches(der: bytes, thumbprint: tuple[str, bytes]) -> bool:
+    algorithm, expected = thumbprint
+    return hmac.compare_digest(hashlib.new(algorithm, der).digest(), expected)
+
+
+class _PinnedContext(ssl.SSLContext):
+    pinned: tuple[str, bytes]
+
+    def wrap_socket(self, sock, *args, **kwargs):  # type: ignore[override]
+        kwargs["do_handshake_on_connect"] = True
+        wrapped = super().wrap_socket(sock, *args, **kwargs)
+        der = wrapped.getpeercert(binary_form=True)
+        if der is None or not certificate_matches(der, self.pinned):
+            seen = format_thumbprint(hashlib.sha1(der).digest()) if der else "none"
+            wrapped.close()
+            raise ThumbprintMismatch(f"the server's certificate does not match the pinned thumbprint "
+                                     f"(its SHA-1 thumbprint is {seen})")
+        return wrapped
+
+
+def pinned_context(thumbprint: str) -> ssl.SSLContext:
+    """A client context that accepts exactly the certificate with this thumbprint.
+
+    The chain and host name are not verified (a vCenter's certificate is commonly self-signed
+    or from its own VMCA); the pin replaces both, and is checked on every connection.
+
+    Raises:
+        InvalidThumbprint: see parse_thumbprint.
+    """
+    pinned = parse_thumbprint(thumbprint)
+    context = _PinnedContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.pinned = pinned
+    return context
+
+
+def ca_context(ca_file: str) -> ssl.SSLContext:
+    """Ordinary verification against a CA bundle, host name included.
+
+    Raises:
+        InvalidThumbprint: never; FirsttrustError (code "ca_file") if the bundle cannot be loaded.
+    """
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise FirsttrustError(f"cannot load CA bundle {ca_file}: {exc}", code="ca_file") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context

@@ -1,0 +1,34 @@
+"""requester/vsphere.py says plainly which pyVmomi it needs, and the agent never imports it."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+from pathlib import Path
+
+import pytest
+
+from firsttrust.requester import vsphere
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_debian_12s_pyvmomi_is_refused_by_name(monkeypatch):
+    pytest.importorskip("pyVmomi")
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "6.7.1")
+    with pytest.raises(vsphere.PyvmomiMissing) as caught:
+        vsphere.connect("https://vc.example/sdk", "u", "p", None)
+    assert "pyVmomi 8 or later, found 6.7.1" in str(caught.value)
+
+
+def test_only_the_requester_s_vsphere_module_imports_pyvmomi():
+    importers = []
+    for path in sorted(ROOT.glob("*/**/*.py")):
+        if ".venv" in path.parts or "tests" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(name.split(".")[0] in ("pyVmomi", "pyVim") for name in names):
+                importers.append(str(path.relative_to(ROOT)))
+    assert sorted(set(importers)) == ["requester/vsphere.py"]
