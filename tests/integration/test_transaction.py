@@ -120,3 +120,45 @@ def test_replace_repins_a_name_held_by_another_appliance_and_says_what_it_replac
     assert out.strip() == f"enrolled app: {app.store.load_identity().pin}"
     assert err.strip() == f"replaced app: 127.0.0.9 {old.pin}"
     assert store.get("app").pin == app.store.load_identity().pin
+
+
+async def test_back_off_applies_when_the_proof_arrives_not_only_when_the_connection_opens(tmp_path,
+                                                                                         requester_identity):
+    """Two connections opened in advance both pass the gate; after the first one's wrong proof,
+    the second one's proof meets the back-off (with retry_after) instead of buying a free guess."""
+    import asyncio as _asyncio
+
+    from firsttrust.credentials import EnrollmentSecrets
+    from firsttrust.enrollment import ClientEnrollment
+    from firsttrust.framing import FrameDecoder
+    from firsttrust.requester.enroll import _read_frame
+
+    app = provisioned(tmp_path)
+    await app.start(phase_timeout=5.0, backoff_base=30.0)
+    wrong = EnrollmentSecrets(EnrollmentSecrets.generate().sec_a, app.secrets.sec_b)
+    try:
+        streams, machines = [], []
+        for secrets in (wrong, wrong):
+            reader, writer = await _asyncio.open_connection("127.0.0.1", app.port)
+            machine = ClientEnrollment(sec_a=secrets.sec_a, sec_b=secrets.sec_b,
+                                       certificate=requester_identity.cert_der, name="guess")
+            writer.write(machine.start()[0].data)
+            streams.append((reader, writer))
+            machines.append(machine)
+        proofs = []
+        for (reader, _), machine in zip(streams, machines):
+            challenge, _ = await _read_frame(reader, 10)
+            proofs.append(machine.receive_data(challenge)[0].data)
+        answers = []
+        for (reader, writer), proof in zip(streams, proofs):
+            writer.write(proof)
+            await writer.drain()
+            decoder = FrameDecoder()
+            decoder.feed(await _asyncio.wait_for(reader.read(), 10))
+            answers.append(decoder.next_frame().fields)
+            writer.close()
+    finally:
+        await app.stop()
+    assert answers[0]["code"] == "auth_failed"
+    assert answers[1]["code"] == "backing_off" and 0 < answers[1]["retry_after"] <= 30
+    assert app.store.load().failures == 1  # the second proof was never checked, nor charged
