@@ -11,7 +11,7 @@ PY     := $(VENV)/bin/python
 DEB_PACKAGES := python3 python3-venv python3-pip python3-dev libssl3 passwd ca-certificates \
                 libsystemd-dev pkg-config gcc systemd
 
-.PHONY: demo test test-debian-versions vm-test vm-deps bench system-deps venv clean
+.PHONY: demo test mutation-check test-debian-versions vm-test vm-deps bench system-deps venv clean
 
 # The local end-to-end demo: a local data center on 127.0.0.1, all three embodiments.
 demo: venv
@@ -36,6 +36,11 @@ PYTEST_CHECK = rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected" >&
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS); $(PYTEST_CHECK)
+
+# Break each security check in tests/mutation/mutants.toml, one at a time, in a scratch copy of
+# the tree, and require its tests to fail; prints `mutants killed N/N`. ~3 min on 2 cores.
+mutation-check: venv
+	$(PY) tests/mutation/run.py $(MUTATION_ARGS)
 
 # The agent must run on Debian 12's own packages: the same suite against those exact versions.
 DEB12_VENV := .venv-debian12

@@ -281,7 +281,7 @@ def test_client_refuses_a_tls_server_certificate_other_than_the_committed_one(pa
 @pytest.mark.parametrize("side", ["client", "server"])
 def test_no_tls_certificate_at_all(pair, side):
     pair.client.receive_data(pair.server_proof())
-    with pytest.raises(BindingFailed):
+    with pytest.raises(BindingFailed, match="presented no certificate"):
         getattr(pair, side).tls_established(None)
 
 
