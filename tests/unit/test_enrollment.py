@@ -395,8 +395,10 @@ def test_eof_between_frames_before_done(pair):
 
 
 def test_eof_after_done_is_fine(pair):
-    run(pair.client, pair.server, client_cert=pair.ccert, server_cert=pair.scert)
+    done = run(pair.client, pair.server, client_cert=pair.ccert, server_cert=pair.scert)
+    assert done.client_result is not None
     pair.client.receive_eof()
+    assert pair.client.state is State.DONE and pair.client.error is None and pair.client.error_frame() is None
 
 
 @pytest.mark.parametrize("data, error", [
