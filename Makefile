@@ -6,10 +6,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # What the tests need from Debian: a Python with venv, the OpenSSL runtime pysrp's fast backend
 # loads (libssl3, not libssl-dev: firsttrust.srp6a finds libssl.so.3 itself), and the tools the
-# agent drives (chpasswd from passwd).
+# agent drives (chpasswd from passwd; vmtoolsd and vmware-rpctool from open-vm-tools, which the
+# suite runs for real outside VMware and compares the emulator with).
 # systemd-python builds from source: libsystemd-dev, pkg-config, a compiler and Python headers.
 DEB_PACKAGES := python3 python3-venv python3-pip python3-dev libssl3 passwd ca-certificates \
-                libsystemd-dev pkg-config gcc systemd
+                libsystemd-dev pkg-config gcc systemd open-vm-tools
 
 .PHONY: demo test mutation-check test-debian-versions vm-test vm-deps bench system-deps venv clean
 
