@@ -207,8 +207,8 @@ def main_rpctool(argv: list[str] | None = None) -> int:
     """
     argv = list(sys.argv if argv is None else argv)
     try:
-        _record(argv)
-        if _is_no_vm():
+        state = _record(argv)
+        if state is None or state["mode"] == "no-vm":
             _err(RPCTOOL_NO_HYPERVISOR.format(argv0=argv[0]))
             return RPCTOOL_NO_HYPERVISOR_EXIT
         if len(argv) < 2:
@@ -237,7 +237,7 @@ def main_vmtoolsd(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     try:
         state = _record(argv)
-        if _is_no_vm():
+        if state is None or state["mode"] == "no-vm":
             return VMTOOLSD_NO_HYPERVISOR_EXIT  # silently, as the real one
         # An old vmtoolsd ("no-cmdfile") does not know --cmdfile: it is then an unknown option.
         rpc_options = {"--cmd", "--cmdfile"}

@@ -369,7 +369,8 @@ def test_hang_times_out_quickly_and_kills_the_tool(
 
 def test_hang_once_is_retried(vm: Path, secrets_dir: Path) -> None:
     set_mode(vm, "hang-once")
-    guestinfo = GuestInfo(timeout=0.5, attempts=2, backoff=0.01, tmp_dir=secrets_dir)
+    # The retry is a fresh emulator process: give it time to start on a loaded machine.
+    guestinfo = GuestInfo(timeout=1.5, attempts=2, backoff=0.01, tmp_dir=secrets_dir)
     guestinfo.set("k", SECRET)
     assert read_vm(vm)["guestinfo"]["guestinfo.k"] == SECRET
 
