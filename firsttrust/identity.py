@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -116,7 +117,9 @@ def load_certificate(data: bytes) -> x509.Certificate:
         else:
             cert = x509.load_der_x509_certificate(data)
         key = cert.public_key()
-    except (ValueError, TypeError):
+    # UnsupportedAlgorithm: a curve or key OID cryptography does not know (one flipped bit in a
+    # P-256 certificate's curve OID is enough); it is not a ValueError.
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise InvalidCertificate("not a valid X.509 certificate (PEM or DER)") from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise InvalidCertificate("certificate key must be ECDSA P-256")

@@ -47,7 +47,7 @@ GUESTINFO_PREFIX = "guestinfo."
 
 # Failure injection. The "-once" modes clear themselves (mode -> null) on the call they fail.
 MODES = {
-    "no-vm": "every RPC fails as on a machine that is not a VMware VM",
+    "no-vm": "no hypervisor: the tools fail exactly as the real ones do on a machine that is not a VM",
     "permission-denied": "every RPC is refused by the host with 'Permission denied'",
     "permission-denied-once": "the next RPC is refused with 'Permission denied'",
     "hang": "every RPC hangs forever (the caller must time out and kill the tool)",
@@ -75,6 +75,14 @@ VMTOOLSD_CMDFILE_UNREADABLE = "Unable to read command from file {path}."
 # NOT_VMWARE_ERROR and calls exit(1). (Exit 1, not 255: see RPCTOOL_NOT_IN_VM_EXIT.)
 RPCTOOL_NOT_IN_VM = "Failed sending message to VMware."
 RPCTOOL_NOT_IN_VM_EXIT = 1
+# No hypervisor at all (the "no-vm" mode, or no VM file): measured with Debian 12's
+# open-vm-tools 12.2.0 on a machine that is not a VM. Both tools check for the hypervisor before
+# they look at their arguments: vmtoolsd exits 1 and prints nothing, whatever its argv;
+# vmware-rpctool prints this line (with its argv[0] as given) and exits 255, whatever its argv.
+# tests/unit/test_guestinfo.py compares the emulator with the real tools byte for byte.
+VMTOOLSD_NO_HYPERVISOR_EXIT = 1
+RPCTOOL_NO_HYPERVISOR = "Error: {argv0} must be run inside a virtual machine on a VMware hypervisor product."
+RPCTOOL_NO_HYPERVISOR_EXIT = 255
 # glib's GOptionContext errors, as vmtoolsd prints them ("%s: %s\n", N_("Command line parsing
 # failed"), error->message) before returning a failure exit status.
 CMDLINE_FAILED = "Command line parsing failed: {reason}"
@@ -199,7 +207,10 @@ def main_rpctool(argv: list[str] | None = None) -> int:
     """
     argv = list(sys.argv if argv is None else argv)
     try:
-        _record(argv)
+        state = _record(argv)
+        if state is None or state["mode"] == "no-vm":
+            _err(RPCTOOL_NO_HYPERVISOR.format(argv0=argv[0]))
+            return RPCTOOL_NO_HYPERVISOR_EXIT
         if len(argv) < 2:
             _print_rpctool_usage()
             return 1
@@ -226,6 +237,8 @@ def main_vmtoolsd(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     try:
         state = _record(argv)
+        if state is None or state["mode"] == "no-vm":
+            return VMTOOLSD_NO_HYPERVISOR_EXIT  # silently, as the real one
         # An old vmtoolsd ("no-cmdfile") does not know --cmdfile: it is then an unknown option.
         rpc_options = {"--cmd", "--cmdfile"}
         if state is not None and state["mode"] == "no-cmdfile":

@@ -25,6 +25,8 @@ class Appliance:
     gate: EnrollmentGate | None = None
     server: EnrollmentServer | None = None
     listener: asyncio.base_events.Server | None = None
+    connections_started: int = 0
+    connections_finished: int = 0
 
     @property
     def port(self) -> int:
@@ -35,8 +37,25 @@ class Appliance:
         self.gate = EnrollmentGate(self.config, self.store, backoff_base=backoff)
         server_args.setdefault("host_key_glob", str(self.store.path / "no-host-keys-*"))
         self.server = EnrollmentServer(self.gate, api_port=8791, **server_args)
+        self.server.handle = self._counted(self.server.handle)
         self.listener = await start_enrollment_server(self.server, "127.0.0.1", 0)
         return self
+
+    def _counted(self, handle):
+        async def counted(reader, writer):
+            self.connections_started += 1
+            try:
+                await handle(reader, writer)
+            finally:
+                self.connections_finished += 1
+        return counted
+
+    async def settled(self, timeout: float = 10.0) -> None:
+        """Wait until every connection the agent accepted has been handled to its end (its
+        charges, refunds and audit lines done): the client's answer can arrive before that."""
+        async with asyncio.timeout(timeout):
+            while self.connections_finished < self.connections_started or not self.connections_started:
+                await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
         if self.listener:

@@ -486,9 +486,11 @@ async def test_a_key_authorized_by_the_guest_command_is_accepted_without_a_resta
     key.write_bytes(stranger_identity.key_pem)
     cert.write_bytes(stranger_identity.cert_pem)
     try:
-        with pytest.raises(Exception):
+        # Not authorized yet: the API refuses the stranger's certificate in the TLS handshake.
+        with pytest.raises(ConnectionFailed) as refused:
             async with PinnedSession("127.0.0.1", port, appliance.cert_pem, key, cert) as api:
                 await api.get("/v1/health")
+        assert refused.value.code == "connection_failed"
         out = subprocess.run([sys.executable, "-m", "firsttrust.agent.cli", "authorize", "--cert", str(cert), "--state-dir",
                               str(store.path)], capture_output=True, text=True, timeout=60,
                              cwd=Path(__file__).resolve().parents[2])

@@ -12,7 +12,7 @@ from firsttrust.enrollment import ClientEnrollment
 from firsttrust.errors import BindingFailed, PeerRefused, SecBProofFailed
 from firsttrust.framing import HEADER, encode_frame
 from firsttrust.tlspolicy import VERIFY_NO_CHECK_TIME
-from firsttrust.requester.enroll import EnrollmentConnectionError, enroll
+from firsttrust.requester.enroll import EnrollmentConnectionError, enroll, enroll_connection
 
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3chmQSVTG4 bringup@host"  # a real key: the agent parses it before the commit
 
@@ -49,7 +49,9 @@ async def test_wrong_sec_a_is_refused_and_counted(appliance, tmp_path, requester
     with pytest.raises(PeerRefused) as info:
         await enroll("127.0.0.1", appliance.port, wrong, identity_files(tmp_path, requester_identity), name="x")
     assert info.value.code == "auth_failed"
+    await appliance.settled()  # the agent's bookkeeping for this connection is done
     assert appliance.store.load().failures == 1 and appliance.store.authorized() == []
+    assert appliance.store.load().phase == "provisioned"
 
 
 async def test_forged_appliance_without_sec_b_is_caught_and_nothing_is_authorized(tmp_path, requester_identity):
@@ -66,10 +68,13 @@ async def test_forged_appliance_without_sec_b_is_caught_and_nothing_is_authorize
 
 
 async def test_relay_that_terminates_tls_is_caught_on_both_sides(appliance, tmp_path, requester_identity,
-                                                                stranger_identity):
-    """A relay forwards the plaintext SRP phase, then runs TLS on each side with its own key."""
+                                                                stranger_identity, capfd):
+    """A relay forwards the plaintext SRP phase, then runs TLS on each side with its own key.
+    Both TLS handshakes are attempted; the requester refuses the relay's certificate, the agent
+    refuses it too, and the relayed attempt (its SRP proof verified) is not counted as a guess."""
     relay_files = identity_files(tmp_path, stranger_identity, "relay")
     outcome = {}
+    relay_done = asyncio.Event()
 
     def any_cert_context(side):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if side == "server" else ssl.PROTOCOL_TLS_CLIENT)
@@ -83,30 +88,47 @@ async def test_relay_that_terminates_tls_is_caught_on_both_sides(appliance, tmp_
         header = await reader.readexactly(4)
         return header + await reader.readexactly(HEADER.unpack(header)[0])
 
+    async def tls(side, reader, writer):
+        outcome[f"{side}-attempted"] = True
+        await writer.start_tls(any_cert_context(side))
+        # TLS 1.3: a client learns that the server refused its certificate only on the next read.
+        if side == "client":
+            return await asyncio.wait_for(reader.read(1), 5)
+
     async def handle(c_reader, c_writer):
         s_reader, s_writer = await asyncio.open_connection("127.0.0.1", appliance.port)
         try:
             for src, dst in ((c_reader, s_writer), (s_reader, c_writer), (c_reader, s_writer), (s_reader, c_writer)):
                 dst.write(await frame(src))
                 await dst.drain()
-            results = await asyncio.gather(c_writer.start_tls(any_cert_context("server")),
-                                           s_writer.start_tls(any_cert_context("client")), return_exceptions=True)
-            outcome["relay"] = results
+            outcome["relay"] = await asyncio.gather(tls("server", c_reader, c_writer),
+                                                    tls("client", s_reader, s_writer), return_exceptions=True)
         finally:
             c_writer.close()
             s_writer.close()
+            relay_done.set()
 
     relay = await asyncio.start_server(handle, "127.0.0.1", 0)
     try:
         with pytest.raises(BindingFailed, match="the connection is being intercepted"):
             await enroll("127.0.0.1", relay.sockets[0].getsockname()[1], appliance.secrets,
                          identity_files(tmp_path, requester_identity), name="victim")
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(relay_done.wait(), 10)
+        await appliance.settled()
     finally:
         relay.close()
+    assert outcome.get("server-attempted") and outcome.get("client-attempted"), outcome
+    towards_requester, towards_agent = outcome["relay"]
+    # The requester refused the relay's certificate (binding_failed: intercepted, above) ...
+    assert isinstance(towards_requester, (ssl.SSLError, ConnectionError)), towards_requester
+    # ... and the agent refused it: an alert, a reset, or the connection closed without a byte.
+    assert isinstance(towards_agent, (ssl.SSLError, ConnectionError)) or towards_agent == b"", towards_agent
+    err = capfd.readouterr().err
+    assert "outcome=tls_failed" in err  # the agent refused the relay's certificate in its handshake
     assert appliance.store.authorized() == []
-    assert appliance.store.load().phase == "provisioned"  # nothing was consumed either
-    assert any(isinstance(r, Exception) for r in outcome.get("relay", [ValueError()]))
+    state = appliance.store.load()
+    assert state.phase == "provisioned"  # nothing was consumed either
+    assert state.failures == 0  # the verified proof's charge was refunded: a relay is not a guess
 
 
 async def test_lockout_after_ten_failures_survives_a_restart(tmp_path, requester_identity):
@@ -133,6 +155,54 @@ async def test_lockout_after_ten_failures_survives_a_restart(tmp_path, requester
         assert info.value.code == "locked_out" and restarted.store.load().failures == 10
     finally:
         await restarted.stop()
+
+
+async def test_a_locked_appliance_answers_hello_with_locked_out_before_any_srp_work(tmp_path, requester_identity):
+    """The gate refuses a locked appliance at the door: the answer to hello is the error, not a
+    challenge (no SRP work, no proof checked, no charge)."""
+    app = provisioned(tmp_path, max_failures=3)
+    state = app.store.load()
+    state.failures = 3
+    app.store.save(state)
+    await app.start(phase_timeout=1.0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        machine = ClientEnrollment(sec_a=app.secrets.sec_a, sec_b=app.secrets.sec_b,
+                                   certificate=requester_identity.cert_der, name="right")
+        writer.write(machine.start()[0].data)
+        header = await asyncio.wait_for(reader.readexactly(4), 5)
+        answer = json.loads(await reader.readexactly(HEADER.unpack(header)[0]))
+        writer.close()
+        assert (answer["type"], answer["code"]) == ("error", "locked_out"), answer
+        await app.settled()
+        assert app.store.load().failures == 3
+    finally:
+        await app.stop()
+
+
+async def test_binding_uses_the_certificate_tls_presented_not_the_committed_one(
+        appliance, tmp_path, requester_identity, stranger_identity, monkeypatch):
+    """Defense in depth below TLS pinning: the agent's TLS layer is made to accept a stranger's
+    certificate, and the requester commits to its own certificate but presents the stranger's in
+    TLS. The binding check must see what TLS presented (the stranger's) and refuse; a driver
+    that reported the committed certificate instead would enroll the requester."""
+    import firsttrust.agent.server as server_module
+    real_context = server_module._server_context
+
+    def also_trusting_the_stranger(store, requester_certificate):
+        context = real_context(store, requester_certificate)
+        context.load_verify_locations(cadata=stranger_identity.cert_der)
+        return context
+
+    monkeypatch.setattr(server_module, "_server_context", also_trusting_the_stranger)
+    machine = ClientEnrollment(sec_a=appliance.secrets.sec_a, sec_b=appliance.secrets.sec_b,
+                               certificate=requester_identity.cert_der, name="two-faced")
+    with pytest.raises(PeerRefused) as info:
+        await enroll_connection("127.0.0.1", appliance.port, machine,
+                                identity_files(tmp_path, stranger_identity, "stranger"))
+    assert info.value.code == "binding_failed"
+    await appliance.settled()
+    assert appliance.store.authorized() == [] and appliance.store.load().phase == "provisioned"
 
 
 async def test_back_off_grows_after_failures(tmp_path, requester_identity):

@@ -197,7 +197,9 @@ def test_up_refuses_a_lab_root_that_already_runs(lab_root, capsys):
 
 
 def test_destroy_all_kills_an_agent_that_ignores_sigterm(lab_root):
-    manager = Manager(lab_root, stop_timeout=0.5)
+    # The polite agent must stop on SIGTERM within stop_timeout; on a loaded 2-core machine a
+    # Python agent's clean shutdown can take longer than half a second, so allow it three.
+    manager = Manager(lab_root, stop_timeout=3.0)
     properties = deployment_properties(credentials.EnrollmentSecrets.generate())
     manager.deploy("polite", properties)
     manager.deploy("stubborn", properties, agent_command=[sys.executable, "-c", STUBBORN_AGENT])
@@ -207,7 +209,7 @@ def test_destroy_all_kills_an_agent_that_ignores_sigterm(lab_root):
     assert stubborn.poll() is None  # it really ignores SIGTERM
     started = time.monotonic()
     assert manager.destroy_all() == {"polite": "stopped", "stubborn": "stopped"}
-    assert time.monotonic() - started >= 0.5
+    assert time.monotonic() - started >= 3.0  # the stubborn one was given its full stop_timeout
     assert polite.returncode == 0 and stubborn.returncode == -signal.SIGKILL
 
 

@@ -287,7 +287,7 @@ def test_client_refuses_a_tls_server_certificate_other_than_the_committed_one(pa
 @pytest.mark.parametrize("side", ["client", "server"])
 def test_no_tls_certificate_at_all(pair, side):
     pair.client.receive_data(pair.server_proof())
-    with pytest.raises(BindingFailed):
+    with pytest.raises(BindingFailed, match="presented no certificate"):
         getattr(pair, side).tls_established(None)
 
 
@@ -409,8 +409,10 @@ def test_eof_between_frames_before_done(pair):
 
 
 def test_eof_after_done_is_fine(pair):
-    run(pair.client, pair.server, client_cert=pair.ccert, server_cert=pair.scert)
+    done = run(pair.client, pair.server, client_cert=pair.ccert, server_cert=pair.scert)
+    assert done.client_result is not None
     pair.client.receive_eof()
+    assert pair.client.state is State.DONE and pair.client.error is None and pair.client.error_frame() is None
 
 
 @pytest.mark.parametrize("data, error", [

@@ -95,8 +95,10 @@ def test_truncated_stream():
 def test_clean_close_between_frames():
     dec = FrameDecoder()
     dec.feed(encode_error("busy", "x"))
-    dec.next_frame()
-    dec.close()
+    assert dec.next_frame().type == "error"
+    assert dec.buffered == 0
+    dec.close()  # between frames: a clean end, no TruncatedFrame
+    assert dec.next_frame() is None
 
 
 @pytest.mark.parametrize("body, error", [

@@ -96,3 +96,14 @@ def test_injected_clock_sets_validity():
     cert = create_identity("t", clock=lambda: 1700000000).certificate
     start = getattr(cert, "not_valid_before_utc", None) or cert.not_valid_before.replace(tzinfo=datetime.timezone.utc)
     assert start == datetime.datetime(2023, 11, 13, 22, 13, 20, tzinfo=datetime.timezone.utc)  # one day early
+
+
+def test_a_certificate_with_an_unknown_curve_oid_is_an_invalid_certificate(appliance_identity):
+    """Found by the structure-aware fuzzing: one flipped bit in the P-256 curve OID made
+    cryptography raise UnsupportedAlgorithm, which escaped the state machines untyped."""
+    p256 = bytes.fromhex("06082a8648ce3d030107")  # OID 1.2.840.10045.3.1.7
+    der = appliance_identity.cert_der
+    assert der.count(p256) == 1
+    broken = der.replace(p256, bytes.fromhex("06082a8648ce3d030106"))  # ...3.1.6, not a curve we know
+    with pytest.raises(InvalidCertificate):
+        load_certificate(broken)

@@ -335,9 +335,27 @@ def test_find_tries_each_device_once_and_returns_the_path_given(tmp_path):
     assert find_ovf_env_iso([link, iso]) == link
 
 
-def test_find_default_candidates_do_not_raise():
-    result = find_ovf_env_iso()
-    assert result is None or isinstance(result, Path)
+def test_find_without_arguments_searches_the_default_device_patterns(tmp_path, monkeypatch):
+    """With no candidates, the default patterns' devices are tried in order; a directory, a
+    missing device, garbage and a CD with another label are skipped (an empty or foreign drive
+    is normal), and the OVF ENV disc is found; without it, None."""
+    import firsttrust.agent.sources.iso9660 as iso9660
+
+    garbage = write(tmp_path, os.urandom(40 * SECTOR), name="garbage.iso")
+    foreign = write(tmp_path, build_iso([], label="INSTALL").data, name="foreign.iso")
+    ovf = write(tmp_path, build_iso([], label="OVF ENV").data, name="ovf.iso")
+    devices = [tmp_path, tmp_path / "sr9", garbage, foreign]
+    asked = []
+
+    def candidate_devices(patterns=iso9660.DEFAULT_CANDIDATE_PATTERNS):
+        asked.append(tuple(patterns))
+        return list(devices)
+
+    monkeypatch.setattr(iso9660, "candidate_devices", candidate_devices)
+    assert find_ovf_env_iso() is None
+    devices.append(ovf)
+    assert find_ovf_env_iso() == ovf
+    assert asked == [iso9660.DEFAULT_CANDIDATE_PATTERNS] * 2
 
 
 # --- real images ------------------------------------------------------------------------------------------------

@@ -216,3 +216,54 @@ def test_pure_python_fallback_still_completes_a_handshake():
     """)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
+
+
+# --- firsttrust's own checks, layer by layer: pysrp's repeated checks bypassed -----------------
+# pysrp's ctypes backend makes its SRP-6a safety checks (Verifier: A % N == 0; User: B == 0,
+# u == 0) through one module-level helper, BN_is_zero. With it answering "not zero", pysrp would
+# accept anything, and only firsttrust's own checks stand between a bad value and a session.
+
+
+@pytest.fixture
+def pysrp_checks_bypassed(monkeypatch):
+    assert srp6a.BACKEND == "openssl"
+    monkeypatch.setattr(ctsrp, "BN_is_zero", lambda bn: False)
+
+
+def test_the_bypass_really_makes_pysrp_accept_A_equal_N(pysrp_checks_bypassed):
+    salt, verifier = srp6a.new_verifier_record(b"pw")
+    impl = ctsrp.Verifier(srp6a.IDENTITY, salt, verifier, N.to_bytes(385, "big"), bytes_b=os.urandom(32),
+                          **GROUP_3072_SHA512._pysrp_args())
+    assert impl.get_challenge()[1] is not None
+
+
+@pytest.mark.parametrize("A", [0, N, 2 * N])
+def test_firsttrust_alone_refuses_A_zero_mod_N(pysrp_checks_bypassed, A):
+    salt, verifier = srp6a.new_verifier_record(b"pw")
+    with pytest.raises(InvalidSRPParameter, match="A is 0 mod N"):
+        SRPServer(salt, verifier, A.to_bytes(385, "big"), os.urandom(32))
+
+
+@pytest.mark.parametrize("B", [0, N, 2 * N])
+def test_firsttrust_alone_refuses_B_zero_mod_N(pysrp_checks_bypassed, B):
+    client = SRPClient(b"pw", os.urandom(32))
+    with pytest.raises(InvalidSRPParameter, match="B is 0 mod N"):
+        client.process_challenge(os.urandom(32), B.to_bytes(385, "big"))
+
+
+def test_firsttrust_alone_compares_M1_when_pysrp_would_accept_any_proof(monkeypatch):
+    # pysrp's own comparison made to accept everything: the refusal must be firsttrust's.
+    real = ctsrp.Verifier.verify_session
+
+    def accepting(self, user_M, bytes_A=None):
+        real(self, user_M, bytes_A)
+        self._authenticated = True
+        return self.H_AMK
+
+    monkeypatch.setattr(ctsrp.Verifier, "verify_session", accepting)
+    salt, verifier = srp6a.new_verifier_record(b"right")
+    client = SRPClient(b"wrong", os.urandom(32))
+    server = SRPServer(salt, verifier, client.A, os.urandom(32))
+    M1 = client.process_challenge(salt, server.B)
+    with pytest.raises(AuthenticationFailed, match="M1"):
+        server.verify(M1)
