@@ -95,14 +95,14 @@ def prepare_grant(config: AgentConfig, store: StateDir, verifier_hex: str, autho
 def commit_grant(store: StateDir, grant: Grant) -> AgentState:
     """The one write that enrolls. Returns the committed state.
 
+    The caller holds the lock it held for `prepare_grant`, so the state it validated is the
+    state it commits over.
+
     Raises:
-        GrantRefused: `commit_failed` if state.json could not be written (nothing was committed)
-            or `already_enrolled` if the verifier was consumed since `prepare_grant`.
+        GrantRefused: `commit_failed` if state.json could not be written (nothing was committed).
     """
     state = store.load()
     authorization = grant.authorization
-    if state is None or not state.armed:
-        raise GrantRefused("already_enrolled", "another requester enrolled first; SRP enrollment is closed")
     state.phase, state.enrolled_at, state.enrolled_via = "enrolled", authorization.enrolled_at, "srp"
     state.enrollment = {
         "pin": authorization.requester_pin,

@@ -132,8 +132,8 @@ class EnrollmentGate:
     def _charge(self) -> Refusal | None:
         state = self._state()
         if state is None or not state.armed:
-            return Refusal("already_enrolled", "this appliance is already enrolled; SRP enrollment is closed")
-        if state.failures >= self.config.max_failures:
+            return Refusal("already_enrolled", "another requester enrolled while this attempt was open")
+        if state.failures >= self.config.max_failures:  # reached by concurrent attempts since `check`
             return Refusal("locked_out", "locked: too many failed attempts; re-arm with fresh secrets")
         refusal = self._backing_off(state.failures)
         if refusal is not None:
