@@ -42,10 +42,10 @@ class Appliance:
         return self
 
     def _counted(self, handle):
-        async def counted(reader, writer):
+        async def counted(reader, writer, *slot):  # the front door hands over its slot too
             self.connections_started += 1
             try:
-                await handle(reader, writer)
+                await handle(reader, writer, *slot)
             finally:
                 self.connections_finished += 1
         return counted
