@@ -34,6 +34,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import firsttrust
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import MAX_DECODED_BYTES, PropertyEncodingError
 from firsttrust.errors import FirsttrustError, InvalidCertificate, InvalidSecret
@@ -493,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every row of SUBCOMMANDS."""
     parser = _Parser(prog=PROG, allow_abbrev=False,
                      description="Establish first trust between a requester and a freshly deployed appliance.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {firsttrust.__version__}")
     groups = {(): parser.add_subparsers(metavar="COMMAND", required=True)}
     for command in SUBCOMMANDS:
         for depth in range(1, len(command.words)):
