@@ -10,8 +10,12 @@ PY     := $(VENV)/bin/python
 # systemd-python builds from source: libsystemd-dev, pkg-config, a compiler and Python headers.
 DEB_PACKAGES := python3 python3-venv python3-pip python3-dev libssl3 passwd ca-certificates \
                 libsystemd-dev pkg-config gcc systemd
+# tests/packaging: what packaging/deb/build.sh needs (it imports the CLIs with Debian's python3
+# to generate their man pages) and checks the .debs with (man-db, lintian).
+DEB_BUILD_PACKAGES := dpkg python3-aiohttp python3-cryptography python3-srp python3-defusedxml
+DEB_PACKAGES += $(DEB_BUILD_PACKAGES) lintian man-db
 
-.PHONY: demo test test-debian-versions vm-test vm-deps bench system-deps venv clean
+.PHONY: demo test test-debian-versions vm-test vm-deps bench system-deps venv clean deb dist
 
 # The local end-to-end demo: a local data center on 127.0.0.1, all three embodiments.
 demo: venv
@@ -26,6 +30,16 @@ vm-deps:
 
 vm-test: venv vm-deps
 	FIRSTTRUST_VM_TESTS=1 $(PY) -m pytest tests/vm -v -rA -s $(PYTEST_ARGS); $(PYTEST_CHECK)
+
+# The three Debian packages (python3-firsttrust, firsttrust-requester, firsttrust-agent) under
+# build/, checked by lintian (any E: or W: line fails). packaging/README.md says more.
+deb:
+	@$(call apt_install_missing,$(DEB_BUILD_PACKAGES) lintian)
+	packaging/deb/build.sh --lintian
+
+# The sdist and the wheel under build/dist/ (the wheel is built from the sdist).
+dist: venv
+	$(PY) -m build --no-isolation --outdir build/dist .
 
 # Benchmarks: ratios against the crypto floor measured in the same run (bench/README.md).
 bench: venv

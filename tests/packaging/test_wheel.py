@@ -85,6 +85,7 @@ def test_the_sdist_holds_the_source_tree(dist: Path) -> None:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     for path in ("pyproject.toml", "README.md", "Makefile", "agent/cli.py", "requester/cli.py", "lab/bin/vmtoolsd",
                  "firsttrust/enrollment.py", "systemd/firsttrust-agent.service", "packaging/deb/build.sh",
+                 "packaging/man/generate.py",
                  "docs/protocol.md", "tests/conftest.py"):
         assert path in names, f"{path} is not in the sdist"
     assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
