@@ -54,7 +54,7 @@ test: venv
 # The agent must run on Debian 12's own packages: the same suite against those exact versions.
 DEB12_VENV := .venv-debian12
 DEB12_PINS := aiohttp==3.8.4 cryptography==38.0.4 srp==1.0.20 defusedxml==0.7.1 systemd-python==235 \
-              pytest pytest-asyncio hypothesis
+              pytest pytest-asyncio hypothesis build 'setuptools>=77'
 
 test-debian-versions: system-deps $(DEB12_VENV)/.installed
 	$(DEB12_VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS); $(PYTEST_CHECK)
