@@ -48,7 +48,7 @@ while [ $# -gt 0 ]; do
 	--units-dir) UNITS_DIR=$(realpath "$2"); shift 2 ;;
 	--out-dir) OUT_DIR=$(realpath -m "$2"); shift 2 ;;
 	--lintian) RUN_LINTIAN=yes; shift ;;
-	-h|--help) sed -n '2,/^set -euo/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" | sed '$d'; exit 0 ;;
+	-h|--help) sed -n '2,/^set -euo/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
 	*) die "unknown argument $1 (see --help)" ;;
 	esac
 done
