@@ -12,11 +12,15 @@ PY     := $(VENV)/bin/python
 # systemd-python builds from source: libsystemd-dev, pkg-config, a compiler and Python headers.
 DEB_PACKAGES := python3 python3-venv python3-pip python3-dev libssl3 passwd ca-certificates \
                 libsystemd-dev pkg-config gcc systemd open-vm-tools openssh-client strace
+# tests/packaging: what packaging/deb/build.sh needs (it imports the CLIs with Debian's python3
+# to generate their man pages) and checks the .debs with (man-db, lintian).
+DEB_BUILD_PACKAGES := dpkg python3-aiohttp python3-cryptography python3-srp python3-defusedxml python3-tqdm
+DEB_PACKAGES += $(DEB_BUILD_PACKAGES) lintian man-db
 # The lab's vCenter: govmomi's simulator, built offline from Debian's Go and govmomi source (0.24.2)
 # by lab/vcsim.py at first use and cached under build/vcsim/, keyed by its source.
 VCSIM_DEB_PACKAGES := golang-go golang-github-vmware-govmomi-dev
 
-.PHONY: demo test mutation-check test-debian-versions vm-test vm-deps vcsim-deps bench system-deps venv clean
+.PHONY: demo test mutation-check test-debian-versions vm-test vm-deps vcsim-deps bench system-deps venv clean deb dist
 
 # The local end-to-end demo: a local data center on 127.0.0.1, all three embodiments.
 demo: venv vcsim-deps
@@ -31,6 +35,16 @@ vm-deps:
 
 vm-test: venv vm-deps
 	FIRSTTRUST_VM_TESTS=1 $(PY) -m pytest tests/vm -v -rA -s $(PYTEST_ARGS); $(PYTEST_CHECK)
+
+# The three Debian packages (python3-firsttrust, firsttrust-requester, firsttrust-agent) under
+# build/, checked by lintian (any E: or W: line fails). packaging/README.md says more.
+deb:
+	@$(call apt_install_missing,$(DEB_BUILD_PACKAGES) lintian)
+	packaging/deb/build.sh --lintian
+
+# The sdist and the wheel under build/dist/ (the wheel is built from the sdist).
+dist: venv
+	$(PY) -m build --no-isolation --outdir build/dist .
 
 # Benchmarks: ratios against the crypto floor measured in the same run (bench/README.md).
 bench: venv
@@ -50,7 +64,7 @@ mutation-check: venv
 # The agent must run on Debian 12's own packages: the same suite against those exact versions.
 DEB12_VENV := .venv-debian12
 DEB12_PINS := aiohttp==3.8.4 cryptography==38.0.4 srp==1.0.20 defusedxml==0.7.1 systemd-python==235 tqdm==4.64.1 \
-              pytest pytest-asyncio hypothesis
+              pytest pytest-asyncio hypothesis build 'setuptools>=77'
 
 test-debian-versions: system-deps $(DEB12_VENV)/.installed
 	$(DEB12_VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS); $(PYTEST_CHECK)

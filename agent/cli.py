@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import firsttrust
 from firsttrust.clierrors import os_error_line, silence_broken_pipe, unexpected_error_line
 from firsttrust.errors import FirsttrustError, InvalidCertificate
 from firsttrust.identity import load_certificate, pin_of_certificate
@@ -196,6 +197,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="firsttrust-agent", description="firsttrust appliance agent")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {firsttrust.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -27,6 +27,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
+import firsttrust
 from firsttrust.clierrors import os_error_line, silence_broken_pipe
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.errors import FirsttrustError
@@ -167,6 +168,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="A local data center on 127.0.0.1: firsttrust appliances as "
                                             "processes, each with its own emulated VMware guestinfo.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {firsttrust.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (_, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)

@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
+import firsttrust
 from firsttrust.clierrors import os_error_line, silence_broken_pipe, unexpected_error_line
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import MAX_DECODED_BYTES, PropertyEncodingError
@@ -564,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "the pinned\n                   appliances (default ~/.local/share/firsttrust; "
                             "`firsttrust identity` prints it)\n\n"
                             "exit codes: 0 success, 1 the operation failed, 2 usage or input error")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {firsttrust.__version__}")
     groups = {(): parser.add_subparsers(metavar="COMMAND", required=True)}
     for command in SUBCOMMANDS:
         for depth in range(1, len(command.words)):

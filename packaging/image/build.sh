@@ -4,10 +4,12 @@
 # initrd beside it (vmlinuz, initrd.img) for direct kernel boot (qemu -kernel/-initrd), so no
 # boot loader is needed.
 #
-#   packaging/image/build.sh [--deb PATH] [--variant release|test] [--units-dir DIR]
-#                            [--size SIZE] [--rebuild] [--rebuild-base]
+#   packaging/image/build.sh [--deb PATH] [--core-deb PATH] [--variant release|test]
+#                            [--units-dir DIR] [--size SIZE] [--rebuild] [--rebuild-base]
 #
-#   --deb PATH       install this .deb (default: build it with packaging/deb/build.sh)
+#   --deb PATH       install this agent .deb (default: build the packages with packaging/deb/build.sh)
+#   --core-deb PATH  and this python3-firsttrust .deb, the core the agent depends on (default: the
+#                    one beside --deb at the same version)
 #   --variant test   add the test-only unit that takes root's SSH key from QEMU's fw_cfg
 #                    (tests/vm); "release" (the default) has no way in but the agent
 #   --units-dir DIR  passed to packaging/deb/build.sh
@@ -23,7 +25,7 @@
 #   build/image/base-<key>/rootfs  Debian alone; key = suite, mirrors, package list (including
 #                                  the .deb's dependencies and recommendations)
 #   build/image/<key>/             the image; key = this script, the overlay files, the base key,
-#                                  the .deb's sha256, the variant and the size
+#                                  the two .debs' sha256, the variant and the size
 # A second run with the same inputs reuses build/image/<key>/ and only prints its path.
 #
 # Prints the image directory as the last line on stdout; progress and timing go to stderr.
@@ -55,6 +57,7 @@ HOSTNAME_=firsttrust-appliance
 ACCOUNT="admin"
 
 DEB=
+CORE_DEB=
 VARIANT=release
 UNITS_ARGS=()
 SIZE=2G
@@ -69,6 +72,7 @@ elapsed() { awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%6.1fs", 
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--deb) DEB=$(realpath "$2"); shift 2 ;;
+	--core-deb) CORE_DEB=$(realpath "$2"); shift 2 ;;
 	--variant) VARIANT=$2; shift 2 ;;
 	--units-dir) UNITS_ARGS=(--units-dir "$2"); shift 2 ;;
 	--size) SIZE=$2; shift 2 ;;
@@ -90,17 +94,33 @@ if [ ${#need[@]} -gt 0 ]; then
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
 fi
 
-# --- the package ---------------------------------------------------------------------------------
+# --- the packages --------------------------------------------------------------------------------
+# The agent and the core it depends on (python3-firsttrust); the requester's package has no
+# place on an appliance.
 if [ -z "$DEB" ]; then
-	DEB=$("$REPO/packaging/deb/build.sh" "${UNITS_ARGS[@]}" | tail -n1)
+	mapfile -t built < <("$REPO/packaging/deb/build.sh" "${UNITS_ARGS[@]}")
+	[ ${#built[@]} -gt 0 ] || die "packaging/deb/build.sh built nothing"
+	DEB=${built[-1]}
+	for path in "${built[@]}"; do
+		case "$(basename "$path")" in python3-firsttrust_*) CORE_DEB=$path ;; esac
+	done
 fi
 [ -f "$DEB" ] || die "no package at $DEB"
+[ "$(dpkg-deb -f "$DEB" Package)" = firsttrust-agent ] || die "$DEB is not the firsttrust-agent package"
+if [ -z "$CORE_DEB" ]; then
+	CORE_DEB=$(dirname "$DEB")/python3-firsttrust_$(dpkg-deb -f "$DEB" Version)_all.deb
+fi
+[ -f "$CORE_DEB" ] || die "no core package at $CORE_DEB (the agent depends on it; --core-deb PATH)"
+[ "$(dpkg-deb -f "$CORE_DEB" Package)" = python3-firsttrust ] || die "$CORE_DEB is not the python3-firsttrust package"
 deb_sha=$(sha256sum "$DEB" | cut -d' ' -f1)
+core_deb_sha=$(sha256sum "$CORE_DEB" | cut -d' ' -f1)
 
-# The agent's Depends and Recommends go into the base, so installing the .deb later needs no
-# download (and a new agent build reuses the base). "a | b" takes a; versions are dropped.
-mapfile -t deb_deps < <(dpkg-deb -f "$DEB" Depends Recommends | sed 's/^[A-Za-z-]*: //' | tr ',' '\n' |
-	sed -e 's/|.*//' -e 's/(.*)//' -e 's/[[:space:]]//g' | grep -v '^$' | sort -u)
+# The packages' Depends and Recommends go into the base, so installing the .debs later needs no
+# download (and a new agent build reuses the base). "a | b" takes a; versions are dropped, and so
+# are our own packages, which no mirror has.
+mapfile -t deb_deps < <(for deb in "$CORE_DEB" "$DEB"; do dpkg-deb -f "$deb" Depends Recommends; done |
+	sed 's/^[A-Za-z-]*: //' | tr ',' '\n' |
+	sed -e 's/|.*//' -e 's/(.*)//' -e 's/[[:space:]]//g' | grep -v '^$' | grep -vx 'python3-firsttrust' | sort -u)
 mapfile -t packages < <(printf '%s\n' "${BASE_PACKAGES[@]}" "${deb_deps[@]}" | sort -u)
 
 MMDEBSTRAP_ARGS=(
@@ -121,7 +141,7 @@ overlays=("$HERE/rootfs")
 [ "$VARIANT" = test ] && overlays+=("$HERE/rootfs-test")
 image_key=$( {
 	cat "$SCRIPT"
-	echo "$base_key $deb_sha $VARIANT $SIZE"
+	echo "$base_key $deb_sha $core_deb_sha $VARIANT $SIZE"
 	for dir in "${overlays[@]}"; do
 		(cd "$dir" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
 	done
@@ -174,9 +194,11 @@ in_root() {
 printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 chmod 0755 "$root/usr/sbin/policy-rc.d"
 
-log "installing $(basename "$DEB") with apt"
+log "installing $(basename "$CORE_DEB") and $(basename "$DEB") with apt"
+cp "$CORE_DEB" "$root/tmp/python3-firsttrust.deb"
 cp "$DEB" "$root/tmp/firsttrust-agent.deb"
-in_root apt-get install -y -q -o Dpkg::Use-Pty=0 -o Dpkg::Options::=--force-confold /tmp/firsttrust-agent.deb \
+in_root apt-get install -y -q -o Dpkg::Use-Pty=0 -o Dpkg::Options::=--force-confold \
+	/tmp/python3-firsttrust.deb /tmp/firsttrust-agent.deb \
 	>"$work/apt-install.log" 2>&1 || { cat "$work/apt-install.log" >&2; die "apt-get install of the agent failed"; }
 grep -E '^(Setting up|The following NEW|W: |E: )' "$work/apt-install.log" | sed 's/^/    /' >&2 || true
 
@@ -244,6 +266,8 @@ json.dump({
     "suite": "$SUITE",
     "deb": "$(basename "$DEB")",
     "deb_sha256": "$deb_sha",
+    "core_deb": "$(basename "$CORE_DEB")",
+    "core_deb_sha256": "$core_deb_sha",
     "kernel": "$(basename "$kernel")",
     "srp_backend": "$srp_backend",
     "hostname": "$HOSTNAME_",

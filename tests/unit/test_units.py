@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,9 +99,15 @@ def sockets():
 
 
 @pytest.fixture
-def testable_units(tmp_path):
+def testable_units(tmp_path, monkeypatch):
     """Copies of the four units whose ExecStart= runs a stub that exists (see the module
-    docstring); the sockets have no ExecStart= and are copied as they are."""
+    docstring); the sockets have no ExecStart= and are copied as they are. Documentation=
+    makes verify run man(1), and the page, like the binary, exists once the package is
+    installed: the one the package build generates stands in, through MANPATH."""
+    subprocess.run([sys.executable, str(UNIT_DIR.parent / "packaging/man/generate.py"),
+                    "--out-dir", str(tmp_path / "man/man1"), "firsttrust-agent"],
+                   check=True, capture_output=True, timeout=60)
+    monkeypatch.setenv("MANPATH", str(tmp_path / "man"))
     stub = tmp_path / "firsttrust-agent"
     stub.write_text("#!/bin/sh\nexit 0\n")
     stub.chmod(0o755)
@@ -122,6 +129,11 @@ def analyze(*args: str) -> subprocess.CompletedProcess:
 def test_systemd_holds_exactly_these_units():
     # A new unit gets its checks here (and is verified with the others).
     assert sorted(path.name for path in UNIT_DIR.iterdir()) == sorted(UNITS)
+
+
+def test_every_unit_points_at_the_agents_man_page():
+    for name in UNITS:
+        assert values(parse_unit(UNIT_DIR / name), "Unit", "Documentation") == ["man:firsttrust-agent(1)"], name
 
 
 def test_the_agent_requires_provisioning_and_starts_after_it(agent, provision):

@@ -5,7 +5,8 @@ need root, qemu-system-x86 and mmdebstrap, so they run only with FIRSTTRUST_VM_T
 (`make vm-test`); otherwise they are collected and skipped.
 
 FIRSTTRUST_VM_UNITS_DIR=DIR builds the package with the unit files from DIR instead of systemd/;
-FIRSTTRUST_VM_DEB=PATH installs that .deb instead of building one.
+FIRSTTRUST_VM_DEB=PATH installs that agent .deb instead of building one (and python3-firsttrust, the
+core it depends on, from the same directory at the same version).
 """
 
 from __future__ import annotations
