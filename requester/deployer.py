@@ -31,7 +31,7 @@ from firsttrust.errors import FirsttrustError
 from .deployplan import SCRUB_KEYS, AppliancePlan, DeployPlan, InvalidDeployPlan, missing_config, scrub_status
 from .deployspec import secrets_to_json
 from .library import Target, enroll_many
-from .truststore import TrustStore
+from .truststore import TrustStore, fsync_directory
 
 USER_ENV = "FIRSTTRUST_VSPHERE_USER"
 PASSWORD_ENV = "FIRSTTRUST_VSPHERE_PASSWORD"
@@ -153,11 +153,7 @@ def write_secrets_file(path: Path, appliance: AppliancePlan) -> None:
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_directory(path.parent)
 
 
 def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concurrency: int = DEFAULT_CONCURRENCY,
