@@ -46,6 +46,28 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class ServeCommand:
+    """`firsttrust-agent serve` on two free loopback ports, notifying READY=1 to `notify_path`."""
+
+    argv: list[str]
+    env: dict[str, str]
+    notify_path: Path
+    enroll_port: int
+    api_port: int
+
+
+def serve_command(state_dir: Path, workdir: Path, python: str = sys.executable) -> ServeCommand:
+    notify_path = workdir / "notify.sock"
+    notify_path.unlink(missing_ok=True)
+    enroll_port, api_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_"))}
+    env["NOTIFY_SOCKET"] = str(notify_path)
+    argv = [python, "-m", "firsttrust.agent.cli", "serve", "--state-dir", str(state_dir),
+            "--listen", f"127.0.0.1:{enroll_port}", "--api-listen", f"127.0.0.1:{api_port}"]
+    return ServeCommand(argv, env, notify_path, enroll_port, api_port)
+
+
 def _listening(port: int) -> bool:
     """Whether something LISTENs on 127.0.0.1:port (/proc/net/tcp, state 0A), without connecting:
     a connection would start an enrollment or a TLS handshake in the agent."""
@@ -70,13 +92,9 @@ def _rss_mb(pid: int) -> dict[str, float]:
 def start_agent(state_dir: Path, workdir: Path, measure_rss: bool = False, python: str = sys.executable) -> AgentStart:
     """Spawn `serve` with `python`, wait for READY=1 (and, for RSS, for both ports to listen,
     then settle), stop it with SIGTERM."""
-    notify_path = workdir / "notify.sock"
-    notify_path.unlink(missing_ok=True)
-    enroll_port, api_port = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_"))}
-    env["NOTIFY_SOCKET"] = str(notify_path)
-    argv = [python, "-m", "firsttrust.agent.cli", "serve", "--state-dir", str(state_dir),
-            "--listen", f"127.0.0.1:{enroll_port}", "--api-listen", f"127.0.0.1:{api_port}"]
+    command = serve_command(state_dir, workdir, python)
+    notify_path, enroll_port, api_port = command.notify_path, command.enroll_port, command.api_port
+    argv, env = command.argv, command.env
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify, open(workdir / "serve.log", "ab") as log:
         notify.bind(str(notify_path))
         notify.settimeout(READY_TIMEOUT)

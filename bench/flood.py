@@ -179,31 +179,21 @@ def flood_main(argv: list[str] | None = None) -> int:
 # --- the agent and the measurement (bench process) -----------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def agent_process(state_dir: Path, workdir: Path, python: str = sys.executable):
     """`serve` over `state_dir` until the block ends; yields the enrollment port once READY=1."""
-    notify_path = workdir / "notify.sock"
-    notify_path.unlink(missing_ok=True)
-    port, api_port = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_"))}
-    env["NOTIFY_SOCKET"] = str(notify_path)
-    argv = [python, "-m", "firsttrust.agent.cli", "serve", "--state-dir", str(state_dir),
-            "--listen", f"127.0.0.1:{port}", "--api-listen", f"127.0.0.1:{api_port}"]
+    from .agent_process import serve_command
+
+    command = serve_command(state_dir, workdir, python)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify, open(workdir / "serve.log", "ab") as log:
-        notify.bind(str(notify_path))
+        notify.bind(str(command.notify_path))
         notify.settimeout(READY_TIMEOUT)
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(command.argv, cwd=ROOT, env=command.env, stdout=log, stderr=subprocess.STDOUT,
                                 preexec_fn=raise_file_limit)
         try:
             while "READY=1" not in notify.recv(4096).decode("utf-8", "replace").split("\n"):
                 pass
-            yield port
+            yield command.enroll_port
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
