@@ -24,20 +24,31 @@ and nginx/HAProxy's slow-client handling:
    enrollment driver runs at all, and a first frame that is not a valid hello is answered with
    its error code here, without reading the appliance's state.
 
-A flood therefore costs the attacker a socket per slot and buys it seconds; a requester that
-says hello at once is admitted past the flood and keeps its slot.
+5. A source that misbehaves (a first frame that is not a valid hello, no hello within the
+   deadline, a connection dropped to make room, a connection closed before its first frame) accrues
+   a penalty, after OpenSSH 9.8's `PerSourcePenalties`; once a source's penalty reaches
+   PENALTY_MIN seconds its new connections are answered `busy` (with retry_after) and closed the
+   moment they are accepted, taking no slot, no timer and no parsing, until the penalty has run out.
+   A requester that says hello at once never accrues any.
+
+A flood therefore costs the attacker a socket per slot and buys it seconds, then costs the
+appliance one accept and one small write per connection while its sources sit out their penalty;
+a requester that says hello at once is admitted past the flood and keeps its slot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from firsttrust.errors import FirsttrustError, UnexpectedFrame
 from firsttrust.framing import FrameDecoder, encode_error
+from firsttrust.limits import MAX_RETRY_AFTER
 from firsttrust.messages import validate
 
 # --- the limits, with their reasons and precedents ----------------------------------------------
@@ -70,7 +81,27 @@ PER_SOURCE_MAX_UNAUTHENTICATED = 8
 # or one customer). IPv4 sources are single addresses.
 IPV6_SOURCE_PREFIX = 64
 
+# Per-source penalties, after OpenSSH 9.8's `PerSourcePenalties` (defaults there: authfail:5
+# noauth:1 grace-exceeded:10 min:15 max:600). Seconds a source accrues per offence:
+PENALTY_SECONDS = {
+    "garbage": 5.0,  # a first frame that is not a valid hello (OpenSSH's authfail)
+    "too_slow": 10.0,  # no complete first frame within FIRST_FRAME_TIMEOUT (grace-exceeded)
+    "evicted": 1.0,  # dropped, still without a hello, to make room (noauth)
+    "no_hello": 1.0,  # closed by the peer before its first frame was complete (noauth)
+}
+# A source is refused once its accrued penalty reaches PENALTY_MIN seconds (so one mishap, a
+# requester restarted mid-hello, never locks anyone out), for as long as the penalty lasts, at most
+# PENALTY_MAX seconds. OpenSSH's max is 600 s; an appliance's enrollment window is short and its
+# requester retries for 5 minutes, so a source behind the same NAT as an attacker waits at most 2.
+PENALTY_MIN = 15.0
+PENALTY_MAX = 120.0
+# Sources remembered at once (OpenSSH max-sources4 65536). When full, expired penalties are
+# forgotten first, then the one closest to expiry ("permissive" overflow: never refuse because
+# the table is full).
+PENALTY_SOURCES_MAX = 4096
 
+
+@functools.lru_cache(maxsize=1024)
 def source_key(address: str) -> str:
     """The per-source key of a peer address: the IPv4 address; for IPv6 its /64 network; an
     IPv4-mapped IPv6 address (a dual-stack listener's view of an IPv4 peer) counts as its IPv4
@@ -104,6 +135,16 @@ class Entry:
     held: bool = True
 
 
+@dataclass
+class Penalty:
+    """A source's penalty: it ends at `until` (monotonic seconds); `accrued` sums the seconds of
+    the offences since it began; `blocked` once that reached PENALTY_MIN, and then until it ends."""
+
+    until: float
+    accrued: float = 0.0
+    blocked: bool = False
+
+
 @dataclass(frozen=True)
 class Admission:
     """What `FrontDoor.admit` decided: the newcomer's entry (None: refuse it with `busy`) and
@@ -131,12 +172,51 @@ class FrontDoor:
     entries: list[Entry] = field(default_factory=list)  # oldest first
     evictions: int = 0
     refusals: int = 0
+    penalty_refusals: int = 0
+    penalties: dict[str, "Penalty"] = field(default_factory=dict)
+    _counts: dict[str, int] = field(default_factory=dict)  # entries per source
+    _pre_hello: dict[str, int] = field(default_factory=dict)  # entries without a hello per source
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def count(self, source: str) -> int:
-        return sum(1 for e in self.entries if e.source == source)
+        return self._counts.get(source, 0)
+
+    # --- penalties ------------------------------------------------------------------------
+
+    def penalize(self, source: str, offence: str) -> None:
+        """`source` committed `offence` (a PENALTY_SECONDS key): add its seconds to the source's
+        penalty (capped at PENALTY_MAX from now); it blocks once it reaches PENALTY_MIN."""
+        now = self.clock()
+        penalty = self.penalties.get(source)
+        if penalty is None or penalty.until <= now:
+            if penalty is None and len(self.penalties) >= PENALTY_SOURCES_MAX:
+                self._forget_a_penalty(now)
+            penalty = self.penalties[source] = Penalty(now)
+        seconds = PENALTY_SECONDS[offence]
+        penalty.until = min(penalty.until + seconds, now + PENALTY_MAX)
+        penalty.accrued += seconds
+        if penalty.accrued >= PENALTY_MIN:
+            penalty.blocked = True
+
+    def blocked_for(self, source: str) -> float:
+        """Seconds `source` stays refused (0: it is not)."""
+        penalty = self.penalties.get(source)
+        if penalty is None or not penalty.blocked:
+            return 0.0
+        left = penalty.until - self.clock()
+        if left <= 0:
+            del self.penalties[source]
+            return 0.0
+        return left
+
+    def _forget_a_penalty(self, now: float) -> None:
+        expired = [source for source, p in self.penalties.items() if p.until <= now]
+        for source in expired:
+            del self.penalties[source]
+        if not expired:
+            del self.penalties[min(self.penalties, key=lambda source: self.penalties[source].until)]
 
     def admit(self, source: str) -> Admission:
         """A connection from `source` arrived: admit it, making room if needed.
@@ -166,11 +246,17 @@ class FrontDoor:
         now = self.clock()
         entry = Entry(source, now, now + self.first_frame_timeout)
         self.entries.append(entry)
+        self._counts[source] = self._counts.get(source, 0) + 1
+        self._pre_hello[source] = self._pre_hello.get(source, 0) + 1
+        for victim in evicted:
+            self.penalize(victim.source, "evicted")
         self.evictions += len(evicted)
         return Admission(entry, tuple(evicted))
 
     def mark_hello(self, entry: Entry) -> None:
         """The entry's first frame is a valid hello: from now on it is never evicted."""
+        if not entry.hello and entry.held:
+            _decrement(self._pre_hello, entry.source)
         entry.hello = True
 
     def release(self, entry: Entry) -> None:
@@ -190,6 +276,9 @@ class FrontDoor:
     def _remove(self, entry: Entry) -> None:
         entry.held = False
         self.entries.remove(entry)
+        _decrement(self._counts, entry.source)
+        if not entry.hello:
+            _decrement(self._pre_hello, entry.source)
 
     def _oldest_pre_hello(self, source: str | None = None) -> Entry | None:
         for entry in self.entries:  # oldest first
@@ -198,18 +287,22 @@ class FrontDoor:
         return None
 
     def _victim(self) -> Entry | None:
-        pre_hello: dict[str, int] = {}
-        for entry in self.entries:
-            if not entry.hello:
-                pre_hello[entry.source] = pre_hello.get(entry.source, 0) + 1
-        if not pre_hello:
+        if not self._pre_hello:
             return None
-        most = max(pre_hello.values())
+        most = max(self._pre_hello.values())
         # Among the sources holding the most, the one whose oldest entry is oldest.
         for entry in self.entries:
-            if not entry.hello and pre_hello[entry.source] == most:
+            if not entry.hello and self._pre_hello[entry.source] == most:
                 return entry
         return None  # pragma: no cover - unreachable: some source holds `most`
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 # --- the first frame ----------------------------------------------------------------------------
@@ -288,14 +381,21 @@ class DoorProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.entry: Entry | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.buffer = bytearray()
-        self.watch = FirstFrameWatch()
+        self.buffer = bytearray()  # (both made anew for an admitted connection)
+        self.watch: FirstFrameWatch | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "unknown")
-        admission = self.door.admit(source_key(host))
+        source = source_key(str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "unknown"))
+        blocked = self.door.blocked_for(source)
+        if blocked:
+            # Sitting out a penalty: one small write and a close, nothing else.
+            self.door.penalty_refusals += 1
+            self.transport.write(_penalized(blocked))
+            self.transport.close()
+            return
+        admission = self.door.admit(source)
         for victim in admission.evicted:
             protocol = self.pending.pop(victim, None)
             if protocol is not None:
@@ -306,18 +406,20 @@ class DoorProtocol(asyncio.Protocol):
             return
         self.entry = admission.entry
         self.pending[self.entry] = self
+        self.buffer = bytearray()
+        self.watch = FirstFrameWatch()
         loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(self.door.remaining(self.entry), self.drop, TOO_SLOW)
+        self.timer = loop.call_later(self.door.remaining(self.entry), self.drop, TOO_SLOW, "too_slow")
 
     def data_received(self, data: bytes) -> None:
-        if self.entry is None or not self.entry.held:
+        if self.entry is None or not self.entry.held or self.watch is None:
             return
         self.buffer += data
         outcome = self.watch.feed(data)
         if outcome is None:
             return
         if not outcome.hello:
-            self.drop(encode_error(outcome.code or "protocol_error", outcome.message or ""))
+            self.drop(encode_error(outcome.code or "protocol_error", outcome.message or ""), "garbage")
             return
         self.door.mark_hello(self.entry)
         self._forget()
@@ -325,20 +427,24 @@ class DoorProtocol(asyncio.Protocol):
         self.on_hello(self.transport, bytes(self.buffer), entry)
 
     def eof_received(self) -> bool:
-        self.drop(None)
+        self.drop(None, "no_hello")
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.entry is not None:
             self._forget()
             self.door.release(self.entry)
+            self.door.penalize(self.entry.source, "no_hello")
             self.entry = None
 
-    def drop(self, frame: bytes | None) -> None:
-        """Release the slot, send `frame` (if any) and close."""
+    def drop(self, frame: bytes | None, offence: str | None = None) -> None:
+        """Release the slot, send `frame` (if any) and close; the source accrues `offence`'s
+        penalty (None: none here; an eviction's was charged by FrontDoor.admit)."""
         if self.entry is not None:
             self._forget()
             self.door.release(self.entry)
+            if offence is not None:
+                self.door.penalize(self.entry.source, offence)
             self.entry = None
         if self.transport is not None and not self.transport.is_closing():
             if frame:
@@ -351,6 +457,11 @@ class DoorProtocol(asyncio.Protocol):
             self.timer = None
         if self.entry is not None:
             self.pending.pop(self.entry, None)
+
+
+def _penalized(seconds: float) -> bytes:
+    wait = min(MAX_RETRY_AFTER, max(1, math.ceil(seconds)))
+    return encode_error("busy", f"this address sent bad or stalled connections; refused for {wait} s", wait)
 
 
 # What a refused, evicted or too slow connection is told before it is closed.

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import socket
 import ssl
 import time
@@ -482,6 +483,11 @@ def _peer_name(writer: asyncio.StreamWriter) -> str:
 # initial RTO of 1 s (RFC 6298), a second lost per dropped SYN. Linux caps it at
 # net.core.somaxconn (4096 since 5.4); nginx and HAProxy default to 511 and somaxconn.
 ACCEPT_BACKLOG = 1024
+# Connections accepted per event-loop turn. asyncio accepts up to its `backlog` argument in one
+# callback and starts a task for each; at 1024 one turn of a flood ran a thousand callbacks while
+# a requester's next frame waited behind them. The kernel queue stays ACCEPT_BACKLOG long (listen
+# is called again after asyncio's); only the draining per turn is bounded.
+ACCEPT_BATCH = 32
 
 
 async def start_enrollment_server(server: EnrollmentServer, host: str, port: int, *,
@@ -490,5 +496,11 @@ async def start_enrollment_server(server: EnrollmentServer, host: str, port: int
     connection meets the front door (agent/frontdoor.py) before `server.handle` runs."""
     loop = asyncio.get_running_loop()
     if sock is not None:
-        return await loop.create_server(server.protocol, sock=sock, backlog=ACCEPT_BACKLOG)
-    return await loop.create_server(server.protocol, host, port, reuse_address=True, backlog=ACCEPT_BACKLOG)
+        listener = await loop.create_server(server.protocol, sock=sock, backlog=ACCEPT_BATCH)
+    else:
+        listener = await loop.create_server(server.protocol, host, port, reuse_address=True, backlog=ACCEPT_BATCH)
+    for listening in listener.sockets:
+        # asyncio's listen(ACCEPT_BATCH) sized the kernel queue too: make it ACCEPT_BACKLOG again.
+        with socket.socket(fileno=os.dup(listening.fileno())) as same:
+            same.listen(ACCEPT_BACKLOG)
+    return listener

@@ -96,8 +96,9 @@ async def retry_until(attempt: Callable[[], Awaitable[T]], *, address: str, dead
         attempt: one try (a new connection each time).
         address: HOST:PORT, for messages.
         deadline: seconds from now after which no new try starts. A try in progress runs to its own
-            timeouts. A `backing_off` refusal's retry_after is waited for as asked, unless it ends
-            past the deadline (then it is final at once).
+            timeouts. A refusal's retry_after (`backing_off`; `busy` for an address sitting out a
+            penalty) is waited for as asked, unless it ends past the deadline (then it is final at
+            once).
         on_wait: called once per change of reason (not per retry); None: quiet.
 
     Raises:
@@ -115,13 +116,14 @@ async def retry_until(attempt: Callable[[], Awaitable[T]], *, address: str, dead
             if reason is None:
                 raise
             error = exc
-        if reason == "backing_off" and isinstance(error, PeerRefused) and error.retry_after is not None:
-            pause = float(error.retry_after) + backoff.first * random()  # a little jitter past the back-off
+        advised = isinstance(error, PeerRefused) and error.retry_after is not None
+        if advised:
+            pause = float(error.retry_after) + backoff.first * random()  # a little jitter past the advice
         else:
             pause = backoff.delay(tries, random)
         tries += 1
         left = end - clock()
-        if left <= 0 or (reason == "backing_off" and pause > left):
+        if left <= 0 or (advised and pause > left):
             raise DeadlineExceeded(f"{address}: gave up after {clock() - start:.0f} s (deadline {deadline:g} s): "
                                    f"{_reason_text(reason, error)}") from error
         if reason != last_reason and on_wait is not None:

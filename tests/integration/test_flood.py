@@ -24,7 +24,7 @@ import pytest
 
 from agent_fixture import provisioned
 from firsttrust.agent.server import EnrollmentGate, EnrollmentServer, start_enrollment_server
-from firsttrust.framing import encode_frame
+from firsttrust.framing import FrameDecoder, encode_frame
 from firsttrust.requester.library import enroll_appliance
 from firsttrust.requester.retry import DeadlineExceeded
 from firsttrust.requester.truststore import TrustStore
@@ -136,10 +136,14 @@ async def test_every_slot_is_released_after_a_flood_of_each_kind(tmp_path):
     app = provisioned(tmp_path)
     await app.start(first_frame_timeout=0.5, max_unauthenticated=16, per_source_max=4)
     try:
+        peak = 0
         async with flood(app.port):
-            await asyncio.sleep(1.0)
-            assert 0 < app.server.unauthenticated <= 16
+            for _ in range(100):
+                peak = max(peak, app.server.unauthenticated)
+                await asyncio.sleep(0.01)
             assert app.server.door.evictions > 0  # the table was full and made room
+            assert app.server.door.penalty_refusals > 0  # then the flood's sources sat out penalties
+        assert peak <= 16  # never more than the table
         for _ in range(100):
             if app.server.unauthenticated == 0:
                 break
@@ -221,3 +225,47 @@ def test_cli_deadline_exits_with_one_clear_line(tmp_path):
     assert len(lines) == 2, lines  # one notice when the wait starts, one error at the end
     assert lines[0].startswith(f"firsttrust: 127.0.0.1:{port} refuses connections (still booting?); retrying until ")
     assert lines[1].startswith(f"firsttrust: error: 127.0.0.1:{port}: gave up after 2 s (deadline 2 s)")
+
+
+async def _answer_to(port: int, source: str, data: bytes):
+    """Connect from `source`, send `data`, return the first frame the agent answers (or None)."""
+    sock = socket.socket()
+    sock.setblocking(False)
+    sock.bind((source, 0))
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.write(data)
+        decoder = FrameDecoder()
+        async with asyncio.timeout(5):
+            while (frame := decoder.next_frame()) is None:
+                chunk = await reader.read(4096)
+                if not chunk:
+                    return None
+                decoder.feed(chunk)
+        return frame
+    finally:
+        writer.close()
+
+
+async def test_a_source_that_keeps_sending_garbage_is_refused_at_accept_while_others_enroll(tmp_path, monkeypatch):
+    monkeypatch.setenv("FIRSTTRUST_HOME", str(tmp_path / "home"))
+    app = provisioned(tmp_path)
+    await app.start()
+    try:
+        answers = [await _answer_to(app.port, "127.0.0.9", b"\xff\xff\xff\xff") for _ in range(4)]
+        codes = [frame.fields["code"] for frame in answers]
+        assert codes == ["frame_too_large"] * 3 + ["busy"], codes  # 3 x 5 s reaches the 15 s minimum
+        refused = answers[-1].fields
+        assert 10 <= refused["retry_after"] <= 15 and "refused for" in refused["message"]
+        # Refused at accept: even a valid hello from that address now gets `busy`, and no slot.
+        assert (await _answer_to(app.port, "127.0.0.9", slow_hello(random.Random(1)))).fields["code"] == "busy"
+        assert app.server.door.penalty_refusals == 2 and app.connections_started == 0
+        # Another address is not affected.
+        store = TrustStore(tmp_path / "home")
+        waits = []
+        record = await enroll_appliance(f"127.0.0.1:{app.port}", app.secrets, name="legit", store=store,
+                                        deadline=30, on_wait=waits.append)
+        assert record.pin == app.store.load_identity().pin and waits == []
+    finally:
+        await app.stop()

@@ -6,7 +6,16 @@ import base64
 
 import pytest
 
-from firsttrust.agent.frontdoor import FIRST_FRAME_TIMEOUT, FirstFrameWatch, FrontDoor, source_key
+from firsttrust.agent import frontdoor
+from firsttrust.agent.frontdoor import (
+    FIRST_FRAME_TIMEOUT,
+    PENALTY_MAX,
+    PENALTY_MIN,
+    PENALTY_SECONDS,
+    FirstFrameWatch,
+    FrontDoor,
+    source_key,
+)
 from firsttrust.framing import HEADER, encode_error, encode_frame
 from firsttrust.messages import SRP_VALUE_BYTES
 
@@ -169,6 +178,76 @@ def test_a_hello_is_never_overdue():
 def test_the_default_first_frame_deadline_is_shorter_than_a_phase():
     from firsttrust import limits
     assert FIRST_FRAME_TIMEOUT < limits.PHASE_TIMEOUT
+
+
+# --- per-source penalties ----------------------------------------------------------------------
+
+
+def test_one_offence_of_each_kind_never_blocks_a_source():
+    for offence in PENALTY_SECONDS:
+        table, _ = door()
+        table.penalize("a", offence)
+        assert table.blocked_for("a") == 0, offence
+
+
+def test_garbage_repeated_blocks_the_source_once_its_penalty_reaches_the_minimum():
+    table, clock = door()
+    offences = 0
+    for offences in range(1, 10):
+        table.penalize("a", "garbage")
+        if table.blocked_for("a"):
+            break
+    assert table.blocked_for("a") > 0
+    assert offences * PENALTY_SECONDS["garbage"] >= PENALTY_MIN > (offences - 1) * PENALTY_SECONDS["garbage"]
+    assert table.blocked_for("b") == 0  # other sources are not affected
+    left = table.blocked_for("a")
+    clock.now += left - 0.5
+    assert table.blocked_for("a") > 0  # blocked for the whole accrued penalty
+    clock.now += 1.0
+    assert table.blocked_for("a") == 0 and "a" not in table.penalties  # then forgotten
+
+
+def test_a_penalty_that_ran_out_starts_again_from_zero():
+    table, clock = door()
+    for _ in range(2):
+        table.penalize("a", "garbage")
+    clock.now += 2 * PENALTY_SECONDS["garbage"]  # both offences have run out
+    table.penalize("a", "garbage")
+    assert table.blocked_for("a") == 0
+
+
+def test_a_penalty_never_lasts_longer_than_the_maximum():
+    table, _ = door()
+    for _ in range(1000):
+        table.penalize("a", "too_slow")
+    assert PENALTY_MIN <= table.blocked_for("a") <= PENALTY_MAX
+
+
+def test_the_source_of_an_evicted_connection_accrues_the_eviction_penalty():
+    table, _ = door(total=10, per_source=1)
+    table.admit("a")
+    assert "a" not in table.penalties
+    assert table.admit("a").evicted
+    assert table.penalties["a"].until - table.clock() == PENALTY_SECONDS["evicted"]
+
+
+def test_a_source_whose_connections_say_hello_accrues_nothing():
+    table, _ = door(total=2, per_source=2)
+    for _ in range(100):
+        entry = table.admit("legit").entry
+        table.mark_hello(entry)
+        table.release(entry)
+    assert table.penalties == {} and table.blocked_for("legit") == 0
+
+
+def test_the_penalty_table_is_bounded(monkeypatch):
+    monkeypatch.setattr(frontdoor, "PENALTY_SOURCES_MAX", 8)
+    table, clock = door()
+    for i in range(100):
+        clock.now += 0.01
+        table.penalize(f"s{i}", "evicted")
+    assert len(table.penalties) == 8
+    assert "s99" in table.penalties and "s0" not in table.penalties  # the closest to expiry went first
 
 
 # --- the first frame watch ----------------------------------------------------------------------

@@ -135,6 +135,13 @@ def test_backing_off_waits_its_retry_after():
     assert fake.sleeps == [4.0]
 
 
+def test_busy_with_retry_after_waits_as_advised():
+    fake = FakeTime()
+    attempt = failing([PeerRefused("busy", "this address ... refused for 12 s", 12)], then="enrolled")
+    assert run(attempt, fake, deadline=60, random=lambda: 0.0) == "enrolled"
+    assert fake.sleeps == [12.0]
+
+
 def test_backing_off_past_the_deadline_is_final_at_once():
     fake = FakeTime()
     attempt = failing([PeerRefused("backing_off", "retry in 256 s", 256)])
