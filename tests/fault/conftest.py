@@ -62,10 +62,11 @@ def pytest_terminal_summary(terminalreporter):
         totals[side] = 0
         for syscall, outcomes in per_syscall.items():
             kills = [o for o in outcomes if o.killed]
-            startup = [o for o in kills if o.where == "start-up"]
+            startup = [o for o in kills if o.where == "start-up" and side != "repair"]
             broken = [o for o in kills if o.violations]
             totals[side] += len(kills) - len(startup)
             write(f"{side:9} {syscall:8} kill points {len(kills) - len(startup):3}"
                   + (f" (+{len(startup)} at start-up)" if startup else "")
                   + f"  broken {len(broken)}" + (f": N={','.join(str(o.n) for o in broken)}" if broken else ""))
-    write(f"kill points: agent={totals['agent']} requester={totals['requester']}")
+    write(f"kill points: agent={totals['agent']} requester={totals['requester']} "
+          f"repair at start={totals['repair']}")

@@ -3,6 +3,7 @@ syscall, then recovery the way an operator would do it, with the invariants chec
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from fault_harness import Account, Agent, Checker, Template, World, killed_call
 SLOTS = 3  # cases in flight at once, one throwaway account each: a case is mostly waiting on processes
 
 # side -> syscall -> list of Outcome, filled by the tests, printed by conftest's terminal summary
-RESULTS: dict[str, dict[str, list]] = {"agent": {}, "requester": {}}
+RESULTS: dict[str, dict[str, list]] = {"agent": {}, "requester": {}, "repair": {}}
 
 
 @dataclass
@@ -119,6 +120,76 @@ def requester_case(root: Path, account: Account, ssh_pub: Path, deadline_flag: b
             assert again.wait_ready(), f"agent restart failed: {again.log.read_text()[-1500:]}"
             outcome.violations += check.observe("after-restart", agent_running=True, check_tmp=True).violations
             again.stop()
+    finally:
+        world.close()
+    outcome.violations += check.secret_violations()
+    return outcome
+
+
+def cut_short_after_commit(world: World, check: Checker) -> list[str]:
+    """Bring `world` to where a crash right after the commit leaves it: enroll normally, stop the
+    agent, then undo everything the commit does not hold (authorized.json, the account's
+    authorized_keys) and put sec-b back, as a kill between `commit_grant`'s rename and the first
+    write of `apply_grant` leaves them (the agent sweeps reach that state by a kill; here it is
+    the starting point of every repair case, so each N kills the same repair). The requester
+    keeps the pin it received. Returns violations of the setup itself."""
+    sec_b = world.root / "sec-b.armed"
+    shutil.copy2(world.state / "sec-b", sec_b)
+    agent = Agent(world)
+    assert agent.wait_ready(), f"the agent did not start: {agent.log.read_text()[-1500:]}"
+    first = world.enroll()
+    agent.stop()
+    if first.rc != 0:
+        return [f"setup: the enrollment failed with nothing killed: {first.brief()}"]
+    (world.state / "authorized.json").unlink()
+    world.account.reset()
+    shutil.copy2(sec_b, world.state / "sec-b")
+    sec_b.unlink()
+    return check.observe("after-kill-after-commit", agent_running=False).violations
+
+
+def repair_case(root: Path, account: Account, ssh_pub: Path, deadline_flag: bool, template: Template,
+                syscall: str, n: int, superseded=lambda: False) -> Outcome:
+    """An enrollment committed and cut short before any of it was applied; the agent started under
+    strace and killed at its Nth `syscall` from its start (inside the repair, for the writes and
+    removals it does); started again normally; check that the repair rolled forward (the
+    requester's key in authorized.json and authorized_keys, no sec-b); run the same requester
+    command again; check."""
+    world = World(root, account, ssh_pub, deadline_flag, template)
+    check = Checker(world)
+    outcome = Outcome("repair", syscall, n, killed=False, where="none")
+    try:
+        setup = cut_short_after_commit(world, check)
+        if setup:
+            outcome.violations += setup
+            return outcome
+        boot = Agent(world, inject=(syscall, n))
+        ready = boot.wait_ready()
+        boot.stop() if ready else boot.wait_dead(5)
+        if boot.killed and not ready:
+            outcome.killed, outcome.where = True, "start-up"
+            outcome.steps.append(f"agent killed at {world.short(killed_call(boot.trace))}")
+            outcome.violations += check.observe("after-kill", agent_running=False).violations
+        else:
+            outcome.steps.append("repair completed unkilled")
+            if superseded():
+                return outcome
+            if not ready:
+                outcome.violations.append(f"the agent did not start, and was not killed: "
+                                          f"{boot.log.read_text()[-300:]}")
+        again = Agent(world)
+        assert again.wait_ready(), f"agent restart failed: {again.log.read_text()[-1500:]}"
+        observed = check.observe("after-restart", agent_running=True, check_tmp=True)
+        outcome.violations += observed.violations
+        if observed.phase == "enrolled" and not (observed.authorized and observed.ssh_has_key):
+            outcome.violations.append("roll forward: enrolled and restarted, but the requester's key is not in "
+                                      f"{'authorized.json' if not observed.authorized else 'authorized_keys'} "
+                                      "[after-restart]")
+        second = world.enroll()
+        outcome.steps.append(f"run 2 {second.brief()}")
+        outcome.violations += check.observe("after-rerun", agent_running=True, after_rerun=True,
+                                            check_tmp=True).violations
+        again.stop()
     finally:
         world.close()
     outcome.violations += check.secret_violations()

@@ -17,7 +17,8 @@ the same):
     # --state-dir D`, the same `firsttrust enroll` again, `firsttrust call app GET /v1/identity`.
 
 The agent is attached once it is READY, so its start-up writes are not kill points of the
-enrollment. The requester is run under strace from its start:
+enrollment; the repair sweep (fault_cases.repair_case) runs it under strace from its start instead,
+to kill it inside the repair of an enrollment that a crash cut short. The requester is run under strace from its start:
 
     FIRSTTRUST_HOME=H strace -f -qq -o kill.trace -e trace=fsync,fdatasync \\
         -e inject=fsync,fdatasync:signal=KILL:when=2 \\
@@ -148,7 +149,9 @@ class Run:
 class Agent:
     """`firsttrust-agent serve` as a process (optionally under strace), in its own session."""
 
-    def __init__(self, world: "World"):
+    def __init__(self, world: "World", inject: tuple[str, int] | None = None):
+        """inject=(syscall, N): run under strace from the start, killed at its Nth `syscall`
+        (the start-up's own writes included: the repair sweep's kill points)."""
         self.world = world
         world.agent_starts += 1
         self.log = world.root / f"agent-{world.agent_starts}.log"
@@ -156,6 +159,8 @@ class Agent:
         argv = [AGENT, "serve", "--state-dir", str(world.state), "--config", str(world.config),
                 "--listen", f"127.0.0.1:{world.enroll_port}", "--api-listen", f"127.0.0.1:{world.api_port}"]
         self.trace = world.root / f"agent-{world.agent_starts}.trace"
+        if inject:
+            argv = strace_prefix(*inject, self.trace) + argv
         self.proc = subprocess.Popen(argv, stdout=self.handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=world.env(), start_new_session=True)
         world.processes.append(self.proc)
@@ -382,7 +387,7 @@ class Checker:
                 violations.append(f"I1: phase {phase} but the API accepts the requester's key (mTLS GET "
                                   "/v1/identity answered 200)")
         # I3: no SEC-B once enrolled and (re)started
-        if enrolled and sec_b and label != "after-kill":
+        if enrolled and sec_b and not label.startswith("after-kill"):
             violations.append("I3: enrolled, agent started since, and sec-b is still on disk")
         if sec_b and stat.S_IMODE((w.state / "sec-b").stat().st_mode) != 0o600:
             violations.append("secrets: sec-b is not mode 0600")

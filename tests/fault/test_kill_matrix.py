@@ -26,7 +26,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import pytest
-from fault_cases import RESULTS, SLOTS, agent_case, requester_case
+from fault_cases import RESULTS, SLOTS, agent_case, repair_case, requester_case
 from fault_harness import MAX_N
 
 pytestmark = pytest.mark.fault
@@ -35,7 +35,13 @@ AGENT_SYSCALLS = ["rename", "fsync", "unlink", "sendto"]
 REQUESTER_SYSCALLS = ["rename", "fsync", "unlink", "sendto", "connect"]
 
 
-SWEEPS = [("agent", s) for s in AGENT_SYSCALLS] + [("requester", s) for s in REQUESTER_SYSCALLS]
+# The repair at start (agent/grant.py repair_at_start) writes and removes files too: killed inside it,
+# the next start must still roll the enrollment forward.
+REPAIR_SYSCALLS = ["rename", "fsync", "unlink"]
+
+SWEEPS = ([("agent", s) for s in AGENT_SYSCALLS] + [("requester", s) for s in REQUESTER_SYSCALLS]
+          + [("repair", s) for s in REPAIR_SYSCALLS])
+CASES = {"agent": agent_case, "requester": requester_case, "repair": repair_case}
 
 
 class Sweep:
@@ -76,7 +82,7 @@ def run_matrix(fault_env, selected: list[tuple[str, str]]) -> dict:
         accounts.put(account)
 
     def run(sweep: Sweep, n: int):
-        case = agent_case if sweep.side == "agent" else requester_case
+        case = CASES[sweep.side]
         account = accounts.get()
         try:
             return case(fault_env["root"] / f"{sweep.side}-{sweep.syscall}" / f"n{n}", account,
