@@ -43,6 +43,29 @@ class Outcome:
         return head + " -> ok"
 
 
+def run_again(world: World, check: Checker, outcome: Outcome) -> None:
+    """The operator's recovery: the same `firsttrust enroll` again, then every invariant."""
+    second = world.enroll()
+    outcome.steps.append(f"run 2 {second.brief()}")
+    outcome.violations += check.observe("after-rerun", agent_running=True, after_rerun=True,
+                                        check_tmp=True).violations
+
+
+def restart_and_run_again(world: World, check: Checker, outcome: Outcome, rolled_forward: bool = False) -> None:
+    """Start the agent normally; check; with `rolled_forward`, also that an enrolled appliance
+    holds the requester's key in authorized.json and authorized_keys; run again; check; stop."""
+    again = Agent(world)
+    assert again.wait_ready(), f"agent restart failed: {again.log.read_text()[-1500:]}"
+    observed = check.observe("after-restart", agent_running=True, check_tmp=True)
+    outcome.violations += observed.violations
+    if rolled_forward and observed.phase == "enrolled" and not (observed.authorized and observed.ssh_has_key):
+        outcome.violations.append("roll forward: enrolled and restarted, but the requester's key is not in "
+                                  f"{'authorized.json' if not observed.authorized else 'authorized_keys'} "
+                                  "[after-restart]")
+    run_again(world, check, outcome)
+    again.stop()
+
+
 def agent_case(root: Path, account: Account, ssh_pub: Path, deadline_flag: bool, template: Template,
                syscall: str, n: int, superseded=lambda: False) -> Outcome:
     """Kill the agent at its Nth `syscall` after READY; run the requester; restart the agent;
@@ -74,14 +97,7 @@ def agent_case(root: Path, account: Account, ssh_pub: Path, deadline_flag: bool,
                 outcome.violations.append(f"the agent exited ({exit_status}) without being killed")
             if first.rc != 0:
                 outcome.violations.append("the enrollment failed with nothing killed")
-        again = Agent(world)
-        assert again.wait_ready(), f"agent restart failed: {again.log.read_text()[-1500:]}"
-        outcome.violations += check.observe("after-restart", agent_running=True, check_tmp=True).violations
-        second = world.enroll()
-        outcome.steps.append(f"run 2 {second.brief()}")
-        outcome.violations += check.observe("after-rerun", agent_running=True, after_rerun=True,
-                                            check_tmp=True).violations
-        again.stop()
+        restart_and_run_again(world, check, outcome)
     finally:
         world.close()
     outcome.violations += check.secret_violations()
@@ -109,10 +125,7 @@ def requester_case(root: Path, account: Account, ssh_pub: Path, deadline_flag: b
             outcome.where = "enrollment"
             time.sleep(0.2)  # let the agent notice the dead peer (refund, slot release)
             outcome.violations += check.observe("after-kill", agent_running=True).violations
-        second = world.enroll()
-        outcome.steps.append(f"run 2 {second.brief()}")
-        outcome.violations += check.observe("after-rerun", agent_running=True, after_rerun=True,
-                                            check_tmp=True).violations
+        run_again(world, check, outcome)
         # I3 needs a restart when sec-b is still there: the agent must not keep it past a start
         agent.stop()
         if (world.state / "sec-b").exists():
@@ -177,19 +190,7 @@ def repair_case(root: Path, account: Account, ssh_pub: Path, deadline_flag: bool
             if not ready:
                 outcome.violations.append(f"the agent did not start, and was not killed: "
                                           f"{boot.log.read_text()[-300:]}")
-        again = Agent(world)
-        assert again.wait_ready(), f"agent restart failed: {again.log.read_text()[-1500:]}"
-        observed = check.observe("after-restart", agent_running=True, check_tmp=True)
-        outcome.violations += observed.violations
-        if observed.phase == "enrolled" and not (observed.authorized and observed.ssh_has_key):
-            outcome.violations.append("roll forward: enrolled and restarted, but the requester's key is not in "
-                                      f"{'authorized.json' if not observed.authorized else 'authorized_keys'} "
-                                      "[after-restart]")
-        second = world.enroll()
-        outcome.steps.append(f"run 2 {second.brief()}")
-        outcome.violations += check.observe("after-rerun", agent_running=True, after_rerun=True,
-                                            check_tmp=True).violations
-        again.stop()
+        restart_and_run_again(world, check, outcome, rolled_forward=True)
     finally:
         world.close()
     outcome.violations += check.secret_violations()
