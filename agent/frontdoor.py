@@ -28,7 +28,8 @@ and nginx/HAProxy's slow-client handling:
    deadline, a connection dropped to make room, a connection closed before its first frame) accrues
    a penalty, after OpenSSH 9.8's `PerSourcePenalties`; once a source's penalty reaches
    PENALTY_MIN seconds its new connections are answered `busy` (with retry_after) and closed the
-   moment they are accepted, taking no slot, no timer and no parsing, until the penalty has run out.
+   moment they are accepted (DoorSocket.accept, before asyncio makes a transport for them), taking
+   no slot, no timer and no parsing, until the penalty has run out.
    A requester that says hello at once never accrues any.
 
 A flood therefore costs the attacker a socket per slot and buys it seconds, then costs the
@@ -42,6 +43,7 @@ import asyncio
 import functools
 import ipaddress
 import math
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -388,13 +390,6 @@ class DoorProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         source = source_key(str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "unknown"))
-        blocked = self.door.blocked_for(source)
-        if blocked:
-            # Sitting out a penalty: one small write and a close, nothing else.
-            self.door.penalty_refusals += 1
-            self.transport.write(_penalized(blocked))
-            self.transport.close()
-            return
         admission = self.door.admit(source)
         for victim in admission.evicted:
             protocol = self.pending.pop(victim, None)
@@ -457,6 +452,36 @@ class DoorProtocol(asyncio.Protocol):
             self.timer = None
         if self.entry is not None:
             self.pending.pop(self.entry, None)
+
+
+class DoorSocket(socket.socket):
+    """The enrollment port's listening socket: its accept() (which asyncio's server calls)
+    answers a connection from a source sitting out a penalty with `busy` and closes it at once,
+    before asyncio makes a transport, a protocol and a task for it; it returns only the others.
+    `door` is the listener's FrontDoor (set before serving)."""
+
+    door: FrontDoor | None = None
+
+    def accept(self):  # type: ignore[override]
+        door = self.door
+        for _ in range(REFUSALS_PER_ACCEPT):
+            conn, address = super().accept()  # BlockingIOError when none is waiting: asyncio's cue
+            blocked = door.blocked_for(source_key(str(address[0]))) if door is not None and address else 0.0
+            if not blocked:
+                return conn, address
+            door.penalty_refusals += 1
+            with conn:
+                try:
+                    conn.send(_penalized(blocked), socket.MSG_DONTWAIT)
+                except OSError:
+                    pass
+        # Refused a batch: let the event loop run other work before the next (the socket is still
+        # readable, so asyncio calls again on its next turn).
+        raise BlockingIOError
+
+
+# Refusals in one accept() call before the event loop gets a turn.
+REFUSALS_PER_ACCEPT = 64
 
 
 def _penalized(seconds: float) -> bytes:

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import socket
 import ssl
 import time
@@ -43,7 +42,7 @@ from firsttrust.tlspolicy import apply_policy
 from . import audit
 from .config import AgentConfig
 from .frontdoor import EVICTED, FIRST_FRAME_TIMEOUT, MAX_UNAUTHENTICATED, PER_SOURCE_MAX_UNAUTHENTICATED, \
-    DoorProtocol, Entry, FrontDoor, source_key
+    DoorProtocol, DoorSocket, Entry, FrontDoor, source_key
 from .grant import GrantRefused, apply_grant, commit_grant, prepare_grant
 from .sshkeys import HOST_KEY_GLOB, SSHKeyError, host_public_keys
 from .state import AgentState, StateDir
@@ -490,17 +489,74 @@ ACCEPT_BACKLOG = 1024
 ACCEPT_BATCH = 32
 
 
+class EnrollmentListener:
+    """The enrollment port's listening sockets (one per address the host resolves to), each
+    served by asyncio with the front door's accept (DoorSocket). Has what callers use of
+    asyncio.Server: `sockets`, `close()`, `wait_closed()`."""
+
+    def __init__(self, servers: list[asyncio.base_events.Server]) -> None:
+        self.servers = servers
+
+    @property
+    def sockets(self) -> list:
+        return [sock for server in self.servers for sock in server.sockets]
+
+    def is_serving(self) -> bool:
+        return any(server.is_serving() for server in self.servers)
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    async def wait_closed(self) -> None:
+        for server in self.servers:
+            await server.wait_closed()
+
+
+def _bound_sockets(host: str, port: int) -> list[DoorSocket]:
+    """Listening sockets for host:port, as asyncio's create_server makes them (every address
+    the host resolves to, SO_REUSEADDR, IPv6 sockets IPv6-only), but DoorSockets."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    made: list[DoorSocket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = DoorSocket(family, kind, proto)
+            made.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(ACCEPT_BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in made:
+            sock.close()
+        raise
+    return made
+
+
 async def start_enrollment_server(server: EnrollmentServer, host: str, port: int, *,
-                                  sock: socket.socket | None = None) -> asyncio.base_events.Server:
+                                  sock: socket.socket | None = None) -> EnrollmentListener:
     """Listen on host:port, or on `sock` (handed over by systemd socket activation). Every
-    connection meets the front door (agent/frontdoor.py) before `server.handle` runs."""
+    connection meets the front door (agent/frontdoor.py) before `server.handle` runs: at accept
+    (a source sitting out a penalty is refused there), then in DoorProtocol."""
     loop = asyncio.get_running_loop()
     if sock is not None:
-        listener = await loop.create_server(server.protocol, sock=sock, backlog=ACCEPT_BATCH)
+        sockets = [DoorSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())]
+        sockets[0].setblocking(False)
     else:
-        listener = await loop.create_server(server.protocol, host, port, reuse_address=True, backlog=ACCEPT_BATCH)
-    for listening in listener.sockets:
-        # asyncio's listen(ACCEPT_BATCH) sized the kernel queue too: make it ACCEPT_BACKLOG again.
-        with socket.socket(fileno=os.dup(listening.fileno())) as same:
-            same.listen(ACCEPT_BACKLOG)
-    return listener
+        sockets = _bound_sockets(host, port)
+    servers = []
+    try:
+        for listening in sockets:
+            listening.door = server.door
+            servers.append(await loop.create_server(server.protocol, sock=listening, backlog=ACCEPT_BATCH))
+            # asyncio's listen(ACCEPT_BATCH) sized the kernel queue too: make it ACCEPT_BACKLOG again.
+            listening.listen(ACCEPT_BACKLOG)
+    except BaseException:
+        for made in servers:
+            made.close()
+        for listening in sockets:
+            listening.close()
+        raise
+    return EnrollmentListener(servers)
