@@ -104,6 +104,8 @@ class DataCenter:
                progress: Callable[[str, str], None] = lambda name, event: None) -> list[ApplianceReport]:
         """`firsttrust deploy` against the simulator while the hosts boot what it powers on.
 
+        Returns once the hosts booted every VM the deployer powered on (with --no-enroll too).
+
         Returns:
             The deployer's reports, one per appliance.
         Raises:
@@ -120,6 +122,10 @@ class DataCenter:
             finally:
                 stop.set()
                 watcher.join()
+                # With --no-enroll the deployer returns right after power-on: one more look, so
+                # the hosts boot every VM it powered on before this returns.
+                with contextlib.suppress(FirsttrustError):
+                    self._submit_boots(pool)
                 with self._lock:
                     pending = list(self._booting.values())
                 for future in pending:
@@ -149,15 +155,16 @@ class DataCenter:
     def _watch(self, stop: threading.Event, pool: ThreadPoolExecutor) -> None:
         while not stop.is_set():
             try:
-                for name, vm in self._powered_on_new_vms():
-                    with self._lock:
-                        if name in self._booting:
-                            continue
-                        self._booting[name] = pool.submit(self._boot, name, vm)
-            except FirsttrustError as exc:  # the simulator went away: the deployer reports it too
-                self.boot_errors.setdefault("*", str(exc))
+                self._submit_boots(pool)
+            except FirsttrustError:  # the simulator went away: the deployer reports it
                 return
             stop.wait(WATCH_INTERVAL)
+
+    def _submit_boots(self, pool: ThreadPoolExecutor) -> None:
+        for name, vm in self._powered_on_new_vms():
+            with self._lock:
+                if name not in self._booting:
+                    self._booting[name] = pool.submit(self._boot, name, vm)
 
     def _powered_on_new_vms(self) -> list[tuple[str, object]]:
         vim, collector = self.vc.vim, self.vc.vmodl.query.PropertyCollector
