@@ -40,7 +40,7 @@ from firsttrust.requester.vsphere import Vcenter, VsphereError, api_call, connec
 from .errors import LabError
 from .manager import MAX_PARALLEL_DEPLOYS, Appliance, Manager
 from .vcsim import Vcsim
-from .vmware_emulator import _rpc
+from .vmware_emulator import answer_rpc
 from .vsphere_channel import SOCKET_NAME, ChannelServer
 
 # The simulator's VPX inventory has powered-on VMs named DC0_H0_VM0 and so on: the template the
@@ -65,7 +65,7 @@ class DataCenter:
         self.vc: Vcenter = _lab_call("logging in to the simulator", lambda: connect(
             vcsim.url, vcsim.user, vcsim.password, pinned_context(vcsim.thumbprint_sha256)))
         self.inventory_at_start = set(self.vc.virtual_machines())
-        self.channel = ChannelServer(self.vc, vcsim.workdir / SOCKET_NAME, _rpc).start()
+        self.channel = ChannelServer(self.vc, vcsim.workdir / SOCKET_NAME, answer_rpc).start()
         self.booted: dict[str, Appliance] = {}
         self.boot_errors: dict[str, str] = {}
         self._booting: dict[str, Future] = {}
@@ -134,7 +134,7 @@ class DataCenter:
         failed = {name: error for name, error in self.boot_errors.items() if name in {a.name for a in plan.appliances}}
         if failed:
             name, error = next(iter(failed.items()))
-            raise LabError(f"{name}: did not boot: {error}")
+            raise LabError(f"{name}: did not boot: {error.removeprefix(f'{name}: ')}")
         return reports
 
     def read_guestinfo(self, name: str, key: str) -> str | None:

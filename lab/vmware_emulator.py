@@ -308,7 +308,7 @@ def _vmtoolsd_send_file(path: str) -> int:
 # --- one RPC, as the VMX would answer it ------------------------------------------------------
 
 
-def _rpc(guestinfo, command: str) -> tuple[bool, str]:
+def answer_rpc(guestinfo, command: str) -> tuple[bool, str]:
     """Answer one RPC against `guestinfo` (mutated by info-set): a dict for a file VM, a
     vsphere_channel.ApiGuestinfo for a VM of a vCenter. Returns (ok, reply)."""
     # The tools pass the command to RpcChannel_SendOne through "%s": a NUL ends it.
@@ -349,7 +349,7 @@ def _send(command: str) -> tuple[bool, str] | None:
         elif mode in ("hang", "hang-once"):
             outcome = None
         else:
-            outcome = _rpc(state["guestinfo"], command)
+            outcome = answer_rpc(state["guestinfo"], command)
         _store(path, state)
     if outcome is None:
         _hang()

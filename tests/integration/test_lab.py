@@ -8,6 +8,7 @@ agent that ignores SIGTERM, a recorded PID that is no longer an agent, a VM with
 
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -25,8 +26,11 @@ from firsttrust.deployment import DEFAULT_API_PORT, DEFAULT_ENROLL_PORT
 from firsttrust.identity import pin_of_certificate
 from firsttrust.lab import demo, procs
 from firsttrust.lab.cli import main
+from firsttrust.lab.datacenter import TEMPLATE, DataCenter
 from firsttrust.lab.errors import LabError
 from firsttrust.lab.manager import Manager
+from firsttrust.lab.vcsim import Vcsim
+from firsttrust.requester.deployplan import DeployPlan, plan_deployment
 from firsttrust.lab.vmware_emulator import ENV_VAR
 from firsttrust.requester.deployspec import deployment_properties, secrets_from_json
 from firsttrust.requester.library import enroll_appliance_sync
@@ -115,11 +119,30 @@ class ArgvWatch:
         self._thread.join()
 
 
-def test_the_demo_enrolls_three_ways_refuses_two_attacks_and_leaves_nothing_running(lab_root, capsys, generated):
+@pytest.fixture
+def simulators(monkeypatch):
+    """Every vCenter simulator the lab starts during the test."""
+    started: list[Vcsim] = []
+    original = Vcsim.start
+
+    def remembering(cls, *args, **kwargs):
+        server = original(*args, **kwargs)
+        started.append(server)
+        return server
+
+    monkeypatch.setattr(Vcsim, "start", classmethod(remembering))
+    return started
+
+
+def test_the_demo_enrolls_three_ways_refuses_two_attacks_and_leaves_nothing_running(lab_root, capsys, generated,
+                                                                                     simulators):
     with ArgvWatch() as argv:
         assert main(["demo", "--short", "--root", str(lab_root)]) == 0
-    # No secret, nor a 12-character piece of one, on any command line while the demo ran.
+    # No secret, nor a 12-character piece of one, on any command line while the demo ran; nor
+    # the simulator's password.
     assert argv.scans > 10 and any(b"firsttrust" in line for line in argv.seen)
+    assert len(simulators) == 1 and simulators[0].process.poll() is not None  # started, and stopped
+    assert not [line for line in argv.seen if simulators[0].password.encode() in line]
     for secret in generated:
         pieces = {secret[i:i + 12].encode() for i in range(0, len(secret) - 11)}
         assert not [line for line in argv.seen if any(piece in line for piece in pieces)]
@@ -282,3 +305,19 @@ def test_guest_operations_and_guestinfo_reach_only_their_own_vm(lab_root):
         assert len(pins) == 2
     finally:
         manager.destroy_all()
+
+
+def test_a_vm_of_the_data_center_that_fails_first_boot_fails_the_deployment_in_one_line(lab_root, tmp_path):
+    manager = Manager(lab_root)
+    with DataCenter.start(manager) as datacenter:
+        planned = plan_deployment(datacenter.vcsim.url, TEMPLATE, ["empty"], enroll=False).appliances[0]
+        # Nothing injected: the agent's first boot refuses, and says why.
+        plan = DeployPlan(datacenter.vcsim.url, TEMPLATE, (dataclasses.replace(planned, extra_config=()),),
+                          enroll=False)
+        (tmp_path / "secrets").mkdir()
+        with pytest.raises(LabError) as info:
+            datacenter.deploy(plan, tmp_path / "secrets")
+    message = str(info.value)
+    assert message.startswith("empty: did not boot: ") and "no firsttrust properties found" in message
+    assert "\n" not in message
+    assert manager.running() == []

@@ -15,7 +15,7 @@ import pytest
 from firsttrust.agent.sources.deploy import OVFENV_GUESTINFO_KEY
 from firsttrust.lab import manager as lab_manager
 from firsttrust.lab import vsphere_channel
-from firsttrust.lab.vmware_emulator import EMULATOR_ERROR_EXIT, ENV_VAR, _rpc, bin_dir, link_interpreter
+from firsttrust.lab.vmware_emulator import EMULATOR_ERROR_EXIT, ENV_VAR, answer_rpc, bin_dir, link_interpreter
 from firsttrust.lab.vsphere_channel import SOCKET_NAME, ChannelServer, ovf_environment, write_channel_file
 from firsttrust.requester.deployplan import current_values
 
@@ -29,7 +29,7 @@ def channel(vcsim, tmp_path):  # noqa: F811
     template = vc.find_vm("DC0_H0_VM0")
     vm = vc.clone(template, f"channel-{tmp_path.name}",
                   [("guestinfo.firsttrust.sec-a", "planted-a")])
-    server = ChannelServer(vc, tmp_path / SOCKET_NAME, _rpc).start()
+    server = ChannelServer(vc, tmp_path / SOCKET_NAME, answer_rpc).start()
     vm_file = tmp_path / "vm.json"
     write_channel_file(vm_file, socket_path=server.path, vm=vc.moid(vm))
     python_dir = tmp_path / "python"
