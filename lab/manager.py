@@ -1,7 +1,7 @@
 """The lab's hosts: `Manager` runs appliances as agent processes on loopback.
 
     manager = Manager(root)                                   # build/lab by default
-    app = manager.boot("app-01", channel)                     # a VM of the lab's vcsim (lab.datacenter):
+    app = manager.boot("app-01", socket, "vm-42")             # a VM of the lab's vcsim (lab.datacenter):
                                                               # first boot, serve on 127.0.0.N:8790/8791
     app = manager.deploy("app-01", properties)                # a VM of a JSON file: guestinfo.ovfEnv,
                                                               # first boot, serve on free 127.0.0.1 ports
@@ -343,7 +343,9 @@ class Manager:
             try:
                 return self._start(dataclasses.replace(draft, host=host), command)
             except _AgentExited as exc:
+                # An address someone else took meanwhile stays handed out: it is not free.
                 if "cannot listen" not in str(exc) or attempt == BIND_ATTEMPTS:
+                    _release_host(host)
                     raise LabError(str(exc)) from None
             except BaseException:
                 _release_host(host)
