@@ -22,7 +22,8 @@ VCSIM_DEB_PACKAGES := golang-go golang-github-vmware-govmomi-dev
 
 .PHONY: demo test mutation-check test-debian-versions vm-test vm-deps vcsim-deps bench system-deps venv clean deb dist
 
-# The local end-to-end demo: a local data center on 127.0.0.1, all three embodiments.
+# The local end-to-end demo: govmomi's vCenter simulator (built at first use, cached under
+# build/vcsim/), appliances deployed through its API on 127.0.0.2, ..., all three embodiments.
 demo: venv vcsim-deps
 	$(VENV)/bin/firsttrust-lab demo
 

@@ -1,4 +1,4 @@
-"""`firsttrust-lab`: a local data center on 127.0.0.1 for demos and tests. No VMware needed.
+"""`firsttrust-lab`: a local data center on loopback for demos and tests. No VMware needed.
 
     firsttrust-lab demo [--short] [--keep] [--root DIR]   every way in and two failed attacks, end to end
     firsttrust-lab up N [--root DIR]                      N appliances waiting for SRP enrollment (FIG. 4)
@@ -7,8 +7,11 @@
     firsttrust-lab vcsim [--root DIR]                     a vCenter simulator in the foreground (lab/vcsim.py)
 
 The lab root is --root, else $FIRSTTRUST_LAB_ROOT, else build/lab under the current directory.
-`up` writes each appliance's secrets to a 0600 file under <root>/secrets/ and prints its path,
-never the secrets.
+`demo` and `up` start govmomi's vCenter simulator (built at first use, lab/vcsim.py) and deploy
+through it with `firsttrust deploy`'s code; each appliance listens on an address of its own
+(127.0.0.2, ...) at the standard ports. The simulator stops when the command ends; the appliances
+do not need it after first boot. `up` deploys with --no-enroll: `firsttrust deploy` writes each
+appliance's secrets to a 0600 file under <root>/secrets/, whose path is printed, never the secrets.
 
 Exit codes: 0 success; 1 the operation failed (a deployment, a demo check, an agent that would
 not stop); 2 bad usage; 130 interrupted (Ctrl-C, SIGTERM, SIGHUP: a demo still destroys its
@@ -29,9 +32,8 @@ from typing import Callable, Iterator
 
 import firsttrust
 from firsttrust.clierrors import os_error_line, silence_broken_pipe
-from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.errors import FirsttrustError
-from firsttrust.requester.deployspec import deployment_properties, secrets_to_json
+from firsttrust.requester.deployplan import plan_deployment
 from firsttrust.requester.truststore import write_atomic
 
 from . import demo, procs
@@ -57,6 +59,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from .datacenter import TEMPLATE, DataCenter
+
     if not 1 <= args.count <= MAX_UP:
         raise UsageError(f"N must be from 1 to {MAX_UP}")
     manager = Manager(args.root, detached=True)
@@ -68,19 +72,28 @@ def cmd_up(args: argparse.Namespace) -> int:
     secrets_dir = manager.root / "secrets"
     secrets_dir.mkdir(mode=0o700, exist_ok=True)
     secrets_dir.chmod(0o700)
-    plan, files = {}, {}
-    for name in names:
-        pair = EnrollmentSecrets.generate()
-        files[name] = secrets_dir / f"{name}.json"
-        write_atomic(files[name], secrets_to_json(pair), 0o600)
-        plan[name] = deployment_properties(pair)
+    for name in names:  # left by an `up` that was killed: its appliances are gone, and so is their use
+        (secrets_dir / f"{name}.json").unlink(missing_ok=True)
     try:
-        appliances = manager.deploy_many(plan)
+        with DataCenter.start(manager) as datacenter:
+            print(f"vCenter: govmomi's simulator at {datacenter.vcsim.url}; firsttrust deploy --no-enroll "
+                  f"--template {TEMPLATE} --name-prefix app --count {args.count}", flush=True)
+            plan = plan_deployment(datacenter.vcsim.url, TEMPLATE, names, enroll=False)
+            reports = datacenter.deploy(plan, secrets_dir)
+            failed = [report for report in reports if not report.ok]
+            if failed:
+                raise LabError(f"{failed[0].name}: deployment failed at {failed[0].failed_step}: {failed[0].error}")
+            addresses = {name: datacenter.guest_ip(name) for name in names}
     except BaseException:  # all or nothing, also when interrupted
-        for name, path in files.items():
+        for name in names:
             manager.destroy(name)
-            path.unlink(missing_ok=True)
+            (secrets_dir / f"{name}.json").unlink(missing_ok=True)
         raise
+    appliances = [manager.appliance(name) for name in names]
+    for app in appliances:
+        if app.host != addresses[app.name]:
+            raise LabError(f"{app.name}: the guest reported {addresses[app.name]}, it listens on {app.host}")
+    files = {name: secrets_dir / f"{name}.json" for name in names}
     rows = [("NAME", "ENROLLMENT", "API", "SECRETS")]
     rows += [(app.name, app.enroll_address, app.api_address, str(files[app.name])) for app in appliances]
     _print_table(rows)
@@ -166,8 +179,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="A local data center on 127.0.0.1: firsttrust appliances as "
-                                            "processes, each with its own emulated VMware guestinfo.")
+    parser = _Parser(prog=PROG, description="A local data center on loopback: govmomi's vCenter simulator, "
+                                            "firsttrust appliances as processes on 127.0.0.N whose guestinfo "
+                                            "is their VM's configuration in the simulator.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {firsttrust.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (_, help_text) in COMMANDS.items():

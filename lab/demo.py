@@ -1,26 +1,34 @@
-"""`firsttrust-lab demo`: all three ways in, and two attacks that fail, end to end on 127.0.0.1.
+"""`firsttrust-lab demo`: all three ways in, and two attacks that fail, end to end on loopback.
 
-The demo plays the bring-up script (the requester) against the lab's vCenter (lab.manager), with
-a trust store of its own under the lab root, using only what a real bring-up script would use:
-the requester library (requester.library, requester.deployspec) and the manager's operations.
+The demo plays the bring-up script (the requester) against the lab's data center (lab.datacenter:
+govmomi's vCenter simulator, with the lab's hosts booting what it powers on), with a trust store
+of its own under the lab root, using only what a real bring-up script would use: the deployer
+behind `firsttrust deploy` (requester.deployer, through the vSphere API), the requester library,
+and, for FIG. 3, guest operations (emulated: vcsim 0.24 has none).
 
-    app-srp-1, app-srp-2   FIG. 4, secrets + SRP: fresh secrets injected, enroll_many
+    app-srp-1, app-srp-2   FIG. 4, secrets + SRP: `firsttrust deploy` does the whole job: clone
+                           with fresh secrets in guestinfo.* extraConfig, power on, wait for the
+                           guest's IP, enroll and pin, remove the secrets through the API
     app-cert               FIG. 2, injected certificate: the requester's certificate injected (no
-                           secrets); the appliance's certificate read back from guestinfo; pinned
+                           secrets); the appliance's certificate read back through the API; pinned
     app-guest              FIG. 3, guest command: `firsttrust-agent authorize --cert -` and
                            `show-identity --format pem` run in the guest; pinned
     app-attacked           first a relay that forwards SRP and terminates TLS itself: caught on
                            both sides, nothing authorized, nothing pinned; then a wrong SEC-A:
                            refused (auth_failed), counted, nothing authorized
 
-The four trusted appliances then answer GET /v1/identity over pinned mutual TLS with the key
-that was pinned. Every check raises DemoFailure when it does not hold.
+The last three are deployed with `--no-enroll` (the deployer stops after power-on). Each
+appliance listens on an address of its own (127.0.0.2, ...) at the standard ports, which the
+bring-up script learns from the guest's IP through the API. The four trusted appliances then
+answer GET /v1/identity over pinned mutual TLS with the key that was pinned, and the secrets are
+gone from what the API shows of the VMs' configuration. Every check raises DemoFailure when it
+does not hold.
 
 Why app-guest is deployed with secrets (FIG. 3): `firsttrust-agent provision` refuses a VM
 into which nothing at all was injected ("no firsttrust properties found"), and an enrollment
 window alone does not count as something; without provisioning there is no identity and no
-`serve`. So the FIG. 3 appliance gets one-time secrets that nobody keeps (generated here and
-dropped, scrubbed from guestinfo by the agent) with the shortest enrollment window there is, 1 s:
+`serve`. So the FIG. 3 appliance gets one-time secrets that nobody keeps (the deployer's
+secrets file is deleted, the agent scrubs them) with the shortest enrollment window there is, 1 s:
 its SRP door closes a second after first boot, and trust comes from the guest command alone.
 """
 
@@ -30,37 +38,29 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from firsttrust.credentials import EnrollmentSecrets
-from firsttrust.deployment import (
-    APPLIANCE_CERT_GUESTINFO,
-    BASE64,
-    ENCODING_SUFFIX,
-    REQUESTER_CERT,
-    encode_value,
-)
+from firsttrust.deployment import APPLIANCE_CERT_GUESTINFO, DEFAULT_API_PORT
 from firsttrust.errors import FirsttrustError, PeerRefused
 from firsttrust.identity import pin_of_certificate
-from firsttrust.requester.deployspec import deployment_properties
-from firsttrust.requester.library import (
-    Target,
-    enroll_appliance,
-    enroll_many,
-    known_hosts_lines,
-    open_session,
-    pin_certificate,
-)
+from firsttrust.requester.deployer import ApplianceReport
+from firsttrust.requester.deployplan import SCRUB_KEYS, DeployPlan, current_values, plan_deployment
+from firsttrust.requester.deployspec import secrets_from_json
+from firsttrust.requester.library import enroll_appliance, known_hosts_lines, open_session, pin_certificate
 from firsttrust.requester.truststore import TrustStore, UnknownAppliance
 
 from . import procs
+from .datacenter import TEMPLATE, DataCenter
 from .errors import LabError
 from .manager import Appliance, Manager, prepare_lab_directory
 from .relay import TlsTerminatingRelay
@@ -99,14 +99,19 @@ class Row:
 
 
 class Demo:
-    def __init__(self, manager: Manager, store: TrustStore, *, short: bool, out: TextIO) -> None:
-        self.manager, self.store, self.out = manager, store, out
+    def __init__(self, manager: Manager, datacenter: DataCenter, store: TrustStore, secrets_dir: Path, *,
+                 short: bool, out: TextIO) -> None:
+        self.manager, self.datacenter, self.store, self.out = manager, datacenter, store, out
+        self.secrets_dir = secrets_dir
+        self._say_lock = threading.Lock()
         self.pace = 0.0 if short else PACE_SECONDS
         self.rows: list[Row] = []
         self.ellipsis = "…" if _can_encode(out, "…") else "..."
 
     def say(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        with self._say_lock:  # the deployer reports progress from its threads: whole lines only
+            self.out.write(text + "\n")
+            self.out.flush()
 
     async def step(self) -> None:
         if self.pace:
@@ -116,56 +121,91 @@ class Demo:
 
     async def run(self) -> None:
         identity = self.store.identity()
+        vcsim = self.datacenter.vcsim
         self.say(f"requester identity {self.short_pin(identity.pin)} (trust store {self.store.home})")
-        # The secrets live in this process only: never printed, never in a file, never in argv.
-        secrets = {name: EnrollmentSecrets.generate() for name in ("app-srp-1", "app-srp-2", "app-attacked")}
-        cert_only = {REQUESTER_CERT: encode_value(identity.cert_pem.decode("ascii"), BASE64),
-                     REQUESTER_CERT + ENCODING_SUFFIX: BASE64}
-        plan = {
-            "app-srp-1": deployment_properties(secrets["app-srp-1"], enroll_window=SRP_WINDOW),
-            "app-srp-2": deployment_properties(secrets["app-srp-2"], enroll_window=SRP_WINDOW),
-            "app-cert": cert_only,
-            # FIG. 3: one-time secrets nobody keeps, a 1 s window (see the module docstring).
-            "app-guest": deployment_properties(EnrollmentSecrets.generate(), enroll_window=GUEST_COMMAND_WINDOW),
-            # Both attacks, one after the other: the relay costs the appliance no failed guess
-            # (SRP itself succeeds through it), so the wrong SEC-A meets no back-off.
-            "app-attacked": deployment_properties(secrets["app-attacked"], enroll_window=SRP_WINDOW),
-        }
-        start = time.perf_counter()
-        self.say(f"vCenter: deploying {len(plan)} appliances (properties in guestinfo.ovfEnv, first boot, agent)")
-        apps = {app.name: app for app in await asyncio.to_thread(self.manager.deploy_many, plan)}
-        self.say(f"  deployed and listening after {time.perf_counter() - start:.1f} s")
-        width = max(len(name) for name in apps)
-        for app in apps.values():
-            self.say(f"  {app.name:<{width}}  enrollment {app.enroll_address:<16} API {app.api_address}")
+        self.say(f"vCenter: govmomi's simulator at {vcsim.url}, thumbprint {vcsim.thumbprint_sha1[:14]}"
+                 f"{self.ellipsis} (pinned), template {TEMPLATE}")
         await self.step()
-
-        await self.fig4(apps, secrets)
+        srp = await self.fig4()
         self.known_hosts("app-srp-1")
         await self.step()
+
+        start = time.perf_counter()
+        plan = self.no_enroll_plan(identity.cert_pem)
+        self.say(f"deploy  firsttrust deploy --no-enroll {', '.join(a.name for a in plan.appliances)}")
+        await asyncio.to_thread(self.deploy, plan)
+        # FIG. 2 got no secrets, FIG. 3's are kept by nobody (see the module docstring).
+        for name in ("app-cert", "app-guest"):
+            (self.secrets_dir / f"{name}.json").unlink()
+        apps = {name: await self.appliance(name) for name in ("app-cert", "app-guest", "app-attacked")}
+        self.say(f"  deployed, booted, IPs reported after {time.perf_counter() - start:.1f} s")
+        await self.step()
+
         await self.fig2(apps["app-cert"])
         await self.step()
         await self.fig3(apps["app-guest"])
         await self.step()
         await self.verify_identities(["app-srp-1", "app-srp-2", "app-cert", "app-guest"])
-        self.verify_no_secret_left(apps, secrets)
+        attacked = secrets_from_json((self.secrets_dir / "app-attacked.json").read_bytes())
+        self.verify_no_secret_left({**srp, "app-attacked": attacked})
         await self.step()
-        await self.relay_attack(apps["app-attacked"], secrets["app-attacked"])
+        await self.relay_attack(apps["app-attacked"], attacked)
         await self.step()
-        await self.wrong_secret(apps["app-attacked"], secrets["app-attacked"])
+        await self.wrong_secret(apps["app-attacked"], attacked)
 
-    async def fig4(self, apps: dict[str, Appliance], secrets: dict[str, EnrollmentSecrets]) -> None:
+    def deploy(self, plan: DeployPlan) -> list[ApplianceReport]:
+        def progress(name: str, event: str) -> None:
+            if event.startswith("enrolled: "):
+                event = f"enrolled, pinned {self.short_pin(event.split(': ', 1)[1])}"
+            self.say(f"  {name}: {event}")
+
+        reports = self.datacenter.deploy(plan, self.secrets_dir, store=self.store, progress=progress)
+        for report in reports:
+            if not report.ok:
+                raise DemoFailure(f"{report.name}: deployment failed at {report.failed_step}: "
+                                  f"{report.error.code}: {report.error}")
+        return reports
+
+    async def fig4(self) -> dict[str, EnrollmentSecrets]:
         names = ["app-srp-1", "app-srp-2"]
-        self.say(f"FIG. 4  secrets + SRP: enroll_many({', '.join(names)})")
-        targets = [Target(name, apps[name].enroll_address, secrets[name]) for name in names]
-        for outcome in await enroll_many(targets, store=self.store):
-            name = outcome.target.name
-            if not outcome.ok:
-                raise DemoFailure(f"{name}: SRP enrollment failed: {outcome.error.code}: {outcome.error}")
-            check(outcome.record.api_port == apps[name].api_port,
-                  f"{name}: the appliance named API port {outcome.record.api_port}, not {apps[name].api_port}")
-            self.rows.append(Row(name, SRP, outcome.record.pin, outcome.seconds, "ok"))
-            self.say(f"  {name}: enrolled, pinned {self.short_pin(outcome.record.pin)}")
+        self.say(f"FIG. 4  secrets + SRP: firsttrust deploy {', '.join(names)}: clone with fresh secrets in "
+                 "guestinfo.*, power on, wait for the guest's IP, enroll, pin, remove the secrets")
+        start = time.perf_counter()
+        plan = plan_deployment(self.datacenter.vcsim.url, TEMPLATE, names, enroll_window=SRP_WINDOW)
+        reports = await asyncio.to_thread(self.deploy, plan)
+        for report in reports:
+            check(report.status == "enrolled", f"{report.name}: the deployer reports {report.status}, not enrolled")
+            record = self.store.get(report.name)
+            check(record.address == report.ip and record.api_port == DEFAULT_API_PORT,
+                  f"{report.name}: pinned at {record.address} port {record.api_port}, but the guest reported "
+                  f"{report.ip} and the API is on port {DEFAULT_API_PORT}")
+            app = self.manager.appliance(report.name)
+            check(app.host == report.ip, f"{report.name}: the guest reported {report.ip}, it listens on {app.host}")
+            self.rows.append(Row(report.name, SRP, report.pin, report.seconds.get("enroll", 0.0), "ok"))
+        self.say(f"  deployed, booted, enrolled, secrets removed after {time.perf_counter() - start:.1f} s")
+        return {a.name: a.secrets for a in plan.appliances}
+
+    def no_enroll_plan(self, requester_cert: bytes) -> DeployPlan:
+        """app-cert (the requester's certificate only), app-guest (a 1 s window), app-attacked."""
+        url = self.datacenter.vcsim.url
+        cert = plan_deployment(url, TEMPLATE, ["app-cert"], requester_cert=requester_cert, enroll=False)
+        # FIG. 2 takes no secrets at all: the certificate alone is the trust.
+        cert_only = [dataclasses.replace(a, extra_config=tuple((k, v) for k, v in a.extra_config
+                                                               if k not in SCRUB_KEYS)) for a in cert.appliances]
+        guest = plan_deployment(url, TEMPLATE, ["app-guest"], enroll_window=GUEST_COMMAND_WINDOW, enroll=False)
+        # Both attacks, one after the other: the relay costs the appliance no failed guess
+        # (SRP itself succeeds through it), so the wrong SEC-A meets no back-off.
+        attacked = plan_deployment(url, TEMPLATE, ["app-attacked"], enroll_window=SRP_WINDOW, enroll=False)
+        return DeployPlan(vcenter=url, template=TEMPLATE, enroll=False,
+                          appliances=(*cert_only, *guest.appliances, *attacked.appliances))
+
+    async def appliance(self, name: str) -> Appliance:
+        """The appliance at the IP its guest reports through the API, as a bring-up script finds it."""
+        ip = await asyncio.to_thread(self.datacenter.guest_ip, name)
+        app = self.manager.appliance(name)
+        check(app.host == ip, f"{name}: the guest reported {ip}, it listens on {app.host}")
+        self.say(f"  {name:<12}  guest IP {ip:<11} enrollment {app.enroll_address:<16} API {app.api_address}")
+        return app
 
     def known_hosts(self, name: str) -> None:
         """ssh without trust on first use: the host key came with the SRP enrollment."""
@@ -188,7 +228,7 @@ class Demo:
     async def fig2(self, app: Appliance) -> None:
         self.say(f"FIG. 2  injected certificate: {app.name} got the requester's certificate at deployment")
         start = time.perf_counter()
-        published = await asyncio.to_thread(self.manager.read_guestinfo, app.name, APPLIANCE_CERT_GUESTINFO)
+        published = await asyncio.to_thread(self.datacenter.read_guestinfo, app.name, APPLIANCE_CERT_GUESTINFO)
         check(bool(published), f"{app.name}: the appliance published no certificate in {APPLIANCE_CERT_GUESTINFO}")
         try:
             certificate = base64.b64decode(published, validate=True)
@@ -196,10 +236,12 @@ class Demo:
             raise DemoFailure(f"{app.name}: {APPLIANCE_CERT_GUESTINFO} is not base64") from None
         record = pin_certificate(app.name, app.api_address, certificate, embodiment=INJECTED, store=self.store)
         self.rows.append(Row(app.name, INJECTED, record.pin, time.perf_counter() - start, "ok"))
-        self.say(f"  vCenter read {APPLIANCE_CERT_GUESTINFO}; pinned {self.short_pin(record.pin)}")
+        self.say(f"  read {APPLIANCE_CERT_GUESTINFO} from the VM's configuration through the API; pinned "
+                 f"{self.short_pin(record.pin)}")
 
     async def fig3(self, app: Appliance) -> None:
-        self.say(f"FIG. 3  guest command: vCenter runs firsttrust-agent in {app.name}")
+        self.say(f"FIG. 3  guest command: vCenter runs firsttrust-agent in {app.name} (guest operations, "
+                 "emulated: vcsim 0.24 has none)")
         start = time.perf_counter()
         authorized = await self.guest(app.name, ["firsttrust-agent", "authorize", "--cert", "-", "--name",
                                                  "bring-up"], stdin=self.store.identity().cert_pem)
@@ -233,15 +275,25 @@ class Demo:
                     row.result = "ok: pinned, /v1/identity verified"
             self.say(f"  {name}: answers with {self.short_pin(pinned)} = the pinned key")
 
-    def verify_no_secret_left(self, apps: dict[str, Appliance], secrets: dict[str, EnrollmentSecrets]) -> None:
-        """The agents scrubbed the secrets from guestinfo, never had them in argv or a log."""
+    def verify_no_secret_left(self, secrets: dict[str, EnrollmentSecrets]) -> None:
+        """Through the API, the VMs' configuration shows no secret any more (the agents' scrub;
+        for the enrolled ones the deployer's removal too); the agents never logged one."""
+        kept = 0
         for name, pair in secrets.items():
-            vm_text = apps[name].vm_path.read_text()  # guestinfo and the argv of every tool run
-            log_text = apps[name].log_path.read_text(errors="replace")
+            entries = self.datacenter.extra_config(name)
+            current = current_values(entries)  # what a reader of the VM sees
+            log_text = self.manager.appliance(name).log_path.read_text(errors="replace")
             for label, secret in (("SEC-A", pair.sec_a), ("SEC-B", pair.sec_b)):
-                check(secret not in vm_text, f"{name}: {label} is still in the VM's guestinfo or a tool's argv")
+                check(secret not in current.values(), f"{name}: {label} is still in the VM's configuration")
                 check(secret not in log_text, f"{name}: {label} appears in the agent's log")
-        self.say(f"check   secrets scrubbed from guestinfo, absent from argv and logs ({len(secrets)} appliances)")
+            for key in SCRUB_KEYS:
+                check(current.get(key) == "", f"{name}: the API shows {key} "
+                      f"{'unset' if key not in current else 'still set'}, not scrubbed")
+            kept += sum(1 for _, value in entries if value in (pair.sec_a, pair.sec_b))
+        self.say(f"check   through the API the {len(secrets)} VMs' configuration shows the secret keys empty "
+                 "(the agents' scrub; the deployer's removal); no secret in a log")
+        self.say(f"  (vcsim 0.24 appends instead of replacing: its history still lists {kept} overwritten "
+                 "secret entries, which ESXi deletes; docs/deployment.md)")
 
     async def wrong_secret(self, app: Appliance, right: EnrollmentSecrets) -> None:
         self.say(f"attack  {app.name}: enroll with a wrong SEC-A")
@@ -267,7 +319,7 @@ class Demo:
     async def relay_attack(self, app: Appliance, secrets: EnrollmentSecrets) -> None:
         workdir = self.manager.root / "relay"
         prepare_lab_directory(workdir)
-        async with TlsTerminatingRelay("127.0.0.1", app.enroll_port, workdir) as relay:
+        async with TlsTerminatingRelay(app.host, app.enroll_port, workdir) as relay:
             self.say(f"attack  {app.name}: a relay on 127.0.0.1:{relay.port} forwards SRP, then terminates TLS "
                      "with its own key")
             start = time.perf_counter()
@@ -338,11 +390,14 @@ class Demo:
 
 
 def run(root: Path | None = None, *, short: bool = False, keep: bool = False, out: TextIO | None = None) -> None:
-    """Run the demo in the lab root; destroy everything afterwards unless `keep`.
+    """Run the demo in the lab root: start the data center (vcsim), deploy, enroll, attack;
+    destroy the appliances afterwards unless `keep`. The simulator stops either way (the
+    appliances do not need it after first boot).
 
     Raises:
-        LabError (DemoFailure for a check that did not hold), FirsttrustError: the demo failed;
-        its appliances are destroyed all the same.
+        LabError (DemoFailure for a check that did not hold; VcsimError when the simulator cannot
+        be built or started), FirsttrustError: the demo failed; its appliances are destroyed all
+        the same.
     """
     out = out or sys.stdout
     started = time.perf_counter()
@@ -352,13 +407,18 @@ def run(root: Path | None = None, *, short: bool = False, keep: bool = False, ou
         raise LabError(f"{manager.root} runs {len(running)} appliance(s) already; run firsttrust-lab down "
                        f"--root {manager.root} first")
     manager.ensure_root()
-    home = manager.root / "requester"
+    home, secrets_dir = manager.root / "requester", manager.root / "secrets"
     prepare_lab_directory(home)
-    demo = Demo(manager, TrustStore(home), short=short, out=out)
+    prepare_lab_directory(secrets_dir)
     print(f"firsttrust lab demo in {manager.root}", file=out, flush=True)
     try:
-        asyncio.run(demo.run())
-        demo.table()
+        datacenter = DataCenter.start(manager)
+        try:
+            demo = Demo(manager, datacenter, TrustStore(home), secrets_dir, short=short, out=out)
+            asyncio.run(demo.run())
+            demo.table()
+        finally:
+            datacenter.stop()
     except BaseException:
         with contextlib.suppress(Exception):  # the demo's own failure is the one to report
             _clean_up(manager, keep)
@@ -367,8 +427,9 @@ def run(root: Path | None = None, *, short: bool = False, keep: bool = False, ou
     print("", file=out)
     print(f"all checks passed in {time.perf_counter() - started:.1f} s", file=out, flush=True)
     if keep:
-        print(f"kept running: firsttrust-lab status --root {manager.root}; stop with firsttrust-lab down "
-              f"--root {manager.root}", file=out)
+        print("kept running (the simulator stopped with the demo; the appliances need it no more): "
+              f"firsttrust-lab status --root {manager.root}; stop with firsttrust-lab down --root {manager.root}",
+              file=out)
         print(f"the pins: FIRSTTRUST_HOME={home} firsttrust pins list", file=out, flush=True)
 
 

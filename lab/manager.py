@@ -1,20 +1,33 @@
-"""The lab's "vCenter": `Manager` deploys appliances as agent processes on 127.0.0.1.
+"""The lab's hosts: `Manager` runs appliances as agent processes on loopback.
 
     manager = Manager(root)                                   # build/lab by default
-    app = manager.deploy("app-01", properties)                # guestinfo.ovfEnv, first boot, serve
+    app = manager.boot("app-01", socket, "vm-42")             # a VM of the lab's vcsim (lab.datacenter):
+                                                              # first boot, serve on 127.0.0.N:8790/8791
+    app = manager.deploy("app-01", properties)                # a VM of a JSON file: guestinfo.ovfEnv,
+                                                              # first boot, serve on free 127.0.0.1 ports
     manager.read_guestinfo("app-01", APPLIANCE_CERT_GUESTINFO)  # FIG. 2: what the guest published
     manager.guest_command("app-01", ["firsttrust-agent", "show-identity"])  # FIG. 3: guest operations
     manager.destroy_all()
 
+The lab's data center (lab.datacenter, `firsttrust-lab demo` and `up`) deploys through the vSphere
+API into govmomi's simulator, and `boot` is what a host does once a VM is powered on: the guest's
+tools read and write that VM's extraConfig through the API (lab/vsphere_channel.py), and the
+appliance listens on an address of its own, 127.0.0.2, 127.0.0.3, ..., at the standard ports
+(8790 enrollment, 8791 API), which the data center then reports as the guest's IP.
+`deploy` is the file-based lab that needs no simulator: the VM is a JSON file, and the agent
+listens on two free ports of 127.0.0.1. The tests use it where the simulator cannot serve
+(failure injection in the guest channel, agents that misbehave).
+
 One appliance is one directory, <root>/<name>/:
 
-    vm.json       the emulated VM (lab.vmware_emulator): its guestinfo, seen by "vCenter" (this
-                  module reads the file) and by the guest (through lab/bin/vmtoolsd)
+    vm.json       the guest channel (lab.vmware_emulator): a channel file naming the simulator's
+                  VM (booted VMs), or the emulated VM itself with its guestinfo (deployed VMs),
+                  seen by "vCenter" and by the guest (through lab/bin/vmtoolsd)
     agent.toml    the guest's /etc/firsttrust/agent.toml: its state dir and public certificate
     state/        the agent's state directory
     agent.log     what first boot and `serve` wrote (the agent never logs a secret)
 
-Deploying does what vCenter and the appliance's first boot do, in that order: write the
+`deploy` does what vCenter and the appliance's first boot do, in that order: write the
 deployment properties into the VM (as the OVF environment in guestinfo.ovfEnv, the "VMware
 Tools" transport, or as guestinfo.* extraConfig keys); run `firsttrust-agent provision` in the
 guest; start `firsttrust-agent serve` on two free loopback ports and wait until it listens on both.
@@ -51,15 +64,21 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from firsttrust.agent.sources.deploy import OVFENV_GUESTINFO_KEY
-from firsttrust.deployment import guestinfo_key
+from firsttrust.deployment import DEFAULT_API_PORT, DEFAULT_ENROLL_PORT, guestinfo_key
 from firsttrust.requester.deployspec import render
 
 from . import procs
 from .errors import LabError
 from .registry import Registry
 from .vmware_emulator import ENV_VAR, create_vm, guest_tools_path, read_vm
+from .vsphere_channel import ChannelError, is_channel, request, write_channel_file
 
 LISTEN_HOST = "127.0.0.1"
+# The booted appliances' own addresses: 127.0.0.2 and up, as many as `up` may start and more.
+# 127.0.0.1 is the host's (the requester's, the simulator's); all of 127.0.0.0/8 is loopback on
+# Linux without configuration.
+APPLIANCE_NETWORK = "127.0.0."
+APPLIANCE_HOSTS = range(2, 255)
 ROOT_ENV = "FIRSTTRUST_LAB_ROOT"
 DEFAULT_ROOT = Path("build") / "lab"
 # First boot reads guestinfo (about 15 tool runs), makes a key and an SRP verifier: well under a
@@ -133,24 +152,25 @@ class Appliance:
     api_port: int
     pid: int
     detached: bool = False
+    host: str = LISTEN_HOST
 
     vm_path = property(lambda self: self.directory / "vm.json")
     config_path = property(lambda self: self.directory / "agent.toml")
     state_dir = property(lambda self: self.directory / "state")
     log_path = property(lambda self: self.directory / "agent.log")
-    enroll_address = property(lambda self: f"{LISTEN_HOST}:{self.enroll_port}")
-    api_address = property(lambda self: f"{LISTEN_HOST}:{self.api_port}")
+    enroll_address = property(lambda self: f"{self.host}:{self.enroll_port}")
+    api_address = property(lambda self: f"{self.host}:{self.api_port}")
 
     def to_record(self) -> dict:
-        return {"directory": str(self.directory), "enroll_port": self.enroll_port, "api_port": self.api_port,
-                "pid": self.pid, "detached": self.detached}
+        return {"directory": str(self.directory), "host": self.host, "enroll_port": self.enroll_port,
+                "api_port": self.api_port, "pid": self.pid, "detached": self.detached}
 
     @classmethod
     def from_record(cls, name: str, record: dict) -> "Appliance":
         try:
             return cls(name=name, directory=Path(record["directory"]), enroll_port=int(record["enroll_port"]),
                        api_port=int(record["api_port"]), pid=int(record["pid"]),
-                       detached=bool(record.get("detached", False)))
+                       detached=bool(record.get("detached", False)), host=str(record.get("host", LISTEN_HOST)))
         except (KeyError, TypeError, ValueError):
             raise LabError(f"the lab registry's entry for {name!r} is malformed") from None
 
@@ -193,6 +213,43 @@ def _free_ports(count: int) -> list[int]:
         for sock in sockets:
             sock.close()
     return ports
+
+
+_hosts_handed_out: set[str] = set()
+
+
+def _free_host() -> str:
+    """An appliance address (APPLIANCE_NETWORK) on which both standard ports were free a moment
+    ago and that no appliance of this process holds.
+
+    Raises:
+        LabError: none left.
+    """
+    with _ports_lock:
+        for last in APPLIANCE_HOSTS:
+            host = f"{APPLIANCE_NETWORK}{last}"
+            if host not in _hosts_handed_out and _bindable(host, (DEFAULT_ENROLL_PORT, DEFAULT_API_PORT)):
+                _hosts_handed_out.add(host)
+                return host
+    raise LabError(f"no free appliance address left in {APPLIANCE_NETWORK}{APPLIANCE_HOSTS[0]}-{APPLIANCE_HOSTS[-1]}")
+
+
+def _release_host(host: str) -> None:
+    with _ports_lock:
+        _hosts_handed_out.discard(host)
+
+
+def _bindable(host: str, ports: Sequence[int]) -> bool:
+    for port in ports:
+        with socket.socket() as sock:
+            # As the agent's listener (asyncio sets it): connections of an earlier appliance in
+            # TIME_WAIT on this address do not make it busy.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
 
 
 class Manager:
@@ -243,23 +300,10 @@ class Manager:
             raise LabError("an appliance name is 1-64 letters, digits, '.', '_' or '-', starting alphanumeric")
         if transport not in TRANSPORTS:
             raise LabError(f"unknown transport {transport!r}; expected one of {', '.join(TRANSPORTS)}")
-        existing = self.registry.load()["appliances"].get(name)
-        if existing is not None:
-            recorded = Appliance.from_record(name, existing)
-            if procs.alive(recorded.pid) and procs.is_lab_agent(recorded.pid, recorded.config_path):
-                raise LabError(f"appliance {name} is already running in {self.root}")
-        command = list(agent_command or self.agent_command)
-        if agent_command:
-            self._commands[name] = command
-        self.ensure_root()
-        directory = self.root / name
-        prepare_lab_directory(directory)
-        draft = Appliance(name, directory, 0, 0, 0, self.detached)
+        command = self._new_guest(name, agent_command)
+        draft = Appliance(name, self.root / name, 0, 0, 0, self.detached)
         create_vm(draft.vm_path, _guestinfo_of(properties, transport))
-        host_keys = _make_host_keys(directory / "ssh")
-        draft.config_path.write_text(f"state_dir = {json.dumps(str(draft.state_dir))}\n"
-                                     f"public_certificate = {json.dumps(str(directory / 'appliance.crt'))}\n"
-                                     f"ssh_host_keys = {json.dumps(host_keys)}\n")
+        self._write_guest_config(draft)
         self._first_boot(draft, command)
         for attempt in range(1, BIND_ATTEMPTS + 1):
             enroll_port, api_port = _free_ports(2)
@@ -269,6 +313,43 @@ class Manager:
             except _AgentExited as exc:
                 if "cannot listen" not in str(exc) or attempt == BIND_ATTEMPTS:
                     raise LabError(str(exc)) from None
+        raise AssertionError("unreachable")
+
+    def boot(self, name: str, channel_socket: Path, vm: str, *,
+             agent_command: Sequence[str] | None = None) -> Appliance:
+        """First boot and start of a VM that lives in the lab's vCenter (lab.datacenter).
+
+        The guest's tools answer from the VM's extraConfig through the vSphere API; the agent
+        listens on an address of its own (127.0.0.2, 127.0.0.3, ...) at the standard ports, as
+        an appliance on a network does. Reporting that address as the guest's IP is the caller's.
+
+        Args:
+            name: the VM's name (as in `deploy`).
+            channel_socket: the lab's guest channel server (lab.vsphere_channel.ChannelServer).
+            vm: the VM's managed object ID in the simulator (e.g. "vm-42").
+            agent_command: this appliance's agent command, instead of the manager's.
+        Raises:
+            LabError: as `deploy`; also no free appliance address.
+        """
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise LabError("an appliance name is 1-64 letters, digits, '.', '_' or '-', starting alphanumeric")
+        command = self._new_guest(name, agent_command)
+        draft = Appliance(name, self.root / name, DEFAULT_ENROLL_PORT, DEFAULT_API_PORT, 0, self.detached)
+        write_channel_file(draft.vm_path, socket_path=channel_socket, vm=vm)
+        self._write_guest_config(draft)
+        self._first_boot(draft, command)
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            host = _free_host()
+            try:
+                return self._start(dataclasses.replace(draft, host=host), command)
+            except _AgentExited as exc:
+                # An address someone else took meanwhile stays handed out: it is not free.
+                if "cannot listen" not in str(exc) or attempt == BIND_ATTEMPTS:
+                    _release_host(host)
+                    raise LabError(str(exc)) from None
+            except BaseException:
+                _release_host(host)
+                raise
         raise AssertionError("unreachable")
 
     def deploy_many(self, plan: Mapping[str, Mapping[str, str] | None], **kwargs) -> list[Appliance]:
@@ -289,8 +370,23 @@ class Manager:
         return [future.result() for future in futures.values()]
 
     def read_guestinfo(self, name: str, key: str) -> str | None:
-        """A guestinfo value of the VM as the host sees it (e.g. APPLIANCE_CERT_GUESTINFO), or None."""
-        return read_vm(self.appliance(name).vm_path)["guestinfo"].get(key)
+        """A guestinfo value of the VM as the host sees it (e.g. APPLIANCE_CERT_GUESTINFO), or None.
+
+        For a booted VM that is its extraConfig through the vSphere API, read by the lab's
+        channel server (the last entry wins, an empty value is none).
+
+        Raises:
+            LabError: the vSphere API failed.
+        """
+        path = self.appliance(name).vm_path
+        document = json.loads(path.read_text())
+        if not is_channel(document):
+            return read_vm(path)["guestinfo"].get(key)
+        try:
+            ok, reply = request(document, f"info-get {key}")
+        except ChannelError as exc:
+            raise LabError(f"{name}: {exc}") from None
+        return reply if ok else None
 
     def guest_command(self, name: str, argv: Sequence[str], stdin: bytes | None = None, *,
                       timeout: float = GUEST_COMMAND_TIMEOUT) -> subprocess.CompletedProcess:
@@ -346,6 +442,8 @@ class Manager:
         outcome = self._stop(appliance)
         with self.registry.editing() as data:
             data["appliances"].pop(name, None)
+        if appliance.host != LISTEN_HOST:
+            _release_host(appliance.host)
         return outcome
 
     def destroy_all(self) -> dict[str, str]:
@@ -402,6 +500,27 @@ class Manager:
         return [a for a in self.appliances() if procs.alive(a.pid) and procs.is_lab_agent(a.pid, a.config_path)]
 
     # -- the processes -----------------------------------------------------------------------------
+
+    def _new_guest(self, name: str, agent_command: Sequence[str] | None) -> list[str]:
+        """Check that `name` is free to (re)use, make its directory; return its agent command."""
+        existing = self.registry.load()["appliances"].get(name)
+        if existing is not None:
+            recorded = Appliance.from_record(name, existing)
+            if procs.alive(recorded.pid) and procs.is_lab_agent(recorded.pid, recorded.config_path):
+                raise LabError(f"appliance {name} is already running in {self.root}")
+        command = list(agent_command or self.agent_command)
+        if agent_command:
+            self._commands[name] = command
+        self.ensure_root()
+        prepare_lab_directory(self.root / name)
+        return command
+
+    def _write_guest_config(self, appliance: Appliance) -> None:
+        directory = appliance.directory
+        host_keys = _make_host_keys(directory / "ssh")
+        appliance.config_path.write_text(f"state_dir = {json.dumps(str(appliance.state_dir))}\n"
+                                         f"public_certificate = {json.dumps(str(directory / 'appliance.crt'))}\n"
+                                         f"ssh_host_keys = {json.dumps(host_keys)}\n")
 
     def _guest_env(self, appliance: Appliance, argv: Sequence[str]) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if key not in _SYSTEMD_VARIABLES}

@@ -1,6 +1,10 @@
-"""An emulated VMware guestinfo channel: `vmtoolsd` and `vmware-rpctool` backed by a JSON file.
+"""An emulated VMware guestinfo channel: `vmtoolsd` and `vmware-rpctool` backed by a JSON file
+or by a VM of a vCenter (lab/vsphere_channel.py).
 
-One JSON file is one VM. The launchers in `lab/bin/` find it through the environment variable
+One JSON file is one VM: either the VM itself (below) or, in a lab on vcsim, a channel file
+naming the simulator's VM, whose extraConfig the tools then read and write through the vSphere
+API, by way of the lab's channel server (lab/vsphere_channel.py; the failure modes and the argv
+log exist for file VMs only). The launchers in `lab/bin/` find it through the environment variable
 FIRSTTRUST_VMWARE_EMULATOR, so every agent process the lab starts talks to its own VM, and the
 agent's client (`firsttrust.agent.sources.guestinfo`) runs unchanged against these tools and the real ones.
 
@@ -304,8 +308,9 @@ def _vmtoolsd_send_file(path: str) -> int:
 # --- one RPC, as the VMX would answer it ------------------------------------------------------
 
 
-def _rpc(guestinfo: dict[str, str], command: str) -> tuple[bool, str]:
-    """Answer one RPC against `guestinfo` (mutated by info-set). Returns (ok, reply)."""
+def answer_rpc(guestinfo, command: str) -> tuple[bool, str]:
+    """Answer one RPC against `guestinfo` (mutated by info-set): a dict for a file VM, a
+    vsphere_channel.ApiGuestinfo for a VM of a vCenter. Returns (ok, reply)."""
     # The tools pass the command to RpcChannel_SendOne through "%s": a NUL ends it.
     command = command.split("\0", 1)[0]
     if len(command.encode("utf-8", "surrogateescape")) > GUESTMSG_MAX_IN_SIZE:
@@ -334,6 +339,8 @@ def _send(command: str) -> tuple[bool, str] | None:
         state = _load(path)
         if state is None or state["mode"] == "no-vm":
             return None
+        if "vsphere" in state:
+            return _send_through_api(state, command)
         mode = state["mode"]
         if mode in ("permission-denied-once", "hang-once"):
             state["mode"] = None  # consumed before hanging, so the retry finds a healthy VM
@@ -342,11 +349,20 @@ def _send(command: str) -> tuple[bool, str] | None:
         elif mode in ("hang", "hang-once"):
             outcome = None
         else:
-            outcome = _rpc(state["guestinfo"], command)
+            outcome = answer_rpc(state["guestinfo"], command)
         _store(path, state)
     if outcome is None:
         _hang()
     return outcome
+
+
+def _send_through_api(state: dict, command: str) -> tuple[bool, str]:
+    from .vsphere_channel import ChannelError, request
+
+    try:
+        return request(state, command)
+    except ChannelError as error:
+        raise EmulatorError(str(error)) from None
 
 
 def _hang() -> None:
@@ -396,8 +412,9 @@ def _record(argv: list[str]) -> dict | None:
         state = _load(path)
         if state is None:
             return None
-        state["argv_log"].append(argv)
-        _store(path, state)
+        if "vsphere" not in state:  # a channel file is the lab's, read-only here
+            state["argv_log"].append(argv)
+            _store(path, state)
         return state
 
 
@@ -424,6 +441,8 @@ def _load(path: Path) -> dict | None:
         state = json.loads(raw)
     except ValueError:
         raise EmulatorError(f"VM file {path} is not JSON") from None
+    if isinstance(state, dict) and "vsphere" in state:
+        return {"vsphere": state["vsphere"], "argv_log": [], "mode": None}
     if (
         not isinstance(state, dict)
         or not isinstance(state.get("guestinfo"), dict)

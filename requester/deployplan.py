@@ -161,7 +161,7 @@ def missing_config(read_back: Iterable[tuple[str, str]], planned: Iterable[tuple
     A key counts as held when its last entry has the planned value: vcsim appends entries
     instead of replacing them, and the last one is the current one there.
     """
-    current = _last_values(read_back)
+    current = current_values(read_back)
     return [key for key, value in planned if current.get(key) != value]
 
 
@@ -177,7 +177,10 @@ def scrub_status(read_back: Iterable[tuple[str, str]], keys: Iterable[str] = SCR
     return {key: NOT_REMOVED if any(k == key and v for k, v in entries) else REMOVED for key in keys}
 
 
-def _last_values(entries: Iterable[tuple[str, str]]) -> Mapping[str, str]:
+def current_values(entries: Iterable[tuple[str, str]]) -> Mapping[str, str]:
+    """Key -> its current value: the last entry wins. ESXi holds one entry per key; vcsim 0.24
+    appends one on every change, and its last entry is the one set last. An empty value is
+    what a delete leaves there (the lab's guest channel reads it as unset, lab/vsphere_channel.py)."""
     current: dict[str, str] = {}
     for key, value in entries:
         current[key] = value

@@ -119,6 +119,10 @@ class Vcenter:
         with contextlib.suppress(Exception):
             self.content.sessionManager.Logout()
 
+    def vm_by_moid(self, moid: str):
+        """The VirtualMachine with this managed object ID (e.g. "vm-42"); checked when first used."""
+        return self.vim.VirtualMachine(moid, self.si._stub)
+
     def virtual_machines(self) -> dict[str, object]:
         """name -> VirtualMachine for every VM and template in the inventory, in one round trip."""
         vim, collector = self.vim, self.vmodl.query.PropertyCollector

@@ -1,8 +1,14 @@
 """The local data center (`lab/`): the demo as a test, `up`/`down` across invocations, and that
-no agent process ever outlives its lab."""
+no agent process ever outlives its lab.
+
+`demo` and `up` deploy through govmomi's simulator (lab.datacenter); the tests that drive
+Manager.deploy directly use the file-based guest channel, where the simulator cannot serve: an
+agent that ignores SIGTERM, a recorded PID that is no longer an agent, a VM with nothing injected
+(first boot's own error), guest operations (vcsim 0.24 has none)."""
 
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -16,11 +22,15 @@ from pathlib import Path
 import pytest
 
 import firsttrust.credentials as credentials
+from firsttrust.deployment import DEFAULT_API_PORT, DEFAULT_ENROLL_PORT
 from firsttrust.identity import pin_of_certificate
 from firsttrust.lab import demo, procs
 from firsttrust.lab.cli import main
+from firsttrust.lab.datacenter import TEMPLATE, DataCenter
 from firsttrust.lab.errors import LabError
 from firsttrust.lab.manager import Manager
+from firsttrust.lab.vcsim import Vcsim
+from firsttrust.requester.deployplan import DeployPlan, plan_deployment
 from firsttrust.lab.vmware_emulator import ENV_VAR
 from firsttrust.requester.deployspec import deployment_properties, secrets_from_json
 from firsttrust.requester.library import enroll_appliance_sync
@@ -109,11 +119,30 @@ class ArgvWatch:
         self._thread.join()
 
 
-def test_the_demo_enrolls_three_ways_refuses_two_attacks_and_leaves_nothing_running(lab_root, capsys, generated):
+@pytest.fixture
+def simulators(monkeypatch):
+    """Every vCenter simulator the lab starts during the test."""
+    started: list[Vcsim] = []
+    original = Vcsim.start
+
+    def remembering(cls, *args, **kwargs):
+        server = original(*args, **kwargs)
+        started.append(server)
+        return server
+
+    monkeypatch.setattr(Vcsim, "start", classmethod(remembering))
+    return started
+
+
+def test_the_demo_enrolls_three_ways_refuses_two_attacks_and_leaves_nothing_running(lab_root, capsys, generated,
+                                                                                     simulators):
     with ArgvWatch() as argv:
         assert main(["demo", "--short", "--root", str(lab_root)]) == 0
-    # No secret, nor a 12-character piece of one, on any command line while the demo ran.
+    # No secret, nor a 12-character piece of one, on any command line while the demo ran; nor
+    # the simulator's password.
     assert argv.scans > 10 and any(b"firsttrust" in line for line in argv.seen)
+    assert len(simulators) == 1 and simulators[0].process.poll() is not None  # started, and stopped
+    assert not [line for line in argv.seen if simulators[0].password.encode() in line]
     for secret in generated:
         pieces = {secret[i:i + 12].encode() for i in range(0, len(secret) - 11)}
         assert not [line for line in argv.seen if any(piece in line for piece in pieces)]
@@ -135,11 +164,29 @@ def test_the_demo_enrolls_three_ways_refuses_two_attacks_and_leaves_nothing_runn
         "app-srp-1": "srp", "app-srp-2": "srp", "app-cert": "injected-certificate", "app-guest": "guest-command"}
     for name, record in records.items():
         assert record.pin.split(":")[1][:12] in trusted[name]
+    # Deployed through the simulator's API; each appliance at an address of its own at the
+    # standard ports, which the deployer found as the guest's IP.
+    assert "govmomi's simulator at https://127.0.0.1:" in out
+    addresses = {name: record.address for name, record in records.items()}
+    assert len(set(addresses.values())) == 4
+    assert all(a.startswith("127.0.0.") and a != "127.0.0.1" for a in addresses.values())
+    assert all(record.api_port == DEFAULT_API_PORT for record in records.values())
+    for name in ("app-srp-1", "app-srp-2"):
+        assert f"{name}: guest IP {addresses[name]}" in out and f"{name}: cloned as vm-" in out
+    for name in ("app-cert", "app-guest", "app-attacked"):
+        assert f"enrollment {addresses.get(name, '127.0.0.')}" in out and f"{name}: powered on" in out
+    # The secrets were scrubbed, visibly through the API; the deployer's secrets files are 0600
+    # (app-cert got no secrets, app-guest's are kept by nobody).
+    assert "shows the secret keys empty" in out
+    assert sorted(p.name for p in (lab_root / "secrets").glob("*.json")) == [
+        "app-attacked.json", "app-srp-1.json", "app-srp-2.json"]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in (lab_root / "secrets").glob("*.json"))
     # Lab appliances have SSH host keys of their own: pinned with the enrollment, found by ssh-keygen.
     host_key = (lab_root / "app-srp-1" / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()[1]
     assert [key.split()[1] for key in records["app-srp-1"].ssh_host_keys] == [host_key]
-    assert (lab_root / "app-srp-1.known_hosts").read_text() == f"127.0.0.1 ssh-ed25519 {host_key}\n"
-    assert "ssh-keygen -F 127.0.0.1 -f app-srp-1.known_hosts: found" in out
+    address = addresses["app-srp-1"]
+    assert (lab_root / "app-srp-1.known_hosts").read_text() == f"{address} ssh-ed25519 {host_key}\n"
+    assert f"ssh-keygen -F {address} -f app-srp-1.known_hosts: found" in out
     assert json.loads((lab_root / "lab.json").read_text())["appliances"] == {}
     assert generated and not [secret for secret in generated if secret in out]
 
@@ -159,10 +206,15 @@ def test_up_leaves_agents_running_detached_and_down_stops_them(lab_root, capsys,
     names = ["app-01", "app-02", "app-03"]
     assert all(f"{name} " in out for name in names)
     assert generated and not [secret for secret in generated if secret in out]
+    assert "govmomi's simulator" in out
     running = Manager(lab_root).running()
     assert [app.name for app in running] == names
+    assert len({app.host for app in running}) == 3
     for app in running:
         assert os.getsid(app.pid) == app.pid  # its own session: a Ctrl-C at the terminal does not reach it
+        assert app.host.startswith("127.0.0.") and app.host != "127.0.0.1"
+        assert (app.enroll_port, app.api_port) == (DEFAULT_ENROLL_PORT, DEFAULT_API_PORT)
+        assert f"{app.name}  {app.host}:{DEFAULT_ENROLL_PORT}" in out
         secrets_file = lab_root / "secrets" / f"{app.name}.json"
         assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600 and str(secrets_file) in out
 
@@ -253,3 +305,19 @@ def test_guest_operations_and_guestinfo_reach_only_their_own_vm(lab_root):
         assert len(pins) == 2
     finally:
         manager.destroy_all()
+
+
+def test_a_vm_of_the_data_center_that_fails_first_boot_fails_the_deployment_in_one_line(lab_root, tmp_path):
+    manager = Manager(lab_root)
+    with DataCenter.start(manager) as datacenter:
+        planned = plan_deployment(datacenter.vcsim.url, TEMPLATE, ["empty"], enroll=False).appliances[0]
+        # Nothing injected: the agent's first boot refuses, and says why.
+        plan = DeployPlan(datacenter.vcsim.url, TEMPLATE, (dataclasses.replace(planned, extra_config=()),),
+                          enroll=False)
+        (tmp_path / "secrets").mkdir()
+        with pytest.raises(LabError) as info:
+            datacenter.deploy(plan, tmp_path / "secrets")
+    message = str(info.value)
+    assert message.startswith("empty: did not boot: ") and "no firsttrust properties found" in message
+    assert "\n" not in message
+    assert manager.running() == []

@@ -3,8 +3,10 @@
 `vcsim` starts lab.vcsim's simulator once (building it on first use, ~45 s, cached under
 build/vcsim/) and stops it at the end of the session.
 
-`Guests` stands in for the appliances' first boot while the lab's guest channel does not read
-the simulator yet: it watches the simulator for powered-on VMs with a name prefix, reads each
+`Guests` stands in for the appliances' first boot where fifty of them must boot at once: the
+lab's own hosts (lab.datacenter, used by `firsttrust-lab demo` and tests/integration/test_lab.py)
+start an agent process per VM whose first boot runs the guest tools ~15 times, several CPU-minutes
+for fifty on a 2-core machine. It watches the simulator for powered-on VMs with a name prefix, reads each
 one's guestinfo.firsttrust.* extraConfig through the API (as the agent reads guestinfo), provisions
 an in-process agent from it on an address of its own in 127.0.0.0/8 at the standard enrollment
 port, and reports that address as the guest's IP through vcsim's SET.guest.ipAddress alias (what

@@ -1,0 +1,232 @@
+"""The guest channel of lab VMs that live in the lab's vCenter: guestinfo through the vSphere API.
+
+In a lab on vcsim (lab.datacenter) every appliance is a VM of the simulator, and the emulated
+tools (`lab/bin/vmtoolsd`, `vmware-rpctool`, lab.vmware_emulator) answer from that VM's
+configuration:
+
+    info-get guestinfo.K    the VM's extraConfig entry K as the API returns it; vcsim 0.24 only
+                            appends entries, so the last entry wins and an empty value means
+                            unset ("No value found"), which is what ESXi shows after a delete
+                            (requester.deployplan.current_values, the deployer's own read-back)
+    info-get guestinfo.ovfEnv
+                            the extraConfig entry if there is one, else the OVF environment built
+                            from the VM's vApp properties when its transport is
+                            com.vmware.guestInfo (vcsim 0.24 drops vApp properties: under it
+                            there is none, "No value found")
+    info-set guestinfo.K V  ReconfigVM_Task with extraConfig K = V, waited for: the certificate
+                            the agent publishes and its scrub are visible through the API
+
+Who makes the API calls: the lab, as the VMX does on a real host. `ChannelServer` is a thread of
+the lab process that holds the data center's logged-in session (requester.vsphere, the
+deployer's code) and listens on a Unix socket in the simulator's private working directory
+(0700, removed with it). A tool run sends one RPC there and prints the answer. So the tools need
+neither pyVmomi nor credentials (importing pyVmomi and logging in per run cost ~0.4 s of CPU, and
+the agent runs the tools about fifteen times at first boot), and no credential is ever in a
+guest's environment, a file of the guest, or argv. The guest's VM file (FIRSTTRUST_VMWARE_EMULATOR)
+is a channel file naming the socket and the VM:
+
+    {"vsphere": {"socket": "/tmp/firsttrust-vcsim-.../guest-channel.sock", "vm": "vm-42"}}
+
+Wire format, one request per connection: the tool sends one JSON line {"vm": ID, "command": RPC};
+the server answers one JSON line {"ok": bool, "reply": str}, or {"error": str} when the API
+failed (the tool then fails as a broken emulator, exit 70, never as a VMX answer).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import socketserver
+import threading
+from pathlib import Path
+from typing import Callable, Mapping
+
+SOCKET_NAME = "guest-channel.sock"
+GUESTINFO_PREFIX = "guestinfo."
+# agent.sources.deploy.OVFENV_GUESTINFO_KEY, not imported: the tools import this module and
+# must start quickly (tests/unit/test_vsphere_channel.py checks the two are equal).
+OVFENV_GUESTINFO_KEY = "guestinfo.ovfEnv"
+# vApp properties reach the guest's guestinfo.ovfEnv only with this transport
+# (VAppConfigSpec.ovfEnvironmentTransport).
+GUESTINFO_TRANSPORT = "com.vmware.guestInfo"
+# One request: a 64 KiB RPC (the VMX's GUESTMSG_MAX_IN_SIZE) JSON-escaped, with room to spare.
+# One reply: a guestinfo value; the agent's client takes at most 1 MiB.
+MAX_REQUEST_BYTES = 512 * 1024
+MAX_REPLY_BYTES = 2 * 1024 * 1024
+# A tool run is bounded by the agent's own timeout (it kills a stalled tool after 5 s); this
+# bounds the tool's wait on its own, and the server's wait on a client that sends nothing.
+CHANNEL_TIMEOUT = 20.0
+
+
+class ChannelError(Exception):
+    """The channel is unusable (no server, a bad channel file, the API failed). One line, no secret."""
+
+
+# --- the tools' side (stdlib only) -----------------------------------------------------------------
+
+
+def write_channel_file(path: Path, *, socket_path: Path, vm: str) -> None:
+    """The guest's VM file for a VM of the data center (no secret in it)."""
+    path.write_text(json.dumps({"vsphere": {"socket": str(socket_path), "vm": vm}}))
+
+
+def is_channel(document: object) -> bool:
+    return isinstance(document, dict) and "vsphere" in document
+
+
+def request(document: Mapping, command: str, timeout: float = CHANNEL_TIMEOUT) -> tuple[bool, str]:
+    """Send one RPC for the VM of a channel file; return the VMX's answer (ok, reply).
+
+    Raises:
+        ChannelError: a bad channel file, no server listening, or the server's API call failed.
+    """
+    channel = document.get("vsphere")
+    if not isinstance(channel, dict) or not all(isinstance(channel.get(k), str) and channel[k]
+                                                for k in ("socket", "vm")):
+        raise ChannelError("a vSphere channel file needs a socket and a vm")
+    payload = json.dumps({"vm": channel["vm"], "command": command}).encode("utf-8", "surrogateescape") + b"\n"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(channel["socket"])
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            answer = _read_line(sock, MAX_REPLY_BYTES)
+    except OSError as exc:
+        raise ChannelError(f"the lab's guest channel at {channel['socket']} does not answer "
+                           f"({exc.strerror or type(exc).__name__}); is the lab's data center running?") from None
+    try:
+        reply = json.loads(answer)
+    except ValueError:
+        raise ChannelError("the lab's guest channel sent a malformed answer") from None
+    if isinstance(reply, dict) and isinstance(reply.get("error"), str):
+        raise ChannelError(reply["error"])
+    if not (isinstance(reply, dict) and isinstance(reply.get("ok"), bool) and isinstance(reply.get("reply"), str)):
+        raise ChannelError("the lab's guest channel sent a malformed answer")
+    return reply["ok"], reply["reply"]
+
+
+def _read_line(sock: socket.socket, limit: int) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > limit:
+            raise OSError(0, "message too large")
+    return data
+
+
+# --- the host's side (in the lab process) ----------------------------------------------------------
+
+
+class ApiGuestinfo:
+    """One VM's guestinfo as its guest sees it, through a logged-in requester.vsphere.Vcenter.
+
+    `get` and item assignment are all lab.vmware_emulator's RPC interpreter needs.
+    """
+
+    def __init__(self, vcenter, vm) -> None:
+        self.vcenter, self.vm = vcenter, vm
+
+    def get(self, key: str) -> str | None:
+        from firsttrust.requester.deployplan import current_values
+
+        if not key.startswith(GUESTINFO_PREFIX):
+            return None  # a guest reads guestinfo.*, never the VM's other settings
+        value = current_values(self.vcenter.extra_config(self.vm)).get(key) or None
+        if value is None and key == OVFENV_GUESTINFO_KEY:
+            value = ovf_environment(self.vm)
+        return value
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self.vcenter.set_extra_config(self.vm, [(key, value)])
+
+
+def ovf_environment(vm) -> str | None:
+    """The OVF environment vCenter hands the guest in guestinfo.ovfEnv: the VM's vApp properties
+    (id -> value, else its default) when its transport is com.vmware.guestInfo; else None."""
+    vapp = getattr(vm.config, "vAppConfig", None)
+    if vapp is None or GUESTINFO_TRANSPORT not in (vapp.ovfEnvironmentTransport or []):
+        return None
+    properties = {prop.id: prop.value if prop.value is not None else (prop.defaultValue or "")
+                  for prop in (vapp.property or [])}
+    if not properties:
+        return None
+    from firsttrust.requester.deployspec import render
+
+    return render(properties, "ovf-env").decode("utf-8")
+
+
+class ChannelServer:
+    """The lab's VMX for every VM of one vCenter session: answers the tools' RPCs on a Unix socket.
+
+        server = ChannelServer(vcenter, workdir / SOCKET_NAME, rpc)   # rpc: the emulator's interpreter
+        server.start(); ...; server.stop()
+
+    RPCs for one VM are answered one at a time, as a VMX serializes its guest's; different VMs
+    in parallel.
+    """
+
+    def __init__(self, vcenter, path: Path, rpc: Callable[[object, str], tuple[bool, str]]) -> None:
+        self.vcenter, self.path, self.rpc = vcenter, path, rpc
+        self._vm_locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+        owner = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            timeout = CHANNEL_TIMEOUT
+
+            def handle(self) -> None:
+                try:
+                    line = self.rfile.readline(MAX_REQUEST_BYTES + 1)
+                except OSError:
+                    return
+                answer = owner.answer(line)
+                try:
+                    self.wfile.write(json.dumps(answer).encode("utf-8", "surrogateescape") + b"\n")
+                except OSError:
+                    pass  # the tool was killed (the agent's timeout): nobody to answer
+
+        self._server = socketserver.ThreadingUnixStreamServer(str(path), Handler, bind_and_activate=False)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "ChannelServer":
+        self._server.server_bind()
+        self.path.chmod(0o600)
+        self._server.server_activate()
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="lab-guest-channel", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop answering (idempotent); a tool run after this fails with a ChannelError."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._server.server_close()
+        self.path.unlink(missing_ok=True)
+
+    def answer(self, line: bytes) -> dict:
+        from firsttrust.errors import FirsttrustError
+
+        try:
+            message = json.loads(line.decode("utf-8", "surrogateescape")) if len(line) <= MAX_REQUEST_BYTES else None
+        except ValueError:
+            message = None
+        if not (isinstance(message, dict) and isinstance(message.get("vm"), str)
+                and isinstance(message.get("command"), str)):
+            return {"error": "malformed request to the lab's guest channel"}
+        moid = message["vm"]
+        with self._locks_lock:
+            lock = self._vm_locks.setdefault(moid, threading.Lock())
+        with lock:
+            try:
+                ok, reply = self.rpc(ApiGuestinfo(self.vcenter, self.vcenter.vm_by_moid(moid)), message["command"])
+            except FirsttrustError as exc:  # requester.vsphere's VsphereError: names the operation, no secret
+                return {"error": f"vSphere API: {exc}"}
+        return {"ok": ok, "reply": reply}

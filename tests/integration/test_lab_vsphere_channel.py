@@ -1,0 +1,132 @@
+"""The lab's guest channel on vcsim (lab/vsphere_channel.py): the emulated tools, run as real
+subprocesses, read and write the simulator VM's extraConfig through the API; and the lab's
+per-appliance loopback addresses (lab/manager.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+
+from firsttrust.agent.sources.deploy import OVFENV_GUESTINFO_KEY
+from firsttrust.lab import manager as lab_manager
+from firsttrust.lab import vsphere_channel
+from firsttrust.lab.vmware_emulator import EMULATOR_ERROR_EXIT, ENV_VAR, answer_rpc, bin_dir, link_interpreter
+from firsttrust.lab.vsphere_channel import SOCKET_NAME, ChannelServer, ovf_environment, write_channel_file
+from firsttrust.requester.deployplan import current_values
+
+from vcsim_fixture import vcenter_session, vcsim  # noqa: F401 - the fixture
+
+
+@pytest.fixture
+def channel(vcsim, tmp_path):  # noqa: F811
+    """A fresh clone of the template, a channel server for it, and a way to run the tools in it."""
+    vc = vcenter_session(vcsim)
+    template = vc.find_vm("DC0_H0_VM0")
+    vm = vc.clone(template, f"channel-{tmp_path.name}",
+                  [("guestinfo.firsttrust.sec-a", "planted-a")])
+    server = ChannelServer(vc, tmp_path / SOCKET_NAME, answer_rpc).start()
+    vm_file = tmp_path / "vm.json"
+    write_channel_file(vm_file, socket_path=server.path, vm=vc.moid(vm))
+    python_dir = tmp_path / "python"
+    python_dir.mkdir()
+    link_interpreter(python_dir)
+    env = dict(os.environ, **{ENV_VAR: str(vm_file)}, PATH=f"{bin_dir()}:{python_dir}:/usr/bin:/bin")
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(list(argv), env=env, capture_output=True, text=True, timeout=60)
+
+    yield SimpleNamespace(vc=vc, vm=vm, server=server, run=run, vm_file=vm_file, tmp=tmp_path)
+    server.stop()
+    vc.close()
+
+
+def test_info_get_answers_from_the_vms_extra_config_and_no_value_for_what_is_unset(channel):
+    for tool in (["vmware-rpctool"], ["vmtoolsd", "--cmd"]):
+        got = channel.run(*tool, "info-get guestinfo.firsttrust.sec-a")
+        assert (got.returncode, got.stdout) == (0, "planted-a\n")
+        missing = channel.run(*tool, "info-get guestinfo.firsttrust.nothing")
+        assert (missing.returncode, missing.stdout, missing.stderr) == (1, "", "No value found\n")
+    # Only guestinfo.*: the VM's other settings are not the guest's to read.
+    assert channel.run("vmware-rpctool", "info-get govcsim").stderr == "No value found\n"
+
+
+def test_info_set_is_visible_through_the_api_and_an_empty_value_reads_as_unset(channel):
+    command = channel.tmp / "command"
+    command.write_text("info-set guestinfo.firsttrust.appliance-cert published")
+    assert channel.run("vmtoolsd", "--cmdfile", str(command)).returncode == 0
+    assert current_values(channel.vc.extra_config(channel.vm))["guestinfo.firsttrust.appliance-cert"] == "published"
+
+    # The agent's scrub: "" over the secret. vcsim 0.24 appends, so the API still lists the old
+    # entry; the last one is "", and the guest reads the key as unset, as on ESXi after a delete.
+    assert channel.run("vmware-rpctool", "info-set guestinfo.firsttrust.sec-a ").returncode == 0
+    entries = [value for key, value in channel.vc.extra_config(channel.vm) if key == "guestinfo.firsttrust.sec-a"]
+    assert entries[-1] == "" and "planted-a" in entries
+    assert channel.run("vmware-rpctool", "info-get guestinfo.firsttrust.sec-a").stderr == "No value found\n"
+
+
+def test_the_emulators_own_rules_hold_on_this_channel_too(channel):
+    bad_key = channel.run("vmware-rpctool", "info-set notguestinfo.x 1")
+    assert (bad_key.returncode, bad_key.stderr) == (1, "Invalid key\n")
+    assert not [k for k, _ in channel.vc.extra_config(channel.vm) if k == "notguestinfo.x"]
+
+
+def test_a_stopped_channel_fails_in_one_line_as_a_broken_emulator_not_as_a_vmx_answer(channel):
+    channel.server.stop()
+    got = channel.run("vmware-rpctool", "info-get guestinfo.firsttrust.sec-a")
+    assert got.returncode == EMULATOR_ERROR_EXIT
+    assert got.stderr.count("\n") == 1 and "guest channel" in got.stderr and "Traceback" not in got.stderr
+
+
+def test_the_channel_file_holds_no_credential(channel, vcsim):  # noqa: F811
+    text = channel.vm_file.read_text()
+    assert vcsim.password not in text and vcsim.user not in text
+    assert sorted(json.loads(text)["vsphere"]) == ["socket", "vm"]
+    assert (channel.server.path.stat().st_mode & 0o777) == 0o600
+
+
+def test_the_server_refuses_a_malformed_request_and_names_a_failed_api_call(channel):
+    assert "malformed" in channel.server.answer(b"not json\n")["error"]
+    assert "malformed" in channel.server.answer(b'{"vm": 1, "command": "info-get guestinfo.x"}\n')["error"]
+    answer = channel.server.answer(b'{"vm": "vm-999999", "command": "info-get guestinfo.x"}\n')
+    assert answer["error"].startswith("vSphere API: ") and "\n" not in answer["error"]
+
+
+def test_ovf_env_is_built_from_vapp_properties_only_with_the_guestinfo_transport():
+    assert vsphere_channel.OVFENV_GUESTINFO_KEY == OVFENV_GUESTINFO_KEY
+
+    def vm(transport, properties):
+        props = [SimpleNamespace(id=k, value=v, defaultValue=None) for k, v in properties.items()]
+        return SimpleNamespace(config=SimpleNamespace(vAppConfig=SimpleNamespace(
+            ovfEnvironmentTransport=transport, property=props)))
+
+    document = ovf_environment(vm(["com.vmware.guestInfo"], {"firsttrust.enroll-window": "10m"}))
+    assert 'oe:key="firsttrust.enroll-window"' in document and 'oe:value="10m"' in document
+    assert ovf_environment(vm(["iso"], {"firsttrust.enroll-window": "10m"})) is None
+    assert ovf_environment(vm(["com.vmware.guestInfo"], {})) is None
+    assert ovf_environment(SimpleNamespace(config=SimpleNamespace(vAppConfig=None))) is None
+
+
+def test_each_booted_appliance_gets_a_loopback_address_of_its_own_with_both_standard_ports_free():
+    taken = lab_manager._free_host()
+    try:
+        # Someone else listens on the next candidate's enrollment port: it is skipped.
+        following = f"{lab_manager.APPLIANCE_NETWORK}{int(taken.rsplit('.', 1)[1]) + 1}"
+        with socket.socket() as squatter:
+            squatter.bind((following, lab_manager.DEFAULT_ENROLL_PORT))
+            squatter.listen()
+            second = lab_manager._free_host()
+        try:
+            assert taken != "127.0.0.1" and taken.startswith("127.0.0.")
+            assert second not in (taken, following)
+        finally:
+            lab_manager._release_host(second)
+    finally:
+        lab_manager._release_host(taken)
+    assert lab_manager._free_host() == taken  # released: handed out again
+    lab_manager._release_host(taken)
+
