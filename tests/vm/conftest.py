@@ -41,7 +41,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def appliance_image() -> Image:
-    """The test variant of the appliance image (built, or taken from build/image/<key>/)."""
+    """The disk of the test variant of the appliance OVA (built, or taken from build/ova/<key>/)."""
     import time
 
     units = os.environ.get("FIRSTTRUST_VM_UNITS_DIR")
@@ -129,7 +129,7 @@ def provisioned_appliance(boot, deployment, ovf_iso):
     """
     from appliance_checks import agent_lines, provision_outcome
 
-    vm = boot(iso=ovf_iso(deployment["ovf_env"]), journal_to_console=True)
+    vm = boot(iso=ovf_iso(deployment["ovf_env"]))
     assert provision_outcome(vm) == "ok", f"firsttrust-provision.service failed:\n{agent_lines(vm)}"
     vm.wait_for(r"Started firsttrust-agent\.service", 120, label="agent started")
     vm.wait_for_ssh()
