@@ -46,7 +46,7 @@ VM_DEB_PACKAGES := qemu-system-x86 ovmf genisoimage openssh-client $(OVA_DEB_PAC
 vm-deps:
 	@$(call apt_install_missing,$(VM_DEB_PACKAGES),--no-install-recommends)
 
-vm-test: venv vm-deps
+vm-test: venv vm-deps vcsim-deps
 	FIRSTTRUST_VM_TESTS=1 $(PY) -m pytest tests/vm -v -rA -s $(PYTEST_ARGS); $(PYTEST_CHECK)
 
 # The three Debian packages (python3-firsttrust, firsttrust-requester, firsttrust-agent) under

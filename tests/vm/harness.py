@@ -157,9 +157,12 @@ def extract_ova(ova: Path) -> Image:
           f"count={sectors}", "conv=notrunc,sparse", "status=none"])
     (work / "complete").touch()
     work.rename(target)
-    for old in VM_ROOT.glob("ova-*"):  # one extracted OVA at a time: each is a 2 GiB sparse disk
-        if old != target:
-            shutil.rmtree(old, ignore_errors=True)
+    # Each is a 2 GiB sparse disk: keep the two newest (a session uses the test and the release
+    # variant; VMs of the session still boot from the first).
+    extracted = sorted((p for p in VM_ROOT.glob("ova-*") if not p.name.endswith(".tmp")),
+                       key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in extracted[2:]:
+        shutil.rmtree(old, ignore_errors=True)
     return Image(target, ova, info)
 
 
