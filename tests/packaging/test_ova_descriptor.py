@@ -1,6 +1,6 @@
 """The OVA's descriptor (packaging/ova/descriptor.py) against DSP0243 / DSP8023 and VMware's forms.
 
-vcsim ignores the transport and the firmware (tests/packaging/test_ova_import.py imports the
+vcsim ignores the transport and the firmware (tests/integration/test_ova_import.py imports the
 OVA there), so these are checked here, on the parsed document: what DSP0243 and its schema
 DSP8023 require, and the forms VMware's own tools write and read.
 """
