@@ -11,8 +11,9 @@ What boots is what the OVA carries: packaging/ova/build.sh builds the test varia
 build/vm/ova-<key>/disk.raw, and QEMU boots that disk with EFI firmware (Debian's OVMF) through
 its own boot loader: no kernel from outside, no command line from outside (the test variant's
 boot entry has the serial console and the journal on it). Hardware as close to the descriptor
-as OVMF allows: the NIC is a vmxnet3, the OVF ENV CD-ROM sits on IDE; the disk is on NVMe,
-because OVMF 2022.11 has no PVSCSI driver to load a boot loader from. `boot_from="pvscsi"` puts
+as OVMF allows: the NIC is a vmxnet3; the disk is on NVMe, because OVMF 2022.11 has no PVSCSI
+driver to load a boot loader from; the OVF ENV CD-ROM is a SCSI CD-ROM on a pvscsi controller,
+because under OVMF on the "pc" machine the guest finds no device on the PIIX IDE channels. `boot_from="pvscsi"` puts
 the disk on VMware's paravirtual SCSI as the descriptor declares, and lets OVMF load the boot
 loader from a copy of the ESP on NVMe: the kernel then finds its root on pvscsi.
 
@@ -355,14 +356,20 @@ class VM:
             "-chardev", f"file,id=serial0,path={self.serial_log},append=on", "-serial", "chardev:serial0",
             "-qmp", f"unix:{self._qmp_name},abstract=on,server=on,wait=off",
         ]
+        # The CD-ROM is a SCSI CD-ROM on the pvscsi controller: under OVMF on the "pc" machine the
+        # guest's ata_piix finds no device on the PIIX IDE channels (measured: the ports probe,
+        # nothing attaches), so the IDE CD-ROM the descriptor declares for VMware cannot be used
+        # here. The agent looks for the "OVF ENV" volume on any CD-ROM (/dev/sr*), which this is.
+        cmd += ["-device", "pvscsi,id=pvscsi0"]
         if self.boot_from == "nvme":
             cmd += ["-device", "nvme,drive=disk0,serial=firsttrust-disk0,bootindex=0"]
         else:
-            cmd += ["-device", "pvscsi,id=pvscsi0", "-device", "scsi-hd,drive=disk0,bus=pvscsi0.0",
+            cmd += ["-device", "scsi-hd,drive=disk0,bus=pvscsi0.0,scsi-id=0",
                     "-drive", f"file={self.image.esp},format=raw,if=none,id=esp,snapshot=on",
                     "-device", "nvme,drive=esp,serial=firsttrust-esp,bootindex=0"]
         if self.iso is not None:
-            cmd += ["-drive", f"file={self.iso},format=raw,media=cdrom,readonly=on"]
+            cmd += ["-drive", f"file={self.iso},format=raw,if=none,id=cd0,media=cdrom,readonly=on",
+                    "-device", "scsi-cd,drive=cd0,bus=pvscsi0.0,scsi-id=1"]
         if self.ssh_key is not None:
             cmd += ["-fw_cfg", f"name={FW_CFG_TEST_KEYS},file={self.ssh_key}.pub"]
         return cmd
