@@ -30,7 +30,7 @@ demo: venv vcsim-deps
 # The appliance OVA (packaging/ova/build.sh): build/firsttrust-appliance.ova, the release variant.
 # The image pipeline and its two caches, then a GPT disk with systemd-boot (mtools, dosfstools,
 # gdisk, Debian's systemd-boot-efi), a streamOptimized VMDK (qemu-utils), descriptor, manifest.
-# Root only; ~3 min cold, ~1 min with a new .deb, seconds cached.
+# Root only; measured on a shared 2-core host: 342 s cold, ~60-80 s with a new .deb, 6 s cached.
 OVA_DEB_PACKAGES := qemu-utils mmdebstrap e2fsprogs dosfstools mtools gdisk systemd-boot-efi dpkg-dev
 
 ova-deps:

@@ -58,7 +58,7 @@ def _debugfs(disk: Path, offset: int, command: str, work: Path) -> str:
 
 
 @pytest.mark.vm
-def test_the_release_ova_boots_without_serial_console_or_test_access(tmp_path):
+def test_the_release_ova_has_no_serial_console_and_no_test_access(tmp_path):
     release = build_image(variant="release")
     info = release.info
     assert release.ova.name == "firsttrust-appliance.ova" and info["variant"] == "release"
