@@ -53,15 +53,27 @@ HARDENING_VMX_SETTINGS = (
     ("guest_rpc.rpci.auth.cmd.info-set", "TRUE"),
 )
 
-# What an operator sees for each property in a deployment wizard: label, description, and
-# whether the value is a password (masked, typed twice: DSP0243 ovf:password).
-_PROPERTY_INFO = {
+# Every property an appliance reads, as an operator sees it in a deployment wizard: label,
+# description, whether the value is a password (masked, typed twice: DSP0243 ovf:password), and
+# whether the person deploying may set it. The one definition: the OVA's ProductSection
+# (packaging/ova/descriptor.py) declares exactly these keys, in this order, and every rendering
+# below labels its properties from here.
+PROPERTY_INFO: dict[str, tuple[str, str, bool]] = {
     SEC_A: ("SEC-A", "One-time enrollment secret: becomes the appliance password; proved with SRP.", True),
     SEC_B: ("SEC-B", "One-time secret the appliance proves it holds before the requester trusts it.", True),
     REQUESTER_CERT: ("Requester certificate", "Base64 of the requester's PEM certificate to authorize.", False),
     REQUESTER_CERT + ENCODING_SUFFIX: ("Requester certificate encoding", "Always base64.", False),
     ENROLL_WINDOW: ("Enrollment window", "How long enrollment stays open: seconds, or 90m, 24h, 2d.", False),
 }
+
+# The encoding is part of the format, not a choice for the person deploying: these properties
+# are declared with their fixed value and ovf:userConfigurable="false".
+FIXED_VALUES = {REQUESTER_CERT + ENCODING_SUFFIX: BASE64}
+
+
+def user_configurable(key: str) -> bool:
+    """May the person deploying set this property (DSP0243 ovf:userConfigurable)?"""
+    return key not in FIXED_VALUES
 
 # dictll.c (DictLL_MarshalLine): VMware escapes '"', '|', DEL and every control character but
 # tab as '|' and two uppercase hex digits; bytes from 0x80 (UTF-8) stay as they are.
@@ -151,9 +163,8 @@ def render_ovf_properties(properties: dict[str, str]) -> bytes:
     for key, value in properties.items():
         check_key(key)
         check_value_size(key, value)
-        label, description, password = _PROPERTY_INFO.get(key, (key, key, False))
-        # The encoding is part of the format, not a choice for the person deploying.
-        configurable = "false" if key.endswith(ENCODING_SUFFIX) else "true"
+        label, description, password = PROPERTY_INFO.get(key, (key, key, False))
+        configurable = "true" if user_configurable(key) else "false"
         attributes = [f"ovf:key={xml_attribute(key, 'a key')}", 'ovf:type="string"',
                       f'ovf:userConfigurable="{configurable}"']
         if password:

@@ -248,6 +248,15 @@ leftover=$(find "$root/etc/ssh" -name 'ssh_host_*' | head -n1)
 kernel=$(find "$root/boot" -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n1)
 initrd=$(find "$root/boot" -maxdepth 1 -name 'initrd.img-*' | sort -V | tail -n1)
 [ -n "$kernel" ] && [ -n "$initrd" ] || die "no kernel or initrd in $root/boot"
+# The OVA declares a pvscsi disk (packaging/ova/descriptor.py), tests boot from NVMe and virtio,
+# the CD-ROM is on PIIX IDE: the initrd must carry every one of those drivers, not only those of
+# the build machine (initramfs-tools' MODULES=dep would look at the chroot's host).
+grep -qx 'MODULES=most' "$root/etc/initramfs-tools/initramfs.conf" ||
+	die "initramfs-tools is not set to MODULES=most in the image"
+initrd_modules=$(in_root lsinitramfs "/boot/$(basename "$initrd")" | sed -n 's|.*/\([^/]*\)\.ko\(\.[a-z]*\)\{0,1\}$|\1|p')
+for module in vmw_pvscsi ata_piix virtio_blk virtio_scsi; do
+	grep -qx "$module" <<<"$initrd_modules" || die "the initrd has no $module module"
+done
 
 log "making the ext4 file system ($SIZE)"
 mkdir -p "$work/out"

@@ -1,7 +1,7 @@
-"""VM tests: the real appliance image under QEMU, real systemd (tests/vm/harness.py).
+"""VM tests: the real appliance OVA's disk under QEMU with EFI firmware, real systemd (tests/vm/harness.py).
 
-They are slow (an image build when its inputs changed, about half a minute per boot under TCG) and
-need root, qemu-system-x86 and mmdebstrap, so they run only with FIRSTTRUST_VM_TESTS=1
+They are slow (an image and OVA build when their inputs changed, a minute or more per boot under
+TCG) and need root, qemu-system-x86, ovmf and mmdebstrap, so they run only with FIRSTTRUST_VM_TESTS=1
 (`make vm-test`); otherwise they are collected and skipped.
 
 FIRSTTRUST_VM_UNITS_DIR=DIR builds the package with the unit files from DIR instead of systemd/;
@@ -41,7 +41,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def appliance_image() -> Image:
-    """The test variant of the appliance image (built, or taken from build/image/<key>/)."""
+    """The disk of the test variant of the appliance OVA (built, or taken from build/ova/<key>/)."""
     import time
 
     units = os.environ.get("FIRSTTRUST_VM_UNITS_DIR")
@@ -52,7 +52,7 @@ def appliance_image() -> Image:
     return image
 
 
-# How long the session's image build took (0.5 s when build/image/ had it cached).
+# How long the session's OVA build took, extraction included (a few seconds when cached).
 IMAGE_BUILD_SECONDS: list[float] = []
 
 
@@ -129,7 +129,7 @@ def provisioned_appliance(boot, deployment, ovf_iso):
     """
     from appliance_checks import agent_lines, provision_outcome
 
-    vm = boot(iso=ovf_iso(deployment["ovf_env"]), journal_to_console=True)
+    vm = boot(iso=ovf_iso(deployment["ovf_env"]))
     assert provision_outcome(vm) == "ok", f"firsttrust-provision.service failed:\n{agent_lines(vm)}"
     vm.wait_for(r"Started firsttrust-agent\.service", 120, label="agent started")
     vm.wait_for_ssh()

@@ -1,17 +1,28 @@
-"""Boot the appliance image in QEMU: one `VM` object per virtual machine, one qemu process per boot.
+"""Boot the appliance OVA's own disk in QEMU: one `VM` object per virtual machine, one qemu process per boot.
 
-    image = build_image(variant="test")                       # cached: build/image/<key>/
+    image = build_image(variant="test")                       # the test OVA, its disk extracted
     with VM("smoke", image, iso=iso, ssh_key=key) as vm:       # powers on
         vm.wait_for(r"Reached target .*multi-user\\.target", timeout=300)
         print(vm.ssh("firsttrust-agent status").stdout)
         vm.shutdown()                                          # ACPI power button, then kill
 
+What boots is what the OVA carries: packaging/ova/build.sh builds the test variant of the OVA
+(cached under build/ova/<key>/), its VMDK is checked against the OVA's manifest and extracted to
+build/vm/ova-<key>/disk.raw, and QEMU boots that disk with EFI firmware (Debian's OVMF) through
+its own boot loader: no kernel from outside, no command line from outside (the test variant's
+boot entry has the serial console and the journal on it). Hardware as close to the descriptor
+as OVMF allows: the NIC is a vmxnet3; the disk is on NVMe, because OVMF 2022.11 has no PVSCSI
+driver to load a boot loader from; the OVF ENV CD-ROM is a SCSI CD-ROM on a pvscsi controller,
+because under OVMF on the "pc" machine the guest finds no device on the PIIX IDE channels. `boot_from="pvscsi"` puts
+the disk on VMware's paravirtual SCSI as the descriptor declares, and lets OVMF load the boot
+loader from a copy of the ESP on NVMe: the kernel then finds its root on pvscsi.
+
 What a test can rely on:
 
 * The cached image stays pristine: each VM writes to its own qcow2 overlay in build/vm/<name>/.
   `reboot()` power-cycles the same VM (same overlay, same ports), `reset()` is the reset button.
-* Everything the guest prints on its serial console (kernel, systemd's status lines, the journal
-  when `journal_to_console=True`) is appended to build/vm/<name>/serial.log, which is kept for
+* Everything the guest prints on its serial console (firmware, kernel, systemd's status lines, the
+  journal: the test variant's boot entry forwards it) is appended to build/vm/<name>/serial.log, which is kept for
   debugging; `wait_for()` searches it, from the current boot on, with ANSI colours removed.
 * Host ports: `vm.port(22)`, `vm.port(8790)`, `vm.port(8791)` are 127.0.0.1 ports forwarded to the
   guest (user-mode networking; nothing but loopback is involved).
@@ -54,8 +65,12 @@ GUEST_PORTS = (22, AGENT_PORT, API_PORT)
 
 # Debian's cloud kernel has no AHCI driver (CONFIG_SATA_AHCI is not set), so the CD-ROM must sit on
 # the PIIX IDE controller of the "pc" machine (ata_piix); on q35 it would be an AHCI device the
-# guest cannot see.
+# guest cannot see. OVMF boots on "pc" as well.
 MACHINE = "pc"
+# Debian's ovmf: the 4 MiB flash layout, without Secure Boot (the boot loader is not signed).
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+BOOT_DEVICES = ("nvme", "pvscsi")
 MEMORY_MB = 1024
 CPUS = 2
 # Under TCG a debootstrapped Debian reaches multi-user in about 45 s on an idle 2-core host;
@@ -82,31 +97,74 @@ def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 @dataclass(frozen=True)
 class Image:
-    """A built image directory: disk.raw (ext4, label root), vmlinuz, initrd.img, build-info.json."""
+    """The disk of a built OVA, extracted: disk.raw (GPT: ESP + root) and esp.raw (a GPT disk
+    holding a copy of the ESP alone, for boot_from="pvscsi"), with the OVA's build-info.json."""
 
     path: Path
+    ova: Path
     info: dict = field(compare=False)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "Image":
-        path = Path(path)
-        info = json.loads((path / "build-info.json").read_text())
-        for name in ("disk.raw", "vmlinuz", "initrd.img"):
-            if not (path / name).is_file():
-                raise VMError(f"{path} has no {name}")
-        return cls(path, info)
 
     @property
     def disk(self) -> Path:
         return self.path / "disk.raw"
 
     @property
-    def kernel(self) -> Path:
-        return self.path / "vmlinuz"
+    def esp(self) -> Path:
+        return self.path / "esp.raw"
 
-    @property
-    def initrd(self) -> Path:
-        return self.path / "initrd.img"
+
+def extract_ova(ova: Path) -> Image:
+    """The OVA's VMDK, checked against its manifest, as raw disks in build/vm/ova-<key>/ (cached).
+
+    Raises:
+        VMError: the OVA lacks a member, or the VMDK's SHA256 is not the manifest's.
+    """
+    import hashlib
+    import tarfile
+
+    info = json.loads((ova.parent / "build-info.json").read_text())
+    target = VM_ROOT / f"ova-{info['key']}"
+    if (target / "complete").exists():
+        return Image(target, ova, info)
+    shutil.rmtree(target, ignore_errors=True)
+    work = target.with_name(target.name + ".tmp")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    vmdk_name = info["vmdk"]
+    with tarfile.open(ova) as tar:
+        names = tar.getnames()
+        manifest_name = next((n for n in names if n.endswith(".mf")), None)
+        if vmdk_name not in names or manifest_name is None:
+            raise VMError(f"{ova}: no {vmdk_name} or no manifest (members {names})")
+        manifest = tar.extractfile(manifest_name).read().decode()
+        digest = hashlib.sha256()
+        with tar.extractfile(vmdk_name) as source, open(work / vmdk_name, "wb") as out:
+            while chunk := source.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+    if f"SHA256({vmdk_name})= {digest.hexdigest()}" not in manifest.splitlines():
+        raise VMError(f"{ova}: {vmdk_name} does not match the manifest")
+    _run(["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(work / vmdk_name), str(work / "disk.raw")])
+    (work / vmdk_name).unlink()
+    # The ESP alone on a disk of its own, same partition bytes, so that OVMF (no PVSCSI driver)
+    # can load the boot loader while the kernel finds the root file system on pvscsi.
+    start, sectors = info["esp_start_sector"], info["esp_sectors"]
+    esp = work / "esp.raw"
+    size = (start + sectors + 2048) * 512
+    with open(esp, "wb") as handle:
+        handle.truncate(size)
+    _run(["sgdisk", "--clear", "-n", f"1:{start}:{start + sectors - 1}", "-t", "1:ef00", "-c", "1:ESP", str(esp)])
+    _run(["dd", f"if={work / 'disk.raw'}", f"of={esp}", "bs=512", f"skip={start}", f"seek={start}",
+          f"count={sectors}", "conv=notrunc,sparse", "status=none"])
+    (work / "complete").touch()
+    work.rename(target)
+    # Each is a 2 GiB sparse disk: keep the two newest (a session uses the test and the release
+    # variant; VMs of the session still boot from the first).
+    extracted = sorted((p for p in VM_ROOT.glob("ova-*") if not p.name.endswith(".tmp")),
+                       key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in extracted[2:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return Image(target, ova, info)
 
 
 def _last_line(result: subprocess.CompletedProcess) -> str:
@@ -129,16 +187,20 @@ def build_deb(*, units_dir: Path | None = None) -> Path:
 
 def build_image(*, variant: str = "test", deb: Path | None = None, units_dir: Path | None = None,
                 timeout: float = 1800) -> Image:
-    """packaging/image/build.sh: the appliance image, cached by its inputs (minutes when cold)."""
-    cmd = [str(REPO / "packaging/image/build.sh"), "--variant", variant]
+    """packaging/ova/build.sh: the appliance OVA (image and OVA cached by their inputs; minutes
+    when cold), its disk extracted (extract_ova)."""
+    import sys
+
+    cmd = [str(REPO / "packaging/ova/build.sh"), "--variant", variant, "--python", sys.executable]
     if deb is not None:
         cmd += ["--deb", str(deb)]
     if units_dir is not None:
         cmd += ["--units-dir", str(units_dir)]
     try:
-        return Image.load(_last_line(_run(cmd, timeout=timeout)))
+        ova = Path(_last_line(_run(cmd, timeout=timeout)))
     except subprocess.CalledProcessError as exc:
-        raise VMError(f"packaging/image/build.sh failed:\n{exc.stderr[-4000:]}") from None
+        raise VMError(f"packaging/ova/build.sh failed:\n{exc.stderr[-4000:]}") from None
+    return extract_ova(ova)
 
 
 def make_ovf_iso(document: bytes | str | os.PathLike[str], out: Path) -> Path:
@@ -220,16 +282,14 @@ class VM:
         iso: an OVF ENV ISO to attach as the CD-ROM (/dev/sr0 in the guest), or None.
         ssh_key: private key whose .pub is offered to test images as root's authorized_keys
             (through QEMU's fw_cfg; release images ignore it).
-        journal_to_console: also send the journal to the serial console, so wait_for() and the
-            log see every service's messages (systemd.journald.forward_to_console=1).
-        kernel_args: more kernel command-line arguments.
+        boot_from: "nvme" (default) or "pvscsi" (see the module docstring).
         accel: "tcg", "kvm" or "auto"; default $FIRSTTRUST_VM_ACCEL or "tcg".
         memory_mb, cpus: the VM's size.
         start: power on at once (default) or wait for start().
     """
 
     def __init__(self, name: str, image: Image, *, iso: Path | None = None, ssh_key: Path | None = None,
-                 journal_to_console: bool = False, kernel_args: tuple[str, ...] = (), accel: str | None = None,
+                 boot_from: str = "nvme", accel: str | None = None,
                  memory_mb: int = MEMORY_MB, cpus: int = CPUS, start: bool = True) -> None:
         self.name = name
         self.image = image
@@ -238,14 +298,10 @@ class VM:
         self.accel = accel or os.environ.get("FIRSTTRUST_VM_ACCEL", "tcg")
         if self.accel not in ("tcg", "kvm", "auto"):
             raise ValueError(f"accel must be tcg, kvm or auto, not {self.accel!r}")
+        if boot_from not in BOOT_DEVICES:
+            raise ValueError(f"boot_from must be one of {BOOT_DEVICES}, not {boot_from!r}")
+        self.boot_from = boot_from
         self.memory_mb, self.cpus = memory_mb, cpus
-        self.kernel_args = ["root=/dev/vda", "ro", "console=ttyS0",
-                            # status lines name the unit ("Finished firsttrust-provision.service."): the
-                            # combined format is cut to the 80 columns of a serial console
-                            "systemd.show_status=1", "systemd.status_unit_format=name"]
-        if journal_to_console:
-            self.kernel_args += ["systemd.journald.forward_to_console=1"]
-        self.kernel_args += list(kernel_args)
 
         self.dir = VM_ROOT / name
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -253,6 +309,8 @@ class VM:
         self.serial_log = self.dir / "serial.log"
         self.overlay = self.dir / "overlay.qcow2"
         self.known_hosts = self.dir / "known_hosts"
+        self.efi_vars = self.dir / "OVMF_VARS.fd"  # the VM's NVRAM, kept across its reboots
+        shutil.copyfile(OVMF_VARS, self.efi_vars)
         # QMP on an abstract UNIX socket: no file to leak if we are killed, and no sun_path
         # length limit (108 bytes) to hit with a deep build/vm/<name>/.
         self._qmp_name = f"firsttrust-vm-{os.getpid()}-{id(self):x}"
@@ -291,16 +349,27 @@ class VM:
             "-machine", f"{MACHINE},accel={accel}", "-cpu", "host" if accel == "kvm" else "max",
             "-m", str(self.memory_mb), "-smp", str(self.cpus),
             "-nodefaults", "-no-user-config", "-display", "none", "-rtc", "base=utc",
-            "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-            "-append", " ".join(self.kernel_args),
-            "-drive", f"file={self.overlay},format=qcow2,if=virtio,discard=unmap",
-            "-netdev", f"user,id=net0,{forwards}", "-device", "virtio-net-pci,netdev=net0",
-            "-device", "virtio-rng-pci",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={self.efi_vars}",
+            "-drive", f"file={self.overlay},format=qcow2,if=none,id=disk0,discard=unmap",
+            "-netdev", f"user,id=net0,{forwards}", "-device", "vmxnet3,netdev=net0",
             "-chardev", f"file,id=serial0,path={self.serial_log},append=on", "-serial", "chardev:serial0",
             "-qmp", f"unix:{self._qmp_name},abstract=on,server=on,wait=off",
         ]
+        # The CD-ROM is a SCSI CD-ROM on the pvscsi controller: under OVMF on the "pc" machine the
+        # guest's ata_piix finds no device on the PIIX IDE channels (measured: the ports probe,
+        # nothing attaches), so the IDE CD-ROM the descriptor declares for VMware cannot be used
+        # here. The agent looks for the "OVF ENV" volume on any CD-ROM (/dev/sr*), which this is.
+        cmd += ["-device", "pvscsi,id=pvscsi0"]
+        if self.boot_from == "nvme":
+            cmd += ["-device", "nvme,drive=disk0,serial=firsttrust-disk0,bootindex=0"]
+        else:
+            cmd += ["-device", "scsi-hd,drive=disk0,bus=pvscsi0.0,scsi-id=0",
+                    "-drive", f"file={self.image.esp},format=raw,if=none,id=esp,snapshot=on",
+                    "-device", "nvme,drive=esp,serial=firsttrust-esp,bootindex=0"]
         if self.iso is not None:
-            cmd += ["-drive", f"file={self.iso},format=raw,media=cdrom,readonly=on"]
+            cmd += ["-drive", f"file={self.iso},format=raw,if=none,id=cd0,media=cdrom,readonly=on",
+                    "-device", "scsi-cd,drive=cd0,bus=pvscsi0.0,scsi-id=1"]
         if self.ssh_key is not None:
             cmd += ["-fw_cfg", f"name={FW_CFG_TEST_KEYS},file={self.ssh_key}.pub"]
         return cmd

@@ -20,7 +20,7 @@ from harness import AGENT_PORT, API_PORT
 @pytest.mark.vm
 def test_first_boot_provisions_from_the_ovf_env_iso_and_a_reboot_keeps_the_identity(boot, deployment, ovf_iso):
     sec_a, sec_b = deployment["sec_a"], deployment["sec_b"]
-    vm = boot(iso=ovf_iso(deployment["ovf_env"]), journal_to_console=True)
+    vm = boot(iso=ovf_iso(deployment["ovf_env"]))
 
     outcome = provision_outcome(vm)
     assert outcome == "ok", f"firsttrust-provision.service failed:\n{agent_lines(vm)}"

@@ -39,7 +39,7 @@ def pinned_ssh(vm, user: str, key: Path, known_hosts: Path, command: str) -> sub
 @pytest.mark.vm
 def test_enroll_call_ssh_without_tofu_then_reboot(boot, deployment, ovf_iso, ssh_key, tmp_path):
     home = tmp_path / "requester-home"
-    vm = boot(iso=ovf_iso(deployment["ovf_env"]), journal_to_console=True)
+    vm = boot(iso=ovf_iso(deployment["ovf_env"]))
     assert provision_outcome(vm) == "ok", f"firsttrust-provision.service failed:\n{agent_lines(vm)}"
     # Type=notify: systemd prints "Started" only once the agent has sent READY=1.
     vm.wait_for(r"Started firsttrust-agent\.service", 300, label="agent READY")

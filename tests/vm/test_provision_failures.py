@@ -32,7 +32,7 @@ def assert_nothing_written(vm: VM) -> None:
 def test_malformed_ovf_env_fails_provisioning_with_a_clear_message(boot, deployment, ovf_iso):
     document = deployment["ovf_env"].read_bytes()
     broken = document[: document.rindex(b"</Environment>")]  # secrets inside, root never closed
-    vm = boot(iso=ovf_iso(broken), journal_to_console=True)
+    vm = boot(iso=ovf_iso(broken))
 
     assert provision_outcome(vm) == "failed", agent_lines(vm)
     vm.wait_for(r"firsttrust-agent: error: .*(not well-formed|XML)", 30, label="error line")
@@ -44,7 +44,7 @@ def test_malformed_ovf_env_fails_provisioning_with_a_clear_message(boot, deploym
 
 @pytest.mark.vm
 def test_no_ovf_environment_fails_provisioning_and_stays_unprovisioned(boot):
-    vm = boot(iso=None, journal_to_console=True)
+    vm = boot(iso=None)
 
     assert provision_outcome(vm) == "failed", agent_lines(vm)
     vm.wait_for(r"firsttrust-agent: error: no firsttrust properties found", 30, label="error line")

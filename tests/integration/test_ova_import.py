@@ -1,0 +1,97 @@
+"""The OVA imports into vCenter through the API: govmomi's vcsim takes the descriptor in
+OvfManager.CreateImportSpec with the firsttrust properties as the PropertyMapping, ImportVApp makes
+the VM with the declared hardware, and the disk goes up through the HttpNfcLease.
+
+The OVA here comes from the pipeline's own packaging step (packaging/ova/package.sh: VMDK,
+descriptor, manifest, tar) around a small disk, so the test runs in `make test` in seconds; the
+appliance's 2 GiB disk is the same step's input in `make ova`, and tests/vm imports that OVA too.
+vcsim ignores the transport and the firmware: tests/packaging/test_ova_descriptor.py checks those.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from ova_import import import_ova, read_ova
+from vcsim_fixture import vcenter_session, vcsim  # noqa: F401 - the fixture
+
+from firsttrust.credentials import EnrollmentSecrets
+from firsttrust.requester.deployspec import PROPERTY_INFO, deployment_properties
+from firsttrust.requester.vcenter_tls import pinned_context
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def package(disk: Path, out: Path) -> Path:
+    done = subprocess.run([str(REPO / "packaging/ova/package.sh"), "--disk", str(disk), "--out", str(out),
+                           "--version", "0.1.0", "--python", sys.executable], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_ova(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("ova")
+    disk = work / "disk.raw"
+    with open(disk, "wb") as handle:
+        handle.truncate(8 * 1024 * 1024)
+        handle.seek(1024 * 1024)
+        handle.write(b"firsttrust test disk\n" * 100)  # something for the VMDK's grains to hold
+    return package(disk, work / "firsttrust-appliance.ova")
+
+
+def test_the_ova_is_a_tar_with_the_descriptor_first_and_a_manifest_that_matches(small_ova):
+    contents = read_ova(small_ova)
+    assert contents.members == ["firsttrust-appliance.ovf", "firsttrust-appliance.mf",
+                                "firsttrust-appliance-disk1.vmdk"]
+    assert contents.manifest == {name: contents.digests[name] for name in contents.members if name.endswith(
+        (".ovf", ".vmdk"))}
+
+
+def ova_member_size(ova: Path, name: str) -> int:
+    import tarfile
+
+    with tarfile.open(ova) as tar:
+        return tar.getmember(name).size
+
+
+def check_import(server, ova: Path, name: str, requester_identity) -> None:
+    properties = deployment_properties(EnrollmentSecrets.generate(), requester_cert=requester_identity.cert_pem,
+                                       enroll_window="2d")
+    assert set(properties) == set(PROPERTY_INFO)  # every declared property is mapped
+    vc = vcenter_session(server)
+    try:
+        context = pinned_context(server.thumbprint_sha256)
+        vm, result, uploaded = import_ova(vc, ova, name, properties, context, host=urlsplit(server.url).netloc)
+        vim = vc.vim
+        assert [item.path for item in result.fileItem] == ["firsttrust-appliance-disk1.vmdk"]
+        assert uploaded == {"firsttrust-appliance-disk1.vmdk": ova_member_size(ova, "firsttrust-appliance-disk1.vmdk")}
+
+        assert vm.name == name
+        config = vm.config
+        assert (config.guestId, config.hardware.numCPU, config.hardware.memoryMB) == ("debian11_64Guest", 2, 1024)
+        devices = config.hardware.device
+        by_key = {device.key: device for device in devices}
+        (disk,) = [d for d in devices if isinstance(d, vim.vm.device.VirtualDisk)]
+        assert isinstance(by_key[disk.controllerKey], vim.vm.device.ParaVirtualSCSIController)
+        (cdrom,) = [d for d in devices if isinstance(d, vim.vm.device.VirtualCdrom)]
+        assert isinstance(by_key[cdrom.controllerKey], vim.vm.device.VirtualIDEController)
+        nics = [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+        assert [type(nic) for nic in nics] == [vim.vm.device.VirtualVmxnet3]
+        assert not [d for d in devices if isinstance(d, (vim.vm.device.VirtualLsiLogicController,
+                                                         vim.vm.device.VirtualAHCIController))]
+
+        # The property mapping reached the VM: vCenter keeps it as vApp properties, vcsim 0.24
+        # (simulator/ovf_manager.go) as extraConfig entries with the same keys and values.
+        mapped = {option.key: option.value for option in config.extraConfig}
+        assert {key: mapped.get(key) for key in properties} == properties
+    finally:
+        vc.close()
+
+
+def test_the_ova_imports_into_vcsim_with_its_property_mapping(vcsim, small_ova, requester_identity):
+    check_import(vcsim, small_ova, "ova-import-1", requester_identity)
