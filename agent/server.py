@@ -19,11 +19,13 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from pathlib import Path
+from typing import Awaitable, Callable, TypeVar
 
 from firsttrust import limits
 from firsttrust.enrollment import (
@@ -37,7 +39,8 @@ from firsttrust.enrollment import (
 )
 from firsttrust.errors import AuthenticationFailed, FirsttrustError, PeerRefused, StateError
 from firsttrust.framing import HEADER, FrameDecoder, encode_error
-from firsttrust.tlspolicy import apply_policy
+from firsttrust.identity import Identity
+from firsttrust.tlspolicy import SharedContext
 
 from . import audit
 from .config import AgentConfig
@@ -56,6 +59,8 @@ READ_CHUNK = 16 * 1024
 TLS_HANDSHAKE_RECORD = b"\x16"
 # Back-off after the n-th failed attempt: base * 2^(n-1) seconds, capped.
 BACKOFF_CAP = 300.0
+
+T = TypeVar("T")
 
 
 def _checkpoint(step: str) -> None:
@@ -123,11 +128,26 @@ class EnrollmentGate:
         since this connection opened put the appliance into back-off: the back-off applies when
         the proof arrives, not only when the connection opens. The disk work runs in a thread:
         an fsync must not stall every other connection's event loop."""
+        refusal, _ = await self.charge_while(lambda: None)
+        return refusal
+
+    async def charge_while(self, check: Callable[[], T]) -> tuple[Refusal | None, T | Exception]:
+        """`charge`, with `check` (the proof's verification) computed on this thread while the
+        charge is written and fsync'ed on another. Returns once the charge is durable (or
+        refused): (the refusal or None, what `check` returned or raised). The caller releases
+        the proof's verdict only after this returns, and not at all when the charge was refused.
+        """
         async with self.lock:
-            refusal = await asyncio.to_thread(self._charge)
+            pending = asyncio.get_running_loop().run_in_executor(None, self._charge)
+            outcome: T | Exception
+            try:
+                outcome = check()
+            except Exception as exc:  # handed back: the verdict waits for the charge
+                outcome = exc
+            refusal = await pending
             if refusal is None:
                 self.last_failure_at = self.clock()
-            return refusal
+            return refusal, outcome
 
     def _charge(self) -> Refusal | None:
         state = self._state()
@@ -176,6 +196,43 @@ class EnrollmentGate:
         return None
 
 
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class OwnIdentity:
+    """The appliance's identity as enrollment presents it: read, checked (key and certificate
+    agree) and loaded into one shared TLS server context once, not per connection
+    (docs/protocol.md section 7.3). Read again when identity.key or identity.crt is replaced
+    (every write of them is a rename: a new inode)."""
+
+    def __init__(self, store: StateDir) -> None:
+        self.store = store
+        self._stamp: tuple | None = None
+        self.identity: Identity | None = None
+        self.cert_der = b""
+        self.tls: SharedContext | None = None
+
+    def load(self) -> Identity | None:
+        """The current identity (None if missing); parses the files only when they changed."""
+        stamp = (_file_stamp(self.store.key_path), _file_stamp(self.store.cert_path))
+        if stamp != self._stamp or self.identity is None:
+            identity = self.store.load_identity()
+            self._stamp, self.identity = stamp, identity
+            self.cert_der = identity.cert_der if identity else b""
+            self.tls = SharedContext(self._new_context) if identity else None
+        return self.identity
+
+    def _new_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.store.cert_path, self.store.key_path)
+        return context
+
+
 class EnrollmentServer:
     """Accepts connections and runs one ServerEnrollment per connection."""
 
@@ -186,6 +243,7 @@ class EnrollmentServer:
                  per_source_max: int = PER_SOURCE_MAX_UNAUTHENTICATED,
                  first_frame_timeout: float = FIRST_FRAME_TIMEOUT) -> None:
         self.gate = gate
+        self.own = OwnIdentity(gate.store)
         self.api_port = api_port
         self.host_key_glob = host_key_glob
         # The first frame's deadline is the shorter one: never longer than a whole phase.
@@ -194,6 +252,15 @@ class EnrollmentServer:
         self.phase_timeout = phase_timeout
         self.enrollment_timeout = enrollment_timeout
         self.on_enrolled = on_enrolled
+
+    def prepare(self) -> None:
+        """Load the own identity and its TLS context before serving, when there is one to load.
+        Best effort: a missing or broken identity is reported per connection, as before."""
+        try:
+            if self.own.load() is not None and self.own.tls is not None:
+                self.own.tls.prepare()
+        except Exception as exc:  # noqa: BLE001 - reported by the connection that needs it
+            log.debug("the appliance identity could not be loaded ahead: %s", exc)
 
     @property
     def unauthenticated(self) -> int:
@@ -265,12 +332,11 @@ class EnrollmentServer:
             await self._refuse(writer, decision.code, decision.message, decision.retry_after)
             return
         state, sec_b = decision
-        identity = gate.store.load_identity()
-        if identity is None:
+        if self.own.load() is None:
             await self._refuse(writer, "internal", "the appliance identity is missing")
             return
         machine = ServerEnrollment(salt=bytes.fromhex(state.srp_salt), verifier=bytes.fromhex(state.srp_verifier),
-                                   sec_b=sec_b, certificate=identity.cert_der, api_port=self.api_port,
+                                   sec_b=sec_b, certificate=self.own.cert_der, api_port=self.api_port,
                                    ssh_host_keys=host_public_keys(self.host_key_glob), clock=gate.clock)
         audit.event("enroll-attempt", f"enrollment attempt from {peer}", peer=peer)
         charged = verified = committed = False
@@ -282,8 +348,10 @@ class EnrollmentServer:
                     # it in the same read is injection, refused before server_proof is sent.
                     data += _take_buffered(reader)
                 if machine.state is State.AWAIT_CLIENT_PROOF and not charged and not eof:
-                    # The proof is in hand: count the attempt before checking it.
-                    refusal = await gate.charge()
+                    # The proof is in hand: count the attempt as failed, durably, before its
+                    # verdict leaves. The charge is written while the proof is checked; the
+                    # verdict (server_proof or an error frame) is held until the charge is on disk.
+                    refusal, outcome = await gate.charge_while(lambda: machine.receive_data(data))
                     if refusal is not None:
                         writer.write(machine.abort(refusal.code, refusal.message, refusal.retry_after))
                         await writer.drain()
@@ -293,7 +361,11 @@ class EnrollmentServer:
                         return
                     charged = True
                     _checkpoint("charged")
-                events = machine.receive_data(data) if data else []
+                    if isinstance(outcome, Exception):
+                        raise outcome
+                    events = outcome
+                else:
+                    events = machine.receive_data(data) if data else []
                 if eof:
                     machine.receive_eof()
                     return
@@ -310,7 +382,7 @@ class EnrollmentServer:
                         if leftover:
                             machine.receive_data(leftover)  # raises UnexpectedFrame
                         try:
-                            await writer.start_tls(_server_context(gate.store, event.peer_certificate),
+                            await writer.start_tls(_server_context(self.own, event.peer_certificate),
                                                    ssl_handshake_timeout=self.phase_timeout)
                         except (ssl.SSLError, ConnectionError, TimeoutError) as exc:
                             # After a verified SRP proof, a failed handshake is what a relay that
@@ -459,10 +531,11 @@ async def _read_first_frame(reader: asyncio.StreamReader, timeout: float) -> Non
                 decoder.feed(data)
 
 
-def _server_context(store: StateDir, requester_certificate: bytes) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(store.cert_path, store.key_path)
-    return apply_policy(context, [requester_certificate])
+def _server_context(own: OwnIdentity, requester_certificate: bytes) -> ssl.SSLContext:
+    """The appliance's shared TLS context, now also trusting the certificate this connection's
+    requester committed to (docs/protocol.md sections 7.3 and 7.4)."""
+    assert own.tls is not None  # loaded by `own.load()` before the machine was built
+    return own.tls.for_peer(requester_certificate)
 
 
 def _peer_host(writer: asyncio.StreamWriter) -> str:
@@ -489,6 +562,7 @@ async def start_enrollment_server(server: EnrollmentServer, host: str, port: int
     """Listen on host:port, or on `sock` (handed over by systemd socket activation). Every
     connection meets the front door (agent/frontdoor.py) before `server.handle` runs."""
     loop = asyncio.get_running_loop()
+    server.prepare()
     if sock is not None:
         return await loop.create_server(server.protocol, sock=sock, backlog=ACCEPT_BACKLOG)
     return await loop.create_server(server.protocol, host, port, reuse_address=True, backlog=ACCEPT_BACKLOG)
