@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import gc
 import logging
 import socket
 from typing import Any
@@ -115,6 +117,16 @@ class ApiDoor:
         from .api import start_api  # aiohttp.web: only now that someone may call
 
         self.runner, self.contexts = await start_api(self.store, "", 0, self.info, sock=self.sock)
+        _return_free_memory()
+
+
+def _return_free_memory() -> None:
+    """Once, after the API started: collect the enrollment's and the imports' garbage and hand
+    the freed heap back to the kernel (glibc keeps it otherwise), so an enrolled agent holds what
+    it uses."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
     async def close(self) -> None:
         self._stop_watching()

@@ -39,7 +39,6 @@ from firsttrust.enrollment import (
 )
 from firsttrust.errors import AuthenticationFailed, FirsttrustError, PeerRefused, StateError
 from firsttrust.framing import HEADER, FrameDecoder, encode_error
-from firsttrust.identity import Identity
 from firsttrust.tlspolicy import SharedContext
 
 from . import audit
@@ -205,27 +204,33 @@ def _file_stamp(path: Path) -> tuple[int, int, int] | None:
 
 
 class OwnIdentity:
-    """The appliance's identity as enrollment presents it: read, checked (key and certificate
-    agree) and loaded into one shared TLS server context once, not per connection
-    (docs/protocol.md section 7.3). Read again when identity.key or identity.crt is replaced
-    (every write of them is a rename: a new inode)."""
+    """The appliance's identity as enrollment presents it: its certificate (DER) and one shared
+    TLS server context with its key loaded, made once, not per connection (docs/protocol.md
+    section 7.3), and again when identity.key or identity.crt is replaced (every write of them is
+    a rename: a new inode). Checked with the ssl module alone: loading the key and certificate
+    into a context fails unless the key is the certificate's (OpenSSL compares them), so the
+    agent does not load cryptography's x509 before an enrollment needs it."""
 
     def __init__(self, store: StateDir) -> None:
         self.store = store
         self._stamp: tuple | None = None
-        self.identity: Identity | None = None
-        self.cert_der = b""
+        self.cert_der: bytes | None = None
         self.tls: SharedContext | None = None
 
-    def load(self) -> Identity | None:
-        """The current identity (None if missing); parses the files only when they changed."""
+    def load(self) -> bytes | None:
+        """The certificate (DER) of the current identity, or None if it is missing, corrupt, or
+        its key and certificate disagree. Reads the files only when they changed."""
         stamp = (_file_stamp(self.store.key_path), _file_stamp(self.store.cert_path))
-        if stamp != self._stamp or self.identity is None:
-            identity = self.store.load_identity()
-            self._stamp, self.identity = stamp, identity
-            self.cert_der = identity.cert_der if identity else b""
-            self.tls = SharedContext(self._new_context) if identity else None
-        return self.identity
+        if stamp != self._stamp or self.cert_der is None:
+            self._stamp, self.cert_der, self.tls = stamp, None, None
+            try:
+                cert_der = ssl.PEM_cert_to_DER_cert(self.store.cert_path.read_text("ascii"))
+                context = self._new_context()
+            except (OSError, ValueError, ssl.SSLError) as exc:  # missing, corrupt, or a key mismatch
+                log.debug("the appliance identity is not usable: %s", exc)
+                return None
+            self.cert_der, self.tls = cert_der, SharedContext(self._new_context, fresh=context)
+        return self.cert_der
 
     def _new_context(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -254,13 +259,9 @@ class EnrollmentServer:
         self.on_enrolled = on_enrolled
 
     def prepare(self) -> None:
-        """Load the own identity and its TLS context before serving, when there is one to load.
-        Best effort: a missing or broken identity is reported per connection, as before."""
-        try:
-            if self.own.load() is not None and self.own.tls is not None:
-                self.own.tls.prepare()
-        except Exception as exc:  # noqa: BLE001 - reported by the connection that needs it
-            log.debug("the appliance identity could not be loaded ahead: %s", exc)
+        """Load the own identity and its TLS context before serving, when there is one to load
+        (a missing or broken identity is reported to each connection)."""
+        self.own.load()
 
     @property
     def unauthenticated(self) -> int:
@@ -332,9 +333,10 @@ class EnrollmentServer:
             await self._refuse(writer, decision.code, decision.message, decision.retry_after)
             return
         state, sec_b = decision
-        if self.own.load() is None:
-            await self._refuse(writer, "internal", "the appliance identity is missing")
+        if self.own.load() is None or self.own.tls is None:
+            await self._refuse(writer, "internal", "the appliance identity is missing or unusable")
             return
+        own_tls = self.own.tls  # the context that goes with the certificate the machine sends
         machine = ServerEnrollment(salt=bytes.fromhex(state.srp_salt), verifier=bytes.fromhex(state.srp_verifier),
                                    sec_b=sec_b, certificate=self.own.cert_der, api_port=self.api_port,
                                    ssh_host_keys=host_public_keys(self.host_key_glob), clock=gate.clock)
@@ -382,7 +384,7 @@ class EnrollmentServer:
                         if leftover:
                             machine.receive_data(leftover)  # raises UnexpectedFrame
                         try:
-                            await writer.start_tls(_server_context(self.own, event.peer_certificate),
+                            await writer.start_tls(_server_context(own_tls, event.peer_certificate),
                                                    ssl_handshake_timeout=self.phase_timeout)
                         except (ssl.SSLError, ConnectionError, TimeoutError) as exc:
                             # After a verified SRP proof, a failed handshake is what a relay that
@@ -531,11 +533,10 @@ async def _read_first_frame(reader: asyncio.StreamReader, timeout: float) -> Non
                 decoder.feed(data)
 
 
-def _server_context(own: OwnIdentity, requester_certificate: bytes) -> ssl.SSLContext:
+def _server_context(own_tls: SharedContext, requester_certificate: bytes) -> ssl.SSLContext:
     """The appliance's shared TLS context, now also trusting the certificate this connection's
     requester committed to (docs/protocol.md sections 7.3 and 7.4)."""
-    assert own.tls is not None  # loaded by `own.load()` before the machine was built
-    return own.tls.for_peer(requester_certificate)
+    return own_tls.for_peer(requester_certificate)
 
 
 def _peer_host(writer: asyncio.StreamWriter) -> str:

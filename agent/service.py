@@ -24,7 +24,7 @@ from .apiinfo import ApiInfo
 from .config import AgentConfig
 from .errors import AgentError
 from .grant import repair_at_start
-from .server import EnrollmentGate, EnrollmentServer, start_enrollment_server
+from .server import EnrollmentGate, EnrollmentServer, OwnIdentity, start_enrollment_server
 from .state import StateDir
 
 log = logging.getLogger("firsttrust.service")
@@ -71,7 +71,7 @@ async def serve(config: AgentConfig, listen: Listen = DEFAULT_LISTEN, api_listen
     host_key_glob = host_key_glob or config.ssh_host_keys
     store = StateDir(config.state_dir)
     state = store.load()
-    if state is None or store.load_identity() is None:
+    if state is None or OwnIdentity(store).load() is None:
         raise NotProvisioned(f"{store.path} holds no provisioned appliance; run firsttrust-agent provision first")
     # Roll forward an enrollment a crash cut short after its commit (agent/grant.py), before
     # anything is served: the API trusts exactly what state.json committed.

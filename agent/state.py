@@ -20,8 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-
 from firsttrust.identity import Identity, certificate_pem, load_certificate, pin_of_certificate
 
 from .atomicfile import ensure_private_dir, write_atomic
@@ -66,6 +64,8 @@ class AgentState:
 
 
 def _pin_of_key(key) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return "sha256:" + hashlib.sha256(spki).hexdigest()
 

@@ -67,15 +67,17 @@ class SharedContext:
     Args:
         new_context: builds a fresh context with the own identity loaded (PROTOCOL_TLS_CLIENT or
             PROTOCOL_TLS_SERVER); called once, and again each MAX_SHARED_ANCHORS peers.
+        fresh: one such context the caller already built (used first).
     Thread-safe (a requester may enroll from several threads).
     """
 
-    def __init__(self, new_context: Callable[[], ssl.SSLContext], max_anchors: int = MAX_SHARED_ANCHORS) -> None:
+    def __init__(self, new_context: Callable[[], ssl.SSLContext], max_anchors: int = MAX_SHARED_ANCHORS, *,
+                 fresh: ssl.SSLContext | None = None) -> None:
         self._new_context = new_context
         self._max_anchors = max_anchors
         self._lock = threading.Lock()
         self._context: ssl.SSLContext | None = None
-        self._fresh: ssl.SSLContext | None = None  # built ahead by `prepare`, no anchor yet
+        self._fresh = fresh  # a context from new_context built ahead (`prepare`), no anchor yet
         self._anchors: set[bytes] = set()
 
     def prepare(self) -> None:
