@@ -119,15 +119,6 @@ class ApiDoor:
         self.runner, self.contexts = await start_api(self.store, "", 0, self.info, sock=self.sock)
         _return_free_memory()
 
-
-def _return_free_memory() -> None:
-    """Once, after the API started: collect the enrollment's and the imports' garbage and hand
-    the freed heap back to the kernel (glibc keeps it otherwise), so an enrolled agent holds what
-    it uses."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
-
     async def close(self) -> None:
         self._stop_watching()
         if self._opening is not None:
@@ -137,3 +128,12 @@ def _return_free_memory() -> None:
             await self.runner.cleanup()
         else:
             self.sock.close()
+
+
+def _return_free_memory() -> None:
+    """Once, after the API started: collect the enrollment's and the imports' garbage and hand
+    the freed heap back to the kernel (glibc keeps it otherwise), so an enrolled agent holds what
+    it uses."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
