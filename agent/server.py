@@ -484,15 +484,18 @@ async def _read_frame(reader: asyncio.StreamReader, timeout: float) -> tuple[byt
     """Read exactly one frame (never a byte past it: after the last plaintext frame the next
     bytes belong to TLS). Returns (bytes, eof). An oversized or empty length is returned as the
     bare header, for the state machine to reject."""
+    # asyncio.timeout, not wait_for: no task per read (two per frame, both sides of every enrollment).
     try:
-        header = await asyncio.wait_for(reader.readexactly(HEADER.size), timeout)
+        async with asyncio.timeout(timeout):
+            header = await reader.readexactly(HEADER.size)
     except asyncio.IncompleteReadError as exc:
         return exc.partial, True
     (length,) = HEADER.unpack(header)
     if length == 0 or length > limits.MAX_FRAME_BODY:
         return header, False
     try:
-        body = await asyncio.wait_for(reader.readexactly(length), timeout)
+        async with asyncio.timeout(timeout):
+            body = await reader.readexactly(length)
     except asyncio.IncompleteReadError as exc:
         return header + exc.partial, True
     return header + body, False

@@ -99,15 +99,18 @@ _HOST_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|[0-9A-Fa-f:.]+(?:%[A
 
 
 async def _read_frame(reader: asyncio.StreamReader, timeout: float) -> tuple[bytes, bool]:
+    # asyncio.timeout, not wait_for: no task per read (two per frame, both sides of every enrollment).
     try:
-        header = await asyncio.wait_for(reader.readexactly(HEADER.size), timeout)
+        async with asyncio.timeout(timeout):
+            header = await reader.readexactly(HEADER.size)
     except asyncio.IncompleteReadError as exc:
         return exc.partial, True
     (length,) = HEADER.unpack(header)
     if length == 0 or length > limits.MAX_FRAME_BODY:
         return header, False
     try:
-        body = await asyncio.wait_for(reader.readexactly(length), timeout)
+        async with asyncio.timeout(timeout):
+            body = await reader.readexactly(length)
     except asyncio.IncompleteReadError as exc:
         return header + exc.partial, True
     return header + body, False
