@@ -36,7 +36,6 @@ import os
 import socket
 import ssl
 import time
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
@@ -62,7 +61,7 @@ from . import audit
 from .apiinfo import ApiInfo
 from .atomicfile import _fsync_dir, remove_durably, write_atomic
 from .errors import AgentError
-from .sshkeys import HOST_KEY_GLOB, host_public_keys
+from .sshkeys import host_public_keys
 from .state import StateDir
 
 log = logging.getLogger("firsttrust.api")
