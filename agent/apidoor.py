@@ -64,6 +64,9 @@ class ApiDoor:
     def __init__(self, store: StateDir, sock: socket.socket, info: Any = None) -> None:
         self.store = store
         self.sock = sock
+        # A socket from systemd arrives blocking: accepting a connection that was reset between
+        # the readiness event and accept() would then block the whole event loop.
+        sock.setblocking(False)
         self.info = info
         self.runner: Any = None  # aiohttp's AppRunner once the API runs
         self.contexts: Any = None  # agent.api.AuthorizedContexts once the API runs
