@@ -36,7 +36,6 @@ import os
 import socket
 import ssl
 import time
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
@@ -59,9 +58,10 @@ from firsttrust.rotation import sign_rotation
 from firsttrust.tlspolicy import apply_policy
 
 from . import audit
+from .apiinfo import ApiInfo
 from .atomicfile import _fsync_dir, remove_durably, write_atomic
 from .errors import AgentError
-from .sshkeys import HOST_KEY_GLOB, host_public_keys
+from .sshkeys import host_public_keys
 from .state import StateDir
 
 log = logging.getLogger("firsttrust.api")
@@ -98,17 +98,6 @@ class NoIdentity(AgentError):
     code = "not_provisioned"
 
 
-@dataclass(frozen=True)
-class ApiInfo:
-    """What the API reports about the host, injectable for tests.
-
-    Attributes:
-        host_key_glob: where the SSH host public keys are (OpenSSH's default locations).
-        clock: the time source for `added_at`.
-    """
-
-    host_key_glob: str = HOST_KEY_GLOB
-    clock: Callable[[], float] = time.time
 
 
 # -- TLS ----------------------------------------------------------------------------------------

@@ -26,11 +26,16 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600, *, uid: int | None = None,
-                 gid: int | None = None) -> None:
+                 gid: int | None = None, sync_directory: bool = True) -> None:
     """Replace `path` with `data`, atomically and durably, with permissions `mode`.
 
     The temp file is opened O_EXCL with `mode` (the umask can only remove bits, and we chmod
     after to undo it), so the content is never readable by anyone `mode` does not allow.
+
+    `sync_directory=False` skips the directory fsync that makes the rename itself durable: only
+    for files that are rebuilt from a durable record when a crash loses the rename (the old
+    file, or none, is then what the next start finds and rolls forward). The content is always
+    fsync'ed before the rename, so the name never points at an empty or partial file.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
@@ -54,7 +59,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, *, uid: int | None 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if sync_directory:
+        _fsync_dir(path.parent)
 
 
 def remove_durably(path: Path) -> None:

@@ -61,6 +61,7 @@ class Grant:
     authorization: Authorization
     ssh_key: str | None
     account: str | None
+    state: AgentState  # as prepare read and checked it: what the commit writes over
 
 
 def prepare_grant(config: AgentConfig, store: StateDir, verifier_hex: str, authorization: Authorization) -> Grant:
@@ -89,19 +90,19 @@ def prepare_grant(config: AgentConfig, store: StateDir, verifier_hex: str, autho
         raise GrantRefused("commit_failed", f"the state directory is unusable: {exc.strerror}") from None
     if not writable or free.f_bavail * free.f_frsize < MIN_FREE_BYTES:
         raise GrantRefused("commit_failed", "the appliance's state directory is read-only or full")
-    return Grant(authorization, ssh_key, account)
+    return Grant(authorization, ssh_key, account, state)
 
 
 def commit_grant(store: StateDir, grant: Grant) -> AgentState:
     """The one write that enrolls. Returns the committed state.
 
-    The caller holds the lock it held for `prepare_grant`, so the state it validated is the
-    state it commits over.
+    The caller holds the lock it held for `prepare_grant`, so the state it validated (and
+    read, once: `grant.state`) is the state it commits over.
 
     Raises:
         GrantRefused: `commit_failed` if state.json could not be written (nothing was committed).
     """
-    state = store.load()
+    state = grant.state
     authorization = grant.authorization
     state.phase, state.enrolled_at, state.enrolled_via = "enrolled", authorization.enrolled_at, "srp"
     state.enrollment = {
@@ -132,7 +133,7 @@ def apply_grant(store: StateDir, state: AgentState, *, clock: Callable[[], float
     grant = state.enrollment if state.phase == "enrolled" else None
     if grant:
         _, added = store.authorize(grant["certificate"].encode("ascii"), name=grant["name"], source="enrollment",
-                                   clock=clock)
+                                   clock=clock, rebuilt_at_start=True)
         if added:
             done.append(f"authorized the enrolled requester's key {grant['pin']} on the API")
         if grant.get("ssh_key") and grant.get("account"):

@@ -19,11 +19,13 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from pathlib import Path
+from typing import Awaitable, Callable, TypeVar
 
 from firsttrust import limits
 from firsttrust.enrollment import (
@@ -37,7 +39,7 @@ from firsttrust.enrollment import (
 )
 from firsttrust.errors import AuthenticationFailed, FirsttrustError, PeerRefused, StateError
 from firsttrust.framing import HEADER, FrameDecoder, encode_error
-from firsttrust.tlspolicy import apply_policy
+from firsttrust.tlspolicy import SharedContext
 
 from . import audit
 from .config import AgentConfig
@@ -56,6 +58,8 @@ READ_CHUNK = 16 * 1024
 TLS_HANDSHAKE_RECORD = b"\x16"
 # Back-off after the n-th failed attempt: base * 2^(n-1) seconds, capped.
 BACKOFF_CAP = 300.0
+
+T = TypeVar("T")
 
 
 def _checkpoint(step: str) -> None:
@@ -123,11 +127,26 @@ class EnrollmentGate:
         since this connection opened put the appliance into back-off: the back-off applies when
         the proof arrives, not only when the connection opens. The disk work runs in a thread:
         an fsync must not stall every other connection's event loop."""
+        refusal, _ = await self.charge_while(lambda: None)
+        return refusal
+
+    async def charge_while(self, check: Callable[[], T]) -> tuple[Refusal | None, T | Exception]:
+        """`charge`, with `check` (the proof's verification) computed on this thread while the
+        charge is written and fsync'ed on another. Returns once the charge is durable (or
+        refused): (the refusal or None, what `check` returned or raised). The caller releases
+        the proof's verdict only after this returns, and not at all when the charge was refused.
+        """
         async with self.lock:
-            refusal = await asyncio.to_thread(self._charge)
+            pending = asyncio.get_running_loop().run_in_executor(None, self._charge)
+            outcome: T | Exception
+            try:
+                outcome = check()
+            except Exception as exc:  # handed back: the verdict waits for the charge
+                outcome = exc
+            refusal = await pending
             if refusal is None:
                 self.last_failure_at = self.clock()
-            return refusal
+            return refusal, outcome
 
     def _charge(self) -> Refusal | None:
         state = self._state()
@@ -176,6 +195,49 @@ class EnrollmentGate:
         return None
 
 
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class OwnIdentity:
+    """The appliance's identity as enrollment presents it: its certificate (DER) and one shared
+    TLS server context with its key loaded, made once, not per connection (docs/protocol.md
+    section 7.3), and again when identity.key or identity.crt is replaced (every write of them is
+    a rename: a new inode). Checked with the ssl module alone: loading the key and certificate
+    into a context fails unless the key is the certificate's (OpenSSL compares them), so the
+    agent does not load cryptography's x509 before an enrollment needs it."""
+
+    def __init__(self, store: StateDir) -> None:
+        self.store = store
+        self._stamp: tuple | None = None
+        self.cert_der: bytes | None = None
+        self.tls: SharedContext | None = None
+
+    def load(self) -> bytes | None:
+        """The certificate (DER) of the current identity, or None if it is missing, corrupt, or
+        its key and certificate disagree. Reads the files only when they changed."""
+        stamp = (_file_stamp(self.store.key_path), _file_stamp(self.store.cert_path))
+        if stamp != self._stamp or self.cert_der is None:
+            self._stamp, self.cert_der, self.tls = stamp, None, None
+            try:
+                cert_der = ssl.PEM_cert_to_DER_cert(self.store.cert_path.read_text("ascii"))
+                context = self._new_context()
+            except (OSError, ValueError, ssl.SSLError) as exc:  # missing, corrupt, or a key mismatch
+                log.debug("the appliance identity is not usable: %s", exc)
+                return None
+            self.cert_der, self.tls = cert_der, SharedContext(self._new_context, fresh=context)
+        return self.cert_der
+
+    def _new_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.store.cert_path, self.store.key_path)
+        return context
+
+
 class EnrollmentServer:
     """Accepts connections and runs one ServerEnrollment per connection."""
 
@@ -186,6 +248,7 @@ class EnrollmentServer:
                  per_source_max: int = PER_SOURCE_MAX_UNAUTHENTICATED,
                  first_frame_timeout: float = FIRST_FRAME_TIMEOUT) -> None:
         self.gate = gate
+        self.own = OwnIdentity(gate.store)
         self.api_port = api_port
         self.host_key_glob = host_key_glob
         # The first frame's deadline is the shorter one: never longer than a whole phase.
@@ -194,6 +257,11 @@ class EnrollmentServer:
         self.phase_timeout = phase_timeout
         self.enrollment_timeout = enrollment_timeout
         self.on_enrolled = on_enrolled
+
+    def prepare(self) -> None:
+        """Load the own identity and its TLS context before serving, when there is one to load
+        (a missing or broken identity is reported to each connection)."""
+        self.own.load()
 
     @property
     def unauthenticated(self) -> int:
@@ -265,12 +333,12 @@ class EnrollmentServer:
             await self._refuse(writer, decision.code, decision.message, decision.retry_after)
             return
         state, sec_b = decision
-        identity = gate.store.load_identity()
-        if identity is None:
-            await self._refuse(writer, "internal", "the appliance identity is missing")
+        if self.own.load() is None or self.own.tls is None:
+            await self._refuse(writer, "internal", "the appliance identity is missing or unusable")
             return
+        own_tls = self.own.tls  # the context that goes with the certificate the machine sends
         machine = ServerEnrollment(salt=bytes.fromhex(state.srp_salt), verifier=bytes.fromhex(state.srp_verifier),
-                                   sec_b=sec_b, certificate=identity.cert_der, api_port=self.api_port,
+                                   sec_b=sec_b, certificate=self.own.cert_der, api_port=self.api_port,
                                    ssh_host_keys=host_public_keys(self.host_key_glob), clock=gate.clock)
         audit.event("enroll-attempt", f"enrollment attempt from {peer}", peer=peer)
         charged = verified = committed = False
@@ -282,8 +350,10 @@ class EnrollmentServer:
                     # it in the same read is injection, refused before server_proof is sent.
                     data += _take_buffered(reader)
                 if machine.state is State.AWAIT_CLIENT_PROOF and not charged and not eof:
-                    # The proof is in hand: count the attempt before checking it.
-                    refusal = await gate.charge()
+                    # The proof is in hand: count the attempt as failed, durably, before its
+                    # verdict leaves. The charge is written while the proof is checked; the
+                    # verdict (server_proof or an error frame) is held until the charge is on disk.
+                    refusal, outcome = await gate.charge_while(lambda: machine.receive_data(data))
                     if refusal is not None:
                         writer.write(machine.abort(refusal.code, refusal.message, refusal.retry_after))
                         await writer.drain()
@@ -293,7 +363,11 @@ class EnrollmentServer:
                         return
                     charged = True
                     _checkpoint("charged")
-                events = machine.receive_data(data) if data else []
+                    if isinstance(outcome, Exception):
+                        raise outcome
+                    events = outcome
+                else:
+                    events = machine.receive_data(data) if data else []
                 if eof:
                     machine.receive_eof()
                     return
@@ -310,7 +384,7 @@ class EnrollmentServer:
                         if leftover:
                             machine.receive_data(leftover)  # raises UnexpectedFrame
                         try:
-                            await writer.start_tls(_server_context(gate.store, event.peer_certificate),
+                            await writer.start_tls(_server_context(own_tls, event.peer_certificate),
                                                    ssl_handshake_timeout=self.phase_timeout)
                         except (ssl.SSLError, ConnectionError, TimeoutError) as exc:
                             # After a verified SRP proof, a failed handshake is what a relay that
@@ -410,15 +484,18 @@ async def _read_frame(reader: asyncio.StreamReader, timeout: float) -> tuple[byt
     """Read exactly one frame (never a byte past it: after the last plaintext frame the next
     bytes belong to TLS). Returns (bytes, eof). An oversized or empty length is returned as the
     bare header, for the state machine to reject."""
+    # asyncio.timeout, not wait_for: no task per read (two per frame, both sides of every enrollment).
     try:
-        header = await asyncio.wait_for(reader.readexactly(HEADER.size), timeout)
+        async with asyncio.timeout(timeout):
+            header = await reader.readexactly(HEADER.size)
     except asyncio.IncompleteReadError as exc:
         return exc.partial, True
     (length,) = HEADER.unpack(header)
     if length == 0 or length > limits.MAX_FRAME_BODY:
         return header, False
     try:
-        body = await asyncio.wait_for(reader.readexactly(length), timeout)
+        async with asyncio.timeout(timeout):
+            body = await reader.readexactly(length)
     except asyncio.IncompleteReadError as exc:
         return header + exc.partial, True
     return header + body, False
@@ -459,10 +536,10 @@ async def _read_first_frame(reader: asyncio.StreamReader, timeout: float) -> Non
                 decoder.feed(data)
 
 
-def _server_context(store: StateDir, requester_certificate: bytes) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(store.cert_path, store.key_path)
-    return apply_policy(context, [requester_certificate])
+def _server_context(own_tls: SharedContext, requester_certificate: bytes) -> ssl.SSLContext:
+    """The appliance's shared TLS context, now also trusting the certificate this connection's
+    requester committed to (docs/protocol.md sections 7.3 and 7.4)."""
+    return own_tls.for_peer(requester_certificate)
 
 
 def _peer_host(writer: asyncio.StreamWriter) -> str:
@@ -541,6 +618,7 @@ async def start_enrollment_server(server: EnrollmentServer, host: str, port: int
     connection meets the front door (agent/frontdoor.py) before `server.handle` runs: at accept
     (a source sitting out a penalty is refused there), then in DoorProtocol."""
     loop = asyncio.get_running_loop()
+    server.prepare()
     if sock is not None:
         sockets = [DoorSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())]
         sockets[0].setblocking(False)

@@ -19,11 +19,12 @@ from firsttrust.deployment import DEFAULT_API_PORT, DEFAULT_ENROLL_PORT
 from firsttrust.srp6a import BACKEND
 
 from . import audit, systemd_glue
-from .api import ApiInfo, start_api
+from .apidoor import ApiDoor, bind_api_socket
+from .apiinfo import ApiInfo
 from .config import AgentConfig
 from .errors import AgentError
 from .grant import repair_at_start
-from .server import EnrollmentGate, EnrollmentServer, start_enrollment_server
+from .server import EnrollmentGate, EnrollmentServer, OwnIdentity, start_enrollment_server
 from .state import StateDir
 
 log = logging.getLogger("firsttrust.service")
@@ -70,7 +71,7 @@ async def serve(config: AgentConfig, listen: Listen = DEFAULT_LISTEN, api_listen
     host_key_glob = host_key_glob or config.ssh_host_keys
     store = StateDir(config.state_dir)
     state = store.load()
-    if state is None or store.load_identity() is None:
+    if state is None or OwnIdentity(store).load() is None:
         raise NotProvisioned(f"{store.path} holds no provisioned appliance; run firsttrust-agent provision first")
     # Roll forward an enrollment a crash cut short after its commit (agent/grant.py), before
     # anything is served: the API trusts exactly what state.json committed.
@@ -90,19 +91,26 @@ async def serve(config: AgentConfig, listen: Listen = DEFAULT_LISTEN, api_listen
     if passed and not {"enroll", "api"} <= set(passed):
         raise AgentError(f"systemd passed sockets named {', '.join(sorted(passed))}; expected 'enroll' and 'api' "
                          "(firsttrust-enroll.socket, firsttrust-api.socket)")
-    info = ApiInfo(host_key_glob=host_key_glob)
-    api_runner, contexts = await start_api(store, api_listen.host, api_listen.port, info, sock=passed.get("api"))
-    api_port = _bound_port(api_runner) or api_listen.port
+    # The API's socket is bound now; the API itself (aiohttp.web) starts only once someone is
+    # authorized (agent/apidoor.py).
+    api_door = ApiDoor(store, passed.get("api") or bind_api_socket(api_listen.host, api_listen.port),
+                       ApiInfo(host_key_glob=host_key_glob))
+    try:
+        await api_door.start()
+    except BaseException:
+        await api_door.close()
+        raise
+    api_port = api_door.port
 
     async def on_enrolled(_authorization) -> None:
-        contexts.reload()  # the new requester's key is accepted on the next API handshake
+        await api_door.open()  # the new requester's key is accepted on the next API handshake
         systemd_glue.notify("STATUS=enrolled; serving the pinned API")
 
     gate = EnrollmentGate(config, store, clock=clock)
     enrollment = EnrollmentServer(gate, api_port=api_port, host_key_glob=host_key_glob, on_enrolled=on_enrolled)
     server = await start_enrollment_server(enrollment, listen.host, listen.port, sock=passed.get("enroll"))
     if not server.sockets:
-        await api_runner.cleanup()
+        await api_door.close()
         raise AgentError("the enrollment listener has no socket (address family not allowed?)")
     enroll_host, enroll_port = server.sockets[0].getsockname()[:2]
     phase = "enrolled" if state.phase == "enrolled" else "waiting for enrollment"
@@ -118,11 +126,4 @@ async def serve(config: AgentConfig, listen: Listen = DEFAULT_LISTEN, api_listen
         server.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 5)
-        await api_runner.cleanup()
-
-
-def _bound_port(runner) -> int | None:
-    with contextlib.suppress(Exception):
-        for site in runner.sites:
-            return site._server.sockets[0].getsockname()[1]
-    return None
+        await api_door.close()

@@ -11,8 +11,6 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 
 from .atomicfile import write_atomic
 from .errors import AgentError
@@ -59,6 +57,9 @@ def parse_public_key_line(key_line: str) -> str:
     Raises:
         SSHKeyError: not a public key line of a supported type.
     """
+    from cryptography.exceptions import UnsupportedAlgorithm  # only when a key is installed
+    from cryptography.hazmat.primitives import serialization
+
     line = key_line.strip()
     try:
         serialization.load_ssh_public_key(line.encode("ascii"))

@@ -20,8 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-
 from firsttrust.identity import Identity, certificate_pem, load_certificate, pin_of_certificate
 
 from .atomicfile import ensure_private_dir, write_atomic
@@ -66,6 +64,8 @@ class AgentState:
 
 
 def _pin_of_key(key) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return "sha256:" + hashlib.sha256(spki).hexdigest()
 
@@ -175,8 +175,13 @@ class StateDir:
             raise StateError(f"{self.authorized_path} is corrupt")
         return raw["keys"]
 
-    def authorize(self, cert: bytes, *, name: str, source: str, clock=time.time) -> tuple[str, bool]:
-        """Add a requester certificate (PEM or DER). Returns (pin, added); idempotent by pin."""
+    def authorize(self, cert: bytes, *, name: str, source: str, clock=time.time,
+                  rebuilt_at_start: bool = False) -> tuple[str, bool]:
+        """Add a requester certificate (PEM or DER). Returns (pin, added); idempotent by pin.
+
+        `rebuilt_at_start`: the caller re-applies this from a durable record at every start
+        (agent/grant.py apply_grant), so the rename need not be made durable here (one fsync
+        fewer on the enrollment path)."""
         pem = certificate_pem(cert)
         pin = pin_of_certificate(load_certificate(pem))
         entries = self.authorized()
@@ -184,7 +189,7 @@ class StateDir:
             return pin, False
         entries.append({"pin": pin, "name": name, "source": source, "added_at": clock(),
                         "certificate": pem.decode("ascii")})
-        self._save_authorized(entries)
+        self._save_authorized(entries, sync_directory=not rebuilt_at_start)
         return pin, True
 
     def deauthorize(self, pin: str) -> bool:
@@ -195,5 +200,6 @@ class StateDir:
         self._save_authorized(kept)
         return True
 
-    def _save_authorized(self, entries: list[dict[str, Any]]) -> None:
-        write_atomic(self.authorized_path, json.dumps({"keys": entries}, indent=2).encode() + b"\n", 0o600)
+    def _save_authorized(self, entries: list[dict[str, Any]], sync_directory: bool = True) -> None:
+        write_atomic(self.authorized_path, json.dumps({"keys": entries}, indent=2).encode() + b"\n", 0o600,
+                     sync_directory=sync_directory)

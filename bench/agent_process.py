@@ -7,10 +7,13 @@ starts it (Type=notify), on two ephemeral ports of 127.0.0.1.
               run that warms the page cache (a booting appliance has a cold one: worse).
   idle_rss    VmRSS of that process (/proc/PID/status) about a second after READY=1, with
               both listeners up and nothing connected.
+  enrolled    the same, about a second after this process enrolled it and made one call on
+              its pinned API (the API, started at the enrollment, is serving).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -21,8 +24,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from firsttrust.credentials import EnrollmentSecrets
+from firsttrust.requester.library import enroll_appliance, open_session
+from firsttrust.requester.truststore import TrustStore
 
 from . import appliances
 
@@ -89,9 +95,10 @@ def _rss_mb(pid: int) -> dict[str, float]:
     return values
 
 
-def start_agent(state_dir: Path, workdir: Path, measure_rss: bool = False, python: str = sys.executable) -> AgentStart:
+def start_agent(state_dir: Path, workdir: Path, measure_rss: bool = False, python: str = sys.executable,
+                before_rss: Callable[[ServeCommand], None] | None = None) -> AgentStart:
     """Spawn `serve` with `python`, wait for READY=1 (and, for RSS, for both ports to listen,
-    then settle), stop it with SIGTERM."""
+    run `before_rss`, then settle), stop it with SIGTERM."""
     command = serve_command(state_dir, workdir, python)
     notify_path, enroll_port, api_port = command.notify_path, command.enroll_port, command.api_port
     argv, env = command.argv, command.env
@@ -113,6 +120,8 @@ def start_agent(state_dir: Path, workdir: Path, measure_rss: bool = False, pytho
                 return AgentStart(ready)
             if not (_listening(enroll_port) and _listening(api_port)):
                 raise RuntimeError("READY=1 was sent but the agent does not listen on both ports")
+            if before_rss is not None:
+                before_rss(command)
             time.sleep(IDLE_SETTLE)
             rss = _rss_mb(proc.pid)
             return AgentStart(ready, rss["VmRSS"], rss["RssAnon"], rss["RssFile"])
@@ -125,12 +134,34 @@ def start_agent(state_dir: Path, workdir: Path, measure_rss: bool = False, pytho
                 proc.wait()
 
 
-def measure_agent(cold_runs: int, python: str = sys.executable) -> tuple[float, AgentStart]:
-    """(median seconds from spawn to READY=1 over `cold_runs`, the idle-RSS start)."""
+def _enroll_then_call_api(secrets: EnrollmentSecrets, home: Path) -> Callable[[ServeCommand], None]:
+    """Enroll the agent from this process, then make one call on its pinned API: the agent is
+    then enrolled, its API serving, as after a bring-up."""
+    def run(command: ServeCommand) -> None:
+        async def go() -> None:
+            store = TrustStore(home)
+            await enroll_appliance(f"127.0.0.1:{command.enroll_port}", secrets, name="bench-agent", store=store,
+                                   deadline=30)
+            async with open_session("bench-agent", store=store) as api:
+                await api.get("/v1/health")
+        asyncio.run(go())
+    return run
+
+
+def measure_agent(cold_runs: int, python: str = sys.executable, enrolled: bool = False
+                  ) -> tuple[float, AgentStart, AgentStart | None]:
+    """(median seconds from spawn to READY=1 over `cold_runs`, the idle-RSS start, and with
+    `enrolled` the RSS after one enrollment and one API call)."""
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         workdir = Path(tmp)
         directory = appliances.provision_one(workdir, 0, EnrollmentSecrets.generate())
         start_agent(directory, workdir, python=python)  # warm the page cache; not measured
         idle = start_agent(directory, workdir, measure_rss=True, python=python)
         ready = [start_agent(directory, workdir, python=python).ready_seconds for _ in range(cold_runs)]
-    return statistics.median(ready), idle
+        after = None
+        if enrolled:
+            secrets = EnrollmentSecrets.generate()
+            directory = appliances.provision_one(workdir, 1, secrets)
+            after = start_agent(directory, workdir, measure_rss=True, python=python,
+                                before_rss=_enroll_then_call_api(secrets, workdir / "requester"))
+    return statistics.median(ready), idle, after

@@ -157,3 +157,45 @@ def context_build_cost(runs: int) -> Sample:
                 walls.append(sw.wall)
                 cpus.append(sw.cpu)
     return Sample.of(walls, cpus)
+
+
+def _bio_handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext) -> tuple[float, float]:
+    """One TLS 1.3 handshake over memory BIOs; (client CPU, server CPU) in seconds."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_ctx.wrap_bio(c_in, c_out, server_side=False)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    cpu = {"c": 0.0, "s": 0.0}
+    done: set[str] = set()
+    for _ in range(10):
+        for name, conn, out, peer_in in (("c", client, c_out, s_in), ("s", server, s_out, c_in)):
+            if name not in done:
+                with Stopwatch() as sw:
+                    try:
+                        conn.do_handshake()
+                        done.add(name)
+                    except ssl.SSLWantReadError:
+                        pass
+                cpu[name] += sw.cpu
+            peer_in.write(out.read())
+        if len(done) == 2:
+            with Stopwatch() as sw:  # the server judges the client's certificate on its first read
+                client.write(b"x")
+                s_in.write(c_out.read())
+                server.read(1)
+            cpu["s"] += sw.cpu
+            return cpu["c"], cpu["s"]
+    raise RuntimeError("TLS handshake over memory BIOs did not finish")
+
+
+def tls_split(runs: int) -> tuple[float, float]:
+    """Median CPU seconds of the client's and of the server's half of one TLS 1.3 handshake
+    (the same contexts and policy as tls_floor, over memory BIOs: no sockets, no event loop)."""
+    with tempfile.TemporaryDirectory(prefix="bench-tls-split-") as tmp:
+        server_ctx, client_ctx = policy_contexts(Path(tmp))
+        clients, servers = [], []
+        for i in range(WARMUP + runs):
+            c, s = _bio_handshake(client_ctx, server_ctx)
+            if i >= WARMUP:
+                clients.append(c)
+                servers.append(s)
+    return statistics.median(clients), statistics.median(servers)

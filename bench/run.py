@@ -23,16 +23,20 @@ from firsttrust.agent.atomicfile import write_atomic  # noqa: E402
 from bench import floor  # noqa: E402
 from bench.agent_process import measure_agent  # noqa: E402
 from bench.batch import CONCURRENCY, run_batch  # noqa: E402
+from bench.debian import debian_python  # noqa: E402
 from bench.enrollment import enrollment  # noqa: E402
 from bench.flood import CONNECTIONS, SOURCES, measure_flood  # noqa: E402
 from bench.measure import Sample, Stopwatch, machine_busy_seconds, own_cpu_seconds, quiet_audit  # noqa: E402
 from bench.report import Goal, machine_line, write_results  # noqa: E402
+from firsttrust.requester.library import default_workers  # noqa: E402
 
 # The goals (bench/README.md says where each comes from).
 ENROLLMENT_OVER_FLOOR_MAX = 1.3
-BATCH_OVER_CPU_BOUND_MIN = 0.8
+SIDE_OVER_FLOOR_MAX = 1.25  # requester/floor and appliance/floor
+BATCH_OVER_CPU_BOUND_MIN = 0.75
 AGENT_RSS_MB_MAX = 30
-COLD_START_MS_MAX = 300
+AGENT_RSS_ENROLLED_MB_MAX = 40
+COLD_START_MS_MAX = 150
 FLOOD_OVER_BASELINE_MAX = 2.0
 # Other processes' average CPU load (cores) above which the run warns that it was not alone.
 FOREIGN_LOAD_WARN = 0.1
@@ -59,17 +63,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=500, help="appliances in the batch (default 500)")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY,
                         help=f"enroll_many concurrency (default {CONCURRENCY})")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="enroll_many workers for the batch (default: one per CPU)")
+    parser.add_argument("--worker-kind", choices=("process", "thread"), default="process",
+                        help="enroll_many's workers: processes (default) or threads")
+    parser.add_argument("--single-worker-batch", type=int, default=None, metavar="N",
+                        help="size of the supporting batch run with 1 worker (default: --batch; 0 skips it)")
     parser.add_argument("--cold-runs", type=int, default=5, help="timed agent cold starts (default 5)")
-    parser.add_argument("--agent-python", default=sys.executable, metavar="PYTHON",
-                        help="interpreter for the agent process (steps 5-6), e.g. .venv-debian12/bin/python "
-                             "for Debian 12's library versions (default: this one)")
+    parser.add_argument("--agent-python", default=None, metavar="PYTHON",
+                        help="interpreter for the agent process (steps 5-6; default: Debian 12's /usr/bin/python3 "
+                             "with its python3-* packages, set up in build/bench/debian12-venv)")
     parser.add_argument("--flood-runs", type=int, default=5, help="timed enrollments with and without the flood "
                                                                   "(default 5)")
     parser.add_argument("--flood-connections", type=int, default=CONNECTIONS,
                         help=f"hostile connections held during the flood (default {CONNECTIONS})")
     parser.add_argument("--profile-batch", type=Path, metavar="DIR",
                         help="cProfile both sides of the batch into DIR (slows the batch down)")
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.md")
+    parser.add_argument("--output", type=Path, default=ROOT / "build" / "bench" / "results.md")
     args = parser.parse_args(argv)
     quiet_audit()
     started, busy, own = time.perf_counter(), machine_busy_seconds(), own_cpu_seconds()
@@ -77,21 +87,35 @@ def main(argv: list[str] | None = None) -> int:
     def step(text: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f} s] {text}", file=sys.stderr, flush=True)
 
+    step("0/7 the agent's interpreter")
+    agent_python, agent_python_note = args.agent_python, "given with --agent-python"
+    if agent_python is None:
+        agent_python, agent_python_note = debian_python()
+        if agent_python is None:
+            print(f"WARNING: {agent_python_note}; the agent runs on {sys.executable}", file=sys.stderr)
+            agent_python = sys.executable
     step("1/7 SRP floor")
     srp = floor.srp_floor(args.runs)
     srp_client, srp_server = floor.srp_split(args.runs)
     step("2/7 TLS floor")
     tls = floor.tls_floor(args.runs)
+    tls_client_bio, tls_server_bio = floor.tls_split(args.runs)
     contexts = floor.context_build_cost(args.runs)
     durable_write = write_atomic_cost(20)
     step("3/7 one enrollment in-process")
     single = enrollment(args.enrollments)
-    step(f"4/7 batch of {args.batch} (provisioning first, not timed)")
-    batch = run_batch(args.batch, args.concurrency, args.profile_batch)
-    step("5-6/7 agent process: idle RSS and cold start")
-    ready, idle = measure_agent(args.cold_runs, args.agent_python)
+    step(f"4/7 batch of {args.batch}, {args.workers} {args.worker_kind} workers (provisioning first, not timed)")
+    batch = run_batch(args.batch, args.concurrency, args.profile_batch, args.workers, args.worker_kind)
+    single_size = args.batch if args.single_worker_batch is None else args.single_worker_batch
+    single_worker = None
+    if single_size:
+        step(f"4b/7 batch of {single_size}, 1 worker (supporting)")
+        single_worker = run_batch(single_size, args.concurrency, None, 1)
+    step("5-6/7 agent process: idle and enrolled RSS, cold start")
+    ready, idle, enrolled = measure_agent(args.cold_runs, agent_python, enrolled=True)
+    dev_idle = measure_agent(1, sys.executable)[1] if agent_python != sys.executable else None
     step(f"7/7 flood: enrollments against an agent process while {args.flood_connections} hostile connections are held")
-    flood = measure_flood(args.flood_runs, args.flood_connections, SOURCES, args.agent_python)
+    flood = measure_flood(args.flood_runs, args.flood_connections, SOURCES, args.agent_python or sys.executable)
     rss = idle.rss_mb
     total = time.perf_counter() - started
     foreign = max(0.0, machine_busy_seconds() - busy - (own_cpu_seconds() - own)) / total
@@ -99,12 +123,23 @@ def main(argv: list[str] | None = None) -> int:
     floor_wall = srp.wall + tls.wall
     floor_cpu = srp.cpu + tls.cpu
     ideal = (os.cpu_count() or 1) / floor_cpu
+    # The halves of the floor: SRP split as measured; the TLS floor's CPU split in the proportion
+    # the two sides take over memory BIOs (the sockets' and event loop's share, split alike).
+    tls_client = tls.cpu * tls_client_bio / (tls_client_bio + tls_server_bio)
+    requester_half, appliance_half = srp_client + tls_client, srp_server + tls.cpu - tls_client
+    per = 1 / batch.count
+    requester_ratio = batch.requester_cpu * per / requester_half
+    appliance_ratio = batch.appliances_cpu * per / appliance_half
     goals = [
         Goal(f"enrollment/floor = {single.wall / floor_wall:.2f}", single.wall / floor_wall,
              ENROLLMENT_OVER_FLOOR_MAX, at_most=True),
+        Goal(f"requester/floor = {requester_ratio:.2f}", requester_ratio, SIDE_OVER_FLOOR_MAX, at_most=True),
+        Goal(f"appliance/floor = {appliance_ratio:.2f}", appliance_ratio, SIDE_OVER_FLOOR_MAX, at_most=True),
         Goal(f"batch/cpu-bound = {batch.throughput / ideal:.2f}", batch.throughput / ideal,
              BATCH_OVER_CPU_BOUND_MIN, at_most=False),
         Goal(f"agent RSS MB = {rss:.1f}", rss, AGENT_RSS_MB_MAX, at_most=True),
+        Goal(f"agent RSS enrolled MB = {enrolled.rss_mb:.1f}", enrolled.rss_mb, AGENT_RSS_ENROLLED_MB_MAX,
+             at_most=True),
         Goal(f"cold start ms = {ready * 1e3:.0f}", ready * 1e3, COLD_START_MS_MAX, at_most=True),
         Goal(f"flood/baseline = {flood.ratio:.2f}", flood.ratio, FLOOD_OVER_BASELINE_MAX, at_most=True),
     ]
@@ -116,13 +151,26 @@ def main(argv: list[str] | None = None) -> int:
         ("SRP-6a handshake, both sides (3072-bit, SHA-512)", str(srp)),
         ("TLS 1.3 handshake, both sides (P-256 mutual, loopback)", str(tls)),
         ("SRP CPU split: client / server half", f"{srp_client * 1e3:.2f} ms / {srp_server * 1e3:.2f} ms"),
+        ("TLS CPU split over memory BIOs: client / server half",
+         f"{tls_client_bio * 1e3:.2f} ms / {tls_server_bio * 1e3:.2f} ms"),
+        ("floor halves (CPU): requester = client SRP + client TLS / appliance = server SRP + server TLS",
+         f"{requester_half * 1e3:.2f} ms / {appliance_half * 1e3:.2f} ms"),
         ("floor = SRP + TLS", f"{floor_wall * 1e3:.2f} ms wall, {floor_cpu * 1e3:.2f} ms CPU"),
         ("one enrollment in-process (both sides)", str(single)),
         ("enrollment CPU above the floor CPU", f"{(single.cpu - floor_cpu) * 1e3:.2f} ms"),
-        ("building the two TLS contexts from files (per connection today)", str(contexts)),
+        ("building the two TLS contexts from files (once per side and process now, was per connection)",
+         str(contexts)),
         ("agent write_atomic (fsync file + dir) on the temp dir's FS", str(durable_write)),
-        (f"batch wall ({batch.count} appliances, concurrency {args.concurrency})", f"{batch.wall:.2f} s"),
+        (f"batch wall ({batch.count} appliances, concurrency {args.concurrency}, {args.workers} {args.worker_kind} "
+         "workers)", f"{batch.wall:.2f} s"),
         ("batch throughput", f"{batch.throughput:.1f} enrollments/s"),
+        ("batch throughput: 1 worker / " + f"{args.workers} workers",
+         (f"{single_worker.throughput:.1f} / " if single_worker else "not run / ")
+         + f"{batch.throughput:.1f} enrollments/s"),
+        ("batch cores used (both sides' CPU / wall): 1 worker / " + f"{args.workers} workers",
+         (f"{(single_worker.requester_cpu + single_worker.appliances_cpu) / single_worker.wall:.2f} / "
+          if single_worker else "not run / ")
+         + f"{(batch.requester_cpu + batch.appliances_cpu) / batch.wall:.2f} of {os.cpu_count()}"),
         ("CPU-bound ideal = cores / floor CPU", f"{ideal:.1f} enrollments/s ({os.cpu_count()} cores)"),
         ("one single-threaded requester at floor cost (client SRP + TLS/2 per enrollment)",
          f"{requester_bound:.1f} enrollments/s = {requester_bound / ideal:.2f} of the ideal"),
@@ -135,7 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         ("provisioning the batch (not timed in the ratio)", f"{batch.provision_wall:.1f} s"),
         ("agent idle RSS: private (RssAnon) / mapped files (RssFile)",
          f"{idle.rss_anon_mb:.1f} MB / {idle.rss_file_mb:.1f} MB"),
-        ("agent interpreter", args.agent_python),
+        ("agent enrolled RSS (API serving): private (RssAnon) / mapped files (RssFile)",
+         f"{enrolled.rss_anon_mb:.1f} MB / {enrolled.rss_file_mb:.1f} MB"),
+        ("agent interpreter", f"{agent_python} ({agent_python_note})"),
+        ("agent idle RSS on the development venv (its cryptography wheel has its own OpenSSL): total / "
+         "RssAnon / RssFile",
+         f"{dev_idle.rss_mb:.1f} / {dev_idle.rss_anon_mb:.1f} / {dev_idle.rss_file_mb:.1f} MB" if dev_idle
+         else "same interpreter"),
+        ("flood's agent interpreter", args.agent_python or sys.executable),
         (f"enrollment against an agent process: alone / during the flood (median of {flood.runs} each)",
          f"{flood.baseline * 1e3:.1f} ms / {flood.flooded * 1e3:.1f} ms"),
         (f"the flood ({flood.connections} connections from {flood.sources} addresses; its own counters, last run)",

@@ -17,15 +17,17 @@ import ipaddress
 import re
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
-
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .errors import InvalidCertificate, InvalidPin
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+# cryptography (x509 alone is ~4 MB of memory and tens of ms of import on Debian 12) is imported
+# by the functions that use it: an armed, idle agent never needs it (agent/server.py OwnIdentity
+# checks its identity with the ssl module).
 
 Clock = Callable[[], float]
 
@@ -48,16 +50,23 @@ class Identity:
 
     @property
     def private_key(self) -> ec.EllipticCurvePrivateKey:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         key = serialization.load_pem_private_key(self.key_pem, password=None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return key
 
     @property
     def certificate(self) -> x509.Certificate:
+        from cryptography import x509
+
         return x509.load_pem_x509_certificate(self.cert_pem)
 
     @property
     def cert_der(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         return self.certificate.public_bytes(serialization.Encoding.DER)
 
     @property
@@ -76,6 +85,11 @@ def create_identity(common_name: str, *, dns_names: Iterable[str] = (), ip_addre
     The certificate carries serverAuth and clientAuth: the appliance and the requester present
     theirs as TLS server and client respectively, and each side pins the other.
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = private_key or ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.fromtimestamp(int(clock()), tz=datetime.timezone.utc)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -111,6 +125,10 @@ def load_certificate(data: bytes) -> x509.Certificate:
     Raises:
         InvalidCertificate: not a certificate, or its key is not ECDSA P-256.
     """
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
             cert = x509.load_pem_x509_certificate(data)
@@ -128,14 +146,20 @@ def load_certificate(data: bytes) -> x509.Certificate:
 
 def certificate_der(data: bytes) -> bytes:
     """The DER form of a PEM or DER certificate (validated as by load_certificate)."""
+    from cryptography.hazmat.primitives import serialization
+
     return load_certificate(data).public_bytes(serialization.Encoding.DER)
 
 
 def certificate_pem(data: bytes) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return load_certificate(data).public_bytes(serialization.Encoding.PEM)
 
 
 def spki_sha256(cert: x509.Certificate) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     spki = cert.public_key().public_bytes(serialization.Encoding.DER,
                                           serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(spki).digest()

@@ -16,9 +16,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 HKDF_SALT = b"firsttrust/v1"
 KEY_BYTES = 32
 
@@ -33,7 +30,18 @@ LABELS = (LABEL_COMMIT_REQUESTER, LABEL_COMMIT_APPLIANCE, LABEL_CONFIRM_REQUESTE
 
 
 def hkdf(ikm: bytes, salt: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
-    return HKDF(algorithm=hashes.SHA512(), length=length, salt=salt, info=info).derive(ikm)
+    """HKDF-SHA512 (RFC 5869 section 2), with the standard library's HMAC: the same bytes as
+    cryptography's HKDF (the vectors check it), without loading cryptography's OpenSSL bindings
+    into the agent for four 32-byte keys."""
+    if length > 255 * hashlib.sha512().digest_size:
+        raise ValueError("HKDF-SHA512 output is at most 255 * 64 bytes")
+    prk = hmac.digest(salt or bytes(hashlib.sha512().digest_size), ikm, "sha512")  # 2.2 Extract
+    okm, block, counter = b"", b"", 1
+    while len(okm) < length:  # 2.3 Expand: T(i) = HMAC(PRK, T(i-1) | info | i)
+        block = hmac.digest(prk, block + info + bytes([counter]), "sha512")
+        okm += block
+        counter += 1
+    return okm[:length]
 
 
 def sha256(data: bytes) -> bytes:

@@ -11,7 +11,8 @@ own key and certificate (file paths, in stdlib ssl) is the driver's job.
 from __future__ import annotations
 
 import ssl
-from typing import Iterable
+import threading
+from typing import Callable, Iterable
 
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME: a pinned self-signed certificate is not made more or less
 # trustworthy by the appliance's first-boot clock, which is often wrong.
@@ -37,6 +38,69 @@ def apply_policy(context: ssl.SSLContext, trusted_certificates: Iterable[bytes])
     context.check_hostname = False
     context.verify_mode = ssl.CERT_REQUIRED
     context.verify_flags |= VERIFY_NO_CHECK_TIME
+    if context.protocol is ssl.PROTOCOL_TLS_SERVER:
+        # No session tickets: nothing is ever resumed (section 7.3), and a context shared across
+        # connections (SharedContext) must not let one connection resume another's session.
+        context.num_tickets = 0
     for der in trusted:
         context.load_verify_locations(cadata=der)
     return context
+
+
+# How many peer certificates one shared context trusts before it is replaced by a fresh one: keeps
+# OpenSSL's trust store (and its by-name lookups) small across a batch of hundreds of appliances,
+# at the cost of one reload of the own key and certificate (~0.8 ms) per this many connections.
+MAX_SHARED_ANCHORS = 64
+
+
+class SharedContext:
+    """One TLS context for many connections of the same side, instead of one per connection
+    (docs/protocol.md section 7.3): the own key and certificate are loaded once, and each
+    connection adds the certificate its peer committed to under K as one more trust anchor.
+
+    Which of the anchors a peer presented is decided after the handshake, by the section 7.4
+    check (the presented certificate must be the one committed in this connection's proof
+    frame), which every driver runs before trusting anything: a certificate committed on another
+    connection passes TLS here but fails that check (`binding_failed`). A certificate nobody
+    committed still fails the handshake itself, as with a context per connection.
+
+    Args:
+        new_context: builds a fresh context with the own identity loaded (PROTOCOL_TLS_CLIENT or
+            PROTOCOL_TLS_SERVER); called once, and again each MAX_SHARED_ANCHORS peers.
+        fresh: one such context the caller already built (used first).
+    Thread-safe (a requester may enroll from several threads).
+    """
+
+    def __init__(self, new_context: Callable[[], ssl.SSLContext], max_anchors: int = MAX_SHARED_ANCHORS, *,
+                 fresh: ssl.SSLContext | None = None) -> None:
+        self._new_context = new_context
+        self._max_anchors = max_anchors
+        self._lock = threading.Lock()
+        self._context: ssl.SSLContext | None = None
+        self._fresh = fresh  # a context from new_context built ahead (`prepare`), no anchor yet
+        self._anchors: set[bytes] = set()
+
+    def prepare(self) -> None:
+        """Load the own identity now (e.g. at start-up), so the first connection does not pay it."""
+        with self._lock:
+            if self._context is None and self._fresh is None:
+                self._fresh = self._new_context()
+
+    def for_peer(self, peer_certificate: bytes) -> ssl.SSLContext:
+        """The shared context, now also trusting `peer_certificate` (DER)."""
+        with self._lock:
+            if peer_certificate in self._anchors and self._context is not None:
+                return self._context
+            if self._context is None or len(self._anchors) >= self._max_anchors:
+                fresh, self._fresh = self._fresh or self._new_context(), None
+                self._context = apply_policy(fresh, [peer_certificate])
+                # Every firsttrust certificate of one side has the same subject (CN) and no
+                # authority key identifier: OpenSSL would look the issuer up by name, take the
+                # first anchor of that name and fail. With PARTIAL_CHAIN the presented
+                # certificate is accepted only when it is byte-for-byte one of the anchors.
+                self._context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+                self._anchors = {peer_certificate}
+            else:
+                self._context.load_verify_locations(cadata=peer_certificate)
+                self._anchors.add(peer_certificate)
+            return self._context

@@ -4,7 +4,7 @@
     firsttrust deploy-spec --secrets FILE --format {govc,ovf-env,ovf-properties,extraconfig}
                            [--requester-cert FILE] [--enroll-window DURATION] [--out FILE] [--force]
     firsttrust enroll ADDRESS --secrets FILE --name NAME [--ssh-key PUBFILE] [--replace] [--deadline SECONDS]
-    firsttrust enroll --targets FILE [--concurrency N] [--json] [--deadline SECONDS]
+    firsttrust enroll --targets FILE [--concurrency N] [--workers N] [--json] [--deadline SECONDS]
     firsttrust pins list [--json] | pins show NAME | pins remove NAME
     firsttrust pins export NAME --format kubeadm|curl|known_hosts|pem
     firsttrust call NAME METHOD PATH [--data JSON]
@@ -186,6 +186,8 @@ def _enroll_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--targets", metavar="FILE",
                         help="batch: CSV (header name,address,secrets) or JSON list of {name, address, secrets}")
     parser.add_argument("--concurrency", type=int, default=32, help="batch: enrollments in flight (default 32)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="batch: worker processes sharing the work (default: one per CPU)")
     parser.add_argument("--json", action="store_true", help="batch: print the results as JSON")
     parser.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE, metavar="SECONDS",
                         help="keep retrying an appliance that refuses connections, is busy or backing off, for up "
@@ -305,10 +307,13 @@ def _read_targets(path: str) -> list[Target]:
 def _enroll_batch(args: argparse.Namespace) -> int:
     if not 1 <= args.concurrency <= 1024:
         raise UsageError("--concurrency must be between 1 and 1024")
+    if args.workers is not None and not 1 <= args.workers <= 256:
+        raise UsageError("--workers must be between 1 and 256")
     targets = _read_targets(args.targets)
     progress = _Progress(len(targets), terminal=sys.stderr.isatty())
     outcomes = asyncio.run(enroll_many(targets, concurrency=args.concurrency, ssh_key=_read_ssh_key(args.ssh_key),
-                                       on_done=progress.step, deadline=_check_deadline(args.deadline)))
+                                       on_done=progress.step, deadline=_check_deadline(args.deadline),
+                                       workers=args.workers))
     progress.finish()
     failed = [o for o in outcomes if not o.ok]
     if args.json:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import re
 import socket
 import ssl
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -32,7 +34,7 @@ from firsttrust.enrollment import (
 from firsttrust.errors import BindingFailed, FirsttrustError, TruncatedFrame
 from firsttrust.framing import HEADER
 from firsttrust.identity import certificate_der
-from firsttrust.tlspolicy import apply_policy
+from firsttrust.tlspolicy import SharedContext
 
 from .errors import RequesterError
 
@@ -97,24 +99,70 @@ _HOST_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|[0-9A-Fa-f:.]+(?:%[A
 
 
 async def _read_frame(reader: asyncio.StreamReader, timeout: float) -> tuple[bytes, bool]:
+    # asyncio.timeout, not wait_for: no task per read (two per frame, both sides of every enrollment).
     try:
-        header = await asyncio.wait_for(reader.readexactly(HEADER.size), timeout)
+        async with asyncio.timeout(timeout):
+            header = await reader.readexactly(HEADER.size)
     except asyncio.IncompleteReadError as exc:
         return exc.partial, True
     (length,) = HEADER.unpack(header)
     if length == 0 or length > limits.MAX_FRAME_BODY:
         return header, False
     try:
-        body = await asyncio.wait_for(reader.readexactly(length), timeout)
+        async with asyncio.timeout(timeout):
+            body = await reader.readexactly(length)
     except asyncio.IncompleteReadError as exc:
         return header + exc.partial, True
     return header + body, False
 
 
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class _OwnIdentity:
+    """The requester's key and certificate as enrollment uses them: the certificate read and
+    converted once, and one TLS client context shared by every enrollment of this process that
+    uses these files (docs/protocol.md section 7.3), instead of a context per connection."""
+
+    def __init__(self, files: ClientIdentityFiles) -> None:
+        self.files = files
+        self.certificate_der = certificate_der(files.cert_path.read_bytes())
+        self.tls = SharedContext(self._new_context)
+
+    def _new_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_cert_chain(self.files.cert_path, self.files.key_path)
+        return context
+
+
+# Keyed by the files' paths and stamps: a replaced key or certificate (a new inode) is read anew.
+_OWN: dict[tuple, _OwnIdentity] = {}
+_OWN_LOCK = threading.Lock()
+_OWN_MAX = 8  # identities kept per process; more is a test suite, not a requester
+
+
+def _own_identity(files: ClientIdentityFiles) -> _OwnIdentity:
+    key = (files.cert_path, files.key_path, _file_stamp(files.cert_path), _file_stamp(files.key_path))
+    with _OWN_LOCK:
+        own = _OWN.get(key)
+        if own is None:
+            own = _OwnIdentity(files)
+            if len(_OWN) >= _OWN_MAX:
+                _OWN.clear()
+            _OWN[key] = own
+        return own
+
+
 def _client_context(files: ClientIdentityFiles, appliance_certificate: bytes) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_cert_chain(files.cert_path, files.key_path)
-    return apply_policy(context, [appliance_certificate])
+    """The requester's shared TLS context for `files`, now also trusting the certificate this
+    connection's appliance committed to (sections 7.3 and 7.4: which one it presented is checked
+    by `tls_established` after the handshake)."""
+    return _own_identity(files).tls.for_peer(appliance_certificate)
 
 
 async def enroll_connection(host: str, port: int, machine: ClientEnrollment, files: ClientIdentityFiles, *,
@@ -250,7 +298,6 @@ async def enroll(host: str, port: int, secrets: EnrollmentSecrets, files: Client
                  ssh_key: str | None = None, on_pending: OnPending | None = None,
                  **timeouts: float) -> EnrollmentResult:
     """Enroll one appliance with its secrets, as the requester whose identity is in `files`."""
-    certificate = files.cert_path.read_bytes()
-    machine = ClientEnrollment(sec_a=secrets.sec_a, sec_b=secrets.sec_b, certificate=certificate_der(certificate),
-                               name=name, ssh_key=ssh_key)
+    machine = ClientEnrollment(sec_a=secrets.sec_a, sec_b=secrets.sec_b,
+                               certificate=_own_identity(files).certificate_der, name=name, ssh_key=ssh_key)
     return await enroll_connection(host, port, machine, files, on_pending=on_pending, **timeouts)

@@ -2,7 +2,7 @@
 
     secrets = load_secrets("app-01.json")                                 # as `firsttrust secrets new` wrote it
     record = await enroll_appliance("10.0.0.5", secrets, name="app-01")   # pins only after every check
-    records = await enroll_many(targets, concurrency=32)                  # hundreds at once
+    records = await enroll_many(targets, concurrency=32)                  # hundreds at once, on every core
     async with open_session("app-01") as api:                             # pinned mTLS
         await api.get("/v1/identity")
     await rotate_appliance("app-01")                                      # re-pin from the old key's signature
@@ -13,12 +13,18 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
+import multiprocessing
+import os
+import pickle
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import DEFAULT_API_PORT, DEFAULT_ENROLL_PORT
@@ -95,6 +101,15 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
     """
     store = store or TrustStore()
     store.identity()  # created once per home, before any network traffic
+    return await _enroll_appliance(address, secrets, name=name, ssh_key=ssh_key, store=store, api_address=api_address,
+                                   replace=replace, deadline=deadline, on_wait=on_wait, **timeouts)
+
+
+async def _enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: str, store: TrustStore,
+                            ssh_key: str | None = None, api_address: str | None = None, replace: bool = False,
+                            deadline: float = DEFAULT_DEADLINE, on_wait: Callable[[Waiting], None] | None = None,
+                            **timeouts: float) -> ApplianceRecord:
+    """enroll_appliance once the requester's identity exists (enroll_many checks it once)."""
     host, port = parse_address(address, DEFAULT_ENROLL_PORT)
     api_host, api_port = parse_address(api_address, DEFAULT_API_PORT) if api_address else (host, None)
     if store.get_pending(name) is None:
@@ -133,7 +148,8 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
                                  certificate=certificate_pem(result.appliance_certificate).decode("ascii"),
                                  api_port=api_port or result.api_port, ssh_host_keys=result.ssh_host_keys,
                                  embodiment="srp", enrolled_at=time.time())
-        store.promote(record)
+        # Two fsyncs: off the event loop, where other enrollments of a batch are waiting.
+        await asyncio.to_thread(store.promote, record)
         return record
 
     return await retry_until(attempt, address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
@@ -220,22 +236,57 @@ class Outcome:
         return "failed" if self.record is None else "already-pinned" if self.already_pinned else "enrolled"
 
 
+# A worker process costs a fork and a second event loop: below this many targets per worker the
+# batch runs in this process (a handful of appliances is I/O-bound, not CPU-bound).
+MIN_TARGETS_PER_WORKER = 8
+WORKER_KINDS = ("process", "thread")
+
+
+def default_workers() -> int:
+    """enroll_many's default: one worker per CPU this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 async def enroll_many(targets: Iterable[Target], *, concurrency: int = 32, store: TrustStore | None = None,
                       on_done: Callable[[Outcome], None] | None = None, deadline: float = DEFAULT_DEADLINE,
-                      **kwargs) -> list[Outcome]:
+                      workers: int | None = None, worker_kind: str = "process", **kwargs) -> list[Outcome]:
     """Enroll many appliances with at most `concurrency` in flight. Never raises for one
-    appliance's failure: each Outcome carries its record or its typed error. `deadline` is each
-    appliance's (see enroll_appliance): a booting appliance holds one of the `concurrency` slots."""
+    appliance's failure: each Outcome carries its record or its typed error, in the order of
+    `targets`. `deadline` is each appliance's (see enroll_appliance): a booting appliance holds
+    one of the `concurrency` slots.
+
+    The work is CPU-bound (SRP and TLS), so it is spread over `workers` (default: one per CPU)
+    worker processes, each with its own event loop and a share of `concurrency`; the trust store
+    is shared (it locks across processes). `worker_kind="thread"` uses threads instead (pysrp's
+    OpenSSL calls and the TLS handshake release the GIL, the rest does not: bench/README.md says
+    which is faster). Batches smaller than MIN_TARGETS_PER_WORKER per worker use fewer workers,
+    down to this process alone. With workers, `on_done` is still called in this process, and the
+    keyword arguments passed on to enroll_appliance must be picklable (no callbacks).
+    """
+    targets = list(targets)
     store = store or TrustStore()
     store.identity()
+    if worker_kind not in WORKER_KINDS:
+        raise ValueError(f"worker_kind must be one of {', '.join(WORKER_KINDS)}")
+    workers = max(1, min(workers or default_workers(), len(targets) // MIN_TARGETS_PER_WORKER))
+    if workers == 1:
+        return await _enroll_here(targets, concurrency, store, on_done, deadline, kwargs)
+    return await _enroll_in_workers(targets, concurrency, store, on_done, deadline, kwargs, workers, worker_kind)
+
+
+async def _enroll_here(targets: list[Target], concurrency: int, store: TrustStore,
+                       on_done: Callable[[Outcome], None] | None, deadline: float, kwargs: dict) -> list[Outcome]:
     limit = asyncio.Semaphore(concurrency)
 
     async def one(target: Target) -> Outcome:
         async with limit:
             start = time.perf_counter()
             try:
-                record = await enroll_appliance(target.address, target.secrets, name=target.name, store=store,
-                                                deadline=deadline, **kwargs)
+                record = await _enroll_appliance(target.address, target.secrets, name=target.name, store=store,
+                                                 deadline=deadline, **kwargs)
                 outcome = Outcome(target, record, None, time.perf_counter() - start)
             except AlreadyPinned as exc:
                 outcome = Outcome(target, exc.record, None, time.perf_counter() - start, already_pinned=True)
@@ -246,6 +297,95 @@ async def enroll_many(targets: Iterable[Target], *, concurrency: int = 32, store
         return outcome
 
     return list(await asyncio.gather(*(one(t) for t in targets)))
+
+
+async def _enroll_in_workers(targets: list[Target], concurrency: int, store: TrustStore,
+                             on_done: Callable[[Outcome], None] | None, deadline: float, kwargs: dict,
+                             workers: int, worker_kind: str) -> list[Outcome]:
+    """Deal the targets round-robin to `workers` workers; each runs _enroll_here on its share and
+    reports every outcome as it finishes, through a queue this process reads in a thread."""
+    loop = asyncio.get_running_loop()
+    executor: concurrent.futures.Executor
+    if worker_kind == "thread":
+        done_queue: Any = queue.SimpleQueue()
+        executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="enroll-worker")
+    else:
+        # fork is cheap (nothing re-imported) and safe while this process runs no other thread;
+        # with threads around (one could hold a lock mid-fork) forkserver starts clean processes.
+        context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
+        done_queue = context.SimpleQueue()  # inherited by the workers, never pickled
+        executor = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                                                          initargs=(done_queue,))
+    results: list[Outcome | None] = [None] * len(targets)
+    with executor:
+        jobs = []
+        for start in range(workers):
+            shard = [(i, targets[i]) for i in range(start, len(targets), workers)]
+            job = loop.run_in_executor(executor, _worker, shard, -(-concurrency // workers), store.home, deadline,
+                                       kwargs, done_queue if worker_kind == "thread" else None)
+            # A worker that fails as a whole never reports its end: say it for it.
+            job.add_done_callback(lambda job: job.exception() is None or done_queue.put(_WORKER_DONE))
+            jobs.append(job)
+        finished = 0
+        while finished < workers:
+            item = await loop.run_in_executor(None, done_queue.get)
+            if item == _WORKER_DONE:
+                finished += 1
+                continue
+            index, record, error, seconds, already_pinned = item
+            outcome = Outcome(targets[index], record, _rebuild_error(error), seconds, already_pinned)
+            results[index] = outcome
+            if on_done:
+                on_done(outcome)
+        await asyncio.gather(*jobs)  # re-raises a worker's own failure (a bug, not an appliance's)
+    return [outcome for outcome in results if outcome is not None]
+
+
+_WORKER_DONE = "done"
+_done_queue: Any = None  # a worker process's queue back to enroll_many (set by _worker_init)
+
+
+def _worker_init(done_queue: Any) -> None:
+    global _done_queue
+    _done_queue = done_queue
+
+
+def _worker(shard: list[tuple[int, Target]], concurrency: int, home: Path, deadline: float, kwargs: dict,
+            done_queue: Any = None) -> None:
+    """One worker's share of enroll_many, in its own event loop (a worker process or thread):
+    one queue item per outcome as it finishes, then _WORKER_DONE."""
+    done_queue = done_queue or _done_queue
+    indices = {id(target): index for index, target in shard}
+
+    def report(outcome: Outcome) -> None:
+        done_queue.put((indices[id(outcome.target)], outcome.record, _portable_error(outcome.error),
+                        outcome.seconds, outcome.already_pinned))
+
+    asyncio.run(_enroll_here([target for _, target in shard], concurrency, TrustStore(home), report, deadline, kwargs))
+    done_queue.put(_WORKER_DONE)
+
+
+def _portable_error(error: FirsttrustError | None) -> tuple | None:
+    """A typed error as (class, args, attributes): firsttrust errors' constructors take other
+    arguments than their `args`, so plain pickling cannot rebuild them."""
+    if error is None:
+        return None
+    portable = (type(error), error.args, dict(vars(error)))
+    try:
+        pickle.dumps(portable)
+    except Exception:  # noqa: BLE001 - an attribute that does not pickle: keep code and message
+        portable = (RequesterError, (str(error),), {"code": error.code})
+    return portable
+
+
+def _rebuild_error(portable: tuple | None) -> FirsttrustError | None:
+    if portable is None:
+        return None
+    cls, args, attributes = portable
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(attributes)
+    return error
 
 
 def pin_certificate(name: str, address: str, certificate: bytes, *, api_port: int = DEFAULT_API_PORT,

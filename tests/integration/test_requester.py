@@ -221,3 +221,33 @@ def test_pin_certificate_for_fig2_and_fig3(tmp_path, appliance_identity):
     record = pin_certificate("app-fig3", "127.0.0.1", appliance_identity.cert_der, embodiment="guest-command",
                              store=store)
     assert record.api_port == 8791 and store.get("app-fig3").certificate.startswith("-----BEGIN")
+
+
+@pytest.mark.parametrize("worker_kind", ["process", "thread"])
+async def test_enroll_many_over_two_workers_keeps_order_types_and_progress(tmp_path, worker_kind):
+    """The batch spread over workers: every outcome in the order of the targets, a failure
+    still a typed error with its code, and on_done called here once per appliance."""
+    from firsttrust.errors import PeerRefused
+    from firsttrust.requester.library import Target, enroll_many
+
+    apps = []
+    for i in range(16):
+        app = provisioned(tmp_path / f"app{i}")
+        await app.start(phase_timeout=5.0)
+        apps.append(app)
+    targets = [Target(f"app-{i:02d}", f"127.0.0.1:{app.port}",
+                      app.secrets if i != 5 else EnrollmentSecrets(EnrollmentSecrets.generate().sec_a, app.secrets.sec_b))
+               for i, app in enumerate(apps)]
+    seen = []
+    try:
+        outcomes = await enroll_many(targets, store=TrustStore(tmp_path / "home"), workers=2,
+                                     worker_kind=worker_kind, on_done=lambda o: seen.append(o.target.name))
+    finally:
+        for app in apps:
+            await app.stop()
+    assert [o.target.name for o in outcomes] == [t.name for t in targets]
+    assert sorted(seen) == sorted(t.name for t in targets)
+    failed = [o for o in outcomes if not o.ok]
+    assert [o.target.name for o in failed] == ["app-05"]
+    assert isinstance(failed[0].error, PeerRefused) and failed[0].error.code == "auth_failed"
+    assert len(TrustStore(tmp_path / "home").list()) == 15

@@ -4,7 +4,8 @@ import ssl
 
 import pytest
 
-from firsttrust.tlspolicy import apply_policy
+from firsttrust.identity import create_identity
+from firsttrust.tlspolicy import SharedContext, apply_policy
 
 
 def context(side, identity, trusted, tmp_path):
@@ -71,3 +72,49 @@ def test_tls12_is_refused(requester_identity, appliance_identity, tmp_path):
 def test_empty_trust_is_refused():
     with pytest.raises(ValueError):
         apply_policy(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), [])
+
+
+def shared(side, identity, tmp_path, max_anchors=64):
+    def new_context():
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if side == "server" else ssl.PROTOCOL_TLS_CLIENT)
+        key, cert = tmp_path / f"shared-{side}.key", tmp_path / f"shared-{side}.crt"
+        key.write_bytes(identity.key_pem)
+        cert.write_bytes(identity.cert_pem)
+        ctx.load_cert_chain(cert, key)
+        return ctx
+    return SharedContext(new_context, max_anchors)
+
+
+def test_a_shared_context_accepts_each_of_several_same_named_anchors(requester_identity, tmp_path):
+    """Every appliance certificate is CN=firsttrust-appliance: a shared requester context must
+    still accept each anchor it was given, not only the first of that name."""
+    appliances = [create_identity("firsttrust-appliance") for _ in range(3)]
+    requester = shared("client", requester_identity, tmp_path)
+    for appliance in appliances:
+        client_ctx = requester.for_peer(appliance.cert_der)
+        client, _ = handshake(client_ctx, context("server", appliance, [requester_identity.cert_der], tmp_path))
+        assert client.getpeercert(binary_form=True) == appliance.cert_der
+    assert len({id(requester.for_peer(a.cert_der)) for a in appliances}) == 1  # one context for all
+
+
+def test_a_shared_context_still_refuses_a_certificate_nobody_committed(requester_identity, appliance_identity,
+                                                                        stranger_identity, tmp_path):
+    requester = shared("client", requester_identity, tmp_path)
+    requester.for_peer(appliance_identity.cert_der)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(requester.for_peer(create_identity("firsttrust-appliance").cert_der),
+                  context("server", stranger_identity, [requester_identity.cert_der], tmp_path))
+
+
+def test_a_shared_context_is_replaced_after_max_anchors(requester_identity, tmp_path):
+    requester = shared("client", requester_identity, tmp_path, max_anchors=2)
+    first = requester.for_peer(create_identity("a").cert_der)
+    assert requester.for_peer(create_identity("b").cert_der) is first
+    assert requester.for_peer(create_identity("c").cert_der) is not first
+
+
+def test_servers_send_no_session_tickets(requester_identity, appliance_identity, tmp_path):
+    """Nothing is resumed (docs/protocol.md section 7.3): a shared server context must not hand
+    one connection a ticket that resumes on another."""
+    server_ctx = context("server", appliance_identity, [requester_identity.cert_der], tmp_path)
+    assert server_ctx.num_tickets == 0
