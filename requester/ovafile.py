@@ -1,0 +1,78 @@
+"""An OVA file as `firsttrust deploy --ova` reads it: checked before any VM exists, then streamed.
+
+    ova = check_ova("firsttrust-appliance.ova")     # InvalidDeployPlan (exit 2) if unusable
+    ova.descriptor                                  # the .ovf text, for OvfManager.CreateImportSpec
+    with open_member(ova.path, "firsttrust-appliance-disk1.vmdk") as (size, stream): ...
+
+An OVA is an uncompressed tar whose first member is the OVF descriptor (DSP0243 5.3); the other
+members are read straight from the file as they are uploaded, never buffered whole. No pyVmomi
+here (requester/vsphere.py does the calls).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tarfile
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+from .deployplan import InvalidDeployPlan
+
+MAX_DESCRIPTOR_BYTES = 1 << 20  # firsttrust's is ~10 KiB; vCenter's wizard refuses far smaller ones than this
+MIN_OVA_BYTES = 1024  # a tar header and a descriptor at least
+
+
+@dataclass(frozen=True)
+class OvaFile:
+    path: str
+    descriptor: str
+    members: dict[str, int]  # name -> size, in tar order
+    size: int
+
+
+def check_ova(path: str) -> OvaFile:
+    """Readable, an uncompressed tar, first member an .ovf of sane size that decodes as UTF-8.
+
+    Raises:
+        InvalidDeployPlan: anything else, in one line naming the file.
+    """
+    try:
+        size = os.stat(path).st_size
+        if not os.path.isfile(path):
+            raise InvalidDeployPlan(f"OVA {path}: not a regular file")
+        if size < MIN_OVA_BYTES:
+            raise InvalidDeployPlan(f"OVA {path}: {size} bytes is too small to be an OVA")
+        with tarfile.open(path, mode="r:") as tar:
+            members = tar.getmembers()
+            if not members or not members[0].isfile() or not members[0].name.endswith(".ovf"):
+                raise InvalidDeployPlan(f"OVA {path}: the first member is not an .ovf descriptor")
+            first = members[0]
+            if not 0 < first.size <= MAX_DESCRIPTOR_BYTES:
+                raise InvalidDeployPlan(f"OVA {path}: the descriptor is {first.size} bytes "
+                                        f"(at most {MAX_DESCRIPTOR_BYTES})")
+            with tar.extractfile(first) as handle:
+                descriptor = handle.read(MAX_DESCRIPTOR_BYTES).decode("utf-8")
+            listed = {m.name: m.size for m in members if m.isfile()}
+    except InvalidDeployPlan:
+        raise
+    except OSError as exc:
+        raise InvalidDeployPlan(f"cannot read OVA {path}: {exc.strerror or exc}") from None
+    except tarfile.TarError:
+        raise InvalidDeployPlan(f"OVA {path}: not an uncompressed tar archive") from None
+    except UnicodeDecodeError:
+        raise InvalidDeployPlan(f"OVA {path}: the descriptor is not UTF-8") from None
+    return OvaFile(path=path, descriptor=descriptor, members=listed, size=size)
+
+
+@contextlib.contextmanager
+def open_member(path: str, name: str) -> Iterator[tuple[int, BinaryIO]]:
+    """(size, a stream of the member read from disk as it is consumed).
+
+    Raises:
+        KeyError: no such member; OSError, tarfile.TarError: the file changed or is unreadable.
+    """
+    with tarfile.open(path, mode="r:") as tar:
+        member = tar.getmember(name)
+        with tar.extractfile(member) as stream:
+            yield member.size, stream
