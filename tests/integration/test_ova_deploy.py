@@ -102,3 +102,27 @@ def test_an_ova_deployed_appliance_enrolls_and_its_secret_properties_removal_is_
             assert [value == "" for k, value in entries if k == key] == [False, True]
     finally:
         vc.close()
+
+
+def test_an_ova_missing_its_disk_fails_that_appliance_in_one_line(vcsim, small_ova, tmp_path):
+    """The lease is aborted (tests/unit/test_ova_deploy.py checks that call); vCenter then removes
+    the partial VM, vcsim 0.24 keeps it (docs/deployment.md)."""
+    import tarfile
+
+    broken = tmp_path / "no-disk.ova"
+    with tarfile.open(small_ova) as source, tarfile.open(broken, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for member in source.getmembers():
+            if member.name.endswith((".ovf", ".mf")):
+                tar.addfile(member, source.extractfile(member))
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    plan = plan_deployment(vcsim.url, None, ["nodisk-01"], ova=str(broken), enroll=False)
+    access = VcenterAccess.load(vcsim.url, pinned_context(vcsim.thumbprint_sha1), environ=vcsim.credentials_env())
+    (report,) = deploy(plan, access, secrets_dir)
+    assert (report.status, report.failed_step, report.error.code) == ("failed", "import OVA", "ova_read")
+    assert "firsttrust-appliance-disk1.vmdk" in str(report.error) and "\n" not in str(report.error)
+    vc = vcenter_session(vcsim)
+    try:
+        assert "nodisk-01" in vc.virtual_machines()  # vcsim 0.24 keeps an aborted import's VM
+    finally:
+        vc.close()
