@@ -5,7 +5,7 @@ PropertyMapping, verified, powered on.
 
 vcsim 0.24 keeps no vApp properties: the mapping arrives as extraConfig keys named as the
 properties, and that is where the deployer verifies (and scrubs) them there. The vApp-property
-branch (a real vCenter or ESXi) is tested at the request level in tests/unit/test_ova_deploy.py.
+branch (a real vCenter or ESXi) is tested at the request level in tests/unit/test_ova_deployplan.py.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def test_an_ova_deployed_appliance_enrolls_and_its_secret_properties_removal_is_
 
 
 def test_an_ova_missing_its_disk_fails_that_appliance_in_one_line(vcsim, small_ova, tmp_path):
-    """The lease is aborted (tests/unit/test_ova_deploy.py checks that call); vCenter then removes
+    """The lease is aborted (tests/unit/test_ova_deployplan.py checks that call); vCenter then removes
     the partial VM, vcsim 0.24 keeps it (docs/deployment.md)."""
     import tarfile
 
