@@ -17,10 +17,19 @@ import tarfile
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
+from firsttrust.errors import FirsttrustError
+
 from .deployplan import InvalidDeployPlan
 
 MAX_DESCRIPTOR_BYTES = 1 << 20  # firsttrust's is ~10 KiB; vCenter's wizard refuses far smaller ones than this
 MIN_OVA_BYTES = 1024  # a tar header and a descriptor at least
+
+
+class OvaReadError(FirsttrustError):
+    """The OVA could not be read while it was being uploaded (it changed, or lacks a file its
+    descriptor names): that appliance's import fails and its lease is aborted."""
+
+    code = "ova_read"
 
 
 @dataclass(frozen=True)
@@ -70,9 +79,33 @@ def open_member(path: str, name: str) -> Iterator[tuple[int, BinaryIO]]:
     """(size, a stream of the member read from disk as it is consumed).
 
     Raises:
-        KeyError: no such member; OSError, tarfile.TarError: the file changed or is unreadable.
+        OvaReadError: no such member, or the file is gone or unreadable (not what the stream
+            raises once yielded: read_chunk handles that).
     """
-    with tarfile.open(path, mode="r:") as tar:
-        member = tar.getmember(name)
-        with tar.extractfile(member) as stream:
+    try:
+        tar = tarfile.open(path, mode="r:")
+    except (OSError, tarfile.TarError) as exc:
+        raise OvaReadError(f"reading {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    with tar:
+        try:
+            member = tar.getmember(name)
+            stream = tar.extractfile(member)
+        except (KeyError, OSError, tarfile.TarError):
+            raise OvaReadError(f"reading {path}: it has no file {name!r}") from None
+        with stream:
             yield member.size, stream
+
+
+def read_chunk(stream: BinaryIO, size: int, path: str) -> bytes:
+    """Up to `size` bytes of a member, never none.
+
+    Raises:
+        OvaReadError: the read failed, or the member ended early.
+    """
+    try:
+        chunk = stream.read(size)
+    except (OSError, tarfile.TarError) as exc:
+        raise OvaReadError(f"reading {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not chunk:
+        raise OvaReadError(f"reading {path}: the file ended early (changed since it was checked?)")
+    return chunk

@@ -22,7 +22,6 @@ import contextlib
 import http.client
 import importlib.metadata
 import ssl
-import tarfile
 import time
 from typing import Callable, Iterable, Iterator
 from urllib.parse import urlsplit
@@ -30,7 +29,7 @@ from urllib.parse import urlsplit
 from firsttrust.errors import FirsttrustError
 
 from .deployplan import usable_guest_ip
-from .ovafile import OvaFile, open_member
+from .ovafile import OvaFile, OvaReadError, open_member, read_chunk
 from .vcenter_tls import InvalidThumbprint, ThumbprintMismatch, pinned_context
 
 MIN_PYVMOMI = (8, 0)
@@ -260,7 +259,7 @@ class Vcenter:
                            if device.importKey in items]
             missing = [item.path for _, item in uploads if item.path not in ova.members]
             if missing:
-                raise VsphereError(f"{what}: the OVA has no file {missing[0]!r} its descriptor names", code="ova_read")
+                raise OvaReadError(f"{what}: the OVA has no file {missing[0]!r} its descriptor names")
             progress = LeaseProgress(lease, sum(ova.members[item.path] for _, item in uploads))
             for device, item in uploads:
                 on_upload(item.path, self._upload(ova, device, item, progress, what))
@@ -300,25 +299,22 @@ class Vcenter:
             except InvalidThumbprint:
                 pass
         target = url.path + (f"?{url.query}" if url.query else "")
-        with api_call(f"{what}: uploading {item.path}"):
+        with open_member(ova.path, item.path) as (size, stream), api_call(f"{what}: uploading {item.path}"):
             connection = http.client.HTTPSConnection(url.hostname, url.port or 443, context=context,
                                                      timeout=UPLOAD_TIMEOUT)
             try:
-                with open_member(ova.path, item.path) as (size, stream):
-                    connection.putrequest("PUT" if item.create else "POST", target)
-                    connection.putheader("Content-Type", "application/x-vnd.vmware-streamVmdk")
-                    connection.putheader("Content-Length", str(size))
-                    connection.endheaders()
-                    sent = 0
-                    while sent < size:
-                        chunk = _read_chunk(stream, min(UPLOAD_CHUNK, size - sent), ova.path)
-                        connection.send(chunk)
-                        sent += len(chunk)
-                        progress.add(len(chunk))
+                connection.putrequest("PUT" if item.create else "POST", target)
+                connection.putheader("Content-Type", "application/x-vnd.vmware-streamVmdk")
+                connection.putheader("Content-Length", str(size))
+                connection.endheaders()
+                sent = 0
+                while sent < size:
+                    chunk = read_chunk(stream, min(UPLOAD_CHUNK, size - sent), ova.path)
+                    connection.send(chunk)
+                    sent += len(chunk)
+                    progress.add(len(chunk))
                 response = connection.getresponse()
                 response.read(1 << 16)
-            except (KeyError, tarfile.TarError) as exc:
-                raise VsphereError(f"{what}: reading {item.path} from {ova.path}: {exc}", code="ova_read") from None
             finally:
                 connection.close()
         if response.status not in (200, 201):
@@ -411,16 +407,6 @@ class LeaseProgress:
         if now - self.last >= self.interval:
             self.lease.HttpNfcLeaseProgress(percent=min(99, self.sent * 100 // self.total))
             self.last = now
-
-
-def _read_chunk(stream, size: int, path: str) -> bytes:
-    try:
-        chunk = stream.read(size)
-    except (OSError, tarfile.TarError) as exc:
-        raise VsphereError(f"reading {path}: {getattr(exc, 'strerror', None) or exc}", code="ova_read") from None
-    if not chunk:
-        raise VsphereError(f"reading {path}: the file ended early (changed since it was checked?)", code="ova_read")
-    return chunk
 
 
 def _delays() -> Iterator[float]:

@@ -281,14 +281,27 @@ def fake_import(vcenter, tmp_path, device_url="https://*/nfc/1/disk-0.vmdk"):
 
 
 def test_the_import_adds_the_hardening_to_the_mapped_extra_config_and_aborts_the_lease_on_failure(vcenter, tmp_path):
-    from firsttrust.requester.vsphere import VsphereError
+    from firsttrust.requester.ovafile import OvaReadError
 
     ova = check_ova(str(make_ova(tmp_path / "a.ova", [("a.ovf", b"<E/>" * 300)])))  # no disk member
     calls, target = fake_import(vcenter, tmp_path)
-    with pytest.raises(VsphereError) as caught:
+    with pytest.raises(OvaReadError) as caught:
         vcenter.import_ova(ova, "a-01", PLANNED, HARDENING_VMX_SETTINGS, target)
     assert caught.value.code == "ova_read" and "a-disk1.vmdk" in str(caught.value)
     assert calls[0] == ("CreateImportSpec", dict(PLANNED))
     imported = calls[1][1].configSpec.extraConfig
     assert [(o.key, o.value) for o in imported] == [(SEC_A, "v"), *HARDENING_VMX_SETTINGS]  # appended, not replaced
     assert calls[-1] == "abort" and "complete" not in calls
+
+
+def test_an_ova_gone_after_the_check_fails_the_import_as_ova_read_and_aborts(vcenter, tmp_path):
+    from firsttrust.requester.ovafile import OvaReadError
+
+    path = make_ova(tmp_path / "a.ova")
+    ova = check_ova(str(path))
+    path.unlink()
+    calls, target = fake_import(vcenter, tmp_path)
+    with pytest.raises(OvaReadError) as caught:
+        vcenter.import_ova(ova, "a-01", PLANNED, HARDENING_VMX_SETTINGS, target)
+    assert str(path) in str(caught.value) and "cannot reach vCenter" not in str(caught.value)
+    assert calls[-1] == "abort"
