@@ -11,7 +11,7 @@
     firsttrust pin-cert NAME --address ADDR --cert FILE
     firsttrust rotate NAME
     firsttrust identity
-    firsttrust deploy --vcenter URL --thumbprint TP --template NAME --name-prefix P --count N
+    firsttrust deploy --vcenter URL --thumbprint TP (--template NAME | --ova PATH) --name-prefix P --count N
                       --secrets-dir DIR [--no-enroll] [--dry-run] [--json]   (requester/deploycommand.py)
 
 Subcommands are rows in SUBCOMMANDS: words, help, an argument function and a run function.

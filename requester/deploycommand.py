@@ -1,8 +1,8 @@
 """`firsttrust deploy`: deploy appliances through vCenter, write their secrets, enroll them.
 
     firsttrust deploy --vcenter https://vc.example/sdk (--thumbprint TP | --ca-file FILE)
-                      --template NAME (--name NAME | --name-prefix P --count N) --secrets-dir DIR
-                      [--credentials FILE] [--requester-cert FILE] [--enroll-window DURATION]
+                      (--template NAME | --ova PATH [--datastore NAME])
+                      (--name NAME | --name-prefix P --count N) --secrets-dir DIR [--credentials FILE] [--requester-cert FILE] [--enroll-window DURATION]
                       [--no-enroll] [--dry-run] [--concurrency N] [--ip-timeout SECONDS] [--json]
 
 The vCenter credentials come from FIRSTTRUST_VSPHERE_USER / FIRSTTRUST_VSPHERE_PASSWORD or a 0600
@@ -23,6 +23,7 @@ from firsttrust.errors import InvalidCertificate
 
 from .deployer import DEFAULT_CONCURRENCY, DEFAULT_IP_TIMEOUT, CredentialsError, VcenterAccess, deploy
 from .deployplan import InvalidDeployPlan, appliance_names, check_vcenter_url, plan_deployment
+from .ovafile import check_ova
 from .vcenter_tls import InvalidThumbprint, ca_context, pinned_context
 
 MAX_CONCURRENCY = 64
@@ -40,7 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     trust.add_argument("--ca-file", metavar="FILE", help="verify vCenter's certificate against this CA bundle")
     parser.add_argument("--credentials", metavar="FILE",
                         help="0600 JSON {user, password}; default FIRSTTRUST_VSPHERE_USER/_PASSWORD")
-    parser.add_argument("--template", required=True, metavar="NAME", help="the VM or template to clone")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--template", metavar="NAME",
+                        help="the VM or template to clone (secrets as guestinfo.* extraConfig in the clone spec)")
+    source.add_argument("--ova", metavar="PATH",
+                        help="import this OVA instead (secrets as its vApp properties), into the first datacenter's "
+                             "VM folder and its first host or cluster's resource pool, on --datastore or else that "
+                             "host or cluster's datastore with the most free space")
+    parser.add_argument("--datastore", metavar="NAME", help="with --ova: the datastore to import to")
     names = parser.add_mutually_exclusive_group(required=True)
     names.add_argument("--name", help="deploy one appliance with this VM name")
     names.add_argument("--name-prefix", metavar="P", help="deploy --count appliances named P-01, P-02, ...")
@@ -64,13 +72,17 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidDeployPlan(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
     if args.ip_timeout <= 0:
         raise InvalidDeployPlan("--ip-timeout must be positive")
+    if args.datastore is not None and args.ova is None:
+        raise InvalidDeployPlan("--datastore goes with --ova (a clone stays beside its template)")
     certificate = _read_certificate(args.requester_cert) if args.requester_cert else None
     try:
         check_vcenter_url(args.vcenter)
         context = pinned_context(args.thumbprint) if args.thumbprint else None
         names = appliance_names(args.name, args.name_prefix, args.count)
+        if args.ova is not None:
+            check_ova(args.ova)  # before anything else is touched, --dry-run included
         plan = plan_deployment(args.vcenter, args.template, names, enroll=not args.no_enroll,
-                               requester_cert=certificate, enroll_window=args.enroll_window)
+                               requester_cert=certificate, enroll_window=args.enroll_window, ova=args.ova)
     except InvalidThumbprint as exc:
         raise InvalidDeployPlan(str(exc)) from None
     except InvalidCertificate as exc:
@@ -85,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     except CredentialsError as exc:
         raise InvalidDeployPlan(str(exc)) from None
     reports = deploy(plan, access, Path(args.secrets_dir), concurrency=args.concurrency,
-                     ip_timeout=args.ip_timeout, progress=_progress)
+                     ip_timeout=args.ip_timeout, progress=_progress, datastore=args.datastore)
     if args.json:
         print(json.dumps([report.to_json() for report in reports], indent=2))
     else:

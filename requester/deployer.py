@@ -6,7 +6,8 @@
 
 Per appliance, in this order (deployplan.steps): write `<name>.json` (0600, before the VM exists,
 so a crash never leaves a VM whose secrets are lost); clone the template with the secrets in the
-clone spec's extraConfig; read the config back and check every planned key; power on. With
+clone spec's extraConfig, or (plan.ova) import the OVA with the secrets as its vApp properties;
+read the config back and check every planned key; power on. With
 enrollment: wait for VMware Tools to report an IP, enroll all of them with bounded concurrency
 (library.enroll_many), then remove the secret keys through the API and read back whether they
 are gone. One appliance's failure never stops the others: each gets an ApplianceReport.
@@ -28,7 +29,16 @@ from typing import Callable, Mapping
 
 from firsttrust.errors import FirsttrustError
 
-from .deployplan import SCRUB_KEYS, AppliancePlan, DeployPlan, InvalidDeployPlan, missing_config, scrub_status
+from .deployplan import (
+    OVA_SCRUB_KEYS,
+    AppliancePlan,
+    DeployPlan,
+    InvalidDeployPlan,
+    missing_config,
+    scrub_status,
+    vapp_scrub_status,
+    verify_properties,
+)
 from .deployspec import secrets_to_json
 from .library import Target, enroll_many
 from .truststore import TrustStore, fsync_directory
@@ -108,7 +118,8 @@ class ApplianceReport:
     vm: str | None = None  # the managed object ID, e.g. vm-42
     ip: str | None = None
     pin: str | None = None
-    extra_config: str = "not checked"  # "verified" once read back
+    extra_config: str = "not checked"  # "verified" once read back; --ova: "verified (vApp properties)" or
+    # "verified (extraConfig: ...)", where the server kept the properties (deployplan.verify_properties)
     scrub: dict[str, str] = field(default_factory=dict)
     error: FirsttrustError | None = None
     failed_step: str | None = None
@@ -158,23 +169,30 @@ def write_secrets_file(path: Path, appliance: AppliancePlan) -> None:
 
 def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concurrency: int = DEFAULT_CONCURRENCY,
            ip_timeout: float = DEFAULT_IP_TIMEOUT, store: TrustStore | None = None,
-           progress: Progress = lambda name, event: None) -> list[ApplianceReport]:
+           progress: Progress = lambda name, event: None, datastore: str | None = None) -> list[ApplianceReport]:
     """Carry out `plan` (see the module docstring), one report per appliance in plan order.
+    With plan.ova, `datastore` names the datastore to import to (default: vsphere.import_target's).
 
     Raises (before any VM or file is created):
-        InvalidDeployPlan: the secrets directory is missing or already holds a plan's file.
-        VsphereError: vCenter unreachable, untrusted or refusing the login; the template is
-            missing; a planned name is already taken in the inventory.
+        InvalidDeployPlan: the secrets directory is missing or already holds a plan's file; the
+            OVA is unreadable or not an OVA.
+        VsphereError: vCenter unreachable, untrusted or refusing the login; the template, or
+            the OVA's target, is missing; a planned name is already taken in the inventory.
     """
+    from .ovafile import check_ova
     from .vsphere import VsphereError, connect  # pyVmomi is needed here only
 
     check_secrets_dir(plan, secrets_dir)
+    ova = check_ova(plan.ova) if plan.ova else None
     vcenter = connect(access.url, access.user, access.password, access.context)
     try:
         inventory = vcenter.virtual_machines()
-        template = inventory.get(plan.template)
-        if template is None:
-            raise VsphereError(f"no virtual machine or template named {plan.template[:80]!r}", code="not_found")
+        if ova is not None:
+            target = vcenter.import_target(datastore)
+        else:
+            template = inventory.get(plan.template)
+            if template is None:
+                raise VsphereError(f"no virtual machine or template named {plan.template[:80]!r}", code="not_found")
         taken = [a.name for a in plan.appliances if a.name in inventory]
         if taken:
             raise VsphereError(f"a virtual machine named {taken[0]!r} exists already"
@@ -186,15 +204,32 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
             step = "write secrets file"
             try:
                 write_secrets_file(secrets_dir / appliance.secrets_file, appliance)
-                step = "clone"
-                vm = _timed(report, "clone", lambda: vcenter.clone(template, appliance.name, appliance.extra_config))
-                vms[appliance.name], report.vm = vm, vcenter.moid(vm)
-                progress(appliance.name, f"cloned as {report.vm}")
-                step = "verify extraConfig"
-                missing = missing_config(vcenter.extra_config(vm), appliance.extra_config)
-                if missing:
-                    raise VsphereError(f"the clone's extraConfig lacks {', '.join(missing)}", code="extra_config")
-                report.extra_config = "verified"
+                if ova is not None:
+                    step = "import OVA"
+                    vm = _timed(report, "import", lambda: vcenter.import_ova(
+                        ova, appliance.name, appliance.properties, appliance.extra_config, target,
+                        on_upload=lambda path, size: progress(appliance.name, f"uploaded {path} ({size} bytes)")))
+                    vms[appliance.name], report.vm = vm, vcenter.moid(vm)
+                    progress(appliance.name, f"imported as {report.vm}")
+                    step = "verify vApp properties"
+                    vapp = {key: value for key, (_, value) in vcenter.vapp_properties(vm).items()}
+                    entries = vcenter.extra_config(vm)
+                    held, missing = verify_properties(vapp, entries, appliance.properties)
+                    missing += missing_config(entries, appliance.extra_config)
+                    if missing:
+                        raise VsphereError(f"the imported VM lacks {', '.join(missing)}", code="extra_config")
+                    report.extra_config = held
+                else:
+                    step = "clone"
+                    vm = _timed(report, "clone", lambda: vcenter.clone(template, appliance.name,
+                                                                       appliance.extra_config))
+                    vms[appliance.name], report.vm = vm, vcenter.moid(vm)
+                    progress(appliance.name, f"cloned as {report.vm}")
+                    step = "verify extraConfig"
+                    missing = missing_config(vcenter.extra_config(vm), appliance.extra_config)
+                    if missing:
+                        raise VsphereError(f"the clone's extraConfig lacks {', '.join(missing)}", code="extra_config")
+                    report.extra_config = "verified"
                 step = "power on"
                 _timed(report, "power_on", lambda: vcenter.power_on(vm))
                 report.status = "deployed"
@@ -235,14 +270,29 @@ def _enroll_and_scrub(plan: DeployPlan, reports: list[ApplianceReport], vms: dic
             return
         vm = vms[appliance.name]
         try:
-            _timed(report, "scrub", lambda: vcenter.set_extra_config(vm, [(key, "") for key in SCRUB_KEYS]))
-            report.scrub = scrub_status(vcenter.extra_config(vm))
+            if plan.ova:
+                report.scrub = _timed(report, "scrub", lambda: scrub_imported(vcenter, vm))
+            else:
+                _timed(report, "scrub", lambda: vcenter.set_extra_config(vm, [(key, "") for key in plan.scrub_keys]))
+                report.scrub = scrub_status(vcenter.extra_config(vm), plan.scrub_keys)
             progress(appliance.name, "secret keys: " + ", ".join(f"{k} {v}" for k, v in report.scrub.items()))
         except FirsttrustError as exc:  # enrolled and pinned all the same: say so, do not fail it
-            report.scrub = {key: f"not removed ({exc.code})" for key in SCRUB_KEYS}
+            report.scrub = {key: f"not removed ({exc.code})" for key in plan.scrub_keys}
             progress(appliance.name, f"secret keys not removed: {_redact(str(exc), appliance)}")
 
     _in_threads(concurrency, scrub, plan.appliances, reports)
+
+
+def scrub_imported(vcenter, vm) -> dict[str, str]:
+    """An OVA-deployed VM's secret properties set to "", where the VM holds them, and read back:
+    its vApp properties (ReconfigVM_Task with a vAppConfig edit by integer key) if it has any,
+    else the extraConfig keys vcsim 0.24 made of the PropertyMapping."""
+    vapp = vcenter.vapp_properties(vm)
+    if vapp:
+        vcenter.clear_vapp_properties(vm, [vapp[key][0] for key in OVA_SCRUB_KEYS if key in vapp])
+        return vapp_scrub_status({key: value for key, (_, value) in vcenter.vapp_properties(vm).items()})
+    vcenter.set_extra_config(vm, [(key, "") for key in OVA_SCRUB_KEYS])
+    return scrub_status(vcenter.extra_config(vm), OVA_SCRUB_KEYS)
 
 
 def _in_threads(concurrency: int, work, appliances, reports) -> None:

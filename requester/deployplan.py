@@ -35,6 +35,12 @@ MAX_COUNT = 1000
 # The keys that carry a secret: removed after a successful enrollment. The certificate and the
 # enrollment window are not secret and stay for the record.
 SCRUB_KEYS = (guestinfo_key(SEC_A), guestinfo_key(SEC_B))
+# With --ova the secrets are vApp properties (or, on vcsim 0.24, extraConfig keys) named without
+# the guestinfo. prefix: the OVF ProductSection's keys (packaging/ova/descriptor.py).
+OVA_SCRUB_KEYS = (SEC_A, SEC_B)
+
+VERIFIED_VAPP = "verified (vApp properties)"
+VERIFIED_EXTRA_CONFIG = "verified (extraConfig: the server kept no vApp properties)"
 
 REMOVED = "removed"
 NOT_REMOVED = "not removed"
@@ -49,12 +55,18 @@ class InvalidDeployPlan(InvalidDeploySpec):
 
 @dataclass(frozen=True)
 class AppliancePlan:
-    """One appliance: its VM name, its secrets, and the extraConfig its clone spec carries."""
+    """One appliance: its VM name, its secrets, and the extraConfig its clone or import spec carries.
+
+    `properties` are the deployment properties by their unprefixed keys: with --ova, the import's
+    PropertyMapping (and `extra_config` only the VMX hardening); with --template, `extra_config`
+    carries them as guestinfo.* keys and `properties` is empty.
+    """
 
     name: str
     secrets: EnrollmentSecrets = field(repr=False)
     extra_config: tuple[tuple[str, str], ...] = field(repr=False)
     secrets_file: str
+    properties: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @property
     def secret_values(self) -> tuple[str, str]:
@@ -63,27 +75,41 @@ class AppliancePlan:
     def describe(self) -> dict:
         """This appliance's plan with every secret value replaced by "<secret>"."""
         hidden = set(self.secret_values)
-        return {"name": self.name, "secrets_file": self.secrets_file,
-                "extra_config": {key: "<secret>" if value in hidden else value for key, value in self.extra_config}}
+        described = {"name": self.name, "secrets_file": self.secrets_file,
+                     "extra_config": {key: "<secret>" if value in hidden else value for key, value in self.extra_config}}
+        if self.properties:
+            described["vapp_properties"] = {key: "<secret>" if value in hidden else value
+                                            for key, value in self.properties}
+        return described
 
 
 @dataclass(frozen=True)
 class DeployPlan:
+    """`template` (clone) or `ova` (import): exactly one is set."""
+
     vcenter: str
-    template: str
+    template: str | None
     appliances: tuple[AppliancePlan, ...]
     enroll: bool = True
+    ova: str | None = None
+
+    @property
+    def scrub_keys(self) -> tuple[str, ...]:
+        return OVA_SCRUB_KEYS if self.ova else SCRUB_KEYS
 
     def describe(self) -> dict:
         """The whole plan without secret values: what --dry-run prints."""
-        return {"vcenter": self.vcenter, "template": self.template, "enroll": self.enroll,
-                "steps": list(steps(self.enroll)), "scrub_after_enroll": list(SCRUB_KEYS) if self.enroll else [],
+        source = {"ova": self.ova} if self.ova else {"template": self.template}
+        return {"vcenter": self.vcenter, **source, "enroll": self.enroll,
+                "steps": list(steps(self.enroll, ova=bool(self.ova))),
+                "scrub_after_enroll": list(self.scrub_keys) if self.enroll else [],
                 "appliances": [appliance.describe() for appliance in self.appliances]}
 
 
-def steps(enroll: bool) -> tuple[str, ...]:
+def steps(enroll: bool, ova: bool = False) -> tuple[str, ...]:
     """What happens to each appliance, in order."""
-    head = ("write secrets file", "clone with extraConfig", "verify extraConfig", "power on")
+    head = ("write secrets file", "import OVA with vApp properties" if ova else "clone with extraConfig",
+            "verify vApp properties" if ova else "verify extraConfig", "power on")
     return head + (("wait for guest IP", "enroll and pin", "remove secret keys") if enroll else ())
 
 
@@ -128,17 +154,25 @@ def check_vcenter_url(url: str) -> str:
     return url
 
 
-def plan_deployment(vcenter: str, template: str, names: Sequence[str], *, enroll: bool = True,
+def plan_deployment(vcenter: str, template: str | None, names: Sequence[str], *, enroll: bool = True,
                     requester_cert: bytes | None = None, enroll_window: str | None = None,
-                    generate: Callable[[], EnrollmentSecrets] = EnrollmentSecrets.generate) -> DeployPlan:
-    """Plan the deployment of one appliance per name, each with fresh secrets.
+                    generate: Callable[[], EnrollmentSecrets] = EnrollmentSecrets.generate,
+                    ova: str | None = None) -> DeployPlan:
+    """Plan the deployment of one appliance per name, each with fresh secrets, cloned from
+    `template` or imported from the OVA at `ova` (exactly one; the file itself is checked by
+    ovafile.check_ova, which does IO).
 
     Raises:
-        InvalidDeployPlan: a bad URL, an empty template name, a repeated name.
+        InvalidDeployPlan: a bad URL, both or neither of template and OVA, an empty template
+            name, a repeated name.
         InvalidDeploySpec, InvalidCertificate: from deployment_properties.
     """
     check_vcenter_url(vcenter)
-    if not template or len(template) > 80:
+    if (template is None) == (ova is None):
+        raise InvalidDeployPlan("give exactly one of a template to clone (--template) and an OVA to import (--ova)")
+    if ova is not None and not ova:
+        raise InvalidDeployPlan("the OVA path is empty")
+    if ova is None and (not template or len(template) > 80):
         raise InvalidDeployPlan("the template name must be 1-80 characters")
     if len(set(names)) != len(names):
         raise InvalidDeployPlan("an appliance name appears twice")
@@ -146,10 +180,14 @@ def plan_deployment(vcenter: str, template: str, names: Sequence[str], *, enroll
     for name in names:
         secrets = generate()
         properties = deployment_properties(secrets, requester_cert=requester_cert, enroll_window=enroll_window)
+        if ova is not None:
+            appliances.append(AppliancePlan(name=name, secrets=secrets, extra_config=HARDENING_VMX_SETTINGS,
+                                            secrets_file=f"{name}.json", properties=tuple(properties.items())))
+            continue
         extra_config = tuple((guestinfo_key(key), value) for key, value in properties.items())
         appliances.append(AppliancePlan(name=name, secrets=secrets, extra_config=extra_config + HARDENING_VMX_SETTINGS,
                                         secrets_file=f"{name}.json"))
-    return DeployPlan(vcenter=vcenter, template=template, appliances=tuple(appliances), enroll=enroll)
+    return DeployPlan(vcenter=vcenter, template=template, appliances=tuple(appliances), enroll=enroll, ova=ova)
 
 
 # --- reading the VM's configuration back -----------------------------------------------------------
@@ -163,6 +201,27 @@ def missing_config(read_back: Iterable[tuple[str, str]], planned: Iterable[tuple
     """
     current = current_values(read_back)
     return [key for key, value in planned if current.get(key) != value]
+
+
+def verify_properties(vapp_properties: Mapping[str, str], read_back: Iterable[tuple[str, str]],
+                      planned: Iterable[tuple[str, str]]) -> tuple[str, list[str]]:
+    """Where an imported VM holds its planned properties, and which it lacks (names only).
+
+    Where the VM has vApp properties (vCenter, ESXi) every planned key must be one of them with
+    the planned value: VERIFIED_VAPP. Where it has none at all (vcsim 0.24 turns the import's
+    PropertyMapping into extraConfig keys), the extraConfig's current values are checked under
+    the same keys: VERIFIED_EXTRA_CONFIG.
+    """
+    planned = list(planned)
+    if vapp_properties:
+        return VERIFIED_VAPP, [key for key, value in planned if vapp_properties.get(key) != value]
+    return VERIFIED_EXTRA_CONFIG, missing_config(read_back, planned)
+
+
+def vapp_scrub_status(vapp_properties: Mapping[str, str], keys: Iterable[str] = OVA_SCRUB_KEYS) -> dict[str, str]:
+    """Per vApp property: REMOVED when it reads back empty or is gone (a vApp property holds
+    one value, unlike vcsim's extraConfig), else NOT_REMOVED."""
+    return {key: NOT_REMOVED if vapp_properties.get(key) else REMOVED for key in keys}
 
 
 def scrub_status(read_back: Iterable[tuple[str, str]], keys: Iterable[str] = SCRUB_KEYS) -> dict[str, str]:

@@ -6,6 +6,8 @@
     vc.power_on(vm); vc.wait_for_ip(vm, timeout=600)
     vc.set_extra_config(vm, [(key, "")])              # ReconfigVM_Task; ESXi deletes a key set to ""
     vc.extra_config(vm)                               # read back, in the server's order
+    vm = vc.import_ova(check_ova(path), "app-01", properties, hardening, vc.import_target())
+    vc.vapp_properties(vm); vc.clear_vapp_properties(vm, [int keys])   # --ova's read-back and scrub
     vc.close()
 
 What to call is decided in requester/deployplan.py; this module only calls it and waits on
@@ -21,13 +23,14 @@ import http.client
 import importlib.metadata
 import ssl
 import time
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 from firsttrust.errors import FirsttrustError
 
 from .deployplan import usable_guest_ip
-from .vcenter_tls import ThumbprintMismatch
+from .ovafile import OvaFile, OvaReadError, open_member, read_chunk
+from .vcenter_tls import InvalidThumbprint, ThumbprintMismatch, pinned_context
 
 MIN_PYVMOMI = (8, 0)
 
@@ -35,6 +38,12 @@ MIN_PYVMOMI = (8, 0)
 # then every second (a real vCenter's clone takes seconds to minutes).
 POLL_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 TASK_TIMEOUT = 1800.0  # a full clone of a large template on slow storage
+LEASE_READY_TIMEOUT = 600.0  # ImportVApp's lease: initializing until vCenter has made the VM's files
+# An HttpNfcLease times out (vCenter: 5 minutes by default) unless HttpNfcLeaseProgress is called;
+# every 10 s leaves a wide margin under the 30 s the deployer promises.
+LEASE_PROGRESS_INTERVAL = 10.0
+UPLOAD_CHUNK = 1 << 20  # read from the OVA and sent; never the whole disk in memory
+UPLOAD_TIMEOUT = 120.0  # per socket operation, not for the whole upload
 
 
 class VsphereError(FirsttrustError):
@@ -104,14 +113,19 @@ def connect(url: str, user: str, password: str, context: ssl.SSLContext) -> "Vce
     with api_call(f"connecting to {parts.hostname}"):
         si = pyvim_connect.SmartConnect(protocol="https", host=parts.hostname, port=parts.port or 443,
                                         path=parts.path or "/sdk", user=user, pwd=password, sslContext=context)
-    return Vcenter(si)
+    return Vcenter(si, context=context, netloc=parts.netloc)
 
 
 class Vcenter:
-    """A logged-in session. Safe to share between threads (pyVmomi pools its connections)."""
+    """A logged-in session. Safe to share between threads (pyVmomi pools its connections).
 
-    def __init__(self, si) -> None:
+    `context` and `netloc` ("host[:port]" of the API) serve the OVA uploads: a lease's device URL
+    names the host "*" when it means the one the API was reached at.
+    """
+
+    def __init__(self, si, context: ssl.SSLContext | None = None, netloc: str = "") -> None:
         self.si = si
+        self.context, self.netloc = context, netloc
         self.content = si.RetrieveContent()
         self.vim, self.vmodl = _pyvmomi()[0].vim, _pyvmomi()[0].vmodl
 
@@ -175,6 +189,156 @@ class Vcenter:
             return [(option.key, "" if option.value is None else str(option.value))
                     for option in (vm.config.extraConfig or [])]
 
+    # --- --ova: import, vApp properties --------------------------------------------------------
+
+    def import_target(self, datastore: str | None = None) -> tuple:
+        """Where --ova imports: (the first datacenter's vmFolder, the first compute resource's
+        resourcePool, the datastore named `datastore` or else, of that compute resource's
+        datastores, the one with the most free space).
+
+        Raises:
+            VsphereError (code "not_found"): no datacenter, compute resource or such datastore.
+        """
+        vim = self.vim
+        with api_call("finding where to import"):
+            datacenter = next((e for e in self.content.rootFolder.childEntity if isinstance(e, vim.Datacenter)), None)
+            if datacenter is None:
+                raise VsphereError("no datacenter in the inventory to import into", code="not_found")
+            compute = next((e for e in datacenter.hostFolder.childEntity if isinstance(e, vim.ComputeResource)), None)
+            if compute is None:
+                raise VsphereError(f"no host or cluster in datacenter {datacenter.name!r}", code="not_found")
+            stores = list(compute.datastore or [])
+            if datastore is not None:
+                chosen = next((d for d in stores if d.name == datastore), None)
+                if chosen is None:
+                    raise VsphereError(f"no datastore named {datastore[:80]!r} on {compute.name!r}", code="not_found")
+            elif stores:
+                chosen = max(stores, key=lambda d: d.summary.freeSpace or 0)
+            else:
+                raise VsphereError(f"no datastore on {compute.name!r}", code="not_found")
+            return datacenter.vmFolder, compute.resourcePool, chosen
+
+    def import_ova(self, ova: OvaFile, name: str, properties: Iterable[tuple[str, str]],
+                   extra_config: Iterable[tuple[str, str]], target: tuple,
+                   on_upload: Callable[[str, int], None] = lambda path, size: None):
+        """Import `ova` as VM `name`, powered off: OvfManager.CreateImportSpec with `properties`
+        as the PropertyMapping, `extra_config` appended to the import spec's configSpec,
+        ResourcePool.ImportVApp, each disk streamed from the file to its lease URL with
+        HttpNfcLeaseProgress every LEASE_PROGRESS_INTERVAL, then HttpNfcLeaseComplete. Any
+        failure after ImportVApp aborts the lease (vCenter then removes the partial VM).
+        `on_upload(member name, bytes sent)` after each file the server accepted.
+
+        Returns:
+            The new VirtualMachine.
+        """
+        vim = self.vim
+        folder, pool, datastore = target
+        what = f"importing {name}"
+        with api_call(what):
+            params = vim.OvfManager.CreateImportSpecParams(
+                entityName=name, propertyMapping=[vim.KeyValue(key=k, value=v) for k, v in properties])
+            result = self.content.ovfManager.CreateImportSpec(ova.descriptor, pool, datastore, params)
+            if result.error:
+                fault = result.error[0]
+                raise VsphereError(f"{what}: the OVF descriptor was refused: {type(fault).__name__.rpartition('.')[2]}:"
+                                   f" {_first_line(fault.localizedMessage or getattr(fault, 'msg', ''))}",
+                                   code="ova_refused")
+            spec = result.importSpec
+            config = getattr(spec, "configSpec", None)
+            if config is None:
+                raise VsphereError(f"{what}: the OVA describes a vApp, not one virtual machine", code="ova_refused")
+            config.extraConfig = list(config.extraConfig or []) + self._options(extra_config)
+            lease = pool.ImportVApp(spec, folder)
+        try:
+            self._wait_lease_ready(lease, what)
+            with api_call(what):
+                info = lease.info
+                vm = info.entity  # gone from the lease once it is complete
+                items = {item.deviceId: item for item in (result.fileItem or [])}
+                uploads = [(device, items[device.importKey]) for device in (info.deviceUrl or [])
+                           if device.importKey in items]
+            missing = [item.path for _, item in uploads if item.path not in ova.members]
+            if missing:
+                raise OvaReadError(f"{what}: the OVA has no file {missing[0]!r} its descriptor names")
+            progress = LeaseProgress(lease, sum(ova.members[item.path] for _, item in uploads))
+            for device, item in uploads:
+                on_upload(item.path, self._upload(ova, device, item, progress, what))
+            with api_call(what):
+                lease.HttpNfcLeaseComplete()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                lease.HttpNfcLeaseAbort()
+            raise
+        return vm
+
+    def _wait_lease_ready(self, lease, what: str) -> None:
+        states = self.vim.HttpNfcLease.State
+        deadline = time.monotonic() + LEASE_READY_TIMEOUT
+        for delay in _delays():
+            with api_call(what):
+                state = lease.state
+                if state == states.ready:
+                    return
+                if state == states.error:
+                    fault = lease.error
+                    raise VsphereError(f"{what}: the import lease failed: {_first_line(getattr(fault, 'msg', ''))}")
+                if state == states.done:
+                    raise VsphereError(f"{what}: the import lease ended before the upload")
+            if time.monotonic() + delay > deadline:
+                raise VsphereError(f"{what}: the import lease was not ready within {LEASE_READY_TIMEOUT:.0f} s",
+                                   code="task_timeout")
+            time.sleep(delay)
+
+    def _upload(self, ova: OvaFile, device, item, progress: "LeaseProgress", what: str) -> int:
+        """One disk, streamed from the OVA in UPLOAD_CHUNK pieces over TLS checked like the API's."""
+        url = urlsplit(device.url.replace("*", self.netloc, 1) if "://*" in device.url else device.url)
+        context = self.context
+        if "://*" not in device.url and getattr(device, "sslThumbprint", None):
+            try:  # the ESXi host's own certificate, as vCenter reported it over the pinned API channel
+                context = pinned_context(device.sslThumbprint)
+            except InvalidThumbprint:
+                pass
+        target = url.path + (f"?{url.query}" if url.query else "")
+        with open_member(ova.path, item.path) as (size, stream), api_call(f"{what}: uploading {item.path}"):
+            connection = http.client.HTTPSConnection(url.hostname, url.port or 443, context=context,
+                                                     timeout=UPLOAD_TIMEOUT)
+            try:
+                connection.putrequest("PUT" if item.create else "POST", target)
+                connection.putheader("Content-Type", "application/x-vnd.vmware-streamVmdk")
+                connection.putheader("Content-Length", str(size))
+                connection.endheaders()
+                sent = 0
+                while sent < size:
+                    chunk = read_chunk(stream, min(UPLOAD_CHUNK, size - sent), ova.path)
+                    connection.send(chunk)
+                    sent += len(chunk)
+                    progress.add(len(chunk))
+                response = connection.getresponse()
+                response.read(1 << 16)
+            finally:
+                connection.close()
+        if response.status not in (200, 201):
+            raise VsphereError(f"{what}: uploading {item.path}: HTTP {response.status} {response.reason}",
+                               code="ova_upload")
+        return sent
+
+    def vapp_properties(self, vm) -> dict[str, tuple[int, str]]:
+        """The VM's vApp properties: id -> (its integer key, value). Empty where the server keeps none."""
+        with api_call("reading the vApp properties"):
+            vapp = vm.config.vAppConfig
+            return {p.id: (p.key, p.value or "") for p in ((vapp.property if vapp else None) or [])}
+
+    def clear_vapp_properties(self, vm, keys: Iterable[int]) -> None:
+        """ReconfigVM_Task setting these vApp properties (by integer key) to ""."""
+        with api_call("reconfiguring"):
+            task = vm.ReconfigVM_Task(spec=self.vapp_clear_spec(keys))
+        self.wait_task(task, "reconfiguring")
+
+    def vapp_clear_spec(self, keys: Iterable[int]):
+        vapp = self.vim.vApp
+        return self.vim.vm.ConfigSpec(vAppConfig=vapp.VmConfigSpec(property=[
+            vapp.PropertySpec(operation="edit", info=vapp.PropertyInfo(key=key, value="")) for key in keys]))
+
     def power_on(self, vm) -> None:
         with api_call("powering on"):
             task = vm.PowerOnVM_Task()
@@ -226,6 +390,23 @@ class Vcenter:
 
     def _options(self, entries: Iterable[tuple[str, str]]) -> list:
         return [self.vim.option.OptionValue(key=key, value=value) for key, value in entries]
+
+
+class LeaseProgress:
+    """Calls HttpNfcLeaseProgress (percent of bytes sent) at most every `interval` seconds of
+    upload, so a lease never goes more than `interval` plus one chunk's time without one."""
+
+    def __init__(self, lease, total: int, interval: float = LEASE_PROGRESS_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.lease, self.total, self.interval, self.clock = lease, max(total, 1), interval, clock
+        self.sent, self.last = 0, clock()
+
+    def add(self, count: int) -> None:
+        self.sent += count
+        now = self.clock()
+        if now - self.last >= self.interval:
+            self.lease.HttpNfcLeaseProgress(percent=min(99, self.sent * 100 // self.total))
+            self.last = now
 
 
 def _delays() -> Iterator[float]:

@@ -100,8 +100,11 @@ class Guests:
         current = dict(self.vc.extra_config(vm))  # the last entry per key, as a guest reads it
         address = f"{self.network}.{len(self.booted) + 1}"
         config = load_config(None, self.root / name / "state")
-        provision(config, DeployConfig(source="guestinfo", sec_a=current[guestinfo_key(SEC_A)],
-                                       sec_b=current[guestinfo_key(SEC_B)]), set_account_password=False)
+        # A clone carries guestinfo.firsttrust.*; an OVA import (deploy --ova) the property keys, which
+        # vcsim 0.24 keeps as extraConfig and a real vCenter delivers in the OVF environment.
+        source, prefix = ("guestinfo", guestinfo_key("")) if guestinfo_key(SEC_A) in current else ("ovfenv", "")
+        provision(config, DeployConfig(source=source, sec_a=current[prefix + SEC_A],
+                                       sec_b=current[prefix + SEC_B]), set_account_password=False)
         server = EnrollmentServer(EnrollmentGate(config, StateDir(config.state_dir), backoff_base=0.0),
                                   api_port=8791, host_key_glob=str(self.root / "no-host-keys-*"))
         listener = asyncio.run_coroutine_threadsafe(

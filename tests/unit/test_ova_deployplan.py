@@ -1,0 +1,307 @@
+"""`firsttrust deploy --ova` without a server: the plan, the CLI's refusals, the OVA check, where the
+properties are verified and scrubbed, and the requests the vApp-property branch sends (vcsim 0.24
+ignores vAppConfig, so that branch is proven here, at the request level)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import tarfile
+from types import SimpleNamespace
+
+import pytest
+
+from firsttrust.credentials import EnrollmentSecrets
+from firsttrust.deployment import SEC_A, SEC_B
+from firsttrust.requester import cli
+from firsttrust.requester.deployer import scrub_imported
+from firsttrust.requester.deployplan import (
+    NOT_REMOVED,
+    REMOVED,
+    VERIFIED_EXTRA_CONFIG,
+    VERIFIED_VAPP,
+    InvalidDeployPlan,
+    appliance_names,
+    plan_deployment,
+    steps,
+    vapp_scrub_status,
+    verify_properties,
+)
+from firsttrust.requester.deployspec import HARDENING_VMX_SETTINGS
+from firsttrust.requester.ovafile import check_ova
+
+URL = "https://vc.example/sdk"
+SECRETS = EnrollmentSecrets.generate()
+
+
+def make_ova(path, members=(("a.ovf", b"<Envelope/>"), ("a-disk1.vmdk", b"\0" * 4096))):
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+# --- the plan ----------------------------------------------------------------------------------------
+
+
+def test_an_ova_plan_maps_the_unprefixed_properties_and_adds_only_the_hardening_to_extra_config():
+    plan = plan_deployment(URL, None, ["a-01"], ova="/x/appliance.ova", generate=lambda: SECRETS)
+    (appliance,) = plan.appliances
+    assert dict(appliance.properties) == {SEC_A: SECRETS.sec_a, SEC_B: SECRETS.sec_b}
+    assert appliance.extra_config == HARDENING_VMX_SETTINGS
+    assert plan.scrub_keys == (SEC_A, SEC_B)
+
+
+def test_the_dry_run_of_an_ova_plan_names_the_ova_and_the_import_step_and_hides_the_secrets():
+    plan = plan_deployment(URL, None, ["a-01"], ova="/x/appliance.ova", generate=lambda: SECRETS)
+    described = plan.describe()
+    text = json.dumps(described)
+    assert described["ova"] == "/x/appliance.ova" and "template" not in described
+    assert "import OVA with vApp properties" in described["steps"] and "clone with extraConfig" not in text
+    assert described["appliances"][0]["vapp_properties"] == {SEC_A: "<secret>", SEC_B: "<secret>"}
+    assert SECRETS.sec_a not in text and SECRETS.sec_b not in text
+    assert described["scrub_after_enroll"] == [SEC_A, SEC_B]
+
+
+def test_a_template_plan_still_clones():
+    described = plan_deployment(URL, "tmpl", ["a-01"]).describe()
+    assert described["template"] == "tmpl" and "ova" not in described
+    assert steps(True)[1] == "clone with extraConfig" and steps(True, ova=True)[1] == "import OVA with vApp properties"
+
+
+@pytest.mark.parametrize("template, ova", [("tmpl", "/x.ova"), (None, None), (None, "")])
+def test_a_plan_needs_exactly_one_of_template_and_ova(template, ova):
+    with pytest.raises(InvalidDeployPlan):
+        plan_deployment(URL, template, ["a-01"], ova=ova)
+
+
+# --- the OVA file --------------------------------------------------------------------------------
+
+
+def test_a_well_formed_ova_passes_the_check_with_its_descriptor(tmp_path):
+    ova = check_ova(str(make_ova(tmp_path / "a.ova")))
+    assert ova.descriptor == "<Envelope/>" and ova.members == {"a.ovf": 11, "a-disk1.vmdk": 4096}
+
+
+def bad_ovas(tmp_path):
+    yield "missing", tmp_path / "nope.ova", "cannot read OVA"
+    (tmp_path / "dir.ova").mkdir()
+    yield "a directory", tmp_path / "dir.ova", "not a regular file"
+    (tmp_path / "small.ova").write_bytes(b"x" * 10)
+    yield "too small", tmp_path / "small.ova", "too small"
+    (tmp_path / "text.ova").write_bytes(b"not a tar at all\n" * 200)
+    yield "not a tar", tmp_path / "text.ova", "not an uncompressed tar"
+    plain = make_ova(tmp_path / "plain.ova", [("a.ovf", b"<E/>"), ("a-disk1.vmdk", os.urandom(8192))])
+    (tmp_path / "gz.ova").write_bytes(gzip.compress(plain.read_bytes()))
+    yield "compressed", tmp_path / "gz.ova", "not an uncompressed tar"
+    yield "disk first", make_ova(tmp_path / "order.ova", [("a-disk1.vmdk", b"\0" * 4096), ("a.ovf", b"<E/>")]), \
+        "first member is not an .ovf"
+    yield "huge descriptor", make_ova(tmp_path / "huge.ova", [("a.ovf", b" " * (2 << 20))]), "the descriptor is"
+    yield "not utf-8", make_ova(tmp_path / "latin.ova", [("a.ovf", b"\xff\xfe" * 1024)]), "not UTF-8"
+
+
+def test_an_unusable_ova_is_refused_in_one_line_naming_it(tmp_path):
+    for what, path, message in bad_ovas(tmp_path):
+        with pytest.raises(InvalidDeployPlan) as caught:
+            check_ova(str(path))
+        text = str(caught.value)
+        assert message in text and str(path) in text and "\n" not in text, what
+
+
+# --- the CLI -----------------------------------------------------------------------------------------
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main(["deploy", "--vcenter", URL, "--thumbprint", "AB" * 20, "--name", "a-01", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_cli_refuses_both_or_neither_of_template_and_ova(capsys, tmp_path):
+    ova = str(make_ova(tmp_path / "a.ova"))
+    code, _, err = run_cli(capsys, "--template", "t", "--ova", ova, "--secrets-dir", str(tmp_path), "--dry-run")
+    assert code == 2 and "not allowed with argument" in err
+    code, _, err = run_cli(capsys, "--secrets-dir", str(tmp_path), "--dry-run")
+    assert code == 2 and "--template" in err and "--ova" in err and "required" in err
+
+
+def test_the_cli_refuses_a_bad_ova_before_anything_with_exit_2_and_one_line(capsys, tmp_path):
+    (tmp_path / "text.ova").write_bytes(b"not a tar at all\n" * 200)
+    for path in (tmp_path / "nope.ova", tmp_path / "text.ova"):
+        code, out, err = run_cli(capsys, "--ova", str(path), "--secrets-dir", str(tmp_path), "--dry-run")
+        assert code == 2 and out == "" and err.startswith("firsttrust: error: ") and str(path) in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_the_cli_dry_run_with_an_ova_prints_the_import_plan(capsys, tmp_path):
+    ova = str(make_ova(tmp_path / "a.ova"))
+    code, out, _ = run_cli(capsys, "--ova", ova, "--secrets-dir", str(tmp_path), "--dry-run")
+    assert code == 0 and json.loads(out)["ova"] == ova
+
+
+def test_datastore_goes_with_ova_only(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "--template", "t", "--datastore", "ds1", "--secrets-dir", str(tmp_path),
+                           "--dry-run")
+    assert code == 2 and "--datastore goes with --ova" in err
+
+
+# --- where the properties are held ---------------------------------------------------------------
+
+
+PLANNED = ((SEC_A, "a-value"), (SEC_B, "b-value"))
+
+
+def test_vapp_properties_are_verified_there_when_the_vm_has_any():
+    assert verify_properties({SEC_A: "a-value", SEC_B: "b-value"}, [], PLANNED) == (VERIFIED_VAPP, [])
+    # a VM with vApp properties must hold them there: the same values in extraConfig do not count
+    assert verify_properties({SEC_A: "a-value"}, list(PLANNED), PLANNED) == (VERIFIED_VAPP, [SEC_B])
+    assert verify_properties({SEC_A: "a-value", SEC_B: "other"}, [], PLANNED)[1] == [SEC_B]
+
+
+def test_without_vapp_properties_the_extra_config_keys_are_verified_last_entry_wins():
+    assert verify_properties({}, list(PLANNED), PLANNED) == (VERIFIED_EXTRA_CONFIG, [])
+    assert verify_properties({}, [*PLANNED, (SEC_B, "")], PLANNED) == (VERIFIED_EXTRA_CONFIG, [SEC_B])
+    assert verify_properties({}, [], PLANNED)[1] == [SEC_A, SEC_B]
+
+
+def test_a_vapp_property_is_removed_when_it_reads_back_empty_or_gone():
+    assert vapp_scrub_status({SEC_A: "", "other": "x"}) == {SEC_A: REMOVED, SEC_B: REMOVED}
+    assert vapp_scrub_status({SEC_A: "", SEC_B: "still"}) == {SEC_A: REMOVED, SEC_B: NOT_REMOVED}
+
+
+class FakeVcenter:
+    """The Vcenter calls scrub_imported makes, recorded; the VM's state as a dict."""
+
+    def __init__(self, vapp: dict[str, tuple[int, str]], extra: list[tuple[str, str]]) -> None:
+        self.vapp, self.extra, self.calls = vapp, extra, []
+
+    def vapp_properties(self, vm):
+        return dict(self.vapp)
+
+    def clear_vapp_properties(self, vm, keys):
+        self.calls.append(("clear_vapp_properties", list(keys)))
+        self.vapp = {pid: (key, "" if key in keys else value) for pid, (key, value) in self.vapp.items()}
+
+    def set_extra_config(self, vm, entries):
+        self.calls.append(("set_extra_config", list(entries)))
+        self.extra += list(entries)  # vcsim: appends
+
+    def extra_config(self, vm):
+        return list(self.extra)
+
+
+def test_scrub_edits_the_vapp_properties_by_their_integer_keys_when_the_vm_has_them():
+    fake = FakeVcenter({SEC_A: (3, "a"), SEC_B: (7, "b"), "firsttrust.enroll-window": (9, "2d")}, [])
+    assert scrub_imported(fake, object()) == {SEC_A: REMOVED, SEC_B: REMOVED}
+    assert fake.calls == [("clear_vapp_properties", [3, 7])]  # not the window, and no extraConfig call
+
+
+def test_scrub_sets_the_extra_config_keys_where_the_server_kept_no_vapp_properties():
+    fake = FakeVcenter({}, [(SEC_A, "a"), (SEC_B, "b")])
+    assert scrub_imported(fake, object()) == {SEC_A: NOT_REMOVED, SEC_B: NOT_REMOVED}  # append-only, honestly
+    assert fake.calls == [("set_extra_config", [(SEC_A, ""), (SEC_B, "")])]
+
+
+# --- the requests themselves (pyVmomi's types, no server) -----------------------------------------
+
+
+@pytest.fixture
+def vcenter():
+    pytest.importorskip("pyVmomi")
+    from firsttrust.requester.vsphere import Vcenter
+
+    return Vcenter(SimpleNamespace(RetrieveContent=lambda: None))
+
+
+def test_the_vapp_scrub_request_edits_each_property_by_key_to_an_empty_value(vcenter, monkeypatch):
+    sent = []
+    vm = SimpleNamespace(ReconfigVM_Task=lambda spec: sent.append(spec) or "task")
+    monkeypatch.setattr(vcenter, "wait_task", lambda task, what: None)
+    vcenter.clear_vapp_properties(vm, [3, 7])
+    (spec,) = sent
+    assert isinstance(spec, vcenter.vim.vm.ConfigSpec) and not spec.extraConfig
+    properties = spec.vAppConfig.property
+    assert [(p.operation, p.info.key, p.info.value) for p in properties] == [("edit", 3, ""), ("edit", 7, "")]
+    assert all(isinstance(p, vcenter.vim.vApp.PropertySpec) for p in properties)
+
+
+def test_the_vapp_properties_are_read_as_id_to_key_and_value(vcenter):
+    vapp = vcenter.vim.vApp
+    config = SimpleNamespace(vAppConfig=vapp.VmConfigInfo(property=[
+        vapp.PropertyInfo(key=3, id=SEC_A, value="a"), vapp.PropertyInfo(key=4, id=SEC_B)]))
+    assert vcenter.vapp_properties(SimpleNamespace(config=config)) == {SEC_A: (3, "a"), SEC_B: (4, "")}
+    assert vcenter.vapp_properties(SimpleNamespace(config=SimpleNamespace(vAppConfig=None))) == {}
+
+
+def test_lease_progress_is_reported_at_least_every_thirty_seconds_of_upload():
+    pytest.importorskip("pyVmomi")
+    from firsttrust.requester.vsphere import LEASE_PROGRESS_INTERVAL, LeaseProgress
+
+    assert LEASE_PROGRESS_INTERVAL <= 30
+    now = [0.0]
+    reported: list[tuple[float, int]] = []
+    lease = SimpleNamespace(HttpNfcLeaseProgress=lambda percent: reported.append((now[0], percent)))
+    progress = LeaseProgress(lease, total=1000, clock=lambda: now[0])
+    for _ in range(100):  # a chunk of 10 bytes every 2 s: 200 s of upload
+        now[0] += 2.0
+        progress.add(10)
+    times = [0.0] + [at for at, _ in reported]
+    assert max(b - a for a, b in zip(times, times[1:])) <= LEASE_PROGRESS_INTERVAL
+    assert 200 - times[-1] <= LEASE_PROGRESS_INTERVAL
+    percents = [percent for _, percent in reported]
+    assert percents == sorted(percents) and 0 < percents[0] and percents[-1] <= 99
+
+
+def fake_import(vcenter, tmp_path, device_url="https://*/nfc/1/disk-0.vmdk"):
+    """A server that accepts the import spec and hands out a ready lease for one disk; what it
+    was sent, recorded."""
+    vim = vcenter.vim
+    calls = []
+    lease = SimpleNamespace(state=vim.HttpNfcLease.State.ready,
+                            info=SimpleNamespace(entity="vm-1", deviceUrl=[SimpleNamespace(
+                                importKey="disk-0", url=device_url, sslThumbprint=None)]),
+                            HttpNfcLeaseAbort=lambda: calls.append("abort"),
+                            HttpNfcLeaseComplete=lambda: calls.append("complete"),
+                            HttpNfcLeaseProgress=lambda percent: calls.append(("progress", percent)))
+    spec = SimpleNamespace(configSpec=vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=SEC_A, value="v")]))
+    result = SimpleNamespace(error=None, importSpec=spec,
+                             fileItem=[SimpleNamespace(deviceId="disk-0", path="a-disk1.vmdk", create=True)])
+
+    def create_import_spec(descriptor, pool, datastore, params):
+        calls.append(("CreateImportSpec", {kv.key: kv.value for kv in params.propertyMapping}))
+        return result
+
+    vcenter.content = SimpleNamespace(ovfManager=SimpleNamespace(CreateImportSpec=create_import_spec))
+    pool = SimpleNamespace(ImportVApp=lambda spec, folder: calls.append(("ImportVApp", spec)) or lease)
+    return calls, ("folder", pool, "datastore")
+
+
+def test_the_import_adds_the_hardening_to_the_mapped_extra_config_and_aborts_the_lease_on_failure(vcenter, tmp_path):
+    from firsttrust.requester.ovafile import OvaReadError
+
+    ova = check_ova(str(make_ova(tmp_path / "a.ova", [("a.ovf", b"<E/>" * 300)])))  # no disk member
+    calls, target = fake_import(vcenter, tmp_path)
+    with pytest.raises(OvaReadError) as caught:
+        vcenter.import_ova(ova, "a-01", PLANNED, HARDENING_VMX_SETTINGS, target)
+    assert caught.value.code == "ova_read" and "a-disk1.vmdk" in str(caught.value)
+    assert calls[0] == ("CreateImportSpec", dict(PLANNED))
+    imported = calls[1][1].configSpec.extraConfig
+    assert [(o.key, o.value) for o in imported] == [(SEC_A, "v"), *HARDENING_VMX_SETTINGS]  # appended, not replaced
+    assert calls[-1] == "abort" and "complete" not in calls
+
+
+def test_an_ova_gone_after_the_check_fails_the_import_as_ova_read_and_aborts(vcenter, tmp_path):
+    from firsttrust.requester.ovafile import OvaReadError
+
+    path = make_ova(tmp_path / "a.ova")
+    ova = check_ova(str(path))
+    path.unlink()
+    calls, target = fake_import(vcenter, tmp_path)
+    with pytest.raises(OvaReadError) as caught:
+        vcenter.import_ova(ova, "a-01", PLANNED, HARDENING_VMX_SETTINGS, target)
+    assert str(path) in str(caught.value) and "cannot reach vCenter" not in str(caught.value)
+    assert calls[-1] == "abort"
