@@ -4,6 +4,7 @@ per-appliance loopback addresses (lab/manager.py)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -117,8 +118,15 @@ def test_each_booted_appliance_gets_a_loopback_address_of_its_own_with_both_stan
         # Someone else listens on the next candidate's enrollment port: it is skipped.
         following = f"{lab_manager.APPLIANCE_NETWORK}{int(taken.rsplit('.', 1)[1]) + 1}"
         with socket.socket() as squatter:
-            squatter.bind((following, lab_manager.DEFAULT_ENROLL_PORT))
-            squatter.listen()
+            # SO_REUSEADDR as any listener sets it: earlier tests' connections to that port may
+            # still be in TIME_WAIT. Already listened on by someone else: the same situation.
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                squatter.bind((following, lab_manager.DEFAULT_ENROLL_PORT))
+                squatter.listen()
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
             second = lab_manager._free_host()
         try:
             assert taken != "127.0.0.1" and taken.startswith("127.0.0.")
