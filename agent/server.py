@@ -287,6 +287,7 @@ class EnrollmentServer:
         """One connection that said a valid hello (its bytes are in `reader`), holding `slot`.
         Without a slot (a caller that bypasses the front door) one is taken here."""
         peer = _peer_name(writer)
+        enrolled: Authorization | None = None
         try:
             if slot is None:
                 slot = _Slot.take(self, _peer_host(writer))
@@ -294,7 +295,7 @@ class EnrollmentServer:
                     await self._refuse(writer, "busy", "too many unauthenticated connections; retry later")
                     return
             async with asyncio.timeout(self.enrollment_timeout):
-                await self._run(reader, writer, peer, slot)
+                enrolled = await self._run(reader, writer, peer, slot)
         except TimeoutError:
             await self._refuse(writer, "timeout", "enrollment took too long")
         except (ConnectionError, ssl.SSLError, OSError) as exc:
@@ -308,13 +309,19 @@ class EnrollmentServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2)
+        # After the connection is closed: opening the API imports its web framework (a few hundred
+        # ms on a slow appliance) and the requester, which waits for the close, need not wait for it.
+        if enrolled is not None and self.on_enrolled:
+            try:
+                await self.on_enrolled(enrolled)
+            except Exception:  # committed all the same; the API opens at the next start
+                log.exception("enrolled %s, but opening the API failed; it opens at the next start", peer)
 
-    async def _enrolled(self, authorization: Authorization, peer: str) -> None:
+    def _enrolled(self, authorization: Authorization, peer: str) -> Authorization:
         _checkpoint("enrolled-sent")
         audit.event("enrolled", f"enrolled requester {authorization.requester_pin} from {peer}", peer=peer,
                     pin=authorization.requester_pin, requester=authorization.name, outcome="enrolled")
-        if self.on_enrolled:
-            await self.on_enrolled(authorization)
+        return authorization
 
     async def _refuse(self, writer: asyncio.StreamWriter, code: str, message: str,
                       retry_after: int | None = None) -> None:
@@ -322,7 +329,9 @@ class EnrollmentServer:
             writer.write(encode_error(code, message, retry_after))
             await asyncio.wait_for(writer.drain(), 2)
 
-    async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str, slot: "_Slot") -> None:
+    async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str,
+                   slot: "_Slot") -> Authorization | None:
+        """One enrollment attempt; the requester's Authorization once enrolled, else None."""
         gate = self.gate
         decision = gate.check()
         if isinstance(decision, Refusal):
@@ -342,6 +351,7 @@ class EnrollmentServer:
                                    ssh_host_keys=host_public_keys(self.host_key_glob), clock=gate.clock)
         audit.event("enroll-attempt", f"enrollment attempt from {peer}", peer=peer)
         charged = verified = committed = False
+        enrolled: Authorization | None = None
         try:
             while machine.state is not State.DONE:
                 data, eof = await _read_frame(reader, min(machine.timeout or self.phase_timeout, self.phase_timeout))
@@ -415,8 +425,8 @@ class EnrollmentServer:
                                 writer.write(done.data)
                                 await writer.drain()
                             elif isinstance(done, Enrolled):
-                                await self._enrolled(done.result, peer)
-            return
+                                enrolled = self._enrolled(done.result, peer)
+            return enrolled
         except PeerRefused as exc:
             audit.event("enroll-failed", f"requester {peer} gave up: {exc.code}", peer=peer, outcome=exc.code)
             return
