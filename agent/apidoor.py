@@ -21,6 +21,7 @@ import logging
 import socket
 from typing import Any
 
+from .listening import listen_on
 from .state import StateDir
 
 log = logging.getLogger("firsttrust.api")
@@ -37,18 +38,7 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
     """
     family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                                          flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
-        sock.listen(API_BACKLOG)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    return listen_on(socket.socket(family, kind, proto), address, API_BACKLOG)
 
 
 class ApiDoor:

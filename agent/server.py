@@ -19,12 +19,10 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import socket
 import ssl
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Awaitable, Callable, TypeVar
 
 from firsttrust import limits
@@ -39,6 +37,7 @@ from firsttrust.enrollment import (
 )
 from firsttrust.errors import AuthenticationFailed, FirsttrustError, PeerRefused, StateError
 from firsttrust.framing import HEADER, FrameDecoder, encode_error
+from firsttrust.identity import file_stamp
 from firsttrust.tlspolicy import SharedContext
 
 from . import audit
@@ -46,6 +45,7 @@ from .config import AgentConfig
 from .frontdoor import EVICTED, FIRST_FRAME_TIMEOUT, MAX_UNAUTHENTICATED, PER_SOURCE_MAX_UNAUTHENTICATED, \
     DoorProtocol, DoorSocket, Entry, FrontDoor, source_key
 from .grant import GrantRefused, apply_grant, commit_grant, prepare_grant
+from .listening import listen_on
 from .sshkeys import HOST_KEY_GLOB, SSHKeyError, host_public_keys
 from .state import AgentState, StateDir
 
@@ -195,14 +195,6 @@ class EnrollmentGate:
         return None
 
 
-def _file_stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
 class OwnIdentity:
     """The appliance's identity as enrollment presents it: its certificate (DER) and one shared
     TLS server context with its key loaded, made once, not per connection (docs/protocol.md
@@ -220,7 +212,7 @@ class OwnIdentity:
     def load(self) -> bytes | None:
         """The certificate (DER) of the current identity, or None if it is missing, corrupt, or
         its key and certificate disagree. Reads the files only when they changed."""
-        stamp = (_file_stamp(self.store.key_path), _file_stamp(self.store.cert_path))
+        stamp = (file_stamp(self.store.key_path), file_stamp(self.store.cert_path))
         if stamp != self._stamp or self.cert_der is None:
             self._stamp, self.cert_der, self.tls = stamp, None, None
             try:
@@ -607,14 +599,7 @@ def _bound_sockets(host: str, port: int) -> list[DoorSocket]:
     made: list[DoorSocket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = DoorSocket(family, kind, proto)
-            made.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(ACCEPT_BACKLOG)
-            sock.setblocking(False)
+            made.append(listen_on(DoorSocket(family, kind, proto), address, ACCEPT_BACKLOG))
     except OSError:
         for sock in made:
             sock.close()

@@ -14,6 +14,7 @@ import datetime
 import hashlib
 import hmac
 import ipaddress
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -204,3 +205,14 @@ def pin_matches(pin: str, cert: x509.Certificate | bytes) -> bool:
     if isinstance(cert, bytes):
         cert = load_certificate(cert)
     return hmac.compare_digest(parse_pin(pin), spki_sha256(cert))
+
+
+def file_stamp(path: "os.PathLike[str] | str") -> tuple[int, int, int] | None:
+    """(inode, mtime ns, size) of an identity file, None if it is missing: what tells a side that
+    keeps its identity loaded (agent/server.py OwnIdentity, requester/enroll.py) that the file was
+    replaced since (every write of identity files is a rename: a new inode)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import os
 import re
 import socket
 import ssl
@@ -33,7 +32,7 @@ from firsttrust.enrollment import (
 )
 from firsttrust.errors import BindingFailed, FirsttrustError, TruncatedFrame
 from firsttrust.framing import HEADER
-from firsttrust.identity import certificate_der
+from firsttrust.identity import certificate_der, file_stamp
 from firsttrust.tlspolicy import SharedContext
 
 from .errors import RequesterError
@@ -116,14 +115,6 @@ async def _read_frame(reader: asyncio.StreamReader, timeout: float) -> tuple[byt
     return header + body, False
 
 
-def _file_stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
 class _OwnIdentity:
     """The requester's key and certificate as enrollment uses them: the certificate read and
     converted once, and one TLS client context shared by every enrollment of this process that
@@ -147,7 +138,7 @@ _OWN_MAX = 8  # identities kept per process; more is a test suite, not a request
 
 
 def _own_identity(files: ClientIdentityFiles) -> _OwnIdentity:
-    key = (files.cert_path, files.key_path, _file_stamp(files.cert_path), _file_stamp(files.key_path))
+    key = (files.cert_path, files.key_path, file_stamp(files.cert_path), file_stamp(files.key_path))
     with _OWN_LOCK:
         own = _OWN.get(key)
         if own is None:
