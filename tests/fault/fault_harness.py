@@ -99,10 +99,18 @@ def killed_call(trace: Path) -> str:
     return "?"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that were free a moment ago: all bound at once, so the
+    kernel cannot hand the same ephemeral port out twice (a world's two listeners once got the
+    same port and its agent failed with "Address already in use")."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -257,7 +265,7 @@ class World:
         os.close(fd)
         shutil.copytree(template.state, self.state, symlinks=True)  # keeps modes; owner is root anyway
         self.pin = template.pin
-        self.enroll_port, self.api_port = free_port(), free_port()
+        self.enroll_port, self.api_port = free_ports(2)
         self.agent_starts = 0
         self.requester_runs = 0
         self.processes: list[subprocess.Popen] = []
