@@ -126,12 +126,17 @@ def start_agent(state_dir: Path, workdir: Path, measure_rss: bool = False, pytho
             rss = _rss_mb(proc.pid)
             return AgentStart(ready, rss["VmRSS"], rss["RssAnon"], rss["RssFile"])
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, as systemd stops a service; SIGKILL if it has not exited within `timeout`."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _enroll_then_call_api(secrets: EnrollmentSecrets, home: Path) -> Callable[[ServeCommand], None]:

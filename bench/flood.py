@@ -182,7 +182,7 @@ def flood_main(argv: list[str] | None = None) -> int:
 @contextlib.contextmanager
 def agent_process(state_dir: Path, workdir: Path, python: str = sys.executable):
     """`serve` over `state_dir` until the block ends; yields the enrollment port once READY=1."""
-    from .agent_process import serve_command
+    from .agent_process import serve_command, stop_process
 
     command = serve_command(state_dir, workdir, python)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify, open(workdir / "serve.log", "ab") as log:
@@ -195,12 +195,7 @@ def agent_process(state_dir: Path, workdir: Path, python: str = sys.executable):
                 pass
             yield command.enroll_port
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 # The hostile clients stand for other machines: on a real network their CPU is not the
@@ -214,6 +209,8 @@ FLOOD_NICE = int(os.environ.get("FLOOD_NICE", "19"))
 @contextlib.contextmanager
 def flood_process(port: int, connections: int, sources: int, log_path: Path):
     """The flood against 127.0.0.1:port, yielded once every connection was opened."""
+    from .agent_process import stop_process
+
     argv = [sys.executable, "-m", "bench.flood", "--port", str(port), "--connections", str(connections),
             "--sources", str(sources), "--seconds", "120"]
     with open(log_path, "ab") as log:
@@ -225,12 +222,7 @@ def flood_process(port: int, connections: int, sources: int, log_path: Path):
                 raise RuntimeError(f"the flood did not start; see {log_path}")
             yield proc
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 15)
 
 
 @dataclass(frozen=True)
