@@ -106,7 +106,7 @@ def start_agent(state_dir: Path, workdir: Path, measure_rss: bool = False, pytho
         notify.bind(str(notify_path))
         notify.settimeout(READY_TIMEOUT)
         started = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             while True:
                 try:

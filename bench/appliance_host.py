@@ -14,6 +14,7 @@ import asyncio
 import cProfile
 import json
 import sys
+import time
 from pathlib import Path
 
 from . import appliances
@@ -27,7 +28,7 @@ async def main(root: Path, count: int, profile: Path | None) -> None:
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
-    profiler = cProfile.Profile() if profile else None
+    profiler = cProfile.Profile(time.process_time) if profile else None
     if profiler:
         profiler.enable()
     await stdin.read()  # EOF: the parent is done

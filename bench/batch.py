@@ -126,7 +126,7 @@ async def _enroll_all(root: Path, secrets: list[EnrollmentSecrets], ports: list[
     targets = [Target(f"appliance-{i:04d}", f"127.0.0.1:{port}", pair)
                for i, (port, pair) in enumerate(zip(ports, secrets))]
     busy, host_cpu, cpu = machine_busy_seconds(), _process_cpu(host_pid), _requester_cpu()
-    profiler = cProfile.Profile() if profile else None
+    profiler = cProfile.Profile(time.process_time) if profile else None
     wall = time.perf_counter()
     if profiler:
         profiler.enable()

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="enroll_many's workers: processes (default) or threads")
     parser.add_argument("--single-worker-batch", type=int, default=None, metavar="N",
                         help="size of the supporting batch run with 1 worker (default: --batch; 0 skips it)")
-    parser.add_argument("--cold-runs", type=int, default=5, help="timed agent cold starts (default 5)")
+    parser.add_argument("--cold-runs", type=int, default=9, help="timed agent cold starts (default 9)")
     parser.add_argument("--agent-python", default=None, metavar="PYTHON",
                         help="interpreter for the agent process (steps 5-6; default: Debian 12's /usr/bin/python3 "
                              "with its python3-* packages, set up in build/bench/debian12-venv)")
