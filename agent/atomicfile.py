@@ -5,7 +5,6 @@ either the old file or the new one, never a mix, and never a moment with looser 
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 
@@ -38,7 +37,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, *, uid: int | None 
     fsync'ed before the rename, so the name never points at an empty or partial file.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)

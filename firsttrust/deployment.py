@@ -7,7 +7,6 @@ the agent reads them at first boot. docs/deployment.md is the operator's view of
 from __future__ import annotations
 
 import base64
-import gzip
 import re
 
 from .errors import FirsttrustError
@@ -111,6 +110,8 @@ def encode_value(value: str, encoding: str) -> str:
     if len(data) > MAX_DECODED_BYTES:
         raise PropertyEncodingError(f"the value is {len(data)} bytes, over the {MAX_DECODED_BYTES}-byte cap")
     if name == GZIP_BASE64:
+        import gzip  # only the requester encodes; the agent's start-up does not need it
+
         data = gzip.compress(data, compresslevel=9, mtime=0)
     return base64.b64encode(data).decode("ascii")
 
