@@ -107,3 +107,22 @@ def test_a_certificate_with_an_unknown_curve_oid_is_an_invalid_certificate(appli
     broken = der.replace(p256, bytes.fromhex("06082a8648ce3d030106"))  # ...3.1.6, not a curve we know
     with pytest.raises(InvalidCertificate):
         load_certificate(broken)
+
+
+def test_the_certificate_cache_gives_each_content_its_own_certificate_and_pin(appliance_identity,
+                                                                            stranger_identity):
+    """load_certificate and the pins are cached by content: a second parse of the same bytes
+    (bytes or bytearray) is the same certificate, other bytes are never served a cached one, and
+    bad bytes are refused every time (a failure is not cached as anything)."""
+    first = load_certificate(appliance_identity.cert_der)
+    assert load_certificate(appliance_identity.cert_der) == first
+    assert load_certificate(bytearray(appliance_identity.cert_der)) == first
+    other = load_certificate(stranger_identity.cert_der)
+    assert other != first
+    assert other.public_bytes(serialization.Encoding.DER) == stranger_identity.cert_der
+    assert pin_of_certificate(appliance_identity.cert_der) == appliance_identity.pin
+    assert pin_of_certificate(stranger_identity.cert_der) == stranger_identity.pin != appliance_identity.pin
+    broken = appliance_identity.cert_der[:-1]
+    for _ in range(2):
+        with pytest.raises(InvalidCertificate):
+            load_certificate(broken)
