@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import logging
 import socket
@@ -127,6 +126,8 @@ def _return_free_memory() -> None:
     """Once, after the API started: collect the enrollment's and the imports' garbage and hand
     the freed heap back to the kernel (glibc keeps it otherwise), so an enrolled agent holds what
     it uses."""
+    import ctypes  # here, not at start-up: the agent imports it only once enrolled
+
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)

@@ -51,7 +51,6 @@ from typing import Callable
 from firsttrust.errors import FirsttrustError, UnexpectedFrame
 from firsttrust.framing import FrameDecoder, encode_error
 from firsttrust.limits import MAX_RETRY_AFTER
-from firsttrust.messages import validate
 
 # --- the limits, with their reasons and precedents ----------------------------------------------
 
@@ -345,6 +344,8 @@ class FirstFrameWatch:
                 return None
             if frame.type != "hello":
                 raise UnexpectedFrame(f"got {frame.type} while expecting hello (state await_hello)")
+            from firsttrust.messages import validate  # with the first hello: not part of start-up
+
             validate(frame)
             outcome = FirstFrame(hello=True)
         except FirsttrustError as exc:

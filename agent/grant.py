@@ -23,9 +23,8 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from firsttrust.enrollment import Authorization
 from firsttrust.identity import certificate_pem
 
 from .atomicfile import clean_stale_temps
@@ -40,6 +39,9 @@ from .sshkeys import (
     remove_stale_authorized_keys_temps,
 )
 from .state import AgentState, StateDir
+
+if TYPE_CHECKING:  # the enrollment code loads with the first connection (agent/server.py)
+    from firsttrust.enrollment import Authorization
 
 # The commit rewrites state.json (a few KiB); refuse to start it with less room than this, so a
 # full disk is a clean refusal before the commit rather than a failed write at it.

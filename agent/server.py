@@ -23,18 +23,9 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Awaitable, Callable, TypeVar
 
 from firsttrust import limits
-from firsttrust.enrollment import (
-    Authorization,
-    Enrolled,
-    PersistAuthorization,
-    SendFrame,
-    ServerEnrollment,
-    StartTLS,
-    State,
-)
 from firsttrust.errors import AuthenticationFailed, FirsttrustError, PeerRefused, StateError
 from firsttrust.framing import HEADER, FrameDecoder, encode_error
 from firsttrust.identity import file_stamp
@@ -49,7 +40,28 @@ from .listening import listen_on
 from .sshkeys import HOST_KEY_GLOB, SSHKeyError, host_public_keys
 from .state import AgentState, StateDir
 
+if TYPE_CHECKING:
+    from firsttrust.enrollment import Authorization
+
 log = logging.getLogger("firsttrust.server")
+
+
+def _enrollment_module():
+    """The enrollment state machine and its events, imported with the first connection that gets
+    that far, not at start-up: with pysrp (ctypes, libssl) and the message schemas that is ~20 ms
+    of the agent's start before READY=1, for a connection that may come minutes later or never
+    (an appliance enrolled long ago restarts without one). Logs the SRP backend once."""
+    global _enrollment_imported
+    from firsttrust import enrollment
+    from firsttrust.srp6a import BACKEND
+
+    if not _enrollment_imported:
+        _enrollment_imported = True
+        log.info("enrollment code loaded (SRP backend %s)", BACKEND)
+    return enrollment
+
+
+_enrollment_imported = False
 
 # The pre-authentication limits (MAX_UNAUTHENTICATED, per source, first-frame deadline) and
 # their reasons live in agent/frontdoor.py.
@@ -338,20 +350,22 @@ class EnrollmentServer:
             await self._refuse(writer, "internal", "the appliance identity is missing or unusable")
             return
         own_tls = self.own.tls  # the context that goes with the certificate the machine sends
-        machine = ServerEnrollment(salt=bytes.fromhex(state.srp_salt), verifier=bytes.fromhex(state.srp_verifier),
-                                   sec_b=sec_b, certificate=self.own.cert_der, api_port=self.api_port,
-                                   ssh_host_keys=host_public_keys(self.host_key_glob), clock=gate.clock)
+        enrollment = _enrollment_module()
+        machine = enrollment.ServerEnrollment(
+            salt=bytes.fromhex(state.srp_salt), verifier=bytes.fromhex(state.srp_verifier), sec_b=sec_b,
+            certificate=self.own.cert_der, api_port=self.api_port,
+            ssh_host_keys=host_public_keys(self.host_key_glob), clock=gate.clock)
         audit.event("enroll-attempt", f"enrollment attempt from {peer}", peer=peer)
         charged = verified = committed = False
         enrolled: Authorization | None = None
         try:
-            while machine.state is not State.DONE:
+            while machine.state is not enrollment.State.DONE:
                 data, eof = await _read_frame(reader, min(machine.timeout or self.phase_timeout, self.phase_timeout))
-                if machine.state is State.AWAIT_CLIENT_PROOF and not eof:
+                if machine.state is enrollment.State.AWAIT_CLIENT_PROOF and not eof:
                     # client_proof is the requester's last plaintext frame: whatever it sent behind
                     # it in the same read is injection, refused before server_proof is sent.
                     data += _take_buffered(reader)
-                if machine.state is State.AWAIT_CLIENT_PROOF and not charged and not eof:
+                if machine.state is enrollment.State.AWAIT_CLIENT_PROOF and not charged and not eof:
                     # The proof is in hand: count the attempt as failed, durably, before its
                     # verdict leaves. The charge is written while the proof is checked; the
                     # verdict (server_proof or an error frame) is held until the charge is on disk.
@@ -374,10 +388,10 @@ class EnrollmentServer:
                     machine.receive_eof()
                     return
                 for event in events:
-                    if isinstance(event, SendFrame):
+                    if isinstance(event, enrollment.SendFrame):
                         writer.write(event.data)
                         await writer.drain()
-                    elif isinstance(event, StartTLS):
+                    elif isinstance(event, enrollment.StartTLS):
                         verified = True  # the SRP proof verified: not a failed guess (see finally)
                         _checkpoint("verified")
                         slot.release()  # authenticated by SRP: no longer an unauthenticated peer
@@ -400,7 +414,7 @@ class EnrollmentServer:
                             writer.write(sent.data)
                         await writer.drain()
                         _checkpoint("tls")
-                    elif isinstance(event, PersistAuthorization):
+                    elif isinstance(event, enrollment.PersistAuthorization):
                         refusal = await gate.enroll(state.srp_verifier, event.authorization, peer)
                         if refusal is not None:
                             audit.event("enroll-failed", f"enrollment from {peer} not committed: {refusal.message}",
@@ -413,10 +427,10 @@ class EnrollmentServer:
                             return
                         committed = True
                         for done in machine.authorization_persisted():
-                            if isinstance(done, SendFrame):
+                            if isinstance(done, enrollment.SendFrame):
                                 writer.write(done.data)
                                 await writer.drain()
-                            elif isinstance(done, Enrolled):
+                            elif isinstance(done, enrollment.Enrolled):
                                 enrolled = self._enrolled(done.result, peer)
             return enrolled
         except PeerRefused as exc:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 from firsttrust.deployment import DEFAULT_API_PORT, DEFAULT_ENROLL_PORT
-from firsttrust.srp6a import BACKEND
 
 from . import audit, systemd_glue
 from .apidoor import ApiDoor, bind_api_socket
@@ -115,7 +114,7 @@ async def serve(config: AgentConfig, listen: Listen = DEFAULT_LISTEN, api_listen
     enroll_host, enroll_port = server.sockets[0].getsockname()[:2]
     phase = "enrolled" if state.phase == "enrolled" else "waiting for enrollment"
     status = f"STATUS={phase}; enrollment on {enroll_host}:{enroll_port}, API on port {api_port}"
-    log.info("listening: enrollment %s:%s, API port %s (SRP backend %s)", enroll_host, enroll_port, api_port, BACKEND)
+    log.info("listening: enrollment %s:%s, API port %s", enroll_host, enroll_port, api_port)
     systemd_glue.notify("READY=1", status)
     watchdog = asyncio.create_task(systemd_glue.watchdog_loop())
     try:
