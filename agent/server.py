@@ -250,9 +250,9 @@ class EnrollmentServer:
                  enrollment_timeout: float = limits.ENROLLMENT_TIMEOUT,
                  on_enrolled: Callable[[Authorization], Awaitable[None]] | None = None,
                  per_source_max: int = PER_SOURCE_MAX_UNAUTHENTICATED,
-                 first_frame_timeout: float = FIRST_FRAME_TIMEOUT) -> None:
+                 first_frame_timeout: float = FIRST_FRAME_TIMEOUT, own: OwnIdentity | None = None) -> None:
         self.gate = gate
-        self.own = OwnIdentity(gate.store)
+        self.own = own or OwnIdentity(gate.store)  # `own`: one the caller has loaded already
         self.api_port = api_port
         self.host_key_glob = host_key_glob
         # The first frame's deadline is the shorter one: never longer than a whole phase.

@@ -70,7 +70,8 @@ async def serve(config: AgentConfig, listen: Listen = DEFAULT_LISTEN, api_listen
     host_key_glob = host_key_glob or config.ssh_host_keys
     store = StateDir(config.state_dir)
     state = store.load()
-    if state is None or OwnIdentity(store).load() is None:
+    own = OwnIdentity(store)  # loaded once: its TLS context is the one enrollment serves with
+    if state is None or own.load() is None:
         raise NotProvisioned(f"{store.path} holds no provisioned appliance; run firsttrust-agent provision first")
     # Roll forward an enrollment a crash cut short after its commit (agent/grant.py), before
     # anything is served: the API trusts exactly what state.json committed.
@@ -106,7 +107,8 @@ async def serve(config: AgentConfig, listen: Listen = DEFAULT_LISTEN, api_listen
         systemd_glue.notify("STATUS=enrolled; serving the pinned API")
 
     gate = EnrollmentGate(config, store, clock=clock)
-    enrollment = EnrollmentServer(gate, api_port=api_port, host_key_glob=host_key_glob, on_enrolled=on_enrolled)
+    enrollment = EnrollmentServer(gate, api_port=api_port, host_key_glob=host_key_glob, on_enrolled=on_enrolled,
+                                  own=own)
     server = await start_enrollment_server(enrollment, listen.host, listen.port, sock=passed.get("enroll"))
     if not server.sockets:
         await api_door.close()
