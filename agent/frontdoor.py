@@ -46,7 +46,7 @@ import math
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from firsttrust.errors import FirsttrustError, UnexpectedFrame
 from firsttrust.framing import FrameDecoder, encode_error
@@ -146,8 +146,7 @@ class Penalty:
     blocked: bool = False
 
 
-@dataclass(frozen=True)
-class Admission:
+class Admission(NamedTuple):  # not a frozen dataclass: 0.1 ms to define, not 0.8 (agent start-up)
     """What `FrontDoor.admit` decided: the newcomer's entry (None: refuse it with `busy`) and
     the entries dropped to make room (close each with `busy`)."""
 
@@ -309,8 +308,7 @@ def _decrement(counts: dict[str, int], key: str) -> None:
 # --- the first frame ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FirstFrame:
+class FirstFrame(NamedTuple):
     """How a connection's first frame ended: a valid hello, an error (code, message: answer with
     an error frame), or the peer closed before completing it (eof)."""
 

@@ -22,8 +22,7 @@ import math
 import socket
 import ssl
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Awaitable, Callable, NamedTuple, TypeVar
 
 from firsttrust import limits
 from firsttrust.errors import AuthenticationFailed, FirsttrustError, PeerRefused, StateError
@@ -78,8 +77,7 @@ def _checkpoint(step: str) -> None:
     """Tests replace this to kill the process between enrollment steps."""
 
 
-@dataclass(frozen=True)
-class Refusal:
+class Refusal(NamedTuple):  # not a frozen dataclass: 0.1 ms to define, not 0.8 (agent start-up)
     code: str
     message: str
     retry_after: int | None = None  # seconds, sent in the error frame (backing_off)
