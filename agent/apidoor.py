@@ -20,7 +20,7 @@ import logging
 import socket
 from typing import Any
 
-from .listening import listen_on
+from .listening import listen_on, passive_addresses
 from .state import StateDir
 
 log = logging.getLogger("firsttrust.api")
@@ -35,8 +35,7 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
     Raises:
         OSError: the address cannot be resolved or bound.
     """
-    family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                                         flags=socket.AI_PASSIVE)[0]
+    family, kind, proto, _, address = passive_addresses(host or None, port)[0]
     return listen_on(socket.socket(family, kind, proto), address, API_BACKLOG)
 
 

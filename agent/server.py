@@ -35,7 +35,7 @@ from .config import AgentConfig
 from .frontdoor import EVICTED, FIRST_FRAME_TIMEOUT, MAX_UNAUTHENTICATED, PER_SOURCE_MAX_UNAUTHENTICATED, \
     DoorProtocol, DoorSocket, Entry, FrontDoor, source_key
 from .grant import GrantRefused, apply_grant, commit_grant, prepare_grant
-from .listening import listen_on
+from .listening import listen_on, passive_addresses
 from .sshkeys import HOST_KEY_GLOB, SSHKeyError, host_public_keys
 from .state import AgentState, StateDir
 
@@ -607,7 +607,7 @@ class EnrollmentListener:
 def _bound_sockets(host: str, port: int) -> list[DoorSocket]:
     """Listening sockets for host:port, as asyncio's create_server makes them (every address
     the host resolves to, SO_REUSEADDR, IPv6 sockets IPv6-only), but DoorSockets."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    infos = passive_addresses(host, port)
     made: list[DoorSocket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):

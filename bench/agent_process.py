@@ -1,5 +1,5 @@
-"""The agent as a process: `python -m firsttrust.agent.cli serve` over a provisioned state dir, as systemd
-starts it (Type=notify), on two ephemeral ports of 127.0.0.1.
+"""The agent as a process: `firsttrust-agent serve` (as its launcher runs it: `python3 -I`, main()) over a
+provisioned state dir, as systemd starts it (Type=notify), on two ephemeral ports of 127.0.0.1.
 
   cold_start  from spawning the process to receiving READY=1 on a NOTIFY_SOCKET made here
               (an AF_UNIX datagram socket, as systemd's), i.e. interpreter start, imports,
@@ -63,13 +63,18 @@ class ServeCommand:
     api_port: int
 
 
+# What /usr/bin/firsttrust-agent runs (packaging/deb/build.sh `launcher`): `python3 -I`, main()
+# imported and called; not `-m`, whose runpy and importlib.util no appliance loads (~6 ms).
+LAUNCHER = ("-I", "-c", "import sys; from firsttrust.agent.cli import main; sys.exit(main())")
+
+
 def serve_command(state_dir: Path, workdir: Path, python: str = sys.executable) -> ServeCommand:
     notify_path = workdir / "notify.sock"
     notify_path.unlink(missing_ok=True)
     enroll_port, api_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_"))}
     env["NOTIFY_SOCKET"] = str(notify_path)
-    argv = [python, "-m", "firsttrust.agent.cli", "serve", "--state-dir", str(state_dir),
+    argv = [python, *LAUNCHER, "serve", "--state-dir", str(state_dir),
             "--listen", f"127.0.0.1:{enroll_port}", "--api-listen", f"127.0.0.1:{api_port}"]
     return ServeCommand(argv, env, notify_path, enroll_port, api_port)
 

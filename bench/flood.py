@@ -1,7 +1,7 @@
 """flood/baseline: a legitimate enrollment while 1,000 hostile connections are held, against the same
 enrollment without them.
 
-The agent is a separate process (`python -m firsttrust.agent.cli serve`, as bench/agent_process.py
+The agent is a separate process (`firsttrust-agent serve` as its launcher runs it, as bench/agent_process.py
 starts it, one per enrollment: an enrolled appliance closes SRP enrollment), so is the flood
 (`python -m bench.flood`, this file's __main__), so neither shares the requester's event loop:
 
