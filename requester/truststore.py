@@ -122,7 +122,8 @@ class TrustStore:
         if self.home.exists() and not self.home.is_dir():
             raise TrustStoreError(f"the trust store {self.home} is not a directory (FIRSTTRUST_HOME)")
         for directory in (self.home, self.appliances, self.pending):
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not os.path.isdir(directory):  # a stat: every locked() comes here, mkdir is the rare case
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def _remove_stale_temps(self) -> None:
         """Temp files a killed writer left (write_atomic's names). Only under the lock: every
@@ -230,7 +231,10 @@ class TrustStore:
             path.unlink(missing_ok=True)
 
     def promote(self, record: ApplianceRecord) -> None:
-        """Pin `record` and drop its pending entry: the pin is written first, so a crash in
-        between leaves a pin plus a pending entry that the next run removes."""
-        self.save(record)
-        self.remove_pending(record.name)
+        """Pin `record` and drop its pending entry, under one lock: the pin is written first, so
+        a crash in between leaves a pin plus a pending entry that the next run removes."""
+        load_certificate(record.certificate.encode())
+        path, pending = self._record_path(record.name), self._pending_path(record.name)
+        with self.locked():
+            write_atomic(path, record.to_json(), 0o600)
+            pending.unlink(missing_ok=True)
