@@ -4,14 +4,12 @@ service can describe the API without importing it (agent/apidoor.py)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from .sshkeys import HOST_KEY_GLOB
 
 
-@dataclass(frozen=True)
-class ApiInfo:
+class ApiInfo(NamedTuple):  # not a frozen dataclass: 0.1 ms to define, not 0.8 (agent start-up)
     """What the API reports about the host, injectable for tests.
 
     Attributes:

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from firsttrust.identity import certificate_pem
 
@@ -56,8 +55,7 @@ class GrantRefused(AgentError):
         self.code = code
 
 
-@dataclass(frozen=True)
-class Grant:
+class Grant(NamedTuple):  # not a frozen dataclass: 0.1 ms to define, not 0.8 (agent start-up)
     """A prepared grant: every check passed, nothing written yet."""
 
     authorization: Authorization

@@ -8,8 +8,8 @@ import glob
 import os
 import pwd
 import stat
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 
 from .atomicfile import write_atomic
@@ -38,8 +38,7 @@ def host_public_keys(pattern: str = HOST_KEY_GLOB) -> tuple[str, ...]:
     return tuple(keys)
 
 
-@dataclass(frozen=True)
-class AuthorizedKeysTarget:
+class AuthorizedKeysTarget(NamedTuple):  # not a frozen dataclass: 0.1 ms to define, not 0.8 (agent start-up)
     """Where an account's authorized_keys lives, checked to be safe to write (not yet written)."""
 
     account: str
