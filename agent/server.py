@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import socket
@@ -45,22 +46,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("firsttrust.server")
 
 
+@functools.cache
 def _enrollment_module():
     """The enrollment state machine and its events, imported with the first connection that gets
     that far, not at start-up: with pysrp (ctypes, libssl) and the message schemas that is ~20 ms
     of the agent's start before READY=1, for a connection that may come minutes later or never
-    (an appliance enrolled long ago restarts without one). Logs the SRP backend once."""
-    global _enrollment_imported
+    (an appliance enrolled long ago restarts without one). Logs the SRP backend, once."""
     from firsttrust import enrollment
     from firsttrust.srp6a import BACKEND
 
-    if not _enrollment_imported:
-        _enrollment_imported = True
-        log.info("enrollment code loaded (SRP backend %s)", BACKEND)
+    log.info("enrollment code loaded (SRP backend %s)", BACKEND)
     return enrollment
-
-
-_enrollment_imported = False
 
 # The pre-authentication limits (MAX_UNAUTHENTICATED, per source, first-frame deadline) and
 # their reasons live in agent/frontdoor.py.

@@ -159,6 +159,9 @@ def _load_certificate(data: bytes) -> x509.Certificate:
     return cert
 
 
+_load_certificate_cached = functools.lru_cache(maxsize=CERTIFICATE_CACHE_SIZE)(_load_certificate)
+
+
 def certificate_der(data: bytes) -> bytes:
     """The DER form of a PEM or DER certificate (validated as by load_certificate)."""
     from cryptography.hazmat.primitives import serialization
@@ -170,9 +173,6 @@ def certificate_pem(data: bytes) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     return load_certificate(data).public_bytes(serialization.Encoding.PEM)
-
-
-_load_certificate_cached = functools.lru_cache(maxsize=CERTIFICATE_CACHE_SIZE)(_load_certificate)
 
 
 @functools.lru_cache(maxsize=CERTIFICATE_CACHE_SIZE)

@@ -169,10 +169,16 @@ class TrustStore:
         return self.appliances / f"{name}.json"
 
     def save(self, record: ApplianceRecord) -> None:
+        self._write(self._record_path(record.name), record)
+
+    def _write(self, path: Path, record: ApplianceRecord, *, then_remove: Path | None = None) -> None:
+        """Write `record` (its certificate checked first) to `path`, then remove `then_remove`,
+        both under the lock."""
         load_certificate(record.certificate.encode())
-        path = self._record_path(record.name)
         with self.locked():
             write_atomic(path, record.to_json(), 0o600)
+            if then_remove is not None:
+                then_remove.unlink(missing_ok=True)
 
     def get(self, name: str) -> ApplianceRecord:
         path = self._record_path(name)
@@ -212,10 +218,7 @@ class TrustStore:
 
     def save_pending(self, record: ApplianceRecord) -> None:
         """Keep a verified appliance whose `enrolled` has not arrived yet (before `finish`)."""
-        load_certificate(record.certificate.encode())
-        path = self._pending_path(record.name)
-        with self.locked():
-            write_atomic(path, record.to_json(), 0o600)
+        self._write(self._pending_path(record.name), record)
 
     def get_pending(self, name: str) -> ApplianceRecord | None:
         path = self._pending_path(name)
@@ -233,8 +236,4 @@ class TrustStore:
     def promote(self, record: ApplianceRecord) -> None:
         """Pin `record` and drop its pending entry, under one lock: the pin is written first, so
         a crash in between leaves a pin plus a pending entry that the next run removes."""
-        load_certificate(record.certificate.encode())
-        path, pending = self._record_path(record.name), self._pending_path(record.name)
-        with self.locked():
-            write_atomic(path, record.to_json(), 0o600)
-            pending.unlink(missing_ok=True)
+        self._write(self._record_path(record.name), record, then_remove=self._pending_path(record.name))
