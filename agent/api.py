@@ -28,14 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import hashlib
 import json
 import logging
 import os
 import socket
 import ssl
-import time
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
@@ -62,7 +60,7 @@ from .apiinfo import ApiInfo
 from .atomicfile import _fsync_dir, remove_durably, write_atomic
 from .errors import AgentError
 from .sshkeys import host_public_keys
-from .state import StateDir
+from .state import StateDir, StateError
 
 log = logging.getLogger("firsttrust.api")
 
@@ -103,26 +101,25 @@ class NoIdentity(AgentError):
 # -- TLS ----------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1)
-def _unusable_certificate() -> bytes:
-    """A certificate nobody can present: its private key is dropped as soon as it is made."""
-    return create_identity("firsttrust-no-authorized-keys").cert_der
-
-
 class AuthorizedContexts:
     """The server TLS contexts of the API: one listening context, and the current one it swaps in.
+
+    Built with the ssl module alone (no key generation, no key parsing through cryptography's
+    OpenSSL backend, which costs an enrolled agent ~2 MB): the listening context and a current
+    context with no authorized key trust no certificate at all, and loading identity.key with
+    identity.crt into a context is what checks that they belong together.
 
     Args:
         store: the state directory (identity.key/identity.crt, authorized.json).
     Raises:
         NoIdentity: the state directory has no identity.
-        StateError: authorized.json is corrupt.
+        StateError: authorized.json is corrupt, or identity.key and identity.crt do not match.
     """
 
     def __init__(self, store: StateDir) -> None:
         self._store = store
         self.reload()
-        self.listening = self._server_context([_unusable_certificate()])
+        self.listening = self._server_context([])
         self.listening.sni_callback = self._select
 
     def reload(self) -> None:
@@ -131,13 +128,14 @@ class AuthorizedContexts:
         Raises:
             NoIdentity, StateError, InvalidCertificate: the old context stays in force.
         """
-        identity = self._store.load_identity()
-        if identity is None:
-            raise NoIdentity(f"no appliance identity in {self._store.path}")
         stamp = self._stamp()
+        try:
+            identity = Identity(self._store.key_path.read_bytes(), self._store.cert_path.read_bytes())
+        except FileNotFoundError:
+            raise NoIdentity(f"no appliance identity in {self._store.path}") from None
         entries = self._store.authorized()
         trusted = [certificate_der(entry["certificate"].encode("ascii")) for entry in entries]
-        context = self._server_context(trusted or [_unusable_certificate()])
+        context = self._server_context(trusted)
         self.identity: Identity = identity
         self.current = context
         self._loaded_stamp = stamp
@@ -155,9 +153,17 @@ class AuthorizedContexts:
         return tuple(stamps)
 
     def _server_context(self, trusted: list[bytes]) -> ssl.SSLContext:
-        context = apply_policy(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), trusted)
+        """A context presenting the appliance identity, trusting exactly `trusted` (none: no client
+        completes a handshake)."""
+        context = apply_policy(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), trusted, allow_none=True)
         context.num_tickets = 0  # no resumption: it would skip verifying the client certificate
-        context.load_cert_chain(self._store.cert_path, self._store.key_path)
+        try:
+            context.load_cert_chain(self._store.cert_path, self._store.key_path)
+        except FileNotFoundError:
+            raise NoIdentity(f"no appliance identity in {self._store.path}") from None
+        except (ssl.SSLError, ValueError, OSError):  # OpenSSL: corrupt, or key values mismatch
+            raise StateError(f"the appliance identity in {self._store.path} is corrupt or its key "
+                             "and certificate do not match") from None
         return context
 
     def _select(self, ssl_object: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime
 import functools
 import hashlib
 import hmac
-import ipaddress
 import os
 import re
 import time
@@ -36,8 +34,9 @@ Clock = Callable[[], float]
 # Self-signed certificates are pinned, not validated against a CA, so the dates matter only to
 # TLS stacks that check them anyway: start a day early (appliance clocks at first boot are often
 # off) and run for 20 years (re-keying is POST /v1/identity/rotate, not expiry).
-BACKDATE = datetime.timedelta(days=1)
-VALIDITY = datetime.timedelta(days=20 * 365)
+# (datetime and ipaddress are imported where a certificate is made: not on the agent's start path.)
+BACKDATE_DAYS = 1
+VALIDITY_DAYS = 20 * 365
 
 _PIN_RE = re.compile(r"sha256:([0-9a-f]{64})")
 _CURL_RE = re.compile(r"sha256//([A-Za-z0-9+/]{43}=)")
@@ -87,6 +86,9 @@ def create_identity(common_name: str, *, dns_names: Iterable[str] = (), ip_addre
     The certificate carries serverAuth and clientAuth: the appliance and the requester present
     theirs as TLS server and client respectively, and each side pins the other.
     """
+    import datetime
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -103,8 +105,8 @@ def create_identity(common_name: str, *, dns_names: Iterable[str] = (), ip_addre
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + VALIDITY)
+        .not_valid_before(now - datetime.timedelta(days=BACKDATE_DAYS))
+        .not_valid_after(now + datetime.timedelta(days=VALIDITY_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
                                      data_encipherment=False, key_agreement=False, key_cert_sign=False,
@@ -141,21 +143,15 @@ def load_certificate(data: bytes) -> x509.Certificate:
 
 def _load_certificate(data: bytes) -> x509.Certificate:
     from cryptography import x509
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives.asymmetric import ec
 
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
             cert = x509.load_pem_x509_certificate(data)
         else:
             cert = x509.load_der_x509_certificate(data)
-        key = cert.public_key()
-    # UnsupportedAlgorithm: a curve or key OID cryptography does not know (one flipped bit in a
-    # P-256 certificate's curve OID is enough); it is not a ValueError.
-    except (ValueError, TypeError, UnsupportedAlgorithm):
+    except (ValueError, TypeError):
         raise InvalidCertificate("not a valid X.509 certificate (PEM or DER)") from None
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-        raise InvalidCertificate("certificate key must be ECDSA P-256")
+    _check_p256(subject_public_key_info(cert.tbs_certificate_bytes))
     return cert
 
 
@@ -177,11 +173,73 @@ def certificate_pem(data: bytes) -> bytes:
 
 @functools.lru_cache(maxsize=CERTIFICATE_CACHE_SIZE)
 def spki_sha256(cert: x509.Certificate) -> bytes:
-    from cryptography.hazmat.primitives import serialization
+    return hashlib.sha256(subject_public_key_info(cert.tbs_certificate_bytes)).digest()
 
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(spki).digest()
+
+# -- the public key, read from the DER without cryptography's OpenSSL backend ----------------------
+#
+# cryptography 38 (Debian 12) builds a key object through its OpenSSL backend for
+# `Certificate.public_key()`: loading that backend costs an agent ~2 MB and ~20 ms at its first
+# enrollment, and each key ~1 ms (OpenSSL 3.0's decoders). A pin and the P-256 check need only
+# the SubjectPublicKeyInfo's bytes, which cryptography's Rust parser has already checked to be
+# strict DER; this walks to them.
+
+# AlgorithmIdentifier { id-ecPublicKey (1.2.840.10045.2.1), namedCurve prime256v1 (1.2.840.10045.3.1.7) }
+# in DER (RFC 5480 section 2.1.1): the only public key algorithm a firsttrust certificate may carry.
+_P256_ALGORITHM = bytes.fromhex("301306072a8648ce3d020106082a8648ce3d030107")
+# The curve (SEC 2, section 2.4.2): y^2 = x^3 - 3x + b over GF(p).
+_P256_P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
+_P256_B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
+_SEQUENCE = 0x30
+
+
+def _tlv(der: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, start of the value, end of the value) of the DER element at `pos`."""
+    if pos + 2 > len(der):
+        raise InvalidCertificate("not a valid X.509 certificate (PEM or DER)")
+    tag, length, pos = der[pos], der[pos + 1], pos + 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 1 <= count <= 4 or pos + count > len(der):
+            raise InvalidCertificate("not a valid X.509 certificate (PEM or DER)")
+        length, pos = int.from_bytes(der[pos:pos + count], "big"), pos + count
+    if pos + length > len(der):
+        raise InvalidCertificate("not a valid X.509 certificate (PEM or DER)")
+    return tag, pos, pos + length
+
+
+def subject_public_key_info(tbs_certificate: bytes) -> bytes:
+    """The DER SubjectPublicKeyInfo inside a DER TBSCertificate (RFC 5280 section 4.1): the
+    seventh field, after an optional [0] version and serialNumber, signature, issuer, validity
+    and subject."""
+    tag, pos, end = _tlv(tbs_certificate, 0)
+    if tag != _SEQUENCE:
+        raise InvalidCertificate("not a valid X.509 certificate (PEM or DER)")
+    if _tlv(tbs_certificate, pos)[0] == 0xA0:  # [0] EXPLICIT version
+        pos = _tlv(tbs_certificate, pos)[2]
+    for _ in range(5):  # serialNumber, signature, issuer, validity, subject
+        pos = _tlv(tbs_certificate, pos)[2]
+    tag, start, stop = _tlv(tbs_certificate, pos)
+    if tag != _SEQUENCE or stop > end:
+        raise InvalidCertificate("not a valid X.509 certificate (PEM or DER)")
+    return tbs_certificate[pos:stop]
+
+
+def _check_p256(spki: bytes) -> None:
+    """Raise InvalidCertificate unless `spki` is an ECDSA P-256 key given as an uncompressed
+    point (SEC 1 section 2.3.3, RFC 5480 section 2.2) that lies on the curve: what
+    cryptography's key loading checks, less the compressed form, which would give one key two
+    SPKI encodings and so two pins."""
+    _, pos, end = _tlv(spki, 0)
+    if spki[pos:pos + len(_P256_ALGORITHM)] != _P256_ALGORITHM:
+        raise InvalidCertificate("certificate key must be ECDSA P-256")
+    tag, start, stop = _tlv(spki, pos + len(_P256_ALGORITHM))
+    point = spki[start:stop]  # the BIT STRING: unused-bits octet 0, then 0x04 || x || y
+    if tag != 0x03 or stop != end or len(point) != 66 or point[:2] != b"\0\4":
+        raise InvalidCertificate("certificate key must be ECDSA P-256 (an uncompressed point)")
+    x, y, p = int.from_bytes(point[2:34], "big"), int.from_bytes(point[34:], "big"), _P256_P
+    if x >= p or y >= p or (y * y - (x * x * x - 3 * x + _P256_B)) % p:
+        raise InvalidCertificate("certificate key must be ECDSA P-256 (its point is not on the curve)")
 
 
 def pin_of_certificate(cert: x509.Certificate | bytes) -> str:

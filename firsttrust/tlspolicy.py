@@ -19,19 +19,23 @@ from typing import Callable, Iterable
 VERIFY_NO_CHECK_TIME = 0x200000
 
 
-def apply_policy(context: ssl.SSLContext, trusted_certificates: Iterable[bytes]) -> ssl.SSLContext:
+def apply_policy(context: ssl.SSLContext, trusted_certificates: Iterable[bytes], *,
+                 allow_none: bool = False) -> ssl.SSLContext:
     """TLS 1.3 only; require the peer's certificate; trust exactly `trusted_certificates` (DER).
 
     Args:
         context: a fresh SSLContext (PROTOCOL_TLS_CLIENT or PROTOCOL_TLS_SERVER).
         trusted_certificates: the only certificates a peer may present (self-signed leaves).
+        allow_none: an empty `trusted_certificates` is wanted: the context then completes no
+            handshake at all (its trust store stays empty; no CA or system store is loaded).
     Returns:
         the same context, for chaining.
     Raises:
-        ValueError: no trusted certificate was given (that would trust nothing or everything).
+        ValueError: no trusted certificate was given and `allow_none` is false (a caller that
+            forgot its anchors should fail loudly, not serve a context that refuses everyone).
     """
     trusted = list(trusted_certificates)
-    if not trusted:
+    if not trusted and not allow_none:
         raise ValueError("a firsttrust TLS context needs at least one trusted certificate")
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.maximum_version = ssl.TLSVersion.TLSv1_3

@@ -499,3 +499,59 @@ async def test_a_key_authorized_by_the_guest_command_is_accepted_without_a_resta
             assert (await api.get("/v1/health"))["status"] == "ok"
     finally:
         await stop_api(runner)
+
+
+def test_api_contexts_refuse_an_identity_whose_key_and_certificate_do_not_match(tmp_path, appliance_identity,
+                                                                               stranger_identity):
+    """The API checks identity.key against identity.crt by loading both into its context (no
+    cryptography key parsing): a mismatched pair is a StateError, a missing one NoIdentity."""
+    from firsttrust.agent.api import NoIdentity
+    from firsttrust.agent.state import StateError
+
+    store = Appliance(tmp_path, appliance_identity).store
+    AuthorizedContexts(store)  # the matching pair loads
+    store.save_key(stranger_identity.key_pem)
+    with pytest.raises(StateError, match="do not match"):
+        AuthorizedContexts(store)
+    store.key_path.unlink()
+    with pytest.raises(NoIdentity):
+        AuthorizedContexts(store)
+
+
+def test_an_enrolled_agents_tls_and_pins_never_ask_cryptography_for_a_key_object(tmp_path, appliance_identity,
+                                                                             requester_identity):
+    """What an enrolled agent does with certificates (the API's contexts, its identity's pin,
+    parsing and pinning a requester certificate) never calls Certificate.public_key(): with
+    Debian 12's cryptography 38 that loads its OpenSSL backend, ~2 MB of an appliance's memory
+    (bench/README.md, `agent RSS enrolled`). The child process hands out certificates whose
+    public_key() raises, and (meaningful on cryptography 38) reports whether the backend loaded."""
+    import subprocess
+    import sys
+
+    store = Appliance(tmp_path, appliance_identity, [("a", requester_identity)]).store
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from cryptography import x509\n"
+        "class NoKey:\n"
+        "    def __init__(self, cert): self._cert = cert\n"
+        "    def __getattr__(self, name): return getattr(self._cert, name)\n"
+        "    def __hash__(self): return hash(self._cert)\n"
+        "    def __eq__(self, other): return isinstance(other, NoKey) and self._cert == other._cert\n"
+        "    def public_key(self): raise AssertionError('public_key() called')\n"
+        "for name in ('load_der_x509_certificate', 'load_pem_x509_certificate'):\n"
+        "    setattr(x509, name, lambda data, _load=getattr(x509, name): NoKey(_load(data)))\n"
+        "from firsttrust.agent.api import AuthorizedContexts\n"
+        "from firsttrust.agent.state import StateDir\n"
+        "from firsttrust.identity import certificate_der, load_certificate, pin_of_certificate\n"
+        "contexts = AuthorizedContexts(StateDir(Path(sys.argv[1])))\n"
+        "der = certificate_der(Path(sys.argv[2]).read_bytes())\n"
+        "print(contexts.identity.pin, pin_of_certificate(load_certificate(der)))\n"
+        "print('cryptography.hazmat.backends.openssl.backend' in sys.modules)\n")
+    peer = tmp_path / "peer.crt"
+    peer.write_bytes(requester_identity.cert_pem)
+    out = subprocess.run([sys.executable, "-c", code, str(store.path), str(peer)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr.strip().splitlines()[-1:]
+    lines = out.stdout.split("\n")
+    assert lines[0] == f"{appliance_identity.pin} {requester_identity.pin}"
+    assert lines[1] == "False"

@@ -4,6 +4,8 @@ import base64
 import hashlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -126,3 +128,50 @@ def test_the_certificate_cache_gives_each_content_its_own_certificate_and_pin(ap
     for _ in range(2):
         with pytest.raises(InvalidCertificate):
             load_certificate(broken)
+
+
+def _reference_p256_pin(der: bytes) -> str | None:
+    """What cryptography's own key loading says: the pin of an ECDSA P-256 key given as an
+    uncompressed point, None for any certificate it does not parse or whose key is not that."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        key = cert.public_key()
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        return None
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if spki not in der:  # re-encoded: the certificate carries another form of the point
+        return None
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_the_key_check_read_from_the_der_agrees_with_cryptographys_key_loading(appliance_identity, data):
+    """load_certificate and the pins read the public key from the DER (no OpenSSL backend):
+    for certificates with bytes of their key changed (curve, algorithm, point, lengths), they
+    accept exactly the ones cryptography loads as an uncompressed P-256 key, with its pin."""
+    der = bytearray(appliance_identity.cert_der)
+    spki = der.index(bytes.fromhex("301306072a8648ce3d0201"))  # the SPKI's algorithm identifier
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(spki - 2, spki + 90))
+        der[at] = data.draw(st.integers(0, 255))
+    der = bytes(der)
+    expected = _reference_p256_pin(der)
+    try:
+        got = pin_of_certificate(load_certificate(der))
+    except InvalidCertificate:
+        got = None
+    assert got == expected
+
+
+def test_a_point_off_the_curve_is_an_invalid_certificate(appliance_identity):
+    der = appliance_identity.cert_der
+    point = der.index(bytes.fromhex("03420004")) + 4
+    off_curve = der[:point + 63] + bytes([der[point + 63] ^ 1]) + der[point + 64:]  # last byte of y
+    with pytest.raises(InvalidCertificate, match="not on the curve"):
+        load_certificate(off_curve)
+    assert _reference_p256_pin(off_curve) is None  # cryptography refuses it too
