@@ -165,8 +165,9 @@ def setup_logging(verbose: bool = False, *, journal_socket: Path | str = JOURNAL
     Returns:
         "journal" or "stderr": where the records go.
     """
-    if journal is _UNSET:
-        journal = _load_journal()
+    reachable = Path(journal_socket).exists()
+    if journal is _UNSET:  # imported only when journald is there to take the records (~8 ms)
+        journal = _load_journal() if reachable else None
     agent_log = logging.getLogger(AGENT_LOGGER)
     audit_log = logging.getLogger(AUDIT_LOGGER)
     for logger in (agent_log, audit_log):
@@ -174,7 +175,7 @@ def setup_logging(verbose: bool = False, *, journal_socket: Path | str = JOURNAL
             logger.removeHandler(handler)
             handler.close()
 
-    if journal is not None and Path(journal_socket).exists():
+    if journal is not None and reachable:
         sink = "journal"
         handlers = (journal.JournalHandler(SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER),
                     journal.JournalHandler(SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER))

@@ -391,3 +391,14 @@ def test_verbose_logs_debug_records(capsys, tmp_path):
     systemd_glue.setup_logging(verbose=False, journal_socket=tmp_path / "absent", journal=None)
     logging.getLogger("firsttrust.service").debug("detail")
     assert capsys.readouterr().err == ""
+
+
+def test_the_journal_module_is_imported_only_when_journald_listens(tmp_path, journal_socket, monkeypatch):
+    """systemd.journal (with uuid and platform, ~8 ms of the agent's start) is not imported when
+    no journald socket exists to take the records."""
+    loads = []
+    monkeypatch.setattr(systemd_glue, "_load_journal", lambda: loads.append(1) or FakeJournalModule())
+    assert systemd_glue.setup_logging(journal_socket=tmp_path / "absent") == "stderr"
+    assert loads == []
+    assert systemd_glue.setup_logging(journal_socket=journal_socket) == "journal"
+    assert loads == [1]
