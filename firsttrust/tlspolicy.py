@@ -51,6 +51,28 @@ def apply_policy(context: ssl.SSLContext, trusted_certificates: Iterable[bytes],
     return context
 
 
+def apply_enrollment_client_policy(context: ssl.SSLContext) -> ssl.SSLContext:
+    """The requester's context for enrollment (docs/protocol.md section 7.3): TLS 1.3 only and no
+    trust anchors at all. OpenSSL builds no chain for the appliance's certificate, but it still
+    requires one and verifies the CertificateVerify signature with its key (RFC 8446 section
+    4.4.3, whatever the verify mode): the appliance proves it holds the key of the certificate it
+    presents. Which certificate that may be is decided by the section 7.4 check right after the
+    handshake, before the requester reads or sends anything: it must be byte for byte the one
+    committed under K. One such context serves every enrollment of a process (no anchor to add
+    per connection, ~0.8 ms of the requester's CPU each).
+
+    Args:
+        context: a fresh PROTOCOL_TLS_CLIENT context with the requester's key and certificate.
+    """
+    if context.protocol is not ssl.PROTOCOL_TLS_CLIENT:
+        raise ValueError("the enrollment client policy is for PROTOCOL_TLS_CLIENT contexts")
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.maximum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 # How many peer certificates one shared context trusts before it is replaced by a fresh one: keeps
 # OpenSSL's trust store (and its by-name lookups) small across a batch of hundreds of appliances,
 # at the cost of one reload of the own key and certificate (~0.8 ms) per this many connections.

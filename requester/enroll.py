@@ -33,7 +33,7 @@ from firsttrust.enrollment import (
 from firsttrust.errors import BindingFailed, FirsttrustError, TruncatedFrame
 from firsttrust.framing import HEADER
 from firsttrust.identity import certificate_der, file_stamp
-from firsttrust.tlspolicy import SharedContext
+from firsttrust.tlspolicy import apply_enrollment_client_policy
 
 from .errors import RequesterError
 
@@ -118,17 +118,15 @@ async def _read_frame(reader: asyncio.StreamReader, timeout: float) -> tuple[byt
 class _OwnIdentity:
     """The requester's key and certificate as enrollment uses them: the certificate read and
     converted once, and one TLS client context shared by every enrollment of this process that
-    uses these files (docs/protocol.md section 7.3), instead of a context per connection."""
+    uses these files (docs/protocol.md section 7.3), instead of a context per connection. It
+    trusts no anchor: the appliance's certificate is checked by section 7.4 after the handshake."""
 
     def __init__(self, files: ClientIdentityFiles) -> None:
         self.files = files
         self.certificate_der = certificate_der(files.cert_path.read_bytes())
-        self.tls = SharedContext(self._new_context)
-
-    def _new_context(self) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.load_cert_chain(self.files.cert_path, self.files.key_path)
-        return context
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.context.load_cert_chain(files.cert_path, files.key_path)
+        apply_enrollment_client_policy(self.context)
 
 
 # Keyed by the files' paths and stamps: a replaced key or certificate (a new inode) is read anew.
@@ -149,11 +147,10 @@ def _own_identity(files: ClientIdentityFiles) -> _OwnIdentity:
         return own
 
 
-def _client_context(files: ClientIdentityFiles, appliance_certificate: bytes) -> ssl.SSLContext:
-    """The requester's shared TLS context for `files`, now also trusting the certificate this
-    connection's appliance committed to (sections 7.3 and 7.4: which one it presented is checked
-    by `tls_established` after the handshake)."""
-    return _own_identity(files).tls.for_peer(appliance_certificate)
+def _client_context(files: ClientIdentityFiles) -> ssl.SSLContext:
+    """The requester's shared TLS context for `files` (section 7.3; the certificate the appliance
+    presents is checked by `tls_established` after the handshake, section 7.4)."""
+    return _own_identity(files).context
 
 
 async def enroll_connection(host: str, port: int, machine: ClientEnrollment, files: ClientIdentityFiles, *,
@@ -192,10 +189,6 @@ async def enroll_connection(host: str, port: int, machine: ClientEnrollment, fil
         if machine.state is State.START:
             waiting = "the TCP connection"
         raise EnrollmentConnectionError(f"{host}:{port}: timed out waiting for {waiting}", "timeout") from None
-    except ssl.SSLCertVerificationError as exc:
-        # SRP succeeded, so the appliance would present exactly the certificate it committed to
-        # (the only one the context trusts): another certificate is someone else terminating TLS.
-        raise BindingFailed(f"{INTERCEPTED} (TLS: {exc.reason or exc})") from None
     except ssl.SSLError as exc:
         # The peer went away or broke off mid-handshake (a crash, a reset): not a verdict on it.
         raise EnrollmentConnectionError(f"{host}:{port}: the TLS handshake broke off ({_reason(exc)})",
@@ -254,7 +247,7 @@ async def _drive(reader, writer, machine: ClientEnrollment, files: ClientIdentit
                 leftover = _take_buffered(reader) or _unread_in_kernel(writer)
                 if leftover:
                     machine.receive_data(leftover)  # raises UnexpectedFrame: STARTTLS injection
-                await writer.start_tls(_client_context(files, event.peer_certificate),
+                await writer.start_tls(_client_context(files),
                                        ssl_handshake_timeout=phase_timeout)
                 ssl_object = writer.get_extra_info("ssl_object")
                 try:

@@ -5,7 +5,7 @@ import ssl
 import pytest
 
 from firsttrust.identity import create_identity
-from firsttrust.tlspolicy import SharedContext, apply_policy
+from firsttrust.tlspolicy import SharedContext, apply_enrollment_client_policy, apply_policy
 
 
 def context(side, identity, trusted, tmp_path):
@@ -118,3 +118,37 @@ def test_servers_send_no_session_tickets(requester_identity, appliance_identity,
     one connection a ticket that resumes on another."""
     server_ctx = context("server", appliance_identity, [requester_identity.cert_der], tmp_path)
     assert server_ctx.num_tickets == 0
+
+
+def enrollment_client(identity, tmp_path):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    key, cert = tmp_path / "enroll-client.key", tmp_path / "enroll-client.crt"
+    key.write_bytes(identity.key_pem)
+    cert.write_bytes(identity.cert_pem)
+    ctx.load_cert_chain(cert, key)
+    return apply_enrollment_client_policy(ctx)
+
+
+def test_the_enrollment_client_context_trusts_no_anchor_and_hands_the_presented_certificate_to_the_binding_check(
+        requester_identity, appliance_identity, stranger_identity, tmp_path):
+    """Section 7.3: the requester's enrollment context has no trust anchor and builds no chain;
+    any server certificate completes the TLS 1.3 handshake (its CertificateVerify checked by
+    OpenSSL) and is reported as presented, byte for byte, for the section 7.4 check to judge."""
+    client_ctx = enrollment_client(requester_identity, tmp_path)
+    assert client_ctx.get_ca_certs() == [] and client_ctx.verify_mode == ssl.CERT_NONE
+    for server_identity in (appliance_identity, stranger_identity):
+        client, server = handshake(client_ctx, context("server", server_identity, [requester_identity.cert_der],
+                                                       tmp_path))
+        assert client.version() == "TLSv1.3"
+        assert client.getpeercert(binary_form=True) == server_identity.cert_der
+        assert server.getpeercert(binary_form=True) == requester_identity.cert_der
+
+
+def test_the_enrollment_client_context_speaks_only_tls13(requester_identity, appliance_identity, tmp_path):
+    server_ctx = context("server", appliance_identity, [requester_identity.cert_der], tmp_path)
+    server_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    server_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(ssl.SSLError):
+        handshake(enrollment_client(requester_identity, tmp_path), server_ctx)
+    with pytest.raises(ValueError):
+        apply_enrollment_client_policy(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
