@@ -106,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     single = enrollment(args.enrollments)
     step(f"4/7 batch of {args.batch}, {args.workers} {args.worker_kind} workers (provisioning first, not timed)")
     batch = run_batch(args.batch, args.concurrency, args.profile_batch, args.workers, args.worker_kind)
+    # The floor again, right after the batch: this machine's speed drifts by up to ~30 % within a
+    # minute, so the batch's ratios divide by the mean of the floor taken before and after it.
+    step("4a/7 SRP and TLS floor again, after the batch")
+    srp_after, tls_after = floor.srp_floor(args.runs), floor.tls_floor(args.runs)
+    srp_split_after = floor.srp_split(args.runs)
     single_size = args.batch if args.single_worker_batch is None else args.single_worker_batch
     single_worker = None
     if single_size:
@@ -121,12 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     foreign = max(0.0, machine_busy_seconds() - busy - (own_cpu_seconds() - own)) / total
 
     floor_wall = srp.wall + tls.wall
-    floor_cpu = srp.cpu + tls.cpu
+    # For the batch's lines: the floor's CPU as the mean of its measurements before and after the batch.
+    srp_cpu, tls_cpu = (srp.cpu + srp_after.cpu) / 2, (tls.cpu + tls_after.cpu) / 2
+    srp_client, srp_server = (srp_client + srp_split_after[0]) / 2, (srp_server + srp_split_after[1]) / 2
+    floor_cpu = srp_cpu + tls_cpu
     ideal = (os.cpu_count() or 1) / floor_cpu
     # The halves of the floor: SRP split as measured; the TLS floor's CPU split in the proportion
     # the two sides take over memory BIOs (the sockets' and event loop's share, split alike).
-    tls_client = tls.cpu * tls_client_bio / (tls_client_bio + tls_server_bio)
-    requester_half, appliance_half = srp_client + tls_client, srp_server + tls.cpu - tls_client
+    tls_client = tls_cpu * tls_client_bio / (tls_client_bio + tls_server_bio)
+    requester_half, appliance_half = srp_client + tls_client, srp_server + tls_cpu - tls_client
     per = 1 / batch.count
     requester_ratio = batch.requester_cpu * per / requester_half
     appliance_ratio = batch.appliances_cpu * per / appliance_half
@@ -146,18 +154,21 @@ def main(argv: list[str] | None = None) -> int:
     per = 1e3 / batch.count
     # A single-threaded requester runs the client half of every enrollment on one core: with no
     # overhead at all it tops out at 1 / (client SRP + half the TLS pair).
-    requester_bound = 1 / (srp_client + tls.cpu / 2)
+    requester_bound = 1 / (srp_client + tls_cpu / 2)
     details = [
         ("SRP-6a handshake, both sides (3072-bit, SHA-512)", str(srp)),
         ("TLS 1.3 handshake, both sides (P-256 mutual, loopback)", str(tls)),
-        ("SRP CPU split: client / server half", f"{srp_client * 1e3:.2f} ms / {srp_server * 1e3:.2f} ms"),
+        ("SRP and TLS floor CPU after the batch (the batch's lines use the mean of before and after)",
+         f"{srp_after.cpu * 1e3:.2f} ms / {tls_after.cpu * 1e3:.2f} ms"),
+        ("SRP CPU split, mean of before and after the batch: client / server half",
+         f"{srp_client * 1e3:.2f} ms / {srp_server * 1e3:.2f} ms"),
         ("TLS CPU split over memory BIOs: client / server half",
          f"{tls_client_bio * 1e3:.2f} ms / {tls_server_bio * 1e3:.2f} ms"),
         ("floor halves (CPU): requester = client SRP + client TLS / appliance = server SRP + server TLS",
          f"{requester_half * 1e3:.2f} ms / {appliance_half * 1e3:.2f} ms"),
-        ("floor = SRP + TLS", f"{floor_wall * 1e3:.2f} ms wall, {floor_cpu * 1e3:.2f} ms CPU"),
+        ("floor = SRP + TLS (before the batch)", f"{floor_wall * 1e3:.2f} ms wall, {(srp.cpu + tls.cpu) * 1e3:.2f} ms CPU"),
         ("one enrollment in-process (both sides)", str(single)),
-        ("enrollment CPU above the floor CPU", f"{(single.cpu - floor_cpu) * 1e3:.2f} ms"),
+        ("enrollment CPU above the floor CPU", f"{(single.cpu - srp.cpu - tls.cpu) * 1e3:.2f} ms"),
         ("building the two TLS contexts from files (once per side and process now, was per connection)",
          str(contexts)),
         ("agent write_atomic (fsync file + dir) on the temp dir's FS", str(durable_write)),
@@ -171,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
          (f"{(single_worker.requester_cpu + single_worker.appliances_cpu) / single_worker.wall:.2f} / "
           if single_worker else "not run / ")
          + f"{(batch.requester_cpu + batch.appliances_cpu) / batch.wall:.2f} of {os.cpu_count()}"),
-        ("CPU-bound ideal = cores / floor CPU", f"{ideal:.1f} enrollments/s ({os.cpu_count()} cores)"),
+        ("CPU-bound ideal = cores / floor CPU (mean of before and after the batch)", f"{ideal:.1f} enrollments/s ({os.cpu_count()} cores)"),
         ("one single-threaded requester at floor cost (client SRP + TLS/2 per enrollment)",
          f"{requester_bound:.1f} enrollments/s = {requester_bound / ideal:.2f} of the ideal"),
         ("batch CPU per enrollment: requester / appliances",
