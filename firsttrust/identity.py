@@ -37,8 +37,9 @@ Clock = Callable[[], float]
 BACKDATE_DAYS = 1
 VALIDITY_DAYS = 20 * 365
 
-_PIN_RE = re.compile(r"sha256:([0-9a-f]{64})")
-_CURL_RE = re.compile(r"sha256//([A-Za-z0-9+/]{43}=)")
+# Patterns, not compiled ones: re compiles (and caches) them at first use, not at import (agent start-up).
+_PIN_PATTERN = r"sha256:([0-9a-f]{64})"
+_CURL_PATTERN = r"sha256//([A-Za-z0-9+/]{43}=)"
 
 
 class Identity(NamedTuple):  # not a frozen dataclass: 0.1 ms to define, not 0.8 (agent start-up)
@@ -147,7 +148,9 @@ def _load_certificate(data: bytes) -> x509.Certificate:
             cert = x509.load_pem_x509_certificate(data)
         else:
             cert = x509.load_der_x509_certificate(data)
-    except (ValueError, TypeError):
+    # InvalidVersion (a version field other than v1 or v3) is not a ValueError; found by the
+    # structure-aware fuzzing when a flipped bit landed on the version.
+    except (ValueError, TypeError, x509.InvalidVersion):
         raise InvalidCertificate("not a valid X.509 certificate (PEM or DER)") from None
     _check_p256(subject_public_key_info(cert.tbs_certificate_bytes))
     return cert
@@ -254,9 +257,9 @@ def parse_pin(pin: str) -> bytes:
         InvalidPin: neither form.
     """
     if isinstance(pin, str):
-        if match := _PIN_RE.fullmatch(pin):
+        if match := re.fullmatch(_PIN_PATTERN, pin):
             return bytes.fromhex(match.group(1))
-        if match := _CURL_RE.fullmatch(pin):
+        if match := re.fullmatch(_CURL_PATTERN, pin):
             try:
                 digest = base64.b64decode(match.group(1), validate=True)
             except binascii.Error:

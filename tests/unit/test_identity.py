@@ -175,3 +175,13 @@ def test_a_point_off_the_curve_is_an_invalid_certificate(appliance_identity):
     with pytest.raises(InvalidCertificate, match="not on the curve"):
         load_certificate(off_curve)
     assert _reference_p256_pin(off_curve) is None  # cryptography refuses it too
+
+
+def test_a_certificate_with_an_unknown_version_is_an_invalid_certificate(appliance_identity):
+    """Found by the structure-aware fuzzing: cryptography raises InvalidVersion, not a
+    ValueError, for a version field that is neither v1 nor v3; it escaped untyped."""
+    v3 = bytes.fromhex("a003020102")  # [0] EXPLICIT INTEGER 2 (v3)
+    der = appliance_identity.cert_der
+    assert der.count(v3) == 1
+    with pytest.raises(InvalidCertificate):
+        load_certificate(der.replace(v3, bytes.fromhex("a003020112")))  # version 18
