@@ -45,18 +45,19 @@ WARNING_EVENTS = frozenset({"enroll-failed", "locked-out", "scrub-failed", "repa
 REDACTED = "<redacted>"
 # Callers never pass a secret; this is the net under that rule. Any field whose name looks like
 # one (sec_a, sec_b, secret, password, passphrase, ...) is logged as REDACTED, whatever its value.
-_SECRET_FIELD = re.compile(r"secret|sec_?[ab](?![a-z0-9])|passw|passphrase", re.IGNORECASE)
+# (Patterns, compiled and cached by re at first use: not at import, which is the agent's start.)
+_SECRET_FIELD = r"(?i)secret|sec_?[ab](?![a-z0-9])|passw|passphrase"
 
 FIELD_PREFIX = "FIRSTTRUST_"
 # Journal field names: A-Z, 0-9 and "_", not starting with "_" or a digit, at most 64 bytes
 # (systemd.journal-fields(7), journal_field_valid() in journald).
 _MAX_FIELD_NAME = 64
-_INVALID_FIELD_CHARS = re.compile(r"[^A-Z0-9_]")
+_INVALID_FIELD_CHARS = r"[^A-Z0-9_]"
 
 
 def redact(fields: dict[str, Any]) -> dict[str, Any]:
     """`fields` with the value of every secret-looking field replaced by REDACTED."""
-    return {key: (REDACTED if _SECRET_FIELD.search(key) and value is not None else value)
+    return {key: (REDACTED if re.search(_SECRET_FIELD, key) and value is not None else value)
             for key, value in fields.items()}
 
 
@@ -72,7 +73,7 @@ def _format(name: str, fields: dict[str, Any]) -> str:
 
 def journal_field_name(key: str) -> str:
     """FIRSTTRUST_<KEY>, made a valid journal field name."""
-    return (FIELD_PREFIX + _INVALID_FIELD_CHARS.sub("_", key.upper()))[:_MAX_FIELD_NAME]
+    return (FIELD_PREFIX + re.sub(_INVALID_FIELD_CHARS, "_", key.upper()))[:_MAX_FIELD_NAME]
 
 
 def journal_fields(name: str, fields: dict[str, Any]) -> dict[str, str]:

@@ -27,7 +27,7 @@ DEFAULT_PUBLIC_CERT = Path("/etc/firsttrust/appliance.crt")
 MAX_FAILURES_CEILING = 10
 MAX_CONFIG_BYTES = 64 * 1024
 
-_ACCOUNT_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_ACCOUNT_PATTERN = r"[a-z_][a-z0-9_-]{0,31}"  # compiled by re at first use
 
 
 class ConfigError(AgentError):
@@ -94,7 +94,7 @@ def _from_values(values: dict, path: Path) -> AgentConfig:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r}")
     config = AgentConfig()
     if "account" in values:
-        if not isinstance(values["account"], str) or not _ACCOUNT_RE.fullmatch(values["account"]):
+        if not isinstance(values["account"], str) or not re.fullmatch(_ACCOUNT_PATTERN, values["account"]):
             raise ConfigError(f"{path}: account must be a login name")
         config = replace(config, account=values["account"])
     if "ssh_host_keys" in values:

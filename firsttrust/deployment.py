@@ -29,7 +29,7 @@ APPLIANCE_CERT_GUESTINFO = "guestinfo.firsttrust.appliance-cert"
 DEFAULT_ENROLL_WINDOW = 24 * 3600
 MAX_ENROLL_WINDOW = 365 * 24 * 3600
 
-_DURATION_RE = re.compile(r"([1-9][0-9]{0,9})([smhd]?)")
+_DURATION_PATTERN = r"([1-9][0-9]{0,9})([smhd]?)"  # compiled by re at first use
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -43,7 +43,7 @@ def parse_duration(text: str) -> int:
     Raises:
         InvalidDuration: anything else.
     """
-    match = _DURATION_RE.fullmatch(text.strip()) if isinstance(text, str) else None
+    match = re.fullmatch(_DURATION_PATTERN, text.strip()) if isinstance(text, str) else None
     if not match:
         raise InvalidDuration("a duration is a positive whole number with an optional unit s, m, h or d")
     seconds = int(match.group(1)) * _UNITS[match.group(2)]
