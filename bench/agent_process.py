@@ -158,6 +158,24 @@ def _enroll_then_call_api(secrets: EnrollmentSecrets, home: Path) -> Callable[[S
     return run
 
 
+# What any asyncio service on this interpreter pays before its first line runs: the interpreter and
+# the standard-library modules the agent cannot start without (its event loop, TLS, logging, its
+# command line, state.json, paths).
+STDLIB_IMPORTS = "import asyncio, ssl, logging, argparse, json, pathlib"
+
+
+def stdlib_start(runs: int, python: str = sys.executable) -> float:
+    """Median seconds from spawning `python -I -c STDLIB_IMPORTS` to its exit, over `runs` (after
+    one unmeasured run): the floor under `cold start`, measured the same way in the same run."""
+    times = []
+    for index in range(runs + 1):
+        started = time.perf_counter()
+        subprocess.run([python, "-I", "-c", STDLIB_IMPORTS], check=True, cwd=tempfile.gettempdir())
+        if index:
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def measure_agent(cold_runs: int, python: str = sys.executable, enrolled: bool = False
                   ) -> tuple[float, AgentStart, AgentStart | None]:
     """(median seconds from spawn to READY=1 over `cold_runs`, the idle-RSS start, and with

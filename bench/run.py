@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: make `bench` importable as a p
 from firsttrust.agent.atomicfile import write_atomic  # noqa: E402
 
 from bench import floor  # noqa: E402
-from bench.agent_process import measure_agent  # noqa: E402
+from bench.agent_process import STDLIB_IMPORTS, measure_agent, stdlib_start  # noqa: E402
 from bench.batch import CONCURRENCY, run_batch  # noqa: E402
 from bench.debian import debian_python  # noqa: E402
 from bench.enrollment import enrollment  # noqa: E402
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         single_worker = run_batch(single_size, args.concurrency, None, 1)
     step("5-6/7 agent process: idle and enrolled RSS, cold start")
     ready, idle, enrolled = measure_agent(args.cold_runs, agent_python, enrolled=True)
+    stdlib_ready = stdlib_start(args.cold_runs, agent_python)
     dev_idle = measure_agent(1, sys.executable)[1] if agent_python != sys.executable else None
     step(f"7/7 flood: enrollments against an agent process while {args.flood_connections} hostile connections are held")
     flood = measure_flood(args.flood_runs, args.flood_connections, SOURCES, args.agent_python or sys.executable)
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
          f"{idle.rss_anon_mb:.1f} MB / {idle.rss_file_mb:.1f} MB"),
         ("agent enrolled RSS (API serving): private (RssAnon) / mapped files (RssFile)",
          f"{enrolled.rss_anon_mb:.1f} MB / {enrolled.rss_file_mb:.1f} MB"),
+        (f"the floor under the cold start: `python3 -I -c \"{STDLIB_IMPORTS}\"`, spawn to exit (median of "
+         f"{args.cold_runs})", f"{stdlib_ready * 1e3:.0f} ms"),
         ("agent interpreter", f"{agent_python} ({agent_python_note})"),
         ("agent idle RSS on the development venv (its cryptography wheel has its own OpenSSL): total / "
          "RssAnon / RssFile",
