@@ -74,15 +74,17 @@ def apply_enrollment_client_policy(context: ssl.SSLContext) -> ssl.SSLContext:
 
 
 # How many peer certificates one shared context trusts before it is replaced by a fresh one: keeps
-# OpenSSL's trust store (and its by-name lookups) small across a batch of hundreds of appliances,
-# at the cost of one reload of the own key and certificate (~0.8 ms) per this many connections.
+# OpenSSL's trust store (and its by-name lookups) small when many requesters (or one host serving
+# many appliances, as the benchmark's) connect, at the cost of one reload of the own key and
+# certificate (~0.8 ms) per this many connections.
 MAX_SHARED_ANCHORS = 64
 
 
 class SharedContext:
-    """One TLS context for many connections of the same side, instead of one per connection
+    """One TLS context for many connections of the appliance, instead of one per connection
     (docs/protocol.md section 7.3): the own key and certificate are loaded once, and each
-    connection adds the certificate its peer committed to under K as one more trust anchor.
+    connection adds the certificate its peer committed to under K as one more trust anchor. (The
+    requester's context has no anchor at all: `apply_enrollment_client_policy`.)
 
     Which of the anchors a peer presented is decided after the handshake, by the section 7.4
     check (the presented certificate must be the one committed in this connection's proof
@@ -94,7 +96,7 @@ class SharedContext:
         new_context: builds a fresh context with the own identity loaded (PROTOCOL_TLS_CLIENT or
             PROTOCOL_TLS_SERVER); called once, and again each MAX_SHARED_ANCHORS peers.
         fresh: one such context the caller already built (used first).
-    Thread-safe (a requester may enroll from several threads).
+    Thread-safe.
     """
 
     def __init__(self, new_context: Callable[[], ssl.SSLContext], max_anchors: int = MAX_SHARED_ANCHORS, *,
