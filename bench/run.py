@@ -28,6 +28,7 @@ from bench.enrollment import enrollment  # noqa: E402
 from bench.flood import CONNECTIONS, SOURCES, measure_flood  # noqa: E402
 from bench.measure import Sample, Stopwatch, machine_busy_seconds, own_cpu_seconds, quiet_audit  # noqa: E402
 from bench.report import Goal, machine_line, write_results  # noqa: E402
+from bench.skeleton import skeleton  # noqa: E402
 from firsttrust.requester.library import default_workers  # noqa: E402
 
 # The goals (bench/README.md says where each comes from).
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     durable_write = write_atomic_cost(20)
     step("3/7 one enrollment in-process")
     single = enrollment(args.enrollments)
+    step("3a/7 the enrollment's shape alone, without and with the agent's durable writes")
+    shape, shape_durable = skeleton(args.runs), skeleton(args.runs, durable=True)
     step(f"4/7 batch of {args.batch}, {args.workers} {args.worker_kind} workers (provisioning first, not timed)")
     batch = run_batch(args.batch, args.concurrency, args.profile_batch, args.workers, args.worker_kind)
     # The floor again, right after the batch: this machine's speed drifts by up to ~30 % within a
@@ -170,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         ("floor = SRP + TLS (before the batch)", f"{floor_wall * 1e3:.2f} ms wall, {(srp.cpu + tls.cpu) * 1e3:.2f} ms CPU"),
         ("one enrollment in-process (both sides)", str(single)),
         ("enrollment CPU above the floor CPU", f"{(single.cpu - srp.cpu - tls.cpu) * 1e3:.2f} ms"),
+        ("the enrollment's shape alone (its 7 frames on asyncio streams, STARTTLS and SRP, nothing else: "
+         "bench/skeleton.py)", f"{shape} = {shape.wall / floor_wall:.2f} x floor"),
+        ("the same plus the agent's durable writes (failure charge beside the proof's check, commit, "
+         "authorization): the lowest enrollment/floor for a transaction on asyncio streams",
+         f"{shape_durable} = {shape_durable.wall / floor_wall:.2f} x floor"),
         ("building the two TLS contexts from files (once per side and process now, was per connection)",
          str(contexts)),
         ("agent write_atomic (fsync file + dir) on the temp dir's FS", str(durable_write)),
