@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         ("the same plus the agent's durable writes (failure charge beside the proof's check, commit, "
          "authorization): the lowest enrollment/floor for a transaction on asyncio streams",
          f"{shape_durable} = {shape_durable.wall / floor_wall:.2f} x floor"),
+        ("one enrollment / the shape with the durable writes (what firsttrust's own code adds; both measured "
+         "within seconds of each other)", f"{single.wall / shape_durable.wall:.2f}"),
         ("building the two TLS contexts from files (once per side and process now, was per connection)",
          str(contexts)),
         ("agent write_atomic (fsync file + dir) on the temp dir's FS", str(durable_write)),
