@@ -20,7 +20,7 @@ from firsttrust.requester.truststore import TrustStore
 
 from . import appliances
 from .floor import WARMUP
-from .measure import Sample, Stopwatch
+from .measure import Sample, Stopwatch, Timings
 
 
 async def _measure(root: Path, secrets: list[EnrollmentSecrets]) -> Sample:
@@ -28,18 +28,16 @@ async def _measure(root: Path, secrets: list[EnrollmentSecrets]) -> Sample:
     store.identity()
     files = ClientIdentityFiles(store.cert_path, store.key_path)
     served = [await appliances.serve(appliances.state_dir(root, i)) for i in range(len(secrets))]
-    walls, cpus = [], []
+    timings = Timings(WARMUP)
     try:
         for i, (appliance, pair) in enumerate(zip(served, secrets)):
             with Stopwatch() as sw:
                 result = await enroll("127.0.0.1", appliance.port, pair, files, name=f"bench-{i}")
             assert result.appliance_pin
-            if i >= WARMUP:
-                walls.append(sw.wall)
-                cpus.append(sw.cpu)
+            timings.add(i, sw)
     finally:
         await appliances.stop(served)
-    return Sample.of(walls, cpus)
+    return timings.sample()
 
 
 def enrollment(runs: int) -> Sample:

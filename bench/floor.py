@@ -28,7 +28,7 @@ from firsttrust.identity import create_identity
 from firsttrust.srp6a import EPHEMERAL_BYTES, SRPClient, SRPServer, new_verifier_record
 from firsttrust.tlspolicy import apply_policy
 
-from .measure import Sample, Stopwatch
+from .measure import Sample, Stopwatch, Timings
 
 # Warm-up runs before the timed ones: first calls pay for lazy imports, OpenSSL's method tables
 # and the allocator's first growth.
@@ -47,14 +47,12 @@ def srp_handshake(password: bytes, salt: bytes, verifier: bytes) -> None:
 def srp_floor(runs: int) -> Sample:
     password = b"bench-password-0123456789"
     salt, verifier = new_verifier_record(password)
-    walls, cpus = [], []
+    timings = Timings(WARMUP)
     for i in range(WARMUP + runs):
         with Stopwatch() as sw:
             srp_handshake(password, salt, verifier)
-        if i >= WARMUP:
-            walls.append(sw.wall)
-            cpus.append(sw.cpu)
-    return Sample.of(walls, cpus)
+        timings.add(i, sw)
+    return timings.sample()
 
 
 def srp_split(runs: int) -> tuple[float, float]:
@@ -114,7 +112,7 @@ async def _tls_floor(runs: int) -> Sample:
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_context)
     port = server.sockets[0].getsockname()[1]
-    walls, cpus = [], []
+    timings = Timings(WARMUP)
     try:
         for i in range(WARMUP + runs):
             handshaken = loop.create_future()
@@ -123,13 +121,11 @@ async def _tls_floor(runs: int) -> Sample:
                 assert await handshaken
             writer.close()
             await writer.wait_closed()
-            if i >= WARMUP:
-                walls.append(sw.wall)
-                cpus.append(sw.cpu)
+            timings.add(i, sw)
     finally:
         server.close()
         await server.wait_closed()
-    return Sample.of(walls, cpus)
+    return timings.sample()
 
 
 def tls_floor(runs: int) -> Sample:
@@ -139,7 +135,7 @@ def tls_floor(runs: int) -> Sample:
 def context_build_cost(runs: int) -> Sample:
     """Not part of the floor: building one policy context pair (load_cert_chain from files,
     load_verify_locations, apply_policy), which the enrollment drivers do per connection."""
-    walls, cpus = [], []
+    timings = Timings(WARMUP)
     with tempfile.TemporaryDirectory(prefix="bench-ctx-") as tmp:
         policy_contexts(Path(tmp))
         appliance, requester = create_identity("a"), create_identity("r")
@@ -153,10 +149,8 @@ def context_build_cost(runs: int) -> Sample:
                     context = ssl.SSLContext(role)
                     context.load_cert_chain(Path(tmp) / f"{own}.crt", Path(tmp) / f"{own}.key")
                     apply_policy(context, [peer.cert_der])
-            if i >= WARMUP:
-                walls.append(sw.wall)
-                cpus.append(sw.cpu)
-    return Sample.of(walls, cpus)
+            timings.add(i, sw)
+    return timings.sample()
 
 
 def _bio_handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext) -> tuple[float, float]:

@@ -26,6 +26,24 @@ class Sample:
         return f"{self.wall * 1e3:.2f} ms wall, {self.cpu * 1e3:.2f} ms CPU (median of {self.runs})"
 
 
+class Timings:
+    """Stopwatch readings, the first `warmup` ignored: `timings.add(i, sw)` per run i, then
+    `timings.sample()`."""
+
+    def __init__(self, warmup: int = 0) -> None:
+        self.warmup = warmup
+        self.walls: list[float] = []
+        self.cpus: list[float] = []
+
+    def add(self, index: int, sw: "Stopwatch") -> None:
+        if index >= self.warmup:
+            self.walls.append(sw.wall)
+            self.cpus.append(sw.cpu)
+
+    def sample(self) -> Sample:
+        return Sample.of(self.walls, self.cpus)
+
+
 class Stopwatch:
     """`with Stopwatch() as sw: ...` then sw.wall, sw.cpu (seconds)."""
 

@@ -26,7 +26,7 @@ from bench.batch import CONCURRENCY, run_batch  # noqa: E402
 from bench.debian import debian_python  # noqa: E402
 from bench.enrollment import enrollment  # noqa: E402
 from bench.flood import CONNECTIONS, SOURCES, measure_flood  # noqa: E402
-from bench.measure import Sample, Stopwatch, machine_busy_seconds, own_cpu_seconds, quiet_audit  # noqa: E402
+from bench.measure import Sample, Stopwatch, Timings, machine_busy_seconds, own_cpu_seconds, quiet_audit  # noqa: E402
 from bench.report import Goal, machine_line, write_results  # noqa: E402
 from bench.skeleton import skeleton  # noqa: E402
 from firsttrust.requester.library import default_workers  # noqa: E402
@@ -46,15 +46,14 @@ FOREIGN_LOAD_WARN = 0.1
 def write_atomic_cost(runs: int) -> Sample:
     """The agent's durable write (temp file, fsync, rename, fsync the directory) of a
     state.json-sized file, on the file system the benchmark's temp dirs live on."""
-    walls, cpus = [], []
+    timings = Timings()
     with tempfile.TemporaryDirectory(prefix="bench-fsync-") as tmp:
         target = Path(tmp) / "state.json"
-        for _ in range(runs):
+        for i in range(runs):
             with Stopwatch() as sw:
                 write_atomic(target, b"x" * 600, 0o600)
-            walls.append(sw.wall)
-            cpus.append(sw.cpu)
-    return Sample.of(walls, cpus)
+            timings.add(i, sw)
+    return timings.sample()
 
 
 def main(argv: list[str] | None = None) -> int:

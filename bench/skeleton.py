@@ -33,7 +33,7 @@ from firsttrust.agent.atomicfile import write_atomic
 from firsttrust.srp6a import EPHEMERAL_BYTES, SRPClient, SRPServer, new_verifier_record
 
 from .floor import WARMUP, policy_contexts
-from .measure import Sample, Stopwatch
+from .measure import Sample, Stopwatch, Timings
 
 _PASSWORD = b"bench-password-0123456789"
 _STATE_BYTES = 1400  # state.json after provisioning
@@ -95,7 +95,7 @@ async def _measure(runs: int, durable: bool, state_dir: Path) -> Sample:
 
     server = await asyncio.start_server(appliance, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    walls, cpus = [], []
+    timings = Timings(WARMUP)
     try:
         for i in range(WARMUP + runs):
             finished = loop.create_future()
@@ -116,13 +116,11 @@ async def _measure(runs: int, durable: bool, state_dir: Path) -> Sample:
                 writer.close()
                 await writer.wait_closed()
                 await finished
-            if i >= WARMUP:
-                walls.append(sw.wall)
-                cpus.append(sw.cpu)
+            timings.add(i, sw)
     finally:
         server.close()
         await server.wait_closed()
-    return Sample.of(walls, cpus)
+    return timings.sample()
 
 
 def skeleton(runs: int, durable: bool = False) -> Sample:
