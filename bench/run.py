@@ -2,7 +2,7 @@
 
 Measures, in one run on this machine, the crypto floor (one SRP-6a handshake and one TLS 1.3
 handshake, both sides) and what is built on it (one enrollment, a batch of appliances, the
-agent process), prints ratios against that floor and writes bench/results.md. The goals are
+agent process), prints ratios against that floor and writes build/bench/results.md. The goals are
 printed, never asserted: the exit status is 0 whenever every measurement completed.
 """
 
