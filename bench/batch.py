@@ -32,7 +32,7 @@ from firsttrust.requester.library import Target, enroll_many
 from firsttrust.requester.truststore import TrustStore
 
 from . import appliances
-from .measure import machine_busy_seconds
+from .measure import machine_busy_seconds, process_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 # enroll_many's own default: how many enrollments the requester keeps in flight.
@@ -54,12 +54,6 @@ class BatchResult:
     @property
     def throughput(self) -> float:
         return self.count / self.wall
-
-
-def _process_cpu(pid: int) -> float:
-    """utime + stime of `pid` in seconds (clock ticks, 10 ms on most kernels)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_batch(count: int, concurrency: int = CONCURRENCY, profile_dir: Path | None = None, workers: int = 1,
@@ -125,7 +119,7 @@ async def _enroll_all(root: Path, secrets: list[EnrollmentSecrets], ports: list[
     store.identity()
     targets = [Target(f"appliance-{i:04d}", f"127.0.0.1:{port}", pair)
                for i, (port, pair) in enumerate(zip(ports, secrets))]
-    busy, host_cpu, cpu = machine_busy_seconds(), _process_cpu(host_pid), _requester_cpu()
+    busy, host_cpu, cpu = machine_busy_seconds(), process_cpu(host_pid), _requester_cpu()
     profiler = cProfile.Profile(time.process_time) if profile else None
     wall = time.perf_counter()
     if profiler:
@@ -137,7 +131,7 @@ async def _enroll_all(root: Path, secrets: list[EnrollmentSecrets], ports: list[
     wall, cpu = time.perf_counter() - wall, _requester_cpu() - cpu
     if profiler:
         profiler.dump_stats(profile)
-    host_cpu = _process_cpu(host_pid) - host_cpu
+    host_cpu = process_cpu(host_pid) - host_cpu
     others = max(0.0, machine_busy_seconds() - busy - cpu - host_cpu)
     errors = Counter(f"{type(o.error).__name__}: {o.error}" for o in outcomes if not o.ok)
     failures = [f"{n} x {text}" for text, n in errors.most_common()]

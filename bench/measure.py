@@ -8,6 +8,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -79,3 +80,9 @@ def own_cpu_seconds() -> float:
     """CPU time of this process and of its children that have been waited for."""
     times = os.times()
     return times.user + times.system + times.children_user + times.children_system
+
+
+def process_cpu(pid: int) -> float:
+    """utime + stime of another process `pid`, in seconds (clock ticks, 10 ms on most kernels)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

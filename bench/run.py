@@ -28,7 +28,7 @@ from bench.enrollment import enrollment  # noqa: E402
 from bench.flood import CONNECTIONS, SOURCES, measure_flood  # noqa: E402
 from bench.measure import Sample, Stopwatch, Timings, machine_busy_seconds, own_cpu_seconds, quiet_audit  # noqa: E402
 from bench.report import Goal, machine_line, write_results  # noqa: E402
-from bench.skeleton import skeleton  # noqa: E402
+from bench.skeleton import shape_batch, skeleton  # noqa: E402
 from firsttrust.requester.library import default_workers  # noqa: E402
 
 # The goals (bench/README.md says where each comes from).
@@ -108,15 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     shape, shape_durable = skeleton(args.runs), skeleton(args.runs, durable=True)
     step(f"4/7 batch of {args.batch}, {args.workers} {args.worker_kind} workers (provisioning first, not timed)")
     batch = run_batch(args.batch, args.concurrency, args.profile_batch, args.workers, args.worker_kind)
+    step(f"4a/7 the enrollment's shape as a batch of {args.batch} (one requester and one appliance process), "
+         "without and with both sides' durable writes")
+    shapes = shape_batch(args.batch, args.concurrency), shape_batch(args.batch, args.concurrency, durable=True)
     # The floor again, right after the batch: this machine's speed drifts by up to ~30 % within a
     # minute, so the batch's ratios divide by the mean of the floor taken before and after it.
-    step("4a/7 SRP and TLS floor again, after the batch")
+    step("4b/7 SRP and TLS floor again, after the batch")
     srp_after, tls_after = floor.srp_floor(args.runs), floor.tls_floor(args.runs)
     srp_split_after = floor.srp_split(args.runs)
     single_size = args.batch if args.single_worker_batch is None else args.single_worker_batch
     single_worker = None
     if single_size:
-        step(f"4b/7 batch of {single_size}, 1 worker (supporting)")
+        step(f"4c/7 batch of {single_size}, 1 worker (supporting)")
         single_worker = run_batch(single_size, args.concurrency, None, 1)
     step("5-6/7 agent process: idle and enrolled RSS, cold start")
     ready, idle, enrolled = measure_agent(args.cold_runs, agent_python, enrolled=True)
@@ -199,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
          f"{batch.requester_cpu * per:.2f} ms / {batch.appliances_cpu * per:.2f} ms"),
         ("batch core utilisation (both processes' CPU / wall)",
          f"{(batch.requester_cpu + batch.appliances_cpu) / batch.wall:.2f} of {os.cpu_count()} cores"),
+        *((f"the enrollment's shape as a batch{label} (bench/skeleton.py: {shape.count} enrollments, concurrency "
+           f"{args.concurrency}, one requester and one appliance process), CPU per enrollment: requester / appliance",
+           f"{shape.requester_cpu * 1e3:.2f} ms = {shape.requester_cpu / requester_half:.2f} x its half / "
+           f"{shape.appliance_cpu * 1e3:.2f} ms = {shape.appliance_cpu / appliance_half:.2f} x its half")
+          for label, shape in zip(("", ", plus both sides' durable writes"), shapes)),
         ("batch failures", "none" if not batch.failures and not batch.not_enrolled
          else "; ".join(batch.failures) + f"; {batch.not_enrolled} appliances not enrolled"),
         ("provisioning the batch (not timed in the ratio)", f"{batch.provision_wall:.1f} s"),
