@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 from typing import Callable
 
 from firsttrust.credentials import EnrollmentSecrets

@@ -122,7 +122,7 @@ def test_the_man_pages_are_reproducible_roff_that_man_reads_without_a_warning(de
         raw = path.read_bytes()
         assert raw[4:8] == b"\0\0\0\0", "gzip -n: no timestamp in the header"
         roff = gzip.decompress(raw).decode()
-        assert roff.splitlines()[1].startswith(".TH " + page.upper().replace("-", "\\-") + f' 1 "'), roff[:300]
+        assert roff.splitlines()[1].startswith(".TH " + page.upper().replace("-", "\\-") + ' 1 "'), roff[:300]
         assert f'"firsttrust {VERSION}"' in roff.splitlines()[1]
         for section in ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "COMMANDS", "EXIT STATUS", "FILES"):
             assert f"\n.SH {section}\n" in roff, (page, section)
