@@ -18,21 +18,19 @@ two cores.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import statistics
 import tempfile
 from pathlib import Path
+from typing import AsyncIterator
 
 from firsttrust.identity import create_identity
 from firsttrust.srp6a import EPHEMERAL_BYTES, SRPClient, SRPServer, new_verifier_record
 from firsttrust.tlspolicy import apply_policy
 
-from .measure import Sample, Stopwatch, Timings
-
-# Warm-up runs before the timed ones: first calls pay for lazy imports, OpenSSL's method tables
-# and the allocator's first growth.
-WARMUP = 5
+from .measure import WARMUP, Runner, Sample, Stopwatch, Timings, interleave
 
 
 def srp_handshake(password: bytes, salt: bytes, verifier: bytes) -> None:
@@ -45,14 +43,7 @@ def srp_handshake(password: bytes, salt: bytes, verifier: bytes) -> None:
 
 
 def srp_floor(runs: int) -> Sample:
-    password = b"bench-password-0123456789"
-    salt, verifier = new_verifier_record(password)
-    timings = Timings(WARMUP)
-    for i in range(WARMUP + runs):
-        with Stopwatch() as sw:
-            srp_handshake(password, salt, verifier)
-        timings.add(i, sw)
-    return timings.sample()
+    return asyncio.run(interleave(runs, {"srp": srp_runner()}))["srp"]
 
 
 def srp_split(runs: int) -> tuple[float, float]:
@@ -97,7 +88,23 @@ def policy_contexts(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return server, client
 
 
-async def _tls_floor(runs: int) -> Sample:
+def srp_runner() -> Runner:
+    """One SRP handshake per call (the verifier computed once, before)."""
+    password = b"bench-password-0123456789"
+    salt, verifier = new_verifier_record(password)
+
+    async def once(index: int) -> Stopwatch:
+        with Stopwatch() as sw:
+            srp_handshake(password, salt, verifier)
+        return sw
+
+    return once
+
+
+@contextlib.asynccontextmanager
+async def tls_runner() -> AsyncIterator[Runner]:
+    """One TLS handshake per call against a server in this event loop, timed from the TCP
+    connect to the server's handler running; the connection is closed after the reading."""
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
         server_context, client_context = policy_contexts(Path(tmp))
     loop = asyncio.get_running_loop()
@@ -110,22 +117,28 @@ async def _tls_floor(runs: int) -> Sample:
         await reader.read()  # until the client closes
         writer.close()
 
+    async def once(index: int) -> Stopwatch:
+        nonlocal handshaken
+        handshaken = loop.create_future()
+        with Stopwatch() as sw:
+            _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context)
+            assert await handshaken
+        writer.close()
+        await writer.wait_closed()
+        return sw
+
     server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_context)
     port = server.sockets[0].getsockname()[1]
-    timings = Timings(WARMUP)
     try:
-        for i in range(WARMUP + runs):
-            handshaken = loop.create_future()
-            with Stopwatch() as sw:
-                _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context)
-                assert await handshaken
-            writer.close()
-            await writer.wait_closed()
-            timings.add(i, sw)
+        yield once
     finally:
         server.close()
         await server.wait_closed()
-    return timings.sample()
+
+
+async def _tls_floor(runs: int) -> Sample:
+    async with tls_runner() as once:
+        return (await interleave(runs, {"tls": once}))["tls"]
 
 
 def tls_floor(runs: int) -> Sample:

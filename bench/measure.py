@@ -9,6 +9,15 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Awaitable, Callable
+
+# Warm-up runs before the timed ones: first calls pay for lazy imports, OpenSSL's method tables
+# and the allocator's first growth.
+WARMUP = 5
+
+# One timed run of a measurement: run number in, the run's own Stopwatch reading out (a runner
+# times only its measured part, so set-up and clean-up stay outside).
+Runner = Callable[[int], Awaitable["Stopwatch"]]
 
 
 @dataclass(frozen=True)
@@ -86,3 +95,14 @@ def process_cpu(pid: int) -> float:
     """utime + stime of another process `pid`, in seconds (clock ticks, 10 ms on most kernels)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def interleave(runs: int, runners: dict[str, Runner]) -> dict[str, Sample]:
+    """WARMUP + `runs` rounds; each round runs every runner once, in turn. Measurements that are
+    to be divided by one another are taken in the same rounds, so this machine's drift (up to
+    ~30 % within a minute) moves numerator and denominator together."""
+    timings = {name: Timings(WARMUP) for name in runners}
+    for index in range(WARMUP + runs):
+        for name, runner in runners.items():
+            timings[name].add(index, await runner(index))
+    return {name: timing.sample() for name, timing in timings.items()}

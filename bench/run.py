@@ -9,6 +9,7 @@ printed, never asserted: the exit status is 0 whenever every measurement complet
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 import tempfile
@@ -24,11 +25,12 @@ from bench import floor  # noqa: E402
 from bench.agent_process import STDLIB_IMPORTS, measure_agent, stdlib_start  # noqa: E402
 from bench.batch import CONCURRENCY, run_batch  # noqa: E402
 from bench.debian import debian_python  # noqa: E402
-from bench.enrollment import enrollment  # noqa: E402
+from bench.enrollment import enrollment_runner  # noqa: E402
 from bench.flood import CONNECTIONS, SOURCES, measure_flood  # noqa: E402
-from bench.measure import Sample, Stopwatch, Timings, machine_busy_seconds, own_cpu_seconds, quiet_audit  # noqa: E402
+from bench.measure import (WARMUP, Sample, Stopwatch, Timings, interleave, machine_busy_seconds,  # noqa: E402
+                           own_cpu_seconds, quiet_audit)
 from bench.report import Goal, machine_line, write_results  # noqa: E402
-from bench.skeleton import shape_batch, skeleton  # noqa: E402
+from bench.skeleton import shape_batch, shape_runner  # noqa: E402
 from firsttrust.requester.library import default_workers  # noqa: E402
 
 # The goals (bench/README.md says where each comes from).
@@ -56,10 +58,22 @@ def write_atomic_cost(runs: int) -> Sample:
     return timings.sample()
 
 
+async def in_turns(rounds: int) -> tuple[Sample, Sample, Sample, Sample, Sample]:
+    """Steps 1-3a in the same rounds: the floor's SRP and TLS handshakes, one enrollment and its
+    shape without and with the durable writes, each once per round, so that the drift of this
+    machine's speed moves every ratio's numerator and denominator together."""
+    async with floor.tls_runner() as tls, enrollment_runner(WARMUP + rounds) as single, \
+            shape_runner() as shape, shape_runner(durable=True) as shape_durable:
+        samples = await interleave(rounds, {"srp": floor.srp_runner(), "tls": tls, "enrollment": single,
+                                            "shape": shape, "shape_durable": shape_durable})
+    return samples["srp"], samples["tls"], samples["enrollment"], samples["shape"], samples["shape_durable"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=50, help="timed SRP and TLS handshakes (default 50)")
-    parser.add_argument("--enrollments", type=int, default=20, help="timed single enrollments (default 20)")
+    parser.add_argument("--runs", type=int, default=50, help="timed SRP and TLS handshakes of the splits and after the batch (default 50)")
+    parser.add_argument("--enrollments", type=int, default=50,
+                        help="rounds of steps 1-3a, each one enrollment beside the floor and its shape (default 50)")
     parser.add_argument("--batch", type=int, default=500, help="appliances in the batch (default 500)")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY,
                         help=f"enroll_many concurrency (default {CONCURRENCY})")
@@ -94,18 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         if agent_python is None:
             print(f"WARNING: {agent_python_note}; the agent runs on {sys.executable}", file=sys.stderr)
             agent_python = sys.executable
-    step("1/7 SRP floor")
-    srp = floor.srp_floor(args.runs)
+    step(f"1-3a/7 in turns, {args.enrollments} rounds: an SRP handshake, a TLS handshake, one enrollment, its shape "
+         "without and with the agent's durable writes")
+    srp, tls, single, shape, shape_durable = asyncio.run(in_turns(args.enrollments))
     srp_client, srp_server = floor.srp_split(args.runs)
-    step("2/7 TLS floor")
-    tls = floor.tls_floor(args.runs)
     tls_client_bio, tls_server_bio = floor.tls_split(args.runs)
     contexts = floor.context_build_cost(args.runs)
     durable_write = write_atomic_cost(20)
-    step("3/7 one enrollment in-process")
-    single = enrollment(args.enrollments)
-    step("3a/7 the enrollment's shape alone, without and with the agent's durable writes")
-    shape, shape_durable = skeleton(args.runs), skeleton(args.runs, durable=True)
     step(f"4/7 batch of {args.batch}, {args.workers} {args.worker_kind} workers (provisioning first, not timed)")
     batch = run_batch(args.batch, args.concurrency, args.profile_batch, args.workers, args.worker_kind)
     step(f"4a/7 the enrollment's shape as a batch of {args.batch} (one requester and one appliance process), "
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
          f"{tls_client_bio * 1e3:.2f} ms / {tls_server_bio * 1e3:.2f} ms"),
         ("floor halves (CPU): requester = client SRP + client TLS / appliance = server SRP + server TLS",
          f"{requester_half * 1e3:.2f} ms / {appliance_half * 1e3:.2f} ms"),
-        ("floor = SRP + TLS (before the batch)", f"{floor_wall * 1e3:.2f} ms wall, {(srp.cpu + tls.cpu) * 1e3:.2f} ms CPU"),
+        ("floor = SRP + TLS (in turns with the enrollment, before the batch)", f"{floor_wall * 1e3:.2f} ms wall, {(srp.cpu + tls.cpu) * 1e3:.2f} ms CPU"),
         ("one enrollment in-process (both sides)", str(single)),
         ("enrollment CPU above the floor CPU", f"{(single.cpu - srp.cpu - tls.cpu) * 1e3:.2f} ms"),
         ("the enrollment's shape alone (its 7 frames on asyncio streams, STARTTLS and SRP, nothing else: "
@@ -180,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         ("the same plus the agent's durable writes (failure charge beside the proof's check, commit, "
          "authorization): the lowest enrollment/floor for a transaction on asyncio streams",
          f"{shape_durable} = {shape_durable.wall / floor_wall:.2f} x floor"),
-        ("one enrollment / the shape with the durable writes (what firsttrust's own code adds; both measured "
-         "within seconds of each other)", f"{single.wall / shape_durable.wall:.2f}"),
+        ("one enrollment / the shape with the durable writes (what firsttrust's own code adds)",
+         f"{single.wall / shape_durable.wall:.2f}"),
         ("building the two TLS contexts from files (once per side and process now, was per connection)",
          str(contexts)),
         ("agent write_atomic (fsync file + dir) on the temp dir's FS", str(durable_write)),

@@ -20,8 +20,9 @@ appliance's record after enrolled, each on a thread, as requester/library.py wri
 
 Two ways to run it:
 
-- `skeleton(runs, durable)`: both sides in this process, one enrollment at a time, wall time.
-  skeleton/floor is the lowest `enrollment/floor` that asyncio streams and this message flow (and
+- `shape_runner(durable)`: both sides in this process, one enrollment's shape per call, wall
+  time (bench/run.py measures it in turns with the floor and one enrollment).
+  shape/floor is the lowest `enrollment/floor` that asyncio streams and this message flow (and
   with `durable`, a transaction on this disk) allow, whatever firsttrust's own code does.
 - `shape_batch(count, concurrency, durable)`: the appliance side in a child process
   (`python -m bench.skeleton serve DIR DURABLE`, one event loop, one state directory with a
@@ -34,6 +35,7 @@ Two ways to run it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import ssl
@@ -44,14 +46,14 @@ import tempfile
 import time
 from base64 import b64decode, b64encode
 from pathlib import Path
-from typing import Awaitable, Callable, NamedTuple
+from typing import AsyncIterator, Awaitable, Callable, NamedTuple
 
 from firsttrust.agent.atomicfile import write_atomic
 from firsttrust.srp6a import EPHEMERAL_BYTES, SRPClient, SRPServer, new_verifier_record
 from firsttrust.tlspolicy import apply_policy
 
-from .floor import WARMUP, policy_contexts
-from .measure import Sample, Stopwatch, Timings, process_cpu
+from .floor import policy_contexts
+from .measure import WARMUP, Runner, Stopwatch, process_cpu
 
 _PASSWORD = b"bench-password-0123456789"
 _STATE_BYTES = 1400  # state.json after provisioning
@@ -143,36 +145,36 @@ async def _requester(port: int, client_context: ssl.SSLContext, records: Path | 
     await writer.wait_closed()
 
 
-async def _measure(runs: int, durable: bool, state_dir: Path) -> Sample:
-    server_context, client_context = policy_contexts(state_dir)
-    loop = asyncio.get_running_loop()
-    finished: asyncio.Future = loop.create_future()
-    handler = _appliance(server_context, durable, lambda: state_dir)
+@contextlib.asynccontextmanager
+async def shape_runner(durable: bool = False) -> AsyncIterator[Runner]:
+    """Both sides in this event loop, one enrollment's shape per call (the agent's durable
+    writes with `durable`), timed from the connect until the appliance's handler is done."""
+    with tempfile.TemporaryDirectory(prefix="bench-skeleton-") as tmp:
+        state_dir = Path(tmp)
+        server_context, client_context = policy_contexts(state_dir)
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future = loop.create_future()
+        handler = _appliance(server_context, durable, lambda: state_dir)
 
-    async def appliance(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await handler(reader, writer)
-        finished.set_result(None)
+        async def appliance(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await handler(reader, writer)
+            finished.set_result(None)
 
-    server = await asyncio.start_server(appliance, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    timings = Timings(WARMUP)
-    try:
-        for i in range(WARMUP + runs):
+        async def once(index: int) -> Stopwatch:
+            nonlocal finished
             finished = loop.create_future()
             with Stopwatch() as sw:
-                await _requester(port, client_context, None, i)
+                await _requester(port, client_context, None, index)
                 await finished
-            timings.add(i, sw)
-    finally:
-        server.close()
-        await server.wait_closed()
-    return timings.sample()
+            return sw
 
-
-def skeleton(runs: int, durable: bool = False) -> Sample:
-    """Both sides in this process, one enrollment at a time (the agent's durable writes only)."""
-    with tempfile.TemporaryDirectory(prefix="bench-skeleton-") as tmp:
-        return asyncio.run(_measure(runs, durable, Path(tmp)))
+        server = await asyncio.start_server(appliance, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            yield once
+        finally:
+            server.close()
+            await server.wait_closed()
 
 
 # -- the shape as a batch: each side's CPU --------------------------------------------------------
