@@ -127,13 +127,9 @@ async def tls_runner() -> AsyncIterator[Runner]:
         await writer.wait_closed()
         return sw
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_context)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_context) as server:  # closed on exit
+        port = server.sockets[0].getsockname()[1]
         yield once
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def _tls_floor(runs: int) -> Sample:

@@ -168,13 +168,9 @@ async def shape_runner(durable: bool = False) -> AsyncIterator[Runner]:
                 await finished
             return sw
 
-        server = await asyncio.start_server(appliance, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        try:
+        async with await asyncio.start_server(appliance, "127.0.0.1", 0) as server:  # closed on the way out
+            port = server.sockets[0].getsockname()[1]
             yield once
-        finally:
-            server.close()
-            await server.wait_closed()
 
 
 # -- the shape as a batch: each side's CPU --------------------------------------------------------
