@@ -71,7 +71,8 @@ async def in_turns(rounds: int) -> tuple[Sample, Sample, Sample, Sample, Sample]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=50, help="timed SRP and TLS handshakes of the splits and after the batch (default 50)")
+    parser.add_argument("--runs", type=int, default=50,
+                        help="timed SRP and TLS handshakes of the splits and after the batch (default 50)")
     parser.add_argument("--enrollments", type=int, default=50,
                         help="rounds of steps 1-3a, each one enrollment beside the floor and its shape (default 50)")
     parser.add_argument("--batch", type=int, default=500, help="appliances in the batch (default 500)")
