@@ -8,10 +8,13 @@ PY     := $(VENV)/bin/python
 # loads (libssl3, not libssl-dev: firsttrust.srp6a finds libssl.so.3 itself), and the tools the
 # agent drives (chpasswd from passwd; vmtoolsd and vmware-rpctool from open-vm-tools, which the
 # suite runs for real outside VMware and compares the emulator with), strace (the kill -9 matrix's
-# killer, tests/fault) and ssh-keygen (the demo's known_hosts check).
+# killer, tests/fault) and ssh-keygen (the demo's known_hosts check); genisoimage and xorriso make
+# the real ISO images the agent's ISO 9660 reader is checked against (tests/unit/test_iso9660.py:
+# without them those tests skip, and a fresh CI machine would never run them).
 # systemd-python builds from source: libsystemd-dev, pkg-config, a compiler and Python headers.
 DEB_PACKAGES := python3 python3-venv python3-pip python3-dev libssl3 passwd ca-certificates \
-                libsystemd-dev pkg-config gcc systemd open-vm-tools openssh-client strace
+                libsystemd-dev pkg-config gcc systemd open-vm-tools openssh-client strace \
+                genisoimage xorriso
 # tests/packaging: what packaging/deb/build.sh needs (it imports the CLIs with Debian's python3
 # to generate their man pages) and checks the .debs with (man-db, lintian).
 DEB_BUILD_PACKAGES := dpkg python3-aiohttp python3-cryptography python3-srp python3-defusedxml python3-tqdm
