@@ -78,7 +78,8 @@ def build_key() -> str:
     govmomi = _command_output(["dpkg-query", "-W", "-f=${Version}", GOVMOMI_PACKAGE])
     go = _command_output(["go", "version"])
     digest = hashlib.sha256()
-    for part in (MAIN_GO.read_bytes(), govmomi.encode(), go.encode()):
+    sources = [p.read_bytes() for p in sorted(MAIN_GO.parent.glob("*.go"))]
+    for part in (*sources, govmomi.encode(), go.encode()):
         digest.update(len(part).to_bytes(8, "big") + part)
     return digest.hexdigest()[:16]
 
@@ -105,11 +106,12 @@ def build_vcsim(cache_dir: Path | None = None) -> Path:
         binary.parent.mkdir(exist_ok=True)
         workdir = Path(tempfile.mkdtemp(dir=binary.parent, prefix=".build-"))
         try:
-            shutil.copy(MAIN_GO, workdir / "main.go")
+            for source in sorted(MAIN_GO.parent.glob("*.go")):
+                shutil.copy(source, workdir / source.name)
             env = dict(os.environ, GO111MODULE="off", GOFLAGS="", CGO_ENABLED="0",
                        GOPATH=f"{workdir / 'gopath'}:{GOCODE}", GOCACHE=str(cache_dir / "gocache"))
             try:
-                result = subprocess.run(["go", "build", "-o", str(workdir / "vcsim"), "main.go"], cwd=workdir,
+                result = subprocess.run(["go", "build", "-o", str(workdir / "vcsim"), "."], cwd=workdir,
                                         env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
             except (OSError, subprocess.SubprocessError) as exc:
                 raise VcsimError(f"cannot run go build: {exc}") from None

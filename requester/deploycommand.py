@@ -1,7 +1,8 @@
 """`firsttrust deploy`: deploy appliances through vCenter, write their secrets, enroll them.
 
     firsttrust deploy --vcenter https://vc.example/sdk (--thumbprint TP | --ca-file FILE)
-                      (--template NAME | --ova PATH [--datastore NAME])
+                      (--template NAME | --ova PATH [--remove-vapp-config])
+                      [--datacenter DC] [--folder PATH] [--pool PATH] [--host NAME] [--datastore NAME] [--network NAME]
                       (--name NAME | --name-prefix P --count N) --secrets-dir DIR [--credentials FILE] [--requester-cert FILE] [--enroll-window DURATION]
                       [--no-enroll] [--dry-run] [--concurrency N] [--ip-timeout SECONDS] [--json]
 
@@ -24,6 +25,7 @@ from firsttrust.errors import InvalidCertificate
 from .deployer import DEFAULT_CONCURRENCY, DEFAULT_IP_TIMEOUT, CredentialsError, VcenterAccess, deploy
 from .deployplan import InvalidDeployPlan, appliance_names, check_vcenter_url, plan_deployment
 from .ovafile import check_ova
+from .placement import PlacementRequest
 from .vcenter_tls import InvalidThumbprint, ca_context, pinned_context
 
 MAX_CONCURRENCY = 64
@@ -45,10 +47,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--template", metavar="NAME",
                         help="the VM or template to clone (secrets as guestinfo.* extraConfig in the clone spec)")
     source.add_argument("--ova", metavar="PATH",
-                        help="import this OVA instead (secrets as its vApp properties), into the first datacenter's "
-                             "VM folder and its first host or cluster's resource pool, on --datastore or else that "
-                             "host or cluster's datastore with the most free space")
-    parser.add_argument("--datastore", metavar="NAME", help="with --ova: the datastore to import to")
+                        help="import this OVA instead (secrets as its write-only vApp properties; the disk is "
+                             "uploaded once, further appliances are clones of the first)")
+    parser.add_argument("--remove-vapp-config", action="store_true",
+                        help="with --ova: after enrollment remove the whole vApp configuration, not only the "
+                             "OVF environment transport")
+    where = parser.add_argument_group("placement (each optional; an automatic choice is printed before "
+                                      "anything is created; a clone without any stays beside its template)")
+    where.add_argument("--datacenter", metavar="DC", help="datacenter name or folder path (default: the first)")
+    where.add_argument("--folder", metavar="PATH",
+                       help="VM folder path below the datacenter's VM folder, e.g. bringup/appliances")
+    where.add_argument("--pool", metavar="PATH",
+                       help="cluster, host or resource pool: a path below the datacenter's host folder "
+                            "(cluster-a/Resources/pool1) or a name found anywhere in it")
+    where.add_argument("--host", metavar="NAME",
+                       help="the ESXi host (needed by a cluster without DRS; chosen there if not given)")
+    where.add_argument("--datastore", metavar="NAME",
+                       help="default: the accessible one, not in maintenance, with the most free space")
+    where.add_argument("--network", metavar="NAME",
+                       help="port group the appliance's NIC is connected to (the OVF network mapped to it)")
     names = parser.add_mutually_exclusive_group(required=True)
     names.add_argument("--name", help="deploy one appliance with this VM name")
     names.add_argument("--name-prefix", metavar="P", help="deploy --count appliances named P-01, P-02, ...")
@@ -72,8 +89,10 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidDeployPlan(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
     if args.ip_timeout <= 0:
         raise InvalidDeployPlan("--ip-timeout must be positive")
-    if args.datastore is not None and args.ova is None:
-        raise InvalidDeployPlan("--datastore goes with --ova (a clone stays beside its template)")
+    if args.remove_vapp_config and args.ova is None:
+        raise InvalidDeployPlan("--remove-vapp-config goes with --ova (a clone from a template has no OVF environment)")
+    placement = PlacementRequest(datacenter=args.datacenter, folder=args.folder, pool=args.pool, host=args.host,
+                                 datastore=args.datastore, network=args.network)
     certificate = _read_certificate(args.requester_cert) if args.requester_cert else None
     try:
         check_vcenter_url(args.vcenter)
@@ -88,7 +107,11 @@ def run(args: argparse.Namespace) -> int:
     except InvalidCertificate as exc:
         raise InvalidCertificate(f"requester certificate {args.requester_cert}: {exc}") from None
     if args.dry_run:
-        print(json.dumps(plan.describe(), indent=2))
+        described = plan.describe()
+        chosen = {k: v for k, v in vars(placement).items() if v is not None}
+        if chosen:
+            described["placement"] = chosen
+        print(json.dumps(described, indent=2))
         return EXIT_OK
     if context is None:
         context = ca_context(args.ca_file)
@@ -97,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     except CredentialsError as exc:
         raise InvalidDeployPlan(str(exc)) from None
     reports = deploy(plan, access, Path(args.secrets_dir), concurrency=args.concurrency,
-                     ip_timeout=args.ip_timeout, progress=_progress, datastore=args.datastore)
+                     ip_timeout=args.ip_timeout, progress=_progress, placement=placement,
+                     remove_vapp=args.remove_vapp_config)
     if args.json:
         print(json.dumps([report.to_json() for report in reports], indent=2))
     else:

@@ -6,18 +6,25 @@
 
 Per appliance, in this order (deployplan.steps): write `<name>.json` (0600, before the VM exists,
 so a crash never leaves a VM whose secrets are lost); clone the template with the secrets in the
-clone spec's extraConfig, or (plan.ova) import the OVA with the secrets as its vApp properties;
-read the config back and check every planned key; power on. With
-enrollment: wait for VMware Tools to report an IP, enroll all of them with bounded concurrency
-(library.enroll_many), then remove the secret keys through the API and read back whether they
-are gone. One appliance's failure never stops the others: each gets an ApplianceReport.
+clone spec's extraConfig, or (plan.ova) import the OVA with the secrets as its vApp properties
+(uploaded once: the other appliances of the run are clones of the first, each with its own
+values); read the config back and check every planned key (a write-only secret by id and type);
+power on. With enrollment: wait for VMware Tools to report an IP, enroll all of them with
+bounded concurrency (library.enroll_many), then remove the secret keys through the API and read
+back what can be read back, and (plan.ova) remove the OVF environment from the VM. One
+appliance's failure never stops the others: each gets an ApplianceReport. Before anything is
+created: the placement (placement.choose_placement, each automatic choice reported), and for an
+OVA its descriptor and what the target would make of it (deployplan.check_descriptor,
+check_import_spec).
 
-The pyVmomi calls are all in requester/vsphere.py; the decisions in requester/deployplan.py.
+The pyVmomi calls are all in requester/vsphere.py; the decisions in requester/deployplan.py and
+requester/placement.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import stat
@@ -34,11 +41,14 @@ from .deployplan import (
     AppliancePlan,
     DeployPlan,
     InvalidDeployPlan,
+    check_descriptor,
+    check_import_spec,
     missing_config,
     scrub_status,
     vapp_scrub_status,
     verify_properties,
 )
+from .placement import PlacementRequest
 from .deployspec import secrets_to_json
 from .library import Target, enroll_many
 from .truststore import TrustStore, fsync_directory
@@ -121,6 +131,7 @@ class ApplianceReport:
     extra_config: str = "not checked"  # "verified" once read back; --ova: "verified (vApp properties)" or
     # "verified (extraConfig: ...)", where the server kept the properties (deployplan.verify_properties)
     scrub: dict[str, str] = field(default_factory=dict)
+    environment: str = "not removed"  # --ova: what remove_environment read back after enrollment
     error: FirsttrustError | None = None
     failed_step: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -132,6 +143,7 @@ class ApplianceReport:
     def to_json(self) -> dict:
         return {"name": self.name, "status": self.status, "vm": self.vm, "ip": self.ip, "pin": self.pin,
                 "secrets_file": self.secrets_file, "extra_config": self.extra_config, "scrub": self.scrub,
+                "environment": self.environment,
                 "error": None if self.error is None else {"code": self.error.code, "message": str(self.error),
                                                           "step": self.failed_step},
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
@@ -169,27 +181,49 @@ def write_secrets_file(path: Path, appliance: AppliancePlan) -> None:
 
 def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concurrency: int = DEFAULT_CONCURRENCY,
            ip_timeout: float = DEFAULT_IP_TIMEOUT, store: TrustStore | None = None,
-           progress: Progress = lambda name, event: None, datastore: str | None = None) -> list[ApplianceReport]:
+           progress: Progress = lambda name, event: None, datastore: str | None = None,
+           placement: PlacementRequest | None = None, remove_vapp: bool = False,
+           vcenter=None) -> list[ApplianceReport]:
     """Carry out `plan` (see the module docstring), one report per appliance in plan order.
-    With plan.ova, `datastore` names the datastore to import to (default: vsphere.import_target's).
+
+    `placement` chooses datacenter, folder, pool or cluster, host, datastore and network
+    (requester/placement.py; `datastore` is the older spelling of placement.datastore). A clone
+    without any placement option lands beside its template; an import, and a clone with one,
+    where choose_placement says, each automatic choice reported through `progress("placement",
+    ...)` before anything is created. With plan.ova, after enrollment the OVF environment is
+    removed from the VM (the transport emptied, or with `remove_vapp` the whole vApp
+    configuration; its CD-ROM disconnected). `vcenter` reuses a logged-in requester.vsphere.Vcenter
+    (it is not closed); by default one is opened from `access` and closed at the end.
 
     Raises (before any VM or file is created):
         InvalidDeployPlan: the secrets directory is missing or already holds a plan's file; the
-            OVA is unreadable or not an OVA.
-        VsphereError: vCenter unreachable, untrusted or refusing the login; the template, or
-            the OVA's target, is missing; a planned name is already taken in the inventory.
+            OVA is unreadable, not an OVA, or its descriptor cannot carry the secrets;
+            PlacementError: a placement option names nothing usable.
+        VsphereError: vCenter unreachable, untrusted or refusing the login; the template
+            missing; a planned name already taken in the inventory; the target would not honour
+            the OVA's properties, transports or firmware (code "ova_refused").
     """
     from .ovafile import check_ova
     from .vsphere import VsphereError, connect  # pyVmomi is needed here only
 
+    request = placement or PlacementRequest()
+    if datastore is not None:
+        request = dataclasses.replace(request, datastore=datastore)
     check_secrets_dir(plan, secrets_dir)
     ova = check_ova(plan.ova) if plan.ova else None
-    vcenter = connect(access.url, access.user, access.password, access.context)
+    facts = ova.facts() if ova is not None else None
+    if facts is not None:
+        problems = check_descriptor(facts.transports, facts.firmware, facts.properties,
+                                    plan.appliances[0].properties)
+        if problems:
+            raise InvalidDeployPlan(f"OVA {plan.ova}: {'; '.join(problems)}")
+    own = vcenter is None
+    if own:
+        vcenter = connect(access.url, access.user, access.password, access.context)
     try:
         inventory = vcenter.virtual_machines()
-        if ova is not None:
-            target = vcenter.import_target(datastore)
-        else:
+        template = None
+        if ova is None:
             template = inventory.get(plan.template)
             if template is None:
                 raise VsphereError(f"no virtual machine or template named {plan.template[:80]!r}", code="not_found")
@@ -197,61 +231,144 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
         if taken:
             raise VsphereError(f"a virtual machine named {taken[0]!r} exists already"
                                f"{f' (and {len(taken) - 1} more)' if len(taken) > 1 else ''}", code="name_taken")
-        reports = [ApplianceReport(a.name, str(secrets_dir / a.secrets_file)) for a in plan.appliances]
-        vms: dict[str, object] = {}
-
-        def bring_up(appliance: AppliancePlan, report: ApplianceReport) -> None:
-            step = "write secrets file"
-            try:
-                write_secrets_file(secrets_dir / appliance.secrets_file, appliance)
-                if ova is not None:
-                    step = "import OVA"
-                    vm = _timed(report, "import", lambda: vcenter.import_ova(
-                        ova, appliance.name, appliance.properties, appliance.extra_config, target,
-                        on_upload=lambda path, size: progress(appliance.name, f"uploaded {path} ({size} bytes)")))
-                    vms[appliance.name], report.vm = vm, vcenter.moid(vm)
-                    progress(appliance.name, f"imported as {report.vm}")
-                    step = "verify vApp properties"
-                    vapp = {key: value for key, (_, value) in vcenter.vapp_properties(vm).items()}
-                    entries = vcenter.extra_config(vm)
-                    held, missing = verify_properties(vapp, entries, appliance.properties)
-                    missing += missing_config(entries, appliance.extra_config)
-                    if missing:
-                        raise VsphereError(f"the imported VM lacks {', '.join(missing)}", code="extra_config")
-                    report.extra_config = held
-                else:
-                    step = "clone"
-                    vm = _timed(report, "clone", lambda: vcenter.clone(template, appliance.name,
-                                                                       appliance.extra_config))
-                    vms[appliance.name], report.vm = vm, vcenter.moid(vm)
-                    progress(appliance.name, f"cloned as {report.vm}")
-                    step = "verify extraConfig"
-                    missing = missing_config(vcenter.extra_config(vm), appliance.extra_config)
-                    if missing:
-                        raise VsphereError(f"the clone's extraConfig lacks {', '.join(missing)}", code="extra_config")
-                    report.extra_config = "verified"
-                step = "power on"
-                _timed(report, "power_on", lambda: vcenter.power_on(vm))
-                report.status = "deployed"
-                progress(appliance.name, "powered on")
-                if plan.enroll:
-                    step = "wait for guest IP"
-                    report.ip = _timed(report, "wait_ip", lambda: vcenter.wait_for_ip(vm, ip_timeout))
-                    progress(appliance.name, f"guest IP {report.ip}")
-            except (FirsttrustError, OSError) as exc:
-                _fail(report, step, exc, appliance)
-                progress(appliance.name, f"failed at {step}: {report.error}")
-
-        _in_threads(concurrency, bring_up, plan.appliances, reports)
+        where = None
+        if ova is not None or request != PlacementRequest():
+            where = vcenter.placement(request)
+            for note in where.notes:
+                progress("placement", note)
+        run = _Run(plan, vcenter, secrets_dir, progress, template, where, ova, facts, ip_timeout)
+        if ova is not None:
+            run.check_import(plan.appliances[0])
+        run.create_all(concurrency)
+        _in_threads(concurrency, run.start, plan.appliances, run.reports)
         if plan.enroll:
-            _enroll_and_scrub(plan, reports, vms, vcenter, concurrency, store, progress)
-        return reports
+            _in_threads(concurrency, run.wait_for_ip, plan.appliances, run.reports)
+            _enroll_and_scrub(plan, run.reports, run.vms, vcenter, concurrency, store, progress, remove_vapp)
+        return run.reports
     finally:
-        vcenter.close()
+        if own:
+            vcenter.close()
+
+
+class _Run:
+    """One deploy's appliances through their steps; each step records its failure in the report."""
+
+    def __init__(self, plan: DeployPlan, vcenter, secrets_dir: Path, progress: Progress, template,
+                 where, ova, facts, ip_timeout: float = DEFAULT_IP_TIMEOUT) -> None:
+        self.plan, self.vcenter, self.secrets_dir, self.progress = plan, vcenter, secrets_dir, progress
+        self.template, self.where, self.ova, self.facts = template, where, ova, facts
+        self.ip_timeout = ip_timeout
+        self.reports = [ApplianceReport(a.name, str(secrets_dir / a.secrets_file)) for a in plan.appliances]
+        self.vms: dict[str, object] = {}
+        self.spec = None
+
+    def check_import(self, appliance: AppliancePlan) -> None:
+        """CreateImportSpec for the first appliance; refuse before anything exists what the target
+        would not honour (deployplan.check_import_spec)."""
+        from .vsphere import VsphereError
+
+        self.spec = self.vcenter.import_spec(self.ova, appliance.name, appliance.properties, appliance.extra_config,
+                                             self.where, self.facts.networks)
+        spec, _ = self.spec
+        problems = check_import_spec(appliance.properties, self.vcenter.spec_vapp_properties(spec),
+                                     self.vcenter.spec_transports(spec), self.vcenter.spec_firmware(spec),
+                                     self.facts.firmware)
+        if problems:
+            raise VsphereError(f"importing {self.plan.ova} is refused before anything was created: "
+                               f"{'; '.join(problems)}", code="ova_refused")
+
+    def create_all(self, concurrency: int) -> None:
+        """Every VM made and verified. An OVA is uploaded once: the first appliance is imported,
+        the others are cloned from it (before it is powered on) with their own property values."""
+        appliances, reports = list(self.plan.appliances), self.reports
+        if self.ova is None or len(appliances) == 1:
+            _in_threads(concurrency, self.create, appliances, reports)
+            return
+        self.create(appliances[0], reports[0])
+        source = self.vms.get(appliances[0].name)
+        if source is None:
+            for appliance, report in zip(appliances[1:], reports[1:]):
+                report.status, report.failed_step = "failed", "clone the imported appliance"
+                report.error = FirsttrustError(f"not created: the import of {appliances[0].name}, which the others "
+                                               f"are cloned from, failed", code="source_failed")
+            return
+        keys = {pid: prop.key for pid, prop in self.vcenter.vapp_properties(source).items()}
+        _in_threads(concurrency, lambda a, r: self.create(a, r, source=source, keys=keys), appliances[1:], reports[1:])
+
+    def create(self, appliance: AppliancePlan, report: ApplianceReport, source=None, keys=None) -> None:
+        from .vsphere import VsphereError
+
+        vcenter, progress = self.vcenter, self.progress
+        step = "write secrets file"
+        try:
+            write_secrets_file(self.secrets_dir / appliance.secrets_file, appliance)
+            if source is not None:
+                step = "clone the imported appliance"
+                values = [(keys[k], v) for k, v in appliance.properties if k in keys]
+                placement = dataclasses.replace(self.where, network=None)  # the source's NICs are mapped already
+                vm = _timed(report, "clone", lambda: vcenter.clone(source, appliance.name, appliance.extra_config,
+                                                                   placement, vapp_values=values))
+                progress(appliance.name, f"cloned from {self.plan.appliances[0].name} as {vcenter.moid(vm)}")
+            elif self.ova is not None:
+                step = "import OVA"
+                spec = self.spec if appliance is self.plan.appliances[0] else vcenter.import_spec(
+                    self.ova, appliance.name, appliance.properties, appliance.extra_config, self.where,
+                    self.facts.networks)
+                vm = _timed(report, "import", lambda: vcenter.import_ova(
+                    self.ova, appliance.name, spec, self.where,
+                    on_upload=lambda path, size: progress(appliance.name, f"uploaded {path} ({size} bytes)")))
+                progress(appliance.name, f"imported as {vcenter.moid(vm)}")
+            else:
+                step = "clone"
+                vm = _timed(report, "clone", lambda: vcenter.clone(self.template, appliance.name,
+                                                                   appliance.extra_config, self.where))
+                progress(appliance.name, f"cloned as {vcenter.moid(vm)}")
+            self.vms[appliance.name], report.vm = vm, vcenter.moid(vm)
+            if self.ova is not None:
+                step = "verify vApp properties"
+                vapp = {pid: (prop.type, prop.value) for pid, prop in vcenter.vapp_properties(vm).items()}
+                held, missing = verify_properties(vapp, appliance.properties)
+                missing += missing_config(vcenter.extra_config(vm), appliance.extra_config)
+                if missing:
+                    raise VsphereError(f"the VM does not hold {', '.join(missing)}", code="extra_config")
+                report.extra_config = held
+            else:
+                step = "verify extraConfig"
+                missing = missing_config(vcenter.extra_config(vm), appliance.extra_config)
+                if missing:
+                    raise VsphereError(f"the clone's extraConfig lacks {', '.join(missing)}", code="extra_config")
+                report.extra_config = "verified"
+        except (FirsttrustError, OSError) as exc:
+            _fail(report, step, exc, appliance)
+            progress(appliance.name, f"failed at {step}: {report.error}")
+
+    def start(self, appliance: AppliancePlan, report: ApplianceReport) -> None:
+        if not report.ok:
+            return
+        try:
+            _timed(report, "power_on", lambda: self.vcenter.power_on(self.vms[appliance.name]))
+        except FirsttrustError as exc:
+            _fail(report, "power on", exc, appliance)
+            self.progress(appliance.name, f"failed at power on: {report.error}")
+            return
+        report.status = "deployed"
+        self.progress(appliance.name, "powered on")
+
+    def wait_for_ip(self, appliance: AppliancePlan, report: ApplianceReport) -> None:
+        if not report.ok:
+            return
+        try:
+            report.ip = _timed(report, "wait_ip", lambda: self.vcenter.wait_for_ip(self.vms[appliance.name],
+                                                                                  self.ip_timeout))
+        except FirsttrustError as exc:
+            _fail(report, "wait for guest IP", exc, appliance)
+            self.progress(appliance.name, f"failed at wait for guest IP: {report.error}")
+            return
+        self.progress(appliance.name, f"guest IP {report.ip}")
 
 
 def _enroll_and_scrub(plan: DeployPlan, reports: list[ApplianceReport], vms: dict, vcenter, concurrency: int,
-                      store: TrustStore | None, progress: Progress) -> None:
+                      store: TrustStore | None, progress: Progress, remove_vapp: bool = False) -> None:
     by_name = {a.name: a for a in plan.appliances}
     ready = [r for r in reports if r.ok and r.ip]
     targets = [Target(r.name, r.ip, by_name[r.name].secrets) for r in ready]
@@ -279,20 +396,53 @@ def _enroll_and_scrub(plan: DeployPlan, reports: list[ApplianceReport], vms: dic
         except FirsttrustError as exc:  # enrolled and pinned all the same: say so, do not fail it
             report.scrub = {key: f"not removed ({exc.code})" for key in plan.scrub_keys}
             progress(appliance.name, f"secret keys not removed: {_redact(str(exc), appliance)}")
+        if plan.ova:
+            try:
+                report.environment = _timed(report, "remove_environment",
+                                            lambda: remove_environment(vcenter, vm, remove_vapp))
+            except FirsttrustError as exc:
+                report.environment = f"not removed ({exc.code}): {_redact(str(exc), appliance)}"
+            progress(appliance.name, f"OVF environment: {report.environment}")
 
     _in_threads(concurrency, scrub, plan.appliances, reports)
 
 
 def scrub_imported(vcenter, vm) -> dict[str, str]:
-    """An OVA-deployed VM's secret properties set to "", where the VM holds them, and read back:
-    its vApp properties (ReconfigVM_Task with a vAppConfig edit by integer key) if it has any,
-    else the extraConfig keys vcsim 0.24 made of the PropertyMapping."""
+    """An OVA-deployed VM's secret properties set to "" (ReconfigVM_Task, a vAppConfig edit by
+    integer key) and read back as deployplan.vapp_scrub_status says: a write-only (password)
+    property as CLEARED_WRITE_ONLY, since no read can show it.
+
+    Raises:
+        VsphereError (code "extra_config"): the VM has none of the secret properties.
+    """
+    from .vsphere import VsphereError
+
     vapp = vcenter.vapp_properties(vm)
-    if vapp:
-        vcenter.clear_vapp_properties(vm, [vapp[key][0] for key in OVA_SCRUB_KEYS if key in vapp])
-        return vapp_scrub_status({key: value for key, (_, value) in vcenter.vapp_properties(vm).items()})
-    vcenter.set_extra_config(vm, [(key, "") for key in OVA_SCRUB_KEYS])
-    return scrub_status(vcenter.extra_config(vm), OVA_SCRUB_KEYS)
+    keys = [vapp[key].key for key in OVA_SCRUB_KEYS if key in vapp]
+    if not keys:
+        raise VsphereError("the VM has no secret vApp property to clear", code="extra_config")
+    vcenter.clear_vapp_properties(vm, keys)
+    return vapp_scrub_status({pid: (p.type, p.value) for pid, p in vcenter.vapp_properties(vm).items()})
+
+
+def remove_environment(vcenter, vm, remove_vapp: bool = False) -> str:
+    """Remove the OVF environment from the VM (Vcenter.remove_ovf_environment) and say what the
+    read-back shows, in one phrase for the report.
+
+    Raises:
+        VsphereError (code "environment"): the read-back still shows a transport or a connected
+            environment CD-ROM.
+    """
+    from .vsphere import VsphereError
+
+    vcenter.remove_ovf_environment(vm, remove_vapp=remove_vapp)
+    transports, drives, has_vapp = vcenter.ovf_environment_state(vm)
+    left = [t for t in transports if t]
+    if left or drives or (remove_vapp and has_vapp):
+        what = ([f"transport {' '.join(left)}"] if left else []) + ([f"CD-ROM {', '.join(drives)} connected"]
+                                                                    if drives else [])
+        raise VsphereError(f"the VM still has {', '.join(what) or 'a vApp configuration'}", code="environment")
+    return ("vApp configuration removed" if remove_vapp else "transport removed") + "; no ISO CD-ROM connected"
 
 
 def _in_threads(concurrency: int, work, appliances, reports) -> None:

@@ -39,11 +39,18 @@ SCRUB_KEYS = (guestinfo_key(SEC_A), guestinfo_key(SEC_B))
 # the guestinfo. prefix: the OVF ProductSection's keys (packaging/ova/descriptor.py).
 OVA_SCRUB_KEYS = (SEC_A, SEC_B)
 
-VERIFIED_VAPP = "verified (vApp properties)"
-VERIFIED_EXTRA_CONFIG = "verified (extraConfig: the server kept no vApp properties)"
+VERIFIED_VAPP = "verified (vApp properties; write-only ones by key, id and type)"
 
 REMOVED = "removed"
 NOT_REMOVED = "not removed"
+# A password-typed vApp property reads back "" whatever it holds (VAppPropertyInfo.type), so its
+# scrub can be sent but never read back: said as what it is. The guest side proves delivery
+# (the enrollment itself; the agent's status names the source it read).
+CLEARED_WRITE_ONLY = "cleared; write-only, the server cannot show it"
+PASSWORD_TYPE = "password"
+# DSP0243 clause 11.1 and VmConfigSpec.ovfEnvironmentTransport: the transports vCenter offers.
+KNOWN_TRANSPORTS = ("com.vmware.guestInfo", "iso")
+KNOWN_FIRMWARE = ("bios", "efi")
 
 
 class InvalidDeployPlan(InvalidDeploySpec):
@@ -110,7 +117,10 @@ def steps(enroll: bool, ova: bool = False) -> tuple[str, ...]:
     """What happens to each appliance, in order."""
     head = ("write secrets file", "import OVA with vApp properties" if ova else "clone with extraConfig",
             "verify vApp properties" if ova else "verify extraConfig", "power on")
-    return head + (("wait for guest IP", "enroll and pin", "remove secret keys") if enroll else ())
+    tail = ("wait for guest IP", "enroll and pin", "remove secret keys")
+    if ova:
+        tail += ("remove the OVF environment",)
+    return head + (tail if enroll else ())
 
 
 def appliance_names(name: str | None = None, prefix: str | None = None, count: int | None = None) -> list[str]:
@@ -203,25 +213,95 @@ def missing_config(read_back: Iterable[tuple[str, str]], planned: Iterable[tuple
     return [key for key, value in planned if current.get(key) != value]
 
 
-def verify_properties(vapp_properties: Mapping[str, str], read_back: Iterable[tuple[str, str]],
+def verify_properties(vapp_properties: Mapping[str, tuple[str, str]],
                       planned: Iterable[tuple[str, str]]) -> tuple[str, list[str]]:
-    """Where an imported VM holds its planned properties, and which it lacks (names only).
+    """Whether an imported VM holds its planned properties: VERIFIED_VAPP and the planned keys
+    it lacks (names and reasons, never values).
 
-    Where the VM has vApp properties (vCenter, ESXi) every planned key must be one of them with
-    the planned value: VERIFIED_VAPP. Where it has none at all (vcsim 0.24 turns the import's
-    PropertyMapping into extraConfig keys), the extraConfig's current values are checked under
-    the same keys: VERIFIED_EXTRA_CONFIG.
+    `vapp_properties` is id -> (type, value) as the server shows them. A planned secret
+    (deployspec.PROPERTY_INFO's password flag) must be a "password" property, whose value always
+    reads "" (VAppPropertyInfo.type: "a write-only property"): it is checked by id and type only,
+    and one that is not write-only is refused, since anyone who may read the VM's configuration
+    would read it. Every other property is checked by its value.
     """
+    from .deployspec import PROPERTY_INFO
+
+    missing = []
+    for key, value in planned:
+        held = vapp_properties.get(key)
+        secret = PROPERTY_INFO.get(key, (None, None, False))[2]
+        if held is None:
+            missing.append(key)
+        elif secret and held[0] != PASSWORD_TYPE:
+            missing.append(f"{key} (type {held[0]!r}, not write-only)")
+        elif not secret and held[1] != value:
+            missing.append(key)
+    return VERIFIED_VAPP, missing
+
+
+def vapp_scrub_status(vapp_properties: Mapping[str, tuple[str, str]],
+                      keys: Iterable[str] = OVA_SCRUB_KEYS) -> dict[str, str]:
+    """Per vApp property, after its value was set to "": CLEARED_WRITE_ONLY for a password
+    property (nothing to read back), REMOVED when a readable one reads back empty or is gone,
+    else NOT_REMOVED."""
+    status = {}
+    for key in keys:
+        kind, value = vapp_properties.get(key, ("", ""))
+        status[key] = CLEARED_WRITE_ONLY if kind == PASSWORD_TYPE else NOT_REMOVED if value else REMOVED
+    return status
+
+
+def check_import_spec(planned: Iterable[tuple[str, str]], spec_properties: Mapping[str, str],
+                      transports: Sequence[str], firmware: str, descriptor_firmware: str) -> list[str]:
+    """What the target cannot honour, found in OvfManager.CreateImportSpec's answer before
+    ImportVApp creates anything (an empty list: go ahead).
+
+    `spec_properties` is id -> type of the vApp properties the import spec would create; every
+    planned property must be among them (else the server would drop its value), a planned
+    secret as a "password" one. `transports` must include one the agent reads
+    (KNOWN_TRANSPORTS), or the secrets never reach the guest. The firmware the descriptor asks
+    for (vmw:Config firmware) must be the one the spec sets, or the appliance does not boot.
+    """
+    from .deployspec import PROPERTY_INFO
+
+    problems = []
     planned = list(planned)
-    if vapp_properties:
-        return VERIFIED_VAPP, [key for key, value in planned if vapp_properties.get(key) != value]
-    return VERIFIED_EXTRA_CONFIG, missing_config(read_back, planned)
+    dropped = [key for key, _ in planned if key not in spec_properties]
+    if dropped:
+        problems.append(f"the target keeps no vApp property {', '.join(dropped)}"
+                        + (" (it keeps no vApp properties at all)" if not spec_properties else ""))
+    readable = [key for key, _ in planned if PROPERTY_INFO.get(key, (None, None, False))[2]
+                and key in spec_properties and spec_properties[key] != PASSWORD_TYPE]
+    if readable:
+        problems.append(f"the target would make {', '.join(readable)} readable (type not password)")
+    if not set(transports) & set(KNOWN_TRANSPORTS):
+        problems.append(f"the target offers no OVF environment transport the agent reads "
+                        f"({', '.join(transports) or 'none'}; needs {' or '.join(KNOWN_TRANSPORTS)})")
+    if descriptor_firmware and descriptor_firmware != (firmware or "bios"):
+        problems.append(f"the OVA asks for {descriptor_firmware} firmware, the target would set {firmware or 'bios'}")
+    return problems
 
 
-def vapp_scrub_status(vapp_properties: Mapping[str, str], keys: Iterable[str] = OVA_SCRUB_KEYS) -> dict[str, str]:
-    """Per vApp property: REMOVED when it reads back empty or is gone (a vApp property holds
-    one value, unlike vcsim's extraConfig), else NOT_REMOVED."""
-    return {key: NOT_REMOVED if vapp_properties.get(key) else REMOVED for key in keys}
+def check_descriptor(transports: Sequence[str], firmware: str, declared: Mapping[str, bool],
+                     planned: Iterable[tuple[str, str]]) -> list[str]:
+    """What is wrong with an OVA's descriptor for firsttrust, before any server is asked.
+    `declared` is its ProductSection, key -> ovf:password."""
+    from .deployspec import PROPERTY_INFO
+
+    problems = []
+    undeclared = [key for key, _ in planned if key not in declared]
+    if undeclared:
+        problems.append(f"the OVA declares no property {', '.join(undeclared)}")
+    open_secrets = [key for key in declared if PROPERTY_INFO.get(key, (None, None, False))[2] and not declared[key]]
+    if open_secrets:
+        problems.append(f"the OVA declares {', '.join(open_secrets)} without ovf:password=\"true\"")
+    unknown = [t for t in transports if t not in KNOWN_TRANSPORTS]
+    if unknown or not transports:
+        problems.append(f"the OVA's transports {' '.join(transports) or '(none)'} are not "
+                        f"{' and/or '.join(KNOWN_TRANSPORTS)}")
+    if firmware and firmware not in KNOWN_FIRMWARE:
+        problems.append(f"the OVA asks for firmware {firmware[:20]!r}, not {' or '.join(KNOWN_FIRMWARE)}")
+    return problems
 
 
 def scrub_status(read_back: Iterable[tuple[str, str]], keys: Iterable[str] = SCRUB_KEYS) -> dict[str, str]:

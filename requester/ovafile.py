@@ -33,11 +33,60 @@ class OvaReadError(FirsttrustError):
 
 
 @dataclass(frozen=True)
+class DescriptorFacts:
+    """What the deployer needs from an OVF descriptor: its networks (to map --network), the
+    environment transports and firmware it asks for, and its ProductSection's property ids with
+    their ovf:password flag (DSP0243 9.5: an id is [class.]key[.instance])."""
+
+    networks: tuple[str, ...]
+    transports: tuple[str, ...]
+    firmware: str
+    properties: dict[str, bool]
+
+
+@dataclass(frozen=True)
 class OvaFile:
     path: str
     descriptor: str
     members: dict[str, int]  # name -> size, in tar order
     size: int
+
+    def facts(self) -> DescriptorFacts:
+        """Raises: InvalidDeployPlan if the descriptor is not an OVF envelope."""
+        return descriptor_facts(self.descriptor, self.path)
+
+
+OVF_NS = "{http://schemas.dmtf.org/ovf/envelope/1}"
+VMW_NS = "{http://www.vmware.com/schema/ovf}"
+
+
+def descriptor_facts(descriptor: str, path: str = "the OVA") -> DescriptorFacts:
+    """Parsed with defusedxml (no entities, no external references): an OVA may come from anywhere."""
+    import defusedxml.ElementTree
+    from defusedxml import DefusedXmlException
+    from xml.etree.ElementTree import ParseError
+
+    try:
+        root = defusedxml.ElementTree.fromstring(descriptor)
+    except (ParseError, DefusedXmlException, ValueError):
+        raise InvalidDeployPlan(f"OVA {path}: the descriptor is not well-formed XML without entities") from None
+    if root.tag != f"{OVF_NS}Envelope":
+        raise InvalidDeployPlan(f"OVA {path}: the descriptor is not an OVF envelope")
+    networks = tuple(n.get(f"{OVF_NS}name", "") for n in root.iter(f"{OVF_NS}Network"))
+    hardware = next(root.iter(f"{OVF_NS}VirtualHardwareSection"), None)
+    transports = tuple((hardware.get(f"{OVF_NS}transport", "") if hardware is not None else "").split())
+    firmware = ""
+    for config in (hardware.iter(f"{VMW_NS}Config") if hardware is not None else ()):
+        if config.get(f"{VMW_NS}key") == "firmware":
+            firmware = config.get(f"{VMW_NS}value", "")
+    properties = {}
+    for section in root.iter(f"{OVF_NS}ProductSection"):
+        prefix = section.get(f"{OVF_NS}class")
+        suffix = section.get(f"{OVF_NS}instance")
+        for prop in section.iter(f"{OVF_NS}Property"):
+            key = ".".join(p for p in (prefix, prop.get(f"{OVF_NS}key", ""), suffix) if p)
+            properties[key] = prop.get(f"{OVF_NS}password", "false") == "true"
+    return DescriptorFacts(networks=networks, transports=transports, firmware=firmware, properties=properties)
 
 
 def check_ova(path: str) -> OvaFile:

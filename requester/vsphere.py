@@ -1,17 +1,20 @@
 """The vSphere API calls the deployer makes, through pyVmomi, and nothing else.
 
     vc = connect("https://vc.example/sdk", user, password, pinned_context(thumbprint))
+    placement = vc.placement(PlacementRequest(pool="cluster-a"))   # one inventory read (placement.py)
     template = vc.find_vm("appliance-template")
-    vm = vc.clone(template, "app-01", extra_config)   # CloneVM_Task, extraConfig in the clone spec
-    vc.power_on(vm); vc.wait_for_ip(vm, timeout=600)
-    vc.set_extra_config(vm, [(key, "")])              # ReconfigVM_Task; ESXi deletes a key set to ""
-    vc.extra_config(vm)                               # read back, in the server's order
-    vm = vc.import_ova(check_ova(path), "app-01", properties, hardening, vc.import_target())
+    vm = vc.clone(template, "app-01", extra_config, placement)   # CloneVM_Task, extraConfig in the clone spec
+    vc.power_on(vm); vc.wait_for_ip(vm, timeout=600)  # one private PropertyCollector (vsphere_wait.py)
+    vc.set_extra_config(vm, [(key, "")])              # ReconfigVM_Task; vCenter deletes a key set to ""
+    vc.extra_config(vm)                               # read back
+    spec = vc.import_spec(ova, "app-01", properties, hardening, placement)   # checked before anything exists
+    vm = vc.import_ova(ova, spec, placement)
     vc.vapp_properties(vm); vc.clear_vapp_properties(vm, [int keys])   # --ova's read-back and scrub
+    vc.remove_ovf_environment(vm)                     # transport emptied, the environment's CD-ROM disconnected
     vc.close()
 
-What to call is decided in requester/deployplan.py; this module only calls it and waits on
-tasks. Needs pyVmomi 8 or later (PyPI's `pyvmomi`, installed with `pip install
+What to call is decided in requester/deployplan.py and requester/placement.py; this module only
+calls it, and waits on tasks through requester/vsphere_wait.py. Needs pyVmomi 8 or later (PyPI's `pyvmomi`, installed with `pip install
 firsttrust[vsphere]`); Debian 12's python3-pyvmomi 6.7.1 is refused by name, because its
 SmartConnect does not take our SSL context on every connection. The agent never imports this.
 """
@@ -22,28 +25,37 @@ import contextlib
 import http.client
 import importlib.metadata
 import ssl
+import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 from firsttrust.errors import FirsttrustError
 
-from .deployplan import usable_guest_ip
 from .ovafile import OvaFile, OvaReadError, open_member, read_chunk
+from .placement import (
+    CLUSTER, COMPUTE, DATACENTER, DATASTORE, FOLDER, HOST, NETWORK, POOL, PORTGROUP, VAPP, Entity, Inventory,
+    Placement, PlacementRequest, choose_placement,
+)
 from .vcenter_tls import InvalidThumbprint, ThumbprintMismatch, pinned_context
+from .vsphere_wait import UpdateWaiter, WaitInterrupted
 
 MIN_PYVMOMI = (8, 0)
 
-# How often a task or the guest's IP is polled: fast at first (vcsim finishes a clone in 9-28 ms),
-# then every second (a real vCenter's clone takes seconds to minutes).
-POLL_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 TASK_TIMEOUT = 1800.0  # a full clone of a large template on slow storage
 LEASE_READY_TIMEOUT = 600.0  # ImportVApp's lease: initializing until vCenter has made the VM's files
+LEASE_PROPERTIES = ("state", "error")
 # An HttpNfcLease times out (vCenter: 5 minutes by default) unless HttpNfcLeaseProgress is called;
 # every 10 s leaves a wide margin under the 30 s the deployer promises.
 LEASE_PROGRESS_INTERVAL = 10.0
 UPLOAD_CHUNK = 1 << 20  # read from the OVA and sent; never the whole disk in memory
 UPLOAD_TIMEOUT = 120.0  # per socket operation, not for the whole upload
+# Removing the OVF environment's CD-ROM from a running guest that locked its door makes the VM ask
+# whether to override the lock; the task waits until the question is answered. Looked for every
+# QUESTION_POLL seconds, for QUESTION_TIMEOUT at most.
+QUESTION_POLL = 2.0
+QUESTION_TIMEOUT = 60.0
 
 
 class VsphereError(FirsttrustError):
@@ -116,11 +128,42 @@ def connect(url: str, user: str, password: str, context: ssl.SSLContext) -> "Vce
     return Vcenter(si, context=context, netloc=parts.netloc)
 
 
+@dataclass(frozen=True)
+class VappProperty:
+    """One vApp property as the server shows it. `value` of a "password" property always reads ""
+    (VAppPropertyInfo.type: "the value field and default value field will always be returned as
+    an empty string when queried. Thus, it is a write-only property.")."""
+
+    key: int
+    id: str
+    type: str
+    value: str
+
+    @property
+    def write_only(self) -> bool:
+        return self.type == "password"
+
+
+# What one inventory read asks for, per type: enough for placement.choose_placement.
+_INVENTORY_PROPERTIES = {
+    "Folder": ["name", "parent", "childEntity"],
+    "Datacenter": ["name", "parent", "vmFolder", "hostFolder"],
+    "ComputeResource": ["name", "parent", "host", "datastore", "network", "resourcePool"],
+    "ClusterComputeResource": ["name", "parent", "host", "datastore", "network", "resourcePool",
+                               "configurationEx"],
+    "HostSystem": ["name", "parent", "datastore", "runtime.connectionState", "runtime.inMaintenanceMode"],
+    "ResourcePool": ["name", "parent", "resourcePool"],
+    "Datastore": ["name", "summary.accessible", "summary.maintenanceMode", "summary.freeSpace"],
+    "Network": ["name"],
+}
+
+
 class Vcenter:
     """A logged-in session. Safe to share between threads (pyVmomi pools its connections).
 
     `context` and `netloc` ("host[:port]" of the API) serve the OVA uploads: a lease's device URL
-    names the host "*" when it means the one the API was reached at.
+    names the host "*" when it means the one the API was reached at. Tasks, leases and guest IPs
+    are waited on through one private PropertyCollector (`waiter`, made at first use).
     """
 
     def __init__(self, si, context: ssl.SSLContext | None = None, netloc: str = "") -> None:
@@ -128,32 +171,64 @@ class Vcenter:
         self.context, self.netloc = context, netloc
         self.content = si.RetrieveContent()
         self.vim, self.vmodl = _pyvmomi()[0].vim, _pyvmomi()[0].vmodl
+        self._waiter: UpdateWaiter | None = None
+        self._waiter_lock = threading.Lock()
+
+    @property
+    def waiter(self) -> UpdateWaiter:
+        with self._waiter_lock:
+            if self._waiter is None:
+                self._waiter = UpdateWaiter(self)
+            return self._waiter
+
+    def interrupt(self) -> None:
+        """Every wait in progress or to come ends with WaitInterrupted within a second."""
+        self.waiter.cancel()
 
     def close(self) -> None:
+        if self._waiter is not None:
+            self._waiter.close()
         with contextlib.suppress(Exception):
             self.content.sessionManager.Logout()
+
+    def session_key(self) -> str:
+        """This session's key (SessionManager.currentSession.key): what the lab counts requests by."""
+        with api_call("reading the session"):
+            return self.content.sessionManager.currentSession.key
 
     def vm_by_moid(self, moid: str):
         """The VirtualMachine with this managed object ID (e.g. "vm-42"); checked when first used."""
         return self.vim.VirtualMachine(moid, self.si._stub)
 
+    def _retrieve(self, root, types_and_paths: dict) -> list:
+        """Every object of these types below `root` (a ContainerView, recursive), with these
+        properties, in as few round trips as the server's page size allows."""
+        vim, collector = self.vim, self.vmodl.query.PropertyCollector
+        view = self.content.viewManager.CreateContainerView(root, [getattr(vim, t) for t in types_and_paths], True)
+        try:
+            spec = collector.FilterSpec(
+                objectSet=[collector.ObjectSpec(obj=view, skip=True, selectSet=[
+                    collector.TraversalSpec(name="view", path="view", skip=False, type=vim.view.ContainerView)])],
+                propSet=[collector.PropertySpec(type=getattr(vim, t), pathSet=paths)
+                         for t, paths in types_and_paths.items()])
+            pc = self.content.propertyCollector
+            result = pc.RetrievePropertiesEx([spec], collector.RetrieveOptions())
+            objects = list(result.objects) if result else []
+            while result is not None and result.token:
+                result = pc.ContinueRetrievePropertiesEx(result.token)
+                objects += list(result.objects or [])
+            return objects
+        finally:
+            view.Destroy()
+
     def virtual_machines(self) -> dict[str, object]:
         """name -> VirtualMachine for every VM and template in the inventory, in one round trip."""
-        vim, collector = self.vim, self.vmodl.query.PropertyCollector
         with api_call("listing virtual machines"):
-            view = self.content.viewManager.CreateContainerView(self.content.rootFolder, [vim.VirtualMachine], True)
-            try:
-                spec = collector.FilterSpec(
-                    objectSet=[collector.ObjectSpec(obj=view, skip=True, selectSet=[
-                        collector.TraversalSpec(name="view", path="view", skip=False, type=vim.view.ContainerView)])],
-                    propSet=[collector.PropertySpec(type=vim.VirtualMachine, pathSet=["name"])])
-                found = {}
-                for item in self.content.propertyCollector.RetrieveContents([spec]):
-                    for prop in item.propSet:
-                        found.setdefault(prop.val, item.obj)
-                return found
-            finally:
-                view.Destroy()
+            found = {}
+            for item in self._retrieve(self.content.rootFolder, {"VirtualMachine": ["name"]}):
+                for prop in item.propSet:
+                    found.setdefault(prop.val, item.obj)
+            return found
 
     def find_vm(self, name: str):
         """Raises: VsphereError (code "not_found") if no VM or template has this name."""
@@ -162,23 +237,115 @@ class Vcenter:
             raise VsphereError(f"no virtual machine or template named {name[:80]!r}", code="not_found")
         return vm
 
-    def clone(self, template, name: str, extra_config: Iterable[tuple[str, str]]):
-        """Clone `template` as `name` beside it, powered off, with `extra_config` in the clone spec.
+    # --- placement -----------------------------------------------------------------------------
+
+    def inventory(self) -> Inventory:
+        """Datacenters, folders, hosts, clusters, pools, datastores and networks: one read."""
+        with api_call("reading the inventory"):
+            items = self._retrieve(self.content.rootFolder, _INVENTORY_PROPERTIES)
+        entities = []
+        for item in items:
+            props = {p.name: p.val for p in item.propSet}
+            entities.append(self._entity(item.obj, props))
+        return Inventory(entities)
+
+    def _entity(self, obj, props: dict) -> Entity:
+        vim = self.vim
+        kind = type(obj).__name__.rpartition(".")[2]
+        moids = lambda refs: [r._moId for r in (refs or [])]  # noqa: E731
+        parent = props.get("parent")
+        info: dict = {}
+        if isinstance(obj, vim.Folder):
+            kind, info["child_order"] = FOLDER, moids(props.get("childEntity"))
+        elif isinstance(obj, vim.Datacenter):
+            kind = DATACENTER
+            info.update(vm_folder=getattr(props.get("vmFolder"), "_moId", None),
+                        host_folder=getattr(props.get("hostFolder"), "_moId", None))
+        elif isinstance(obj, vim.ComputeResource):
+            pool = props.get("resourcePool")
+            info.update(datastores=moids(props.get("datastore")), networks=moids(props.get("network")),
+                        root_pool=getattr(pool, "_moId", None), child_order=moids(props.get("host")))
+            if isinstance(obj, vim.ClusterComputeResource):
+                kind = CLUSTER
+                drs = getattr(props.get("configurationEx"), "drsConfig", None)
+                info["drs"] = bool(getattr(drs, "enabled", False))
+            else:
+                kind = COMPUTE
+            if pool is not None:  # the root pool's parent is the compute resource
+                info["child_order"] = info["child_order"] + [pool._moId]
+        elif isinstance(obj, vim.HostSystem):
+            kind = HOST
+            info.update(datastores=moids(props.get("datastore")),
+                        connected=props.get("runtime.connectionState") in (None, "connected"),
+                        maintenance=bool(props.get("runtime.inMaintenanceMode")))
+        elif isinstance(obj, vim.ResourcePool):
+            kind = VAPP if isinstance(obj, vim.VirtualApp) else POOL
+            info["child_order"] = moids(props.get("resourcePool"))
+        elif isinstance(obj, vim.Datastore):
+            kind = DATASTORE
+            info.update(accessible=props.get("summary.accessible", True) is not False,
+                        maintenance_mode=props.get("summary.maintenanceMode") or "normal",
+                        free_space=props.get("summary.freeSpace") or 0)
+        elif isinstance(obj, vim.Network):
+            kind = PORTGROUP if isinstance(obj, vim.dvs.DistributedVirtualPortgroup) else NETWORK
+        return Entity(ref=obj, kind=kind, name=str(props.get("name", obj._moId)), moid=obj._moId,
+                      parent=getattr(parent, "_moId", None), props=info)
+
+    def placement(self, request: PlacementRequest) -> Placement:
+        """choose_placement on one read of the inventory. Raises: PlacementError, VsphereError."""
+        return choose_placement(self.inventory(), request)
+
+    # --- clones --------------------------------------------------------------------------------
+
+    def clone(self, template, name: str, extra_config: Iterable[tuple[str, str]],
+              placement: Placement | None = None, vapp_values: Iterable[tuple[int, str]] = ()):
+        """Clone `template` as `name`, powered off, with `extra_config` in the clone spec: beside the
+        template without a placement, else into its folder, pool, host and datastore, the NICs on
+        its network. `vapp_values` (integer key, value) edit the clone's vApp properties in the
+        same spec (--ova --count: the clones of the imported appliance get their own secrets).
 
         Returns:
             The new VirtualMachine.
         """
         vim = self.vim
         with api_call(f"cloning {name}"):
-            pool = template.resourcePool or template.runtime.host.parent.resourcePool
-            spec = vim.vm.CloneSpec(
-                location=vim.vm.RelocateSpec(pool=pool), powerOn=False, template=False,
-                config=vim.vm.ConfigSpec(extraConfig=self._options(extra_config)))
-            task = template.CloneVM_Task(folder=template.parent, name=name, spec=spec)
+            config = vim.vm.ConfigSpec(extraConfig=self._options(extra_config))
+            vapp_values = list(vapp_values)
+            if vapp_values:
+                config.vAppConfig = self.vapp_edit_spec(vapp_values)
+            if placement is None:
+                folder = template.parent
+                location = vim.vm.RelocateSpec(pool=template.resourcePool or template.runtime.host.parent.resourcePool)
+            else:
+                folder = placement.folder.ref
+                location = vim.vm.RelocateSpec(pool=placement.pool.ref, datastore=placement.datastore.ref,
+                                               host=placement.host.ref if placement.host else None)
+                if placement.network is not None:
+                    config.deviceChange = self._nic_changes(template, placement.network)
+            spec = vim.vm.CloneSpec(location=location, powerOn=False, template=False, config=config)
+            task = template.CloneVM_Task(folder=folder, name=name, spec=spec)
         return self.wait_task(task, f"cloning {name}")
 
+    def _nic_changes(self, vm, network: Entity) -> list:
+        """Device edits that put every NIC of `vm` on `network` (a standard port group or a
+        distributed one)."""
+        vim = self.vim
+        changes = []
+        for device in vm.config.hardware.device or []:
+            if not isinstance(device, vim.vm.device.VirtualEthernetCard):
+                continue
+            if network.kind == PORTGROUP:
+                switch = network.ref.config.distributedVirtualSwitch
+                device.backing = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
+                    port=vim.dvs.PortConnection(portgroupKey=network.ref.key, switchUuid=switch.uuid))
+            else:
+                device.backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(
+                    network=network.ref, deviceName=network.name)
+            changes.append(vim.vm.device.VirtualDeviceSpec(operation="edit", device=device))
+        return changes
+
     def set_extra_config(self, vm, entries: Iterable[tuple[str, str]]) -> None:
-        """ReconfigVM_Task with these extraConfig entries (a "" value deletes the key on ESXi)."""
+        """ReconfigVM_Task with these extraConfig entries (a "" value deletes the key)."""
         with api_call("reconfiguring"):
             task = vm.ReconfigVM_Task(spec=self.vim.vm.ConfigSpec(extraConfig=self._options(entries)))
         self.wait_task(task, "reconfiguring")
@@ -191,53 +358,30 @@ class Vcenter:
 
     # --- --ova: import, vApp properties --------------------------------------------------------
 
-    def import_target(self, datastore: str | None = None) -> tuple:
-        """Where --ova imports: (the first datacenter's vmFolder, the first compute resource's
-        resourcePool, the datastore named `datastore` or else, of that compute resource's
-        datastores, the one with the most free space).
-
-        Raises:
-            VsphereError (code "not_found"): no datacenter, compute resource or such datastore.
-        """
-        vim = self.vim
-        with api_call("finding where to import"):
-            datacenter = next((e for e in self.content.rootFolder.childEntity if isinstance(e, vim.Datacenter)), None)
-            if datacenter is None:
-                raise VsphereError("no datacenter in the inventory to import into", code="not_found")
-            compute = next((e for e in datacenter.hostFolder.childEntity if isinstance(e, vim.ComputeResource)), None)
-            if compute is None:
-                raise VsphereError(f"no host or cluster in datacenter {datacenter.name!r}", code="not_found")
-            stores = list(compute.datastore or [])
-            if datastore is not None:
-                chosen = next((d for d in stores if d.name == datastore), None)
-                if chosen is None:
-                    raise VsphereError(f"no datastore named {datastore[:80]!r} on {compute.name!r}", code="not_found")
-            elif stores:
-                chosen = max(stores, key=lambda d: d.summary.freeSpace or 0)
-            else:
-                raise VsphereError(f"no datastore on {compute.name!r}", code="not_found")
-            return datacenter.vmFolder, compute.resourcePool, chosen
-
-    def import_ova(self, ova: OvaFile, name: str, properties: Iterable[tuple[str, str]],
-                   extra_config: Iterable[tuple[str, str]], target: tuple,
-                   on_upload: Callable[[str, int], None] = lambda path, size: None):
-        """Import `ova` as VM `name`, powered off: OvfManager.CreateImportSpec with `properties`
-        as the PropertyMapping, `extra_config` appended to the import spec's configSpec,
-        ResourcePool.ImportVApp, each disk streamed from the file to its lease URL with
-        HttpNfcLeaseProgress every LEASE_PROGRESS_INTERVAL, then HttpNfcLeaseComplete. Any
-        failure after ImportVApp aborts the lease (vCenter then removes the partial VM).
-        `on_upload(member name, bytes sent)` after each file the server accepted.
+    def import_spec(self, ova: OvaFile, name: str, properties: Iterable[tuple[str, str]],
+                    extra_config: Iterable[tuple[str, str]], placement: Placement, networks: Iterable[str] = ()):
+        """OvfManager.CreateImportSpec for `name` at `placement`: `properties` as the
+        PropertyMapping, each OVF network in `networks` mapped to placement.network, the host as
+        hostSystem where there is one; `extra_config` appended to the spec's configSpec. Nothing
+        is created.
 
         Returns:
-            The new VirtualMachine.
+            (the import spec, its fileItems).
+        Raises:
+            VsphereError (code "ova_refused"): the server refused the descriptor, or it describes a vApp.
         """
         vim = self.vim
-        folder, pool, datastore = target
         what = f"importing {name}"
         with api_call(what):
             params = vim.OvfManager.CreateImportSpecParams(
                 entityName=name, propertyMapping=[vim.KeyValue(key=k, value=v) for k, v in properties])
-            result = self.content.ovfManager.CreateImportSpec(ova.descriptor, pool, datastore, params)
+            if placement.network is not None:
+                params.networkMapping = [vim.OvfManager.NetworkMapping(name=n, network=placement.network.ref)
+                                         for n in networks]
+            if placement.host is not None:
+                params.hostSystem = placement.host.ref
+            result = self.content.ovfManager.CreateImportSpec(ova.descriptor, placement.pool.ref,
+                                                              placement.datastore.ref, params)
             if result.error:
                 fault = result.error[0]
                 raise VsphereError(f"{what}: the OVF descriptor was refused: {type(fault).__name__.rpartition('.')[2]}:"
@@ -248,13 +392,46 @@ class Vcenter:
             if config is None:
                 raise VsphereError(f"{what}: the OVA describes a vApp, not one virtual machine", code="ova_refused")
             config.extraConfig = list(config.extraConfig or []) + self._options(extra_config)
-            lease = pool.ImportVApp(spec, folder)
+            return spec, list(result.fileItem or [])
+
+    @staticmethod
+    def spec_vapp_properties(spec) -> dict[str, str]:
+        """id -> type of the vApp properties an import spec will create (what the server honours)."""
+        vapp = getattr(spec.configSpec, "vAppConfig", None)
+        return {p.info.id: p.info.type or "string" for p in ((vapp.property if vapp else None) or []) if p.info}
+
+    @staticmethod
+    def spec_transports(spec) -> list[str]:
+        vapp = getattr(spec.configSpec, "vAppConfig", None)
+        return list(getattr(vapp, "ovfEnvironmentTransport", None) or [])
+
+    @staticmethod
+    def spec_firmware(spec) -> str:
+        return getattr(spec.configSpec, "firmware", None) or ""
+
+    def import_ova(self, ova: OvaFile, name: str, spec_and_files, placement: Placement,
+                   on_upload: Callable[[str, int], None] = lambda path, size: None):
+        """Import `ova` as VM `name`, powered off, from `import_spec`'s result:
+        ResourcePool.ImportVApp (with the host where the placement has one), each disk streamed
+        from the file to its lease URL with HttpNfcLeaseProgress every LEASE_PROGRESS_INTERVAL,
+        then HttpNfcLeaseComplete. Any failure after ImportVApp aborts the lease (vCenter then
+        removes the partial VM). `on_upload(member name, bytes sent)` after each file the server
+        accepted.
+
+        Returns:
+            The new VirtualMachine.
+        """
+        spec, file_items = spec_and_files
+        what = f"importing {name}"
+        with api_call(what):
+            lease = placement.pool.ref.ImportVApp(spec, placement.folder.ref,
+                                                  placement.host.ref if placement.host else None)
         try:
             self._wait_lease_ready(lease, what)
             with api_call(what):
                 info = lease.info
                 vm = info.entity  # gone from the lease once it is complete
-                items = {item.deviceId: item for item in (result.fileItem or [])}
+                items = {item.deviceId: item for item in file_items}
                 uploads = [(device, items[device.importKey]) for device in (info.deviceUrl or [])
                            if device.importKey in items]
             missing = [item.path for _, item in uploads if item.path not in ova.members]
@@ -273,21 +450,16 @@ class Vcenter:
 
     def _wait_lease_ready(self, lease, what: str) -> None:
         states = self.vim.HttpNfcLease.State
-        deadline = time.monotonic() + LEASE_READY_TIMEOUT
-        for delay in _delays():
-            with api_call(what):
-                state = lease.state
-                if state == states.ready:
-                    return
-                if state == states.error:
-                    fault = lease.error
-                    raise VsphereError(f"{what}: the import lease failed: {_first_line(getattr(fault, 'msg', ''))}")
-                if state == states.done:
-                    raise VsphereError(f"{what}: the import lease ended before the upload")
-            if time.monotonic() + delay > deadline:
-                raise VsphereError(f"{what}: the import lease was not ready within {LEASE_READY_TIMEOUT:.0f} s",
-                                   code="task_timeout")
-            time.sleep(delay)
+        values = self.waiter.watch(lease, LEASE_PROPERTIES, LEASE_READY_TIMEOUT, what,
+                                   lambda v: v.get("state") not in (None, states.initializing))
+        if values is None:
+            raise VsphereError(f"{what}: the import lease was not ready within {LEASE_READY_TIMEOUT:.0f} s",
+                               code="task_timeout")
+        state = values.get("state")
+        if state == states.error:
+            raise VsphereError(f"{what}: the import lease failed: {_first_line(getattr(values.get('error'), 'msg', ''))}")
+        if state == states.done:
+            raise VsphereError(f"{what}: the import lease ended before the upload")
 
     def _upload(self, ova: OvaFile, device, item, progress: "LeaseProgress", what: str) -> int:
         """One disk, streamed from the OVA in UPLOAD_CHUNK pieces over TLS checked like the API's."""
@@ -322,22 +494,96 @@ class Vcenter:
                                code="ova_upload")
         return sent
 
-    def vapp_properties(self, vm) -> dict[str, tuple[int, str]]:
-        """The VM's vApp properties: id -> (its integer key, value). Empty where the server keeps none."""
+    def vapp_properties(self, vm) -> dict[str, VappProperty]:
+        """The VM's vApp properties by id. Empty where the VM has none."""
         with api_call("reading the vApp properties"):
             vapp = vm.config.vAppConfig
-            return {p.id: (p.key, p.value or "") for p in ((vapp.property if vapp else None) or [])}
+            return {p.id: VappProperty(key=p.key, id=p.id, type=p.type or "string", value=p.value or "")
+                    for p in ((vapp.property if vapp else None) or [])}
 
     def clear_vapp_properties(self, vm, keys: Iterable[int]) -> None:
         """ReconfigVM_Task setting these vApp properties (by integer key) to ""."""
-        with api_call("reconfiguring"):
-            task = vm.ReconfigVM_Task(spec=self.vapp_clear_spec(keys))
-        self.wait_task(task, "reconfiguring")
+        self.reconfigure(vm, self.vim.vm.ConfigSpec(vAppConfig=self.vapp_edit_spec((key, "") for key in keys)),
+                         "clearing the secret vApp properties")
 
-    def vapp_clear_spec(self, keys: Iterable[int]):
+    def vapp_edit_spec(self, values: Iterable[tuple[int, str]]):
         vapp = self.vim.vApp
-        return self.vim.vm.ConfigSpec(vAppConfig=vapp.VmConfigSpec(property=[
-            vapp.PropertySpec(operation="edit", info=vapp.PropertyInfo(key=key, value="")) for key in keys]))
+        return vapp.VmConfigSpec(property=[vapp.PropertySpec(operation="edit", info=vapp.PropertyInfo(key=k, value=v))
+                                           for k, v in values])
+
+    def reconfigure(self, vm, spec, what: str = "reconfiguring") -> None:
+        with api_call(what):
+            task = vm.ReconfigVM_Task(spec=spec)
+        self.wait_task(task, what)
+
+    def ovf_environment_state(self, vm) -> tuple[list[str], list[str], bool]:
+        """(the VM's ovfEnvironmentTransport, the labels of its connected CD-ROMs backed by an ISO
+        file, whether it has a vApp configuration at all): what remove_ovf_environment reads back."""
+        vim = self.vim
+        with api_call("reading the OVF environment's transport"):
+            config = vm.config
+            vapp = config.vAppConfig
+            drives = [d for d in (config.hardware.device or []) if isinstance(d, vim.vm.device.VirtualCdrom)
+                      and isinstance(d.backing, vim.vm.device.VirtualCdrom.IsoBackingInfo)
+                      and d.connectable is not None and (d.connectable.connected or d.connectable.startConnected)]
+            return (list((vapp.ovfEnvironmentTransport if vapp else None) or []),
+                    [d.deviceInfo.label if d.deviceInfo else str(d.key) for d in drives], vapp is not None)
+
+    def remove_ovf_environment(self, vm, remove_vapp: bool = False) -> None:
+        """Stop handing the VM its OVF environment: ovfEnvironmentTransport emptied (VmConfigSpec:
+        "A list with a single element {""} will remove all" entries; an empty list changes
+        nothing), or with `remove_vapp` the whole vApp configuration (vAppConfigRemoved); and every
+        CD-ROM backed by an ISO file disconnected and not connected at power-on (the ISO transport's
+        environment image). A question the VM raises about it (the guest locked the CD-ROM door)
+        is answered within QUESTION_TIMEOUT (answer_cdrom_question)."""
+        vim = self.vim
+        with api_call("reading the VM's CD-ROMs"):
+            devices = list(vm.config.hardware.device or [])
+        changes = []
+        for device in devices:
+            if isinstance(device, vim.vm.device.VirtualCdrom) and isinstance(
+                    device.backing, vim.vm.device.VirtualCdrom.IsoBackingInfo):
+                device.connectable = vim.vm.device.VirtualDevice.ConnectInfo(
+                    connected=False, startConnected=False, allowGuestControl=False)
+                changes.append(vim.vm.device.VirtualDeviceSpec(operation="edit", device=device))
+        spec = vim.vm.ConfigSpec(deviceChange=changes)
+        if remove_vapp:
+            spec.vAppConfigRemoved = True
+        else:
+            spec.vAppConfig = vim.vApp.VmConfigSpec(ovfEnvironmentTransport=[""])
+        with api_call("removing the OVF environment"):
+            task = vm.ReconfigVM_Task(spec=spec)
+        self._wait_answering_questions(vm, task, "removing the OVF environment")
+
+    def _wait_answering_questions(self, vm, task, what: str) -> None:
+        """wait_task, answering a CD-ROM lock question on `vm` if one is raised meanwhile."""
+        deadline = time.monotonic() + QUESTION_TIMEOUT
+        while True:
+            try:
+                self.wait_task(task, what, timeout=QUESTION_POLL)
+                return
+            except VsphereError as exc:
+                if exc.code != "task_timeout":
+                    raise
+            answered = self.answer_cdrom_question(vm)
+            if not answered and time.monotonic() > deadline:
+                raise VsphereError(f"{what}: not done within {QUESTION_TIMEOUT:.0f} s and no question to answer",
+                                   code="task_timeout")
+
+    def answer_cdrom_question(self, vm) -> bool:
+        """If the VM asks whether to override the guest's CD-ROM door lock, answer yes (the guest
+        keeps no secret it needs there any more). Returns whether a question was answered."""
+        with api_call("answering the VM's question"):
+            question = vm.runtime.question
+            if question is None:
+                return False
+            choices = {c.label.lower(): c.key for c in (question.choice.choiceInfo or [])} if question.choice else {}
+            answer = choices.get("yes")
+            if answer is None:
+                raise VsphereError(f"the VM asks a question firsttrust cannot answer: {_first_line(question.text)}",
+                                   code="vm_question")
+            vm.AnswerVM(question.id, answer)
+            return True
 
     def power_on(self, vm) -> None:
         with api_call("powering on"):
@@ -351,42 +597,18 @@ class Vcenter:
         """The first usable IP address VMware Tools reports for the guest (deployplan.usable_guest_ip).
 
         Raises:
-            VsphereError (code "no_ip"): none within `timeout` seconds.
+            VsphereError (code "no_ip"): none within `timeout` seconds. WaitInterrupted.
         """
-        deadline = time.monotonic() + timeout
-        for delay in _delays():
-            with api_call("reading the guest's IP address"):
-                guest = vm.guest  # one round trip: the whole GuestInfo
-                reported = [guest.ipAddress] + [ip for nic in (guest.net or []) for ip in (nic.ipAddress or [])]
-            address = usable_guest_ip(reported)
-            if address:
-                return address
-            if time.monotonic() + delay > deadline:
-                raise VsphereError(f"VMware Tools reported no IP address within {timeout:.0f} s", code="no_ip")
-            time.sleep(delay)
-        raise AssertionError("unreachable")
+        return self.waiter.wait_for_ip(vm, timeout)
 
     def wait_task(self, task, what: str, timeout: float = TASK_TIMEOUT):
         """Wait for a task; return its result.
 
         Raises:
             VsphereError: the task failed (its fault named), or did not finish within `timeout`.
+            WaitInterrupted: the run was interrupted.
         """
-        states = self.vim.TaskInfo.State
-        deadline = time.monotonic() + timeout
-        for delay in _delays():
-            with api_call(what):
-                info = task.info
-            if info.state == states.success:
-                return info.result
-            if info.state == states.error:
-                fault = info.error
-                name = type(fault).__name__.rpartition(".")[2] if fault is not None else "error"
-                raise VsphereError(f"{what}: {name}: {_first_line(getattr(fault, 'msg', ''))}")
-            if time.monotonic() + delay > deadline:
-                raise VsphereError(f"{what}: the task did not finish within {timeout:.0f} s", code="task_timeout")
-            time.sleep(delay)
-        raise AssertionError("unreachable")
+        return self.waiter.wait_task(task, what, timeout)
 
     def _options(self, entries: Iterable[tuple[str, str]]) -> list:
         return [self.vim.option.OptionValue(key=key, value=value) for key, value in entries]
@@ -407,9 +629,3 @@ class LeaseProgress:
         if now - self.last >= self.interval:
             self.lease.HttpNfcLeaseProgress(percent=min(99, self.sent * 100 // self.total))
             self.last = now
-
-
-def _delays() -> Iterator[float]:
-    yield from POLL_DELAYS
-    while True:
-        yield POLL_DELAYS[-1]

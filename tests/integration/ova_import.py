@@ -49,12 +49,16 @@ def read_ova(path: Path) -> OvaContents:
 
 def import_ova(vc, ova: Path, name: str, properties: dict[str, str]):
     """Import `ova` as VM `name` with `properties` as the PropertyMapping, where `firsttrust
-    deploy --ova` would (Vcenter.import_target). `vc` is a requester.vsphere.Vcenter.
+    deploy --ova` would by default (placement.choose_placement). `vc` is a requester.vsphere.Vcenter.
 
     Returns:
         (the VM, {uploaded file name: bytes sent}).
     """
     uploaded: dict[str, int] = {}
-    vm = vc.import_ova(check_ova(str(ova)), name, properties.items(), (), vc.import_target(),
-                       on_upload=uploaded.__setitem__)
+    from firsttrust.requester.placement import PlacementRequest
+
+    placement = vc.placement(PlacementRequest())
+    ova_file = check_ova(str(ova))
+    spec = vc.import_spec(ova_file, name, properties.items(), (), placement, ova_file.facts().networks)
+    vm = vc.import_ova(ova_file, name, spec, placement, on_upload=uploaded.__setitem__)
     return vm, uploaded

@@ -29,7 +29,7 @@ class FakeVcenter:
     def virtual_machines(self):
         return {"tmpl": "tmpl", "existing": "existing", **{name: name for name in self.configs}}
 
-    def clone(self, template, name, extra_config):
+    def clone(self, template, name, extra_config, placement=None, vapp_values=()):
         if self.fail.get(name) == "clone":
             secret = dict(extra_config)[SCRUB_KEYS[0]] if self.echo_secret else "x"
             raise VsphereError(f"cloning {name}: InvalidArgument: bad value {secret}")

@@ -1,6 +1,7 @@
-"""`firsttrust deploy --ova` without a server: the plan, the CLI's refusals, the OVA check, where the
-properties are verified and scrubbed, and the requests the vApp-property branch sends (vcsim 0.24
-ignores vAppConfig, so that branch is proven here, at the request level)."""
+"""`firsttrust deploy --ova` without a server: the plan, the CLI's refusals, the OVA check, how the
+properties are verified (write-only ones by id and type) and scrubbed, what is refused before
+anything is created, and the requests the vApp-property branch sends. The same branch against the
+lab's strict vCenter: tests/integration/test_ova_deploy.py."""
 
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ from firsttrust.deployment import SEC_A, SEC_B
 from firsttrust.requester import cli
 from firsttrust.requester.deployer import scrub_imported
 from firsttrust.requester.deployplan import (
+    CLEARED_WRITE_ONLY,
     NOT_REMOVED,
     REMOVED,
-    VERIFIED_EXTRA_CONFIG,
     VERIFIED_VAPP,
     InvalidDeployPlan,
     appliance_names,
+    check_descriptor,
+    check_import_spec,
     plan_deployment,
     steps,
     vapp_scrub_status,
@@ -143,67 +146,127 @@ def test_the_cli_dry_run_with_an_ova_prints_the_import_plan(capsys, tmp_path):
     assert code == 0 and json.loads(out)["ova"] == ova
 
 
-def test_datastore_goes_with_ova_only(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "--template", "t", "--datastore", "ds1", "--secrets-dir", str(tmp_path),
+def test_removing_the_vapp_config_goes_with_ova_only(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "--template", "t", "--remove-vapp-config", "--secrets-dir", str(tmp_path),
                            "--dry-run")
-    assert code == 2 and "--datastore goes with --ova" in err
+    assert code == 2 and "--remove-vapp-config goes with --ova" in err
+
+
+def test_the_dry_run_shows_the_placement_asked_for(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "--template", "t", "--pool", "prod/c1", "--datastore", "ds1",
+                           "--secrets-dir", str(tmp_path), "--dry-run")
+    assert code == 0 and json.loads(out)["placement"] == {"pool": "prod/c1", "datastore": "ds1"}
 
 
 # --- where the properties are held ---------------------------------------------------------------
 
 
-PLANNED = ((SEC_A, "a-value"), (SEC_B, "b-value"))
+PLANNED = ((SEC_A, "a-value"), (SEC_B, "b-value"), ("firsttrust.enroll-window", "2d"))
+WRITE_ONLY = {SEC_A: ("password", ""), SEC_B: ("password", ""), "firsttrust.enroll-window": ("string", "2d")}
 
 
-def test_vapp_properties_are_verified_there_when_the_vm_has_any():
-    assert verify_properties({SEC_A: "a-value", SEC_B: "b-value"}, [], PLANNED) == (VERIFIED_VAPP, [])
-    # a VM with vApp properties must hold them there: the same values in extraConfig do not count
-    assert verify_properties({SEC_A: "a-value"}, list(PLANNED), PLANNED) == (VERIFIED_VAPP, [SEC_B])
-    assert verify_properties({SEC_A: "a-value", SEC_B: "other"}, [], PLANNED)[1] == [SEC_B]
+def test_write_only_properties_are_verified_by_id_and_type_and_the_others_by_value():
+    # vCenter reads a password property back as "" (VAppPropertyInfo.type): that is verified
+    assert verify_properties(WRITE_ONLY, PLANNED) == (VERIFIED_VAPP, [])
+    assert verify_properties({**WRITE_ONLY, "firsttrust.enroll-window": ("string", "1h")}, PLANNED)[1] == [
+        "firsttrust.enroll-window"]
+    assert verify_properties({SEC_A: ("password", "")}, PLANNED)[1] == [SEC_B, "firsttrust.enroll-window"]
 
 
-def test_without_vapp_properties_the_extra_config_keys_are_verified_last_entry_wins():
-    assert verify_properties({}, list(PLANNED), PLANNED) == (VERIFIED_EXTRA_CONFIG, [])
-    assert verify_properties({}, [*PLANNED, (SEC_B, "")], PLANNED) == (VERIFIED_EXTRA_CONFIG, [SEC_B])
-    assert verify_properties({}, [], PLANNED)[1] == [SEC_A, SEC_B]
+def test_a_secret_that_the_server_would_show_is_not_verified():
+    held = {**WRITE_ONLY, SEC_B: ("string", "b-value")}  # the right value, but readable by any API reader
+    assert verify_properties(held, PLANNED)[1] == [f"{SEC_B} (type 'string', not write-only)"]
 
 
-def test_a_vapp_property_is_removed_when_it_reads_back_empty_or_gone():
-    assert vapp_scrub_status({SEC_A: "", "other": "x"}) == {SEC_A: REMOVED, SEC_B: REMOVED}
-    assert vapp_scrub_status({SEC_A: "", SEC_B: "still"}) == {SEC_A: REMOVED, SEC_B: NOT_REMOVED}
+def test_the_scrub_of_a_write_only_property_is_reported_as_what_it_is():
+    assert vapp_scrub_status(WRITE_ONLY) == {SEC_A: CLEARED_WRITE_ONLY, SEC_B: CLEARED_WRITE_ONLY}
+    readable = {SEC_A: ("string", ""), SEC_B: ("string", "still")}
+    assert vapp_scrub_status(readable) == {SEC_A: REMOVED, SEC_B: NOT_REMOVED}
+    assert vapp_scrub_status({}) == {SEC_A: REMOVED, SEC_B: REMOVED}
+
+
+def test_an_import_the_target_would_not_honour_is_refused_before_anything_exists():
+    types = {SEC_A: "password", SEC_B: "password", "firsttrust.enroll-window": "string"}
+    transports = ["com.vmware.guestInfo", "iso"]
+    assert check_import_spec(PLANNED, types, transports, "efi", "efi") == []
+    assert check_import_spec(PLANNED, {}, transports, "efi", "efi") == [
+        f"the target keeps no vApp property {SEC_A}, {SEC_B}, firsttrust.enroll-window (it keeps no vApp "
+        f"properties at all)"]
+    assert "readable" in check_import_spec(PLANNED, {**types, SEC_A: "string"}, transports, "efi", "efi")[0]
+    assert "no OVF environment transport" in check_import_spec(PLANNED, types, [], "efi", "efi")[0]
+    assert check_import_spec(PLANNED, types, transports, "bios", "efi") == [
+        "the OVA asks for efi firmware, the target would set bios"]
+    assert check_import_spec(PLANNED, types, transports, "", "") == []
+
+
+def test_a_descriptor_that_cannot_carry_the_secrets_is_refused():
+    declared = {SEC_A: True, SEC_B: True, "firsttrust.enroll-window": False}
+    assert check_descriptor(("com.vmware.guestInfo", "iso"), "efi", declared, PLANNED) == []
+    assert check_descriptor(("com.vmware.guestInfo",), "", {SEC_A: True}, PLANNED) == [
+        f"the OVA declares no property {SEC_B}, firsttrust.enroll-window"]
+    assert "without ovf:password" in check_descriptor(("iso",), "", {**declared, SEC_B: False}, PLANNED)[0]
+    assert "transports" in check_descriptor(("http://example/transport",), "", declared, PLANNED)[0]
+    assert "transports" in check_descriptor((), "", declared, PLANNED)[0]
+    assert "firmware" in check_descriptor(("iso",), "uefi-ish", declared, PLANNED)[0]
+
+
+def test_the_descriptor_facts_are_read_from_the_firsttrust_ova_descriptor():
+    import importlib.util
+    from pathlib import Path
+
+    from firsttrust.requester.ovafile import descriptor_facts
+
+    spec = importlib.util.spec_from_file_location(
+        "ova_descriptor", Path(__file__).resolve().parents[2] / "packaging/ova/descriptor.py")
+    packaging = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(packaging)
+    envelope = packaging.build_envelope(name="a", vmdk_name="a.vmdk", vmdk_size=1, capacity=2, version="1")
+    facts = descriptor_facts(packaging.serialize(envelope).decode())
+    assert facts.networks == ("VM Network",) and facts.transports == ("com.vmware.guestInfo", "iso")
+    assert facts.firmware == "efi" and facts.properties[SEC_A] is True and facts.properties[SEC_B] is True
+
+
+def test_a_descriptor_with_entities_is_refused_in_one_line():
+    from firsttrust.requester.ovafile import descriptor_facts
+
+    bomb = '<?xml version="1.0"?><!DOCTYPE e [<!ENTITY a "aaaa">]><e>&a;</e>'
+    with pytest.raises(InvalidDeployPlan, match="without entities"):
+        descriptor_facts(bomb, "x.ova")
 
 
 class FakeVcenter:
-    """The Vcenter calls scrub_imported makes, recorded; the VM's state as a dict."""
+    """The Vcenter calls scrub_imported makes, recorded; the VM's vApp properties as vCenter shows
+    them (a password property's value always reads "")."""
 
-    def __init__(self, vapp: dict[str, tuple[int, str]], extra: list[tuple[str, str]]) -> None:
-        self.vapp, self.extra, self.calls = vapp, extra, []
+    def __init__(self, vapp: dict[str, tuple[int, str, str]]) -> None:
+        self.vapp, self.calls = vapp, []
 
     def vapp_properties(self, vm):
-        return dict(self.vapp)
+        from firsttrust.requester.vsphere import VappProperty
+
+        return {pid: VappProperty(key=key, id=pid, type=kind, value="" if kind == "password" else value)
+                for pid, (key, kind, value) in self.vapp.items()}
 
     def clear_vapp_properties(self, vm, keys):
         self.calls.append(("clear_vapp_properties", list(keys)))
-        self.vapp = {pid: (key, "" if key in keys else value) for pid, (key, value) in self.vapp.items()}
-
-    def set_extra_config(self, vm, entries):
-        self.calls.append(("set_extra_config", list(entries)))
-        self.extra += list(entries)  # vcsim: appends
-
-    def extra_config(self, vm):
-        return list(self.extra)
+        self.vapp = {pid: (key, kind, "" if key in keys else value) for pid, (key, kind, value) in self.vapp.items()}
 
 
-def test_scrub_edits_the_vapp_properties_by_their_integer_keys_when_the_vm_has_them():
-    fake = FakeVcenter({SEC_A: (3, "a"), SEC_B: (7, "b"), "firsttrust.enroll-window": (9, "2d")}, [])
-    assert scrub_imported(fake, object()) == {SEC_A: REMOVED, SEC_B: REMOVED}
-    assert fake.calls == [("clear_vapp_properties", [3, 7])]  # not the window, and no extraConfig call
+def test_scrub_edits_the_secret_vapp_properties_by_their_integer_keys():
+    pytest.importorskip("pyVmomi")
+    fake = FakeVcenter({SEC_A: (3, "password", "a"), SEC_B: (7, "password", "b"),
+                        "firsttrust.enroll-window": (9, "string", "2d")})
+    assert scrub_imported(fake, object()) == {SEC_A: CLEARED_WRITE_ONLY, SEC_B: CLEARED_WRITE_ONLY}
+    assert fake.calls == [("clear_vapp_properties", [3, 7])]  # not the window
 
 
-def test_scrub_sets_the_extra_config_keys_where_the_server_kept_no_vapp_properties():
-    fake = FakeVcenter({}, [(SEC_A, "a"), (SEC_B, "b")])
-    assert scrub_imported(fake, object()) == {SEC_A: NOT_REMOVED, SEC_B: NOT_REMOVED}  # append-only, honestly
-    assert fake.calls == [("set_extra_config", [(SEC_A, ""), (SEC_B, "")])]
+def test_scrub_of_a_vm_without_the_secret_properties_is_an_error_not_a_success():
+    pytest.importorskip("pyVmomi")
+    from firsttrust.requester.vsphere import VsphereError
+
+    with pytest.raises(VsphereError) as caught:
+        scrub_imported(FakeVcenter({}), object())
+    assert caught.value.code == "extra_config"
 
 
 # --- the requests themselves (pyVmomi's types, no server) -----------------------------------------
@@ -229,12 +292,37 @@ def test_the_vapp_scrub_request_edits_each_property_by_key_to_an_empty_value(vce
     assert all(isinstance(p, vcenter.vim.vApp.PropertySpec) for p in properties)
 
 
-def test_the_vapp_properties_are_read_as_id_to_key_and_value(vcenter):
+def test_the_vapp_properties_are_read_as_id_to_key_type_and_value(vcenter):
+    from firsttrust.requester.vsphere import VappProperty
+
     vapp = vcenter.vim.vApp
     config = SimpleNamespace(vAppConfig=vapp.VmConfigInfo(property=[
-        vapp.PropertyInfo(key=3, id=SEC_A, value="a"), vapp.PropertyInfo(key=4, id=SEC_B)]))
-    assert vcenter.vapp_properties(SimpleNamespace(config=config)) == {SEC_A: (3, "a"), SEC_B: (4, "")}
+        vapp.PropertyInfo(key=3, id=SEC_A, value="", type="password"), vapp.PropertyInfo(key=4, id="w", value="2d")]))
+    assert vcenter.vapp_properties(SimpleNamespace(config=config)) == {
+        SEC_A: VappProperty(3, SEC_A, "password", ""), "w": VappProperty(4, "w", "string", "2d")}
     assert vcenter.vapp_properties(SimpleNamespace(config=SimpleNamespace(vAppConfig=None))) == {}
+
+
+def test_removing_the_ovf_environment_empties_the_transport_and_disconnects_the_iso_cdrom(vcenter, monkeypatch):
+    vim = vcenter.vim
+    cdrom = vim.vm.device.VirtualCdrom(key=3000, backing=vim.vm.device.VirtualCdrom.IsoBackingInfo(fileName="[ds] x.iso"),
+                                        connectable=vim.vm.device.VirtualDevice.ConnectInfo(connected=True,
+                                                                                           startConnected=True))
+    disk = vim.vm.device.VirtualDisk(key=2000)
+    sent = []
+    vm = SimpleNamespace(config=SimpleNamespace(hardware=SimpleNamespace(device=[disk, cdrom])),
+                         ReconfigVM_Task=lambda spec: sent.append(spec) or "task")
+    monkeypatch.setattr(vcenter, "wait_task", lambda task, what, timeout=0: None)
+    vcenter.remove_ovf_environment(vm)
+    (spec,) = sent
+    # VmConfigSpec.ovfEnvironmentTransport: an empty list changes nothing; [""] removes them all
+    assert list(spec.vAppConfig.ovfEnvironmentTransport) == [""] and not spec.vAppConfigRemoved
+    (change,) = spec.deviceChange
+    assert change.operation == "edit" and change.device.key == 3000
+    assert not change.device.connectable.connected and not change.device.connectable.startConnected
+    sent.clear()
+    vcenter.remove_ovf_environment(vm, remove_vapp=True)
+    assert sent[0].vAppConfigRemoved is True and sent[0].vAppConfig is None
 
 
 def test_lease_progress_is_reported_at_least_every_thirty_seconds_of_upload():
@@ -267,7 +355,7 @@ def fake_import(vcenter, tmp_path, device_url="https://*/nfc/1/disk-0.vmdk"):
                             HttpNfcLeaseAbort=lambda: calls.append("abort"),
                             HttpNfcLeaseComplete=lambda: calls.append("complete"),
                             HttpNfcLeaseProgress=lambda percent: calls.append(("progress", percent)))
-    spec = SimpleNamespace(configSpec=vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=SEC_A, value="v")]))
+    spec = SimpleNamespace(configSpec=vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key="x", value="v")]))
     result = SimpleNamespace(error=None, importSpec=spec,
                              fileItem=[SimpleNamespace(deviceId="disk-0", path="a-disk1.vmdk", create=True)])
 
@@ -276,8 +364,11 @@ def fake_import(vcenter, tmp_path, device_url="https://*/nfc/1/disk-0.vmdk"):
         return result
 
     vcenter.content = SimpleNamespace(ovfManager=SimpleNamespace(CreateImportSpec=create_import_spec))
-    pool = SimpleNamespace(ImportVApp=lambda spec, folder: calls.append(("ImportVApp", spec)) or lease)
-    return calls, ("folder", pool, "datastore")
+    vcenter._waiter = SimpleNamespace(watch=lambda obj, props, timeout, what, ready: {"state": lease.state})
+    pool = SimpleNamespace(ImportVApp=lambda spec, folder, host: calls.append(("ImportVApp", spec)) or lease)
+    entity = lambda ref: SimpleNamespace(ref=ref)  # noqa: E731
+    return calls, SimpleNamespace(folder=entity("folder"), pool=entity(pool), datastore=entity("datastore"),
+                                  host=None, network=None)
 
 
 def test_the_import_adds_the_hardening_to_the_mapped_extra_config_and_aborts_the_lease_on_failure(vcenter, tmp_path):
@@ -286,11 +377,12 @@ def test_the_import_adds_the_hardening_to_the_mapped_extra_config_and_aborts_the
     ova = check_ova(str(make_ova(tmp_path / "a.ova", [("a.ovf", b"<E/>" * 300)])))  # no disk member
     calls, target = fake_import(vcenter, tmp_path)
     with pytest.raises(OvaReadError) as caught:
-        vcenter.import_ova(ova, "a-01", PLANNED, HARDENING_VMX_SETTINGS, target)
+        vcenter.import_ova(ova, "a-01", vcenter.import_spec(ova, "a-01", PLANNED, HARDENING_VMX_SETTINGS, target),
+                           target)
     assert caught.value.code == "ova_read" and "a-disk1.vmdk" in str(caught.value)
     assert calls[0] == ("CreateImportSpec", dict(PLANNED))
     imported = calls[1][1].configSpec.extraConfig
-    assert [(o.key, o.value) for o in imported] == [(SEC_A, "v"), *HARDENING_VMX_SETTINGS]  # appended, not replaced
+    assert [(o.key, o.value) for o in imported] == [("x", "v"), *HARDENING_VMX_SETTINGS]  # appended, not replaced
     assert calls[-1] == "abort" and "complete" not in calls
 
 
@@ -302,6 +394,7 @@ def test_an_ova_gone_after_the_check_fails_the_import_as_ova_read_and_aborts(vce
     path.unlink()
     calls, target = fake_import(vcenter, tmp_path)
     with pytest.raises(OvaReadError) as caught:
-        vcenter.import_ova(ova, "a-01", PLANNED, HARDENING_VMX_SETTINGS, target)
+        vcenter.import_ova(ova, "a-01", vcenter.import_spec(ova, "a-01", PLANNED, HARDENING_VMX_SETTINGS, target),
+                           target)
     assert str(path) in str(caught.value) and "cannot reach vCenter" not in str(caught.value)
     assert calls[-1] == "abort"

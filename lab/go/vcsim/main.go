@@ -47,6 +47,7 @@ func main() {
 		fail("creating the inventory: %v", err)
 	}
 	defer model.Remove()
+	modelPropertyCollector()
 
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(user, password)}
 	if *certFile != "" {
