@@ -297,6 +297,25 @@ def test_extra_config_key_set_again_is_replaced_and_set_to_empty_is_removed(vc, 
             assert extra_config(vm)[-3:] == [("guestinfo.b", "1"), ("guestinfo.b", "2"), ("guestinfo.a", "")]
 
 
+def test_create_vm_keeps_vapp_config_and_sets_extra_config_per_key(vc, vc_stock):
+    for server_vc, strict_model in ((vc, True), (vc_stock, False)):
+        vim = server_vc.vim
+        folder, pool, datastore, host = import_target(server_vc)
+        name = next(names)
+        config = vim.vm.ConfigSpec(
+            name=name, files=vim.vm.FileInfo(vmPathName=f"[{datastore.name}]"), guestId="otherGuest",
+            extraConfig=options(server_vc, [("guestinfo.a", "1"), ("guestinfo.a", "2"), ("guestinfo.b", "")]),
+            vAppConfig=vim.vApp.VmConfigSpec(property=[vim.vApp.PropertySpec(operation="add", info=vim.vApp.PropertyInfo(
+                key=0, id="firsttrust.sec-a", type="password", value=PLAIN_SECRET))]))
+        vm = wait(server_vc, folder.CreateVM_Task(config=config, pool=pool, host=host))
+        if strict_model:
+            assert extra_config(vm) == [("guestinfo.a", "2")]
+            assert properties(vm)["firsttrust.sec-a"].type == "password" and not properties(vm)["firsttrust.sec-a"].value
+        else:
+            assert extra_config(vm) == [("guestinfo.a", "1"), ("guestinfo.a", "2"), ("guestinfo.b", "")]
+            assert vm.config.vAppConfig is None
+
+
 # -- 4. the OVF environment at power-on, for the guest only ------------------------------------------
 
 
