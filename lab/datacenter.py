@@ -3,23 +3,25 @@
     with DataCenter.start(manager) as dc:              # vcsim up (lab.vcsim), logged in
         reports = dc.deploy(plan, secrets_dir, store)  # requester.deployer.deploy, unchanged
         dc.read_guestinfo("app-01", key)               # the VM's extraConfig through the API
+        dc.guest_view("app-01", key)                   # what the guest reads (the lab endpoint)
     # the simulator is stopped; the appliances are the manager's (destroy_all)
 
 A bring-up script in a real data center calls `firsttrust deploy` (requester/deployer.py) against
 vCenter; so does the lab, against a simulator it starts. What ESXi and VMware Tools do is the
 lab's part: while a deployment runs, a watcher (the "hosts") sees every VM that was not in the
 simulator's inventory at start and is now powered on, boots it as an agent process
-(Manager.boot: first boot reading the VM's extraConfig through the API, by way of the lab's
-guest channel server, lab/vsphere_channel.py; then `serve` on an address of its own,
-127.0.0.N, at the standard ports), and reports that address as the guest's IP
-through vcsim's `SET.guest.ipAddress` extraConfig alias, which stands in for VMware Tools. The
-deployer waits for that IP, enrolls and pins the appliance, and removes the secrets through the
-API, exactly as against vCenter.
+(Manager.boot: first boot reading the guest's guestinfo, by way of the lab's guest channel
+server, lab/vsphere_channel.py, which asks the simulator for the guest's view: extraConfig, or
+the OVF environment the simulator built at power-on; then `serve` on an address of its own,
+127.0.0.N, at the standard ports), and reports that address as the guest's IP through the
+simulator's lab endpoint (LabControl.report_guest_ip: guest.ipAddress, guest.net, tools running,
+as VMware Tools reports them). The deployer waits for that IP, enrolls and pins the appliance,
+and removes the secrets through the API, exactly as against vCenter.
 
-What the simulator cannot do stays emulated: guest operations (StartProgramInGuest answers
-MethodNotFound in vcsim 0.24 without Docker), so `Manager.guest_command` runs FIG. 3's command
-itself; and vcsim 0.24 keeps every extraConfig entry ever set (a key set to "" gets a second,
-empty entry), which docs/deployment.md describes.
+The simulator is strict where the deployer relies on vCenter's behaviour (lab/go/vcsim: vApp
+properties, write-only passwords, extraConfig per key, DRS, docs/deployment.md). What it cannot
+do stays emulated: guest operations (StartProgramInGuest answers MethodNotFound in vcsim 0.24
+without Docker), so `Manager.guest_command` runs FIG. 3's command itself.
 """
 
 from __future__ import annotations
@@ -46,8 +48,6 @@ from .vsphere_channel import SOCKET_NAME, ChannelServer
 # The simulator's VPX inventory has powered-on VMs named DC0_H0_VM0 and so on: the template the
 # lab clones. The clones inherit nothing from it (vcsim 0.24), which suits an appliance template.
 TEMPLATE = "DC0_H0_VM0"
-# vcsim's extraConfig alias for the guest's primary IP, what VMware Tools reports on ESXi.
-GUEST_IP_ALIAS = "SET.guest.ipAddress"
 # How often the hosts look for newly powered-on VMs; a clone and power-on take ~20 ms in vcsim.
 WATCH_INTERVAL = 0.1
 # The deployer's wait for the guest's IP: a lab first boot takes 1-5 s on a loaded 2-core
@@ -65,7 +65,7 @@ class DataCenter:
         self.vc: Vcenter = _lab_call("logging in to the simulator", lambda: connect(
             vcsim.url, vcsim.user, vcsim.password, pinned_context(vcsim.thumbprint_sha256)))
         self.inventory_at_start = set(self.vc.virtual_machines())
-        self.channel = ChannelServer(self.vc, vcsim.workdir / SOCKET_NAME, answer_rpc).start()
+        self.channel = ChannelServer(vcsim.lab, vcsim.workdir / SOCKET_NAME, answer_rpc).start()
         self.booted: dict[str, Appliance] = {}
         self.boot_errors: dict[str, str] = {}
         self._booting: dict[str, Future] = {}
@@ -141,8 +141,14 @@ class DataCenter:
         """What the VM's configuration says for `key` through the API (last entry wins; "" is none)."""
         return current_values(self.extra_config(name)).get(key) or None
 
+    def guest_view(self, name: str, key: str) -> str | None:
+        """What the VM's guest reads for guestinfo `key` (the simulator's lab endpoint: a
+        guest-only variable such as guestinfo.ovfEnv, else the extraConfig value)."""
+        moid = _lab_call(f"{name}: finding it", lambda: self.vc.moid(self.vc.find_vm(name)))
+        return self.vcsim.lab.guestinfo_get(moid, key)
+
     def extra_config(self, name: str) -> list[tuple[str, str]]:
-        """Every extraConfig entry of the VM, in the server's order (vcsim keeps overwritten ones)."""
+        """Every extraConfig entry of the VM, in the server's order."""
         return _lab_call(f"{name}: reading its configuration",
                          lambda: self.vc.extra_config(self.vc.find_vm(name)))
 
@@ -187,8 +193,9 @@ class DataCenter:
 
     def _boot(self, name: str, vm) -> None:
         try:
-            appliance = self.manager.boot(name, self.channel.path, self.vc.moid(vm))
-            self.vc.set_extra_config(vm, [(GUEST_IP_ALIAS, appliance.host)])
+            moid = self.vc.moid(vm)
+            appliance = self.manager.boot(name, self.channel.path, moid)
+            self.vcsim.lab.report_guest_ip(moid, appliance.host)
             self.booted[name] = appliance
         except (FirsttrustError, OSError) as exc:
             self.boot_errors[name] = str(exc)

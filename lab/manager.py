@@ -11,7 +11,8 @@
 
 The lab's data center (lab.datacenter, `firsttrust-lab demo` and `up`) deploys through the vSphere
 API into govmomi's simulator, and `boot` is what a host does once a VM is powered on: the guest's
-tools read and write that VM's extraConfig through the API (lab/vsphere_channel.py), and the
+tools read and write that VM's guestinfo as its guest sees it, through the simulator's own lab
+endpoints (lab/vsphere_channel.py: extraConfig, and the OVF environment built at power-on), and the
 appliance listens on an address of its own, 127.0.0.2, 127.0.0.3, ..., at the standard ports
 (8790 enrollment, 8791 API), which the data center then reports as the guest's IP.
 `deploy` is the file-based lab that needs no simulator: the VM is a JSON file, and the agent
@@ -372,11 +373,12 @@ class Manager:
     def read_guestinfo(self, name: str, key: str) -> str | None:
         """A guestinfo value of the VM as the host sees it (e.g. APPLIANCE_CERT_GUESTINFO), or None.
 
-        For a booted VM that is its extraConfig through the vSphere API, read by the lab's
-        channel server (the last entry wins, an empty value is none).
+        For a booted VM of the data center that is the guest's view, read by the lab's channel
+        server from the simulator (a guest-only variable, else the VM's extraConfig value; an
+        empty value is none).
 
         Raises:
-            LabError: the vSphere API failed.
+            LabError: the channel or the simulator's lab endpoint failed.
         """
         path = self.appliance(name).vm_path
         document = json.loads(path.read_text())

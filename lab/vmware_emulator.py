@@ -2,8 +2,8 @@
 or by a VM of a vCenter (lab/vsphere_channel.py).
 
 One JSON file is one VM: either the VM itself (below) or, in a lab on vcsim, a channel file
-naming the simulator's VM, whose extraConfig the tools then read and write through the vSphere
-API, by way of the lab's channel server (lab/vsphere_channel.py; the failure modes and the argv
+naming the simulator's VM, whose guestinfo the tools then read and write as its guest sees it,
+by way of the lab's channel server and the simulator's lab endpoints (lab/vsphere_channel.py; the failure modes and the argv
 log exist for file VMs only). The launchers in `lab/bin/` find it through the environment variable
 FIRSTTRUST_VMWARE_EMULATOR, so every agent process the lab starts talks to its own VM, and the
 agent's client (`firsttrust.agent.sources.guestinfo`) runs unchanged against these tools and the real ones.
@@ -310,7 +310,7 @@ def _vmtoolsd_send_file(path: str) -> int:
 
 def answer_rpc(guestinfo, command: str) -> tuple[bool, str]:
     """Answer one RPC against `guestinfo` (mutated by info-set): a dict for a file VM, a
-    vsphere_channel.ApiGuestinfo for a VM of a vCenter. Returns (ok, reply)."""
+    vsphere_channel.ApiGuestinfo for a VM of the lab's vCenter. Returns (ok, reply)."""
     # The tools pass the command to RpcChannel_SendOne through "%s": a NUL ends it.
     command = command.split("\0", 1)[0]
     if len(command.encode("utf-8", "surrogateescape")) > GUESTMSG_MAX_IN_SIZE:

@@ -1,35 +1,35 @@
-"""The guest channel of lab VMs that live in the lab's vCenter: guestinfo through the vSphere API.
+"""The guest channel of lab VMs that live in the lab's vCenter: guestinfo as the guest sees it.
 
 In a lab on vcsim (lab.datacenter) every appliance is a VM of the simulator, and the emulated
-tools (`lab/bin/vmtoolsd`, `vmware-rpctool`, lab.vmware_emulator) answer from that VM's
-configuration:
+tools (`lab/bin/vmtoolsd`, `vmware-rpctool`, lab.vmware_emulator) answer from what the
+simulator holds for that VM's guest, through the simulator's own lab endpoints
+(lab/go/vcsim/control.go, client lab.vcsim.LabControl), not through the vSphere API:
 
-    info-get guestinfo.K    the VM's extraConfig entry K as the API returns it; vcsim 0.24 only
-                            appends entries, so the last entry wins and an empty value means
-                            unset ("No value found"), which is what ESXi shows after a delete
-                            (requester.deployplan.current_values, the deployer's own read-back)
-    info-get guestinfo.ovfEnv
-                            the extraConfig entry if there is one, else the OVF environment built
-                            from the VM's vApp properties when its transport is
-                            com.vmware.guestInfo (vcsim 0.24 drops vApp properties: under it
-                            there is none, "No value found")
-    info-set guestinfo.K V  ReconfigVM_Task with extraConfig K = V, waited for: the certificate
-                            the agent publishes and its scrub are visible through the API
+    info-get guestinfo.K    the guest's view: a guest-only variable if the simulator holds one
+                            (guestinfo.ovfEnv, the OVF environment it built at power-on from the
+                            VM's vApp properties when the transport is com.vmware.guestInfo,
+                            password values included; never readable through the API), else the
+                            VM's extraConfig value of K; an unset or "" value is "No value found"
+    info-set guestinfo.K V  the guest's write: the VM's extraConfig entry K (replaced; "" removes
+                            it), or, with the simulator's -guestinfo-set-private, a variable only
+                            the guest sees (whether a value the guest sets appears in
+                            config.extraConfig on ESXi is not known; docs/deployment.md)
 
-Who makes the API calls: the lab, as the VMX does on a real host. `ChannelServer` is a thread of
-the lab process that holds the data center's logged-in session (requester.vsphere, the
-deployer's code) and listens on a Unix socket in the simulator's private working directory
-(0700, removed with it). A tool run sends one RPC there and prints the answer. So the tools need
-neither pyVmomi nor credentials (importing pyVmomi and logging in per run cost ~0.4 s of CPU, and
-the agent runs the tools about fifteen times at first boot), and no credential is ever in a
-guest's environment, a file of the guest, or argv. The guest's VM file (FIRSTTRUST_VMWARE_EMULATOR)
-is a channel file naming the socket and the VM:
+So the channel needs no vCenter session: the OVF environment and the password values in it reach
+the guest the way vCenter hands them to a VM, while every API read shows them as vCenter does.
+
+Who calls the endpoints: the lab, as the VMX does on a real host. `ChannelServer` is a thread of
+the lab process that holds the simulator's control client and listens on a Unix socket in the
+simulator's private working directory (0700, removed with it). A tool run sends one RPC there and
+prints the answer. So the tools need neither pyVmomi nor the control token, and no credential is
+ever in a guest's environment, a file of the guest, or argv. The guest's VM file
+(FIRSTTRUST_VMWARE_EMULATOR) is a channel file naming the socket and the VM:
 
     {"vsphere": {"socket": "/tmp/firsttrust-vcsim-.../guest-channel.sock", "vm": "vm-42"}}
 
 Wire format, one request per connection: the tool sends one JSON line {"vm": ID, "command": RPC};
-the server answers one JSON line {"ok": bool, "reply": str}, or {"error": str} when the API
-failed (the tool then fails as a broken emulator, exit 70, never as a VMX answer).
+the server answers one JSON line {"ok": bool, "reply": str}, or {"error": str} when the lab's
+endpoint failed (the tool then fails as a broken emulator, exit 70, never as a VMX answer).
 """
 
 from __future__ import annotations
@@ -46,9 +46,6 @@ GUESTINFO_PREFIX = "guestinfo."
 # agent.sources.deploy.OVFENV_GUESTINFO_KEY, not imported: the tools import this module and
 # must start quickly (tests/unit/test_vsphere_channel.py checks the two are equal).
 OVFENV_GUESTINFO_KEY = "guestinfo.ovfEnv"
-# vApp properties reach the guest's guestinfo.ovfEnv only with this transport
-# (VAppConfigSpec.ovfEnvironmentTransport).
-GUESTINFO_TRANSPORT = "com.vmware.guestInfo"
 # One request: a 64 KiB RPC (the VMX's GUESTMSG_MAX_IN_SIZE) JSON-escaped, with room to spare.
 # One reply: a guestinfo value; the agent's client takes at most 1 MiB.
 MAX_REQUEST_BYTES = 512 * 1024
@@ -122,55 +119,36 @@ def _read_line(sock: socket.socket, limit: int) -> bytes:
 
 
 class ApiGuestinfo:
-    """One VM's guestinfo as its guest sees it, through a logged-in requester.vsphere.Vcenter.
+    """One VM's guestinfo as its guest sees it, through the simulator's lab endpoints
+    (lab.vcsim.LabControl: guestinfo_get / guestinfo_set).
 
     `get` and item assignment are all lab.vmware_emulator's RPC interpreter needs.
     """
 
-    def __init__(self, vcenter, vm) -> None:
-        self.vcenter, self.vm = vcenter, vm
+    def __init__(self, lab, vm_moid: str) -> None:
+        self.lab, self.vm_moid = lab, vm_moid
 
     def get(self, key: str) -> str | None:
-        from firsttrust.requester.deployplan import current_values
-
         if not key.startswith(GUESTINFO_PREFIX):
             return None  # a guest reads guestinfo.*, never the VM's other settings
-        value = current_values(self.vcenter.extra_config(self.vm)).get(key) or None
-        if value is None and key == OVFENV_GUESTINFO_KEY:
-            value = ovf_environment(self.vm)
-        return value
+        return self.lab.guestinfo_get(self.vm_moid, key) or None
 
     def __setitem__(self, key: str, value: str) -> None:
-        self.vcenter.set_extra_config(self.vm, [(key, value)])
-
-
-def ovf_environment(vm) -> str | None:
-    """The OVF environment vCenter hands the guest in guestinfo.ovfEnv: the VM's vApp properties
-    (id -> value, else its default) when its transport is com.vmware.guestInfo; else None."""
-    vapp = getattr(vm.config, "vAppConfig", None)
-    if vapp is None or GUESTINFO_TRANSPORT not in (vapp.ovfEnvironmentTransport or []):
-        return None
-    properties = {prop.id: prop.value if prop.value is not None else (prop.defaultValue or "")
-                  for prop in (vapp.property or [])}
-    if not properties:
-        return None
-    from firsttrust.requester.deployspec import render
-
-    return render(properties, "ovf-env").decode("utf-8")
+        self.lab.guestinfo_set(self.vm_moid, key, value)
 
 
 class ChannelServer:
-    """The lab's VMX for every VM of one vCenter session: answers the tools' RPCs on a Unix socket.
+    """The lab's VMX for every VM of one simulator: answers the tools' RPCs on a Unix socket.
 
-        server = ChannelServer(vcenter, workdir / SOCKET_NAME, rpc)   # rpc: the emulator's interpreter
+        server = ChannelServer(vcsim.lab, workdir / SOCKET_NAME, rpc)   # rpc: the emulator's interpreter
         server.start(); ...; server.stop()
 
     RPCs for one VM are answered one at a time, as a VMX serializes its guest's; different VMs
     in parallel.
     """
 
-    def __init__(self, vcenter, path: Path, rpc: Callable[[object, str], tuple[bool, str]]) -> None:
-        self.vcenter, self.path, self.rpc = vcenter, path, rpc
+    def __init__(self, lab, path: Path, rpc: Callable[[object, str], tuple[bool, str]]) -> None:
+        self.lab, self.path, self.rpc = lab, path, rpc
         self._vm_locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         owner = self
@@ -226,7 +204,7 @@ class ChannelServer:
             lock = self._vm_locks.setdefault(moid, threading.Lock())
         with lock:
             try:
-                ok, reply = self.rpc(ApiGuestinfo(self.vcenter, self.vcenter.vm_by_moid(moid)), message["command"])
-            except FirsttrustError as exc:  # requester.vsphere's VsphereError: names the operation, no secret
-                return {"error": f"vSphere API: {exc}"}
+                ok, reply = self.rpc(ApiGuestinfo(self.lab, moid), message["command"])
+            except FirsttrustError as exc:  # lab.vcsim's LabControlError: one line, no secret
+                return {"error": f"the lab's vCenter: {exc}"}
         return {"ok": ok, "reply": reply}

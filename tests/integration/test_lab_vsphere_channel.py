@@ -1,6 +1,7 @@
 """The lab's guest channel on vcsim (lab/vsphere_channel.py): the emulated tools, run as real
-subprocesses, read and write the simulator VM's extraConfig through the API; and the lab's
-per-appliance loopback addresses (lab/manager.py)."""
+subprocesses, read and write the simulator VM's guestinfo as its guest sees it (the simulator's
+lab endpoints: extraConfig, and the OVF environment the simulator builds at power-on); and the
+lab's per-appliance loopback addresses (lab/manager.py)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from types import SimpleNamespace
 import pytest
 
 from firsttrust.agent.sources.deploy import OVFENV_GUESTINFO_KEY
+from firsttrust.agent.sources.ovfenv import parse_ovf_env
 from firsttrust.lab import manager as lab_manager
 from firsttrust.lab import vsphere_channel
 from firsttrust.lab.vmware_emulator import EMULATOR_ERROR_EXIT, ENV_VAR, answer_rpc, bin_dir, link_interpreter
-from firsttrust.lab.vsphere_channel import SOCKET_NAME, ChannelServer, ovf_environment, write_channel_file
+from firsttrust.lab.vsphere_channel import SOCKET_NAME, ChannelServer, write_channel_file
 from firsttrust.requester.deployplan import current_values
 
 from vcsim_fixture import vcenter_session, vcsim  # noqa: F401 - the fixture
@@ -30,7 +32,7 @@ def channel(vcsim, tmp_path):  # noqa: F811
     template = vc.find_vm("DC0_H0_VM0")
     vm = vc.clone(template, f"channel-{tmp_path.name}",
                   [("guestinfo.firsttrust.sec-a", "planted-a")])
-    server = ChannelServer(vc, tmp_path / SOCKET_NAME, answer_rpc).start()
+    server = ChannelServer(vcsim.lab, tmp_path / SOCKET_NAME, answer_rpc).start()
     vm_file = tmp_path / "vm.json"
     write_channel_file(vm_file, socket_path=server.path, vm=vc.moid(vm))
     python_dir = tmp_path / "python"
@@ -62,11 +64,10 @@ def test_info_set_is_visible_through_the_api_and_an_empty_value_reads_as_unset(c
     assert channel.run("vmtoolsd", "--cmdfile", str(command)).returncode == 0
     assert current_values(channel.vc.extra_config(channel.vm))["guestinfo.firsttrust.appliance-cert"] == "published"
 
-    # The agent's scrub: "" over the secret. vcsim 0.24 appends, so the API still lists the old
-    # entry; the last one is "", and the guest reads the key as unset, as on ESXi after a delete.
+    # The agent's scrub: "" over the secret removes the key (the lab's vCenter follows the API
+    # reference: "Keys with empty values will be removed"), and the guest reads it as unset.
     assert channel.run("vmware-rpctool", "info-set guestinfo.firsttrust.sec-a ").returncode == 0
-    entries = [value for key, value in channel.vc.extra_config(channel.vm) if key == "guestinfo.firsttrust.sec-a"]
-    assert entries[-1] == "" and "planted-a" in entries
+    assert not [key for key, _ in channel.vc.extra_config(channel.vm) if key == "guestinfo.firsttrust.sec-a"]
     assert channel.run("vmware-rpctool", "info-get guestinfo.firsttrust.sec-a").stderr == "No value found\n"
 
 
@@ -94,22 +95,26 @@ def test_the_server_refuses_a_malformed_request_and_names_a_failed_api_call(chan
     assert "malformed" in channel.server.answer(b"not json\n")["error"]
     assert "malformed" in channel.server.answer(b'{"vm": 1, "command": "info-get guestinfo.x"}\n')["error"]
     answer = channel.server.answer(b'{"vm": "vm-999999", "command": "info-get guestinfo.x"}\n')
-    assert answer["error"].startswith("vSphere API: ") and "\n" not in answer["error"]
+    assert answer["error"].startswith("the lab's vCenter: ") and "\n" not in answer["error"]
+    assert "vm-999999" in answer["error"]
 
 
-def test_ovf_env_is_built_from_vapp_properties_only_with_the_guestinfo_transport():
+def test_info_get_ovf_env_is_the_environment_the_simulator_built_at_power_on(channel):
     assert vsphere_channel.OVFENV_GUESTINFO_KEY == OVFENV_GUESTINFO_KEY
-
-    def vm(transport, properties):
-        props = [SimpleNamespace(id=k, value=v, defaultValue=None) for k, v in properties.items()]
-        return SimpleNamespace(config=SimpleNamespace(vAppConfig=SimpleNamespace(
-            ovfEnvironmentTransport=transport, property=props)))
-
-    document = ovf_environment(vm(["com.vmware.guestInfo"], {"firsttrust.enroll-window": "10m"}))
-    assert 'oe:key="firsttrust.enroll-window"' in document and 'oe:value="10m"' in document
-    assert ovf_environment(vm(["iso"], {"firsttrust.enroll-window": "10m"})) is None
-    assert ovf_environment(vm(["com.vmware.guestInfo"], {})) is None
-    assert ovf_environment(SimpleNamespace(config=SimpleNamespace(vAppConfig=None))) is None
+    vim, vm = channel.vc.vim, channel.vm
+    assert channel.run("vmware-rpctool", "info-get guestinfo.ovfEnv").stderr == "No value found\n"
+    properties = [vim.vApp.PropertySpec(operation="add", info=vim.vApp.PropertyInfo(
+        key=0, id="firsttrust.enroll-window", type="string", value="10m")), vim.vApp.PropertySpec(
+        operation="add", info=vim.vApp.PropertyInfo(key=1, id="firsttrust.sec-b", type="password", value="pw"))]
+    channel.vc.wait_task(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(vAppConfig=vim.vApp.VmConfigSpec(
+        property=properties, ovfEnvironmentTransport=["com.vmware.guestInfo"]))), "adding vApp properties")
+    assert channel.run("vmware-rpctool", "info-get guestinfo.ovfEnv").stderr == "No value found\n"  # not yet
+    channel.vc.power_on(vm)
+    got = channel.run("vmware-rpctool", "info-get guestinfo.ovfEnv")
+    assert got.returncode == 0
+    environment = parse_ovf_env(got.stdout.removesuffix("\n").encode())
+    assert environment.properties == {"firsttrust.enroll-window": "10m", "firsttrust.sec-b": "pw"}
+    assert environment.vcenter_id == channel.vc.moid(vm)
 
 
 def test_each_booted_appliance_gets_a_loopback_address_of_its_own_with_both_standard_ports_free():

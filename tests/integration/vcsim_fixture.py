@@ -7,10 +7,12 @@ build/vcsim/) and stops it at the end of the session.
 lab's own hosts (lab.datacenter, used by `firsttrust-lab demo` and tests/integration/test_lab.py)
 start an agent process per VM whose first boot runs the guest tools ~15 times, several CPU-minutes
 for fifty on a 2-core machine. It watches the simulator for powered-on VMs with a name prefix, reads each
-one's guestinfo.firsttrust.* extraConfig through the API (as the agent reads guestinfo), provisions
-an in-process agent from it on an address of its own in 127.0.0.0/8 at the standard enrollment
-port, and reports that address as the guest's IP through vcsim's SET.guest.ipAddress alias (what
-VMware Tools does on ESXi). The deployer then finds and enrolls it exactly as in a data center.
+one's deployment secrets as its guest would (the simulator's lab endpoint, LabControl.guestinfo_get:
+a clone's guestinfo.firsttrust.* keys, else an OVA import's guestinfo.ovfEnv, the OVF environment the
+simulator built at power-on, password values included), provisions an in-process agent from them on
+an address of its own in 127.0.0.0/8 at the standard enrollment port, and reports that address as
+the guest's IP (LabControl.report_guest_ip: what VMware Tools does on ESXi). The deployer then finds
+and enrolls it exactly as in a data center.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import pytest
 from firsttrust.agent.config import load_config
 from firsttrust.agent.provision import provision
 from firsttrust.agent.server import EnrollmentGate, EnrollmentServer, start_enrollment_server
-from firsttrust.agent.sources.deploy import DeployConfig
+from firsttrust.agent.sources.deploy import OVFENV_GUESTINFO_KEY, DeployConfig
+from firsttrust.agent.sources.ovfenv import parse_ovf_env
 from firsttrust.agent.state import StateDir
 from firsttrust.deployment import DEFAULT_ENROLL_PORT, SEC_A, SEC_B, guestinfo_key
 from firsttrust.lab.vcsim import Vcsim
@@ -52,6 +55,7 @@ class Guests:
 
     def __init__(self, server: Vcsim, prefix: str, root: Path) -> None:
         self.vc = vcenter_session(server)
+        self.lab = server.lab
         self.prefix, self.root = prefix, root
         # A /16 of 127.0.0.0/8 of our own: parallel test runs on one machine do not collide.
         self.network = f"127.{random.randrange(1, 255)}.{random.randrange(0, 256)}"
@@ -97,18 +101,25 @@ class Guests:
             time.sleep(0.05)
 
     def _boot(self, name: str, vm) -> None:
-        current = dict(self.vc.extra_config(vm))  # the last entry per key, as a guest reads it
+        moid = self.vc.moid(vm)
         address = f"{self.network}.{len(self.booted) + 1}"
         config = load_config(None, self.root / name / "state")
-        # A clone carries guestinfo.firsttrust.*; an OVA import (deploy --ova) the property keys, which
-        # vcsim 0.24 keeps as extraConfig and a real vCenter delivers in the OVF environment.
-        source, prefix = ("guestinfo", guestinfo_key("")) if guestinfo_key(SEC_A) in current else ("ovfenv", "")
-        provision(config, DeployConfig(source=source, sec_a=current[prefix + SEC_A],
-                                       sec_b=current[prefix + SEC_B]), set_account_password=False)
+        # A clone carries guestinfo.firsttrust.*; an OVA import (deploy --ova) vApp properties, which
+        # the guest reads in the OVF environment (their password values read "" through the API).
+        sec_a = self.lab.guestinfo_get(moid, guestinfo_key(SEC_A))
+        if sec_a is not None:
+            source, values = "guestinfo", {SEC_A: sec_a, SEC_B: self.lab.guestinfo_get(moid, guestinfo_key(SEC_B))}
+        else:
+            document = self.lab.guestinfo_get(moid, OVFENV_GUESTINFO_KEY)
+            if document is None:
+                raise RuntimeError("neither guestinfo.firsttrust.* nor an OVF environment for the guest")
+            source, values = "ovfenv", parse_ovf_env(document.encode()).properties
+        provision(config, DeployConfig(source=source, sec_a=values[SEC_A], sec_b=values[SEC_B]),
+                  set_account_password=False)
         server = EnrollmentServer(EnrollmentGate(config, StateDir(config.state_dir), backoff_base=0.0),
                                   api_port=8791, host_key_glob=str(self.root / "no-host-keys-*"))
         listener = asyncio.run_coroutine_threadsafe(
             start_enrollment_server(server, address, DEFAULT_ENROLL_PORT), self.loop).result(30)
         self.listeners.append(listener)
-        self.vc.set_extra_config(vm, [("SET.guest.ipAddress", address)])
+        self.lab.report_guest_ip(moid, address)
         self.booted[name] = address
