@@ -20,7 +20,7 @@ import pytest
 from firsttrust.agent.sources.ovfenv import parse_ovf_env
 from firsttrust.lab.vcsim import LabControl, LabControlError, Vcsim
 from firsttrust.requester.vcenter_tls import pinned_context
-from firsttrust.requester.vsphere import connect
+from firsttrust.requester.vsphere import VsphereError, connect
 
 pytest.importorskip("pyVmomi", reason="firsttrust[vsphere] (pyvmomi) is not installed")
 
@@ -108,7 +108,19 @@ def vc_stock(stock):
 
 
 def wait(vc, task):
-    return vc.wait_task(task, "a test's task", timeout=TIMEOUT)
+    """The task's result, read from task.info until it ends: not the deployer's PropertyCollector
+    waiter, which relies on the collector model (collector.go) that -stock turns off."""
+    import time
+
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        info = task.info
+        if info.state == "success":
+            return info.result
+        if info.state == "error":
+            raise VsphereError(f"a test's task: {type(info.error).__name__}", code="vsphere")
+        time.sleep(0.05)
+    raise VsphereError("a test's task did not end", code="task_timeout")
 
 
 def task_fault(vc, task):

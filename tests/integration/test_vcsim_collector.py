@@ -1,0 +1,89 @@
+"""The lab's PropertyCollector model (lab/go/vcsim/collector.go) and the deployer's waiter on it
+(requester/vsphere_wait.py): a filter made after its task ended is reported by the next
+WaitForUpdatesEx on the lab's vCenter, as the vSphere API reference has it; on stock vcsim 0.24 it
+is not (the wait runs out), so the model is shown to be what the waiter relies on."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from firsttrust.lab.vcsim import Vcsim
+from firsttrust.requester.vcenter_tls import pinned_context
+from firsttrust.requester.vsphere import VsphereError, connect
+from firsttrust.requester.vsphere_wait import UpdateWaiter, WaitInterrupted
+
+TEMPLATE = "DC0_H0_VM0"
+
+
+@pytest.fixture(scope="module", params=["strict", "stock"])
+def server(request):
+    pytest.importorskip("pyVmomi")
+    simulator = Vcsim.start(stock=request.param == "stock")
+    yield request.param, simulator
+    simulator.stop()
+
+
+def finished_task(vc):
+    """A task that has ended before anyone watches it (vcsim runs a reconfigure inside the call)."""
+    vm = vc.find_vm(TEMPLATE)
+    task = vm.ReconfigVM_Task(spec=vc.vim.vm.ConfigSpec(annotation="touched"))
+    deadline = time.monotonic() + 10
+    while task.info.state not in ("success", "error") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return task
+
+
+def test_a_filter_made_after_its_task_ended_is_reported_by_the_next_wait(server):
+    """The case that matters: the task ends while the waiter's loop is inside a wait for something
+    else, which consumes the task's changes before anyone watches the task."""
+    kind, simulator = server
+    vc = connect(simulator.url, simulator.user, simulator.password, pinned_context(simulator.thumbprint_sha256))
+    background = threading.Thread(target=vc.waiter.watch, args=(vc.find_vm(TEMPLATE), ("name",), 8, "background",
+                                                                  lambda values: False), daemon=True)
+    try:
+        background.start()
+        time.sleep(0.5)  # the loop is in WaitForUpdatesEx now
+        task = finished_task(vc)
+        time.sleep(0.6)  # the wait in flight has taken the task's changes (vcsim looks every 250 ms)
+        started = time.monotonic()
+        if kind == "strict":
+            assert vc.wait_task(task, "reconfiguring", timeout=5) is None
+            assert time.monotonic() - started < 3
+        else:  # stock: nothing changes after the filter is made, so nothing is ever reported
+            with pytest.raises(VsphereError) as caught:
+                vc.wait_task(task, "reconfiguring", timeout=3)
+            assert caught.value.code == "task_timeout"
+    finally:
+        background.join(timeout=10)
+        vc.close()
+
+
+def test_a_cancelled_waiter_ends_every_wait_within_a_second(server):
+    kind, simulator = server
+    if kind == "stock":
+        pytest.skip("the interrupt does not depend on the collector model")
+    vc = connect(simulator.url, simulator.user, simulator.password, pinned_context(simulator.thumbprint_sha256))
+    waiter = UpdateWaiter(vc)
+    try:
+        vm = vc.find_vm(TEMPLATE)
+        outcome = []
+
+        def wait() -> None:
+            try:
+                waiter.wait_for_ip(vm, timeout=60)  # the template never reports a usable IP here
+            except WaitInterrupted:
+                outcome.append(time.monotonic())
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        time.sleep(1.5)
+        cancelled = time.monotonic()
+        waiter.cancel()
+        thread.join(timeout=5)
+        assert outcome and outcome[0] - cancelled < 1.0
+    finally:
+        waiter.close()
+        vc.close()
