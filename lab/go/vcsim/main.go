@@ -16,6 +16,10 @@
 //	collector.go   a new PropertyCollector filter's state reported by the next WaitForUpdatesEx
 //	control.go     the lab's own control endpoints under /firsttrust-lab/ (not vCenter's)
 //
+// and how they hook into vcsim: lab.go (the lab's state; only VMs are wrapped, see why there),
+// vm.go (the VM wrapper's methods), handler.go (the HTTP handler around vcsim's: the control
+// endpoints, the count, and SOAP-level hooks for methods of objects that cannot be wrapped).
+//
 // With -stock every model is off and the binary behaves as stock vcsim 0.24 (the tests run both
 // and show each model changes something); the control endpoints still answer (they are the lab's
 // guest channel), with stock's guest view.
