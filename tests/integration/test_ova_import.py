@@ -81,10 +81,18 @@ def check_import(server, ova: Path, name: str, requester_identity) -> None:
         assert not [d for d in devices if isinstance(d, (vim.vm.device.VirtualLsiLogicController,
                                                          vim.vm.device.VirtualAHCIController))]
 
-        # The property mapping reached the VM: vCenter keeps it as vApp properties, vcsim 0.24
-        # (simulator/ovf_manager.go) as extraConfig entries with the same keys and values.
-        mapped = {option.key: option.value for option in config.extraConfig}
-        assert {key: mapped.get(key) for key in properties} == properties
+        # The property mapping reached the VM as vApp properties (the lab's vCenter keeps them as
+        # vCenter does), never as extraConfig; the secrets are password-typed, so they read back
+        # "" (write-only) and the others with their values; the firmware is the OVA's, EFI.
+        held = {p.id: p for p in config.vAppConfig.property}
+        assert set(held) == set(properties)
+        for key, value in properties.items():
+            secret = PROPERTY_INFO[key][2]
+            assert (held[key].type == "password") == secret, key
+            assert (held[key].value or "") == ("" if secret else value), key
+        assert not {option.key for option in config.extraConfig or []} & set(properties)
+        assert config.firmware == "efi"
+        assert set(config.vAppConfig.ovfEnvironmentTransport) == {"com.vmware.guestInfo", "iso"}
     finally:
         vc.close()
 

@@ -98,6 +98,10 @@ func (vm *labVM) CloneVMTask(ctx *simulator.Context, req *types.CloneVM_Task) so
 		simulator.Map.WithLock(clone, func() {
 			vm.lab.finishCreated(clone)
 			vm.lab.copyVApp(&vm.VirtualMachine, clone)
+			// A clone is a copy of its source's configuration (VirtualMachine.CloneVM_Task:
+			// "Creates a clone of this virtual machine"); stock vcsim gives it BIOS firmware
+			// whatever the source's, so an EFI appliance's clone would not boot.
+			clone.Config.Firmware = vm.Config.Firmware
 			fault = vm.lab.applyVApp(clone, vapp, removed)
 		})
 		if fault != nil {
