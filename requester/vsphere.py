@@ -173,6 +173,8 @@ class Vcenter:
         self.vim, self.vmodl = _pyvmomi()[0].vim, _pyvmomi()[0].vmodl
         self._waiter: UpdateWaiter | None = None
         self._waiter_lock = threading.Lock()
+        self._template_places: dict[str, tuple] = {}
+        self._template_lock = threading.Lock()
 
     @property
     def waiter(self) -> UpdateWaiter:
@@ -314,8 +316,8 @@ class Vcenter:
             if vapp_values:
                 config.vAppConfig = self.vapp_edit_spec(vapp_values)
             if placement is None:
-                folder = template.parent
-                location = vim.vm.RelocateSpec(pool=template.resourcePool or template.runtime.host.parent.resourcePool)
+                folder, pool = self._beside(template)
+                location = vim.vm.RelocateSpec(pool=pool)
             else:
                 folder = placement.folder.ref
                 location = vim.vm.RelocateSpec(pool=placement.pool.ref, datastore=placement.datastore.ref,
@@ -325,6 +327,16 @@ class Vcenter:
             spec = vim.vm.CloneSpec(location=location, powerOn=False, template=False, config=config)
             task = template.CloneVM_Task(folder=folder, name=name, spec=spec)
         return self.wait_task(task, f"cloning {name}")
+
+    def _beside(self, template) -> tuple:
+        """The template's folder and resource pool (its host's, for a template, which has none):
+        read once per template and session, not once per clone."""
+        with self._template_lock:
+            known = self._template_places.get(template._moId)
+            if known is None:
+                known = (template.parent, template.resourcePool or template.runtime.host.parent.resourcePool)
+                self._template_places[template._moId] = known
+            return known
 
     def _nic_changes(self, vm, network: Entity) -> list:
         """Device edits that put every NIC of `vm` on `network` (a standard port group or a
