@@ -4,7 +4,7 @@
     firsttrust-lab up N [--root DIR]                      N appliances waiting for SRP enrollment (FIG. 4)
     firsttrust-lab status [--root DIR]                    what runs in the lab root
     firsttrust-lab down [--root DIR]                      stop everything the lab root runs
-    firsttrust-lab vcsim [--root DIR]                     a vCenter simulator in the foreground (lab/vcsim.py)
+    firsttrust-lab vcsim [--root DIR]                     the lab's vCenter and hosts in the foreground
 
 The lab root is --root, else $FIRSTTRUST_LAB_ROOT, else build/lab under the current directory.
 `demo` and `up` start govmomi's vCenter simulator (built at first use, lab/vcsim.py) and deploy
@@ -138,28 +138,38 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_vcsim(args: argparse.Namespace) -> int:
-    """Run govmomi's vCenter simulator until Ctrl-C or SIGTERM, for `firsttrust deploy` by hand.
+    """Run the lab's vCenter and its hosts until Ctrl-C or SIGTERM, for `firsttrust deploy` by hand:
+    every VM powered on through it boots as a lab appliance (an agent process on 127.0.0.N,
+    first boot from what the simulator hands its guest) and reports its IP, so a deploy by hand
+    enrolls and pins as against vCenter. The appliances stop with it.
 
     Its credentials go to <root>/vcsim-credentials.json (0600, the JSON `firsttrust deploy
     --credentials` reads); the URL and thumbprint are printed, the password never.
     """
-    from .vcsim import Vcsim
+    from .datacenter import TEMPLATE, DataCenter
 
-    root = Path(args.root if args.root is not None else default_root()).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    credentials = root / "vcsim-credentials.json"
-    with Vcsim.start() as server:
+    manager = Manager(args.root)
+    manager.ensure_root()
+    credentials = manager.root / "vcsim-credentials.json"
+    with DataCenter.start(manager) as datacenter:
+        server = datacenter.vcsim
         write_atomic(credentials, json.dumps({"user": server.user, "password": server.password}).encode(), 0o600)
         try:
-            print(f"url: {server.url}\nthumbprint: {server.thumbprint_sha1}\ncredentials: {credentials}\n"
-                  f"pid: {server.pid}\n\ntry: firsttrust deploy --vcenter {server.url} --thumbprint "
-                  f"{server.thumbprint_sha1} --credentials {credentials} --template DC0_H0_VM0 --name-prefix app "
-                  f"--count 2 --secrets-dir DIR --no-enroll\n\nCtrl-C stops it.", flush=True)
-            threading.Event().wait()
+            with datacenter.hosts():
+                print(f"url: {server.url}\nthumbprint: {server.thumbprint_sha1}\ncredentials: {credentials}\n"
+                      f"pid: {server.pid}\n\ntry: firsttrust deploy --vcenter {server.url} --thumbprint "
+                      f"{server.thumbprint_sha1} --credentials {credentials} --template {TEMPLATE} "
+                      f"--name-prefix app --count 2 --secrets-dir DIR\n"
+                      f"  or: ... --ova build/firsttrust-appliance.ova instead of --template\n"
+                      f"VMs powered on through it boot as lab appliances on 127.0.0.N.\n\nCtrl-C stops it.",
+                      flush=True)
+                threading.Event().wait()
         except KeyboardInterrupt:
             pass
         finally:
             credentials.unlink(missing_ok=True)
+            for name in datacenter.booted:
+                manager.destroy(name)
     print("vcsim stopped", flush=True)
     return 0
 
@@ -169,7 +179,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "up": (cmd_up, "deploy N appliances that wait for SRP enrollment, and leave them running"),
     "status": (cmd_status, "list the lab root's appliances"),
     "down": (cmd_down, "stop every appliance of the lab root"),
-    "vcsim": (cmd_vcsim, "run govmomi's vCenter simulator in the foreground until Ctrl-C"),
+    "vcsim": (cmd_vcsim, "run the lab's vCenter and hosts in the foreground until Ctrl-C"),
 }
 
 

@@ -30,7 +30,7 @@ import contextlib
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from firsttrust.errors import FirsttrustError
 from firsttrust.requester.deployer import ApplianceReport, VcenterAccess, deploy
@@ -112,18 +112,30 @@ class DataCenter:
             LabError: an appliance did not boot (its first boot's error, one line).
             FirsttrustError: as requester.deployer.deploy, before anything was cloned.
         """
+        with self.hosts():
+            reports = deploy(plan, self.access, secrets_dir, store=store, progress=progress,
+                             ip_timeout=LAB_IP_TIMEOUT, concurrency=MAX_PARALLEL_DEPLOYS)
+        failed = {name: error for name, error in self.boot_errors.items() if name in {a.name for a in plan.appliances}}
+        if failed:
+            name, error = next(iter(failed.items()))
+            raise LabError(f"{name}: did not boot: {error.removeprefix(f'{name}: ')}")
+        return reports
+
+    @contextlib.contextmanager
+    def hosts(self) -> Iterator[None]:
+        """The hosts at work: every VM powered on meanwhile that was not in the inventory at start
+        boots as an appliance (Manager.boot) and reports its IP as VMware Tools would. On leaving,
+        one more look (a deployer with --no-enroll returns right after power-on), then every boot
+        under way is waited for."""
         stop = threading.Event()
         with ThreadPoolExecutor(max_workers=MAX_PARALLEL_DEPLOYS, thread_name_prefix="lab-host") as pool:
             watcher = threading.Thread(target=self._watch, args=(stop, pool), name="lab-hosts", daemon=True)
             watcher.start()
             try:
-                reports = deploy(plan, self.access, secrets_dir, store=store, progress=progress,
-                                 ip_timeout=LAB_IP_TIMEOUT, concurrency=MAX_PARALLEL_DEPLOYS)
+                yield
             finally:
                 stop.set()
                 watcher.join()
-                # With --no-enroll the deployer returns right after power-on: one more look, so
-                # the hosts boot every VM it powered on before this returns.
                 with contextlib.suppress(FirsttrustError):
                     self._submit_boots(pool)
                 with self._lock:
@@ -131,11 +143,6 @@ class DataCenter:
                 for future in pending:
                     with contextlib.suppress(Exception):
                         future.result()
-        failed = {name: error for name, error in self.boot_errors.items() if name in {a.name for a in plan.appliances}}
-        if failed:
-            name, error = next(iter(failed.items()))
-            raise LabError(f"{name}: did not boot: {error.removeprefix(f'{name}: ')}")
-        return reports
 
     def read_guestinfo(self, name: str, key: str) -> str | None:
         """What the VM's configuration says for `key` through the API (last entry wins; "" is none)."""

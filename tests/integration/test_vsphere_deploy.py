@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from test_ova_import import small_ova  # noqa: F401 - the fixture
 from vcsim_fixture import Guests, vcenter_session, vcsim  # noqa: F401 - the fixture
+
 from firsttrust.deployment import guestinfo_key
 from firsttrust.lab import procs
 from firsttrust.lab import vcsim as vcsim_module
@@ -29,6 +31,7 @@ from firsttrust.requester.deployplan import REMOVED, SCRUB_KEYS, appliance_names
 from firsttrust.requester.deployspec import HARDENING_VMX_SETTINGS, secrets_from_json
 from firsttrust.requester.truststore import TrustStore
 from firsttrust.requester.vcenter_tls import pinned_context
+from firsttrust.requester.vsphere import connect
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRSTTRUST = [sys.executable, "-m", "firsttrust.requester.cli"]
@@ -319,9 +322,11 @@ def test_the_build_is_cached_and_keyed_by_its_source(vcsim, tmp_path, monkeypatc
     assert vcsim_module.build_key() != key
 
 
-def test_done_when_against_a_separately_started_simulator(vcsim, tmp_path):
-    """`firsttrust-lab vcsim` in one process, the issue's command in another, with the credentials
-    file it wrote; SIGTERM then stops the simulator for good."""
+def test_done_when_against_a_separately_started_simulator(vcsim, small_ova, tmp_path):
+    """`firsttrust-lab vcsim` in one process (the lab's vCenter and hosts), the issue's `deploy
+    --ova` in another, with the credentials file it wrote: the appliances deploy, boot, enroll and
+    are pinned, and their password properties read back "" through pyVmomi; SIGTERM then stops the
+    simulator and its appliances for good."""
     root = tmp_path / "lab"
     lab = subprocess.Popen([sys.executable, "-m", "firsttrust.lab.cli", "vcsim", "--root", str(root)],
                            stdout=subprocess.PIPE, text=True)
@@ -339,12 +344,24 @@ def test_done_when_against_a_separately_started_simulator(vcsim, tmp_path):
         env = {k: v for k, v in os.environ.items() if not k.startswith("FIRSTTRUST_VSPHERE_")}
         result = subprocess.run(
             [*FIRSTTRUST, "deploy", "--vcenter", shown["url"], "--thumbprint", shown["thumbprint"], "--credentials",
-             str(credentials), "--template", "DC0_H0_VM0", "--name-prefix", "app", "--count", "2",
-             "--secrets-dir", str(secrets_dir), "--no-enroll"],
+             str(credentials), "--ova", str(small_ova), "--name-prefix", "app", "--count", "2",
+             "--secrets-dir", str(secrets_dir), "--ip-timeout", "60", "--json"],
             env={**env, "FIRSTTRUST_HOME": str(tmp_path / "home")}, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
         assert sorted(p.name for p in secrets_dir.iterdir()) == ["app-01.json", "app-02.json"]
-        assert "deployed" in result.stdout
+        report = json.loads(result.stdout)
+        pins = {record.name: record.pin for record in TrustStore(tmp_path / "home").list()}
+        assert [entry["status"] for entry in report] == ["enrolled", "enrolled"]
+        assert all(entry["pin"] == pins[entry["name"]] for entry in report)
+        user, password = (json.loads(credentials.read_text())[k] for k in ("user", "password"))
+        vc = connect(shown["url"], user, password, pinned_context(shown["thumbprint"]))
+        try:
+            for name in ("app-01", "app-02"):
+                held = {p.id: p for p in vc.find_vm(name).config.vAppConfig.property}
+                assert held["firsttrust.sec-a"].type == held["firsttrust.sec-b"].type == "password"
+                assert not held["firsttrust.sec-a"].value and not held["firsttrust.sec-b"].value
+        finally:
+            vc.close()
     finally:
         lab.terminate()
         assert lab.wait(60) == 0
