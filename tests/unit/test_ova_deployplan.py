@@ -398,3 +398,54 @@ def test_an_ova_gone_after_the_check_fails_the_import_as_ova_read_and_aborts(vce
                            target)
     assert str(path) in str(caught.value) and "cannot reach vCenter" not in str(caught.value)
     assert calls[-1] == "abort"
+
+
+def test_a_cdrom_lock_question_is_answered_yes_and_the_removal_then_finishes(vcenter, monkeypatch):
+    """The guest locked the environment CD-ROM's door: vCenter asks, the task waits for the answer."""
+    from firsttrust.requester.vsphere import VsphereError
+
+    answered = []
+    choice = SimpleNamespace(choiceInfo=[SimpleNamespace(label="Yes", key="0"), SimpleNamespace(label="No", key="1")])
+    question = SimpleNamespace(id="q-1", text="The guest operating system has locked the CD-ROM door", choice=choice)
+    vm = SimpleNamespace(runtime=SimpleNamespace(question=question), config=SimpleNamespace(
+        hardware=SimpleNamespace(device=[])), ReconfigVM_Task=lambda spec: "task",
+        AnswerVM=lambda qid, key: answered.append((qid, key)))
+    waits = []
+
+    def wait_task(task, what, timeout=0):
+        waits.append(timeout)
+        if not answered:
+            raise VsphereError(f"{what}: the task did not finish within {timeout:.0f} s", code="task_timeout")
+
+    monkeypatch.setattr(vcenter, "wait_task", wait_task)
+    vcenter.remove_ovf_environment(vm)
+    assert answered == [("q-1", "0")] and len(waits) == 2
+
+
+def test_a_question_firsttrust_cannot_answer_is_reported_and_a_silent_task_is_bounded(vcenter, monkeypatch):
+    from firsttrust.requester import vsphere
+    from firsttrust.requester.vsphere import VsphereError
+
+    def never(task, what, timeout=0):
+        raise VsphereError(f"{what}: the task did not finish", code="task_timeout")
+
+    monkeypatch.setattr(vcenter, "wait_task", never)
+    odd = SimpleNamespace(id="q", text="Something else?\nsecond line",
+                          choice=SimpleNamespace(choiceInfo=[SimpleNamespace(label="Cancel", key="2")]))
+    vm = SimpleNamespace(runtime=SimpleNamespace(question=odd), config=SimpleNamespace(hardware=SimpleNamespace(
+        device=[])), ReconfigVM_Task=lambda spec: "task")
+    with pytest.raises(VsphereError) as caught:
+        vcenter.remove_ovf_environment(vm)
+    assert caught.value.code == "vm_question" and str(caught.value).endswith("Something else?")
+    clock = [0.0]
+    monkeypatch.setattr(vsphere.time, "monotonic", lambda: clock[0])
+
+    def slow(task, what, timeout=0):
+        clock[0] += timeout
+        raise VsphereError(f"{what}: the task did not finish", code="task_timeout")
+
+    monkeypatch.setattr(vcenter, "wait_task", slow)
+    vm.runtime.question = None
+    with pytest.raises(VsphereError) as caught:
+        vcenter.remove_ovf_environment(vm)
+    assert caught.value.code == "task_timeout" and clock[0] <= vsphere.QUESTION_TIMEOUT + 2 * vsphere.QUESTION_POLL
