@@ -350,7 +350,7 @@ class EnrollmentServer:
             certificate=self.own.cert_der, api_port=self.api_port,
             ssh_host_keys=host_public_keys(self.host_key_glob), clock=gate.clock)
         audit.event("enroll-attempt", f"enrollment attempt from {peer}", peer=peer)
-        charged = verified = committed = False
+        charged = committed = False
         enrolled: Authorization | None = None
         try:
             while machine.state is not enrollment.State.DONE:
@@ -386,7 +386,6 @@ class EnrollmentServer:
                         writer.write(event.data)
                         await writer.drain()
                     elif isinstance(event, enrollment.StartTLS):
-                        verified = True  # the SRP proof verified: not a failed guess (see finally)
                         _checkpoint("verified")
                         slot.release()  # authenticated by SRP: no longer an unauthenticated peer
                         # Plaintext that arrived after client_proof and before TLS: injection.
@@ -455,8 +454,10 @@ class EnrollmentServer:
             return
         finally:
             # A verified proof is not a failed guess: refund its charge unless the commit (which
-            # clears the count) happened. A crash before this line can only over-count.
-            if charged and verified and not committed:
+            # clears the count) happened, whatever refused the attempt after M1 verified (bytes
+            # injected behind the proof, a binding failure, a timeout). The machine says whether
+            # M1 verified. A crash before this line can only over-count.
+            if charged and machine.proof_verified and not committed:
                 await asyncio.shield(gate.refund())  # even when the listener is being shut down
 
 
@@ -492,22 +493,27 @@ class _Slot:
 
 async def _read_frame(reader: asyncio.StreamReader, timeout: float) -> tuple[bytes, bool]:
     """Read exactly one frame (never a byte past it: after the last plaintext frame the next
-    bytes belong to TLS). Returns (bytes, eof). An oversized or empty length is returned as the
-    bare header, for the state machine to reject."""
-    # asyncio.timeout, not wait_for: no task per read (two per frame, both sides of every enrollment).
-    try:
-        async with asyncio.timeout(timeout):
+    bytes belong to TLS) within `timeout`, one deadline for header and body together: a peer
+    that sends a header just before the deadline gets no second one for the body (the phase
+    timeout is the longest wait in a state, docs/protocol.md section 8.1). Returns (bytes, eof).
+    An oversized or empty length is returned as the bare header, for the state machine to reject.
+
+    Raises:
+        TimeoutError: the frame was not complete within `timeout`.
+    """
+    # asyncio.timeout, not wait_for: no task per read (one per frame, both sides of every enrollment).
+    async with asyncio.timeout(timeout):
+        try:
             header = await reader.readexactly(HEADER.size)
-    except asyncio.IncompleteReadError as exc:
-        return exc.partial, True
-    (length,) = HEADER.unpack(header)
-    if length == 0 or length > limits.MAX_FRAME_BODY:
-        return header, False
-    try:
-        async with asyncio.timeout(timeout):
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial, True
+        (length,) = HEADER.unpack(header)
+        if length == 0 or length > limits.MAX_FRAME_BODY:
+            return header, False
+        try:
             body = await reader.readexactly(length)
-    except asyncio.IncompleteReadError as exc:
-        return header + exc.partial, True
+        except asyncio.IncompleteReadError as exc:
+            return header + exc.partial, True
     return header + body, False
 
 
