@@ -57,23 +57,26 @@ class Budget(NamedTuple):
     drains: int
     api_unauthenticated: int
     api_per_source: int
+    short: int = 0  # descriptors missing for the fixed shares (0: the limit is enough)
+
+    def __str__(self) -> str:
+        return (f"file descriptor limit {self.limit}: enrollment {self.enroll_unauthenticated} unauthenticated, "
+                f"{self.drains} draining, API {self.api_unauthenticated} unauthenticated "
+                f"({self.api_per_source} per source), {RESERVE} reserved, {API_AUTHENTICATED_ROOM} for "
+                f"authenticated API connections")
 
 
 def budget(limit: int | None = None) -> Budget:
-    """The caps for a process whose soft RLIMIT_NOFILE is `limit` (read now when None).
-
-    Raises:
-        ValueError: the limit leaves no room for the minimum API table.
-    """
+    """The caps for a process whose soft RLIMIT_NOFILE is `limit` (read now when None). Below
+    the room the fixed shares need, the API table keeps API_MIN_UNAUTHENTICATED slots all the
+    same (and `Budget.short` says by how many descriptors the limit is short)."""
     if limit is None:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         limit = soft if soft != resource.RLIM_INFINITY else 1 << 20
     room = limit - RESERVE - MAX_UNAUTHENTICATED - MAX_DRAINING - API_AUTHENTICATED_ROOM
-    if room < API_MIN_UNAUTHENTICATED:
-        raise ValueError(f"the file descriptor limit {limit} is too low: the agent needs at least "
-                         f"{limit - room + API_MIN_UNAUTHENTICATED} (LimitNOFILE=)")
-    api = min(API_MAX_UNAUTHENTICATED, room)
-    return Budget(limit, MAX_UNAUTHENTICATED, MAX_DRAINING, api, min(API_PER_SOURCE_MAX_UNAUTHENTICATED, api))
+    api = max(API_MIN_UNAUTHENTICATED, min(API_MAX_UNAUTHENTICATED, room))
+    return Budget(limit, MAX_UNAUTHENTICATED, MAX_DRAINING, api, min(API_PER_SOURCE_MAX_UNAUTHENTICATED, api),
+                  max(0, API_MIN_UNAUTHENTICATED - room))
 
 
 class SpareDescriptor:
