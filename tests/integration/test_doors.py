@@ -111,3 +111,192 @@ async def test_a_reset_connection_names_the_step_the_requester_was_waiting_for(t
     assert "connection lost while waiting for the appliance's SRP challenge" in message, message
     assert "()" not in message and message.endswith(")"), message
     assert caught.value.retry_reason == "reset"
+
+
+# --- 2. post-hello stalls -------------------------------------------------------------------
+
+STALLS, STALL_SOURCES = 160, 20
+HELLO_A2 = encode_frame("hello", {"A": base64.b64encode((2).to_bytes(384, "big")).decode()})  # no SRP work
+
+
+async def stall_after_hello(port: int, index: int, stop: asyncio.Event, counts: dict) -> None:
+    """Say a valid hello (A = 2: no SRP work for the attacker), then nothing; reopen when closed."""
+    while not stop.is_set():
+        writer = None
+        try:
+            reader, writer = await connect_from(port, f"127.0.0.{2 + index % STALL_SOURCES}")
+            writer.write(HELLO_A2)
+            answer = fields(await read_frame(reader, 20))
+            counts[answer.get("code", answer["type"])] = counts.get(answer.get("code", answer["type"]), 0) + 1
+            if answer["type"] == "challenge":
+                closed = asyncio.ensure_future(reader.read(65536))  # stall until the agent gives up on us
+                await asyncio.wait({closed, asyncio.ensure_future(stop.wait())},
+                                   return_when=asyncio.FIRST_COMPLETED)
+                closed.cancel()
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            counts["reset"] = counts.get("reset", 0) + 1
+        finally:
+            if writer is not None:
+                writer.close()
+        await asyncio.sleep(0.05)
+
+
+async def test_160_post_hello_stalls_from_20_addresses_leave_a_requester_enrolling(tmp_path, monkeypatch):
+    """Issue #25 finding 2 with the real constants: 160 connections from 20 addresses say hello
+    and stall. The post-hello caps hold them to 2 per source and 32 in all, a new hello evicts
+    the oldest stall, so a requester from another address enrolls at once (before: `busy` for
+    its whole 35 s deadline)."""
+    from firsttrust.agent.frontdoor import MAX_POST_HELLO, PER_SOURCE_MAX_POST_HELLO
+    from firsttrust.requester.library import enroll_appliance
+    from firsttrust.requester.truststore import TrustStore
+
+    monkeypatch.setenv("FIRSTTRUST_HOME", str(tmp_path / "home"))
+    app = provisioned(tmp_path)
+    await app.start()
+    stop, counts = asyncio.Event(), {}
+    tasks = [asyncio.create_task(stall_after_hello(app.port, i, stop, counts)) for i in range(STALLS)]
+    try:
+        deadline = time.monotonic() + 20
+        while counts.get("challenge", 0) < MAX_POST_HELLO and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)
+        door = app.server.door
+        assert door.post_hello() <= MAX_POST_HELLO
+        assert max(door._post_hello.values()) <= PER_SOURCE_MAX_POST_HELLO
+        waits = []
+        started = time.monotonic()
+        record = await enroll_appliance(f"127.0.0.1:{app.port}", app.secrets, name="legit",
+                                        store=TrustStore(tmp_path / "home"), deadline=35, on_wait=waits.append)
+        took = time.monotonic() - started
+        print(f"\n160 stalls: requester enrolled in {took:.2f} s; answers to the stalls {counts}, "
+              f"evictions {door.evictions}, hello refusals {door.hello_refusals}")
+        assert record.pin == app.store.load_identity().pin
+        assert took < 5, f"the requester took {took:.1f} s to enroll past the stalls"
+        assert counts.get("challenge", 0) >= MAX_POST_HELLO and counts.get("busy", 0) > 0, counts
+        assert app.store.load().failures == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+        await app.stop()
+
+
+async def test_a_stalled_hello_is_penalized_and_an_exempt_source_is_not(tmp_path):
+    """A hello, then no proof within the phase: the source accrues `stalled` (10 s, OpenSSH's
+    grace-exceeded), so two stalls in a row get it refused at accept; a source in the exempt
+    list (agent.toml penalty_exempt) accrues nothing."""
+    import ipaddress
+
+    app = provisioned(tmp_path)
+    await app.start(phase_timeout=0.5, exempt=(ipaddress.ip_network("127.0.0.30/31"),))
+    try:
+        for source in ("127.0.0.40", "127.0.0.30"):
+            answers = []
+            for _ in range(3):
+                reader, writer = await connect_from(app.port, source)
+                writer.write(HELLO_A2)
+                answers.append(fields(await read_frame(reader))["type"])
+                if answers[-1] == "challenge":
+                    answers.append(fields(await read_frame(reader))["code"])  # the phase timeout
+                writer.close()
+            if source == "127.0.0.40":
+                assert answers == ["challenge", "timeout", "challenge", "timeout", "error"], answers
+                assert app.server.door.blocked_for(source) > 0
+            else:
+                assert answers == ["challenge", "timeout"] * 3, answers
+                assert app.server.door.blocked_for(source) == 0
+    finally:
+        await app.stop()
+
+
+# --- 6. refusals are delivered ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("refused", ["garbage-first-frame", "gate-after-hello", "penalized-at-accept"])
+async def test_a_refusal_arrives_and_ends_in_an_orderly_close_while_the_peer_keeps_sending(tmp_path, refused):
+    """Refusals shut down the write side and drain (bounded) before closing: the peer reads the
+    frame, and bytes it still sends do not make the agent's kernel answer with a reset (which
+    destroys a frame still in flight: issue #25 finding 6). Before, the second read was
+    ECONNRESET every time."""
+    app = provisioned(tmp_path)
+    source = "127.0.0.50"
+    await app.start()
+    payload = HELLO_A2
+    if refused == "garbage-first-frame":
+        payload = b"\xff\xff\xff\xff"
+    elif refused == "gate-after-hello":
+        state = app.store.load()
+        state.failures = app.config.max_failures  # locked: the gate refuses after hello
+        app.store.save(state)
+    else:
+        for _ in range(2):
+            app.server.door.penalize(source, "too_slow")
+    try:
+        reader, writer = await connect_from(app.port, source)
+        writer.write(payload)
+        code = fields(await read_frame(reader))["code"]
+        assert code == {"garbage-first-frame": "frame_too_large", "gate-after-hello": "locked_out",
+                        "penalized-at-accept": "busy"}[refused]
+        writer.write(b"p" * 4096)  # the peer did not stop at once: its bytes are in flight
+        await asyncio.sleep(0.1)
+        assert await asyncio.wait_for(reader.read(100), 5) == b"", "not an orderly close"
+        writer.close()
+        assert app.server.drains.drained >= 1
+        for _ in range(100):
+            if app.server.drains.active == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert app.server.drains.active == 0  # a drain ends (EOF, bytes, or DRAIN_TIMEOUT)
+    finally:
+        await app.stop()
+
+
+def test_drains_are_bounded_in_number_time_and_bytes():
+    """DRAIN_TIMEOUT, DRAIN_BYTES and the number of drains at once (each holds a descriptor)."""
+    from firsttrust.agent.drain import Drains
+
+    async def scenario():
+        drains = Drains(limit=1, timeout=0.3, max_bytes=1000)
+        server_ready = asyncio.get_running_loop().create_future()
+
+        async def on_connect(reader, writer):
+            server_ready.set_result(writer)
+
+        server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        results = {}
+        try:
+            # Time: a silent peer is let go after `timeout`.
+            _, silent = await asyncio.open_connection("127.0.0.1", port)
+            agent_side = await server_ready
+            started = time.monotonic()
+            drains.close(agent_side.transport, b"frame")
+            assert drains.active == 1
+            while drains.active:
+                await asyncio.sleep(0.01)
+            results["timeout"] = time.monotonic() - started
+            # Number: a second refusal while one drains is closed at once.
+            server_ready = asyncio.get_running_loop().create_future()
+            _, first = await asyncio.open_connection("127.0.0.1", port)
+            one = await server_ready
+            server_ready = asyncio.get_running_loop().create_future()
+            _, second = await asyncio.open_connection("127.0.0.1", port)
+            two = await server_ready
+            drains.close(one.transport, b"frame")
+            drains.close(two.transport, b"frame")
+            results["at_once"] = drains.closed_at_once
+            # Bytes: a peer streaming past max_bytes is cut before the timeout.
+            started = time.monotonic()
+            first.write(b"x" * 5000)
+            while drains.active:
+                await asyncio.sleep(0.005)
+            results["bytes"] = time.monotonic() - started
+            for w in (silent, first, second):
+                w.close()
+        finally:
+            server.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert 0.25 <= results["timeout"] < 1.0, results
+    assert results["at_once"] == 1, results
+    assert results["bytes"] < 0.25, results
