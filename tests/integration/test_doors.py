@@ -300,3 +300,49 @@ def test_drains_are_bounded_in_number_time_and_bytes():
     assert 0.25 <= results["timeout"] < 1.0, results
     assert results["at_once"] == 1, results
     assert results["bytes"] < 0.25, results
+
+
+# --- 4. audit under flood -----------------------------------------------------------------------
+
+
+async def test_a_hello_and_close_flood_is_counted_not_logged_rate_limited_and_penalized(tmp_path, capsys):
+    """One source opens connections, says hello and closes, as fast as it can (issue #25 finding
+    4: 3,668 in 15 s, 7.5 s of agent CPU, two audit lines each). Now: no per-connection line,
+    one summary line per source per interval; SRP work for at most HELLO_BURST hellos plus one
+    per HELLO_INTERVAL; and the source ends up refused at accept."""
+    from firsttrust.agent.doorlog import DoorLog
+    from firsttrust.agent.frontdoor import HELLO_BURST, HELLO_INTERVAL
+
+    written = []
+    doorlog = DoorLog("enroll", interval=1.0, write=lambda name, message, **f: written.append((name, f)))
+    app = provisioned(tmp_path)
+    await app.start(doorlog=doorlog)
+    answers: dict[str, int] = {}
+    try:
+        started = time.monotonic()
+        for _ in range(300):
+            try:
+                reader, writer = await connect_from(app.port, "127.0.0.60")
+                writer.write(HELLO_A2)
+                answer = fields(await read_frame(reader))
+                key = answer.get("code", answer["type"])
+                writer.close()
+            except (OSError, asyncio.IncompleteReadError):
+                key = "reset"
+            answers[key] = answers.get(key, 0) + 1
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(1.2)  # the interval ends: its summary is written
+        await app.settled()
+    finally:
+        await app.stop()
+    err = capsys.readouterr().err
+    per_connection = [line for line in err.splitlines() if "event=enroll-" in line or "event=locked-out" in line]
+    summaries = [fields for name, fields in written if name == "door-summary" and fields["peer"] == "127.0.0.60"]
+    print(f"\nhello-and-close x300 in {elapsed:.1f} s: answers {answers}; summaries {summaries}")
+    assert per_connection == [], per_connection
+    assert answers.get("challenge", 0) <= HELLO_BURST + elapsed / HELLO_INTERVAL + 1, answers
+    assert answers.get("busy", 0) > 0
+    assert app.server.door.blocked_for("127.0.0.60") > 0  # refused at accept now
+    assert 1 <= len(summaries) <= 3  # one per interval that saw it
+    counted = sum(sum(v for k, v in s.items() if k not in ("door", "peer", "interval")) for s in summaries)
+    assert counted >= 300 - answers.get("reset", 0) - 5  # every connection is in a count
