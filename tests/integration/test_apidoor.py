@@ -123,6 +123,30 @@ async def test_a_connection_that_never_completes_its_handshake_is_shut_at_the_de
         await door.close()
 
 
+async def test_an_authenticated_connection_that_sends_no_request_is_closed_at_the_same_deadline(
+        tmp_path, appliance_identity, requester_identity):
+    from firsttrust.requester.session import pinned_ssl_context
+
+    guard = small_guard(timeout=0.5)
+    door = await open_api(tmp_path, appliance_identity, requester_identity, guard)
+    key, cert = requester_files(tmp_path, requester_identity)
+    try:
+        context = pinned_ssl_context(appliance_identity.cert_pem, key, cert)
+        reader, writer = await asyncio.open_connection("127.0.0.1", door.port, ssl=context, server_hostname="x")
+        started = asyncio.get_running_loop().time()
+        for _ in range(50):  # the agent finishes its side of the handshake a moment later
+            if guard.authenticated:
+                break
+            await asyncio.sleep(0.01)
+        assert guard.authenticated == 1 and guard.unauthenticated == 0
+        assert await closed_by_agent(reader, 5)  # no request within the deadline: closed
+        assert asyncio.get_running_loop().time() - started < 2.0
+        assert guard.timeouts == 0  # not an unauthenticated timeout: it never counted
+        writer.close()
+    finally:
+        await door.close()
+
+
 async def test_the_default_preauth_deadline_is_a_few_seconds():
     from firsttrust.agent.apiguard import API_PREAUTH_TIMEOUT
 

@@ -255,7 +255,7 @@ def test_drains_are_bounded_in_number_time_and_bytes():
     from firsttrust.agent.drain import Drains
 
     async def scenario():
-        drains = Drains(limit=1, timeout=0.3, max_bytes=1000)
+        drains = Drains(limit=1, timeout=0.6, max_bytes=1000)
         server_ready = asyncio.get_running_loop().create_future()
 
         async def on_connect(reader, writer):
@@ -297,9 +297,9 @@ def test_drains_are_bounded_in_number_time_and_bytes():
         return results
 
     results = asyncio.run(scenario())
-    assert 0.25 <= results["timeout"] < 1.0, results
+    assert 0.55 <= results["timeout"] < 1.5, results
     assert results["at_once"] == 1, results
-    assert results["bytes"] < 0.25, results
+    assert results["bytes"] < 0.4, results  # cut by the byte cap, well before the 0.6 s deadline
 
 
 # --- 4. audit under flood -----------------------------------------------------------------------
