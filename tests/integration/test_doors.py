@@ -346,3 +346,31 @@ async def test_a_hello_and_close_flood_is_counted_not_logged_rate_limited_and_pe
     assert 1 <= len(summaries) <= 3  # one per interval that saw it
     counted = sum(sum(v for k, v in s.items() if k not in ("door", "peer", "interval")) for s in summaries)
     assert counted >= 300 - answers.get("reset", 0) - 5  # every connection is in a count
+
+
+async def test_hellos_abandoned_before_the_proof_get_the_source_refused_at_accept(tmp_path):
+    """A hello (SRP work done) and then a close, PENALTY_MIN times in a row, within the hello
+    rate's burst: the abandons alone (1 s each, OpenSSH's noauth) get the source refused."""
+    from firsttrust.agent.frontdoor import HELLO_BURST, PENALTY_MIN, PENALTY_SECONDS
+
+    abandons = int(PENALTY_MIN / PENALTY_SECONDS["abandoned"])
+    assert abandons < HELLO_BURST  # the rate's own penalty plays no part here
+    app = provisioned(tmp_path)
+    await app.start()
+    try:
+        for done in range(1, abandons + 1):
+            reader, writer = await connect_from(app.port, "127.0.0.61")
+            writer.write(HELLO_A2)
+            assert fields(await read_frame(reader))["type"] == "challenge"
+            writer.close()
+            async with asyncio.timeout(5):
+                while app.connections_finished < done:
+                    await asyncio.sleep(0.01)
+        reader, writer = await connect_from(app.port, "127.0.0.61")
+        writer.write(HELLO_A2)
+        refused = fields(await read_frame(reader))
+        assert refused["code"] == "busy" and "refused for" in refused["message"], refused
+        assert app.server.door.hello_refusals == 0
+        writer.close()
+    finally:
+        await app.stop()
