@@ -6,11 +6,15 @@ protocol is decided in firsttrust/; everything about one appliance's policy (is 
 open? how many failures? back-off?) is decided here, in `EnrollmentGate`.
 
 Per connection:  gate check -> hello -> challenge -> client_proof (a failure is charged before
-the proof is checked, and back-off is checked again then; if the proof verifies, the charge is
-cleared by the commit that enrolls, or refunded if the enrollment fails later, so a crash can
-only over-count) -> no plaintext behind it (STARTTLS injection) -> server_proof + STARTTLS ->
+the proof is checked, and back-off is checked again then; if M1 verifies, the charge is cleared
+by the commit that enrolls, or refunded if the attempt fails in any way after M1 verified, so a
+crash can only over-count) -> no plaintext behind it (STARTTLS injection) -> server_proof + STARTTLS ->
 appliance_proof -> finish -> prepare, commit, apply the grant (agent/grant.py; under a lock: when
 two requesters race, exactly one wins) -> enrolled.
+
+Until the proof arrives a connection holds a post-hello slot (agent/frontdoor.py) and may be
+evicted for another hello; its end is counted per source (agent/doorlog.py) and, when the peer
+caused it, penalized. Plaintext refusals are drained (agent/drain.py) so that they arrive.
 """
 
 from __future__ import annotations
