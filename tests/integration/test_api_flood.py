@@ -6,7 +6,10 @@ within its descriptors, and its log must grow by less than 100 lines.
 
 The real constants run here (API_PREAUTH_TIMEOUT 5 s, the caps derived from 1024). The flood
 lasts FLOOD_SECONDS (12 s by default: two deadlines and more; FIRSTTRUST_API_FLOOD_SECONDS=30
-runs the issue's 30 s).
+runs the issue's 30 s). The flood is a process of its own at the lowest CPU priority, as
+bench/flood.py runs it: on a real network the attacker's CPU is not the appliance's, while here
+all share two cores. The pinned call is timed twice: through the library in this process (the
+bound: 2 s), and as `firsttrust call` (its interpreter's start-up measured unflooded is added).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -61,17 +63,24 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-async def idle(port: int, index: int, stop: asyncio.Event, counts: dict) -> None:
+FLOOD = r"""
+import asyncio, json, os, resource, signal, socket, sys
+port, count, sources = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 1024), hard))
+counts = {"opened": 0, "closed_by_agent": 0, "failed": 0}
+
+async def idle(index, stop):
     loop = asyncio.get_running_loop()
     while not stop.is_set():
         sock = socket.socket()
         sock.setblocking(False)
         try:
-            sock.bind((f"127.0.0.{2 + index % SOURCES}", 0))
+            sock.bind((f"127.0.0.{2 + index % sources}", 0))
             await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", port)), 5)
             counts["opened"] += 1
             stopped = asyncio.ensure_future(stop.wait())
-            closed = asyncio.ensure_future(loop.sock_recv(sock, 1))  # "" once the agent closes it
+            closed = asyncio.ensure_future(loop.sock_recv(sock, 1))  # b"" once the agent closes it
             await asyncio.wait({stopped, closed}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
             closed.cancel()
@@ -83,12 +92,37 @@ async def idle(port: int, index: int, stop: asyncio.Event, counts: dict) -> None
             sock.close()
         await asyncio.sleep(0.05)
 
+async def main():
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    tasks = [asyncio.create_task(idle(i, stop)) for i in range(count)]
+    while counts["opened"] < count:
+        await asyncio.sleep(0.05)
+    print("ready", flush=True)
+    await stop.wait()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    print(json.dumps(counts), flush=True)
+
+asyncio.run(main())
+"""
+
 
 def cli(env: dict, *args: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "firsttrust.requester.cli", *args], capture_output=True, text=True,
                          cwd=ROOT, env=env, timeout=timeout)
     return out, time.monotonic() - started
+
+
+async def pinned_call(home: Path) -> float:
+    """GET /v1/health through the requester library's pinned session, timed from the request."""
+    from firsttrust.requester.library import open_session
+    from firsttrust.requester.truststore import TrustStore
+
+    started = time.monotonic()
+    async with open_session("app", store=TrustStore(home)) as api:
+        assert (await api.get("/v1/health"))["status"] == "ok"
+    return time.monotonic() - started
 
 
 @pytest.mark.slow
@@ -100,8 +134,7 @@ async def test_1100_idle_connections_to_the_api_leave_the_pinned_call_answering(
     app = provisioned(tmp_path, secrets)
     serve = LimitedServe(app.store.path)
     env = {**os.environ, "FIRSTTRUST_HOME": str(tmp_path / "home")}
-    stop = asyncio.Event()
-    tasks: list[asyncio.Task] = []
+    flood = None
     try:
         await serve.ready()
         assert serve.soft_limit() == SOFT_LIMIT
@@ -112,31 +145,35 @@ async def test_1100_idle_connections_to_the_api_leave_the_pinned_call_answering(
         assert out.returncode == 0 and json.loads(out.stdout)["status"] == "ok", out.stderr
         lines_before = serve.log.read_text().count("\n")
 
-        counts = {"opened": 0, "closed_by_agent": 0, "failed": 0}
-        tasks = [asyncio.create_task(idle(serve.api_port, i, stop, counts)) for i in range(IDLE)]
-        started, calls, peak = time.monotonic(), [], 0
-        while counts["opened"] < IDLE and time.monotonic() - started < 20:
-            peak = max(peak, serve.descriptors())
-            await asyncio.sleep(0.2)
-        assert counts["opened"] >= IDLE, counts
+        flood = subprocess.Popen([sys.executable, "-c", FLOOD, str(serve.api_port), str(IDLE), str(SOURCES)],
+                                 stdout=subprocess.PIPE, preexec_fn=lambda: os.nice(19))
+        started, peak = time.monotonic(), 0
+        assert (await asyncio.wait_for(asyncio.to_thread(flood.stdout.readline), 60)).strip() == b"ready"
+        library_calls, cli_calls = [], []
         while time.monotonic() - started < FLOOD_SECONDS:
             peak = max(peak, serve.descriptors())
+            library_calls.append(await pinned_call(tmp_path / "home"))
             out, took = await asyncio.to_thread(cli, env, "call", "app", "GET", "/v1/health")
             assert out.returncode == 0 and json.loads(out.stdout)["status"] == "ok", out.stderr
-            calls.append(took)
-            await asyncio.sleep(1.0)
+            cli_calls.append(took)
+            peak = max(peak, serve.descriptors())
+            await asyncio.sleep(0.5)
         lines_during = serve.log.read_text().count("\n") - lines_before
-        print(f"\napi flood: {counts}, agent descriptors peak {peak} (limit {SOFT_LIMIT}), "
-              f"pinned call {min(calls):.2f}-{max(calls):.2f} s flooded, {quiet:.2f} s quiet, "
+        flood.terminate()
+        counts = json.loads(flood.communicate(timeout=60)[0].decode().strip().splitlines()[-1])
+        print(f"\napi flood: {counts}, agent descriptors peak {peak} (limit {SOFT_LIMIT}), pinned call through "
+              f"the library {min(library_calls):.2f}-{max(library_calls):.2f} s, as `firsttrust call` "
+              f"{min(cli_calls):.2f}-{max(cli_calls):.2f} s flooded ({quiet:.2f} s quiet), "
               f"{lines_during} log lines in {time.monotonic() - started:.0f} s")
-        assert counts["closed_by_agent"] > 0, "the agent never closed an idle connection"
+        assert counts["opened"] >= IDLE and counts["closed_by_agent"] > 0, counts
         assert peak < SOFT_LIMIT
-        # Within 2 s of the request, on top of what the CLI's interpreter takes to start here.
-        assert max(calls) < CALL_BOUND + quiet, (calls, quiet)
+        assert max(library_calls) < CALL_BOUND, library_calls
+        # The CLI: within 2 s of the request, on top of what its interpreter takes to start here.
+        assert max(cli_calls) < CALL_BOUND + quiet, (cli_calls, quiet)
         assert lines_during < 100, serve.log.read_text()[-3000:]
     finally:
-        stop.set()
-        if tasks:
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+        if flood is not None and flood.poll() is None:
+            flood.kill()
+            flood.wait()
         log = serve.stop()
     assert "Too many open files" not in log and "Traceback" not in log, log[-3000:]
