@@ -95,10 +95,9 @@ class ApiDoor:
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
         except OSError as exc:  # out of descriptors: shed it with the spare, counted
-            from .frontdoor import _out_of_descriptors
+            from .descriptors import shed_when_exhausted
 
-            with contextlib.suppress(BlockingIOError):
-                _out_of_descriptors(self.sock, exc, self.guard.doorlog)
+            shed_when_exhausted(self.sock, exc, self.guard.doorlog)
             return
         connection.close()
 

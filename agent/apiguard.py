@@ -34,9 +34,9 @@ import socket
 import time
 from typing import Any, Callable
 
-from .descriptors import Budget, budget as descriptor_budget
+from .descriptors import Budget, budget as descriptor_budget, shed_when_exhausted
 from .doorlog import DoorLog
-from .frontdoor import Entry, FrontDoor, _out_of_descriptors, source_key
+from .frontdoor import Entry, FrontDoor, source_key
 
 # The TLS handshake and the first request, from accept. A pinned requester sends its ClientHello
 # at once and its request right after the handshake: two round trips and one ECDSA P-256
@@ -142,7 +142,7 @@ class GuardedSocket(socket.socket):
         try:
             conn, address = super().accept()  # BlockingIOError when none is waiting: asyncio's cue
         except OSError as exc:
-            _out_of_descriptors(self, exc, self.guard.doorlog if self.guard else None)
+            shed_when_exhausted(self, exc, self.guard.doorlog if self.guard else None)
             raise BlockingIOError from None
         if self.guard is not None:
             self.guard.admit(conn, address)

@@ -123,3 +123,18 @@ def spare() -> SpareDescriptor:
 
 
 EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+def shed_when_exhausted(listening: socket.socket, exc: OSError, doorlog=None) -> None:
+    """accept() on `listening` failed with `exc`. Out of descriptors (EMFILE, ENFILE): shed the
+    waiting connection with the spare descriptor and count it in `doorlog` (agent/doorlog.py), to
+    be logged once per interval. Anything else is asyncio's to handle.
+
+    Raises:
+        OSError: `exc`, when it is not descriptor exhaustion.
+    """
+    if exc.errno not in EXHAUSTED:
+        raise exc
+    spare().shed(listening)
+    if doorlog is not None:
+        doorlog.descriptors_exhausted()

@@ -676,7 +676,9 @@ class DoorSocket(socket.socket):
             try:
                 conn, address = super().accept()  # BlockingIOError when none is waiting: asyncio's cue
             except OSError as exc:
-                _out_of_descriptors(self, exc, self.doorlog)
+                from .descriptors import shed_when_exhausted  # (it imports this module)
+
+                shed_when_exhausted(self, exc, self.doorlog)
                 raise BlockingIOError from None  # shed one; asyncio tries again on its next turn
             source = source_key(str(address[0])) if address else ""
             blocked = door.blocked_for(source) if door is not None and address else 0.0
@@ -696,19 +698,6 @@ class DoorSocket(socket.socket):
         # Refused a batch: let the event loop run other work before the next (the socket is still
         # readable, so asyncio calls again on its next turn).
         raise BlockingIOError
-
-
-def _out_of_descriptors(listening: socket.socket, exc: OSError, doorlog) -> None:
-    """accept() failed. Out of descriptors (EMFILE, ENFILE): shed the waiting connection with
-    the spare descriptor (agent/descriptors.py) and count it, to be logged once per interval;
-    anything else is asyncio's to handle."""
-    from .descriptors import EXHAUSTED, spare
-
-    if exc.errno not in EXHAUSTED:
-        raise exc
-    spare().shed(listening)
-    if doorlog is not None:
-        doorlog.descriptors_exhausted()
 
 
 # Refusals in one accept() call before the event loop gets a turn.

@@ -203,7 +203,7 @@ async def test_running_out_of_descriptors_sheds_the_connection_and_is_counted_on
     import socket
 
     from firsttrust.agent.doorlog import DoorLog
-    from firsttrust.agent.frontdoor import _out_of_descriptors
+    from firsttrust.agent.descriptors import shed_when_exhausted
 
     written = []
     log = DoorLog("api", interval=60.0, write=lambda name, message, **f: written.append(message))
@@ -211,7 +211,7 @@ async def test_running_out_of_descriptors_sheds_the_connection_and_is_counted_on
     try:
         clients = [socket.create_connection(listening.getsockname()) for _ in range(5)]
         for _ in clients:
-            _out_of_descriptors(listening, OSError(errno.EMFILE, "Too many open files"), log)
+            shed_when_exhausted(listening, OSError(errno.EMFILE, "Too many open files"), log)
         for client in clients:
             client.settimeout(5)
             assert client.recv(10) == b""  # shed: accepted and closed
@@ -221,7 +221,7 @@ async def test_running_out_of_descriptors_sheds_the_connection_and_is_counted_on
         assert written == ["api port: out of file descriptors: 5 connections accepted and closed at once "
                            "in the last 1 s"]
         with pytest.raises(OSError):  # anything else is asyncio's to handle
-            _out_of_descriptors(listening, OSError(errno.ECONNABORTED, "aborted"), log)
+            shed_when_exhausted(listening, OSError(errno.ECONNABORTED, "aborted"), log)
     finally:
         listening.close()
 
