@@ -56,6 +56,7 @@ from firsttrust.rotation import sign_rotation
 from firsttrust.tlspolicy import apply_policy
 
 from . import audit
+from .apiguard import API_ACCEPT_BATCH, API_BACKLOG, ApiGuard, GuardedSocket, guarded, guarded_protocol
 from .apiinfo import ApiInfo
 from .atomicfile import _fsync_dir, remove_durably, write_atomic
 from .errors import AgentError
@@ -398,8 +399,35 @@ def create_app(store: StateDir, contexts: AuthorizedContexts, info: ApiInfo | No
     return app
 
 
+class _GuardedSite(web.SockSite):
+    """aiohttp's SockSite, serving through the API's pre-authentication guard (agent/apiguard.py):
+    the listening socket admits each connection into the guard's table, the handshake has the
+    guard's deadline, and the request handler is watched for the end of the handshake. Only
+    `start` differs from SockSite's (the same in aiohttp 3.8 and 3.9+)."""
+
+    __slots__ = ()
+
+    def __init__(self, runner: web.AppRunner, sock: GuardedSocket, guard: ApiGuard, *,
+                 ssl_context: ssl.SSLContext) -> None:
+        super().__init__(runner, sock, ssl_context=ssl_context, backlog=API_ACCEPT_BATCH)
+        sock.guard = guard
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        guard = self._sock.guard
+        self._server = await loop.create_server(
+            guarded_protocol(server, guard), sock=self._sock, ssl=self._ssl_context, backlog=self._backlog,
+            ssl_handshake_timeout=guard.timeout)
+        # asyncio's listen(API_ACCEPT_BATCH) sized the kernel queue too: make it API_BACKLOG again.
+        self._sock.listen(API_BACKLOG)
+
+
 async def start_api(store: StateDir, host: str, port: int, info: ApiInfo | None = None, *,
-                    sock: socket.socket | None = None) -> tuple[web.AppRunner, AuthorizedContexts]:
+                    sock: socket.socket | None = None,
+                    guard: ApiGuard | None = None) -> tuple[web.AppRunner, AuthorizedContexts]:
     """Recover an interrupted rotation, then serve the API on host:port (0: an ephemeral port).
 
     Returns:
@@ -410,20 +438,25 @@ async def start_api(store: StateDir, host: str, port: int, info: ApiInfo | None 
         OSError: the address cannot be bound.
 
     With `sock` (a listening socket handed over by systemd), host and port are ignored.
+    `guard` polices the unauthenticated phase (agent/apiguard.py); one sized from the descriptor
+    limit by default.
     """
     recovered = recover_rotation(store)
     if recovered == "completed":
         audit.event("rotated", "completed an identity rotation interrupted by a restart", outcome="completed")
     contexts = AuthorizedContexts(store)
+    if sock is None:
+        from .apidoor import bind_api_socket
+
+        sock = bind_api_socket(host, port)
+    sock = guarded(sock)
     runner = web.AppRunner(create_app(store, contexts, info))
     await runner.setup()
     try:
-        if sock is not None:
-            await web.SockSite(runner, sock, ssl_context=contexts.listening).start()
-        else:
-            await web.TCPSite(runner, host, port, ssl_context=contexts.listening).start()
+        await _GuardedSite(runner, sock, guard or ApiGuard(), ssl_context=contexts.listening).start()
     except BaseException:
         await runner.cleanup()
+        sock.close()
         raise
     return runner, contexts
 

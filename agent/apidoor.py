@@ -20,13 +20,11 @@ import logging
 import socket
 from typing import Any
 
+from .apiguard import API_BACKLOG, ApiGuard, guarded
 from .listening import listen_on, passive_addresses
 from .state import StateDir
 
 log = logging.getLogger("firsttrust.api")
-
-# The listen backlog aiohttp would use (asyncio's default).
-API_BACKLOG = 100
 
 
 def bind_api_socket(host: str, port: int) -> socket.socket:
@@ -49,12 +47,14 @@ class ApiDoor:
         info: agent.api.ApiInfo for the API.
     """
 
-    def __init__(self, store: StateDir, sock: socket.socket, info: Any = None) -> None:
+    def __init__(self, store: StateDir, sock: socket.socket, info: Any = None, guard: ApiGuard | None = None) -> None:
         self.store = store
-        self.sock = sock
         # A socket from systemd arrives blocking: accepting a connection that was reset between
         # the readiness event and accept() would then block the whole event loop.
         sock.setblocking(False)
+        self.sock = guarded(sock)
+        # The unauthenticated phase's caps, sized from the descriptor limit now, at start.
+        self.guard = guard or ApiGuard()
         self.info = info
         self.runner: Any = None  # aiohttp's AppRunner once the API runs
         self.contexts: Any = None  # agent.api.AuthorizedContexts once the API runs
@@ -90,9 +90,16 @@ class ApiDoor:
             if self._opening is None:
                 self._opening = asyncio.get_running_loop().create_task(self.open())
             return
-        with contextlib.suppress(BlockingIOError, InterruptedError, ConnectionAbortedError):
-            connection, _ = self.sock.accept()
-            connection.close()
+        try:
+            connection, _ = socket.socket.accept(self.sock)  # not through the guard: closed at once
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        except OSError as exc:  # out of descriptors: shed it with the spare, counted
+            from .descriptors import shed_when_exhausted
+
+            shed_when_exhausted(self.sock, exc, self.guard.doorlog)
+            return
+        connection.close()
 
     def _stop_watching(self) -> None:
         if self._watching:
@@ -107,7 +114,7 @@ class ApiDoor:
             return
         from .api import start_api  # aiohttp.web: only now that someone may call
 
-        self.runner, self.contexts = await start_api(self.store, "", 0, self.info, sock=self.sock)
+        self.runner, self.contexts = await start_api(self.store, "", 0, self.info, sock=self.sock, guard=self.guard)
         _return_free_memory()
 
     async def close(self) -> None:

@@ -36,6 +36,7 @@ MESSAGE_IDS: dict[str, str] = {
     "rotated": "a1066a6a271e46ca967b098106f2930a",
     "scrub-failed": "24f90ff41a5545ea9b6f8944c69f0c3e",
     "repaired": "3562f6f22a484540a6443dca12e430e2",
+    "door-summary": "46af7ce5aa7b40ff843d582bfc348187",
 }
 EVENTS = tuple(MESSAGE_IDS)
 

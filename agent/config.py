@@ -6,6 +6,7 @@
     max_failures = 10                      # failed SRP attempts before lockout (1..10)
     enroll_window = "24h"                  # default window; the firsttrust.enroll-window property overrides
     ssh_host_keys = "/etc/ssh/ssh_host_*_key.pub"   # host keys reported at enrollment (glob)
+    penalty_exempt = ["192.0.2.0/24"]      # sources that never accrue a front-door penalty
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ DEFAULT_PUBLIC_CERT = Path("/etc/firsttrust/appliance.crt")
 # secrets one guess is worth 2^-160, so 10 costs nothing to legitimate retries.
 MAX_FAILURES_CEILING = 10
 MAX_CONFIG_BYTES = 64 * 1024
+# penalty_exempt entries: each source is checked against every one (cached per source).
+MAX_EXEMPT_NETWORKS = 64
 
 _ACCOUNT_PATTERN = r"[a-z_][a-z0-9_-]{0,31}"  # compiled by re at first use
 
@@ -46,6 +49,10 @@ class AgentConfig:
     # Where the appliance's SSH host public keys are (a glob), reported to the requester so that
     # ssh needs no trust on first use.
     ssh_host_keys: str = HOST_KEY_GLOB
+    # Networks whose sources never accrue a front-door penalty (agent/frontdoor.py), for
+    # requesters behind one shared NAT address; OpenSSH's PerSourcePenaltyExemptList. They are
+    # still held to every cap and deadline. As ipaddress networks.
+    penalty_exempt: tuple = ()
 
     def with_state_dir(self, state_dir: Path, explicit_public: bool) -> "AgentConfig":
         """--state-dir on the command line. Unless the config names a public certificate path,
@@ -88,7 +95,8 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Agen
 
 
 def _from_values(values: dict, path: Path) -> AgentConfig:
-    known = {"account", "state_dir", "public_certificate", "max_failures", "enroll_window", "ssh_host_keys"}
+    known = {"account", "state_dir", "public_certificate", "max_failures", "enroll_window", "ssh_host_keys",
+             "penalty_exempt"}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r}")
@@ -112,6 +120,17 @@ def _from_values(values: dict, path: Path) -> AgentConfig:
         if type(value) is not int or not 1 <= value <= MAX_FAILURES_CEILING:
             raise ConfigError(f"{path}: max_failures must be an integer from 1 to {MAX_FAILURES_CEILING}")
         config = replace(config, max_failures=value)
+    if "penalty_exempt" in values:
+        from .frontdoor import parse_networks
+
+        value = values["penalty_exempt"]
+        if not isinstance(value, list) or len(value) > MAX_EXEMPT_NETWORKS:
+            raise ConfigError(f"{path}: penalty_exempt must be a list of at most {MAX_EXEMPT_NETWORKS} "
+                              "addresses or networks")
+        try:
+            config = replace(config, penalty_exempt=parse_networks(value))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{path}: penalty_exempt: {exc}") from None
     if "enroll_window" in values:
         try:
             config = replace(config, enroll_window=parse_duration(str(values["enroll_window"])))

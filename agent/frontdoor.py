@@ -32,6 +32,17 @@ and nginx/HAProxy's slow-client handling:
    no slot, no timer and no parsing, until the penalty has run out.
    A requester that says hello at once never accrues any.
 
+6. After a valid `hello` (the SRP phase, until the proof): a source holds at most
+   PER_SOURCE_MAX_POST_HELLO such slots and all sources together MAX_POST_HELLO, so
+   MAX_UNAUTHENTICATED - MAX_POST_HELLO slots are always left for connections still on their
+   first frame. A hello beyond its source's share is refused (`busy`); a hello that finds the
+   post-hello share full is admitted by evicting the oldest post-hello connection that has not
+   sent its proof, from the source holding the most (a proof in flight is never evicted). Each
+   source's hellos are rate-limited (HELLO_BURST, then one per HELLO_INTERVAL), checked before any
+   SRP work. A connection that says hello and then stalls past the phase deadline, or closes,
+   accrues a penalty like a pre-hello one. Sources in the operator's exempt list (a shared NAT of
+   requesters, OpenSSH's `PerSourcePenaltyExemptList`) accrue none.
+
 A flood therefore costs the attacker a socket per slot and buys it seconds, then costs the
 appliance one accept and one small write per connection while its sources sit out their penalty;
 a requester that says hello at once is admitted past the flood and keeps its slot.
@@ -84,10 +95,13 @@ IPV6_SOURCE_PREFIX = 64
 # Per-source penalties, after OpenSSH 9.8's `PerSourcePenalties` (defaults there: authfail:5
 # noauth:1 grace-exceeded:10 min:15 max:600). Seconds a source accrues per offence:
 PENALTY_SECONDS = {
-    "garbage": 5.0,  # a first frame that is not a valid hello (OpenSSH's authfail)
+    "garbage": 5.0,  # a first frame that is not a valid hello, or garbage after it (OpenSSH's authfail)
     "too_slow": 10.0,  # no complete first frame within FIRST_FRAME_TIMEOUT (grace-exceeded)
-    "evicted": 1.0,  # dropped, still without a hello, to make room (noauth)
+    "stalled": 10.0,  # a hello, then no proof within the phase timeout (grace-exceeded)
+    "evicted": 1.0,  # dropped, before its hello or its proof, to make room (noauth)
     "no_hello": 1.0,  # closed by the peer before its first frame was complete (noauth)
+    "abandoned": 1.0,  # a hello (SRP work done for it), then closed by the peer before its proof (noauth)
+    "hello_rate": 1.0,  # a hello faster than the source's hello rate (refused before SRP work)
 }
 # A source is refused once its accrued penalty reaches PENALTY_MIN seconds (so one mishap, a
 # requester restarted mid-hello, never locks anyone out), for as long as the penalty lasts, at most
@@ -95,6 +109,29 @@ PENALTY_SECONDS = {
 # requester retries for 5 minutes, so a source behind the same NAT as an attacker waits at most 2.
 PENALTY_MIN = 15.0
 PENALTY_MAX = 120.0
+# Slots for connections that said hello and have not had their proof verified yet: the SRP
+# phase, where the agent has computed B for the peer and waits up to PHASE_TIMEOUT for its proof.
+# Half the table: a flood of hellos (each valid, A = 2 costs the attacker nothing) can never take
+# the slots that new connections need to say their own hello. A requester needs one (two while a
+# retry overlaps its dying attempt), so one source holds at most 2: 20 sources of 8 stalls each
+# (issue #25) hold 40 at most, and a hello beyond MAX_POST_HELLO evicts the oldest stall instead
+# of being refused. OpenSSH has no per-phase split (its unauthenticated connections are one
+# MaxStartups pool); nginx's limit_conn per zone is the closest: a cap per key inside the total.
+MAX_POST_HELLO = 32
+PER_SOURCE_MAX_POST_HELLO = 2
+
+# Hellos per source: a bucket of HELLO_BURST, refilled one per HELLO_INTERVAL seconds, checked
+# before any SRP work (computing B, ~5 ms with the OpenSSL backend). A requester sends one hello
+# per attempt; retrying on `busy` under a flood (requester/retry.py: 0.25, 0.5, 1, 2, 4, 8, then
+# every 10 s) it sends 7 in its first 16 s and one per 10 s after, and a re-run of the same
+# command starts that again: 16 covers both with room for the lockout's 10 failed guesses, and a
+# refill every 2 s stays above any requester's steady rate (one per 5 s after its back-off). A
+# hello-and-close flood (3,668 hellos in 15 s from one source before this) gets 16 computations,
+# then one per 2 s, and accrues `hello_rate` penalties until it is refused at accept.
+# Precedent: nginx `limit_req zone=... rate=30r/m burst=16`; OpenSSH has no rate, only penalties.
+HELLO_BURST = 16
+HELLO_INTERVAL = 2.0
+
 # Sources remembered at once (OpenSSH max-sources4 65536). When full, expired penalties are
 # forgotten first, then the one closest to expiry ("permissive" overflow: never refuse because
 # the table is full).
@@ -127,19 +164,22 @@ def source_key(address: str) -> str:
 
 
 class Entry:  # plain classes, not dataclasses: ~0.6 ms each to define (agent start-up)
-    """One connection's slot. `hello` once it sent a valid hello (then it is never evicted).
-    Compared by identity."""
+    """One connection's slot. `hello` once it sent a valid hello (then it is only evicted to make
+    room for another hello, never for a new connection); `proof` once its complete proof arrived
+    (then it is never evicted). Compared by identity."""
 
-    __slots__ = ("source", "admitted_at", "deadline", "hello", "held")
+    __slots__ = ("source", "admitted_at", "deadline", "hello", "held", "proof", "hello_at")
 
     def __init__(self, source: str, admitted_at: float, deadline: float, hello: bool = False,
                  held: bool = True) -> None:
         self.source, self.admitted_at, self.deadline, self.hello, self.held = (source, admitted_at, deadline,
                                                                                 hello, held)
+        self.proof = False
+        self.hello_at = admitted_at
 
     def __repr__(self) -> str:
         return (f"Entry(source={self.source!r}, admitted_at={self.admitted_at!r}, deadline={self.deadline!r}, "
-                f"hello={self.hello!r}, held={self.held!r})")
+                f"hello={self.hello!r}, held={self.held!r}, proof={self.proof!r})")
 
 
 class Penalty:
@@ -156,11 +196,13 @@ class Penalty:
 
 
 class Admission(NamedTuple):  # not a frozen dataclass: 0.1 ms to define, not 0.8 (agent start-up)
-    """What `FrontDoor.admit` decided: the newcomer's entry (None: refuse it with `busy`) and
-    the entries dropped to make room (close each with `busy`)."""
+    """What `FrontDoor.admit` (or `hello`) decided: the newcomer's entry (None: refuse it with
+    `busy`, and `retry_after` seconds when the source should wait that long) and the entries
+    dropped to make room (close each with `busy`)."""
 
     entry: Entry | None
     evicted: tuple[Entry, ...] = ()
+    retry_after: int | None = None
 
 
 @dataclass
@@ -178,13 +220,23 @@ class FrontDoor:
     per_source: int = PER_SOURCE_MAX_UNAUTHENTICATED
     first_frame_timeout: float = FIRST_FRAME_TIMEOUT
     clock: Callable[[], float] = time.monotonic
+    max_post_hello: int = MAX_POST_HELLO
+    per_source_post_hello: int = PER_SOURCE_MAX_POST_HELLO
+    # Networks whose sources never accrue a penalty (agent.toml `penalty_exempt`).
+    exempt: tuple = ()
+    hello_burst: int = HELLO_BURST
+    hello_interval: float = HELLO_INTERVAL
     entries: list[Entry] = field(default_factory=list)  # oldest first
     evictions: int = 0
     refusals: int = 0
     penalty_refusals: int = 0
+    hello_refusals: int = 0
     penalties: dict[str, "Penalty"] = field(default_factory=dict)
     _counts: dict[str, int] = field(default_factory=dict)  # entries per source
     _pre_hello: dict[str, int] = field(default_factory=dict)  # entries without a hello per source
+    _post_hello: dict[str, int] = field(default_factory=dict)  # entries with a hello per source
+    _hellos: dict[str, list] = field(default_factory=dict)  # source -> [tokens, at]
+    _exempt_cache: dict[str, bool] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -194,9 +246,24 @@ class FrontDoor:
 
     # --- penalties ------------------------------------------------------------------------
 
+    def is_exempt(self, source: str) -> bool:
+        """Whether `source` (a source_key) lies in one of the exempt networks."""
+        if not self.exempt:
+            return False
+        known = self._exempt_cache.get(source)
+        if known is None:
+            known = _in_networks(source, self.exempt)
+            if len(self._exempt_cache) >= PENALTY_SOURCES_MAX:
+                self._exempt_cache.clear()
+            self._exempt_cache[source] = known
+        return known
+
     def penalize(self, source: str, offence: str) -> None:
         """`source` committed `offence` (a PENALTY_SECONDS key): add its seconds to the source's
-        penalty (capped at PENALTY_MAX from now); it blocks once it reaches PENALTY_MIN."""
+        penalty (capped at PENALTY_MAX from now); it blocks once it reaches PENALTY_MIN. An
+        exempt source accrues nothing."""
+        if self.is_exempt(source):
+            return
         now = self.clock()
         penalty = self.penalties.get(source)
         if penalty is None or penalty.until <= now:
@@ -262,11 +329,73 @@ class FrontDoor:
         self.evictions += len(evicted)
         return Admission(entry, tuple(evicted))
 
+    def hello(self, entry: Entry) -> Admission:
+        """The entry's first frame is a valid hello: may the agent do SRP work for it?
+
+        Returns:
+            Admission(entry) when it may (the entry now holds a post-hello slot, and the
+            entries evicted to make room for it, if any); Admission(None, retry_after=...) when
+            the source's hello rate is exceeded (the source accrues `hello_rate`); Admission(None)
+            when the source holds PER_SOURCE_MAX_POST_HELLO post-hello slots already, or when
+            every post-hello slot has a proof in flight. A refused entry keeps its pre-hello slot
+            until the caller releases it.
+        """
+        source = entry.source
+        wait = self._take_hello_token(source)
+        if wait:
+            self.hello_refusals += 1
+            self.penalize(source, "hello_rate")
+            return Admission(None, retry_after=max(1, math.ceil(wait)))
+        if self._post_hello.get(source, 0) >= self.per_source_post_hello:
+            self.hello_refusals += 1
+            return Admission(None)
+        evicted: tuple[Entry, ...] = ()
+        if sum(self._post_hello.values()) >= self.max_post_hello:
+            victim = self._post_hello_victim()
+            if victim is None:
+                self.hello_refusals += 1
+                return Admission(None)
+            self._remove(victim)
+            self.penalize(victim.source, "evicted")
+            self.evictions += 1
+            evicted = (victim,)
+        self.mark_hello(entry)
+        return Admission(entry, evicted)
+
     def mark_hello(self, entry: Entry) -> None:
-        """The entry's first frame is a valid hello: from now on it is never evicted."""
+        """The entry's first frame is a valid hello: from now on it is not evicted for a new
+        connection (only, before its proof, for another hello: `hello`)."""
         if not entry.hello and entry.held:
             _decrement(self._pre_hello, entry.source)
+            self._post_hello[entry.source] = self._post_hello.get(entry.source, 0) + 1
         entry.hello = True
+        entry.hello_at = self.clock()
+
+    def mark_proof(self, entry: Entry) -> None:
+        """The entry's complete proof arrived: from now on it is never evicted."""
+        entry.proof = True
+
+    def post_hello(self) -> int:
+        """Entries holding a post-hello slot."""
+        return sum(self._post_hello.values())
+
+    def _take_hello_token(self, source: str) -> float:
+        """Take one of `source`'s hello tokens: 0 when there was one, else the seconds until the
+        next. The bucket starts full; buckets are forgotten when PENALTY_SOURCES_MAX are held
+        (a forgotten bucket is a full one: permissive, as the penalty table)."""
+        now = self.clock()
+        bucket = self._hellos.get(source)
+        if bucket is None:
+            if len(self._hellos) >= PENALTY_SOURCES_MAX:
+                self._hellos.clear()
+            bucket = self._hellos[source] = [float(self.hello_burst), now]
+        tokens = min(float(self.hello_burst), bucket[0] + (now - bucket[1]) / self.hello_interval)
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return 0.0
+        bucket[0] = tokens
+        return (1.0 - tokens) * self.hello_interval
 
     def release(self, entry: Entry) -> None:
         """Free the entry's slot (authenticated, closed, refused, evicted). Idempotent."""
@@ -288,6 +417,20 @@ class FrontDoor:
         _decrement(self._counts, entry.source)
         if not entry.hello:
             _decrement(self._pre_hello, entry.source)
+        else:
+            _decrement(self._post_hello, entry.source)
+
+    def _post_hello_victim(self) -> Entry | None:
+        """The oldest post-hello entry without a proof, of the source holding the most of them."""
+        waiting: dict[str, int] = {}
+        for entry in self.entries:
+            if entry.hello and not entry.proof:
+                waiting[entry.source] = waiting.get(entry.source, 0) + 1
+        if not waiting:
+            return None
+        most = max(waiting.values())
+        return min((e for e in self.entries if e.hello and not e.proof and waiting[e.source] == most),
+                   key=lambda e: e.hello_at)
 
     def _oldest_pre_hello(self, source: str | None = None) -> Entry | None:
         for entry in self.entries:  # oldest first
@@ -304,6 +447,27 @@ class FrontDoor:
             if not entry.hello and self._pre_hello[entry.source] == most:
                 return entry
         return None  # pragma: no cover - unreachable: some source holds `most`
+
+
+def _in_networks(source: str, networks: tuple) -> bool:
+    import ipaddress
+
+    try:
+        net = ipaddress.ip_network(source, strict=False)
+    except ValueError:
+        return False
+    return any(net.version == n.version and net.subnet_of(n) for n in networks)
+
+
+def parse_networks(texts) -> tuple:
+    """agent.toml `penalty_exempt`: addresses or CIDR networks, as ipaddress networks.
+
+    Raises:
+        ValueError: an entry is not an address or network.
+    """
+    import ipaddress
+
+    return tuple(ipaddress.ip_network(str(text), strict=False) for text in texts)
 
 
 def _decrement(counts: dict[str, int], key: str) -> None:
@@ -383,29 +547,36 @@ class DoorProtocol(asyncio.Protocol):
         door: the listener's FrontDoor.
         pending: the listener's map of pre-hello entries to their protocols (for eviction).
         on_hello: takes over the transport with the bytes received so far and the entry.
+        drains: closes refused connections so that their refusal arrives (agent/drain.py).
+        doorlog: counts what was refused, per source (agent/doorlog.py).
+        evict: closes the connection of an entry the door evicted (default: a pre-hello one
+            from `pending`).
     """
 
     def __init__(self, door: FrontDoor, pending: dict[Entry, "DoorProtocol"],
-                 on_hello: Callable[[asyncio.Transport, bytes, Entry], None]) -> None:
+                 on_hello: Callable[[asyncio.Transport, bytes, Entry], None], *, drains=None, doorlog=None,
+                 evict: Callable[[Entry], None] | None = None) -> None:
         self.door, self.pending, self.on_hello = door, pending, on_hello
+        self.drains, self.doorlog = drains, doorlog
+        self.evict = evict or self._evict_pending
         self.transport: asyncio.Transport | None = None
         self.entry: Entry | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.buffer = bytearray()  # (both made anew for an admitted connection)
         self.watch: FirstFrameWatch | None = None
+        self.source = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         source = source_key(str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "unknown"))
+        self.source = source
         admission = self.door.admit(source)
         for victim in admission.evicted:
-            protocol = self.pending.pop(victim, None)
-            if protocol is not None:
-                protocol.drop(EVICTED)
+            self.evict(victim)
         if admission.entry is None:
-            self.transport.write(FULL)
-            self.transport.close()
+            self._count("busy")
+            self._close(FULL)
             return
         self.entry = admission.entry
         self.pending[self.entry] = self
@@ -424,14 +595,22 @@ class DoorProtocol(asyncio.Protocol):
         if not outcome.hello:
             self.drop(encode_error(outcome.code or "protocol_error", outcome.message or ""), "garbage")
             return
-        self.door.mark_hello(self.entry)
+        # A valid hello: the post-hello caps and the hello rate decide, before any SRP work.
+        verdict = self.door.hello(self.entry)
+        for victim in verdict.evicted:
+            self.evict(victim)
+        if verdict.entry is None:
+            # (the rate's penalty was charged by the door; a source at its share accrues none)
+            self.drop(_hello_refused(verdict.retry_after), None,
+                      "hello_rate" if verdict.retry_after else "busy_after_hello")
+            return
         self._forget()
         entry, self.entry = self.entry, None
         self.on_hello(self.transport, bytes(self.buffer), entry)
 
     def eof_received(self) -> bool:
         self.drop(None, "no_hello")
-        return False
+        return True  # drop() closes (or drains) it
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.entry is not None:
@@ -439,20 +618,39 @@ class DoorProtocol(asyncio.Protocol):
             self.door.release(self.entry)
             self.door.penalize(self.entry.source, "no_hello")
             self.entry = None
+            self._count("no_hello")
 
-    def drop(self, frame: bytes | None, offence: str | None = None) -> None:
-        """Release the slot, send `frame` (if any) and close; the source accrues `offence`'s
-        penalty (None: none here; an eviction's was charged by FrontDoor.admit)."""
+    def drop(self, frame: bytes | None, offence: str | None = None, outcome: str | None = None) -> None:
+        """Release the slot, send `frame` (if any) and close, draining; the source accrues
+        `offence`'s penalty (None: none here; an eviction's was charged by FrontDoor.admit) and
+        the door log counts `outcome` (default: the offence)."""
         if self.entry is not None:
             self._forget()
             self.door.release(self.entry)
             if offence is not None:
                 self.door.penalize(self.entry.source, offence)
             self.entry = None
-        if self.transport is not None and not self.transport.is_closing():
-            if frame:
-                self.transport.write(frame)
-            self.transport.close()
+            self._count(outcome or offence)
+        self._close(frame)
+
+    def _close(self, frame: bytes | None) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.drains is not None and frame:  # nothing to deliver: nothing to drain for
+            self.drains.close(self.transport, frame)
+            return
+        if frame:
+            self.transport.write(frame)
+        self.transport.close()
+
+    def _count(self, outcome: str | None) -> None:
+        if self.doorlog is not None and outcome:
+            self.doorlog.count(self.source, outcome)
+
+    def _evict_pending(self, victim: Entry) -> None:
+        protocol = self.pending.pop(victim, None)
+        if protocol is not None:
+            protocol.drop(EVICTED, None, "evicted")
 
     def _forget(self) -> None:
         if self.timer is not None:
@@ -469,15 +667,29 @@ class DoorSocket(socket.socket):
     `door` is the listener's FrontDoor (set before serving)."""
 
     door: FrontDoor | None = None
+    drains = None  # agent/drain.py Drains: a refusal at accept is drained too
+    doorlog = None  # agent/doorlog.py DoorLog: refusals and descriptor exhaustion are counted
 
     def accept(self):  # type: ignore[override]
         door = self.door
         for _ in range(REFUSALS_PER_ACCEPT):
-            conn, address = super().accept()  # BlockingIOError when none is waiting: asyncio's cue
-            blocked = door.blocked_for(source_key(str(address[0]))) if door is not None and address else 0.0
+            try:
+                conn, address = super().accept()  # BlockingIOError when none is waiting: asyncio's cue
+            except OSError as exc:
+                from .descriptors import shed_when_exhausted  # (it imports this module)
+
+                shed_when_exhausted(self, exc, self.doorlog)
+                raise BlockingIOError from None  # shed one; asyncio tries again on its next turn
+            source = source_key(str(address[0])) if address else ""
+            blocked = door.blocked_for(source) if door is not None and address else 0.0
             if not blocked:
                 return conn, address
             door.penalty_refusals += 1
+            if self.doorlog is not None:
+                self.doorlog.count(source, "penalized")
+            if self.drains is not None:
+                self.drains.close_socket(conn, _penalized(blocked))
+                continue
             with conn:
                 try:
                     conn.send(_penalized(blocked), socket.MSG_DONTWAIT)
@@ -495,6 +707,12 @@ REFUSALS_PER_ACCEPT = 64
 def _penalized(seconds: float) -> bytes:
     wait = min(MAX_RETRY_AFTER, max(1, math.ceil(seconds)))
     return encode_error("busy", f"this address sent bad or stalled connections; refused for {wait} s", wait)
+
+
+def _hello_refused(retry_after: int | None) -> bytes:
+    if retry_after:
+        return encode_error("busy", f"too many hellos from this address; retry in {retry_after} s", retry_after)
+    return encode_error("busy", "too many connections in the SRP phase from this address; retry later")
 
 
 # What a refused, evicted or too slow connection is told before it is closed.

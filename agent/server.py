@@ -6,11 +6,15 @@ protocol is decided in firsttrust/; everything about one appliance's policy (is 
 open? how many failures? back-off?) is decided here, in `EnrollmentGate`.
 
 Per connection:  gate check -> hello -> challenge -> client_proof (a failure is charged before
-the proof is checked, and back-off is checked again then; if the proof verifies, the charge is
-cleared by the commit that enrolls, or refunded if the enrollment fails later, so a crash can
-only over-count) -> no plaintext behind it (STARTTLS injection) -> server_proof + STARTTLS ->
+the proof is checked, and back-off is checked again then; if M1 verifies, the charge is cleared
+by the commit that enrolls, or refunded if the attempt fails in any way after M1 verified, so a
+crash can only over-count) -> no plaintext behind it (STARTTLS injection) -> server_proof + STARTTLS ->
 appliance_proof -> finish -> prepare, commit, apply the grant (agent/grant.py; under a lock: when
 two requesters race, exactly one wins) -> enrolled.
+
+Until the proof arrives a connection holds a post-hello slot (agent/frontdoor.py) and may be
+evicted for another hello; its end is counted per source (agent/doorlog.py) and, when the peer
+caused it, penalized. Plaintext refusals are drained (agent/drain.py) so that they arrive.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from firsttrust.tlspolicy import SharedContext
 
 from . import audit
 from .config import AgentConfig
+from .doorlog import DoorLog
+from .drain import MAX_DRAINING, Drains
 from .frontdoor import EVICTED, FIRST_FRAME_TIMEOUT, MAX_UNAUTHENTICATED, PER_SOURCE_MAX_UNAUTHENTICATED, \
     DoorProtocol, DoorSocket, Entry, FrontDoor, source_key
 from .grant import GrantRefused, apply_grant, commit_grant, prepare_grant
@@ -244,14 +250,22 @@ class EnrollmentServer:
                  enrollment_timeout: float = limits.ENROLLMENT_TIMEOUT,
                  on_enrolled: Callable[[Authorization], Awaitable[None]] | None = None,
                  per_source_max: int = PER_SOURCE_MAX_UNAUTHENTICATED,
-                 first_frame_timeout: float = FIRST_FRAME_TIMEOUT, own: OwnIdentity | None = None) -> None:
+                 first_frame_timeout: float = FIRST_FRAME_TIMEOUT, own: OwnIdentity | None = None,
+                 max_draining: int = MAX_DRAINING, doorlog: DoorLog | None = None, **door_args) -> None:
         self.gate = gate
         self.own = own or OwnIdentity(gate.store)  # `own`: one the caller has loaded already
         self.api_port = api_port
         self.host_key_glob = host_key_glob
         # The first frame's deadline is the shorter one: never longer than a whole phase.
-        self.door = FrontDoor(max_unauthenticated, per_source_max, min(first_frame_timeout, phase_timeout))
+        # door_args: the post-hello caps and the hello rate (tests shrink them); the exempt
+        # networks come from agent.toml.
+        door_args.setdefault("exempt", gate.config.penalty_exempt)
+        self.door = FrontDoor(max_unauthenticated, per_source_max, min(first_frame_timeout, phase_timeout),
+                              **door_args)
+        self.drains = Drains(max_draining)
+        self.doorlog = doorlog or DoorLog("enroll")
         self._pending: dict[Entry, DoorProtocol] = {}  # connections that have not said hello yet
+        self._post_hello: dict[Entry, _Slot] = {}  # connections that said hello, until SRP verified
         self.phase_timeout = phase_timeout
         self.enrollment_timeout = enrollment_timeout
         self.on_enrolled = on_enrolled
@@ -269,12 +283,24 @@ class EnrollmentServer:
     def protocol(self) -> DoorProtocol:
         """A new connection's protocol: the front door (agent/frontdoor.py) admits it and, once
         it said a valid hello, hands it to `handle`."""
-        return DoorProtocol(self.door, self._pending, self._said_hello)
+        return DoorProtocol(self.door, self._pending, self._said_hello, drains=self.drains, doorlog=self.doorlog,
+                            evict=self._evict)
+
+    def _evict(self, entry: Entry) -> None:
+        """The front door dropped `entry` to make room: close its connection with `busy`."""
+        protocol = self._pending.pop(entry, None)
+        if protocol is not None:
+            protocol.drop(EVICTED, None, "evicted")
+            return
+        slot = self._post_hello.pop(entry, None)
+        if slot is not None:
+            slot.evict()
 
     def _said_hello(self, transport: asyncio.Transport, received: bytes, entry: Entry) -> None:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=limits.MAX_FRAME_BODY + 4, loop=loop)
         slot = _Slot(self, entry)
+        slot.reader, slot.transport = reader, transport
         protocol = asyncio.StreamReaderProtocol(reader, lambda r, w: self.handle(r, w, slot), loop=loop)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
@@ -292,6 +318,7 @@ class EnrollmentServer:
                 if slot is None:
                     await self._refuse(writer, "busy", "too many unauthenticated connections; retry later")
                     return
+                slot.reader, slot.transport = reader, writer.transport
             async with asyncio.timeout(self.enrollment_timeout):
                 enrolled = await self._run(reader, writer, peer, slot)
         except TimeoutError:
@@ -304,9 +331,13 @@ class EnrollmentServer:
         finally:
             if slot is not None:
                 slot.release()
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 2)
+            if writer.get_extra_info("ssl_object") is None and not reader.at_eof():
+                # Plaintext: whatever refusal was written arrives (shut down, drain, close).
+                self.drains.close(writer.transport)
+            else:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer.wait_closed(), 2)
         # After the connection is closed: opening the API imports its web framework (a few hundred
         # ms on a slow appliance) and the requester, which waits for the close, need not wait for it.
         if enrolled is not None and self.on_enrolled:
@@ -314,6 +345,12 @@ class EnrollmentServer:
                 await self.on_enrolled(enrolled)
             except Exception:  # committed all the same; the API opens at the next start
                 log.exception("enrolled %s, but opening the API failed; it opens at the next start", peer)
+
+    def _before_proof(self, source: str, offence: str) -> None:
+        """A connection that said hello ended, through the peer, before its proof: the source
+        accrues `offence` (agent/frontdoor.py PENALTY_SECONDS) and it is counted, not logged."""
+        self.door.penalize(source, offence)
+        self.doorlog.count(source, offence)
 
     def _enrolled(self, authorization: Authorization, peer: str) -> Authorization:
         _checkpoint("enrolled-sent")
@@ -331,12 +368,13 @@ class EnrollmentServer:
                    slot: "_Slot") -> Authorization | None:
         """One enrollment attempt; the requester's Authorization once enrolled, else None."""
         gate = self.gate
+        source = slot.source
         decision = gate.check()
         if isinstance(decision, Refusal):
-            # Read the hello first, so the requester gets the error as the answer to it.
+            # Read the hello first, so the requester gets the error as the answer to it. Not
+            # logged per connection (a flood would flood the journal): counted (agent/doorlog.py).
             await _read_first_frame(reader, self.phase_timeout)
-            if decision.code == "locked_out":
-                audit.event("locked-out", f"refused enrollment from {peer}: locked", peer=peer, outcome="locked_out")
+            self.doorlog.count(source, decision.code)
             await self._refuse(writer, decision.code, decision.message, decision.retry_after)
             return
         state, sec_b = decision
@@ -349,16 +387,22 @@ class EnrollmentServer:
             salt=bytes.fromhex(state.srp_salt), verifier=bytes.fromhex(state.srp_verifier), sec_b=sec_b,
             certificate=self.own.cert_der, api_port=self.api_port,
             ssh_host_keys=host_public_keys(self.host_key_glob), clock=gate.clock)
-        audit.event("enroll-attempt", f"enrollment attempt from {peer}", peer=peer)
-        charged = verified = committed = False
+        charged = committed = False
+        proof = False  # the proof frame arrived: from then on, lines per connection (doorlog)
         enrolled: Authorization | None = None
         try:
             while machine.state is not enrollment.State.DONE:
                 data, eof = await _read_frame(reader, min(machine.timeout or self.phase_timeout, self.phase_timeout))
+                if slot.evicted:  # dropped to make room for another hello (counted, penalized)
+                    return
                 if machine.state is enrollment.State.AWAIT_CLIENT_PROOF and not eof:
                     # client_proof is the requester's last plaintext frame: whatever it sent behind
                     # it in the same read is injection, refused before server_proof is sent.
                     data += _take_buffered(reader)
+                    proof = True
+                    slot.proof()  # a proof in flight is never evicted
+                    if self.doorlog.detail(source):
+                        audit.event("enroll-attempt", f"enrollment attempt from {peer}", peer=peer)
                 if machine.state is enrollment.State.AWAIT_CLIENT_PROOF and not charged and not eof:
                     # The proof is in hand: count the attempt as failed, durably, before its
                     # verdict leaves. The charge is written while the proof is checked; the
@@ -367,7 +411,7 @@ class EnrollmentServer:
                     if refusal is not None:
                         writer.write(machine.abort(refusal.code, refusal.message, refusal.retry_after))
                         await writer.drain()
-                        if refusal.code == "locked_out":
+                        if refusal.code == "locked_out" and self.doorlog.detail(source):
                             audit.event("locked-out", f"refused a proof from {peer}: locked", peer=peer,
                                         outcome="locked_out")
                         return
@@ -379,6 +423,9 @@ class EnrollmentServer:
                 else:
                     events = machine.receive_data(data) if data else []
                 if eof:
+                    if not proof:  # a hello (SRP work done), then the peer left: noauth
+                        self._before_proof(source, "abandoned")
+                        return
                     machine.receive_eof()
                     return
                 for event in events:
@@ -386,7 +433,6 @@ class EnrollmentServer:
                         writer.write(event.data)
                         await writer.drain()
                     elif isinstance(event, enrollment.StartTLS):
-                        verified = True  # the SRP proof verified: not a failed guess (see finally)
                         _checkpoint("verified")
                         slot.release()  # authenticated by SRP: no longer an unauthenticated peer
                         # Plaintext that arrived after client_proof and before TLS: injection.
@@ -428,13 +474,19 @@ class EnrollmentServer:
                                 enrolled = self._enrolled(done.result, peer)
             return enrolled
         except PeerRefused as exc:
-            audit.event("enroll-failed", f"requester {peer} gave up: {exc.code}", peer=peer, outcome=exc.code)
+            if not proof:
+                self._before_proof(source, "abandoned")
+            elif self.doorlog.detail(source):
+                audit.event("enroll-failed", f"requester {peer} gave up: {exc.code}", peer=peer, outcome=exc.code)
             return
         except StateError:
             raise
         except FirsttrustError as exc:
             outcome = exc.code
-            audit.event("enroll-failed", f"enrollment from {peer} failed: {exc}", peer=peer, outcome=outcome)
+            if not proof:  # garbage after hello: counted and penalized, its error frame still sent
+                self._before_proof(source, "garbage")
+            elif self.doorlog.detail(source):
+                audit.event("enroll-failed", f"enrollment from {peer} failed: {exc}", peer=peer, outcome=outcome)
             frame = machine.error_frame()
             if frame:
                 with contextlib.suppress(Exception):
@@ -442,72 +494,110 @@ class EnrollmentServer:
                     await writer.drain()
             if isinstance(exc, AuthenticationFailed):
                 current = gate.store.load()
-                if current is not None and current.failures >= gate.config.max_failures:
+                if current is not None and current.failures >= gate.config.max_failures and proof:
                     audit.event("locked-out", f"enrollment locked after {current.failures} failures",
                                 peer=peer, outcome="locked_out")
             return
         except TimeoutError:
+            state_name = machine.state.value
             with contextlib.suppress(Exception):
                 writer.write(machine.abort("timeout", f"no answer within {machine.timeout or 0:.0f} s"))
                 await writer.drain()
-            audit.event("enroll-failed", f"enrollment from {peer} timed out in {machine.state.value}",
-                        peer=peer, outcome="timeout")
+            if not proof:  # a hello, then no proof within the phase: grace-exceeded
+                self._before_proof(source, "stalled")
+            elif self.doorlog.detail(source):
+                audit.event("enroll-failed", f"enrollment from {peer} timed out in {state_name}",
+                            peer=peer, outcome="timeout")
             return
         finally:
             # A verified proof is not a failed guess: refund its charge unless the commit (which
-            # clears the count) happened. A crash before this line can only over-count.
-            if charged and verified and not committed:
+            # clears the count) happened, whatever refused the attempt after M1 verified (bytes
+            # injected behind the proof, a binding failure, a timeout). The machine says whether
+            # M1 verified. A crash before this line can only over-count.
+            if charged and machine.proof_verified and not committed:
                 await asyncio.shield(gate.refund())  # even when the listener is being shut down
 
 
 class _Slot:
     """A connection's entry in the server's FrontDoor, once it said hello; released exactly once
-    (at the TLS upgrade, when SRP authenticated the peer, or when the connection ends)."""
+    (at the TLS upgrade, when SRP authenticated the peer, or when the connection ends). Until
+    its proof arrives the front door may evict it to make room for another hello (`evict`)."""
 
     def __init__(self, server: EnrollmentServer, entry: Entry) -> None:
         self.server = server
         self.entry: Entry | None = entry
+        self.source = entry.source
+        self.evicted = False
+        self.reader: asyncio.StreamReader | None = None
+        self.transport: asyncio.BaseTransport | None = None
+        server._post_hello[entry] = self
 
     @classmethod
     def take(cls, server: EnrollmentServer, host: str) -> "_Slot | None":
         admission = server.door.admit(source_key(host))
         for victim in admission.evicted:
-            protocol = server._pending.pop(victim, None)
-            if protocol is not None:
-                protocol.drop(EVICTED)
+            server._evict(victim)
         if admission.entry is None:
             return None
-        server.door.mark_hello(admission.entry)
+        verdict = server.door.hello(admission.entry)
+        for victim in verdict.evicted:
+            server._evict(victim)
+        if verdict.entry is None:
+            server.door.release(admission.entry)
+            return None
         return cls(server, admission.entry)
 
     @property
     def held(self) -> bool:
         return self.entry is not None and self.entry.held
 
+    def proof(self) -> None:
+        if self.entry is not None:
+            self.server.door.mark_proof(self.entry)
+
+    def evict(self) -> None:
+        """Dropped by the front door (its entry is already released): tell the peer `busy`, and
+        end the handler's read (it returns quietly; the drain closes the connection)."""
+        self.evicted = True
+        self.server.doorlog.count(self.source, "evicted")
+        if self.entry is not None:
+            self.server._post_hello.pop(self.entry, None)
+            self.entry = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(EVICTED)  # type: ignore[attr-defined]
+        if self.reader is not None:
+            self.reader.feed_eof()
+
     def release(self) -> None:
         if self.entry is not None:
+            self.server._post_hello.pop(self.entry, None)
             self.server.door.release(self.entry)
             self.entry = None
 
 
 async def _read_frame(reader: asyncio.StreamReader, timeout: float) -> tuple[bytes, bool]:
     """Read exactly one frame (never a byte past it: after the last plaintext frame the next
-    bytes belong to TLS). Returns (bytes, eof). An oversized or empty length is returned as the
-    bare header, for the state machine to reject."""
-    # asyncio.timeout, not wait_for: no task per read (two per frame, both sides of every enrollment).
-    try:
-        async with asyncio.timeout(timeout):
+    bytes belong to TLS) within `timeout`, one deadline for header and body together: a peer
+    that sends a header just before the deadline gets no second one for the body (the phase
+    timeout is the longest wait in a state, docs/protocol.md section 8.1). Returns (bytes, eof).
+    An oversized or empty length is returned as the bare header, for the state machine to reject.
+
+    Raises:
+        TimeoutError: the frame was not complete within `timeout`.
+    """
+    # asyncio.timeout, not wait_for: no task per read (one per frame, both sides of every enrollment).
+    async with asyncio.timeout(timeout):
+        try:
             header = await reader.readexactly(HEADER.size)
-    except asyncio.IncompleteReadError as exc:
-        return exc.partial, True
-    (length,) = HEADER.unpack(header)
-    if length == 0 or length > limits.MAX_FRAME_BODY:
-        return header, False
-    try:
-        async with asyncio.timeout(timeout):
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial, True
+        (length,) = HEADER.unpack(header)
+        if length == 0 or length > limits.MAX_FRAME_BODY:
+            return header, False
+        try:
             body = await reader.readexactly(length)
-    except asyncio.IncompleteReadError as exc:
-        return header + exc.partial, True
+        except asyncio.IncompleteReadError as exc:
+            return header + exc.partial, True
     return header + body, False
 
 
@@ -630,7 +720,7 @@ async def start_enrollment_server(server: EnrollmentServer, host: str, port: int
     servers = []
     try:
         for listening in sockets:
-            listening.door = server.door
+            listening.door, listening.drains, listening.doorlog = server.door, server.drains, server.doorlog
             servers.append(await loop.create_server(server.protocol, sock=listening, backlog=ACCEPT_BATCH))
             # asyncio's listen(ACCEPT_BATCH) sized the kernel queue too: make it ACCEPT_BACKLOG again.
             listening.listen(ACCEPT_BACKLOG)

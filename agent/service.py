@@ -18,6 +18,8 @@ from firsttrust.deployment import DEFAULT_API_PORT, DEFAULT_ENROLL_PORT
 
 from . import audit, systemd_glue
 from .apidoor import ApiDoor, bind_api_socket
+from .apiguard import ApiGuard
+from .descriptors import budget
 from .apiinfo import ApiInfo
 from .config import AgentConfig
 from .errors import AgentError
@@ -91,8 +93,15 @@ async def serve(config: AgentConfig, listen: Listen = DEFAULT_LISTEN, api_listen
                          "(firsttrust-enroll.socket, firsttrust-api.socket)")
     # The API's socket is bound now; the API itself (aiohttp.web) starts only once someone is
     # authorized (agent/apidoor.py).
+    # The caps on unauthenticated connections, from the descriptor limit the agent started with
+    # (agent/descriptors.py): LimitNOFILE= under systemd, `ulimit -n` by hand.
+    caps = budget()
+    if caps.short:
+        log.warning("the %s is %d short of what the caps need; raise LimitNOFILE=", caps, caps.short)
+    else:
+        log.info("%s", caps)
     api_door = ApiDoor(store, passed.get("api") or bind_api_socket(api_listen.host, api_listen.port),
-                       ApiInfo(host_key_glob=host_key_glob))
+                       ApiInfo(host_key_glob=host_key_glob), guard=ApiGuard(caps))
     try:
         await api_door.start()
     except BaseException:

@@ -12,6 +12,9 @@ starts it, one per enrollment: an enrolled appliance closes SRP enrollment), so 
                        - idle: connect, say nothing.
                        Each is reopened as soon as the agent closes it (after REOPEN_PAUSE), for as
                        long as the flood runs.
+                       The post-hello stall variant (`--kinds stall`, STALLS connections: issue #25's
+                       160 from 20 addresses) instead says a valid hello with A = 2 (no SRP work for
+                       the attacker), reads the challenge, and says nothing more.
   one enrollment       firsttrust.requester.library.enroll_appliance from this process (127.0.0.1),
                        with its retries, timed from the call to the pinned record. Median of RUNS
                        after one unmeasured warm-up, flooded and not, alternating.
@@ -49,6 +52,10 @@ RUNS = 5
 REOPEN_PAUSE = 0.05
 READY_TIMEOUT = 60.0
 FILE_LIMIT = 8192
+KINDS = ("garbage", "slowloris", "idle")
+# The post-hello stall variant: issue #25's 160 stalls from 20 addresses.
+STALLS = 160
+STALL_KINDS = ("stall",)
 
 
 def raise_file_limit(wanted: int = FILE_LIMIT) -> None:
@@ -81,6 +88,12 @@ def _garbage(rng: random.Random) -> bytes:
     return rng.randbytes(rng.randrange(1, 600))
 
 
+def _hello_a2() -> bytes:
+    body = json.dumps({"A": base64.b64encode((2).to_bytes(384, "big")).decode(), "type": "hello", "v": 1},
+                      separators=(",", ":")).encode()
+    return len(body).to_bytes(4, "big") + body
+
+
 def _slow_hello(rng: random.Random) -> bytes:
     body = json.dumps({"A": base64.b64encode(rng.randbytes(384)).decode(), "type": "hello", "v": 1},
                       separators=(",", ":")).encode()
@@ -105,6 +118,10 @@ async def _hostile(index: int, kind: str, host: str, port: int, source: str, sta
             try:
                 if kind == "garbage":
                     writer.write(_garbage(rng))
+                    while await reader.read(4096):
+                        pass
+                elif kind == "stall":
+                    writer.write(_hello_a2())  # then silence until the agent closes (or evicts) it
                     while await reader.read(4096):
                         pass
                 elif kind == "slowloris":
@@ -133,17 +150,17 @@ async def _hostile(index: int, kind: str, host: str, port: int, source: str, sta
         await asyncio.sleep(REOPEN_PAUSE)
 
 
-async def flood(host: str, port: int, connections: int, sources: int, seconds: float) -> FloodStats:
+async def flood(host: str, port: int, connections: int, sources: int, seconds: float,
+                kinds: tuple[str, ...] = KINDS) -> FloodStats:
     """Hold `connections` hostile connections (reopening them) for `seconds` or until SIGTERM.
     Prints "ready" on stdout once every one of them has been opened at least once."""
     stats = FloodStats()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    kinds = ("garbage", "slowloris", "idle")
     tasks = []
     for i in range(connections):
-        kind = kinds[i % 3]
+        kind = kinds[i % len(kinds)]
         stats.kinds[kind] = stats.kinds.get(kind, 0) + 1
         source = f"127.0.0.{2 + i % sources}"
         tasks.append(asyncio.create_task(_hostile(i, kind, host, port, source, stats, stop)))
@@ -169,9 +186,11 @@ def flood_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=CONNECTIONS)
     parser.add_argument("--sources", type=int, default=SOURCES)
     parser.add_argument("--seconds", type=float, default=120.0, help="stop by itself after this long")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated: garbage, slowloris, idle, stall")
     args = parser.parse_args(argv)
     raise_file_limit(args.connections + 1024)
-    stats = asyncio.run(flood(args.host, args.port, args.connections, args.sources, args.seconds))
+    stats = asyncio.run(flood(args.host, args.port, args.connections, args.sources, args.seconds,
+                              tuple(args.kinds.split(","))))
     print(json.dumps(stats.__dict__), file=sys.stderr, flush=True)
     return 0
 
@@ -207,12 +226,12 @@ FLOOD_NICE = int(os.environ.get("FLOOD_NICE", "19"))
 
 
 @contextlib.contextmanager
-def flood_process(port: int, connections: int, sources: int, log_path: Path):
+def flood_process(port: int, connections: int, sources: int, log_path: Path, kinds: tuple[str, ...] = KINDS):
     """The flood against 127.0.0.1:port, yielded once every connection was opened."""
     from .agent_process import stop_process
 
     argv = [sys.executable, "-m", "bench.flood", "--port", str(port), "--connections", str(connections),
-            "--sources", str(sources), "--seconds", "120"]
+            "--sources", str(sources), "--seconds", "120", "--kinds", ",".join(kinds)]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=log,
                                 preexec_fn=(lambda: os.nice(FLOOD_NICE)) if FLOOD_NICE else None)
@@ -233,6 +252,7 @@ class FloodResult:
     connections: int
     sources: int
     flood_stats: str  # the last flood's own counters
+    kinds: tuple[str, ...] = KINDS
 
     @property
     def ratio(self) -> float:
@@ -240,7 +260,7 @@ class FloodResult:
 
 
 def measure_flood(runs: int = RUNS, connections: int = CONNECTIONS, sources: int = SOURCES,
-                  python: str = sys.executable) -> FloodResult:
+                  python: str = sys.executable, kinds: tuple[str, ...] = KINDS) -> FloodResult:
     from firsttrust.credentials import EnrollmentSecrets
     from firsttrust.requester.library import enroll_appliance
     from firsttrust.requester.truststore import TrustStore
@@ -265,7 +285,7 @@ def measure_flood(runs: int = RUNS, connections: int = CONNECTIONS, sources: int
             with agent_process(directory, directory.parent, python) as port:
                 with contextlib.ExitStack() as stack:
                     if with_flood:
-                        stack.enter_context(flood_process(port, connections, sources, root / "flood.log"))
+                        stack.enter_context(flood_process(port, connections, sources, root / "flood.log", kinds))
                         time.sleep(1.0)  # past the ramp-up: the flood is held, reopened, evicted
                     started = time.perf_counter()
                     asyncio.run(enroll_appliance(f"127.0.0.1:{port}", secrets[index], name=f"flood-{index}",
@@ -275,7 +295,8 @@ def measure_flood(runs: int = RUNS, connections: int = CONNECTIONS, sources: int
                 (flooded if with_flood else baseline).append(elapsed)
         log = (root / "flood.log").read_text().strip().splitlines()
         stats = log[-1] if log else ""
-    return FloodResult(statistics.median(baseline), statistics.median(flooded), runs, connections, sources, stats)
+    return FloodResult(statistics.median(baseline), statistics.median(flooded), runs, connections, sources, stats,
+                       kinds)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from bench.agent_process import STDLIB_IMPORTS, measure_agent, stdlib_start  # n
 from bench.batch import CONCURRENCY, run_batch  # noqa: E402
 from bench.debian import debian_python  # noqa: E402
 from bench.enrollment import enrollment_runner  # noqa: E402
-from bench.flood import CONNECTIONS, SOURCES, measure_flood  # noqa: E402
+from bench.flood import CONNECTIONS, SOURCES, STALL_KINDS, STALLS, measure_flood  # noqa: E402
 from bench.measure import (WARMUP, Sample, Stopwatch, Timings, interleave, machine_busy_seconds,  # noqa: E402
                            own_cpu_seconds, quiet_audit)
 from bench.report import Goal, machine_line, write_results  # noqa: E402
@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     dev_idle = measure_agent(1, sys.executable)[1] if agent_python != sys.executable else None
     step(f"7/7 flood: enrollments against an agent process while {args.flood_connections} hostile connections are held")
     flood = measure_flood(args.flood_runs, args.flood_connections, SOURCES, args.agent_python or sys.executable)
+    step(f"7b/7 flood, post-hello stall variant: {STALLS} connections from {SOURCES} addresses say hello and stall")
+    stalls = measure_flood(args.flood_runs, STALLS, SOURCES, args.agent_python or sys.executable, STALL_KINDS)
     rss = idle.rss_mb
     total = time.perf_counter() - started
     foreign = max(0.0, machine_busy_seconds() - busy - (own_cpu_seconds() - own)) / total
@@ -240,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
          f"{flood.baseline * 1e3:.1f} ms / {flood.flooded * 1e3:.1f} ms"),
         (f"the flood ({flood.connections} connections from {flood.sources} addresses; its own counters, last run)",
          flood.flood_stats),
+        (f"flood/baseline, post-hello stall variant ({stalls.connections} hellos with A = 2 that stall, from "
+         f"{stalls.sources} addresses; issue #25): alone / stalled (median of {stalls.runs} each)",
+         f"{stalls.ratio:.2f} ({stalls.baseline * 1e3:.1f} ms / {stalls.flooded * 1e3:.1f} ms)"),
+        ("the stall flood's own counters, last run", stalls.flood_stats),
         ("other processes' CPU load: whole run / during the batch",
          f"{foreign:.2f} / {batch.others_cpu / batch.wall:.2f} cores (near 0 for numbers worth comparing)"),
     ]

@@ -364,6 +364,11 @@ class ServerEnrollment(_Enrollment):
         self._peer_commitment = b""
         self._authorization: Authorization | None = None
         self.state = State.AWAIT_HELLO
+        # True from the moment M1 verified: the peer knows SEC-A, so whatever fails after that
+        # (bytes injected behind the proof, a binding failure, a bad certificate, a timeout) is
+        # not a failed guess. The driver refunds the attempt's charge on that verdict
+        # (docs/protocol.md section 9), never on a state it infers itself.
+        self.proof_verified = False
 
     def _on_hello(self, frame: Frame, fields: dict[str, Any]) -> list[Event]:
         self._transcript.append(frame.raw)
@@ -376,6 +381,7 @@ class ServerEnrollment(_Enrollment):
         assert self._srp is not None
         self._transcript.append(frame.raw)
         M2 = self._srp.verify(fields["M1"])  # AuthenticationFailed: wrong SEC-A
+        self.proof_verified = True
         self._keys = keys = KeySchedule(self._srp.session_key)
         peer_cert = _peer_certificate("certificate", fields["certificate"])
         if not equal(fields["commitment"], keys.commitment(keys.commit_requester, peer_cert)):

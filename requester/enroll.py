@@ -98,20 +98,21 @@ _HOST_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|[0-9A-Fa-f:.]+(?:%[A
 
 
 async def _read_frame(reader: asyncio.StreamReader, timeout: float) -> tuple[bytes, bool]:
-    # asyncio.timeout, not wait_for: no task per read (two per frame, both sides of every enrollment).
-    try:
-        async with asyncio.timeout(timeout):
+    """One frame within `timeout`: one deadline for the whole frame, header and body (a phase's
+    timeout is the longest wait in a state, docs/protocol.md section 8.2)."""
+    # asyncio.timeout, not wait_for: no task per read (one per frame, both sides of every enrollment).
+    async with asyncio.timeout(timeout):
+        try:
             header = await reader.readexactly(HEADER.size)
-    except asyncio.IncompleteReadError as exc:
-        return exc.partial, True
-    (length,) = HEADER.unpack(header)
-    if length == 0 or length > limits.MAX_FRAME_BODY:
-        return header, False
-    try:
-        async with asyncio.timeout(timeout):
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial, True
+        (length,) = HEADER.unpack(header)
+        if length == 0 or length > limits.MAX_FRAME_BODY:
+            return header, False
+        try:
             body = await reader.readexactly(length)
-    except asyncio.IncompleteReadError as exc:
-        return header + exc.partial, True
+        except asyncio.IncompleteReadError as exc:
+            return header + exc.partial, True
     return header + body, False
 
 
@@ -203,14 +204,16 @@ async def enroll_connection(host: str, port: int, machine: ClientEnrollment, fil
 
 
 def _reason(exc: BaseException) -> str:
-    """A reason people can read, never empty."""
-    return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc or type(exc).__name__)
+    """A reason people can read, never empty: an exception whose text is empty (a bare
+    ConnectionResetError()) is named by its type."""
+    return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
 
 
 def _lost(machine: ClientEnrollment, exc: OSError) -> str:
-    if machine.state is State.AWAIT_ENROLLED:
-        return f"connection lost while waiting for {WAITING_FOR[State.AWAIT_ENROLLED]}"
-    return f"connection lost ({_reason(exc)})"
+    """What was lost: the step the requester was waiting for when the connection broke, and why."""
+    waiting = "the TCP connection" if machine.state is State.START else WAITING_FOR.get(
+        machine.state, "the appliance to answer")
+    return f"connection lost while waiting for {waiting} ({_reason(exc)})"
 
 
 def _take_buffered(reader: asyncio.StreamReader) -> bytes:

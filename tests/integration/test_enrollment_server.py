@@ -369,7 +369,8 @@ async def test_concurrent_guesses_cannot_exceed_the_limit(tmp_path, requester_id
     """Ten connections that all passed the gate while failures was 0: with max_failures = 3,
     only three proofs are checked; the rest are refused before their proof is looked at."""
     app = provisioned(tmp_path, max_failures=3)
-    await app.start(phase_timeout=5.0, per_source_max=10)  # ten from one address: above the default cap of 8
+    # Ten from one address, all in the SRP phase at once: above the default caps of 8 and 2.
+    await app.start(phase_timeout=5.0, per_source_max=10, per_source_post_hello=10)
     files = identity_files(tmp_path, requester_identity)
     try:
         wrong = [EnrollmentSecrets(EnrollmentSecrets.generate().sec_a, app.secrets.sec_b) for _ in range(10)]

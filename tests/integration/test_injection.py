@@ -9,6 +9,7 @@ import time
 import pytest
 from agent_fixture import identity_files, provisioned
 
+from firsttrust.agent.server import Refusal
 from firsttrust.enrollment import ClientEnrollment, SendFrame, ServerEnrollment, StartTLS
 from firsttrust.errors import UnexpectedFrame
 from firsttrust.framing import FrameDecoder, encode_frame
@@ -75,6 +76,7 @@ async def test_plaintext_behind_client_proof_is_refused_by_the_appliance(tmp_pat
 
     try:
         answer = await asyncio.to_thread(attacker)
+        await app.settled()
     finally:
         await app.stop()
     frames = frames_of(answer)
@@ -82,6 +84,48 @@ async def test_plaintext_behind_client_proof_is_refused_by_the_appliance(tmp_pat
     # Same write: refused before server_proof. Separate segment: after it, before any TLS byte.
     assert [f.type for f in frames] == (["server_proof", "error"] if separate else ["error"])
     assert app.store.authorized() == [] and app.store.load().phase == "provisioned"
+
+
+@pytest.mark.parametrize("separate", [False, True], ids=["same-write", "separate-segment"])
+async def test_an_injected_frame_behind_a_correct_proof_does_not_spend_the_requesters_attempt(
+        tmp_path, requester_identity, separate, monkeypatch):
+    """An on-path injector appends a frame to the legitimate requester's correct client_proof:
+    refused (above), but M1 verified, so the charge made before the verdict is refunded:
+    failures stays 0 and no back-off starts (docs/protocol.md section 9)."""
+    import firsttrust.agent.server as server_module
+    if separate:
+        slow_before_tls(monkeypatch, server_module)
+    app = provisioned(tmp_path)
+    await app.start(backoff_base=1.0)
+    client = ClientEnrollment(sec_a=app.secrets.sec_a, sec_b=app.secrets.sec_b,
+                              certificate=requester_identity.cert_der, name="victim")
+    charged = []
+    original_charge = app.gate._charge
+    app.gate._charge = lambda: (charged.append(1), original_charge())[1]
+
+    def victim_and_injector() -> bytes:
+        with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(client.start()[0].data)
+            (client_proof,) = client.receive_data(read_frame_blocking(sock))
+            sock.sendall(client_proof.data + (b"" if separate else INJECTED))
+            if separate:
+                time.sleep(0.1)
+                sock.sendall(INJECTED)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            return answer
+
+    try:
+        answer = await asyncio.to_thread(victim_and_injector)
+        await app.settled()
+        assert frames_of(answer)[-1].fields["code"] == "unexpected_frame"
+        assert charged == [1]  # the attempt was charged before its verdict left...
+        assert app.store.load().failures == 0  # ...and refunded once M1 verified
+        assert not isinstance(app.gate.check(), Refusal)  # no back-off: the requester may retry at once
+    finally:
+        await app.stop()
 
 
 @pytest.mark.parametrize("separate", [False, True], ids=["same-write", "separate-segment"])

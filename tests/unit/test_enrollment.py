@@ -183,6 +183,7 @@ def test_wrong_sec_a_is_refused_by_the_server(secrets, requester_identity, appli
         p.client.receive_data(error)
     assert refused.value.code == "auth_failed"
     assert p.client.error_frame() is None  # nothing to answer an error frame with
+    assert p.server.proof_verified is False  # a wrong M1: the one failed guess, stays charged
     for secret in (secrets.sec_a, other.sec_a, secrets.sec_b):
         assert secret not in str(info.value) and secret.encode() not in error
 
@@ -244,6 +245,17 @@ def test_tampered_requester_commitment(pair):
     bad = rebuild(client_proof, commitment=flip(fields_of(client_proof)["commitment"]))
     with pytest.raises(BindingFailed):
         pair.server.receive_data(bad)
+    assert pair.server.proof_verified  # M1 was right: not a failed guess (the agent refunds it)
+
+
+def test_a_correct_proof_with_bytes_behind_it_is_refused_but_reported_verified(pair):
+    """STARTTLS injection behind a correct client_proof (section 7.2): refused, yet M1 verified,
+    so the attempt is not a failed guess and the agent refunds its charge (section 9)."""
+    client_proof = pair.client_proof()
+    assert not pair.server.proof_verified
+    with pytest.raises(UnexpectedFrame):
+        pair.server.receive_data(client_proof + encode_frame("finish", {"confirm": "A" * 43 + "=", "name": "x"}))
+    assert pair.server.proof_verified and pair.server.state is State.ERROR
 
 
 def test_tampered_appliance_commitment(pair):

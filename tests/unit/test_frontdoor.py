@@ -277,3 +277,143 @@ def test_watch_eof_before_a_frame():
     assert watch.feed(HELLO[:10]) is None
     outcome = watch.eof()
     assert outcome.eof and not outcome.hello and outcome.code is None
+
+
+# --- after hello: the post-hello caps, the hello rate, the exempt list (issue #25) ------------
+
+
+def post_door(total: int = 16, per_source: int = 8, post: int = 4, post_per_source: int = 2, **kw):
+    clock = Clock()
+    return FrontDoor(max_unauthenticated=total, per_source=per_source, first_frame_timeout=5.0, clock=clock,
+                     max_post_hello=post, per_source_post_hello=post_per_source, **kw), clock
+
+
+def said_hello(table: FrontDoor, source: str):
+    return table.hello(table.admit(source).entry)
+
+
+def test_a_source_holds_at_most_its_share_of_post_hello_slots():
+    table, _ = post_door()
+    assert all(said_hello(table, "a").entry is not None for _ in range(2))
+    refused = said_hello(table, "a")
+    assert refused.entry is None and refused.evicted == () and refused.retry_after is None
+    assert table.post_hello() == 2 and table.hello_refusals == 1
+    assert said_hello(table, "b").entry is not None  # another source is not affected
+
+
+def test_post_hello_slots_leave_room_for_new_connections():
+    from firsttrust.agent.frontdoor import MAX_POST_HELLO, MAX_UNAUTHENTICATED, PER_SOURCE_MAX_POST_HELLO
+
+    assert MAX_POST_HELLO <= MAX_UNAUTHENTICATED // 2 and PER_SOURCE_MAX_POST_HELLO == 2
+    table, clock = post_door(total=8, per_source=8, post=4, post_per_source=4)
+    for _ in range(4):
+        clock.now += 1
+        said_hello(table, "flood")
+    for _ in range(20):  # new connections still get in: the post-hello share never fills the table
+        assert table.admit("other").entry is not None
+
+
+def test_a_hello_that_finds_the_share_full_evicts_the_oldest_stall_of_the_biggest_source():
+    table, clock = post_door(post=4, post_per_source=3)
+    first_a = said_hello(table, "a").entry
+    clock.now += 1
+    said_hello(table, "b")
+    clock.now += 1
+    said_hello(table, "a")
+    clock.now += 1
+    said_hello(table, "a")
+    clock.now += 1
+    verdict = said_hello(table, "legit")
+    assert verdict.entry is not None and verdict.evicted == (first_a,)
+    assert not first_a.held and table.post_hello() == 4 and table.evictions == 1
+    assert table.penalties["a"].accrued == PENALTY_SECONDS["evicted"]
+
+
+def test_a_proof_in_flight_is_never_evicted():
+    table, clock = post_door(post=2, post_per_source=2)
+    proofs = [said_hello(table, "a").entry for _ in range(2)]
+    for entry in proofs:
+        table.mark_proof(entry)
+    verdict = said_hello(table, "legit")
+    assert verdict.entry is None and verdict.evicted == ()  # refused: nothing may be evicted
+    assert all(entry.held for entry in proofs)
+
+
+def test_the_hello_rate_refuses_past_the_burst_with_retry_after_and_refills():
+    from firsttrust.agent.frontdoor import HELLO_BURST, HELLO_INTERVAL
+
+    table, clock = post_door(total=64, per_source=64, post=64, post_per_source=64)
+    for _ in range(HELLO_BURST):
+        entry = said_hello(table, "a").entry
+        assert entry is not None
+        table.release(entry)
+    refused = said_hello(table, "a")
+    assert refused.entry is None and refused.retry_after == HELLO_INTERVAL
+    assert table.penalties["a"].accrued == PENALTY_SECONDS["hello_rate"]
+    assert said_hello(table, "b").entry is not None  # per source
+    clock.now += HELLO_INTERVAL
+    assert said_hello(table, "a").entry is not None  # one more after one interval
+
+
+def test_the_hello_rate_never_refuses_a_requester_retrying_on_its_back_off_and_a_rerun():
+    """requester/retry.py's schedule (its lower bound, the fastest it can go) for a whole 300 s
+    deadline, then the same again (a re-run): no hello is refused by the rate."""
+    from firsttrust.requester.retry import DEFAULT_DEADLINE, Backoff
+
+    table, clock = post_door(total=64, per_source=64, post=64, post_per_source=64)
+    for _run in range(2):
+        start, attempt = clock.now, 0
+        while clock.now - start < DEFAULT_DEADLINE:
+            verdict = said_hello(table, "requester")
+            assert verdict.entry is not None, (attempt, clock.now - start)
+            table.release(verdict.entry)
+            clock.now += Backoff().delay(attempt, random=lambda: 0.0)
+            attempt += 1
+
+
+def test_an_exempt_source_accrues_no_penalty_and_others_do():
+    import ipaddress
+
+    table, _ = post_door(exempt=(ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("2001:db8::/48")))
+    for source in ("10.1.2.3", source_key("2001:db8:0:1::5"), "10.2.0.1"):
+        for _ in range(3):
+            table.penalize(source, "stalled")
+    assert table.blocked_for("10.1.2.3") == 0
+    assert table.blocked_for(source_key("2001:db8:0:1::5")) == 0
+    assert table.blocked_for("10.2.0.1") > 0
+
+
+def test_penalty_exempt_in_agent_toml(tmp_path):
+    from firsttrust.agent.config import ConfigError, load_config
+
+    path = tmp_path / "agent.toml"
+    path.write_text('penalty_exempt = ["192.0.2.0/24", "2001:db8::1"]\n')
+    networks = load_config(path).penalty_exempt
+    assert [str(n) for n in networks] == ["192.0.2.0/24", "2001:db8::1/128"]
+    path.write_text('penalty_exempt = ["not an address"]\n')
+    with pytest.raises(ConfigError, match="penalty_exempt"):
+        load_config(path)
+
+
+# --- agent/doorlog.py: the journal's bound under a flood ------------------------------------
+
+
+def test_the_door_log_writes_at_most_its_bound_per_interval_whatever_the_flood():
+    from firsttrust.agent.doorlog import DETAIL_LINES, MAX_LINES_PER_INTERVAL, SUMMARY_SOURCES, DoorLog
+
+    clock, written = Clock(), []
+    log = DoorLog("enroll", clock=clock, interval=60.0, write=lambda name, message, **f: written.append((message, f)))
+    for i in range(20000):  # every kind of flood at once: many sources, many outcomes, many proofs
+        log.count(f"10.0.{i % 251}.{i % 97}", ("abandoned", "stalled", "penalized")[i % 3])
+        log.detail(f"10.0.0.{i % 7}")
+        if i % 100 == 0:
+            log.descriptors_exhausted()
+    clock.now += 60.0
+    log.count("10.9.9.9", "garbage")  # the next interval begins: the last one is written
+    assert len(written) <= MAX_LINES_PER_INTERVAL - DETAIL_LINES  # the details were the caller's to write
+    assert log.lines <= MAX_LINES_PER_INTERVAL
+    assert any(message.startswith("enroll port: ") and " other sources: " in message for message, _ in written)
+    assert sum(1 for message, _ in written if "out of file descriptors" in message) == 1
+    assert len([m for m, f in written if "peer" in f]) == SUMMARY_SOURCES + 1
+    unlogged = sum(f.get("unlogged", 0) for _, f in written)
+    assert unlogged == 20000 - DETAIL_LINES  # proofs past the detail bound are counted, not lost

@@ -297,6 +297,7 @@ def test_message_ids_are_pinned():
         "rotated": "a1066a6a271e46ca967b098106f2930a",
         "scrub-failed": "24f90ff41a5545ea9b6f8944c69f0c3e",
         "repaired": "3562f6f22a484540a6443dca12e430e2",
+        "door-summary": "46af7ce5aa7b40ff843d582bfc348187",
     }
     assert set(audit.EVENTS) == set(audit.MESSAGE_IDS)
     assert all(re.fullmatch(r"[0-9a-f]{32}", v) for v in audit.MESSAGE_IDS.values())

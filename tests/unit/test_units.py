@@ -188,6 +188,16 @@ def test_the_agent_is_a_notify_service_with_a_watchdog(agent):
     assert values(agent, "Service", "ExecStart") == [INSTALLED_BINARY, "serve"]
 
 
+def test_the_agent_gets_descriptors_for_both_ports_caps(agent):
+    """LimitNOFILE= leaves room for what agent/descriptors.py derives from it (issue #25)."""
+    from firsttrust.agent.descriptors import API_AUTHENTICATED_ROOM, RESERVE, budget
+
+    (limit,) = values(agent, "Service", "LimitNOFILE")
+    caps = budget(int(limit))
+    needed = RESERVE + caps.enroll_unauthenticated + caps.drains + caps.api_unauthenticated + API_AUTHENTICATED_ROOM
+    assert caps.short == 0 and needed * 2 <= int(limit)
+
+
 def test_provisioning_is_a_oneshot_that_runs_every_boot_with_a_time_limit(provision):
     assert values(provision, "Service", "Type") == ["oneshot"]
     assert values(provision, "Service", "RemainAfterExit") == ["yes"]
