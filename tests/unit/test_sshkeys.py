@@ -186,3 +186,21 @@ def test_an_unknown_account_or_missing_home_is_refused_by_name(world, tmp_path, 
                                                                              pw_dir=str(tmp_path / "gone")))
     with pytest.raises(SSHKeyError, match="home directory"):
         install_authorized_key("acct", SSH_KEY)
+
+
+def test_the_temp_sweep_never_follows_a_ssh_dir_swapped_after_its_check(world, monkeypatch):
+    make_ssh_dir(world)
+    leftover = ".authorized_keys.cccccccccccc.tmp"
+    (world.ssh / leftover).write_text("partial")
+    (world.etc / leftover).write_bytes(SHADOW)  # the same name where the swapped link points
+    world.etc_before = {p.name: p.read_bytes() for p in world.etc.iterdir()}
+    real = sshkeys._check_ssh_dir
+
+    def swapping(*args):
+        real(*args)
+        swap_ssh_dir_for_a_link(world)
+
+    monkeypatch.setattr(sshkeys, "_check_ssh_dir", swapping)
+    assert remove_stale_authorized_keys_temps("acct") == 1
+    assert list((world.home / ".ssh-real").iterdir()) == []  # removed where it was checked
+    assert_nothing_outside_was_touched(world)
