@@ -129,6 +129,9 @@ def environment(tree: Path) -> dict[str, str]:
     env["PYTHONPATH"] = str(tree)
     env["FIRSTTRUST_EXPECT_TREE"] = str(tree)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    # The lab's simulator binary is cached by the hash of its sources (lab/vcsim.py): share the
+    # real tree's cache instead of building it (minutes) in every copy, which has no build/.
+    env.setdefault("FIRSTTRUST_VCSIM_CACHE", str(ROOT / "build" / "vcsim"))
     return env
 
 
