@@ -79,3 +79,8 @@ def test_the_ca_context_requires_tls_1_2_and_a_verified_chain(server):
     context = ca_context(str(server.ca_file))
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+
+
+def test_the_pinned_context_requires_tls_1_2():
+    from firsttrust.requester.vcenter_tls import pinned_context
+    assert pinned_context("ab" * 20).minimum_version >= ssl.TLSVersion.TLSv1_2
