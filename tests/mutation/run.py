@@ -224,8 +224,9 @@ class Baselines:
 
 
 def verdict(mutant: Mutant, baseline: Outcome, mutated: Outcome) -> tuple[str, str]:
-    """(killed | SURVIVED | ERROR, detail): a kill is a call-phase failure of a test that passed
-    on the unmutated copy, or a timeout of a liveness row."""
+    """(killed | SURVIVED | ERROR, detail): a kill is a failure (in its call, or in the checks
+    its teardown makes) of a test that passed on the unmutated copy, or a timeout of a liveness
+    row."""
     if baseline.status != "passed":
         return "ERROR", f"the row's tests do not pass on the unmutated copy ({baseline.status}): {baseline.detail}"
     if mutated.status == "passed":
