@@ -95,3 +95,25 @@ def test_the_agent_private_files_are_0600_in_a_0700_directory(tmp_path, umask):
     assert modes == {"state.json": 0o600, "sec-b": 0o600, "identity.key": 0o600, "identity.crt": 0o644,
                      "authorized.json": 0o600}
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o700
+
+
+def test_a_state_directory_that_exists_with_a_looser_mode_is_made_0700(tmp_path):
+    (tmp_path / "state").mkdir(mode=0o755)
+    os.chmod(tmp_path / "state", 0o755)
+    StateDir(tmp_path / "state").ensure()
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_the_requesters_pinned_appliance_records_are_0600(tmp_path, appliance_identity, umask):
+    from firsttrust.requester.truststore import ApplianceRecord
+    old = os.umask(umask)
+    try:
+        store = TrustStore(tmp_path / "home")
+        store.save(ApplianceRecord("app-01", "10.0.0.5", appliance_identity.pin,
+                                   appliance_identity.cert_pem.decode(), 8791))
+    finally:
+        os.umask(old)
+    for path in (store.appliances, *store.appliances.iterdir()):
+        expected = 0o700 if path.is_dir() else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
