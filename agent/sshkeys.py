@@ -121,10 +121,14 @@ def _open_ssh_dir(target: AuthorizedKeysTarget, *, create: bool = False) -> int 
             try:
                 os.mkdir(".ssh", 0o700, dir_fd=home_fd)
                 fd = os.open(".ssh", _DIR_FLAGS, dir_fd=home_fd)
+            except OSError as exc:
+                raise _unsafe(target.ssh_dir, exc) from None
+            try:  # what was created is what is opened: a link swapped in since fails the open above
                 os.fchown(fd, target.uid, target.gid)
                 os.fchmod(fd, 0o700)
             except OSError as exc:
-                raise _unsafe(target.ssh_dir, exc) from None
+                os.close(fd)
+                raise SSHKeyError(f"cannot give {target.ssh_dir} to {target.account!r}: {exc.strerror}") from None
         except OSError as exc:
             raise _unsafe(target.ssh_dir, exc) from None
     finally:
