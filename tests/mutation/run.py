@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -179,7 +181,8 @@ def _junit(path: Path) -> tuple[set[str], set[str], set[str]]:
     return passed, failed, errored
 
 
-def run_tests(tree: Path, base: Path, tests: tuple[str, ...], label: str) -> Outcome:
+def run_tests(tree: Path, base: Path, tests: tuple[str, ...], label: str,
+              timeout: float = PER_MUTANT_TIMEOUT) -> Outcome:
     """The row's tests in `tree`, stopping at the first failure; what failed, and how."""
     check_imports(tree)
     report = base / f"{label}.xml"
@@ -188,11 +191,17 @@ def run_tests(tree: Path, base: Path, tests: tuple[str, ...], label: str) -> Out
     # names: tests bind AF_UNIX sockets (108 bytes at most) under it.
     argv = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly",
             f"--basetemp={base / label[0]}", f"--junitxml={report}", "-o", "junit_family=xunit1", *tests]
-    try:
-        out = subprocess.run(argv, cwd=tree, env=environment(tree), capture_output=True, text=True,
-                             timeout=PER_MUTANT_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        return Outcome("timeout", f"tests hung past {PER_MUTANT_TIMEOUT} s")
+    # Its own session: on a timeout the whole group goes (agents, simulators the tests started).
+    with subprocess.Popen(argv, cwd=tree, env=environment(tree), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return Outcome("timeout", f"tests hung past {timeout:.0f} s")
+    out = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
     tail = (out.stdout.strip().splitlines() or [""])[-1]
     passed, failed, errored = _junit(report)
     if out.returncode == 0 and not failed and not errored:
@@ -206,7 +215,8 @@ def run_tests(tree: Path, base: Path, tests: tuple[str, ...], label: str) -> Out
 class Baselines:
     """Each distinct test list's run on an unmutated scratch copy, once per gate run."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float = PER_MUTANT_TIMEOUT) -> None:
+        self.timeout = timeout
         self._lock = threading.Lock()
         self._runs: dict[tuple[str, ...], tuple[threading.Lock, list[Outcome]]] = {}
 
@@ -217,7 +227,7 @@ class Baselines:
             if not box:
                 base = Path(tempfile.mkdtemp(prefix="mb"))
                 try:
-                    box.append(run_tests(make_scratch(base), base, tests, "baseline"))
+                    box.append(run_tests(make_scratch(base), base, tests, "baseline", self.timeout))
                 finally:
                     shutil.rmtree(base, ignore_errors=True)
             return box[0]
@@ -259,7 +269,8 @@ def run_mutant(mutant: Mutant, baseline_only: bool, keep: bool,
         if reference.status != "passed":
             result, detail = verdict(mutant, reference, reference)
         else:
-            result, detail = verdict(mutant, reference, run_tests(tree, base, mutant.tests, "mutant"))
+            mutated = run_tests(tree, base, mutant.tests, "mutant", (baselines or Baselines()).timeout)
+            result, detail = verdict(mutant, reference, mutated)
         return mutant, result, time.monotonic() - started, detail
     except StaleRow as exc:
         return mutant, "ERROR", time.monotonic() - started, f"stale row: {exc}"
@@ -281,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch copies")
     parser.add_argument("--list", action="store_true", help="print the rows and exit")
     parser.add_argument("--verbose", action="store_true", help="say which test killed each mutant")
+    parser.add_argument("--timeout", type=float, default=PER_MUTANT_TIMEOUT,
+                        help=f"seconds one run of a row's tests may take (default {PER_MUTANT_TIMEOUT}); past it "
+                             "the run is a kill for a liveness row and an error for any other")
     args = parser.parse_args(argv)
     try:
         mutants = load()
@@ -299,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.monotonic()
     results = []
-    baselines = Baselines()
+    baselines = Baselines(args.timeout)
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = [pool.submit(run_mutant, m, args.baseline, args.keep, baselines) for m in mutants]
         for future in concurrent.futures.as_completed(futures):
