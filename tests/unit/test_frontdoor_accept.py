@@ -13,6 +13,18 @@ from firsttrust.agent.frontdoor import PENALTY_MIN, PENALTY_SECONDS, DoorSocket,
 from firsttrust.framing import HEADER
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+
+
 def blocked_door(source: str) -> FrontDoor:
     door = FrontDoor(max_unauthenticated=4, per_source=2, first_frame_timeout=5.0)
     while not door.blocked_for(source):
