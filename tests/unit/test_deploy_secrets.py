@@ -9,12 +9,11 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from test_deployer import URL, FakeVcenter, access
 
 from firsttrust.errors import FirsttrustError
 from firsttrust.requester import deployer, vsphere
 from firsttrust.requester.deployer import CredentialsError, VcenterAccess, deploy
-from firsttrust.requester.deployplan import plan_deployment
+from firsttrust.requester.deployplan import SCRUB_KEYS, plan_deployment
 from firsttrust.requester.library import Outcome
 from firsttrust.requester.vsphere import VsphereError
 
@@ -37,18 +36,56 @@ def test_a_credentials_file_only_its_owner_can_read_is_accepted(tmp_path, mode):
     assert VcenterAccess.load(URL, None, str(path), environ={}).password == "p"
 
 
-class Echoing(FakeVcenter):
-    """A vCenter whose every error message quotes what it was sent, secrets included."""
+URL = "https://vc.example/sdk"
+
+
+def access():
+    return VcenterAccess(URL, None, "user", "password")
+
+
+class Echoing:
+    """A vCenter (ESXi semantics: setting a key to "" deletes it) whose every error message
+    quotes what it was sent, secrets included. `fail` maps a VM name to the step that fails."""
+
+    def __init__(self) -> None:
+        self.fail: dict[str, str] = {}
+        self.configs: dict[str, list[tuple[str, str]]] = {}
+        self.secret = ""
+
+    def virtual_machines(self):
+        return {"tmpl": "tmpl", **{name: name for name in self.configs}}
+
+    def clone(self, template, name, extra_config):
+        if self.fail.get(name) == "clone":
+            raise VsphereError(f"cloning {name}: InvalidArgument: bad value {dict(extra_config)[SCRUB_KEYS[0]]}")
+        self.configs[name] = list(extra_config)
+        return name
+
+    def moid(self, vm):
+        return f"vm-{vm}"
+
+    def extra_config(self, vm):
+        return list(self.configs[vm])
+
+    def power_on(self, vm):
+        pass
+
+    def wait_for_ip(self, vm, timeout):
+        return "10.0.0.1"
 
     def set_extra_config(self, vm, entries):
         if self.fail.get(vm) == "scrub":
             raise VsphereError(f"reconfiguring: InvalidArgument: {self.secret}", code="vsphere")
-        super().set_extra_config(vm, entries)
+        for key, value in entries:
+            self.configs[vm] = [(k, v) for k, v in self.configs[vm] if k != key] + ([(key, value)] if value else [])
+
+    def close(self):
+        pass
 
 
 @pytest.fixture
 def lines(monkeypatch):
-    vcenter = Echoing(echo_secret=True)
+    vcenter = Echoing()
     monkeypatch.setattr(vsphere, "connect", lambda *args: vcenter)
     seen: list[str] = []
     return SimpleNamespace(vcenter=vcenter, seen=seen, progress=lambda name, event: seen.append(f"{name}: {event}"))
