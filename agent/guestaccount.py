@@ -24,10 +24,12 @@ import os
 import time
 from pathlib import Path
 
+from firsttrust.deployment import GUEST_ACCOUNT
+
 from .atomicfile import write_atomic
 
 FILE_NAME = "guest-account.json"
-DEFAULT_ACCOUNT = "firsttrust-guest"
+DEFAULT_ACCOUNT = GUEST_ACCOUNT
 _N, _R, _P = 1 << 14, 8, 1
 
 

@@ -143,7 +143,6 @@ def provision(config: AgentConfig, deploy: DeployConfig, *, guestinfo: GuestInfo
         # enrollment window closes; recorded once, so a re-run of first boot does not revive it.
         window = deploy.enroll_window or config.enroll_window or DEFAULT_ENROLL_WINDOW
         guestaccount.record(store.path, deploy.guest_password, expires_at=clock() + window)
-        audit.event("guest-account", "guest account recorded for guest operations", source=deploy.source)
 
     if new != state or store.load() is None:
         store.save(new)

@@ -20,6 +20,8 @@ REQUESTER_CERT = "firsttrust.requester-cert"  # base64 of the requester certific
 ENROLL_WINDOW = "firsttrust.enroll-window"  # "24h", "90m", "2d" or seconds
 # The guest account's password for guest operations (issue 27): a secret like SEC-A.
 GUEST_PASSWORD = "firsttrust.guest-password"
+# The unprivileged guest account that password is for (its only privileged path: authorize).
+GUEST_ACCOUNT = "firsttrust-guest"
 
 KNOWN_KEYS = (SEC_A, SEC_B, REQUESTER_CERT, ENROLL_WINDOW, GUEST_PASSWORD)
 ENCODING_SUFFIX = ".encoding"

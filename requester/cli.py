@@ -53,6 +53,7 @@ from firsttrust.messages import SSH_KEY_PATTERN
 
 from .deployspec import FORMATS, InvalidDeploySpec, deployment_properties, render, secrets_from_json, secrets_to_json
 from .enroll import parse_address
+from . import guestcommand  # noqa: F401 - its error codes are the CLI's too (deploy --embodiment)
 from .library import (
     AlreadyPinned,
     Outcome,

@@ -1,0 +1,185 @@
+"""The guest-command way in through the vSphere API's guest operations (requester/guestcommand.py,
+`firsttrust deploy --way guest-command`), against the lab's data center: its vCenter serves the
+guest operations (lab/go/vcsim/guestops.go) and its hosts run them in the appliances
+(lab/guestops.py, the guest account the agent recorded). The error cases each end in one line,
+with nothing pinned and nothing authorized, and a re-run finishes the job.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from firsttrust.deployment import GUEST_ACCOUNT, GUEST_PASSWORD, guestinfo_key
+from firsttrust.lab.datacenter import TEMPLATE, DataCenter
+from firsttrust.lab.manager import Manager
+from firsttrust.requester import guestcommand
+from firsttrust.requester.deployplan import GUEST_COMMAND_WAY, plan_deployment
+from firsttrust.requester.guestcommand import (
+    GuestIdentityMismatch,
+    GuestLogin,
+    GuestLoginRefused,
+    GuestProgramFailed,
+    GuestToolsNotRunning,
+    GuestTransferRefused,
+    trust_by_guest_command,
+)
+from firsttrust.requester.truststore import TrustStore, UnknownAppliance
+
+pytest.importorskip("pyVmomi", reason="firsttrust[vsphere] (pyvmomi) is not installed")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """One data center, three appliances deployed the guest-command way with --no-enroll."""
+    root = tmp_path_factory.mktemp("guestcmd")
+    manager = Manager(root / "lab")
+    datacenter = DataCenter.start(manager)
+    try:
+        plan = plan_deployment(datacenter.vcsim.url, TEMPLATE, ["gc-1", "gc-2", "gc-3"], enroll=False,
+                               way=GUEST_COMMAND_WAY)
+        secrets = root / "secrets"
+        secrets.mkdir()
+        datacenter.deploy(plan, secrets)
+        yield datacenter, manager, plan, secrets
+    finally:
+        datacenter.stop()
+        manager.destroy_all()
+
+
+def login(secrets: Path, name: str) -> GuestLogin:
+    document = json.loads((secrets / f"{name}.guest.json").read_text())
+    return GuestLogin(document["user"], document["password"])
+
+
+def authorized_pins(manager: Manager, name: str) -> set[str]:
+    path = manager.appliance(name).state_dir / "authorized.json"
+    return {entry["pin"] for entry in json.loads(path.read_text())["keys"]} if path.exists() else set()
+
+
+def temp_dirs_left(manager: Manager, name: str) -> list[Path]:
+    return sorted((manager.appliance(name).directory / "tmp").glob("firsttrust-*"))
+
+
+def call(datacenter, manager, name, store, guest, **kwargs):
+    vm = datacenter.vc.find_vm(name)
+    return trust_by_guest_command(datacenter.vc, vm, name, manager.appliance(name).host, guest=guest, store=store,
+                                  **kwargs)
+
+
+def test_deploy_the_guest_command_way_authorizes_fetches_verifies_pins_and_removes_the_guest_password(tmp_path):
+    manager = Manager(tmp_path / "lab")
+    store = TrustStore(tmp_path / "store")
+    with DataCenter.start(manager) as datacenter:
+        plan = plan_deployment(datacenter.vcsim.url, TEMPLATE, ["gc-deploy"], way=GUEST_COMMAND_WAY)
+        (tmp_path / "secrets").mkdir()
+        try:
+            [report] = datacenter.deploy(plan, tmp_path / "secrets", store=store)
+            assert report.status == "enrolled", report.error
+            shown = manager.guest_command("gc-deploy", ["firsttrust-agent", "show-identity", "--format", "pin"])
+            assert report.pin == shown.stdout.decode().strip()
+            record = store.get("gc-deploy")
+            assert (record.pin, record.embodiment) == (report.pin, "guest-command")
+            assert store.identity().pin in authorized_pins(manager, "gc-deploy")
+            assert report.scrub[guestinfo_key(GUEST_PASSWORD)] == "removed"
+            assert datacenter.read_guestinfo("gc-deploy", guestinfo_key(GUEST_PASSWORD)) is None
+            assert temp_dirs_left(manager, "gc-deploy") == []
+            guest_file = tmp_path / "secrets" / "gc-deploy.guest.json"
+            assert guest_file.stat().st_mode & 0o077 == 0
+        finally:
+            manager.destroy_all()
+
+
+def test_a_wrong_guest_password_is_one_line_and_nothing_is_pinned_or_authorized(lab, tmp_path):
+    datacenter, manager, _, secrets = lab
+    store = TrustStore(tmp_path / "store")
+    right = login(secrets, "gc-1")
+    with pytest.raises(GuestLoginRefused) as refused:
+        call(datacenter, manager, "gc-1", store, GuestLogin(right.user, right.password[::-1]))
+    assert "\n" not in str(refused.value) and right.password not in str(refused.value)
+    assert refused.value.code == "guest_login_refused"
+    with pytest.raises(UnknownAppliance):
+        store.get("gc-1")
+    assert store.identity().pin not in authorized_pins(manager, "gc-1")
+
+
+def test_a_transfer_that_cannot_be_verified_against_the_hosts_certificate_fails_before_anything_is_authorized(
+        lab, tmp_path, monkeypatch, stranger_identity):
+    datacenter, manager, _, secrets = lab
+    store = TrustStore(tmp_path / "store")
+    original = guestcommand._Transfers.__init__
+
+    def other_host(self, *args):
+        original(self, *args)
+        self.host_der = stranger_identity.cert_der  # a certificate that is not the server's
+
+    monkeypatch.setattr(guestcommand._Transfers, "__init__", other_host)
+    with pytest.raises(GuestTransferRefused) as refused:
+        call(datacenter, manager, "gc-2", store, login(secrets, "gc-2"))
+    assert "HostSystem.config.certificate" in str(refused.value)
+    assert store.identity().pin not in authorized_pins(manager, "gc-2")
+    with pytest.raises(UnknownAppliance):
+        store.get("gc-2")
+    assert temp_dirs_left(manager, "gc-2") == []
+
+
+def test_the_programs_non_zero_exit_is_reported_with_its_error_line_and_nothing_is_authorized(lab, tmp_path,
+                                                                                              monkeypatch):
+    datacenter, manager, _, secrets = lab
+    store = TrustStore(tmp_path / "store")
+    # The pin on the command line is not the uploaded certificate's: as if the file had been swapped.
+    monkeypatch.setattr(guestcommand, "pin_of_certificate", lambda cert: "sha256:" + "00" * 32)
+    with pytest.raises(GuestProgramFailed) as failed:
+        call(datacenter, manager, "gc-3", store, login(secrets, "gc-3"))
+    message = str(failed.value)
+    assert "exited 2" in message and "--expect-pin" in message and "\n" not in message
+    assert store.identity().pin not in authorized_pins(manager, "gc-3")
+
+
+def test_a_run_stopped_before_pinning_leaves_nothing_pinned_and_the_same_call_rerun_finishes(lab, tmp_path,
+                                                                                           monkeypatch):
+    datacenter, manager, _, secrets = lab
+    store = TrustStore(tmp_path / "store")
+
+    async def killed(*args):
+        raise KeyboardInterrupt  # the requester dies between authorize and its first pinned call
+
+    monkeypatch.setattr(guestcommand, "_first_pinned_call", killed)
+    with pytest.raises(KeyboardInterrupt):
+        call(datacenter, manager, "gc-1", store, login(secrets, "gc-1"))
+    with pytest.raises(UnknownAppliance):
+        store.get("gc-1")
+    monkeypatch.undo()
+    report = call(datacenter, manager, "gc-1", store, login(secrets, "gc-1"))
+    assert store.get("gc-1").pin == report.pin
+    assert store.identity().pin in authorized_pins(manager, "gc-1")
+
+
+def test_an_appliance_that_serves_another_identity_than_the_guest_reported_is_not_pinned(lab, tmp_path, monkeypatch,
+                                                                                        appliance_identity):
+    datacenter, manager, _, secrets = lab
+    store = TrustStore(tmp_path / "store")
+    original = guestcommand._read_report
+
+    def lying_report(*args):
+        report = original(*args)
+        report["appliance_certificate"] = appliance_identity.cert_pem.decode()
+        return report
+
+    monkeypatch.setattr(guestcommand, "_read_report", lying_report)
+    with pytest.raises(GuestIdentityMismatch):
+        call(datacenter, manager, "gc-2", store, login(secrets, "gc-2"))
+    with pytest.raises(UnknownAppliance):
+        store.get("gc-2")
+
+
+def test_a_vm_whose_tools_do_not_run_is_one_line_within_the_timeout(lab, tmp_path):
+    datacenter, _, _, _ = lab
+    store = TrustStore(tmp_path / "store")
+    vm = datacenter.vc.find_vm(TEMPLATE)  # not an appliance: nothing reports tools running
+    with pytest.raises(GuestToolsNotRunning) as refused:
+        trust_by_guest_command(datacenter.vc, vm, "template", "127.0.0.1", guest=GuestLogin(GUEST_ACCOUNT, "x" * 20),
+                               store=store, tools_timeout=1.0)
+    assert "VMware Tools" in str(refused.value)
