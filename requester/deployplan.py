@@ -119,7 +119,8 @@ class DeployPlan:
     def scrub_keys(self) -> tuple[str, ...]:
         if self.ova:
             return OVA_SCRUB_KEYS
-        return SCRUB_KEYS + ((guestinfo_key(GUEST_PASSWORD),) if self.way == GUEST_COMMAND_WAY else ())
+        guest = any(a.guest_password for a in self.appliances)
+        return SCRUB_KEYS + ((guestinfo_key(GUEST_PASSWORD),) if guest else ())
 
     def describe(self) -> dict:
         """The whole plan without secret values: what --dry-run prints."""
@@ -184,7 +185,7 @@ def check_vcenter_url(url: str) -> str:
 def plan_deployment(vcenter: str, template: str | None, names: Sequence[str], *, enroll: bool = True,
                     requester_cert: bytes | None = None, enroll_window: str | None = None,
                     generate: Callable[[], EnrollmentSecrets] = EnrollmentSecrets.generate,
-                    ova: str | None = None, way: str = SRP_WAY) -> DeployPlan:
+                    ova: str | None = None, way: str = SRP_WAY, guest_account: bool = False) -> DeployPlan:
     """Plan the deployment of one appliance per name, each with fresh secrets, cloned from
     `template` or imported from the OVA at `ova` (exactly one; the file itself is checked by
     ovafile.check_ova, which does IO).
@@ -205,15 +206,15 @@ def plan_deployment(vcenter: str, template: str | None, names: Sequence[str], *,
         raise InvalidDeployPlan("an appliance name appears twice")
     if way not in WAYS:
         raise InvalidDeployPlan(f"unknown way in {way!r}; expected one of {', '.join(WAYS)}")
-    if way == GUEST_COMMAND_WAY and ova is not None:
-        raise InvalidDeployPlan("the guest-command way deploys from a template (--template); the OVA declares "
-                                "no guest account property")
+    if (way == GUEST_COMMAND_WAY or guest_account) and ova is not None:
+        raise InvalidDeployPlan("a guest account (the guest-command way, guest file transfers) needs a template "
+                                "(--template); the OVA declares no guest account property")
     appliances = []
     for name in names:
         secrets = generate()
         properties = deployment_properties(secrets, requester_cert=requester_cert, enroll_window=enroll_window)
         guest_password = None
-        if way == GUEST_COMMAND_WAY:
+        if way == GUEST_COMMAND_WAY or guest_account:
             # Per appliance, from the same generator as the secrets (the test suite's secret guard sees it).
             guest_password = credentials.generate_secret()
             properties[GUEST_PASSWORD] = guest_password

@@ -25,6 +25,11 @@ call"), and the HTTPS connection is accepted only if the peer's certificate is e
 HostSystem.config.certificate of the VM's host, read over the verified vCenter session; anything
 else fails in one line before a byte is sent.
 
+The injected-certificate way uses the same transfers: `read_appliance_certificate` fetches the
+certificate the agent wrote by guest file transfer when guest credentials are given, else reads
+it back from guestinfo, and says which channel gave it; `verify_and_pin` then pins it after the
+first pinned call.
+
 Errors are GuestCommandError with a stable code (docs/requester.md). A failure before step 3
 leaves nothing authorized; a failure after it leaves the requester authorized but nothing pinned,
 and the same call re-run finishes the job (`authorize` is idempotent).
@@ -161,14 +166,94 @@ def trust_by_guest_command(vc, vm, name: str, address: str, *, guest: GuestLogin
             files.DeleteDirectoryInGuest(vm, auth, directory, True)
         except Exception:  # best effort: a failure above is what the caller needs to see
             pass
-    host, _, port = address.rpartition(":") if address.count(":") == 1 else (address, "", "")
-    port_number = int(port) if port else api_port
-    asyncio.run(_first_pinned_call(name, host or address, port_number, appliance_pem, store))
+    host, port_number = _split_address(address, api_port)
+    asyncio.run(_first_pinned_call(name, host, port_number, appliance_pem, store))
     pin = pin_of_certificate(appliance_pem)
-    record = ApplianceRecord(name=name, address=host or address, pin=pin, certificate=appliance_pem.decode("ascii"),
+    record = ApplianceRecord(name=name, address=host, pin=pin, certificate=appliance_pem.decode("ascii"),
                              api_port=port_number, embodiment=EMBODIMENT, enrolled_at=time.time())
     store.save(record)
     return GuestCommandReport(name=name, pin=pin, record=record)
+
+
+# Where the agent writes its certificate on an appliance (agent.config's public_certificate).
+APPLIANCE_CERT_PATH = "/etc/firsttrust/appliance.crt"
+FILE_TRANSFER, GUESTINFO_READ_BACK = "guest file transfer", "guestinfo read-back (config.extraConfig)"
+
+
+def read_appliance_certificate(vc, vm, name: str, *, guest: GuestLogin | None = None,
+                               guest_path: str = APPLIANCE_CERT_PATH) -> tuple[bytes, str]:
+    """The appliance's certificate for the injected-certificate way, and the channel it came by.
+
+    With guest credentials: the file the agent wrote (`guest_path`), fetched by guest file
+    transfer (InitiateFileTransferFromGuest, the HTTPS GET verified against the VM's host's
+    HostSystem.config.certificate): the vSphere API's documented way to read a file of a guest.
+    Without: the guestinfo read-back, `guestinfo.firsttrust.appliance-cert` in the VM's
+    config.extraConfig, where the agent publishes it (whether a value the guest sets appears there
+    on ESXi is not shown; docs/deployment.md). The caller pins it only after its first pinned call.
+
+    Raises:
+        GuestCommandError (a subclass per cause): the certificate could not be read.
+    """
+    from firsttrust.deployment import APPLIANCE_CERT_GUESTINFO
+
+    from .deployplan import current_values
+
+    if guest is None:
+        from .vsphere import VsphereError
+
+        try:
+            published = current_values(vc.extra_config(vm)).get(APPLIANCE_CERT_GUESTINFO)
+        except VsphereError as exc:
+            raise GuestCommandError(f"{name}: reading {APPLIANCE_CERT_GUESTINFO}: {exc}") from None
+        if not published:
+            raise GuestTransferRefused(f"{name}: the VM's configuration shows no {APPLIANCE_CERT_GUESTINFO}; "
+                                       "give guest credentials to fetch the certificate by guest file transfer")
+        import base64
+        import binascii
+
+        try:
+            return certificate_pem(base64.b64decode(published, validate=True)), GUESTINFO_READ_BACK
+        except (binascii.Error, ValueError, FirsttrustError):
+            raise GuestTransferRefused(f"{name}: {APPLIANCE_CERT_GUESTINFO} is not a base64 certificate") from None
+    manager = vc.content.guestOperationsManager
+    if manager is None:
+        raise GuestOperationsUnavailable(f"{name}: this vCenter offers no guest operations")
+    auth = vc.vim.vm.guest.NamePasswordAuthentication(username=guest.user, password=guest.password)
+    transfers = _Transfers(vc, vm, name)
+    info = _call(vc, name, f"fetching {guest_path} from the guest",
+                 lambda: manager.fileManager.InitiateFileTransferFromGuest(vm, auth, guest_path))
+    if info.size > MAX_REPORT_BYTES:
+        raise GuestTransferRefused(f"{name}: {guest_path} is larger than {MAX_REPORT_BYTES} bytes")
+    try:
+        return certificate_pem(transfers.get(info.url)), FILE_TRANSFER
+    except (FirsttrustError, ValueError) as exc:
+        if isinstance(exc, GuestCommandError):
+            raise
+        raise GuestTransferRefused(f"{name}: {guest_path} in the guest is not a certificate") from None
+
+
+def verify_and_pin(name: str, address: str, certificate: bytes, *, embodiment: str, store: TrustStore | None = None,
+                   api_port: int = DEFAULT_API_PORT) -> ApplianceRecord:
+    """The first pinned call with `certificate` (GET /v1/identity over mutual TLS): only an
+    appliance that serves it, and accepts the requester, gets pinned.
+
+    Raises:
+        GuestIdentityMismatch: the call failed or the appliance serves another identity; nothing pinned.
+    """
+    store = store or TrustStore()
+    store.identity()
+    host, port = _split_address(address, api_port)
+    pem = certificate_pem(certificate)
+    asyncio.run(_first_pinned_call(name, host, port, pem, store))
+    record = ApplianceRecord(name=name, address=host, pin=pin_of_certificate(pem), certificate=pem.decode("ascii"),
+                             api_port=port, embodiment=embodiment, enrolled_at=time.time())
+    store.save(record)
+    return record
+
+
+def _split_address(address: str, api_port: int) -> tuple[str, int]:
+    host, _, port = address.rpartition(":") if address.count(":") == 1 else (address, "", "")
+    return (host or address), (int(port) if port else api_port)
 
 
 async def _first_pinned_call(name: str, host: str, port: int, pem: bytes, store: TrustStore) -> None:
