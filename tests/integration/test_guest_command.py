@@ -30,16 +30,22 @@ from firsttrust.requester.truststore import TrustStore, UnknownAppliance
 
 pytest.importorskip("pyVmomi", reason="firsttrust[vsphere] (pyvmomi) is not installed")
 
+# Where the kill test kills the requester: after the temporary directory was made (on the upload),
+# after the program was started (on waiting for it), after it ended (on fetching its report),
+# before the first pinned call, before the pin is saved.
+KILL_POINTS = ("_Transfers.put", "_wait_exit", "_read_report", "_first_pinned_call", "TrustStore.save")
+
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """One data center, three appliances deployed the guest-command way with --no-enroll."""
+    """One data center, appliances deployed the guest-command way with --no-enroll: three for the
+    error cases, one per kill point (each sees one requester only)."""
     root = tmp_path_factory.mktemp("guestcmd")
     manager = Manager(root / "lab")
     datacenter = DataCenter.start(manager)
     try:
-        plan = plan_deployment(datacenter.vcsim.url, TEMPLATE, ["gc-1", "gc-2", "gc-3"], enroll=False,
-                               way=GUEST_COMMAND_WAY)
+        names = ["gc-1", "gc-2", "gc-3", *(f"gc-k{n}" for n in range(len(KILL_POINTS)))]
+        plan = plan_deployment(datacenter.vcsim.url, TEMPLATE, names, enroll=False, way=GUEST_COMMAND_WAY)
         secrets = root / "secrets"
         secrets.mkdir()
         datacenter.deploy(plan, secrets)
@@ -183,3 +189,82 @@ def test_a_vm_whose_tools_do_not_run_is_one_line_within_the_timeout(lab, tmp_pat
         trust_by_guest_command(datacenter.vc, vm, "template", "127.0.0.1", guest=GuestLogin(GUEST_ACCOUNT, "x" * 20),
                                store=store, tools_timeout=1.0)
     assert "VMware Tools" in str(refused.value)
+
+
+def test_the_injected_certificate_way_reads_by_file_transfer_with_credentials_else_from_guestinfo_and_pins_only_after_the_first_call(
+        lab, tmp_path):
+    datacenter, manager, _, secrets = lab
+    vm = datacenter.vc.find_vm("gc-3")
+    path = str(manager.appliance("gc-3").directory / "appliance.crt")
+    by_transfer, channel = guestcommand.read_appliance_certificate(datacenter.vc, vm, "gc-3",
+                                                                   guest=login(secrets, "gc-3"), guest_path=path)
+    assert channel == guestcommand.FILE_TRANSFER
+    assert by_transfer == Path(path).read_bytes()
+    by_guestinfo, channel = guestcommand.read_appliance_certificate(datacenter.vc, vm, "gc-3")
+    assert channel == guestcommand.GUESTINFO_READ_BACK and by_guestinfo == by_transfer
+    with pytest.raises(GuestTransferRefused, match="no such file"):
+        guestcommand.read_appliance_certificate(datacenter.vc, vm, "gc-3", guest=login(secrets, "gc-3"),
+                                                guest_path=path + ".absent")
+    # This requester's certificate was never injected into gc-3: its API does not accept it, and
+    # the certificate read is not pinned.
+    store = TrustStore(tmp_path / "store")
+    with pytest.raises(GuestIdentityMismatch):
+        guestcommand.verify_and_pin("gc-3", manager.appliance("gc-3").host, by_transfer,
+                                    embodiment="injected-certificate", store=store)
+    with pytest.raises(UnknownAppliance):
+        store.get("gc-3")
+
+
+CHILD = r"""
+import json, os, signal, sys
+from pathlib import Path
+from firsttrust.requester import guestcommand, truststore
+from firsttrust.requester.vcenter_tls import pinned_context
+from firsttrust.requester.vsphere import connect
+
+config = json.loads(Path(sys.argv[1]).read_text())
+owner, attribute = config["kill_at"].rsplit(".", 1) if "." in config["kill_at"] else ("", config["kill_at"])
+target = {"": guestcommand, "_Transfers": guestcommand._Transfers, "TrustStore": truststore.TrustStore}[owner]
+
+def killed(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+setattr(target, attribute, killed)
+vc = connect(config["url"], config["user"], os.environ["CHILD_VC_PASSWORD"], pinned_context(config["thumbprint"]))
+guest = guestcommand.GuestLogin(config["guest_user"], os.environ["CHILD_GUEST_PASSWORD"])
+guestcommand.trust_by_guest_command(vc, vc.find_vm(config["name"]), config["name"], config["address"], guest=guest,
+                                    store=truststore.TrustStore(Path(config["store"])))
+"""
+
+
+@pytest.mark.parametrize("kill_at", KILL_POINTS)
+def test_a_requester_killed_at_each_step_leaves_nothing_pinned_and_the_rerun_finishes(lab, tmp_path, kill_at):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    datacenter, manager, _, secrets = lab
+    name = f"gc-k{KILL_POINTS.index(kill_at)}"
+    guest = login(secrets, name)
+    store = TrustStore(tmp_path / "store")
+    store.identity()
+    config = tmp_path / "child.json"
+    config.write_text(json.dumps({
+        "kill_at": kill_at, "url": datacenter.vcsim.url, "user": datacenter.vcsim.user,
+        "thumbprint": datacenter.vcsim.thumbprint_sha256, "guest_user": guest.user, "name": name,
+        "address": manager.appliance(name).host, "store": str(tmp_path / "store")}))
+    env = dict(os.environ, CHILD_VC_PASSWORD=datacenter.vcsim.password, CHILD_GUEST_PASSWORD=guest.password)
+    child = subprocess.run([sys.executable, "-c", CHILD, str(config)], env=env, capture_output=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+    with pytest.raises(UnknownAppliance):
+        store.get(name)  # killed before the pin: nothing pinned
+    # Killed before authorize ran: nothing authorized; after: authorized, not pinned, and the
+    # re-run completes it.
+    authorized = store.identity().pin in authorized_pins(manager, name)
+    assert authorized == (kill_at != "_Transfers.put") or kill_at == "_wait_exit"
+    # Killed while the temporary directory was in use, it stays (a re-run makes its own); after,
+    # it was removed before the pinned call.
+    assert bool(temp_dirs_left(manager, name)) == (kill_at in KILL_POINTS[:3])
+    report = call(datacenter, manager, name, store, guest)  # the same call again finishes the job
+    assert store.get(name).pin == report.pin and store.identity().pin in authorized_pins(manager, name)
