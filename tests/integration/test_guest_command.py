@@ -268,3 +268,18 @@ def test_a_requester_killed_at_each_step_leaves_nothing_pinned_and_the_rerun_fin
     assert bool(temp_dirs_left(manager, name)) == (kill_at in KILL_POINTS[:3])
     report = call(datacenter, manager, name, store, guest)  # the same call again finishes the job
     assert store.get(name).pin == report.pin and store.identity().pin in authorized_pins(manager, name)
+
+
+def test_a_vm_whose_guest_operations_are_unavailable_is_one_line_and_nothing_is_pinned(lab, tmp_path):
+    datacenter, _, _, _ = lab
+    store = TrustStore(tmp_path / "store")
+    vm = datacenter.vc.find_vm(TEMPLATE)
+    # Tools run, but no guest agent answers guest operations in this VM (as with guest operations
+    # disabled in VMware Tools): vCenter answers GuestOperationsUnavailable.
+    datacenter.vcsim.lab.report_guest_ip(datacenter.vc.moid(vm), "127.0.0.250")
+    with pytest.raises(guestcommand.GuestOperationsUnavailable) as refused:
+        trust_by_guest_command(datacenter.vc, vm, "template", "127.0.0.250", guest=GuestLogin(GUEST_ACCOUNT, "x" * 20),
+                               store=store, tools_timeout=5.0)
+    assert refused.value.code == "guest_ops_unavailable" and "\n" not in str(refused.value)
+    with pytest.raises(UnknownAppliance):
+        store.get("template")
