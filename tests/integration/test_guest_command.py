@@ -283,3 +283,31 @@ def test_a_vm_whose_guest_operations_are_unavailable_is_one_line_and_nothing_is_
     assert refused.value.code == "guest_ops_unavailable" and "\n" not in str(refused.value)
     with pytest.raises(UnknownAppliance):
         store.get("template")
+
+
+def test_pin_cert_through_vcenter_runs_the_guest_command_way_then_the_injected_way_and_says_the_channel(
+        lab, tmp_path, monkeypatch, capsys):
+    from firsttrust.requester.cli import main
+
+    datacenter, manager, _, secrets = lab
+    name = "gc-3"  # nobody authorized yet
+    monkeypatch.setenv("FIRSTTRUST_HOME", str(tmp_path / "home"))
+    for key, value in datacenter.vcsim.credentials_env().items():
+        monkeypatch.setenv(key, value)
+    through = ["--vcenter", datacenter.vcsim.url, "--thumbprint", datacenter.vcsim.thumbprint_sha256]
+    assert main(["pin-cert", name, *through, "--embodiment", "guest-command"]) == 2  # no guest credentials
+    assert "--guest-credentials" in capsys.readouterr().err
+    assert main(["pin-cert", name, *through, "--embodiment", "guest-command",
+                 "--guest-credentials", str(secrets / f"{name}.guest.json")]) == 0
+    out = capsys.readouterr().out
+    record = TrustStore(tmp_path / "home").get(name)
+    assert record.embodiment == "guest-command" and record.pin in out and "guest file transfer" in out
+    # Now that this requester is authorized, the injected-certificate way through vCenter: the
+    # certificate by file transfer with guest credentials, else read back from guestinfo.
+    path = str(manager.appliance(name).directory / "appliance.crt")
+    assert main(["pin-cert", name, *through, "--guest-credentials", str(secrets / f"{name}.guest.json"),
+                 "--guest-cert-path", path]) == 0
+    assert "by guest file transfer" in capsys.readouterr().out
+    assert main(["pin-cert", name, *through]) == 0
+    assert "guestinfo read-back" in capsys.readouterr().out
+    assert TrustStore(tmp_path / "home").get(name).pin == record.pin
