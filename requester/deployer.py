@@ -170,15 +170,18 @@ def check_secrets_dir(plan: DeployPlan, secrets_dir: Path) -> None:
 
 def write_secrets_file(path: Path, appliance: AppliancePlan) -> None:
     """The appliance's secrets, as `firsttrust secrets new` writes them: a new file, 0600 from
-    creation, fsynced with its directory. Never replaces a file. With the guest-command way, the
-    guest account's credentials too, in `appliance.guest_file` beside it (the same way), so a
-    re-run (`firsttrust pin-cert --embodiment guest-command --guest-credentials FILE`) can finish."""
-    _write_new(path, secrets_to_json(appliance.secrets))
+    creation, fsynced with its directory. Never replaces a file. With a guest account, its
+    credentials too, in `appliance.guest_file` (the same way; the only file of the guest-command
+    way, which injects no SRP secrets), so a re-run (`firsttrust pin-cert NAME --vcenter ...
+    --embodiment guest-command --guest-credentials FILE`) can finish."""
+    if appliance.srp:
+        _write_new(path, secrets_to_json(appliance.secrets))
     if appliance.guest_password is not None:
         try:
             _write_new(path.parent / appliance.guest_file, guest_credentials_json(appliance.guest_password))
         except BaseException:
-            path.unlink(missing_ok=True)
+            if appliance.srp:
+                path.unlink(missing_ok=True)
             raise
 
 

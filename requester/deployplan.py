@@ -83,6 +83,9 @@ class AppliancePlan:
     properties: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     # The guest-command way: the guest account's password (GUEST_PASSWORD), per appliance.
     guest_password: str | None = field(default=None, repr=False)
+    # Whether SEC-A and SEC-B are injected (and kept in `secrets_file`): not for the guest-command
+    # way, whose appliances then never open their SRP door.
+    srp: bool = True
 
     @property
     def secret_values(self) -> tuple[str, ...]:
@@ -90,8 +93,8 @@ class AppliancePlan:
 
     @property
     def guest_file(self) -> str:
-        """The guest-command way's credentials file beside the secrets file (0600)."""
-        return self.secrets_file.removesuffix(".json") + ".guest.json"
+        """The guest account's credentials file beside the secrets file (0600)."""
+        return f"{self.name}.guest.json"
 
     def describe(self) -> dict:
         """This appliance's plan with every secret value replaced by "<secret>"."""
@@ -119,6 +122,8 @@ class DeployPlan:
     def scrub_keys(self) -> tuple[str, ...]:
         if self.ova:
             return OVA_SCRUB_KEYS
+        if self.way == GUEST_COMMAND_WAY:
+            return (guestinfo_key(GUEST_PASSWORD),)  # no SRP secrets were injected
         guest = any(a.guest_password for a in self.appliances)
         return SCRUB_KEYS + ((guestinfo_key(GUEST_PASSWORD),) if guest else ())
 
@@ -218,13 +223,18 @@ def plan_deployment(vcenter: str, template: str | None, names: Sequence[str], *,
             # Per appliance, from the same generator as the secrets (the test suite's secret guard sees it).
             guest_password = credentials.generate_secret()
             properties[GUEST_PASSWORD] = guest_password
+        if way == GUEST_COMMAND_WAY:
+            # The guest account is the trust: no SRP secrets, so the SRP door never opens.
+            del properties[SEC_A], properties[SEC_B]
         if ova is not None:
             appliances.append(AppliancePlan(name=name, secrets=secrets, extra_config=HARDENING_VMX_SETTINGS,
                                             secrets_file=f"{name}.json", properties=tuple(properties.items())))
             continue
         extra_config = tuple((guestinfo_key(key), value) for key, value in properties.items())
+        srp = way != GUEST_COMMAND_WAY
         appliances.append(AppliancePlan(name=name, secrets=secrets, extra_config=extra_config + HARDENING_VMX_SETTINGS,
-                                        secrets_file=f"{name}.json", guest_password=guest_password))
+                                        secrets_file=f"{name}.json" if srp else f"{name}.guest.json",
+                                        guest_password=guest_password, srp=srp))
     return DeployPlan(vcenter=vcenter, template=template, appliances=tuple(appliances), enroll=enroll, ova=ova,
                       way=way)
 

@@ -35,7 +35,11 @@ def test_the_guest_password_is_hidden_in_the_dry_run_and_removed_with_the_secret
     plan = plan_deployment(URL, "tpl", ["a"], way=GUEST_COMMAND_WAY)
     described = json.dumps(plan.describe())
     assert plan.appliances[0].guest_password not in described and "<secret>" in described
-    assert plan.scrub_keys == SCRUB_KEYS + (guestinfo_key(GUEST_PASSWORD),)
+    assert plan.scrub_keys == (guestinfo_key(GUEST_PASSWORD),)  # the guest-command way injects no SRP secrets
+    assert not {key for key, _ in plan.appliances[0].extra_config} & set(SCRUB_KEYS)
+    assert plan.appliances[0].secrets_file == "a.guest.json" and not plan.appliances[0].srp
+    injected = plan_deployment(URL, "tpl", ["a"], guest_account=True)  # a guest account beside the secrets
+    assert injected.scrub_keys == SCRUB_KEYS + (guestinfo_key(GUEST_PASSWORD),)
     assert plan_deployment(URL, "tpl", ["a"]).scrub_keys == SCRUB_KEYS  # srp: no guest account
     assert plan_deployment(URL, "tpl", ["a"]).appliances[0].guest_password is None
 
