@@ -134,16 +134,40 @@ def cmd_authorize(args: argparse.Namespace) -> int:
     from . import systemd_glue
 
     systemd_glue.setup_logging()
-    _, store = _store(args)
-    data = _read_cert_input(args.cert)
-    load_certificate(data)
-    store.ensure()
-    pin, added = store.authorize(data, name=args.name, source="guest-command")
-    if added:
-        audit.event("key-authorized", f"authorized requester key {pin} by guest command", pin=pin,
-                    source="guest-command")
+    try:
+        _, store = _store(args)
+        data = _read_cert_input(args.cert)
+        certificate = load_certificate(data)
+        if args.expect_pin is not None and pin_of_certificate(certificate) != args.expect_pin:
+            # Guest operations: the pin on the command line is what the requester meant; a file
+            # swapped in the guest's temporary directory is refused.
+            raise UsageError("the certificate's pin is not the one --expect-pin names; nothing authorized")
+        store.ensure()
+        pin, added = store.authorize(data, name=args.name, source="guest-command")
+        if added:
+            audit.event("key-authorized", f"authorized requester key {pin} by guest command", pin=pin,
+                        source="guest-command")
+        identity = store.load_identity() if args.report else None
+    except FirsttrustError as exc:
+        _write_report(args.report, {"ok": False, "error": str(exc)})
+        raise
+    _write_report(args.report, {"ok": True, "pin": pin, "added": added,
+                                "appliance_certificate": identity.cert_pem.decode("ascii") if identity else None})
     print(f"{'authorized' if added else 'already authorized'}: {pin}")
     return 0
+
+
+def _write_report(path: Path | None, report: dict) -> None:
+    """authorize --report: the outcome for a caller that cannot read the output (guest operations
+    discard it), with the appliance's certificate, written 0600 into the caller's directory."""
+    if path is None:
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise UsageError(f"cannot write the report {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as handle:
+        json.dump(report, handle)
 
 
 def cmd_show_identity(args: argparse.Namespace) -> int:
@@ -237,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "authorize":
             p.add_argument("--cert", required=True, help="certificate file (PEM or DER), or - for stdin")
             p.add_argument("--name", default="guest-command", help="label for this requester")
+            p.add_argument("--expect-pin", metavar="sha256:HEX", help="refuse a certificate with another pin")
+            p.add_argument("--report", type=Path, metavar="FILE",
+                           help="write the outcome and this appliance's certificate as JSON to FILE (a new file)")
         elif name == "show-identity":
             p.add_argument("--format", choices=("pem", "pin"), default="pem")
         elif name == "serve":

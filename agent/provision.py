@@ -30,7 +30,7 @@ from firsttrust.deployment import APPLIANCE_CERT_GUESTINFO, DEFAULT_ENROLL_WINDO
 from firsttrust.identity import Identity, create_identity
 from firsttrust.srp6a import compute_verifier, new_verifier_record
 
-from . import audit
+from . import audit, guestaccount
 from .atomicfile import clean_stale_temps, write_atomic
 from .config import AgentConfig
 from .errors import AgentError, GuestInfoError, HypervisorUnavailable, NoConfiguration
@@ -137,6 +137,12 @@ def provision(config: AgentConfig, deploy: DeployConfig, *, guestinfo: GuestInfo
             new.phase, new.enrolled_via, new.enrolled_at, new.source = "enrolled", "injected-certificate", clock(), \
                 deploy.source
     step("authorized")
+
+    if deploy.guest_password is not None and not guestaccount.load(store.path):
+        # The guest account for guest operations (agent/guestaccount.py), good until the
+        # enrollment window closes; recorded once, so a re-run of first boot does not revive it.
+        window = deploy.enroll_window or config.enroll_window or DEFAULT_ENROLL_WINDOW
+        guestaccount.record(store.path, deploy.guest_password, expires_at=clock() + window)
 
     if new != state or store.load() is None:
         store.save(new)

@@ -18,8 +18,12 @@ SEC_A = "firsttrust.sec-a"
 SEC_B = "firsttrust.sec-b"
 REQUESTER_CERT = "firsttrust.requester-cert"  # base64 of the requester certificate's PEM
 ENROLL_WINDOW = "firsttrust.enroll-window"  # "24h", "90m", "2d" or seconds
+# The guest account's password for guest operations (issue 27): a secret like SEC-A.
+GUEST_PASSWORD = "firsttrust.guest-password"
+# The unprivileged guest account that password is for (its only privileged path: authorize).
+GUEST_ACCOUNT = "firsttrust-guest"
 
-KNOWN_KEYS = (SEC_A, SEC_B, REQUESTER_CERT, ENROLL_WINDOW)
+KNOWN_KEYS = (SEC_A, SEC_B, REQUESTER_CERT, ENROLL_WINDOW, GUEST_PASSWORD)
 ENCODING_SUFFIX = ".encoding"
 
 # Where the agent publishes its certificate for the manager to read (seed FIG. 2).

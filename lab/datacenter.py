@@ -19,9 +19,12 @@ as VMware Tools reports them). The deployer waits for that IP, enrolls and pins 
 and removes the secrets through the API, exactly as against vCenter.
 
 The simulator is strict where the deployer relies on vCenter's behaviour (lab/go/vcsim: vApp
-properties, write-only passwords, extraConfig per key, DRS, docs/deployment.md). What it cannot
-do stays emulated: guest operations (StartProgramInGuest answers MethodNotFound in vcsim 0.24
-without Docker), so `Manager.guest_command` runs FIG. 3's command itself.
+properties, write-only passwords, extraConfig per key, DRS, docs/deployment.md), and serves guest
+operations on the booted appliances (lab/go/vcsim/guestops.go): what happens in the guest is this
+process's (lab.guestops.GuestOpsServer): a program runs in the appliance's guest context (the
+agent with the guest's configuration), files are read and written in the appliance's directory,
+and a login is checked against the guest account the appliance's agent recorded at first boot
+(agent/guestaccount.py); no Unix account is made.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from .errors import LabError
 from .manager import MAX_PARALLEL_DEPLOYS, Appliance, Manager
 from .vcsim import Vcsim
 from .vmware_emulator import answer_rpc
+from .guestops import GuestOpsServer
 from .vsphere_channel import SOCKET_NAME, ChannelServer
 
 # The simulator's VPX inventory has powered-on VMs named DC0_H0_VM0 and so on: the template the
@@ -66,7 +70,9 @@ class DataCenter:
             vcsim.url, vcsim.user, vcsim.password, pinned_context(vcsim.thumbprint_sha256)))
         self.inventory_at_start = set(self.vc.virtual_machines())
         self.channel = ChannelServer(vcsim.lab, vcsim.workdir / SOCKET_NAME, answer_rpc).start()
+        self.guest_ops = GuestOpsServer(vcsim.guest_ops_socket, self._guest).start()
         self.booted: dict[str, Appliance] = {}
+        self._names_by_moid: dict[str, str] = {}
         self.boot_errors: dict[str, str] = {}
         self._booting: dict[str, Future] = {}
         self._lock = threading.Lock()
@@ -78,7 +84,7 @@ class DataCenter:
         Raises:
             VcsimError: it could not be built or started. LabError: the login failed.
         """
-        vcsim = Vcsim.start()
+        vcsim = Vcsim.start(guest_ops=True)
         try:
             return cls(manager, vcsim)
         except BaseException:
@@ -89,6 +95,7 @@ class DataCenter:
         """Stop the guest channel, log out, stop the simulator (idempotent). The appliances are
         the manager's; they need neither after first boot."""
         self.channel.stop()
+        self.guest_ops.stop()
         self.vc.close()
         self.vcsim.stop()
 
@@ -202,10 +209,43 @@ class DataCenter:
         try:
             moid = self.vc.moid(vm)
             appliance = self.manager.boot(name, self.channel.path, moid)
-            self.vcsim.lab.report_guest_ip(moid, appliance.host)
             self.booted[name] = appliance
+            self._names_by_moid[moid] = name
+            self.vcsim.lab.report_guest_ip(moid, appliance.host)
         except (FirsttrustError, OSError) as exc:
             self.boot_errors[name] = str(exc)
+
+
+    def _guest(self, moid: str) -> "LabGuest | None":
+        """The guest of a booted appliance (guest operations), or None: no guest agent runs there."""
+        name = self._names_by_moid.get(moid)
+        appliance = self.booted.get(name) if name else None
+        return LabGuest(self.manager, appliance) if appliance is not None else None
+
+
+class LabGuest:
+    """One booted appliance's guest, for lab.guestops: its directory, its agent, its guest account."""
+
+    AGENT = "firsttrust-agent"
+
+    def __init__(self, manager: Manager, appliance: Appliance) -> None:
+        self.manager, self.appliance = manager, appliance
+        self.root = appliance.directory
+
+    def check_login(self, user: str, password: str) -> bool:
+        from firsttrust.agent import guestaccount
+
+        return guestaccount.check(self.appliance.state_dir, user, password)
+
+    def argv(self, program: str, arguments) -> list[str] | None:
+        """The agent is the one program the guest account runs here (`firsttrust-agent` or its
+        absolute path), with the guest's configuration, as Manager.guest_command runs it."""
+        if Path(program).name != self.AGENT or not (program == self.AGENT or program.startswith("/")):
+            return None
+        return self.manager.guest_argv(self.appliance.name, [self.AGENT, *arguments])
+
+    def env(self) -> dict[str, str]:
+        return self.manager.guest_env(self.appliance.name)
 
 
 def _lab_call(what: str, call):

@@ -1,42 +1,44 @@
 """`firsttrust-lab demo`: all three ways in, and two attacks that fail, end to end on loopback.
 
 The demo plays the bring-up script (the requester) against the lab's data center (lab.datacenter:
-govmomi's vCenter simulator, with the lab's hosts booting what it powers on), with a trust store
-of its own under the lab root, using only what a real bring-up script would use: the deployer
-behind `firsttrust deploy` (requester.deployer, through the vSphere API), the requester library,
-and, for FIG. 3, guest operations (emulated: vcsim 0.24 has none).
+govmomi's vCenter simulator with the lab's models, its hosts booting what it powers on, and its
+guest operations acting on the appliances), with a trust store of its own under the lab root,
+using only what a real bring-up script would use, all through the vSphere API: the deployer
+behind `firsttrust deploy` (requester.deployer), the requester library, and vCenter's guest
+operations (requester.guestcommand).
 
-    app-srp-1, app-srp-2   FIG. 4, secrets + SRP: `firsttrust deploy` does the whole job: clone
-                           with fresh secrets in guestinfo.* extraConfig, power on, wait for the
-                           guest's IP, enroll and pin, remove the secrets through the API
-    app-cert               FIG. 2, injected certificate: the requester's certificate injected (no
-                           secrets); the appliance's certificate read back through the API; pinned
-    app-guest              FIG. 3, guest command: `firsttrust-agent authorize --cert -` and
-                           `show-identity --format pem` run in the guest; pinned
+    app-srp-1, app-srp-2   srp: `firsttrust deploy` does the whole job: clone with fresh secrets
+                           in guestinfo.* extraConfig, power on, wait for the guest's IP, enroll
+                           and pin, remove the secrets through the API
+    app-cert               injected-certificate: the requester's certificate injected (no SRP
+                           secrets) with a one-job guest account; the appliance's certificate
+                           fetched by guest file transfer (verified against the host's
+                           certificate), the first pinned call made, pinned
+    app-guest              guest-command: `firsttrust deploy --embodiment guest-command` does the
+                           whole job: a one-job guest account injected (no SRP secrets), then
+                           through guest operations the requester's certificate uploaded,
+                           `firsttrust-agent authorize --expect-pin` run and its exit code read,
+                           the appliance's certificate fetched, the first pinned call, pinned,
+                           the guest password removed through the API
     app-attacked           first a relay that forwards SRP and terminates TLS itself: caught on
                            both sides, nothing authorized, nothing pinned; then a wrong SEC-A:
                            refused (auth_failed), counted, nothing authorized
 
-The last three are deployed with `--no-enroll` (the deployer stops after power-on). Each
-appliance listens on an address of its own (127.0.0.2, ...) at the standard ports, which the
+app-cert and app-attacked are deployed with `--no-enroll` (the deployer stops after power-on).
+Each appliance listens on an address of its own (127.0.0.2, ...) at the standard ports, which the
 bring-up script learns from the guest's IP through the API. The four trusted appliances then
 answer GET /v1/identity over pinned mutual TLS with the key that was pinned, and the secrets are
 gone from what the API shows of the VMs' configuration. Every check raises DemoFailure when it
 does not hold.
 
-Why app-guest is deployed with secrets (FIG. 3): `firsttrust-agent provision` refuses a VM
-into which nothing at all was injected ("no firsttrust properties found"), and an enrollment
-window alone does not count as something; without provisioning there is no identity and no
-`serve`. So the FIG. 3 appliance gets one-time secrets that nobody keeps (the deployer's
-secrets file is deleted, the agent scrubs them) with the shortest enrollment window there is, 1 s:
-its SRP door closes a second after first boot, and trust comes from the guest command alone.
+The guest account of app-cert and app-guest is good until their enrollment window closes
+(GUEST_WINDOW): their agents record it at first boot (agent/guestaccount.py); no SRP secrets are
+injected into either, so their SRP door never opens.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import dataclasses
 import json
@@ -50,13 +52,20 @@ from pathlib import Path
 from typing import TextIO
 
 from firsttrust.credentials import EnrollmentSecrets
-from firsttrust.deployment import APPLIANCE_CERT_GUESTINFO, DEFAULT_API_PORT
+from firsttrust.deployment import DEFAULT_API_PORT, GUEST_ACCOUNT, GUEST_PASSWORD, guestinfo_key
 from firsttrust.errors import FirsttrustError, PeerRefused
 from firsttrust.identity import pin_of_certificate
 from firsttrust.requester.deployer import ApplianceReport
-from firsttrust.requester.deployplan import SCRUB_KEYS, DeployPlan, current_values, plan_deployment
+from firsttrust.requester.deployplan import (
+    GUEST_COMMAND_WAY,
+    SCRUB_KEYS,
+    DeployPlan,
+    current_values,
+    plan_deployment,
+)
 from firsttrust.requester.deployspec import secrets_from_json
-from firsttrust.requester.library import enroll_appliance, known_hosts_lines, open_session, pin_certificate
+from firsttrust.requester.guestcommand import FILE_TRANSFER, GuestLogin, read_appliance_certificate, verify_and_pin
+from firsttrust.requester.library import enroll_appliance, known_hosts_lines, open_session
 from firsttrust.requester.truststore import TrustStore, UnknownAppliance
 
 from . import procs
@@ -67,9 +76,11 @@ from .relay import TlsTerminatingRelay
 from .vmware_emulator import ENV_VAR
 
 SRP, INJECTED, GUEST = "srp", "injected-certificate", "guest-command"
-# The shortest enrollment window the agent accepts: the FIG. 3 appliance's unused SRP door.
-GUEST_COMMAND_WINDOW = "1s"
-# The FIG. 4 appliances' window: long enough for a slow demo, short enough to be obviously temporary.
+# Where a lab appliance's agent writes its certificate (its /etc/firsttrust/appliance.crt).
+APPLIANCE_CERT_FILE = "appliance.crt"
+# How long the guest account of app-cert and app-guest is good for (their enrollment window).
+GUEST_WINDOW = "10m"
+# The srp appliances' window: long enough for a slow demo, short enough to be obviously temporary.
 SRP_WINDOW = "10m"
 # Between the steps of the narrated demo, so a person can follow; --short skips it.
 PACE_SECONDS = 0.4
@@ -82,6 +93,14 @@ class DemoFailure(LabError):
     """A check of the demo did not hold."""
 
     code = "demo_failed"
+
+
+def without_srp_secrets(plan: DeployPlan) -> DeployPlan:
+    """The plan without SEC-A and SEC-B in the VMs' configuration: an appliance trusted another
+    way gets no SRP secrets, so its SRP door never opens."""
+    appliances = tuple(dataclasses.replace(a, extra_config=tuple((k, v) for k, v in a.extra_config
+                                                                  if k not in SCRUB_KEYS)) for a in plan.appliances)
+    return dataclasses.replace(plan, appliances=appliances)
 
 
 def check(condition: bool, message: str) -> None:
@@ -126,7 +145,7 @@ class Demo:
         self.say(f"vCenter: govmomi's simulator at {vcsim.url}, thumbprint {vcsim.thumbprint_sha1[:14]}"
                  f"{self.ellipsis} (pinned), template {TEMPLATE}")
         await self.step()
-        srp = await self.fig4()
+        srp = await self.srp_way()
         self.known_hosts("app-srp-1")
         await self.step()
 
@@ -134,16 +153,15 @@ class Demo:
         plan = self.no_enroll_plan(identity.cert_pem)
         self.say(f"deploy  firsttrust deploy --no-enroll {', '.join(a.name for a in plan.appliances)}")
         await asyncio.to_thread(self.deploy, plan)
-        # FIG. 2 got no secrets, FIG. 3's are kept by nobody (see the module docstring).
-        for name in ("app-cert", "app-guest"):
-            (self.secrets_dir / f"{name}.json").unlink()
-        apps = {name: await self.appliance(name) for name in ("app-cert", "app-guest", "app-attacked")}
+        # app-cert got no SRP secrets (see the module docstring): its secrets file holds unused ones.
+        (self.secrets_dir / "app-cert.json").unlink()
+        apps = {name: await self.appliance(name) for name in ("app-cert", "app-attacked")}
         self.say(f"  deployed, booted, IPs reported after {time.perf_counter() - start:.1f} s")
         await self.step()
 
-        await self.fig2(apps["app-cert"])
+        await self.injected_certificate_way(apps["app-cert"], next(a for a in plan.appliances if a.name == "app-cert"))
         await self.step()
-        await self.fig3(apps["app-guest"])
+        await self.guest_command_way()
         await self.step()
         await self.verify_identities(["app-srp-1", "app-srp-2", "app-cert", "app-guest"])
         attacked = secrets_from_json((self.secrets_dir / "app-attacked.json").read_bytes())
@@ -157,6 +175,9 @@ class Demo:
         def progress(name: str, event: str) -> None:
             if event.startswith("enrolled: "):
                 event = f"enrolled, pinned {self.short_pin(event.split(': ', 1)[1])}"
+            elif event.startswith("authorized by guest command"):
+                head, _, pin = event.rpartition(": ")
+                event = f"{head}: pinned {self.short_pin(pin)}"
             self.say(f"  {name}: {event}")
 
         reports = self.datacenter.deploy(plan, self.secrets_dir, store=self.store, progress=progress)
@@ -166,9 +187,9 @@ class Demo:
                                   f"{report.error.code}: {report.error}")
         return reports
 
-    async def fig4(self) -> dict[str, EnrollmentSecrets]:
+    async def srp_way(self) -> dict[str, EnrollmentSecrets]:
         names = ["app-srp-1", "app-srp-2"]
-        self.say(f"FIG. 4  secrets + SRP: firsttrust deploy {', '.join(names)}: clone with fresh secrets in "
+        self.say(f"{SRP}  the two secrets: firsttrust deploy {', '.join(names)}: clone with fresh secrets in "
                  "guestinfo.*, power on, wait for the guest's IP, enroll, pin, remove the secrets")
         start = time.perf_counter()
         plan = plan_deployment(self.datacenter.vcsim.url, TEMPLATE, names, enroll_window=SRP_WINDOW)
@@ -186,18 +207,16 @@ class Demo:
         return {a.name: a.secrets for a in plan.appliances}
 
     def no_enroll_plan(self, requester_cert: bytes) -> DeployPlan:
-        """app-cert (the requester's certificate only), app-guest (a 1 s window), app-attacked."""
+        """app-cert (the requester's certificate and a guest account), app-attacked."""
         url = self.datacenter.vcsim.url
-        cert = plan_deployment(url, TEMPLATE, ["app-cert"], requester_cert=requester_cert, enroll=False)
-        # FIG. 2 takes no secrets at all: the certificate alone is the trust.
-        cert_only = [dataclasses.replace(a, extra_config=tuple((k, v) for k, v in a.extra_config
-                                                               if k not in SCRUB_KEYS)) for a in cert.appliances]
-        guest = plan_deployment(url, TEMPLATE, ["app-guest"], enroll_window=GUEST_COMMAND_WINDOW, enroll=False)
+        cert = plan_deployment(url, TEMPLATE, ["app-cert"], requester_cert=requester_cert, enroll=False,
+                               enroll_window=GUEST_WINDOW, guest_account=True)
+        # The injected-certificate way takes no SRP secrets: the certificate alone is the trust.
         # Both attacks, one after the other: the relay costs the appliance no failed guess
         # (SRP itself succeeds through it), so the wrong SEC-A meets no back-off.
         attacked = plan_deployment(url, TEMPLATE, ["app-attacked"], enroll_window=SRP_WINDOW, enroll=False)
         return DeployPlan(vcenter=url, template=TEMPLATE, enroll=False,
-                          appliances=(*cert_only, *guest.appliances, *attacked.appliances))
+                          appliances=(*without_srp_secrets(cert).appliances, *attacked.appliances))
 
     async def appliance(self, name: str) -> Appliance:
         """The appliance at the IP its guest reports through the API, as a bring-up script finds it."""
@@ -225,40 +244,42 @@ class Demo:
         self.say(f"  ssh-keygen -F {record.address} -f {path.name}: found; ssh -o StrictHostKeyChecking=yes "
                  "trusts it, nothing on first use")
 
-    async def fig2(self, app: Appliance) -> None:
-        self.say(f"FIG. 2  injected certificate: {app.name} got the requester's certificate at deployment")
+    async def injected_certificate_way(self, app: Appliance, planned) -> None:
+        self.say(f"{INJECTED}  {app.name} got the requester's certificate at deployment; its own "
+                 "certificate comes back by guest file transfer")
         start = time.perf_counter()
-        published = await asyncio.to_thread(self.datacenter.read_guestinfo, app.name, APPLIANCE_CERT_GUESTINFO)
-        check(bool(published), f"{app.name}: the appliance published no certificate in {APPLIANCE_CERT_GUESTINFO}")
-        try:
-            certificate = base64.b64decode(published, validate=True)
-        except (binascii.Error, ValueError):
-            raise DemoFailure(f"{app.name}: {APPLIANCE_CERT_GUESTINFO} is not base64") from None
-        record = pin_certificate(app.name, app.api_address, certificate, embodiment=INJECTED, store=self.store)
+        vc = self.datacenter.vc
+        vm = await asyncio.to_thread(vc.find_vm, app.name)
+        guest = GuestLogin(GUEST_ACCOUNT, planned.guest_password)
+        certificate, channel = await asyncio.to_thread(read_appliance_certificate, vc, vm, app.name, guest=guest,
+                                                       guest_path=str(app.directory / APPLIANCE_CERT_FILE))
+        check(channel == FILE_TRANSFER, f"{app.name}: the certificate came by {channel}, not by guest file transfer")
+        self.say(f"  InitiateFileTransferFromGuest: the agent's certificate over HTTPS to the VM's host, "
+                 "verified against HostSystem.config.certificate")
+        record = await asyncio.to_thread(verify_and_pin, app.name, app.api_address, certificate,
+                                         embodiment=INJECTED, store=self.store)
         self.rows.append(Row(app.name, INJECTED, record.pin, time.perf_counter() - start, "ok"))
-        self.say(f"  read {APPLIANCE_CERT_GUESTINFO} from the VM's configuration through the API; pinned "
-                 f"{self.short_pin(record.pin)}")
+        self.say(f"  first pinned call GET /v1/identity answered with that key; pinned {self.short_pin(record.pin)} "
+                 f"(channel: {channel})")
 
-    async def fig3(self, app: Appliance) -> None:
-        self.say(f"FIG. 3  guest command: vCenter runs firsttrust-agent in {app.name} (guest operations, "
-                 "emulated: vcsim 0.24 has none)")
+    async def guest_command_way(self) -> None:
+        name = "app-guest"
+        self.say(f"{GUEST}  firsttrust deploy --embodiment guest-command {name}: a one-job guest account "
+                 "injected; vCenter's guest operations run firsttrust-agent authorize in the guest")
         start = time.perf_counter()
-        authorized = await self.guest(app.name, ["firsttrust-agent", "authorize", "--cert", "-", "--name",
-                                                 "bring-up"], stdin=self.store.identity().cert_pem)
-        check(self.store.identity().pin in authorized, f"{app.name}: authorize named another key: {authorized.strip()}")
-        self.say(f"  authorize --cert - (the requester's certificate on stdin) -> {authorized.split(':')[0]}")
-        shown = await self.guest(app.name, ["firsttrust-agent", "show-identity", "--format", "pem"])
-        record = pin_certificate(app.name, app.api_address, shown.encode("ascii"), embodiment=GUEST,
-                                 store=self.store)
-        self.say(f"  show-identity --format pem -> the appliance's certificate; pinned {self.short_pin(record.pin)}")
-        # The running agent sees the key `authorize` wrote from another process on its next
-        # handshake (agent.api reloads when authorized.json changes): no restart.
-        await self.identity(app.name)
-        self.rows.append(Row(app.name, GUEST, record.pin, time.perf_counter() - start, "ok"))
-        state = await self.status(app.name)
-        check(state["window_expires_at"] - state["provisioned_at"] <= 1.0,
-              f"{app.name}: its unused SRP window is not the 1 s it was deployed with")
-        check(state["authorized_keys"] == 1, f"{app.name}: {state['authorized_keys']} keys authorized, expected 1")
+        plan = plan_deployment(self.datacenter.vcsim.url, TEMPLATE, [name], enroll_window=GUEST_WINDOW,
+                               way=GUEST_COMMAND_WAY)
+        [report] = await asyncio.to_thread(self.deploy, plan)  # no SRP secrets: the guest account is the trust
+        check(report.status == "enrolled", f"{name}: the deployer reports {report.status}, not pinned")
+        record = self.store.get(name)
+        check(record.embodiment == GUEST and record.pin == report.pin,
+              f"{name}: pinned as {record.embodiment}, expected {GUEST}")
+        check(report.scrub.get(guestinfo_key(GUEST_PASSWORD)) == "removed",
+              f"{name}: the guest password was not removed from the VM's configuration")
+        self.rows.append(Row(name, GUEST, record.pin, time.perf_counter() - start, "ok"))
+        state = await self.status(name)
+        check(state["authorized_keys"] == 1, f"{name}: {state['authorized_keys']} keys authorized, expected 1")
+        check(state["phase"] != "provisioned", f"{name}: its SRP door is armed, but no secrets were injected")
 
     async def verify_identities(self, names: list[str]) -> None:
         self.say(f"check   GET /v1/identity over pinned mutual TLS on {len(names)} appliances")

@@ -404,11 +404,7 @@ class Manager:
             LabError: the program cannot be started or does not finish within `timeout`.
         """
         appliance = self.appliance(name)
-        argv = list(argv)
-        if argv and argv[0] == "firsttrust-agent":
-            head, rest = argv[1:2], argv[2:]
-            config = ["--config", str(appliance.config_path)] if head and not head[0].startswith("-") else []
-            argv = [*self.agent_command, *head, *config, *rest]
+        argv = self.guest_argv(name, argv)
         try:
             return subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, cwd=appliance.directory,
                                   env=self._guest_env(appliance, argv))
@@ -416,6 +412,22 @@ class Manager:
             raise LabError(f"{name}: guest command {Path(argv[0]).name} did not finish within {timeout:g} s") from None
         except OSError as exc:
             raise LabError(f"{name}: cannot run guest command {argv[0]}: {exc.strerror}") from None
+
+    def guest_argv(self, name: str, argv: Sequence[str]) -> list[str]:
+        """argv as the guest runs it: `firsttrust-agent SUBCOMMAND ...` is the guest's agent with
+        the guest's configuration (its /etc/firsttrust/agent.toml: `--config <dir>/agent.toml`)."""
+        appliance = self.appliance(name)
+        argv = list(argv)
+        if argv and argv[0] == "firsttrust-agent":
+            head, rest = argv[1:2], argv[2:]
+            config = ["--config", str(appliance.config_path)] if head and not head[0].startswith("-") else []
+            argv = [*self.agent_command, *head, *config, *rest]
+        return argv
+
+    def guest_env(self, name: str) -> dict[str, str]:
+        """The environment of a program in the guest (its VM file, the guest's tools on PATH)."""
+        appliance = self.appliance(name)
+        return self._guest_env(appliance, [])
 
     def restart(self, name: str) -> Appliance:
         """Restart the appliance's agent service (in a real guest: `systemctl restart`), same ports."""

@@ -50,6 +50,8 @@ CACHE_ENV = "FIRSTTRUST_VCSIM_CACHE"
 USER_ENV = "FIRSTTRUST_VCSIM_USER"
 PASSWORD_ENV = "FIRSTTRUST_VCSIM_PASSWORD"
 LAB_TOKEN_ENV = "FIRSTTRUST_VCSIM_LAB_TOKEN"
+# The lab's guest side of guest operations listens here, in the simulator's private working directory.
+GUEST_OPS_SOCKET = "guest-ops.sock"
 
 # Measured: the build takes 20-45 s on an idle machine, several minutes on a loaded CI runner;
 # starting takes 0.2 s. Both limits are generous so a slow machine is not a failure.
@@ -177,13 +179,16 @@ class Vcsim:
 
     @classmethod
     def start(cls, binary: Path | None = None, host: str = "127.0.0.1", *, stock: bool = False,
-              guestinfo_set_private: bool = False) -> "Vcsim":
+              guestinfo_set_private: bool = False, guest_ops: bool = False) -> "Vcsim":
         """Build if needed, then start a simulator on a free port of `host` and wait until it listens.
 
         Args:
             stock: every model off (`-stock`): the simulator behaves as stock vcsim 0.24.
             guestinfo_set_private: a guestinfo value the guest sets is visible to the guest only,
                 not in the VM's config.extraConfig (`-guestinfo-set-private`).
+            guest_ops: the simulator asks the lab's guest side (lab.guestops.GuestOpsServer, to be
+                started by the caller on `guest_ops_socket`) to serve guest operations
+                (`-guest-ops-socket`); without it every guest operation is unavailable.
 
         Raises:
             VcsimError: it did not start, or did not report its URL within START_TIMEOUT.
@@ -199,6 +204,8 @@ class Vcsim:
         user, password, token = "firsttrust-lab", secrets.token_urlsafe(24), secrets.token_urlsafe(32)
         env = dict(os.environ, **{USER_ENV: user, PASSWORD_ENV: password, LAB_TOKEN_ENV: token})
         switches = (["-stock"] if stock else []) + (["-guestinfo-set-private"] if guestinfo_set_private else [])
+        if guest_ops:
+            switches += ["-guest-ops-socket", str(workdir / GUEST_OPS_SOCKET)]
         try:
             with open(workdir / "vcsim.log", "wb") as log:
                 process = subprocess.Popen(
@@ -216,6 +223,11 @@ class Vcsim:
                      ca_file=workdir / "cert.pem", process=process, workdir=workdir, lab_token=token, stock=stock)
         atexit.register(server.stop)
         return server
+
+    @property
+    def guest_ops_socket(self) -> Path:
+        """Where the lab's guest side of guest operations is to listen (Vcsim.start(guest_ops=True))."""
+        return self.workdir / GUEST_OPS_SOCKET
 
     @property
     def lab(self) -> "LabControl":

@@ -9,6 +9,7 @@
     firsttrust pins export NAME --format kubeadm|curl|known_hosts|pem
     firsttrust call NAME METHOD PATH [--data JSON]
     firsttrust pin-cert NAME --address ADDR --cert FILE
+    firsttrust pin-cert NAME --vcenter URL --thumbprint TP [--embodiment guest-command] [--guest-credentials FILE]
     firsttrust rotate NAME
     firsttrust identity
     firsttrust deploy --vcenter URL --thumbprint TP (--template NAME | --ova PATH) --name-prefix P --count N
@@ -53,6 +54,7 @@ from firsttrust.messages import SSH_KEY_PATTERN
 
 from .deployspec import FORMATS, InvalidDeploySpec, deployment_properties, render, secrets_from_json, secrets_to_json
 from .enroll import parse_address
+from . import guestcommand  # noqa: F401 - its error codes are the CLI's too (deploy --embodiment)
 from .library import (
     AlreadyPinned,
     Outcome,
@@ -473,13 +475,32 @@ def _call(args: argparse.Namespace) -> int:
 
 def _pin_cert_arguments(parser: argparse.ArgumentParser) -> None:
     _name_argument(parser)
-    parser.add_argument("--address", required=True, help="the appliance's API address: HOST[:PORT] (default 8791)")
-    parser.add_argument("--cert", required=True, metavar="FILE", help="the appliance certificate (PEM or DER)")
+    parser.add_argument("--address", help="the appliance's API address: HOST[:PORT] (default 8791; with --vcenter "
+                                          "default the IP VMware Tools reports)")
+    parser.add_argument("--cert", metavar="FILE", help="the appliance certificate (PEM or DER), handed over by the "
+                                                       "manager; or, with --vcenter, fetched through vCenter")
     parser.add_argument("--embodiment", choices=("injected-certificate", "guest-command"),
                         default="injected-certificate")
+    through = parser.add_argument_group("through vCenter, the VM named NAME (instead of --cert)")
+    through.add_argument("--vcenter", metavar="URL", help="https://HOST[:PORT]/sdk")
+    trust = through.add_mutually_exclusive_group()
+    trust.add_argument("--thumbprint", metavar="TP", help="vCenter's certificate thumbprint (SHA-1 or SHA-256)")
+    trust.add_argument("--ca-file", metavar="FILE", help="verify vCenter's certificate against this CA bundle")
+    through.add_argument("--credentials", metavar="FILE",
+                         help="0600 JSON {user, password}; default FIRSTTRUST_VSPHERE_USER/_PASSWORD")
+    through.add_argument("--guest-credentials", metavar="FILE",
+                         help="0600 JSON {user, password} of the appliance's guest account (deploy writes it as "
+                              "NAME.guest.json): guest-command needs it; injected-certificate then fetches the "
+                              "certificate by guest file transfer instead of the guestinfo read-back")
+    through.add_argument("--guest-cert-path", metavar="PATH", default=guestcommand.APPLIANCE_CERT_PATH,
+                         help=f"where the agent writes its certificate (default {guestcommand.APPLIANCE_CERT_PATH})")
 
 
 def _pin_cert(args: argparse.Namespace) -> int:
+    if args.vcenter is not None:
+        return _pin_cert_through_vcenter(args)
+    if args.cert is None or args.address is None:
+        raise UsageError("pin-cert needs --cert and --address, or --vcenter to fetch the certificate through vCenter")
     certificate, _ = read_input(args.cert, "certificate")
     try:
         parse_address(args.address, DEFAULT_API_PORT)
@@ -488,6 +509,47 @@ def _pin_cert(args: argparse.Namespace) -> int:
     record = pin_certificate(_check_name(args.name), args.address, certificate, embodiment=args.embodiment)
     print(f"pinned {record.name}: {record.pin}")
     print(f"requester certificate to authorize on the appliance: {TrustStore().cert_path}")
+    return EXIT_OK
+
+
+# How long pin-cert --vcenter waits for the VM's guest IP and for VMware Tools.
+PIN_CERT_GUEST_TIMEOUT = 120.0
+
+
+def _pin_cert_through_vcenter(args: argparse.Namespace) -> int:
+    """The injected-certificate or guest-command way for one deployed VM, through vCenter: the
+    same call `firsttrust deploy` makes, so running it again finishes an interrupted job."""
+    from .deployer import CredentialsError, VcenterAccess, _read_credentials_file
+    from .vcenter_tls import InvalidThumbprint, ca_context, pinned_context
+    from .vsphere import connect
+
+    name = _check_name(args.name)
+    if args.cert is not None:
+        raise UsageError("--cert and --vcenter exclude each other: the certificate comes through vCenter")
+    if args.embodiment == "guest-command" and args.guest_credentials is None:
+        raise UsageError("the guest-command way needs --guest-credentials (NAME.guest.json from deploy)")
+    try:
+        context = pinned_context(args.thumbprint) if args.thumbprint else ca_context(args.ca_file)
+        access = VcenterAccess.load(args.vcenter, context, args.credentials)
+        guest = (guestcommand.GuestLogin(*_read_credentials_file(args.guest_credentials))
+                 if args.guest_credentials else None)
+    except (InvalidThumbprint, CredentialsError) as exc:
+        raise UsageError(str(exc)) from None
+    vcenter = connect(access.url, access.user, access.password, access.context)
+    try:
+        vm = vcenter.find_vm(name)
+        address = args.address or vcenter.wait_for_ip(vm, PIN_CERT_GUEST_TIMEOUT)
+        if args.embodiment == "guest-command":
+            report = guestcommand.trust_by_guest_command(vcenter, vm, name, address, guest=guest,
+                                                         tools_timeout=PIN_CERT_GUEST_TIMEOUT)
+            pin, channel = report.pin, report.channel
+        else:
+            certificate, channel = guestcommand.read_appliance_certificate(vcenter, vm, name, guest=guest,
+                                                                           guest_path=args.guest_cert_path)
+            pin = guestcommand.verify_and_pin(name, address, certificate, embodiment=args.embodiment).pin
+    finally:
+        vcenter.close()
+    print(f"pinned {name}: {pin} ({args.embodiment}; the certificate by {channel}; first pinned call verified)")
     return EXIT_OK
 
 

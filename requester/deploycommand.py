@@ -4,7 +4,7 @@
                       (--template NAME | --ova PATH [--remove-vapp-config])
                       [--datacenter DC] [--folder PATH] [--pool PATH] [--host NAME] [--datastore NAME] [--network NAME]
                       (--name NAME | --name-prefix P --count N) --secrets-dir DIR [--credentials FILE] [--requester-cert FILE] [--enroll-window DURATION]
-                      [--no-enroll] [--dry-run] [--concurrency N] [--ip-timeout SECONDS] [--json]
+                      [--embodiment srp|guest-command] [--no-enroll] [--dry-run] [--concurrency N] [--ip-timeout SECONDS] [--json]
 
 The vCenter credentials come from FIRSTTRUST_VSPHERE_USER / FIRSTTRUST_VSPHERE_PASSWORD or a 0600
 credentials file, never argv. Progress goes to stderr, one line per step and appliance; the
@@ -23,7 +23,7 @@ from pathlib import Path
 from firsttrust.errors import InvalidCertificate
 
 from .deployer import DEFAULT_CONCURRENCY, DEFAULT_IP_TIMEOUT, CredentialsError, VcenterAccess, deploy
-from .deployplan import InvalidDeployPlan, appliance_names, check_vcenter_url, plan_deployment
+from .deployplan import SRP_WAY, WAYS, InvalidDeployPlan, appliance_names, check_vcenter_url, plan_deployment
 from .ovafile import check_ova
 from .placement import PlacementRequest
 from .vcenter_tls import InvalidThumbprint, ca_context, pinned_context
@@ -74,6 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where each appliance's secrets go, as <vm name>.json (mode 0600)")
     parser.add_argument("--requester-cert", metavar="FILE", help="also inject this requester certificate (FIG. 2)")
     parser.add_argument("--enroll-window", metavar="DURATION", help="how long enrollment stays open: 90m, 24h, 2d")
+    parser.add_argument("--embodiment", choices=WAYS, default=SRP_WAY,
+                        help="the way trust is established after power-on (the names pin-cert --embodiment takes): "
+                             "srp, the two secrets (default); guest-command, vCenter's guest operations run "
+                             "firsttrust-agent authorize in the guest with a one-job guest account")
     parser.add_argument("--no-enroll", action="store_true", help="stop after power-on")
     parser.add_argument("--dry-run", action="store_true", help="print the plan without secrets; change nothing")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
@@ -101,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         if args.ova is not None:
             check_ova(args.ova)  # before anything else is touched, --dry-run included
         plan = plan_deployment(args.vcenter, args.template, names, enroll=not args.no_enroll,
-                               requester_cert=certificate, enroll_window=args.enroll_window, ova=args.ova)
+                               requester_cert=certificate, enroll_window=args.enroll_window, ova=args.ova,
+                               way=args.embodiment)
     except InvalidThumbprint as exc:
         raise InvalidDeployPlan(str(exc)) from None
     except InvalidCertificate as exc:

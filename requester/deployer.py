@@ -36,7 +36,10 @@ from typing import Callable, Mapping
 
 from firsttrust.errors import FirsttrustError
 
+from firsttrust.deployment import GUEST_ACCOUNT
+
 from .deployplan import (
+    GUEST_COMMAND_WAY,
     OVA_SCRUB_KEYS,
     AppliancePlan,
     DeployPlan,
@@ -159,18 +162,38 @@ def check_secrets_dir(plan: DeployPlan, secrets_dir: Path) -> None:
     if not secrets_dir.is_dir():
         raise InvalidDeployPlan(f"the secrets directory {secrets_dir} does not exist")
     for appliance in plan.appliances:
-        if os.path.lexists(secrets_dir / appliance.secrets_file):
-            raise InvalidDeployPlan(f"{secrets_dir / appliance.secrets_file} already exists; "
-                                    f"choose other names or another directory")
+        for file_name in (appliance.secrets_file, appliance.guest_file):
+            if os.path.lexists(secrets_dir / file_name):
+                raise InvalidDeployPlan(f"{secrets_dir / file_name} already exists; "
+                                        f"choose other names or another directory")
 
 
 def write_secrets_file(path: Path, appliance: AppliancePlan) -> None:
     """The appliance's secrets, as `firsttrust secrets new` writes them: a new file, 0600 from
-    creation, fsynced with its directory. Never replaces a file."""
+    creation, fsynced with its directory. Never replaces a file. With a guest account, its
+    credentials too, in `appliance.guest_file` (the same way; the only file of the guest-command
+    way, which injects no SRP secrets), so a re-run (`firsttrust pin-cert NAME --vcenter ...
+    --embodiment guest-command --guest-credentials FILE`) can finish."""
+    if appliance.srp:
+        _write_new(path, secrets_to_json(appliance.secrets))
+    if appliance.guest_password is not None:
+        try:
+            _write_new(path.parent / appliance.guest_file, guest_credentials_json(appliance.guest_password))
+        except BaseException:
+            if appliance.srp:
+                path.unlink(missing_ok=True)
+            raise
+
+
+def guest_credentials_json(password: str, user: str = GUEST_ACCOUNT) -> bytes:
+    return (json.dumps({"user": user, "password": password}, indent=2) + "\n").encode("utf-8")
+
+
+def _write_new(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(secrets_to_json(appliance.secrets))
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
     except BaseException:
@@ -243,7 +266,8 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
         _in_threads(concurrency, run.start, plan.appliances, run.reports)
         if plan.enroll:
             _in_threads(concurrency, run.wait_for_ip, plan.appliances, run.reports)
-            _enroll_and_scrub(plan, run.reports, run.vms, vcenter, concurrency, store, progress, remove_vapp)
+            _enroll_and_scrub(plan, run.reports, run.vms, vcenter, concurrency, store, progress, remove_vapp,
+                              tools_timeout=ip_timeout)
         return run.reports
     finally:
         if own:
@@ -367,10 +391,37 @@ class _Run:
         self.progress(appliance.name, f"guest IP {report.ip}")
 
 
+def _trust_by_guest_command(plan: DeployPlan, reports: list[ApplianceReport], vms: dict, vcenter, concurrency: int,
+                            store: TrustStore | None, progress: Progress, tools_timeout: float) -> None:
+    """The guest-command way (requester/guestcommand.py) for every appliance that has an IP."""
+    from .guestcommand import GuestLogin, trust_by_guest_command
+
+    def trust(appliance: AppliancePlan, report: ApplianceReport) -> None:
+        if not (report.ok and report.ip):
+            return
+        try:
+            outcome = _timed(report, "guest_command", lambda: trust_by_guest_command(
+                vcenter, vms[appliance.name], appliance.name, report.ip,
+                guest=GuestLogin(GUEST_ACCOUNT, appliance.guest_password), store=store, tools_timeout=tools_timeout))
+        except FirsttrustError as exc:
+            _fail(report, "guest command", exc, appliance)
+            progress(appliance.name, f"failed at guest command: {report.error}")
+            return
+        report.status, report.pin = "enrolled", outcome.pin
+        progress(appliance.name, f"authorized by guest command, appliance certificate by {outcome.channel}, "
+                                 f"first pinned call verified: {report.pin}")
+
+    _in_threads(concurrency, trust, plan.appliances, reports)
+
+
 def _enroll_and_scrub(plan: DeployPlan, reports: list[ApplianceReport], vms: dict, vcenter, concurrency: int,
-                      store: TrustStore | None, progress: Progress, remove_vapp: bool = False) -> None:
+                      store: TrustStore | None, progress: Progress, remove_vapp: bool = False,
+                      tools_timeout: float = DEFAULT_IP_TIMEOUT) -> None:
     by_name = {a.name: a for a in plan.appliances}
     ready = [r for r in reports if r.ok and r.ip]
+    if plan.way == GUEST_COMMAND_WAY:
+        _trust_by_guest_command(plan, reports, vms, vcenter, concurrency, store, progress, tools_timeout)
+        ready = []
     targets = [Target(r.name, r.ip, by_name[r.name].secrets) for r in ready]
     outcomes = asyncio.run(enroll_many(targets, concurrency=concurrency, store=store)) if targets else []
     for report, outcome in zip(ready, outcomes):

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
+from firsttrust import credentials
 from firsttrust.credentials import EnrollmentSecrets
-from firsttrust.deployment import SEC_A, SEC_B, guestinfo_key
+from firsttrust.deployment import GUEST_PASSWORD, SEC_A, SEC_B, guestinfo_key
 from .deployspec import HARDENING_VMX_SETTINGS, InvalidDeploySpec, deployment_properties
 from .truststore import NAME_RE
 
@@ -38,6 +39,12 @@ SCRUB_KEYS = (guestinfo_key(SEC_A), guestinfo_key(SEC_B))
 # With --ova the secrets are vApp properties (or, on vcsim 0.24, extraConfig keys) named without
 # the guestinfo. prefix: the OVF ProductSection's keys (packaging/ova/descriptor.py).
 OVA_SCRUB_KEYS = (SEC_A, SEC_B)
+
+# The ways in `firsttrust deploy --way` offers (the same names as `pin-cert --embodiment`):
+# SRP with the two secrets, or the guest command run through vCenter's guest operations
+# (requester/guestcommand.py), with a guest account's password injected beside the secrets.
+SRP_WAY, GUEST_COMMAND_WAY = "srp", "guest-command"
+WAYS = (SRP_WAY, GUEST_COMMAND_WAY)
 
 VERIFIED_VAPP = "verified (vApp properties; write-only ones by key, id and type)"
 
@@ -74,10 +81,20 @@ class AppliancePlan:
     extra_config: tuple[tuple[str, str], ...] = field(repr=False)
     secrets_file: str
     properties: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # The guest-command way: the guest account's password (GUEST_PASSWORD), per appliance.
+    guest_password: str | None = field(default=None, repr=False)
+    # Whether SEC-A and SEC-B are injected (and kept in `secrets_file`): not for the guest-command
+    # way, whose appliances then never open their SRP door.
+    srp: bool = True
 
     @property
-    def secret_values(self) -> tuple[str, str]:
-        return (self.secrets.sec_a, self.secrets.sec_b)
+    def secret_values(self) -> tuple[str, ...]:
+        return (self.secrets.sec_a, self.secrets.sec_b) + ((self.guest_password,) if self.guest_password else ())
+
+    @property
+    def guest_file(self) -> str:
+        """The guest account's credentials file beside the secrets file (0600)."""
+        return f"{self.name}.guest.json"
 
     def describe(self) -> dict:
         """This appliance's plan with every secret value replaced by "<secret>"."""
@@ -99,10 +116,16 @@ class DeployPlan:
     appliances: tuple[AppliancePlan, ...]
     enroll: bool = True
     ova: str | None = None
+    way: str = SRP_WAY  # WAYS: how trust is established after power-on
 
     @property
     def scrub_keys(self) -> tuple[str, ...]:
-        return OVA_SCRUB_KEYS if self.ova else SCRUB_KEYS
+        if self.ova:
+            return OVA_SCRUB_KEYS
+        if self.way == GUEST_COMMAND_WAY:
+            return (guestinfo_key(GUEST_PASSWORD),)  # no SRP secrets were injected
+        guest = any(a.guest_password for a in self.appliances)
+        return SCRUB_KEYS + ((guestinfo_key(GUEST_PASSWORD),) if guest else ())
 
     def describe(self) -> dict:
         """The whole plan without secret values: what --dry-run prints."""
@@ -167,7 +190,7 @@ def check_vcenter_url(url: str) -> str:
 def plan_deployment(vcenter: str, template: str | None, names: Sequence[str], *, enroll: bool = True,
                     requester_cert: bytes | None = None, enroll_window: str | None = None,
                     generate: Callable[[], EnrollmentSecrets] = EnrollmentSecrets.generate,
-                    ova: str | None = None) -> DeployPlan:
+                    ova: str | None = None, way: str = SRP_WAY, guest_account: bool = False) -> DeployPlan:
     """Plan the deployment of one appliance per name, each with fresh secrets, cloned from
     `template` or imported from the OVA at `ova` (exactly one; the file itself is checked by
     ovafile.check_ova, which does IO).
@@ -186,18 +209,34 @@ def plan_deployment(vcenter: str, template: str | None, names: Sequence[str], *,
         raise InvalidDeployPlan("the template name must be 1-80 characters")
     if len(set(names)) != len(names):
         raise InvalidDeployPlan("an appliance name appears twice")
+    if way not in WAYS:
+        raise InvalidDeployPlan(f"unknown way in {way!r}; expected one of {', '.join(WAYS)}")
+    if (way == GUEST_COMMAND_WAY or guest_account) and ova is not None:
+        raise InvalidDeployPlan("a guest account (the guest-command way, guest file transfers) needs a template "
+                                "(--template); the OVA declares no guest account property")
     appliances = []
     for name in names:
         secrets = generate()
         properties = deployment_properties(secrets, requester_cert=requester_cert, enroll_window=enroll_window)
+        guest_password = None
+        if way == GUEST_COMMAND_WAY or guest_account:
+            # Per appliance, from the same generator as the secrets (the test suite's secret guard sees it).
+            guest_password = credentials.generate_secret()
+            properties[GUEST_PASSWORD] = guest_password
+        if way == GUEST_COMMAND_WAY:
+            # The guest account is the trust: no SRP secrets, so the SRP door never opens.
+            del properties[SEC_A], properties[SEC_B]
         if ova is not None:
             appliances.append(AppliancePlan(name=name, secrets=secrets, extra_config=HARDENING_VMX_SETTINGS,
                                             secrets_file=f"{name}.json", properties=tuple(properties.items())))
             continue
         extra_config = tuple((guestinfo_key(key), value) for key, value in properties.items())
+        srp = way != GUEST_COMMAND_WAY
         appliances.append(AppliancePlan(name=name, secrets=secrets, extra_config=extra_config + HARDENING_VMX_SETTINGS,
-                                        secrets_file=f"{name}.json"))
-    return DeployPlan(vcenter=vcenter, template=template, appliances=tuple(appliances), enroll=enroll, ova=ova)
+                                        secrets_file=f"{name}.json" if srp else f"{name}.guest.json",
+                                        guest_password=guest_password, srp=srp))
+    return DeployPlan(vcenter=vcenter, template=template, appliances=tuple(appliances), enroll=enroll, ova=ova,
+                      way=way)
 
 
 # --- reading the VM's configuration back -----------------------------------------------------------

@@ -613,6 +613,14 @@ class Vcenter:
         """
         return self.waiter.wait_for_ip(vm, timeout)
 
+    def wait_for_tools(self, vm, timeout: float) -> None:
+        """Until VMware Tools runs in the guest (guest operations need it).
+
+        Raises:
+            VsphereError (code "tools_not_running"): not within `timeout`. WaitInterrupted.
+        """
+        self.waiter.wait_for_tools(vm, timeout)
+
     def wait_task(self, task, what: str, timeout: float = TASK_TIMEOUT):
         """Wait for a task; return its result.
 

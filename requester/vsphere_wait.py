@@ -121,6 +121,20 @@ class UpdateWaiter:
             raise VsphereError(f"VMware Tools reported no IP address within {timeout:.0f} s", code="no_ip")
         return _guest_ip(values)
 
+    def wait_for_tools(self, vm, timeout: float) -> None:
+        """Until VMware Tools reports it is running (guest.toolsRunningStatus "guestToolsRunning"):
+        what guest operations need.
+
+        Raises:
+            VsphereError (code "tools_not_running"): not within `timeout`. WaitInterrupted: cancelled.
+        """
+        from .vsphere import VsphereError
+
+        values = self.watch(vm, ("guest.toolsRunningStatus",), timeout, "waiting for VMware Tools",
+                            lambda v: str(v.get("guest.toolsRunningStatus")) == "guestToolsRunning")
+        if values is None:
+            raise VsphereError(f"VMware Tools did not report running within {timeout:.0f} s", code="tools_not_running")
+
     def cancel(self) -> None:
         """Every wait, now and later, raises WaitInterrupted (within MAX_WAIT_SECONDS at most)."""
         with self._cond:

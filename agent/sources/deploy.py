@@ -46,6 +46,7 @@ class DeployConfig:
     sec_b: str | None = field(default=None, repr=False)
     requester_cert_pem: bytes | None = None
     enroll_window: int | None = None
+    guest_password: str | None = field(default=None, repr=False)
     # How the secrets can be scrubbed from where they came from.
     scrub: str = "none"  # "guestinfo" | "ovfenv" | "impossible" | "none"
     guestinfo_keys: tuple[str, ...] = ()
@@ -56,7 +57,7 @@ class DeployConfig:
 
     @property
     def empty(self) -> bool:
-        return self.sec_a is None and self.requester_cert_pem is None
+        return self.sec_a is None and self.requester_cert_pem is None and self.guest_password is None
 
 
 def validate_properties(properties: dict[str, str], source: str, scrub: str,
@@ -84,6 +85,9 @@ def validate_properties(properties: dict[str, str], source: str, scrub: str,
         cert = values.get(keys.REQUESTER_CERT)
         cert_pem = certificate_pem(cert.encode("utf-8")) if cert is not None else None
         window = parse_duration(values[keys.ENROLL_WINDOW]) if keys.ENROLL_WINDOW in values else None
+        guest_password = values.get(keys.GUEST_PASSWORD)
+        if guest_password is not None:
+            validate_secret(guest_password, keys.GUEST_PASSWORD)
     except InvalidSecret as exc:
         raise InvalidDeployConfig(f"{source}: {exc}") from None
     except InvalidCertificate as exc:
@@ -91,7 +95,8 @@ def validate_properties(properties: dict[str, str], source: str, scrub: str,
     except InvalidDuration as exc:
         raise InvalidDeployConfig(f"{source}: {keys.ENROLL_WINDOW}: {exc}") from None
     return DeployConfig(source=source, sec_a=sec_a, sec_b=sec_b, requester_cert_pem=cert_pem,
-                        enroll_window=window, scrub=scrub, guestinfo_keys=guestinfo_keys)
+                        enroll_window=window, scrub=scrub, guestinfo_keys=guestinfo_keys,
+                        guest_password=guest_password)
 
 
 def _from_ovf_document(document: bytes, source: str, scrub: str) -> DeployConfig:

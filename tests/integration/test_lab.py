@@ -171,15 +171,18 @@ def test_the_demo_enrolls_three_ways_refuses_two_attacks_and_leaves_nothing_runn
     assert len(set(addresses.values())) == 4
     assert all(a.startswith("127.0.0.") and a != "127.0.0.1" for a in addresses.values())
     assert all(record.api_port == DEFAULT_API_PORT for record in records.values())
-    for name in ("app-srp-1", "app-srp-2"):
+    for name in ("app-srp-1", "app-srp-2", "app-guest"):
         assert f"{name}: guest IP {addresses[name]}" in out and f"{name}: cloned as vm-" in out
-    for name in ("app-cert", "app-guest", "app-attacked"):
+    for name in ("app-cert", "app-attacked"):
         assert f"enrollment {addresses.get(name, '127.0.0.')}" in out and f"{name}: powered on" in out
     # The secrets were scrubbed, visibly through the API; the deployer's secrets files are 0600
-    # (app-cert got no secrets, app-guest's are kept by nobody).
+    # (app-cert and app-guest got no SRP secrets, only a guest account each).
     assert "shows the secret keys empty" in out
     assert sorted(p.name for p in (lab_root / "secrets").glob("*.json")) == [
-        "app-attacked.json", "app-srp-1.json", "app-srp-2.json"]
+        "app-attacked.json", "app-cert.guest.json", "app-guest.guest.json", "app-srp-1.json", "app-srp-2.json"]
+    # Every way in went through the lab vCenter's API, guest operations included: nothing emulated.
+    assert "emulated" not in out
+    assert "channel: guest file transfer" in out and "firsttrust-agent authorize" in out
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in (lab_root / "secrets").glob("*.json"))
     # Lab appliances have SSH host keys of their own: pinned with the enrollment, found by ssh-keygen.
     host_key = (lab_root / "app-srp-1" / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()[1]
@@ -192,11 +195,11 @@ def test_the_demo_enrolls_three_ways_refuses_two_attacks_and_leaves_nothing_runn
 
 
 def test_a_failed_demo_check_is_one_line_exit_1_and_still_cleans_up(lab_root, capsys, monkeypatch):
-    # The FIG. 2 step looks for the published certificate under a key nobody writes.
-    monkeypatch.setattr(demo, "APPLIANCE_CERT_GUESTINFO", "guestinfo.firsttrust.nothing-here")
+    # The injected-certificate step asks for the appliance's certificate where the guest has none.
+    monkeypatch.setattr(demo, "APPLIANCE_CERT_FILE", "no-such.crt")
     assert main(["demo", "--short", "--root", str(lab_root)]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "published no certificate" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and "no such file in the guest" in err and "Traceback" not in err
     assert json.loads((lab_root / "lab.json").read_text())["appliances"] == {}
 
 

@@ -30,6 +30,10 @@ func (l *lab) handler(inner http.Handler, token string) http.Handler {
 			control.ServeHTTP(w, r)
 			return
 		}
+		if !l.stock && isTransferPath(r.URL.Path) {
+			l.guestOps.serveTransfer(w, r)
+			return
+		}
 		if r.Method != http.MethodPost || !strings.HasPrefix(r.URL.Path, "/sdk") {
 			inner.ServeHTTP(w, r)
 			return
@@ -47,6 +51,14 @@ func (l *lab) handler(inner http.Handler, token string) http.Handler {
 		serve := func(b []byte) {
 			r.Body = io.NopCloser(bytes.NewReader(b))
 			r.ContentLength = int64(len(b))
+			if !l.stock && propertyMethods[method] && len(l.hostCertPEM) > 0 {
+				l.serveRewritten(w, r, inner, l.expandHostCertificate) // hostcert.go
+				return
+			}
+			if !l.stock && method == "ListProcessesInGuest" {
+				l.serveRewritten(w, r, inner, zeroExitCodes) // guestops.go
+				return
+			}
 			inner.ServeHTTP(w, r)
 		}
 		if l.stock {

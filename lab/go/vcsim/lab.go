@@ -39,6 +39,9 @@ type lab struct {
 
 	createMu sync.Mutex // one SOAP-level creation hook at a time (they take milliseconds)
 	counter  *requestCounter
+	guestOps *guestOps // guestops.go
+	// The certificate every host's config.certificate holds (hostcert.go); nil under -stock.
+	hostCertPEM []byte
 }
 
 func newLab(stock, setPrivate bool) *lab {

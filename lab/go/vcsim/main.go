@@ -14,6 +14,8 @@
 //	datastore.go   a lab-only switch for a datastore's accessible / maintenanceMode
 //	requests.go    a count of the API requests served, by session and method (never a body)
 //	collector.go   a new PropertyCollector filter's state reported by the next WaitForUpdatesEx
+//	guestops.go    guest operations (process and file managers) on the lab's appliances
+//	hostcert.go    every host's config.certificate: the certificate guest file transfers are served with
 //	control.go     the lab's own control endpoints under /firsttrust-lab/ (not vCenter's)
 //
 // and how they hook into vcsim: lab.go (the lab's state; only VMs are wrapped, see why there),
@@ -61,6 +63,8 @@ func main() {
 	stock := flag.Bool("stock", false, "turn every model off: behave as stock vcsim 0.24")
 	setPrivate := flag.Bool("guestinfo-set-private", false,
 		"a guestinfo value the guest sets is visible to the guest only, not in config.extraConfig")
+	guestSocket := flag.String("guest-ops-socket", "",
+		"the lab's guest side of guest operations (a Unix socket; none: guest operations unavailable)")
 	flag.Parse()
 
 	user, password := os.Getenv("FIRSTTRUST_VCSIM_USER"), os.Getenv("FIRSTTRUST_VCSIM_PASSWORD")
@@ -78,8 +82,10 @@ func main() {
 	defer model.Remove()
 
 	lab := newLab(*stock, *setPrivate)
+	lab.guestOps = newGuestOps(*guestSocket)
 	if !lab.stock {
 		lab.installModels()
+		lab.installGuestOps()
 	}
 
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(user, password)}
@@ -89,6 +95,13 @@ func main() {
 			fail("loading the TLS certificate: %v", err)
 		}
 		model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{pair}}
+		if !lab.stock {
+			certPEM, err := os.ReadFile(*certFile)
+			if err != nil {
+				fail("reading the TLS certificate: %v", err)
+			}
+			lab.setHostCertificates(certPEM)
+		}
 	}
 	server := model.Service.NewServer()
 	defer server.Close()
@@ -98,6 +111,7 @@ func main() {
 	// the request count and the SOAP-level models, see handler.go) wraps it here. Safe: the
 	// listener's port is known to nobody until the ready line below is printed, and net/http
 	// reads Server.Handler per request, so no request is being served while it is replaced.
+	lab.guestOps.port = server.URL.Port()
 	server.Config.Handler = lab.handler(server.Config.Handler, token)
 
 	public := *server.URL
