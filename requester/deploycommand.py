@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from pathlib import Path
 
 from firsttrust.errors import InvalidCertificate
 
 from .deployer import DEFAULT_CONCURRENCY, DEFAULT_IP_TIMEOUT, CredentialsError, VcenterAccess, deploy
+from .interrupts import INTERRUPTED_EXIT, StopSignal, exit_now
 from .deployplan import InvalidDeployPlan, appliance_names, check_vcenter_url, plan_deployment
 from .ovafile import check_ova
 from .placement import PlacementRequest
@@ -119,15 +121,21 @@ def run(args: argparse.Namespace) -> int:
         access = VcenterAccess.load(args.vcenter, context, args.credentials)
     except CredentialsError as exc:
         raise InvalidDeployPlan(str(exc)) from None
-    reports = deploy(plan, access, Path(args.secrets_dir), concurrency=args.concurrency,
-                     ip_timeout=args.ip_timeout, progress=_progress, placement=placement,
-                     remove_vapp=args.remove_vapp_config)
+    stop = StopSignal()
+    with stop.installed():  # Ctrl-C, SIGTERM: no new step, the partial report below, exit 130
+        reports = deploy(plan, access, Path(args.secrets_dir), concurrency=args.concurrency,
+                         ip_timeout=args.ip_timeout, progress=_progress, placement=placement,
+                         remove_vapp=args.remove_vapp_config, stop=stop)
     if args.json:
         print(json.dumps([report.to_json() for report in reports], indent=2))
     else:
         rows = [(r.name, r.vm or "-", r.status, r.ip or "-",
                  r.pin or (f"{r.error.code}: {r.error}" if r.error else "-")) for r in reports]
         print(_table(("NAME", "VM", "STATUS", "IP", "PIN"), rows))
+    if stop.is_set():
+        _progress("deploy", "interrupted: the same command again finishes the job")
+        exit_now(INTERRUPTED_EXIT, stop)
+        return INTERRUPTED_EXIT
     failed = sum(not r.ok for r in reports)
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -149,5 +157,11 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
                      for row in (header, *rows))
 
 
+_PROGRESS_LOCK = threading.Lock()
+
+
 def _progress(name: str, event: str) -> None:
-    print(f"firsttrust: {name}: {event}", file=sys.stderr, flush=True)
+    """One whole line per call: the workers' lines never run together."""
+    with _PROGRESS_LOCK:
+        sys.stderr.write(f"firsttrust: {name}: {event}\n")
+        sys.stderr.flush()

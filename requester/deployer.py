@@ -29,7 +29,6 @@ import json
 import os
 import stat
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -50,6 +49,7 @@ from .deployplan import (
 )
 from .placement import PlacementRequest
 from .deployspec import secrets_to_json
+from .interrupts import Interrupted, StopSignal, run_coroutine, run_each
 from .library import Target, enroll_many
 from .truststore import TrustStore, fsync_directory
 
@@ -124,7 +124,7 @@ class ApplianceReport:
 
     name: str
     secrets_file: str
-    status: str = "planned"  # planned -> deployed -> enrolled | already-pinned; or failed
+    status: str = "planned"  # planned -> deployed -> enrolled | already-pinned; or failed, interrupted
     vm: str | None = None  # the managed object ID, e.g. vm-42
     ip: str | None = None
     pin: str | None = None
@@ -135,10 +135,11 @@ class ApplianceReport:
     error: FirsttrustError | None = None
     failed_step: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    task: str | None = None  # interrupted: the vCenter task that was in flight (the re-run finds its VM)
 
     @property
     def ok(self) -> bool:
-        return self.status != "failed"
+        return self.status not in ("failed", "interrupted")
 
     def to_json(self) -> dict:
         return {"name": self.name, "status": self.status, "vm": self.vm, "ip": self.ip, "pin": self.pin,
@@ -146,7 +147,7 @@ class ApplianceReport:
                 "environment": self.environment,
                 "error": None if self.error is None else {"code": self.error.code, "message": str(self.error),
                                                           "step": self.failed_step},
-                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "task": self.task}
 
 
 def check_secrets_dir(plan: DeployPlan, secrets_dir: Path) -> None:
@@ -183,7 +184,7 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
            ip_timeout: float = DEFAULT_IP_TIMEOUT, store: TrustStore | None = None,
            progress: Progress = lambda name, event: None, datastore: str | None = None,
            placement: PlacementRequest | None = None, remove_vapp: bool = False,
-           vcenter=None) -> list[ApplianceReport]:
+           vcenter=None, stop: StopSignal | None = None) -> list[ApplianceReport]:
     """Carry out `plan` (see the module docstring), one report per appliance in plan order.
 
     `placement` chooses datacenter, folder, pool or cluster, host, datastore and network
@@ -193,7 +194,10 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
     ...)` before anything is created. With plan.ova, after enrollment the OVF environment is
     removed from the VM (the transport emptied, or with `remove_vapp` the whole vApp
     configuration; its CD-ROM disconnected). `vcenter` reuses a logged-in requester.vsphere.Vcenter
-    (it is not closed); by default one is opened from `access` and closed at the end.
+    (it is not closed); by default one is opened from `access` and closed at the end. Once `stop`
+    is set (requester/interrupts.py: SIGINT, SIGTERM) no step starts, every vCenter wait ends
+    within a second, and the reports come back at once: the appliances not done are
+    "interrupted", with the step and the vCenter task that was in flight, if any.
 
     Raises (before any VM or file is created):
         InvalidDeployPlan: the secrets directory is missing or already holds a plan's file; the
@@ -220,6 +224,8 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
     own = vcenter is None
     if own:
         vcenter = connect(access.url, access.user, access.password, access.context)
+    stop = stop or StopSignal()
+    stop.on_stop(vcenter.interrupt)
     try:
         inventory = vcenter.virtual_machines()
         template = None
@@ -236,17 +242,25 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
             where = vcenter.placement(request)
             for note in where.notes:
                 progress("placement", note)
-        run = _Run(plan, vcenter, secrets_dir, progress, template, where, ova, facts, ip_timeout)
+        run = _Run(plan, vcenter, secrets_dir, progress, template, where, ova, facts, ip_timeout, stop)
         if ova is not None:
             run.check_import(plan.appliances[0])
-        run.create_all(concurrency)
-        _in_threads(concurrency, run.start, plan.appliances, run.reports)
+        steps = [("create", lambda: run.create_all(concurrency)),
+                 ("power on", lambda: _in_threads(concurrency, run.start, plan.appliances, run.reports, stop))]
         if plan.enroll:
-            _in_threads(concurrency, run.wait_for_ip, plan.appliances, run.reports)
-            _enroll_and_scrub(plan, run.reports, run.vms, vcenter, concurrency, store, progress, remove_vapp)
+            steps += [("wait for guest IP", lambda: _in_threads(concurrency, run.wait_for_ip, plan.appliances,
+                                                                 run.reports, stop)),
+                      ("enroll", lambda: _enroll_and_scrub(plan, run.reports, run.vms, vcenter, concurrency, store,
+                                                           progress, remove_vapp, stop))]
+        for step, carry_out in steps:
+            if not stop.is_set():
+                carry_out()
+            if stop.is_set():
+                _mark_interrupted(run.reports, step, plan.enroll)
+                break
         return run.reports
     finally:
-        if own:
+        if own and not stop.is_set():  # after a stop the process ends at once; the server drops the session
             vcenter.close()
 
 
@@ -254,8 +268,9 @@ class _Run:
     """One deploy's appliances through their steps; each step records its failure in the report."""
 
     def __init__(self, plan: DeployPlan, vcenter, secrets_dir: Path, progress: Progress, template,
-                 where, ova, facts, ip_timeout: float = DEFAULT_IP_TIMEOUT) -> None:
+                 where, ova, facts, ip_timeout: float = DEFAULT_IP_TIMEOUT, stop: StopSignal | None = None) -> None:
         self.plan, self.vcenter, self.secrets_dir, self.progress = plan, vcenter, secrets_dir, progress
+        self.stop = stop or StopSignal()
         self.template, self.where, self.ova, self.facts = template, where, ova, facts
         self.ip_timeout = ip_timeout
         self.reports = [ApplianceReport(a.name, str(secrets_dir / a.secrets_file)) for a in plan.appliances]
@@ -282,9 +297,11 @@ class _Run:
         the others are cloned from it (before it is powered on) with their own property values."""
         appliances, reports = list(self.plan.appliances), self.reports
         if self.ova is None or len(appliances) == 1:
-            _in_threads(concurrency, self.create, appliances, reports)
+            _in_threads(concurrency, self.create, appliances, reports, self.stop)
             return
-        self.create(appliances[0], reports[0])
+        _in_threads(1, self.create, appliances[:1], reports[:1], self.stop)
+        if self.stop.is_set():
+            return
         source = self.vms.get(appliances[0].name)
         if source is None:
             for appliance, report in zip(appliances[1:], reports[1:]):
@@ -293,7 +310,8 @@ class _Run:
                                                f"are cloned from, failed", code="source_failed")
             return
         keys = {pid: prop.key for pid, prop in self.vcenter.vapp_properties(source).items()}
-        _in_threads(concurrency, lambda a, r: self.create(a, r, source=source, keys=keys), appliances[1:], reports[1:])
+        _in_threads(concurrency, lambda a, r: self.create(a, r, source=source, keys=keys), appliances[1:], reports[1:],
+                    self.stop)
 
     def create(self, appliance: AppliancePlan, report: ApplianceReport, source=None, keys=None) -> None:
         from .vsphere import VsphereError
@@ -368,12 +386,22 @@ class _Run:
 
 
 def _enroll_and_scrub(plan: DeployPlan, reports: list[ApplianceReport], vms: dict, vcenter, concurrency: int,
-                      store: TrustStore | None, progress: Progress, remove_vapp: bool = False) -> None:
+                      store: TrustStore | None, progress: Progress, remove_vapp: bool = False,
+                      stop: StopSignal | None = None) -> None:
+    stop = stop or StopSignal()
     by_name = {a.name: a for a in plan.appliances}
     ready = [r for r in reports if r.ok and r.ip]
     targets = [Target(r.name, r.ip, by_name[r.name].secrets) for r in ready]
-    outcomes = asyncio.run(enroll_many(targets, concurrency=concurrency, store=store)) if targets else []
-    for report, outcome in zip(ready, outcomes):
+    done: dict[str, object] = {}  # what ended before a stop, as it ended
+    if targets:
+        outcomes = run_coroutine(lambda: enroll_many(targets, concurrency=concurrency, store=store,
+                                                     on_done=lambda o: done.setdefault(o.target.name, o)), stop)
+        if outcomes is not None:  # all of them ended (None: stopped, `done` has what ended before)
+            done = {outcome.target.name: outcome for outcome in outcomes}
+    for report in ready:
+        outcome = done.get(report.name)
+        if outcome is None:
+            continue  # interrupted: marked so by the caller
         report.seconds["enroll"] = outcome.seconds
         if outcome.ok:
             report.status, report.pin = outcome.status, outcome.record.pin
@@ -404,7 +432,8 @@ def _enroll_and_scrub(plan: DeployPlan, reports: list[ApplianceReport], vms: dic
                 report.environment = f"not removed ({exc.code}): {_redact(str(exc), appliance)}"
             progress(appliance.name, f"OVF environment: {report.environment}")
 
-    _in_threads(concurrency, scrub, plan.appliances, reports)
+    if not stop.is_set():
+        _in_threads(concurrency, scrub, plan.appliances, reports, stop)
 
 
 def scrub_imported(vcenter, vm) -> dict[str, str]:
@@ -445,10 +474,39 @@ def remove_environment(vcenter, vm, remove_vapp: bool = False) -> str:
     return ("vApp configuration removed" if remove_vapp else "transport removed") + "; no ISO CD-ROM connected"
 
 
-def _in_threads(concurrency: int, work, appliances, reports) -> None:
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(appliances)))) as pool:
-        for future in [pool.submit(work, a, r) for a, r in zip(appliances, reports)]:
-            future.result()
+def _in_threads(concurrency: int, work, appliances, reports, stop: StopSignal | None = None) -> None:
+    """`work(appliance, report)` for each, `concurrency` at once (interrupts.run_each: none starts
+    after a stop). A wait cut short by the stop records the vCenter task it was waiting on."""
+    from .vsphere_wait import WaitInterrupted
+
+    def guarded(appliance: AppliancePlan, report: ApplianceReport) -> None:
+        try:
+            work(appliance, report)
+        except WaitInterrupted as exc:
+            report.task = getattr(exc, "task", None) or report.task
+            raise
+
+    run_each(guarded, list(zip(appliances, reports)), concurrency, stop or StopSignal())
+
+
+def _mark_interrupted(reports: list[ApplianceReport], step: str, enroll: bool) -> None:
+    """After a stop during `step`: every appliance not at its end is "interrupted", at the step it
+    had reached (what the re-run starts from)."""
+    for report in reports:
+        if step == "enroll" and report.status in ("enrolled", "already-pinned") and not report.scrub:
+            report.status, report.failed_step = "interrupted", "remove the secret keys"  # pinned; the re-run scrubs
+            report.error = Interrupted("stopped after enrollment, before the secret keys were removed from the VM")
+            continue
+        if report.status == "planned":
+            reached = "power on" if report.vm else "create"
+        elif report.status == "deployed" and enroll:
+            reached = "enroll" if report.ip else "wait for guest IP"
+        else:
+            continue
+        report.status, report.failed_step = "interrupted", reached
+        in_flight = f"; vCenter task {report.task} was in flight (the re-run finds what it made)" \
+            if report.task else ""
+        report.error = Interrupted(f"stopped before {reached} ended{in_flight}")
 
 
 def _timed(report: ApplianceReport, what: str, call):

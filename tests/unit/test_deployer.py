@@ -59,6 +59,9 @@ class FakeVcenter:
     def close(self):
         self.closed = True
 
+    def interrupt(self):
+        self.interrupted = True
+
 
 @pytest.fixture
 def fake(monkeypatch):
