@@ -35,6 +35,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -53,6 +54,7 @@ from firsttrust.messages import SSH_KEY_PATTERN
 
 from .deployspec import FORMATS, InvalidDeploySpec, deployment_properties, render, secrets_from_json, secrets_to_json
 from .enroll import parse_address
+from .interrupts import INTERRUPTED_EXIT, Interrupted, StopSignal, exit_now
 from .library import (
     AlreadyPinned,
     Outcome,
@@ -310,24 +312,54 @@ def _enroll_batch(args: argparse.Namespace) -> int:
     if args.workers is not None and not 1 <= args.workers <= 256:
         raise UsageError("--workers must be between 1 and 256")
     targets = _read_targets(args.targets)
+    ssh_key, deadline = _read_ssh_key(args.ssh_key), _check_deadline(args.deadline)
     progress = _Progress(len(targets), terminal=sys.stderr.isatty())
-    outcomes = asyncio.run(enroll_many(targets, concurrency=args.concurrency, ssh_key=_read_ssh_key(args.ssh_key),
-                                       on_done=progress.step, deadline=_check_deadline(args.deadline),
-                                       workers=args.workers))
+    done: dict[str, Outcome] = {}
+    reported = threading.Lock()  # one report: the whole one, or (SIGINT, SIGTERM) the partial one
+
+    def step(outcome: Outcome) -> None:
+        done[outcome.target.name] = outcome
+        progress.step(outcome)
+
+    def interrupted() -> None:
+        if reported.acquire(blocking=False):  # the process ends in exit_now, with the lock held
+            so_far = dict(done)
+            _print_batch_report(args, [so_far.get(t.name) or Outcome(t, None, Interrupted(
+                "stopped before its enrollment ended; the same command again finishes it"), 0.0) for t in targets])
+            exit_now(INTERRUPTED_EXIT, stop)
+
+    stop = StopSignal()
+    stop.on_stop(interrupted)
+    with stop.installed():
+        outcomes = asyncio.run(enroll_many(targets, concurrency=args.concurrency, ssh_key=ssh_key,
+                                           on_done=step, deadline=deadline, workers=args.workers))
     progress.finish()
+    if not reported.acquire(blocking=False):
+        return INTERRUPTED_EXIT
+    return _print_batch_report(args, outcomes)
+
+
+def _batch_status(outcome: Outcome) -> str:
+    return "interrupted" if isinstance(outcome.error, Interrupted) else outcome.status
+
+
+def _print_batch_report(args: argparse.Namespace, outcomes: list[Outcome]) -> int:
     failed = [o for o in outcomes if not o.ok]
     if args.json:
         print(json.dumps([{"name": o.target.name, "address": o.target.address, "ok": o.ok,
-                           "status": o.status, "pin": o.record.pin if o.record else None,
+                           "status": _batch_status(o), "pin": o.record.pin if o.record else None,
                            "error": {"code": o.error.code, "message": str(o.error)} if o.error else None,
                            "seconds": round(o.seconds, 3)} for o in outcomes], indent=2))
     else:
-        rows = [(o.target.name, o.target.address, o.status,
+        rows = [(o.target.name, o.target.address, _batch_status(o),
                  o.record.pin if o.record else f"{o.error.code}: {o.error}", f"{o.seconds * 1000:.0f} ms")
                 for o in outcomes]
         print(_table(("NAME", "ADDRESS", "STATUS", "PIN", "TIME"), rows))
         pinned = sum(o.status == "already-pinned" for o in outcomes)
-        print(f"{len(outcomes) - len(failed) - pinned} enrolled, {pinned} already pinned, {len(failed)} failed")
+        stopped = sum(isinstance(o.error, Interrupted) for o in outcomes)
+        print(f"{len(outcomes) - len(failed) - pinned} enrolled, {pinned} already pinned, "
+              f"{len(failed) - stopped} failed" + (f", {stopped} interrupted" if stopped else ""))
+    sys.stdout.flush()
     return EXIT_FAILED if failed else EXIT_OK
 
 

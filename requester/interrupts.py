@@ -212,3 +212,17 @@ def exit_now(code: int, stop: StopSignal) -> None:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def follow_parent() -> None:
+    """In a worker process: leave SIGINT to the parent (a terminal's Ctrl-C reaches the whole
+    process group; the parent decides and reports), and end when the parent ends (PR_SET_PDEATHSIG,
+    Linux; elsewhere the worker ends at its next read of the work queue)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the parent's StopSignal handler
+    with contextlib.suppress(Exception):
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -348,6 +348,8 @@ _done_queue: Any = None  # a worker process's queue back to enroll_many (set by 
 def _worker_init(done_queue: Any) -> None:
     global _done_queue
     _done_queue = done_queue
+    from .interrupts import follow_parent
+    follow_parent()  # an interrupted batch ends its workers with it (requester/interrupts.py)
 
 
 def _worker(shard: list[tuple[int, Target]], concurrency: int, home: Path, deadline: float, kwargs: dict,
