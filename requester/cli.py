@@ -18,7 +18,10 @@ Subcommands are rows in SUBCOMMANDS: words, help, an argument function and a run
 
 Exit codes: 0 success; 1 the operation failed (a refused or unreachable appliance, any failed
 appliance of a batch, an output file that exists or cannot be written); 2 usage or input error
-(bad arguments, unreadable or invalid input file, unknown appliance name). A failure prints one
+(bad arguments, unreadable or invalid input file, unknown appliance name); 3 the appliance pinned
+under a name changed (another deployment's secrets, another key, or an appliance that enrolled
+nobody: requester/identitycheck.py); 130 interrupted by SIGINT or SIGTERM (deploy and batch enroll
+write their partial report first); 141 stdout was closed early. A failure prints one
 line on stderr, `firsttrust: error: <message>`, and no traceback. Secret values travel only
 through files and stdout: never argv, never a message.
 """
@@ -53,7 +56,9 @@ from firsttrust.identity import normalize_pin, pin_to_curl
 from firsttrust.messages import SSH_KEY_PATTERN
 
 from .deployspec import FORMATS, InvalidDeploySpec, deployment_properties, render, secrets_from_json, secrets_to_json
+from .deploymentid import deployment_id_of
 from .enroll import parse_address
+from .identitycheck import IdentityChanged, changed, probe
 from .interrupts import INTERRUPTED_EXIT, Interrupted, StopSignal, exit_now
 from .library import (
     AlreadyPinned,
@@ -67,12 +72,14 @@ from .library import (
     rotate_appliance,
 )
 from .retry import DEFAULT_DEADLINE
+from .errors import ConnectionFailed, PinMismatch
 from .truststore import NAME_RE, ApplianceRecord, TrustStore, UnknownAppliance
 
 PROG = "firsttrust"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_IDENTITY_CHANGED = 3  # like ssh's loud warning: a script must not take it for "failed, retry"
 
 # Input files are small: a secrets file is ~100 bytes, a certificate a few hundred. The cap only
 # keeps a wrong path (a disk image, /dev/zero) from being read into memory.
@@ -102,6 +109,7 @@ EXIT_CODES: dict[type[FirsttrustError], int] = {
     PropertyEncodingError: EXIT_USAGE,
     OutputError: EXIT_FAILED,
     UnknownAppliance: EXIT_USAGE,
+    IdentityChanged: EXIT_IDENTITY_CHANGED,
     FirsttrustError: EXIT_FAILED,
 }
 
@@ -197,9 +205,14 @@ def _enroll_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_secrets(path: str) -> EnrollmentSecrets:
+    return _load_secrets_and_id(path)[0]
+
+
+def _load_secrets_and_id(path: str) -> tuple[EnrollmentSecrets, str | None]:
+    """The secrets and the deployment id (None in a file from before ids) of a secrets file."""
     data, _ = read_input(path, "secrets file")
     try:
-        return secrets_from_json(data)
+        return secrets_from_json(data), deployment_id_of(data)
     except (InvalidDeploySpec, InvalidSecret) as exc:
         raise type(exc)(f"secrets file {path}: {exc}") from None
 
@@ -247,7 +260,7 @@ def _enroll(args: argparse.Namespace) -> int:
         return _enroll_batch(args)
     if not (args.address and args.secrets and args.name):
         raise UsageError("enroll needs ADDRESS, --secrets and --name (or --targets FILE)")
-    secrets = _load_secrets(args.secrets)
+    secrets, deployment_id = _load_secrets_and_id(args.secrets)
     _check_name(args.name)
     _check_address(args.address)
     ssh_key = _read_ssh_key(args.ssh_key)
@@ -265,7 +278,10 @@ def _enroll(args: argparse.Namespace) -> int:
         record = asyncio.run(enroll_appliance(args.address, secrets, name=args.name, ssh_key=ssh_key,
                                               api_address=args.api_address, replace=args.replace, store=store,
                                               deadline=_check_deadline(args.deadline),
-                                              on_wait=_show_wait(args.address)))
+                                              on_wait=_show_wait(args.address), deployment_id=deployment_id))
+    except IdentityChanged as exc:
+        raise IdentityChanged(str(exc).replace("--secrets FILE", f"--secrets {args.secrets}")
+                              .replace("enroll ADDRESS", f"enroll {args.address}")) from None
     except AlreadyPinned as exc:
         print(f"already-pinned {exc.record.name}: {exc.record.pin}")
         return EXIT_OK
@@ -302,7 +318,7 @@ def _read_targets(path: str) -> list[Target]:
             raise UsageError(f"targets file {path}, row {number}: name {name!r} appears twice")
         names.add(name)
         secrets_path = os.path.join(base, str(row["secrets"]))
-        targets.append(Target(name, _check_address(str(row["address"])), _load_secrets(secrets_path)))
+        targets.append(Target(name, _check_address(str(row["address"])), *_load_secrets_and_id(secrets_path)))
     return targets
 
 
@@ -360,6 +376,8 @@ def _print_batch_report(args: argparse.Namespace, outcomes: list[Outcome]) -> in
         print(f"{len(outcomes) - len(failed) - pinned} enrolled, {pinned} already pinned, "
               f"{len(failed) - stopped} failed" + (f", {stopped} interrupted" if stopped else ""))
     sys.stdout.flush()
+    if any(isinstance(o.error, IdentityChanged) for o in failed):
+        return EXIT_IDENTITY_CHANGED
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -407,6 +425,7 @@ def _pins_list_arguments(parser: argparse.ArgumentParser) -> None:
 def _record_summary(record: ApplianceRecord) -> dict:
     return {"name": record.name, "address": record.address, "api_port": record.api_port, "pin": record.pin,
             "embodiment": record.embodiment, "enrolled_at": record.enrolled_at,
+            "deployment_id": record.deployment_id,
             "ssh_host_keys": list(record.ssh_host_keys)}
 
 
@@ -497,10 +516,25 @@ def _call(args: argparse.Namespace) -> int:
             body = json.loads(args.data)
         except ValueError:
             raise UsageError("--data is not valid JSON") from None
-    answer = asyncio.run(call(_check_name(args.name), args.method, args.path, body))
+    name = _check_name(args.name)
+    try:
+        answer = asyncio.run(call(name, args.method, args.path, body))
+    except (ConnectionFailed, PinMismatch) as exc:
+        raise _diagnose(name, exc) from None
     if answer is not None:
         print(json.dumps(answer, indent=2, sort_keys=True))
     return EXIT_OK
+
+
+def _diagnose(name: str, error: FirsttrustError) -> FirsttrustError:
+    """A call that failed to connect or met another key: ask the address which key it presents
+    (identitycheck.probe, no key of ours sent) to say whether the appliance changed."""
+    try:
+        record = TrustStore().get(name)
+    except FirsttrustError:
+        return error
+    change = changed(record, asyncio.run(probe(record.address, record.api_port)))
+    return change if change is not None else error
 
 
 def _pin_cert_arguments(parser: argparse.ArgumentParser) -> None:
@@ -601,7 +635,10 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog="environment:\n  FIRSTTRUST_HOME  the trust store: this requester's key and certificate and "
                             "the pinned\n                   appliances (default ~/.local/share/firsttrust; "
                             "`firsttrust identity` prints it)\n\n"
-                            "exit codes: 0 success, 1 the operation failed, 2 usage or input error")
+                            "exit codes: 0 success, 1 the operation failed, 2 usage or input error, 3 an "
+                            "appliance's identity\n  changed (redeployed, reset or replaced: see the message), "
+                            "130 interrupted (SIGINT,\n  SIGTERM; the partial report was written), 141 stdout "
+                            "closed early")
     parser.add_argument("--version", action="version", version=f"%(prog)s {firsttrust.__version__}")
     groups = {(): parser.add_subparsers(metavar="COMMAND", required=True)}
     for command in SUBCOMMANDS:

@@ -171,7 +171,7 @@ def write_secrets_file(path: Path, appliance: AppliancePlan) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(secrets_to_json(appliance.secrets))
+            handle.write(secrets_to_json(appliance.secrets, appliance.deployment_id))
             handle.flush()
             os.fsync(handle.fileno())
     except BaseException:
@@ -391,7 +391,7 @@ def _enroll_and_scrub(plan: DeployPlan, reports: list[ApplianceReport], vms: dic
     stop = stop or StopSignal()
     by_name = {a.name: a for a in plan.appliances}
     ready = [r for r in reports if r.ok and r.ip]
-    targets = [Target(r.name, r.ip, by_name[r.name].secrets) for r in ready]
+    targets = [Target(r.name, r.ip, by_name[r.name].secrets, by_name[r.name].deployment_id) for r in ready]
     done: dict[str, object] = {}  # what ended before a stop, as it ended
     if targets:
         outcomes = run_coroutine(lambda: enroll_many(targets, concurrency=concurrency, store=store,
