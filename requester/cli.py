@@ -12,7 +12,8 @@
     firsttrust rotate NAME
     firsttrust identity
     firsttrust deploy --vcenter URL --thumbprint TP (--template NAME | --ova PATH) --name-prefix P --count N
-                      --secrets-dir DIR [--no-enroll] [--dry-run] [--json]   (requester/deploycommand.py)
+                      --secrets-dir DIR [--no-enroll] [--dry-run | --check] [--json]   (requester/deploycommand.py)
+    firsttrust destroy NAME... --vcenter URL --thumbprint TP --secrets-dir DIR [--yes]   (requester/destroycommand.py)
 
 Subcommands are rows in SUBCOMMANDS: words, help, an argument function and a run function.
 
@@ -584,6 +585,16 @@ def _deploy(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _destroy_arguments(parser: argparse.ArgumentParser) -> None:
+    from .destroycommand import add_arguments
+    add_arguments(parser)
+
+
+def _destroy(args: argparse.Namespace) -> int:
+    from .destroycommand import run
+    return run(args)
+
+
 # --- the table -------------------------------------------------------------------------------------
 
 
@@ -616,6 +627,8 @@ SUBCOMMANDS = (
                lambda parser: None, _identity),
     Subcommand(("deploy",), "deploy appliances through vCenter with fresh secrets, then enroll them",
                _deploy_arguments, _deploy),
+    Subcommand(("destroy",), "power off and delete deployed appliances (only VMs carrying their deployment id), "
+                             "remove their pins and secrets files", _destroy_arguments, _destroy),
 )
 # Help for the words that only group subcommands.
 GROUP_HELP = {("secrets",): "one-time enrollment secrets", ("pins",): "the trust store's pinned appliances"}

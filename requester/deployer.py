@@ -49,6 +49,7 @@ from .deployplan import (
 )
 from .placement import PlacementRequest
 from .deployspec import secrets_to_json
+from .converge import prepare, resume, survey
 from .interrupts import Interrupted, StopSignal, run_coroutine, run_each
 from .library import Target, enroll_many
 from .truststore import TrustStore, fsync_directory
@@ -136,6 +137,7 @@ class ApplianceReport:
     failed_step: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     task: str | None = None  # interrupted: the vCenter task that was in flight (the re-run finds its VM)
+    action: str = "created"  # converge.py: created, resumed or unchanged (with check: what a run would do)
 
     @property
     def ok(self) -> bool:
@@ -147,7 +149,8 @@ class ApplianceReport:
                 "environment": self.environment,
                 "error": None if self.error is None else {"code": self.error.code, "message": str(self.error),
                                                           "step": self.failed_step},
-                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "task": self.task}
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "task": self.task,
+                "action": self.action}
 
 
 def check_secrets_dir(plan: DeployPlan, secrets_dir: Path) -> None:
@@ -184,7 +187,7 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
            ip_timeout: float = DEFAULT_IP_TIMEOUT, store: TrustStore | None = None,
            progress: Progress = lambda name, event: None, datastore: str | None = None,
            placement: PlacementRequest | None = None, remove_vapp: bool = False,
-           vcenter=None, stop: StopSignal | None = None) -> list[ApplianceReport]:
+           vcenter=None, stop: StopSignal | None = None, check: bool = False) -> list[ApplianceReport]:
     """Carry out `plan` (see the module docstring), one report per appliance in plan order.
 
     `placement` chooses datacenter, folder, pool or cluster, host, datastore and network
@@ -198,6 +201,11 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
     is set (requester/interrupts.py: SIGINT, SIGTERM) no step starts, every vCenter wait ends
     within a second, and the reports come back at once: the appliances not done are
     "interrupted", with the step and the vCenter task that was in flight, if any.
+
+    A re-run converges (requester/converge.py): an appliance whose secrets file is there and whose
+    VM carries that file's deployment id is resumed (power-on, enrollment, scrub as needed) or
+    left unchanged; each report's `action` says which. With `check`, nothing is created or
+    written: every report is "checked" and its action is what a run would do.
 
     Raises (before any VM or file is created):
         InvalidDeployPlan: the secrets directory is missing or already holds a plan's file; the
@@ -213,7 +221,7 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
     request = placement or PlacementRequest()
     if datastore is not None:
         request = dataclasses.replace(request, datastore=datastore)
-    check_secrets_dir(plan, secrets_dir)
+    plan, existing = prepare(plan, secrets_dir)
     ova = check_ova(plan.ova) if plan.ova else None
     facts = ova.facts() if ova is not None else None
     if facts is not None:
@@ -233,10 +241,7 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
             template = inventory.get(plan.template)
             if template is None:
                 raise VsphereError(f"no virtual machine or template named {plan.template[:80]!r}", code="not_found")
-        taken = [a.name for a in plan.appliances if a.name in inventory]
-        if taken:
-            raise VsphereError(f"a virtual machine named {taken[0]!r} exists already"
-                               f"{f' (and {len(taken) - 1} more)' if len(taken) > 1 else ''}", code="name_taken")
+        found = survey(plan, existing, inventory, vcenter, store)
         where = None
         if ova is not None or request != PlacementRequest():
             where = vcenter.placement(request)
@@ -245,6 +250,9 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
         run = _Run(plan, vcenter, secrets_dir, progress, template, where, ova, facts, ip_timeout, stop)
         if ova is not None:
             run.check_import(plan.appliances[0])
+        resume(run, found, existing, check)
+        if check:
+            return run.reports
         steps = [("create", lambda: run.create_all(concurrency)),
                  ("power on", lambda: _in_threads(concurrency, run.start, plan.appliances, run.reports, stop))]
         if plan.enroll:
@@ -274,7 +282,8 @@ class _Run:
         self.template, self.where, self.ova, self.facts = template, where, ova, facts
         self.ip_timeout = ip_timeout
         self.reports = [ApplianceReport(a.name, str(secrets_dir / a.secrets_file)) for a in plan.appliances]
-        self.vms: dict[str, object] = {}
+        self.vms: dict[str, object] = {}  # by name; converge.resume fills in the VMs that exist
+        self.kept_files: set[str] = set()  # names whose secrets file a previous run wrote
         self.spec = None
 
     def check_import(self, appliance: AppliancePlan) -> None:
@@ -317,9 +326,12 @@ class _Run:
         from .vsphere import VsphereError
 
         vcenter, progress = self.vcenter, self.progress
+        if appliance.name in self.vms:  # it exists: resumed or unchanged (converge.py)
+            return
         step = "write secrets file"
         try:
-            write_secrets_file(self.secrets_dir / appliance.secrets_file, appliance)
+            if appliance.name not in self.kept_files:
+                write_secrets_file(self.secrets_dir / appliance.secrets_file, appliance)
             if source is not None:
                 step = "clone the imported appliance"
                 values = [(keys[k], v) for k, v in appliance.properties if k in keys]
@@ -361,7 +373,7 @@ class _Run:
             progress(appliance.name, f"failed at {step}: {report.error}")
 
     def start(self, appliance: AppliancePlan, report: ApplianceReport) -> None:
-        if not report.ok:
+        if not report.ok or report.status != "planned":  # failed, or on already (converge.py)
             return
         try:
             _timed(report, "power_on", lambda: self.vcenter.power_on(self.vms[appliance.name]))
@@ -373,7 +385,7 @@ class _Run:
         self.progress(appliance.name, "powered on")
 
     def wait_for_ip(self, appliance: AppliancePlan, report: ApplianceReport) -> None:
-        if not report.ok:
+        if not report.ok or report.status != "deployed":
             return
         try:
             report.ip = _timed(report, "wait_ip", lambda: self.vcenter.wait_for_ip(self.vms[appliance.name],
@@ -411,7 +423,7 @@ def _enroll_and_scrub(plan: DeployPlan, reports: list[ApplianceReport], vms: dic
             progress(report.name, f"failed at enroll: {report.error}")
 
     def scrub(appliance: AppliancePlan, report: ApplianceReport) -> None:
-        if report.status not in ("enrolled", "already-pinned"):
+        if report.status not in ("enrolled", "already-pinned") or report.action == "unchanged":
             return
         vm = vms[appliance.name]
         try:
