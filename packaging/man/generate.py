@@ -57,6 +57,8 @@ PAGES = {
                                 "(identity.key, identity.crt) and one record per pinned appliance. "
                                 "Default: $XDG_DATA_HOME/firsttrust."),
             ("XDG_DATA_HOME", "Used when FIRSTTRUST_HOME is not set; default ~/.local/share."),
+            ("FIRSTTRUST_VSPHERE_USER", "deploy, destroy: the vCenter user, unless --credentials FILE is given."),
+            ("FIRSTTRUST_VSPHERE_PASSWORD", "deploy, destroy: that user's password (never on the command line)."),
         ),
         files=(
             ("$FIRSTTRUST_HOME/identity.key", "the requester's private key (mode 0600), created on first use"),
