@@ -13,7 +13,20 @@ import pytest
 from firsttrust.requester.interrupts import GRACE_SECONDS, StopSignal, run_coroutine, run_each
 
 
-def test_no_item_starts_after_the_stop_and_the_caller_gets_control_back_within_the_grace():
+def test_no_item_starts_after_the_stop():
+    stop, started = StopSignal(), []
+
+    def work(number):
+        started.append(number)
+        if number == 2:
+            stop.stop()
+
+    finished = run_each(work, [(n,) for n in range(100)], concurrency=3, stop=stop)
+    assert 2 in started and max(started) < 2 + 3, "at most the items other workers had taken already"
+    assert finished.count(True) == len(started)
+
+
+def test_the_caller_gets_control_back_within_the_grace_while_items_are_still_in_flight():
     stop, started, release = StopSignal(), [], threading.Event()
 
     def work(number):
