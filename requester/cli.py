@@ -13,6 +13,7 @@
     firsttrust identity
     firsttrust deploy --vcenter URL --thumbprint TP (--template NAME | --ova PATH) --name-prefix P --count N
                       --secrets-dir DIR [--no-enroll] [--dry-run | --check] [--json]   (requester/deploycommand.py)
+    firsttrust vcenter-thumbprint URL | firsttrust completion bash|zsh   (requester/setupcommands.py)
     firsttrust destroy NAME... --vcenter URL --thumbprint TP --secrets-dir DIR [--yes]   (requester/destroycommand.py)
 
 Subcommands are rows in SUBCOMMANDS: words, help, an argument function and a run function.
@@ -57,9 +58,11 @@ from firsttrust.identity import normalize_pin, pin_to_curl
 from firsttrust.messages import SSH_KEY_PATTERN
 
 from .deployspec import FORMATS, InvalidDeploySpec, deployment_properties, render, secrets_from_json, secrets_to_json
+from . import setupcommands
 from .deploymentid import deployment_id_of
 from .enroll import parse_address
 from .identitycheck import IdentityChanged, changed, probe
+from .profile import ProfileError
 from .interrupts import INTERRUPTED_EXIT, Interrupted, StopSignal, exit_now
 from .library import (
     AlreadyPinned,
@@ -110,6 +113,7 @@ EXIT_CODES: dict[type[FirsttrustError], int] = {
     PropertyEncodingError: EXIT_USAGE,
     OutputError: EXIT_FAILED,
     UnknownAppliance: EXIT_USAGE,
+    ProfileError: EXIT_USAGE,
     IdentityChanged: EXIT_IDENTITY_CHANGED,
     FirsttrustError: EXIT_FAILED,
 }
@@ -627,6 +631,11 @@ SUBCOMMANDS = (
                lambda parser: None, _identity),
     Subcommand(("deploy",), "deploy appliances through vCenter with fresh secrets, then enroll them",
                _deploy_arguments, _deploy),
+    Subcommand(("vcenter-thumbprint",), "print the thumbprint a vCenter presents now (trust on first use: compare "
+                                        "it before pinning it)", setupcommands.thumbprint_arguments,
+               setupcommands.vcenter_thumbprint),
+    Subcommand(("completion",), "print a bash or zsh completion script", setupcommands.completion_arguments,
+               setupcommands.completion),
     Subcommand(("destroy",), "power off and delete deployed appliances (only VMs carrying their deployment id), "
                              "remove their pins and secrets files", _destroy_arguments, _destroy),
 )

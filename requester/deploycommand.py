@@ -26,9 +26,10 @@ from pathlib import Path
 
 from firsttrust.errors import InvalidCertificate
 
+from . import profile
 from .deployer import DEFAULT_CONCURRENCY, DEFAULT_IP_TIMEOUT, CredentialsError, VcenterAccess, deploy
-from .interrupts import INTERRUPTED_EXIT, StopSignal, exit_now
 from .deployplan import InvalidDeployPlan, appliance_names, check_vcenter_url, plan_deployment
+from .interrupts import INTERRUPTED_EXIT, StopSignal, exit_now
 from .ovafile import check_ova
 from .placement import PlacementRequest
 from .vcenter_tls import InvalidThumbprint, ca_context, pinned_context
@@ -41,8 +42,9 @@ MAX_CERT_BYTES = 64 * 1024
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--vcenter", required=True, metavar="URL", help="https://HOST[:PORT]/sdk of vCenter or ESXi")
-    trust = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("--vcenter", metavar="URL", help="https://HOST[:PORT]/sdk of vCenter or ESXi "
+                        "(default: FIRSTTRUST_VCENTER, then the config file: requester/profile.py)")
+    trust = parser.add_mutually_exclusive_group()  # or from the profile (requester/profile.py)
     trust.add_argument("--thumbprint", metavar="TP",
                        help="the vCenter certificate's SHA-1 thumbprint as vCenter shows it (AB:CD:..), or SHA-256")
     trust.add_argument("--ca-file", metavar="FILE", help="verify vCenter's certificate against this CA bundle")
@@ -93,6 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Usage errors are InvalidDeployPlan (exit 2); a failed appliance makes the exit 1."""
+    profile.apply(args)  # --vcenter, --thumbprint/--ca-file, --credentials left out: environment, config file
     if not 1 <= args.concurrency <= MAX_CONCURRENCY:
         raise InvalidDeployPlan(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
     if args.ip_timeout <= 0:

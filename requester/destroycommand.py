@@ -17,6 +17,7 @@ from pathlib import Path
 
 from firsttrust.errors import FirsttrustError
 
+from . import profile
 from .deployer import CredentialsError, VcenterAccess
 from .deployplan import InvalidDeployPlan, check_vcenter_url
 from .truststore import NAME_RE, TrustStore
@@ -27,8 +28,9 @@ EXIT_OK, EXIT_FAILED = 0, 1
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="+", metavar="NAME", help="the appliances' VM names")
-    parser.add_argument("--vcenter", required=True, metavar="URL", help="https://HOST[:PORT]/sdk of vCenter or ESXi")
-    trust = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("--vcenter", metavar="URL", help="https://HOST[:PORT]/sdk of vCenter or ESXi "
+                        "(default: FIRSTTRUST_VCENTER, then the config file: requester/profile.py)")
+    trust = parser.add_mutually_exclusive_group()  # or from the profile (requester/profile.py)
     trust.add_argument("--thumbprint", metavar="TP", help="the vCenter certificate's SHA-1 or SHA-256 thumbprint")
     trust.add_argument("--ca-file", metavar="FILE", help="verify vCenter's certificate against this CA bundle")
     parser.add_argument("--credentials", metavar="FILE",
@@ -41,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .converge import destroy_one
     from .vsphere import connect
+
+    profile.apply(args)
 
     for name in args.names:
         if not NAME_RE.fullmatch(name):

@@ -123,3 +123,35 @@ def test_the_same_deploy_after_an_interrupt_ends_with_every_appliance_pinned_and
     with capsys.disabled():
         print(f"\nre-run after SIGINT: {sum(e['action'] == 'resumed' for e in report)} resumed, "
               f"{sum(e['action'] == 'created' for e in report)} created, in {rerun:.1f} s; all 12 pinned")
+
+
+def test_vcenter_thumbprint_says_trust_on_first_use_and_a_profile_from_the_environment_runs_check(vcsim, tmp_path):
+    env = environment(vcsim, tmp_path / "home")
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    read = subprocess.run([*FIRSTTRUST, "vcenter-thumbprint", vcsim.url], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.splitlines()[0] == vcsim.thumbprint_sha1 and "trust on first use" in read.stderr
+
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    profile = {**env, "FIRSTTRUST_VCENTER": vcsim.url, "FIRSTTRUST_VCENTER_THUMBPRINT": read.stdout.split()[0]}
+    check = [*FIRSTTRUST, "deploy", "--template", "DC0_H0_VM0", "--name-prefix", "chk", "--count", "2",
+             "--secrets-dir", str(secrets_dir), "--check", "--json"]
+    result = subprocess.run(check, env=profile, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert [(e["action"], e["status"]) for e in json.loads(result.stdout)] == [("created", "checked")] * 2
+    assert list(secrets_dir.iterdir()) == [] and _vm_names(vcsim, "chk-") == []
+
+    wrong = {**profile, "FIRSTTRUST_VCENTER_THUMBPRINT": "00" * 20}
+    refused = subprocess.run(check, env=wrong, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "thumbprint" in refused.stderr
+    (tmp_path / "config" / "firsttrust").mkdir(parents=True)
+    (tmp_path / "config" / "firsttrust" / "config.toml").write_text(
+        f'vcenter = "{vcsim.url}"\nthumbprint = "{vcsim.thumbprint_sha1}"\n')
+    (tmp_path / "config" / "firsttrust" / "config.toml").chmod(0o600)
+    from_file = subprocess.run(check, env=env, capture_output=True, text=True, timeout=120)
+    assert from_file.returncode == 0, from_file.stderr
+    cli_wins = subprocess.run([*check, "--thumbprint", "00" * 20], env=env, capture_output=True, text=True,
+                              timeout=120)
+    assert cli_wins.returncode == 1 and "thumbprint" in cli_wins.stderr

@@ -163,7 +163,7 @@ def test_credentials_from_the_environment_or_a_private_file(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--template", "t", "--name", "a", "--secrets-dir", "."], "one of the arguments --thumbprint --ca-file"),
+    (["--template", "t", "--name", "a", "--secrets-dir", "."], "whom to trust at https://vc.example/sdk? give --thumbprint TP or --ca-file FILE"),
     (["--thumbprint", "12:34", "--template", "t", "--name", "a", "--secrets-dir", "."], "thumbprint is the SHA-1"),
     (["--thumbprint", "ab" * 20, "--template", "t", "--name-prefix", "a", "--secrets-dir", "."], "count"),
     (["--thumbprint", "ab" * 20, "--template", "t", "--name", "a", "--secrets-dir", ".", "--concurrency", "0"],
