@@ -181,7 +181,7 @@ def test_a_ca_bundle_verifies_the_server_instead_of_a_thumbprint(vcsim, tmp_path
     assert (secrets_dir / "ca-right.json").exists()
 
 
-def test_an_existing_vm_name_or_secrets_file_stops_before_anything_is_made(vcsim, tmp_path):
+def test_an_existing_vm_name_or_secrets_file_not_this_deployments_stops_before_anything_is_made(vcsim, tmp_path):
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir()
     env = environment(vcsim, tmp_path / "home")
@@ -193,7 +193,7 @@ def test_an_existing_vm_name_or_secrets_file_stops_before_anything_is_made(vcsim
     (secrets_dir / "taken-01.json").write_text("someone else's secrets")
     result = subprocess.run(deploy_command(vcsim, secrets_dir, "--name", "taken-01", "--no-enroll"), env=env,
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "already exists" in result.stderr
+    assert result.returncode == 2 and "exists and is not a secrets file" in result.stderr
     assert (secrets_dir / "taken-01.json").read_text() == "someone else's secrets"
 
 
