@@ -185,6 +185,7 @@ def _deploy_spec(args: argparse.Namespace) -> int:
 # --- enroll ----------------------------------------------------------------------------------------
 
 MAX_TARGETS = 10_000
+TARGET_COLUMNS = ("name", "address", "secrets")
 
 
 def _enroll_arguments(parser: argparse.ArgumentParser) -> None:
@@ -203,7 +204,7 @@ def _enroll_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="batch: enrollments in flight (default 32)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="batch: worker processes sharing the work (default: one per CPU)")
-    parser.add_argument("--json", action="store_true", help="batch: print the results as JSON")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON (a batch: a list)")
     parser.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE, metavar="SECONDS",
                         help="keep retrying an appliance that refuses connections, is busy or backing off, for up "
                              f"to SECONDS (default {DEFAULT_DEADLINE:g}: long enough for one that is still booting)")
@@ -266,6 +267,7 @@ def _enroll(args: argparse.Namespace) -> int:
     if not (args.address and args.secrets and args.name):
         raise UsageError("enroll needs ADDRESS, --secrets and --name (or --targets FILE)")
     secrets, deployment_id = _load_secrets_and_id(args.secrets)
+    _warn_if_readable(args.secrets)
     _check_name(args.name)
     _check_address(args.address)
     ssh_key = _read_ssh_key(args.ssh_key)
@@ -288,27 +290,55 @@ def _enroll(args: argparse.Namespace) -> int:
         raise IdentityChanged(str(exc).replace("--secrets FILE", f"--secrets {args.secrets}")
                               .replace("enroll ADDRESS", f"enroll {args.address}")) from None
     except AlreadyPinned as exc:
-        print(f"already-pinned {exc.record.name}: {exc.record.pin}")
+        if args.json:
+            print(json.dumps(_single_report(exc.record, "already-pinned"), indent=2))
+        else:
+            print(f"already-pinned {exc.record.name}: {exc.record.pin}")
         return EXIT_OK
-    print(f"enrolled {record.name}: {record.pin}")
+    if args.json:
+        print(json.dumps(_single_report(record, "enrolled"), indent=2))
+    else:
+        print(f"enrolled {record.name}: {record.pin}")
     if previous is not None and previous.pin != record.pin:
         print(f"replaced {previous.name}: {previous.address} {previous.pin}", file=sys.stderr)
     return EXIT_OK
 
 
+def _single_report(record: ApplianceRecord, status: str) -> dict:
+    """`enroll ADDRESS --json`: the batch report's entry for this appliance, as one object."""
+    return {"name": record.name, "address": record.address, "ok": True, "status": status, "pin": record.pin,
+            "deployment_id": record.deployment_id, "error": None}
+
+
+def _warn_if_readable(path: str) -> None:
+    with contextlib.suppress(OSError):
+        mode = os.stat(path).st_mode
+        if mode & 0o077:
+            _warn(f"secrets file {path} is accessible to group or others (mode {mode & 0o777:04o}); chmod 600 it")
+
+
 def _read_targets(path: str) -> list[Target]:
     data, _ = read_input(path, "targets file")
     base = os.path.dirname(os.path.abspath(path))
-    text = data.decode("utf-8", "replace")
+    text = data.decode("utf-8-sig", "replace")  # -sig: a spreadsheet's byte order mark is not part of "name"
     try:
         if text.lstrip().startswith("["):
             rows = json.loads(text)
             if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
                 raise ValueError("a JSON targets file is a list of objects")
+            columns = {key for row in rows for key in row}
         else:
-            rows = list(csv.DictReader(io.StringIO(text)))
+            reader = csv.DictReader(io.StringIO(text))
+            columns = set(reader.fieldnames or ())
+            if text.strip() and not {"name", "address", "secrets"} & columns:
+                raise ValueError("its first line is not the header name,address,secrets")
+            rows = list(reader)
     except (ValueError, csv.Error) as exc:
         raise UsageError(f"targets file {path}: {str(exc).splitlines()[0][:100]}") from None
+    unknown = sorted(str(column)[:40] for column in columns - set(TARGET_COLUMNS))
+    if unknown:  # a typo (adress) must not pass for a missing column, nor an extra one go unread
+        raise UsageError(f"targets file {path}: unknown column {unknown[0]!r} (the columns are "
+                         f"{','.join(TARGET_COLUMNS)})")
     if not rows:
         raise UsageError(f"targets file {path} lists no appliance")
     if len(rows) > MAX_TARGETS:
@@ -324,6 +354,7 @@ def _read_targets(path: str) -> list[Target]:
         names.add(name)
         secrets_path = os.path.join(base, str(row["secrets"]))
         targets.append(Target(name, _check_address(str(row["address"])), *_load_secrets_and_id(secrets_path)))
+        _warn_if_readable(secrets_path)
     return targets
 
 
@@ -457,6 +488,12 @@ def _pins_remove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _utc(timestamp: float) -> str:
+    """ISO 8601 in UTC, to the second: what `pins show` prints (--json keeps the number)."""
+    import datetime
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _name_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="the appliance's name in the trust store")
 
@@ -466,6 +503,10 @@ def _pins_show(args: argparse.Namespace) -> int:
     for key, value in _record_summary(record).items():
         if key == "ssh_host_keys":
             value = ", ".join(v.split()[0] for v in value) or "none"
+        elif key == "enrolled_at":
+            value = _utc(value)
+        elif key == "deployment_id":
+            value = value or "none"
         print(f"{key.replace('_', ' ')}: {value}")
     return EXIT_OK
 
@@ -481,7 +522,7 @@ def _pins_export(args: argparse.Namespace) -> int:
     if args.pin_format == "kubeadm":
         print(normalize_pin(record.pin))
     elif args.pin_format == "curl":
-        print(pin_to_curl(record.pin))
+        print(curl_flags(record, TrustStore()))
     elif args.pin_format == "pem":
         sys.stdout.write(record.certificate)
     else:
@@ -492,6 +533,16 @@ def _pins_export(args: argparse.Namespace) -> int:
         for line in known_hosts_lines(record, args.ssh_port):
             print(line)
     return EXIT_OK
+
+
+def curl_flags(record: ApplianceRecord, store: TrustStore) -> str:
+    """Flags for `curl $(firsttrust pins export NAME --format curl) https://ADDR:8791/...`.
+
+    -k because the appliance's certificate is self-signed and names only `vm`, so curl's CA and
+    host name checks cannot pass (exit 60); --pinnedpubkey is enforced all the same (curl checks it
+    with -k too), and it is the check that matters: the key pinned at enrollment. The requester's
+    own certificate and key, because the API authorizes only enrolled requesters."""
+    return f"-k --pinnedpubkey {pin_to_curl(record.pin)} --cert {store.cert_path} --key {store.key_path}"
 
 
 class NoHostKeys(FirsttrustError):

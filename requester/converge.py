@@ -45,6 +45,12 @@ CREATED, RESUMED, UNCHANGED = "created", "resumed", "unchanged"
 MAX_SECRETS_FILE = 64 * 1024
 
 
+class VmNameTaken(InvalidDeployPlan):
+    """A planned name belongs to a VM that is not this deployment's: the input's to change."""
+
+    code = "name_taken"
+
+
 @dataclass(frozen=True)
 class Existing:
     """A secrets file the plan found: the appliance's secrets and deployment id (None: old file)."""
@@ -124,11 +130,10 @@ def survey(plan: DeployPlan, existing: dict[str, Existing], inventory: dict, vce
     """Per appliance, what the re-run does (the module docstring's table). Reads only.
 
     Raises:
-        VsphereError (code "name_taken"): a VM of a planned name is not this deployment's
-            (no secrets file for it, or it carries another id or none). Nothing was changed.
+        VmNameTaken (code "name_taken", exit 2 like a secrets file in the way): a VM of a planned
+            name is not this deployment's (no secrets file for it, or it carries another id or
+            none). Nothing was changed.
     """
-    from .vsphere import VsphereError
-
     store = store or TrustStore()
     found: dict[str, Found] = {}
     foreign = []
@@ -148,10 +153,10 @@ def survey(plan: DeployPlan, existing: dict[str, Existing], inventory: dict, vce
         action = UNCHANGED if (pin and on and not secrets_left) else RESUMED
         found[appliance.name] = Found(action, vm, on, pin)
     if foreign:
-        raise VsphereError(f"a virtual machine named {foreign[0]!r} exists already and is not this deployment's "
+        raise VmNameTaken(f"a virtual machine named {foreign[0]!r} exists already and is not this deployment's "
                            f"(no secrets file for it here, or it carries another deployment id)"
-                           f"{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''}; nothing was changed",
-                           code="name_taken")
+                          f"{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''}; choose other names; "
+                          f"nothing was changed")
     return found
 
 

@@ -16,7 +16,6 @@ from firsttrust.requester.deployplan import plan_deployment
 from firsttrust.requester.interrupts import StopSignal
 from firsttrust.requester.library import Outcome
 from firsttrust.requester.truststore import TrustStore
-from firsttrust.requester.vsphere import VsphereError
 
 
 @pytest.fixture
@@ -78,7 +77,7 @@ def test_a_vm_of_the_name_with_another_deployment_id_is_left_alone(fake, tmp_pat
     deploy(plan(["d-01"]), access(), tmp_path)
     fake.configs["d-01"] = [(k, "fd-0000000000000000" if k == DEPLOYMENT_ID_KEY else v)
                             for k, v in fake.configs["d-01"]]
-    with pytest.raises(VsphereError, match="not this deployment's"):
+    with pytest.raises(converge.VmNameTaken, match="not this deployment's"):
         deploy(plan(["d-01"]), access(), tmp_path)
 
 
@@ -107,3 +106,11 @@ def test_destroy_deletes_only_a_vm_carrying_the_secrets_files_id_and_then_forget
     with pytest.raises(converge.NotOurs, match="carries no deployment id"):
         converge.destroy_one(fake, vms, "f-02", tmp_path, store)
     assert (tmp_path / "f-02.json").exists() and deleted == ["powering off f-01", "deleting f-01"]
+
+
+def test_a_secrets_dir_that_is_a_file_is_said_to_be_one(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(converge.InvalidDeployPlan, match="is not a directory"):
+        converge.prepare(plan(["g-01"]), tmp_path / "file")
+    with pytest.raises(converge.InvalidDeployPlan, match="does not exist"):
+        converge.prepare(plan(["g-01"]), tmp_path / "missing")

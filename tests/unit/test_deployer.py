@@ -126,7 +126,7 @@ def test_a_failed_removal_is_reported_and_the_appliance_stays_enrolled(fake, tmp
 
 
 def test_a_vm_or_a_file_that_is_not_this_deployments_stops_before_anything_is_made(fake, tmp_path):
-    with pytest.raises(VsphereError, match="exists already and is not this deployment's"):
+    with pytest.raises(InvalidDeployPlan, match="exists already and is not this deployment's"):
         deploy(plan_deployment(URL, "tmpl", ["a-01", "existing"], enroll=False), access(), tmp_path)
     assert list(tmp_path.iterdir()) == [] and fake.configs == {}
     (tmp_path / "a-02.json").write_text("{}")
