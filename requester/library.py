@@ -126,6 +126,9 @@ async def _enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: s
             pinned = store.get(name)
             if pinned.address == api_host:
                 await _same_appliance(pinned, deployment_id, replace)
+            elif (change := different_deployment(pinned, deployment_id)) is not None:
+                if not replace:  # the name's appliance was redeployed, at another address this time
+                    raise change
             elif not replace:
                 raise NameTaken(f"{name} is already pinned to another appliance ({pinned.address}, {pinned.pin}); "
                                 "choose another name, or pass --replace to re-pin it")

@@ -5,6 +5,7 @@ new one. Nothing is sent to the new appliance's enrollment port before `--replac
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from agent_fixture import provisioned
@@ -57,6 +58,10 @@ async def test_a_redeployed_appliance_is_refused_naming_the_change_and_replace_p
         code, out, err = await cli("enroll", address, "--secrets", new, "--name", "app-01", home=home)
         assert code == 3, err
         assert ID_1 in err and ID_2 in err and pinned.pin in err and "redeployed" in err
+        TrustStore(home).save(replace(pinned, address="127.0.0.9"))  # redeployed at another address this time
+        code, out, err = await cli("enroll", address, "--secrets", new, "--name", "app-01", home=home)
+        assert code == 3 and ID_1 in err and ID_2 in err, err
+        TrustStore(home).save(pinned)
         assert f"firsttrust enroll {address} --secrets {new} --name app-01 --replace" in err
 
         undated = secrets_file(tmp_path / "undated.json", second, None)  # a secrets file from before ids
