@@ -24,7 +24,8 @@ def test_a_redeployed_lab_appliance_is_refused_naming_the_change_and_replace_pin
         assert lab(["up", "1", "--root", str(lab_root)]) == 0
         capsys.readouterr()
         lines = (secrets / "targets.csv").read_text().splitlines()
-        assert lines == ["name,address,secrets", "app-01,127.0.0.2:8790,app-01.json"]
+        assert lines[0] == "name,address,secrets" and len(lines) == 2
+        assert lines[1].startswith("app-01,127.0.0.") and lines[1].endswith(":8790,app-01.json")
         enrolled = subprocess.run([*FIRSTTRUST, "enroll", "--targets", str(secrets / "targets.csv"), "--json"],
                                   env=env, capture_output=True, text=True, timeout=300)
         assert enrolled.returncode == 0, enrolled.stderr
