@@ -8,6 +8,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from test_vsphere_deploy import FIRSTTRUST, deploy_command, environment
 from vcsim_fixture import Guests, vcenter_session, vcsim  # noqa: F401 - the fixture
 
@@ -31,16 +33,18 @@ def _interrupt_after(command, env, seconds: float, signum=signal.SIGINT):
     return process.returncode, time.monotonic() - sent, out, err
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_sigint_three_seconds_into_a_400_appliance_deploy_exits_130_within_a_second_with_a_partial_json_report(
-        vcsim, tmp_path, capsys):
+        vcsim, tmp_path, capsys, signum):
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir()
-    command = deploy_command(vcsim, secrets_dir, "--name-prefix", "stop", "--count", "400", "--concurrency", "1",
+    prefix = f"stop{int(signum)}"
+    command = deploy_command(vcsim, secrets_dir, "--name-prefix", prefix, "--count", "400", "--concurrency", "1",
                              "--no-enroll", "--json")
-    code, latency, out, err = _interrupt_after(command, environment(vcsim, tmp_path / "home"), 3.0)
+    code, latency, out, err = _interrupt_after(command, environment(vcsim, tmp_path / "home"), 3.0, signum)
     assert code == 130, err
     report = json.loads(out)
-    assert [entry["name"] for entry in report] == [f"stop-{n:03d}" for n in range(1, 401)]
+    assert [entry["name"] for entry in report] == [f"{prefix}-{n:03d}" for n in range(1, 401)]
     assert {entry["status"] for entry in report} == {"interrupted"}  # all are created before any powers on
     made = [entry for entry in report if entry["vm"]]
     assert report[:len(made)] == made, "the clones made in 3 s (few on a loaded machine), in order"
@@ -49,12 +53,13 @@ def test_sigint_three_seconds_into_a_400_appliance_deploy_exits_130_within_a_sec
     assert all(entry["error"]["code"] == "interrupted" and entry["error"]["step"] == "create" for entry in rest)
     assert sum(entry["task"] is not None for entry in rest) <= 1, "the clone in flight, recorded by its task"
     time.sleep(1.5)  # a clone task that was in flight may still end
-    created = _vm_names(vcsim, "stop-")
+    created = _vm_names(vcsim, f"{prefix}-")
     assert len(made) <= len(created) <= len(made) + 1, "no new step after the signal: only the clone in flight"
     assert latency < 1.0, f"exit {latency:.2f} s after SIGINT"
     done = len(made)
     with capsys.disabled():
-        print(f"\nSIGINT after 3 s of a 400-appliance deploy: exit 130 after {latency * 1000:.0f} ms, "
+        print(f"\n{signal.Signals(signum).name} after 3 s of a 400-appliance deploy: exit 130 after "
+              f"{latency * 1000:.0f} ms, "
               f"{done} appliances cloned")
 
 
