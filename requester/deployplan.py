@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from firsttrust import credentials
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import GUEST_PASSWORD, SEC_A, SEC_B, guestinfo_key
+from .deploymentid import DEPLOYMENT_ID_KEY, new_deployment_id
 from .deployspec import HARDENING_VMX_SETTINGS, InvalidDeploySpec, deployment_properties
 from .truststore import NAME_RE
 
@@ -86,6 +87,7 @@ class AppliancePlan:
     # Whether SEC-A and SEC-B are injected (and kept in `secrets_file`): not for the guest-command
     # way, whose appliances then never open their SRP door.
     srp: bool = True
+    deployment_id: str | None = None  # requester/deploymentid.py: in the secrets file, on the VM, in the pin
 
     @property
     def secret_values(self) -> tuple[str, ...]:
@@ -99,7 +101,7 @@ class AppliancePlan:
     def describe(self) -> dict:
         """This appliance's plan with every secret value replaced by "<secret>"."""
         hidden = set(self.secret_values)
-        described = {"name": self.name, "secrets_file": self.secrets_file,
+        described = {"name": self.name, "secrets_file": self.secrets_file, "deployment_id": self.deployment_id,
                      "extra_config": {key: "<secret>" if value in hidden else value for key, value in self.extra_config}}
         if self.properties:
             described["vapp_properties"] = {key: "<secret>" if value in hidden else value
@@ -216,7 +218,7 @@ def plan_deployment(vcenter: str, template: str | None, names: Sequence[str], *,
                                 "(--template); the OVA declares no guest account property")
     appliances = []
     for name in names:
-        secrets = generate()
+        secrets, deployment_id = generate(), new_deployment_id()
         properties = deployment_properties(secrets, requester_cert=requester_cert, enroll_window=enroll_window)
         guest_password = None
         if way == GUEST_COMMAND_WAY or guest_account:
@@ -226,15 +228,17 @@ def plan_deployment(vcenter: str, template: str | None, names: Sequence[str], *,
         if way == GUEST_COMMAND_WAY:
             # The guest account is the trust: no SRP secrets, so the SRP door never opens.
             del properties[SEC_A], properties[SEC_B]
+        marked = ((DEPLOYMENT_ID_KEY, deployment_id),) + HARDENING_VMX_SETTINGS
         if ova is not None:
-            appliances.append(AppliancePlan(name=name, secrets=secrets, extra_config=HARDENING_VMX_SETTINGS,
-                                            secrets_file=f"{name}.json", properties=tuple(properties.items())))
+            appliances.append(AppliancePlan(name=name, secrets=secrets, extra_config=marked,
+                                            secrets_file=f"{name}.json", properties=tuple(properties.items()),
+                                            deployment_id=deployment_id))
             continue
         extra_config = tuple((guestinfo_key(key), value) for key, value in properties.items())
         srp = way != GUEST_COMMAND_WAY
-        appliances.append(AppliancePlan(name=name, secrets=secrets, extra_config=extra_config + HARDENING_VMX_SETTINGS,
+        appliances.append(AppliancePlan(name=name, secrets=secrets, extra_config=extra_config + marked,
                                         secrets_file=f"{name}.json" if srp else f"{name}.guest.json",
-                                        guest_password=guest_password, srp=srp))
+                                        guest_password=guest_password, srp=srp, deployment_id=deployment_id))
     return DeployPlan(vcenter=vcenter, template=template, appliances=tuple(appliances), enroll=enroll, ova=ova,
                       way=way)
 

@@ -68,6 +68,12 @@ class Echoing:
         return list(self.configs[vm])
 
     def power_on(self, vm):
+        self.powered = getattr(self, "powered", set()) | {vm}
+
+    def power_state(self, vm):
+        return "poweredOn" if vm in getattr(self, "powered", set()) else "poweredOff"
+
+    def interrupt(self):
         pass
 
     def wait_for_ip(self, vm, timeout):
