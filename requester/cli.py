@@ -11,6 +11,8 @@
     firsttrust pin-cert NAME --address ADDR --cert FILE
     firsttrust rotate NAME
     firsttrust identity
+    firsttrust store migrate|check|import-files, fleet create|join|add-host|remove-host|hosts|pending|sync
+                      (requester/fleetcommand.py, docs/fleet.md)
     firsttrust deploy --vcenter URL --thumbprint TP (--template NAME | --ova PATH) --name-prefix P --count N
                       --secrets-dir DIR [--no-enroll] [--dry-run] [--json]   (requester/deploycommand.py)
 
@@ -65,7 +67,8 @@ from .library import (
     rotate_appliance,
 )
 from .retry import DEFAULT_DEADLINE
-from .truststore import NAME_RE, ApplianceRecord, TrustStore, UnknownAppliance
+from .store import open_store as TrustStore  # the configured backend: files, or the fleet store (docs/fleet.md)
+from .truststore import NAME_RE, ApplianceRecord, UnknownAppliance
 
 PROG = "firsttrust"
 EXIT_OK = 0
@@ -551,8 +554,13 @@ SUBCOMMANDS = (
     Subcommand(("deploy",), "deploy appliances through vCenter with fresh secrets, then enroll them",
                _deploy_arguments, _deploy),
 )
+# The fleet store's commands live in their own module (docs/fleet.md).
+from .fleetcommand import subcommands as _fleet_subcommands  # noqa: E402
+
+SUBCOMMANDS += _fleet_subcommands(Subcommand)
 # Help for the words that only group subcommands.
-GROUP_HELP = {("secrets",): "one-time enrollment secrets", ("pins",): "the trust store's pinned appliances"}
+GROUP_HELP = {("secrets",): "one-time enrollment secrets", ("pins",): "the trust store's pinned appliances",
+              ("store",): "the fleet store on PostgreSQL", ("fleet",): "a fleet of requester hosts (docs/fleet.md)"}
 
 
 class _Parser(argparse.ArgumentParser):

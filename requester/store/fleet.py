@@ -18,7 +18,7 @@ from firsttrust.identity import Identity, create_identity, load_certificate, pin
 
 from ..errors import ApiError, BadResponse, ConnectionFailed, PinMismatch
 from ..session import PinnedSession
-from ..truststore import NAME_RE, TrustStoreError, write_atomic
+from ..truststore import NAME_RE, TrustStore, TrustStoreError, write_atomic
 from . import signing
 from .config import FleetProfile, load_profile, save_profile
 from .errors import NotAMember, StoreConfigError, UntrustedRecord
@@ -51,6 +51,24 @@ def _seal_member(admin: Identity, fleet_id: str, host: str, certificate: str, re
     return pin, payload, signature
 
 
+def ensure_identity(home: Path, host: str) -> Identity:
+    """This host's requester identity, created (if the home has none yet) with a subject that
+    names the host: an appliance's TLS trust tells authorized self-signed certificates apart by
+    subject first, so two members with the same subject would lock one of them out (the file
+    store's default subject, CN=firsttrust-requester, is the same on every host)."""
+    store = TrustStore(home)
+    with store.locked():
+        if not store.key_path.exists():
+            identity = create_identity(f"firsttrust-requester {host}")
+            write_atomic(store.cert_path, identity.cert_pem, 0o644)  # the key last: its presence means both
+            write_atomic(store.key_path, identity.key_pem, 0o600)
+    return store.identity()
+
+
+def _subject(certificate_pem: str) -> str:
+    return load_certificate(certificate_pem.encode()).subject.rfc4514_string()
+
+
 def create(store: PgStore, host: str) -> Membership:
     """Create the fleet: the admin key (here, 0600), the schema, the fleet row, this host as its
     first member, and the anchor in this host's profile."""
@@ -59,7 +77,7 @@ def create(store: PgStore, host: str) -> Membership:
     if (home / ADMIN_KEY).exists():
         raise StoreConfigError(f"{home / ADMIN_KEY} exists: this host already administers a fleet")
     store.migrate()
-    own = store.identity()
+    own = ensure_identity(home, host)
     admin = create_identity("firsttrust-fleet-admin")
     fleet_id = random_fleet_id()
 
@@ -82,11 +100,13 @@ def create(store: PgStore, host: str) -> Membership:
     return store.membership()
 
 
-def join(home: Path, anchor_pin: str, store_url: str | None) -> None:
-    """Record the fleet's anchor (given out of band by the admin) in this host's profile."""
+def join(home: Path, anchor_pin: str, store_url: str | None, host: str | None = None) -> Identity | None:
+    """Record the fleet's anchor (given out of band by the admin) in this host's profile; with
+    `host`, create this host's identity under that name if it has none (ensure_identity)."""
     from firsttrust.identity import normalize_pin
 
     save_profile(home, FleetProfile(normalize_pin(anchor_pin), store_url))
+    return ensure_identity(home, _check_host_name(host)) if host else None
 
 
 def add_host(store: PgStore, host: str, certificate_pem: bytes) -> str:
@@ -102,6 +122,11 @@ def add_host(store: PgStore, host: str, certificate_pem: bytes) -> str:
         for member in membership.members:
             if member.host == host and not member.removed:
                 raise StoreConfigError(f"{host} is a member already")
+            if not member.removed and _subject(member.certificate) == _subject(certificate):
+                raise StoreConfigError(f"{host}'s certificate has the same subject as {member.host}'s "
+                                       f"({_subject(certificate)}): appliances would confuse the two keys; create "
+                                       f"{host}'s key with `firsttrust fleet join --host {host}` in a fresh "
+                                       "FIRSTTRUST_HOME")
         version = max([m.version for m in membership.members if m.host == host], default=0) + 1
         pin, payload, signature = _seal_member(admin, membership.fleet_id, host, certificate, False, version)
         cursor.execute("INSERT INTO members (host, pin, payload, signature) VALUES (%s, %s, %s, %s) "

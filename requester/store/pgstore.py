@@ -303,15 +303,18 @@ class PgStore(TrustStore):
         def work(cursor: Any) -> ApplianceRecord:
             cursor.execute("SELECT signer_pin, payload, signature FROM pins WHERE name = %s", (name,))
             row = cursor.fetchone()
+            membership = self._membership(cursor)
+            self._me(membership)  # a removed host uses nothing from the fleet
             if row is None:
                 raise UnknownAppliance(f"no pinned appliance named {name!r} in the fleet store")
-            return self._open_pin(self._membership(cursor), name, *row)
+            return self._open_pin(membership, name, *row)
 
         return self.transaction(work)
 
     def scan(self) -> tuple[list[ApplianceRecord], list[TrustStoreError]]:
         def work(cursor: Any) -> tuple[list[ApplianceRecord], list[TrustStoreError]]:
             membership = self._membership(cursor)
+            self._me(membership)
             cursor.execute("SELECT name, signer_pin, payload, signature FROM pins ORDER BY name")
             records, problems = [], []
             for name, signer_pin, payload, signature in cursor.fetchall():

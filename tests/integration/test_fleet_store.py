@@ -30,7 +30,7 @@ def two_hosts(tmp_path, pg_url):
     a = PgStore(pg_url, tmp_path / "a")
     fleet.create(a, "host-a")
     b = PgStore(pg_url, tmp_path / "b")
-    fleet.join(b.home, a.membership().admin_pin, None)
+    fleet.join(b.home, a.membership().admin_pin, None, "host-b")
     fleet.add_host(a, "host-b", b.identity().cert_pem)
     return a, b
 
