@@ -191,6 +191,8 @@ def fleet_sync(args: argparse.Namespace) -> int:
     print(f"applied {result.applied}")
     for appliance, host, action, why in result.left:
         print(f"pending {appliance}: {action} {host} ({why})")
+    for appliance, host, action in result.waiting:
+        print(f"waiting {appliance}: {action} {host} (for a member whose key {appliance} authorizes: its sync)")
     return EXIT_FAILED if result.left else EXIT_OK
 
 

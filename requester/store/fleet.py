@@ -177,7 +177,8 @@ def remove_host(store: PgStore, host: str) -> str:
 @dataclass(frozen=True)
 class SyncResult:
     applied: int
-    left: list[tuple[str, str, str, str]]  # (appliance, host, action, why)
+    left: list[tuple[str, str, str, str]]  # (appliance, host, action, why): this host could not apply them
+    waiting: list[tuple[str, str, str]]  # (appliance, host, action): for a member authorized there
 
 
 async def sync(store: PgStore) -> SyncResult:
@@ -185,15 +186,20 @@ async def sync(store: PgStore) -> SyncResult:
     each appliance (the appliance refuses to remove its last key). What cannot be applied now
     (appliance offline, this host's key not authorized there yet) stays pending, listed."""
     membership = await asyncio.to_thread(store.membership)
-    store._me(membership)
+    me = store._me(membership)
     by_pin = {m.pin: m for m in membership.members}
 
-    def todo(cursor: Any) -> list[tuple[str, str, str]]:
-        cursor.execute("SELECT appliance, member_pin, action FROM grants WHERE state = 'pending' "
-                       "ORDER BY appliance, action")  # 'authorize' < 'revoke'
+    def todo(cursor: Any) -> list[tuple[str, str, str, bool]]:
+        # Only where this host's own key is authorized can it push (the others' turn otherwise).
+        cursor.execute("SELECT g.appliance, g.member_pin, g.action, coalesce(mine.action = 'authorize' AND "
+                       "mine.state = 'applied', false) FROM grants g LEFT JOIN grants mine ON "
+                       "mine.appliance = g.appliance AND mine.member_pin = %s WHERE g.state = 'pending' "
+                       "ORDER BY g.appliance, g.action", (me.pin,))  # 'authorize' < 'revoke'
         return cursor.fetchall()
 
-    rows = await asyncio.to_thread(store.transaction, todo)
+    everything = await asyncio.to_thread(store.transaction, todo)
+    rows = [(name, pin, action) for name, pin, action, mine in everything if mine]
+    waiting = [(name, _host(by_pin, pin), action) for name, pin, action, mine in everything if not mine]
     applied, left = 0, []
     for appliance in sorted({row[0] for row in rows}):
         work = [(pin, action) for name, pin, action in rows if name == appliance]
@@ -212,7 +218,7 @@ async def sync(store: PgStore) -> SyncResult:
                     continue
                 await asyncio.to_thread(_mark_applied, store, appliance, pin, action)
                 applied += 1
-    return SyncResult(applied, left)
+    return SyncResult(applied, left, waiting)
 
 
 def _host(by_pin: dict, pin: str) -> str:
