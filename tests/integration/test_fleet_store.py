@@ -163,6 +163,18 @@ def test_a_removed_host_can_no_longer_read_or_claim_and_its_pins_stay_valid(two_
         b.claim("app-02")
     with pytest.raises(NotAMember):
         b.save(record("app-02", appliance_identity))
+    with pytest.raises(NotAMember):
+        b.get("app-01")
+    with pytest.raises(NotAMember):
+        b.list()
+
+
+def test_a_host_whose_key_has_a_members_subject_is_not_admitted(two_hosts, tmp_path):
+    a, b = two_hosts
+    twin = create_identity("firsttrust-requester host-b")  # the appliance's TLS trust would confuse the two
+    with pytest.raises(StoreConfigError, match="same subject"):
+        fleet.add_host(a, "host-c", twin.cert_pem)
+    fleet.add_host(a, "host-c", create_identity("firsttrust-requester host-c").cert_pem)
 
 
 def test_the_database_restarted_mid_operation_is_retried(two_hosts, pg_server, appliance_identity):
