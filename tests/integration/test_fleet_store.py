@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from pg_fixture import pg_server, pg_url  # noqa: F401 - fixtures
 
-from firsttrust.identity import create_identity
+from firsttrust.identity import create_identity, load_certificate
 from firsttrust.requester.store import open_store
 from firsttrust.requester.store import fleet
 from firsttrust.requester.store.config import connection_options
@@ -215,3 +215,42 @@ def test_a_pending_pin_swapped_by_a_database_writer_is_refused(two_hosts, pg_url
         conn.execute("UPDATE enrollments SET payload = %s", (json.dumps(payload),))
     with pytest.raises(UntrustedRecord):
         a.get_pending("app-01")
+
+
+def _cli(*args, home, url, check=True):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FIRSTTRUST_HOME": str(home), "FIRSTTRUST_STORE": url}
+    done = subprocess.run([sys.executable, "-m", "firsttrust.requester.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+    if check:
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done
+
+
+def test_the_store_and_fleet_commands_create_join_admit_list_check_and_import(tmp_path, pg_url, appliance_identity):
+    admin, member = tmp_path / "admin", tmp_path / "member"
+    assert "schema migrations applied: 1" in _cli("store", "migrate", home=admin, url=pg_url).stdout
+    created = _cli("fleet", "create", "--host", "admin-host", home=admin, url=pg_url).stdout
+    anchor = created.split("`fleet join`): ")[1].split()[0]
+    joined = _cli("fleet", "join", "--anchor", anchor, "--host", "member-host", home=member, url=pg_url)
+    (tmp_path / "member.crt").write_text(joined.stdout)
+    assert load_certificate(joined.stdout.encode()).subject.rfc4514_string() == "CN=firsttrust-requester member-host"
+    _cli("fleet", "add-host", "member-host", str(tmp_path / "member.crt"), home=admin, url=pg_url)
+    hosts = _cli("fleet", "hosts", home=member, url=pg_url).stdout
+    assert "admin-host" in hosts and "member-host" in hosts
+    # a file store's pins, imported on the member host
+    files = TrustStore(tmp_path / "old-files")
+    files.identity()
+    files.save(record("app-01", appliance_identity))
+    assert "imported app-01" in _cli("store", "import-files", "--from", str(files.home), home=member,
+                                     url=pg_url).stdout
+    assert "1 pin records verified" in _cli("store", "check", home=admin, url=pg_url).stdout
+    assert "app-01" in _cli("pins", "list", home=admin, url=pg_url).stdout
+    assert "no enrollment is held" in _cli("fleet", "pending", home=admin, url=pg_url).stderr
+    refused = _cli("fleet", "add-host", "x", str(tmp_path / "member.crt"), home=member, url=pg_url, check=False)
+    assert refused.returncode == 1 and "no fleet admin key" in refused.stderr
+    with_password = _cli("pins", "list", home=admin, url="postgresql://u:pw-not-here@db.example/x", check=False)
+    assert with_password.returncode == 1 and "pw-not-here" not in with_password.stderr + with_password.stdout
