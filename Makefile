@@ -83,10 +83,11 @@ mutation-check: venv
 
 # The agent must run on Debian 12's own packages: the same suite against those exact versions.
 DEB12_VENV := .venv-debian12
-# pyvmomi from PyPI as in the dev venv: the requester's deployer (and the lab, which deploys through it)
-# needs 8 or later (Debian 12's 6.7.1 is refused); the agent never imports it.
+# pyvmomi 6.7.1 as Debian 12's python3-pyvmomi: the requester's deployer (and the lab, which deploys
+# through it) runs on that API subset, so the deploy tests here prove the apt install path; the agent
+# never imports it.
 DEB12_PINS := aiohttp==3.8.4 cryptography==38.0.4 srp==1.0.20 defusedxml==0.7.1 systemd-python==235 tqdm==4.64.1 \
-              'pyvmomi>=8' psycopg==3.1.7 pytest pytest-asyncio hypothesis build 'setuptools>=77'
+              pyvmomi==6.7.1 psycopg==3.1.7 pytest pytest-asyncio hypothesis build 'setuptools>=77'
 
 test-debian-versions: system-deps $(DEB12_VENV)/.installed
 	$(DEB12_VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS); $(PYTEST_CHECK)

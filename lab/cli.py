@@ -11,7 +11,8 @@ The lab root is --root, else $FIRSTTRUST_LAB_ROOT, else build/lab under the curr
 through it with `firsttrust deploy`'s code; each appliance listens on an address of its own
 (127.0.0.2, ...) at the standard ports. The simulator stops when the command ends; the appliances
 do not need it after first boot. `up` deploys with --no-enroll: `firsttrust deploy` writes each
-appliance's secrets to a 0600 file under <root>/secrets/, whose path is printed, never the secrets.
+appliance's secrets to a 0600 file under <root>/secrets/, whose path is printed, never the secrets;
+<root>/secrets/targets.csv lists them in name order for `firsttrust enroll --targets`.
 
 Exit codes: 0 success; 1 the operation failed (a deployment, a demo check, an agent that would
 not stop); 2 bad usage; 130 interrupted (Ctrl-C, SIGTERM, SIGHUP: a demo still destroys its
@@ -94,6 +95,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         if app.host != addresses[app.name]:
             raise LabError(f"{app.name}: the guest reported {addresses[app.name]}, it listens on {app.host}")
     files = {name: secrets_dir / f"{name}.json" for name in names}
+    targets = secrets_dir / "targets.csv"  # for `firsttrust enroll --targets`, in name order (issue 28)
+    targets.write_text("name,address,secrets\n" + "".join(f"{app.name},{app.enroll_address},{app.name}.json\n"
+                                                          for app in sorted(appliances, key=lambda a: a.name)))
     rows = [("NAME", "ENROLLMENT", "API", "SECRETS")]
     rows += [(app.name, app.enroll_address, app.api_address, str(files[app.name])) for app in appliances]
     _print_table(rows)
@@ -101,6 +105,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     # The file's path, never its content, is shown.
     example = f"firsttrust enroll {first.enroll_address} --secrets {files[first.name]} --name {first.name}"
     print(f"\nenroll: {example}")
+    print(f"  all:  firsttrust enroll --targets {targets}")
     print(f"stop:   {PROG} down --root {manager.root}")
     return 0
 
@@ -132,6 +137,8 @@ def cmd_down(args: argparse.Namespace) -> int:
         print(f"{name}: {outcome}")
         # The appliance is gone: its one-time secrets no longer open anything.
         (manager.root / "secrets" / f"{name}.json").unlink(missing_ok=True)
+    if outcomes:
+        (manager.root / "secrets" / "targets.csv").unlink(missing_ok=True)
     stopped = sum(outcome == "stopped" for outcome in outcomes.values())
     print(f"stopped {stopped} appliance(s) in {manager.root}" if outcomes else f"nothing runs in {manager.root}")
     return 0

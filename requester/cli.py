@@ -14,13 +14,18 @@
     firsttrust store migrate|check|import-files, fleet create|join|add-host|remove-host|hosts|pending|sync
                       (requester/fleetcommand.py, docs/fleet.md)
     firsttrust deploy --vcenter URL --thumbprint TP (--template NAME | --ova PATH) --name-prefix P --count N
-                      --secrets-dir DIR [--no-enroll] [--dry-run] [--json]   (requester/deploycommand.py)
+                      --secrets-dir DIR [--no-enroll] [--dry-run | --check] [--json]   (requester/deploycommand.py)
+    firsttrust vcenter-thumbprint URL | firsttrust completion bash|zsh   (requester/setupcommands.py)
+    firsttrust destroy NAME... --vcenter URL --thumbprint TP --secrets-dir DIR [--yes]   (requester/destroycommand.py)
 
 Subcommands are rows in SUBCOMMANDS: words, help, an argument function and a run function.
 
 Exit codes: 0 success; 1 the operation failed (a refused or unreachable appliance, any failed
 appliance of a batch, an output file that exists or cannot be written); 2 usage or input error
-(bad arguments, unreadable or invalid input file, unknown appliance name). A failure prints one
+(bad arguments, unreadable or invalid input file, unknown appliance name); 3 the appliance pinned
+under a name changed (another deployment's secrets, another key, or an appliance that enrolled
+nobody: requester/identitycheck.py); 130 interrupted by SIGINT or SIGTERM (deploy and batch enroll
+write their partial report first); 141 stdout was closed early. A failure prints one
 line on stderr, `firsttrust: error: <message>`, and no traceback. Secret values travel only
 through files and stdout: never argv, never a message.
 """
@@ -37,6 +42,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -54,7 +60,12 @@ from firsttrust.identity import normalize_pin, pin_to_curl
 from firsttrust.messages import SSH_KEY_PATTERN
 
 from .deployspec import FORMATS, InvalidDeploySpec, deployment_properties, render, secrets_from_json, secrets_to_json
+from . import setupcommands
+from .deploymentid import deployment_id_of
 from .enroll import parse_address
+from .identitycheck import IdentityChanged, changed, probe
+from .profile import ProfileError
+from .interrupts import INTERRUPTED_EXIT, Interrupted, StopSignal, exit_now
 from .library import (
     AlreadyPinned,
     Outcome,
@@ -67,13 +78,15 @@ from .library import (
     rotate_appliance,
 )
 from .retry import DEFAULT_DEADLINE
-from .store import open_store as TrustStore  # the configured backend: files, or the fleet store (docs/fleet.md)
-from .truststore import NAME_RE, ApplianceRecord, UnknownAppliance
+from .errors import ConnectionFailed, PinMismatch
+from .store import open_store  # the configured backend: files, or the fleet store (docs/fleet.md)
+from .truststore import NAME_RE, ApplianceRecord, TrustStore, UnknownAppliance
 
 PROG = "firsttrust"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_IDENTITY_CHANGED = 3  # like ssh's loud warning: a script must not take it for "failed, retry"
 
 # Input files are small: a secrets file is ~100 bytes, a certificate a few hundred. The cap only
 # keeps a wrong path (a disk image, /dev/zero) from being read into memory.
@@ -103,6 +116,8 @@ EXIT_CODES: dict[type[FirsttrustError], int] = {
     PropertyEncodingError: EXIT_USAGE,
     OutputError: EXIT_FAILED,
     UnknownAppliance: EXIT_USAGE,
+    ProfileError: EXIT_USAGE,
+    IdentityChanged: EXIT_IDENTITY_CHANGED,
     FirsttrustError: EXIT_FAILED,
 }
 
@@ -173,6 +188,7 @@ def _deploy_spec(args: argparse.Namespace) -> int:
 # --- enroll ----------------------------------------------------------------------------------------
 
 MAX_TARGETS = 10_000
+TARGET_COLUMNS = ("name", "address", "secrets")
 
 
 def _enroll_arguments(parser: argparse.ArgumentParser) -> None:
@@ -191,16 +207,21 @@ def _enroll_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="batch: enrollments in flight (default 32)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="batch: worker processes sharing the work (default: one per CPU)")
-    parser.add_argument("--json", action="store_true", help="batch: print the results as JSON")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON (a batch: a list)")
     parser.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE, metavar="SECONDS",
                         help="keep retrying an appliance that refuses connections, is busy or backing off, for up "
                              f"to SECONDS (default {DEFAULT_DEADLINE:g}: long enough for one that is still booting)")
 
 
 def _load_secrets(path: str) -> EnrollmentSecrets:
+    return _load_secrets_and_id(path)[0]
+
+
+def _load_secrets_and_id(path: str) -> tuple[EnrollmentSecrets, str | None]:
+    """The secrets and the deployment id (None in a file from before ids) of a secrets file."""
     data, _ = read_input(path, "secrets file")
     try:
-        return secrets_from_json(data)
+        return secrets_from_json(data), deployment_id_of(data)
     except (InvalidDeploySpec, InvalidSecret) as exc:
         raise type(exc)(f"secrets file {path}: {exc}") from None
 
@@ -248,7 +269,8 @@ def _enroll(args: argparse.Namespace) -> int:
         return _enroll_batch(args)
     if not (args.address and args.secrets and args.name):
         raise UsageError("enroll needs ADDRESS, --secrets and --name (or --targets FILE)")
-    secrets = _load_secrets(args.secrets)
+    secrets, deployment_id = _load_secrets_and_id(args.secrets)
+    _warn_if_readable(args.secrets)
     _check_name(args.name)
     _check_address(args.address)
     ssh_key = _read_ssh_key(args.ssh_key)
@@ -257,7 +279,7 @@ def _enroll(args: argparse.Namespace) -> int:
             parse_address(args.api_address, DEFAULT_API_PORT)
         except ValueError:
             raise UsageError(f"invalid --api-address {args.api_address[:80]!r}: expected HOST:PORT") from None
-    store = TrustStore()
+    store = open_store()
     previous = None
     if args.replace:
         with contextlib.suppress(UnknownAppliance):
@@ -266,29 +288,60 @@ def _enroll(args: argparse.Namespace) -> int:
         record = asyncio.run(enroll_appliance(args.address, secrets, name=args.name, ssh_key=ssh_key,
                                               api_address=args.api_address, replace=args.replace, store=store,
                                               deadline=_check_deadline(args.deadline),
-                                              on_wait=_show_wait(args.address)))
+                                              on_wait=_show_wait(args.address), deployment_id=deployment_id))
+    except IdentityChanged as exc:
+        raise IdentityChanged(str(exc).replace("--secrets FILE", f"--secrets {args.secrets}")
+                              .replace("enroll ADDRESS", f"enroll {args.address}")) from None
     except AlreadyPinned as exc:
-        print(f"already-pinned {exc.record.name}: {exc.record.pin}")
+        if args.json:
+            print(json.dumps(_single_report(exc.record, "already-pinned"), indent=2))
+        else:
+            print(f"already-pinned {exc.record.name}: {exc.record.pin}")
         return EXIT_OK
-    print(f"enrolled {record.name}: {record.pin}")
+    if args.json:
+        print(json.dumps(_single_report(record, "enrolled"), indent=2))
+    else:
+        print(f"enrolled {record.name}: {record.pin}")
     if previous is not None and previous.pin != record.pin:
         print(f"replaced {previous.name}: {previous.address} {previous.pin}", file=sys.stderr)
     return EXIT_OK
 
 
+def _single_report(record: ApplianceRecord, status: str) -> dict:
+    """`enroll ADDRESS --json`: the batch report's entry for this appliance, as one object."""
+    return {"name": record.name, "address": record.address, "ok": True, "status": status, "pin": record.pin,
+            "deployment_id": record.deployment_id, "error": None}
+
+
+def _warn_if_readable(path: str) -> None:
+    with contextlib.suppress(OSError):
+        mode = os.stat(path).st_mode
+        if mode & 0o077:
+            _warn(f"secrets file {path} is accessible to group or others (mode {mode & 0o777:04o}); chmod 600 it")
+
+
 def _read_targets(path: str) -> list[Target]:
     data, _ = read_input(path, "targets file")
     base = os.path.dirname(os.path.abspath(path))
-    text = data.decode("utf-8", "replace")
+    text = data.decode("utf-8-sig", "replace")  # -sig: a spreadsheet's byte order mark is not part of "name"
     try:
         if text.lstrip().startswith("["):
             rows = json.loads(text)
             if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
                 raise ValueError("a JSON targets file is a list of objects")
+            columns = {key for row in rows for key in row}
         else:
-            rows = list(csv.DictReader(io.StringIO(text)))
+            reader = csv.DictReader(io.StringIO(text))
+            columns = set(reader.fieldnames or ())
+            if text.strip() and not {"name", "address", "secrets"} & columns:
+                raise ValueError("its first line is not the header name,address,secrets")
+            rows = list(reader)
     except (ValueError, csv.Error) as exc:
         raise UsageError(f"targets file {path}: {str(exc).splitlines()[0][:100]}") from None
+    unknown = sorted(str(column)[:40] for column in columns - set(TARGET_COLUMNS))
+    if unknown:  # a typo (adress) must not pass for a missing column, nor an extra one go unread
+        raise UsageError(f"targets file {path}: unknown column {unknown[0]!r} (the columns are "
+                         f"{','.join(TARGET_COLUMNS)})")
     if not rows:
         raise UsageError(f"targets file {path} lists no appliance")
     if len(rows) > MAX_TARGETS:
@@ -303,7 +356,8 @@ def _read_targets(path: str) -> list[Target]:
             raise UsageError(f"targets file {path}, row {number}: name {name!r} appears twice")
         names.add(name)
         secrets_path = os.path.join(base, str(row["secrets"]))
-        targets.append(Target(name, _check_address(str(row["address"])), _load_secrets(secrets_path)))
+        targets.append(Target(name, _check_address(str(row["address"])), *_load_secrets_and_id(secrets_path)))
+        _warn_if_readable(secrets_path)
     return targets
 
 
@@ -313,24 +367,56 @@ def _enroll_batch(args: argparse.Namespace) -> int:
     if args.workers is not None and not 1 <= args.workers <= 256:
         raise UsageError("--workers must be between 1 and 256")
     targets = _read_targets(args.targets)
+    ssh_key, deadline = _read_ssh_key(args.ssh_key), _check_deadline(args.deadline)
     progress = _Progress(len(targets), terminal=sys.stderr.isatty())
-    outcomes = asyncio.run(enroll_many(targets, concurrency=args.concurrency, ssh_key=_read_ssh_key(args.ssh_key),
-                                       on_done=progress.step, deadline=_check_deadline(args.deadline),
-                                       workers=args.workers))
+    done: dict[str, Outcome] = {}
+    reported = threading.Lock()  # one report: the whole one, or (SIGINT, SIGTERM) the partial one
+
+    def step(outcome: Outcome) -> None:
+        done[outcome.target.name] = outcome
+        progress.step(outcome)
+
+    def interrupted() -> None:
+        if reported.acquire(blocking=False):  # the process ends in exit_now, with the lock held
+            so_far = dict(done)
+            _print_batch_report(args, [so_far.get(t.name) or Outcome(t, None, Interrupted(
+                "stopped before its enrollment ended; the same command again finishes it"), 0.0) for t in targets])
+            exit_now(INTERRUPTED_EXIT, stop)
+
+    stop = StopSignal()
+    stop.on_stop(interrupted)
+    with stop.installed():
+        outcomes = asyncio.run(enroll_many(targets, concurrency=args.concurrency, ssh_key=ssh_key,
+                                           on_done=step, deadline=deadline, workers=args.workers))
     progress.finish()
+    if not reported.acquire(blocking=False):
+        return INTERRUPTED_EXIT
+    return _print_batch_report(args, outcomes)
+
+
+def _batch_status(outcome: Outcome) -> str:
+    return "interrupted" if isinstance(outcome.error, Interrupted) else outcome.status
+
+
+def _print_batch_report(args: argparse.Namespace, outcomes: list[Outcome]) -> int:
     failed = [o for o in outcomes if not o.ok]
     if args.json:
         print(json.dumps([{"name": o.target.name, "address": o.target.address, "ok": o.ok,
-                           "status": o.status, "pin": o.record.pin if o.record else None,
+                           "status": _batch_status(o), "pin": o.record.pin if o.record else None,
                            "error": {"code": o.error.code, "message": str(o.error)} if o.error else None,
                            "seconds": round(o.seconds, 3)} for o in outcomes], indent=2))
     else:
-        rows = [(o.target.name, o.target.address, o.status,
+        rows = [(o.target.name, o.target.address, _batch_status(o),
                  o.record.pin if o.record else f"{o.error.code}: {o.error}", f"{o.seconds * 1000:.0f} ms")
                 for o in outcomes]
         print(_table(("NAME", "ADDRESS", "STATUS", "PIN", "TIME"), rows))
         pinned = sum(o.status == "already-pinned" for o in outcomes)
-        print(f"{len(outcomes) - len(failed) - pinned} enrolled, {pinned} already pinned, {len(failed)} failed")
+        stopped = sum(isinstance(o.error, Interrupted) for o in outcomes)
+        print(f"{len(outcomes) - len(failed) - pinned} enrolled, {pinned} already pinned, "
+              f"{len(failed) - stopped} failed" + (f", {stopped} interrupted" if stopped else ""))
+    sys.stdout.flush()
+    if any(isinstance(o.error, IdentityChanged) for o in failed):
+        return EXIT_IDENTITY_CHANGED
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -378,11 +464,12 @@ def _pins_list_arguments(parser: argparse.ArgumentParser) -> None:
 def _record_summary(record: ApplianceRecord) -> dict:
     return {"name": record.name, "address": record.address, "api_port": record.api_port, "pin": record.pin,
             "embodiment": record.embodiment, "enrolled_at": record.enrolled_at,
+            "deployment_id": record.deployment_id,
             "ssh_host_keys": list(record.ssh_host_keys)}
 
 
 def _pins_list(args: argparse.Namespace) -> int:
-    store = TrustStore()
+    store = open_store()
     records, problems = store.scan()
     for problem in problems:  # reported, skipped: the other records are still listed
         _error(f"skipped: {problem}")
@@ -397,11 +484,17 @@ def _pins_list(args: argparse.Namespace) -> int:
 
 
 def _pins_remove(args: argparse.Namespace) -> int:
-    store = TrustStore()
+    store = open_store()
     record = store.get(_check_name(args.name))
     store.remove(record.name)
     print(f"removed {record.name}: {record.address}:{record.api_port} {record.pin}")
     return EXIT_OK
+
+
+def _utc(timestamp: float) -> str:
+    """ISO 8601 in UTC, to the second: what `pins show` prints (--json keeps the number)."""
+    import datetime
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _name_argument(parser: argparse.ArgumentParser) -> None:
@@ -409,10 +502,14 @@ def _name_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _pins_show(args: argparse.Namespace) -> int:
-    record = TrustStore().get(_check_name(args.name))
+    record = open_store().get(_check_name(args.name))
     for key, value in _record_summary(record).items():
         if key == "ssh_host_keys":
             value = ", ".join(v.split()[0] for v in value) or "none"
+        elif key == "enrolled_at":
+            value = _utc(value)
+        elif key == "deployment_id":
+            value = value or "none"
         print(f"{key.replace('_', ' ')}: {value}")
     return EXIT_OK
 
@@ -424,11 +521,11 @@ def _pins_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _pins_export(args: argparse.Namespace) -> int:
-    record = TrustStore().get(_check_name(args.name))
+    record = open_store().get(_check_name(args.name))
     if args.pin_format == "kubeadm":
         print(normalize_pin(record.pin))
     elif args.pin_format == "curl":
-        print(pin_to_curl(record.pin))
+        print(curl_flags(record, open_store()))
     elif args.pin_format == "pem":
         sys.stdout.write(record.certificate)
     else:
@@ -439,6 +536,16 @@ def _pins_export(args: argparse.Namespace) -> int:
         for line in known_hosts_lines(record, args.ssh_port):
             print(line)
     return EXIT_OK
+
+
+def curl_flags(record: ApplianceRecord, store: TrustStore) -> str:
+    """Flags for `curl $(firsttrust pins export NAME --format curl) https://ADDR:8791/...`.
+
+    -k because the appliance's certificate is self-signed and names only `vm`, so curl's CA and
+    host name checks cannot pass (exit 60); --pinnedpubkey is enforced all the same (curl checks it
+    with -k too), and it is the check that matters: the key pinned at enrollment. The requester's
+    own certificate and key, because the API authorizes only enrolled requesters."""
+    return f"-k --pinnedpubkey {pin_to_curl(record.pin)} --cert {store.cert_path} --key {store.key_path}"
 
 
 class NoHostKeys(FirsttrustError):
@@ -468,10 +575,25 @@ def _call(args: argparse.Namespace) -> int:
             body = json.loads(args.data)
         except ValueError:
             raise UsageError("--data is not valid JSON") from None
-    answer = asyncio.run(call(_check_name(args.name), args.method, args.path, body))
+    name = _check_name(args.name)
+    try:
+        answer = asyncio.run(call(name, args.method, args.path, body))
+    except (ConnectionFailed, PinMismatch) as exc:
+        raise _diagnose(name, exc) from None
     if answer is not None:
         print(json.dumps(answer, indent=2, sort_keys=True))
     return EXIT_OK
+
+
+def _diagnose(name: str, error: FirsttrustError) -> FirsttrustError:
+    """A call that failed to connect or met another key: ask the address which key it presents
+    (identitycheck.probe, no key of ours sent) to say whether the appliance changed."""
+    try:
+        record = open_store().get(name)
+    except FirsttrustError:
+        return error
+    change = changed(record, asyncio.run(probe(record.address, record.api_port)))
+    return change if change is not None else error
 
 
 def _pin_cert_arguments(parser: argparse.ArgumentParser) -> None:
@@ -490,7 +612,7 @@ def _pin_cert(args: argparse.Namespace) -> int:
         raise UsageError(f"invalid address {args.address[:80]!r}") from None
     record = pin_certificate(_check_name(args.name), args.address, certificate, embodiment=args.embodiment)
     print(f"pinned {record.name}: {record.pin}")
-    print(f"requester certificate to authorize on the appliance: {TrustStore().cert_path}")
+    print(f"requester certificate to authorize on the appliance: {open_store().cert_path}")
     return EXIT_OK
 
 
@@ -501,7 +623,7 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 def _identity(args: argparse.Namespace) -> int:
-    store = TrustStore()
+    store = open_store()
     identity = store.identity()
     print(f"trust store: {store.home} (FIRSTTRUST_HOME)", file=sys.stderr)
     sys.stdout.write(identity.cert_pem.decode("ascii"))
@@ -518,6 +640,16 @@ def _deploy_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _deploy(args: argparse.Namespace) -> int:
     from .deploycommand import run
+    return run(args)
+
+
+def _destroy_arguments(parser: argparse.ArgumentParser) -> None:
+    from .destroycommand import add_arguments
+    add_arguments(parser)
+
+
+def _destroy(args: argparse.Namespace) -> int:
+    from .destroycommand import run
     return run(args)
 
 
@@ -553,6 +685,13 @@ SUBCOMMANDS = (
                lambda parser: None, _identity),
     Subcommand(("deploy",), "deploy appliances through vCenter with fresh secrets, then enroll them",
                _deploy_arguments, _deploy),
+    Subcommand(("vcenter-thumbprint",), "print the thumbprint a vCenter presents now (trust on first use: compare "
+                                        "it before pinning it)", setupcommands.thumbprint_arguments,
+               setupcommands.vcenter_thumbprint),
+    Subcommand(("completion",), "print a bash or zsh completion script", setupcommands.completion_arguments,
+               setupcommands.completion),
+    Subcommand(("destroy",), "power off and delete deployed appliances (only VMs carrying their deployment id), "
+                             "remove their pins and secrets files", _destroy_arguments, _destroy),
 )
 # The fleet store's commands live in their own module (docs/fleet.md).
 from .fleetcommand import subcommands as _fleet_subcommands  # noqa: E402
@@ -577,7 +716,10 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog="environment:\n  FIRSTTRUST_HOME  the trust store: this requester's key and certificate and "
                             "the pinned\n                   appliances (default ~/.local/share/firsttrust; "
                             "`firsttrust identity` prints it)\n\n"
-                            "exit codes: 0 success, 1 the operation failed, 2 usage or input error")
+                            "exit codes: 0 success, 1 the operation failed, 2 usage or input error, 3 an "
+                            "appliance's identity\n  changed (redeployed, reset or replaced: see the message), "
+                            "130 interrupted (SIGINT,\n  SIGTERM; the partial report was written), 141 stdout "
+                            "closed early")
     parser.add_argument("--version", action="version", version=f"%(prog)s {firsttrust.__version__}")
     groups = {(): parser.add_subparsers(metavar="COMMAND", required=True)}
     for command in SUBCOMMANDS:

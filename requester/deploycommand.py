@@ -4,12 +4,15 @@
                       (--template NAME | --ova PATH [--remove-vapp-config])
                       [--datacenter DC] [--folder PATH] [--pool PATH] [--host NAME] [--datastore NAME] [--network NAME]
                       (--name NAME | --name-prefix P --count N) --secrets-dir DIR [--credentials FILE] [--requester-cert FILE] [--enroll-window DURATION]
-                      [--no-enroll] [--dry-run] [--concurrency N] [--ip-timeout SECONDS] [--json]
+                      [--no-enroll] [--dry-run | --check] [--concurrency N] [--ip-timeout SECONDS] [--json]
 
 The vCenter credentials come from FIRSTTRUST_VSPHERE_USER / FIRSTTRUST_VSPHERE_PASSWORD or a 0600
 credentials file, never argv. Progress goes to stderr, one line per step and appliance; the
 result to stdout, as a table or (--json) one object per appliance. `--dry-run` prints the plan
-(without secret values) and touches nothing. Registered in cli.SUBCOMMANDS; the library is
+(without secret values) and touches nothing; `--check` also asks vCenter (credentials,
+thumbprint, template, placement, names) and says per appliance what a run would do, changing
+nothing. The same command again converges (requester/converge.py): per appliance `created`,
+`resumed` or `unchanged`. Ctrl-C or SIGTERM: the partial report, exit 130. Registered in cli.SUBCOMMANDS; the library is
 requester/deployer.py. docs/deployment.md, "firsttrust deploy", is the operator's guide.
 """
 
@@ -18,12 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from pathlib import Path
 
 from firsttrust.errors import InvalidCertificate
 
+from . import profile
 from .deployer import DEFAULT_CONCURRENCY, DEFAULT_IP_TIMEOUT, CredentialsError, VcenterAccess, deploy
 from .deployplan import InvalidDeployPlan, appliance_names, check_vcenter_url, plan_deployment
+from .interrupts import INTERRUPTED_EXIT, StopSignal, exit_now
 from .ovafile import check_ova
 from .placement import PlacementRequest
 from .vcenter_tls import InvalidThumbprint, ca_context, pinned_context
@@ -36,8 +42,9 @@ MAX_CERT_BYTES = 64 * 1024
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--vcenter", required=True, metavar="URL", help="https://HOST[:PORT]/sdk of vCenter or ESXi")
-    trust = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("--vcenter", metavar="URL", help="https://HOST[:PORT]/sdk of vCenter or ESXi "
+                        "(default: FIRSTTRUST_VCENTER, then the config file: requester/profile.py)")
+    trust = parser.add_mutually_exclusive_group()  # or from the profile (requester/profile.py)
     trust.add_argument("--thumbprint", metavar="TP",
                        help="the vCenter certificate's SHA-1 thumbprint as vCenter shows it (AB:CD:..), or SHA-256")
     trust.add_argument("--ca-file", metavar="FILE", help="verify vCenter's certificate against this CA bundle")
@@ -76,6 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enroll-window", metavar="DURATION", help="how long enrollment stays open: 90m, 24h, 2d")
     parser.add_argument("--no-enroll", action="store_true", help="stop after power-on")
     parser.add_argument("--dry-run", action="store_true", help="print the plan without secrets; change nothing")
+    parser.add_argument("--check", action="store_true",
+                        help="check credentials, thumbprint, template, placement and names against vCenter and say "
+                             "per appliance what a run would do (created, resumed, unchanged); change nothing")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
                         help=f"appliances in flight (default {DEFAULT_CONCURRENCY})")
     parser.add_argument("--ip-timeout", type=float, default=DEFAULT_IP_TIMEOUT, metavar="SECONDS",
@@ -85,6 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Usage errors are InvalidDeployPlan (exit 2); a failed appliance makes the exit 1."""
+    profile.apply(args)  # --vcenter, --thumbprint/--ca-file, --credentials left out: environment, config file
     if not 1 <= args.concurrency <= MAX_CONCURRENCY:
         raise InvalidDeployPlan(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
     if args.ip_timeout <= 0:
@@ -119,15 +130,21 @@ def run(args: argparse.Namespace) -> int:
         access = VcenterAccess.load(args.vcenter, context, args.credentials)
     except CredentialsError as exc:
         raise InvalidDeployPlan(str(exc)) from None
-    reports = deploy(plan, access, Path(args.secrets_dir), concurrency=args.concurrency,
-                     ip_timeout=args.ip_timeout, progress=_progress, placement=placement,
-                     remove_vapp=args.remove_vapp_config)
+    stop = StopSignal()
+    with stop.installed():  # Ctrl-C, SIGTERM: no new step, the partial report below, exit 130
+        reports = deploy(plan, access, Path(args.secrets_dir), concurrency=args.concurrency,
+                         ip_timeout=args.ip_timeout, progress=_progress, placement=placement,
+                         remove_vapp=args.remove_vapp_config, stop=stop, check=args.check)
     if args.json:
         print(json.dumps([report.to_json() for report in reports], indent=2))
     else:
-        rows = [(r.name, r.vm or "-", r.status, r.ip or "-",
+        rows = [(r.name, r.action, r.vm or "-", r.status, r.ip or "-",
                  r.pin or (f"{r.error.code}: {r.error}" if r.error else "-")) for r in reports]
-        print(_table(("NAME", "VM", "STATUS", "IP", "PIN"), rows))
+        print(_table(("NAME", "ACTION", "VM", "STATUS", "IP", "PIN"), rows))
+    if stop.is_set():
+        _progress("deploy", "interrupted: the same command again finishes the job")
+        exit_now(INTERRUPTED_EXIT, stop)
+        return INTERRUPTED_EXIT
     failed = sum(not r.ok for r in reports)
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -149,5 +166,11 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
                      for row in (header, *rows))
 
 
+_PROGRESS_LOCK = threading.Lock()
+
+
 def _progress(name: str, event: str) -> None:
-    print(f"firsttrust: {name}: {event}", file=sys.stderr, flush=True)
+    """One whole line per call: the workers' lines never run together."""
+    with _PROGRESS_LOCK:
+        sys.stderr.write(f"firsttrust: {name}: {event}\n")
+        sys.stderr.flush()

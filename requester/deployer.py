@@ -29,7 +29,6 @@ import json
 import os
 import stat
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -50,6 +49,8 @@ from .deployplan import (
 )
 from .placement import PlacementRequest
 from .deployspec import secrets_to_json
+from .converge import prepare, resume, survey
+from .interrupts import Interrupted, StopSignal, run_coroutine, run_each
 from .library import Target, enroll_many
 from .truststore import TrustStore, fsync_directory
 
@@ -124,7 +125,7 @@ class ApplianceReport:
 
     name: str
     secrets_file: str
-    status: str = "planned"  # planned -> deployed -> enrolled | already-pinned; or failed
+    status: str = "planned"  # planned -> deployed -> enrolled | already-pinned; or failed, interrupted
     vm: str | None = None  # the managed object ID, e.g. vm-42
     ip: str | None = None
     pin: str | None = None
@@ -135,10 +136,12 @@ class ApplianceReport:
     error: FirsttrustError | None = None
     failed_step: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    task: str | None = None  # interrupted: the vCenter task that was in flight (the re-run finds its VM)
+    action: str = "created"  # converge.py: created, resumed or unchanged (with check: what a run would do)
 
     @property
     def ok(self) -> bool:
-        return self.status != "failed"
+        return self.status not in ("failed", "interrupted")
 
     def to_json(self) -> dict:
         return {"name": self.name, "status": self.status, "vm": self.vm, "ip": self.ip, "pin": self.pin,
@@ -146,7 +149,8 @@ class ApplianceReport:
                 "environment": self.environment,
                 "error": None if self.error is None else {"code": self.error.code, "message": str(self.error),
                                                           "step": self.failed_step},
-                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "task": self.task,
+                "action": self.action}
 
 
 def check_secrets_dir(plan: DeployPlan, secrets_dir: Path) -> None:
@@ -170,7 +174,7 @@ def write_secrets_file(path: Path, appliance: AppliancePlan) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(secrets_to_json(appliance.secrets))
+            handle.write(secrets_to_json(appliance.secrets, appliance.deployment_id))
             handle.flush()
             os.fsync(handle.fileno())
     except BaseException:
@@ -183,7 +187,7 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
            ip_timeout: float = DEFAULT_IP_TIMEOUT, store: TrustStore | None = None,
            progress: Progress = lambda name, event: None, datastore: str | None = None,
            placement: PlacementRequest | None = None, remove_vapp: bool = False,
-           vcenter=None) -> list[ApplianceReport]:
+           vcenter=None, stop: StopSignal | None = None, check: bool = False) -> list[ApplianceReport]:
     """Carry out `plan` (see the module docstring), one report per appliance in plan order.
 
     `placement` chooses datacenter, folder, pool or cluster, host, datastore and network
@@ -193,7 +197,15 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
     ...)` before anything is created. With plan.ova, after enrollment the OVF environment is
     removed from the VM (the transport emptied, or with `remove_vapp` the whole vApp
     configuration; its CD-ROM disconnected). `vcenter` reuses a logged-in requester.vsphere.Vcenter
-    (it is not closed); by default one is opened from `access` and closed at the end.
+    (it is not closed); by default one is opened from `access` and closed at the end. Once `stop`
+    is set (requester/interrupts.py: SIGINT, SIGTERM) no step starts, every vCenter wait ends
+    within a second, and the reports come back at once: the appliances not done are
+    "interrupted", with the step and the vCenter task that was in flight, if any.
+
+    A re-run converges (requester/converge.py): an appliance whose secrets file is there and whose
+    VM carries that file's deployment id is resumed (power-on, enrollment, scrub as needed) or
+    left unchanged; each report's `action` says which. With `check`, nothing is created or
+    written: every report is "checked" and its action is what a run would do.
 
     Raises (before any VM or file is created):
         InvalidDeployPlan: the secrets directory is missing or already holds a plan's file; the
@@ -209,7 +221,7 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
     request = placement or PlacementRequest()
     if datastore is not None:
         request = dataclasses.replace(request, datastore=datastore)
-    check_secrets_dir(plan, secrets_dir)
+    plan, existing = prepare(plan, secrets_dir)
     ova = check_ova(plan.ova) if plan.ova else None
     facts = ova.facts() if ova is not None else None
     if facts is not None:
@@ -220,6 +232,8 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
     own = vcenter is None
     if own:
         vcenter = connect(access.url, access.user, access.password, access.context)
+    stop = stop or StopSignal()
+    stop.on_stop(vcenter.interrupt)
     try:
         inventory = vcenter.virtual_machines()
         template = None
@@ -227,26 +241,34 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
             template = inventory.get(plan.template)
             if template is None:
                 raise VsphereError(f"no virtual machine or template named {plan.template[:80]!r}", code="not_found")
-        taken = [a.name for a in plan.appliances if a.name in inventory]
-        if taken:
-            raise VsphereError(f"a virtual machine named {taken[0]!r} exists already"
-                               f"{f' (and {len(taken) - 1} more)' if len(taken) > 1 else ''}", code="name_taken")
+        found = survey(plan, existing, inventory, vcenter, store)
         where = None
         if ova is not None or request != PlacementRequest():
             where = vcenter.placement(request)
             for note in where.notes:
                 progress("placement", note)
-        run = _Run(plan, vcenter, secrets_dir, progress, template, where, ova, facts, ip_timeout)
+        run = _Run(plan, vcenter, secrets_dir, progress, template, where, ova, facts, ip_timeout, stop)
         if ova is not None:
             run.check_import(plan.appliances[0])
-        run.create_all(concurrency)
-        _in_threads(concurrency, run.start, plan.appliances, run.reports)
+        resume(run, found, existing, check)
+        if check:
+            return run.reports
+        steps = [("create", lambda: run.create_all(concurrency)),
+                 ("power on", lambda: _in_threads(concurrency, run.start, plan.appliances, run.reports, stop))]
         if plan.enroll:
-            _in_threads(concurrency, run.wait_for_ip, plan.appliances, run.reports)
-            _enroll_and_scrub(plan, run.reports, run.vms, vcenter, concurrency, store, progress, remove_vapp)
+            steps += [("wait for guest IP", lambda: _in_threads(concurrency, run.wait_for_ip, plan.appliances,
+                                                                 run.reports, stop)),
+                      ("enroll", lambda: _enroll_and_scrub(plan, run.reports, run.vms, vcenter, concurrency, store,
+                                                           progress, remove_vapp, stop))]
+        for step, carry_out in steps:
+            if not stop.is_set():
+                carry_out()
+            if stop.is_set():
+                _mark_interrupted(run.reports, step, plan.enroll)
+                break
         return run.reports
     finally:
-        if own:
+        if own and not stop.is_set():  # after a stop the process ends at once; the server drops the session
             vcenter.close()
 
 
@@ -254,12 +276,14 @@ class _Run:
     """One deploy's appliances through their steps; each step records its failure in the report."""
 
     def __init__(self, plan: DeployPlan, vcenter, secrets_dir: Path, progress: Progress, template,
-                 where, ova, facts, ip_timeout: float = DEFAULT_IP_TIMEOUT) -> None:
+                 where, ova, facts, ip_timeout: float = DEFAULT_IP_TIMEOUT, stop: StopSignal | None = None) -> None:
         self.plan, self.vcenter, self.secrets_dir, self.progress = plan, vcenter, secrets_dir, progress
+        self.stop = stop or StopSignal()
         self.template, self.where, self.ova, self.facts = template, where, ova, facts
         self.ip_timeout = ip_timeout
         self.reports = [ApplianceReport(a.name, str(secrets_dir / a.secrets_file)) for a in plan.appliances]
-        self.vms: dict[str, object] = {}
+        self.vms: dict[str, object] = {}  # by name; converge.resume fills in the VMs that exist
+        self.kept_files: set[str] = set()  # names whose secrets file a previous run wrote
         self.spec = None
 
     def check_import(self, appliance: AppliancePlan) -> None:
@@ -282,9 +306,11 @@ class _Run:
         the others are cloned from it (before it is powered on) with their own property values."""
         appliances, reports = list(self.plan.appliances), self.reports
         if self.ova is None or len(appliances) == 1:
-            _in_threads(concurrency, self.create, appliances, reports)
+            _in_threads(concurrency, self.create, appliances, reports, self.stop)
             return
-        self.create(appliances[0], reports[0])
+        _in_threads(1, self.create, appliances[:1], reports[:1], self.stop)
+        if self.stop.is_set():
+            return
         source = self.vms.get(appliances[0].name)
         if source is None:
             for appliance, report in zip(appliances[1:], reports[1:]):
@@ -293,15 +319,19 @@ class _Run:
                                                f"are cloned from, failed", code="source_failed")
             return
         keys = {pid: prop.key for pid, prop in self.vcenter.vapp_properties(source).items()}
-        _in_threads(concurrency, lambda a, r: self.create(a, r, source=source, keys=keys), appliances[1:], reports[1:])
+        _in_threads(concurrency, lambda a, r: self.create(a, r, source=source, keys=keys), appliances[1:], reports[1:],
+                    self.stop)
 
     def create(self, appliance: AppliancePlan, report: ApplianceReport, source=None, keys=None) -> None:
         from .vsphere import VsphereError
 
         vcenter, progress = self.vcenter, self.progress
+        if appliance.name in self.vms:  # it exists: resumed or unchanged (converge.py)
+            return
         step = "write secrets file"
         try:
-            write_secrets_file(self.secrets_dir / appliance.secrets_file, appliance)
+            if appliance.name not in self.kept_files:
+                write_secrets_file(self.secrets_dir / appliance.secrets_file, appliance)
             if source is not None:
                 step = "clone the imported appliance"
                 values = [(keys[k], v) for k, v in appliance.properties if k in keys]
@@ -343,7 +373,7 @@ class _Run:
             progress(appliance.name, f"failed at {step}: {report.error}")
 
     def start(self, appliance: AppliancePlan, report: ApplianceReport) -> None:
-        if not report.ok:
+        if not report.ok or report.status != "planned":  # failed, or on already (converge.py)
             return
         try:
             _timed(report, "power_on", lambda: self.vcenter.power_on(self.vms[appliance.name]))
@@ -355,7 +385,7 @@ class _Run:
         self.progress(appliance.name, "powered on")
 
     def wait_for_ip(self, appliance: AppliancePlan, report: ApplianceReport) -> None:
-        if not report.ok:
+        if not report.ok or report.status != "deployed":
             return
         try:
             report.ip = _timed(report, "wait_ip", lambda: self.vcenter.wait_for_ip(self.vms[appliance.name],
@@ -368,12 +398,22 @@ class _Run:
 
 
 def _enroll_and_scrub(plan: DeployPlan, reports: list[ApplianceReport], vms: dict, vcenter, concurrency: int,
-                      store: TrustStore | None, progress: Progress, remove_vapp: bool = False) -> None:
+                      store: TrustStore | None, progress: Progress, remove_vapp: bool = False,
+                      stop: StopSignal | None = None) -> None:
+    stop = stop or StopSignal()
     by_name = {a.name: a for a in plan.appliances}
     ready = [r for r in reports if r.ok and r.ip]
-    targets = [Target(r.name, r.ip, by_name[r.name].secrets) for r in ready]
-    outcomes = asyncio.run(enroll_many(targets, concurrency=concurrency, store=store)) if targets else []
-    for report, outcome in zip(ready, outcomes):
+    targets = [Target(r.name, r.ip, by_name[r.name].secrets, by_name[r.name].deployment_id) for r in ready]
+    done: dict[str, object] = {}  # what ended before a stop, as it ended
+    if targets:
+        outcomes = run_coroutine(lambda: enroll_many(targets, concurrency=concurrency, store=store,
+                                                     on_done=lambda o: done.setdefault(o.target.name, o)), stop)
+        if outcomes is not None:  # all of them ended (None: stopped, `done` has what ended before)
+            done = {outcome.target.name: outcome for outcome in outcomes}
+    for report in ready:
+        outcome = done.get(report.name)
+        if outcome is None:
+            continue  # interrupted: marked so by the caller
         report.seconds["enroll"] = outcome.seconds
         if outcome.ok:
             report.status, report.pin = outcome.status, outcome.record.pin
@@ -383,7 +423,7 @@ def _enroll_and_scrub(plan: DeployPlan, reports: list[ApplianceReport], vms: dic
             progress(report.name, f"failed at enroll: {report.error}")
 
     def scrub(appliance: AppliancePlan, report: ApplianceReport) -> None:
-        if report.status not in ("enrolled", "already-pinned"):
+        if report.status not in ("enrolled", "already-pinned") or report.action == "unchanged":
             return
         vm = vms[appliance.name]
         try:
@@ -404,7 +444,8 @@ def _enroll_and_scrub(plan: DeployPlan, reports: list[ApplianceReport], vms: dic
                 report.environment = f"not removed ({exc.code}): {_redact(str(exc), appliance)}"
             progress(appliance.name, f"OVF environment: {report.environment}")
 
-    _in_threads(concurrency, scrub, plan.appliances, reports)
+    if not stop.is_set():
+        _in_threads(concurrency, scrub, plan.appliances, reports, stop)
 
 
 def scrub_imported(vcenter, vm) -> dict[str, str]:
@@ -445,10 +486,39 @@ def remove_environment(vcenter, vm, remove_vapp: bool = False) -> str:
     return ("vApp configuration removed" if remove_vapp else "transport removed") + "; no ISO CD-ROM connected"
 
 
-def _in_threads(concurrency: int, work, appliances, reports) -> None:
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(appliances)))) as pool:
-        for future in [pool.submit(work, a, r) for a, r in zip(appliances, reports)]:
-            future.result()
+def _in_threads(concurrency: int, work, appliances, reports, stop: StopSignal | None = None) -> None:
+    """`work(appliance, report)` for each, `concurrency` at once (interrupts.run_each: none starts
+    after a stop). A wait cut short by the stop records the vCenter task it was waiting on."""
+    from .vsphere_wait import WaitInterrupted
+
+    def guarded(appliance: AppliancePlan, report: ApplianceReport) -> None:
+        try:
+            work(appliance, report)
+        except WaitInterrupted as exc:
+            report.task = getattr(exc, "task", None) or report.task
+            raise
+
+    run_each(guarded, list(zip(appliances, reports)), concurrency, stop or StopSignal())
+
+
+def _mark_interrupted(reports: list[ApplianceReport], step: str, enroll: bool) -> None:
+    """After a stop during `step`: every appliance not at its end is "interrupted", at the step it
+    had reached (what the re-run starts from)."""
+    for report in reports:
+        if step == "enroll" and report.status in ("enrolled", "already-pinned") and not report.scrub:
+            report.status, report.failed_step = "interrupted", "remove the secret keys"  # pinned; the re-run scrubs
+            report.error = Interrupted("stopped after enrollment, before the secret keys were removed from the VM")
+            continue
+        if report.status == "planned":
+            reached = "power on" if report.vm else "create"
+        elif report.status == "deployed" and enroll:
+            reached = "enroll" if report.ip else "wait for guest IP"
+        else:
+            continue
+        report.status, report.failed_step = "interrupted", reached
+        in_flight = f"; vCenter task {report.task} was in flight (the re-run finds what it made)" \
+            if report.task else ""
+        report.error = Interrupted(f"stopped before {reached} ended{in_flight}")
 
 
 def _timed(report: ApplianceReport, what: str, call):

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import SEC_A, SEC_B, guestinfo_key
+from .deploymentid import DEPLOYMENT_ID_KEY, new_deployment_id
 from .deployspec import HARDENING_VMX_SETTINGS, InvalidDeploySpec, deployment_properties
 from .truststore import NAME_RE
 
@@ -74,6 +75,7 @@ class AppliancePlan:
     extra_config: tuple[tuple[str, str], ...] = field(repr=False)
     secrets_file: str
     properties: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    deployment_id: str | None = None  # requester/deploymentid.py: in the secrets file, on the VM, in the pin
 
     @property
     def secret_values(self) -> tuple[str, str]:
@@ -82,7 +84,7 @@ class AppliancePlan:
     def describe(self) -> dict:
         """This appliance's plan with every secret value replaced by "<secret>"."""
         hidden = set(self.secret_values)
-        described = {"name": self.name, "secrets_file": self.secrets_file,
+        described = {"name": self.name, "secrets_file": self.secrets_file, "deployment_id": self.deployment_id,
                      "extra_config": {key: "<secret>" if value in hidden else value for key, value in self.extra_config}}
         if self.properties:
             described["vapp_properties"] = {key: "<secret>" if value in hidden else value
@@ -188,15 +190,17 @@ def plan_deployment(vcenter: str, template: str | None, names: Sequence[str], *,
         raise InvalidDeployPlan("an appliance name appears twice")
     appliances = []
     for name in names:
-        secrets = generate()
+        secrets, deployment_id = generate(), new_deployment_id()
         properties = deployment_properties(secrets, requester_cert=requester_cert, enroll_window=enroll_window)
+        marked = ((DEPLOYMENT_ID_KEY, deployment_id),) + HARDENING_VMX_SETTINGS
         if ova is not None:
-            appliances.append(AppliancePlan(name=name, secrets=secrets, extra_config=HARDENING_VMX_SETTINGS,
-                                            secrets_file=f"{name}.json", properties=tuple(properties.items())))
+            appliances.append(AppliancePlan(name=name, secrets=secrets, extra_config=marked,
+                                            secrets_file=f"{name}.json", properties=tuple(properties.items()),
+                                            deployment_id=deployment_id))
             continue
         extra_config = tuple((guestinfo_key(key), value) for key, value in properties.items())
-        appliances.append(AppliancePlan(name=name, secrets=secrets, extra_config=extra_config + HARDENING_VMX_SETTINGS,
-                                        secrets_file=f"{name}.json"))
+        appliances.append(AppliancePlan(name=name, secrets=secrets, extra_config=extra_config + marked,
+                                        secrets_file=f"{name}.json", deployment_id=deployment_id))
     return DeployPlan(vcenter=vcenter, template=template, appliances=tuple(appliances), enroll=enroll, ova=ova)
 
 

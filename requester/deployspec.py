@@ -38,6 +38,8 @@ from firsttrust.errors import FirsttrustError
 from firsttrust.identity import certificate_pem
 from firsttrust.ovfenv import check_key, check_value_size, serialize_ovf_env, xml_attribute, xml_text
 
+from .deploymentid import valid_deployment_id
+
 # The OVF descriptor (envelope) namespace, DSP0243 / DSP8023: Property's attributes are
 # qualified with it (ovf:key, ovf:value, ovf:password).
 OVF_ENVELOPE_NS = "http://schemas.dmtf.org/ovf/envelope/1"
@@ -224,9 +226,12 @@ FORMATS: dict[str, Callable[[dict[str, str]], bytes]] = {
 # --- the secrets file: {"sec_a": ..., "sec_b": ...} ---------------------------------------------
 
 
-def secrets_to_json(secrets: EnrollmentSecrets) -> bytes:
-    """The secrets file's content. It holds the secrets: write it 0600, never log it."""
+def secrets_to_json(secrets: EnrollmentSecrets, deployment_id: str | None = None) -> bytes:
+    """The secrets file's content. It holds the secrets: write it 0600, never log it. `deploy`
+    adds the appliance's deployment id (requester/deploymentid.py; not a secret)."""
     document = {"sec_a": secrets.sec_a, "sec_b": secrets.sec_b}
+    if deployment_id is not None:
+        document["deployment_id"] = deployment_id
     return (json.dumps(document, indent=2) + "\n").encode("utf-8")
 
 
@@ -245,8 +250,10 @@ def secrets_from_json(data: bytes) -> EnrollmentSecrets:
         raise InvalidDeploySpec("not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise InvalidDeploySpec(f"not JSON ({exc.msg}, line {exc.lineno})") from None
-    if not isinstance(document, dict) or sorted(document) != sorted(SECRETS_FILE_FIELDS):
-        raise InvalidDeploySpec('not a JSON object with exactly "sec_a" and "sec_b"')
+    if not isinstance(document, dict) or sorted(set(document) - {"deployment_id"}) != sorted(SECRETS_FILE_FIELDS):
+        raise InvalidDeploySpec('not a JSON object with exactly "sec_a" and "sec_b" (and a "deployment_id")')
+    if "deployment_id" in document and not valid_deployment_id(document["deployment_id"]):
+        raise InvalidDeploySpec('its "deployment_id" is not fd- and 16 hex digits')
     return EnrollmentSecrets(document["sec_a"], document["sec_b"])
 
 

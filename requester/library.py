@@ -35,6 +35,7 @@ from firsttrust.identity import certificate_pem, pin_of_certificate
 from .deployspec import InvalidDeploySpec, secrets_from_json
 from .enroll import ClientIdentityFiles, enroll, parse_address
 from .errors import ApiError, BadResponse, ConnectionFailed, PinMismatch, RequesterError
+from .identitycheck import changed, different_deployment, probe
 from .retry import DEFAULT_DEADLINE, Waiting, retry_until
 from .session import PinnedSession
 from .store import open_store
@@ -70,7 +71,8 @@ class AlreadyPinned(RequesterError):
 async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: str, ssh_key: str | None = None,
                            store: TrustStore | None = None, api_address: str | None = None,
                            replace: bool = False, deadline: float = DEFAULT_DEADLINE,
-                           on_wait: Callable[[Waiting], None] | None = None, **timeouts: float) -> ApplianceRecord:
+                           on_wait: Callable[[Waiting], None] | None = None, deployment_id: str | None = None,
+                           **timeouts: float) -> ApplianceRecord:
     """Enroll the appliance at `address` (HOST[:PORT], default port 8790) and pin it as `name`.
 
     `api_address` (HOST[:PORT]) overrides where the API is reached afterwards, for appliances
@@ -84,7 +86,10 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
 
     The name is checked before anything is sent (refusing after the enrollment would spend the
     secrets and leave the appliance enrolled to nobody): a name pinned to another address is
-    refused unless `replace` is true.
+    refused unless `replace` is true. A name pinned at this address is checked the same way
+    (requester/identitycheck.py): `deployment_id` (the secrets file's) against the record's, else
+    one TLS probe of the pinned API for the key it presents; a changed appliance is refused unless
+    `replace` is true, and then enrolled and pinned in place of the old one (one atomic write).
 
     Failures that mean "not now" (connection refused, reset or timed out, `busy`, `backing_off`,
     a connection lost after `finish`) are retried with jittered exponential back-off,
@@ -95,7 +100,10 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
     by default the wait is quiet.
 
     Raises:
-        AlreadyPinned: `name` is pinned to this address already (nothing was sent).
+        AlreadyPinned: `name` is pinned to this address already, and the appliance there still
+            presents the pinned key or does not answer (nothing was sent).
+        IdentityChanged: `name` is pinned at this address to another deployment, or the appliance
+            there presents another key or has enrolled nobody, and `replace` is false (nothing sent).
         NameTaken: `name` is pinned to another address and `replace` is false (nothing was sent).
         EnrollmentUnconfirmed: see the class.
         firsttrust errors (PeerRefused, AuthenticationFailed, BindingFailed, ...) and
@@ -104,31 +112,35 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
     store = store or open_store()
     store.identity()  # created once per home, before any network traffic
     return await _enroll_appliance(address, secrets, name=name, ssh_key=ssh_key, store=store, api_address=api_address,
-                                   replace=replace, deadline=deadline, on_wait=on_wait, **timeouts)
+                                   replace=replace, deadline=deadline, on_wait=on_wait, deployment_id=deployment_id,
+                                   **timeouts)
 
 
 async def _enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: str, store: TrustStore,
                             ssh_key: str | None = None, api_address: str | None = None, replace: bool = False,
                             deadline: float = DEFAULT_DEADLINE, on_wait: Callable[[Waiting], None] | None = None,
-                            **timeouts: float) -> ApplianceRecord:
+                            deployment_id: str | None = None, **timeouts: float) -> ApplianceRecord:
     """enroll_appliance once the requester's identity exists (enroll_many checks it once)."""
     host, port = parse_address(address, DEFAULT_ENROLL_PORT)
     api_host, api_port = parse_address(api_address, DEFAULT_API_PORT) if api_address else (host, None)
-
-    def check_name() -> None:
+    async def check_name() -> None:
         if store.get_pending(name) is None:
             with contextlib.suppress(UnknownAppliance):
                 pinned = store.get(name)
                 if pinned.address == api_host:
-                    raise AlreadyPinned(pinned)
-                if not replace:
+                    await _same_appliance(pinned, deployment_id, replace)
+                elif (change := different_deployment(pinned, deployment_id)) is not None:
+                    if not replace:  # the name's appliance was redeployed, at another address this time
+                        raise change
+                elif not replace:
                     raise NameTaken(f"{name} is already pinned to another appliance ({pinned.address}, "
                                     f"{pinned.pin}); choose another name, or pass --replace to re-pin it")
 
     async def keep_pending(verified: PendingPin) -> None:
         record = ApplianceRecord(name=name, address=api_host, pin=verified.appliance_pin,
                                  certificate=certificate_pem(verified.appliance_certificate).decode("ascii"),
-                                 api_port=api_port or verified.api_port, embodiment="srp", enrolled_at=time.time())
+                                 api_port=api_port or verified.api_port, embodiment="srp", enrolled_at=time.time(),
+                                 deployment_id=deployment_id)
         await asyncio.to_thread(store.save_pending, record)
 
     async def attempt() -> ApplianceRecord:
@@ -151,19 +163,36 @@ async def _enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: s
         record = ApplianceRecord(name=name, address=api_host, pin=result.appliance_pin,
                                  certificate=certificate_pem(result.appliance_certificate).decode("ascii"),
                                  api_port=api_port or result.api_port, ssh_host_keys=result.ssh_host_keys,
-                                 embodiment="srp", enrolled_at=time.time())
+                                 embodiment="srp", enrolled_at=time.time(), deployment_id=deployment_id)
         # Two fsyncs: off the event loop, where other enrollments of a batch are waiting.
         await asyncio.to_thread(store.promote, record)
         return record
 
     async def run() -> ApplianceRecord:
-        check_name()
+        await check_name()
         return await retry_until(attempt, address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
                                  deadline=deadline, on_wait=on_wait)
 
     # A fleet store claims the appliance for this host first, and the name is checked under the
     # claim (exactly once across hosts, docs/fleet.md section 5); the file store runs it as is.
     return await claimed(store, name, run)
+
+
+async def _same_appliance(pinned: ApplianceRecord, deployment_id: str | None, replace: bool) -> None:
+    """Returns only when the name may be (re-)enrolled: the appliance changed and `replace`.
+
+    Raises:
+        AlreadyPinned: the same appliance, or none answering (the pin stands, nothing was sent).
+        IdentityChanged: it changed (identitycheck.py) and not `replace`.
+    """
+    change = different_deployment(pinned, deployment_id)
+    if change is None:
+        seen = await probe(pinned.address, pinned.api_port)
+        change = changed(pinned, seen)
+        if change is None:
+            raise AlreadyPinned(pinned)
+    if not replace:
+        raise change
 
 
 def files_of(store: TrustStore) -> ClientIdentityFiles:
@@ -226,6 +255,7 @@ class Target:
     name: str
     address: str
     secrets: EnrollmentSecrets = field(repr=False)
+    deployment_id: str | None = None  # from the secrets file (requester/deploymentid.py), if it has one
 
 
 @dataclass(frozen=True)
@@ -296,7 +326,7 @@ async def _enroll_here(targets: list[Target], concurrency: int, store: TrustStor
             start = time.perf_counter()
             try:
                 record = await _enroll_appliance(target.address, target.secrets, name=target.name, store=store,
-                                                 deadline=deadline, **kwargs)
+                                                 deadline=deadline, deployment_id=target.deployment_id, **kwargs)
                 outcome = Outcome(target, record, None, time.perf_counter() - start)
             except AlreadyPinned as exc:
                 outcome = Outcome(target, exc.record, None, time.perf_counter() - start, already_pinned=True)
@@ -358,6 +388,8 @@ _done_queue: Any = None  # a worker process's queue back to enroll_many (set by 
 def _worker_init(done_queue: Any) -> None:
     global _done_queue
     _done_queue = done_queue
+    from .interrupts import follow_parent
+    follow_parent()  # an interrupted batch ends its workers with it (requester/interrupts.py)
 
 
 def _worker(shard: list[tuple[int, Target]], concurrency: int, store: TrustStore, deadline: float, kwargs: dict,

@@ -58,6 +58,7 @@ class ApplianceRecord:
     ssh_host_keys: tuple[str, ...] = ()
     embodiment: str = "srp"  # "srp" | "injected-certificate" | "guest-command"
     enrolled_at: float = field(default_factory=time.time)
+    deployment_id: str | None = None  # requester/deploymentid.py; None in records from before it existed
 
     def to_json(self) -> bytes:
         data = asdict(self)

@@ -14,9 +14,13 @@
     vc.close()
 
 What to call is decided in requester/deployplan.py and requester/placement.py; this module only
-calls it, and waits on tasks through requester/vsphere_wait.py. Needs pyVmomi 8 or later (PyPI's `pyvmomi`, installed with `pip install
-firsttrust[vsphere]`); Debian 12's python3-pyvmomi 6.7.1 is refused by name, because its
-SmartConnect does not take our SSL context on every connection. The agent never imports this.
+calls it, and waits on tasks through requester/vsphere_wait.py. Needs pyVmomi 6.7.1 or later:
+Debian 12's python3-pyvmomi, or PyPI's (`pip install firsttrust[vsphere]`). Every call here is in
+vSphere 6.7's API (CloneVM_Task, ReconfigVM_Task, ImportVApp and HttpNfcLease, RetrievePropertiesEx,
+CreatePropertyCollector and WaitForUpdatesEx), and 6.7.1's SmartConnect passes our SSL context to
+every connection it makes (the version probe's HTTPSConnection and the SOAP stub's), so the
+thumbprint pin holds there too: `make test-debian-versions` runs the deploy tests on 6.7.1. The
+agent never imports this.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from .placement import (
 from .vcenter_tls import InvalidThumbprint, ThumbprintMismatch, pinned_context
 from .vsphere_wait import UpdateWaiter, WaitInterrupted
 
-MIN_PYVMOMI = (8, 0)
+MIN_PYVMOMI = (6, 7)  # Debian 12's python3-pyvmomi 6.7.1 (see the module docstring)
 
 TASK_TIMEOUT = 1800.0  # a full clone of a large template on slow storage
 LEASE_READY_TIMEOUT = 600.0  # ImportVApp's lease: initializing until vCenter has made the VM's files
@@ -73,15 +77,16 @@ def _pyvmomi():
         import pyVmomi
         from pyVim import connect as pyvim_connect
     except ImportError:
-        raise PyvmomiMissing("firsttrust deploy needs pyVmomi 8 or later: pip install 'firsttrust[vsphere]'") from None
+        raise PyvmomiMissing("firsttrust deploy needs pyVmomi 6.7.1 or later: apt-get install python3-pyvmomi "
+                             "(Debian 12), or pip install 'firsttrust[vsphere]' in a virtual environment") from None
     try:
         found = importlib.metadata.version("pyvmomi")
     except importlib.metadata.PackageNotFoundError:
         found = "unknown"
     version = tuple(int(part) for part in found.split(".")[:2] if part.isdigit())
     if version < MIN_PYVMOMI:
-        raise PyvmomiMissing(f"firsttrust deploy needs pyVmomi 8 or later, found {found} "
-                             f"(Debian 12's python3-pyvmomi is 6.7.1): pip install 'pyvmomi>=8'")
+        raise PyvmomiMissing(f"firsttrust deploy needs pyVmomi 6.7.1 or later, found {found}: "
+                             f"apt-get install python3-pyvmomi (Debian 12), or pip install 'pyvmomi>=6.7.1'")
     return pyVmomi, pyvim_connect
 
 

@@ -96,8 +96,12 @@ class UpdateWaiter:
         from .vsphere import VsphereError, _first_line
 
         states = self.vim.TaskInfo.State
-        values = self.watch(task, TASK_PROPERTIES, timeout, what,
-                            lambda v: v.get("info.state") in (states.success, states.error))
+        try:
+            values = self.watch(task, TASK_PROPERTIES, timeout, what,
+                                lambda v: v.get("info.state") in (states.success, states.error))
+        except WaitInterrupted as exc:
+            exc.task = getattr(task, "_moId", None)  # the report names it: the task goes on in vCenter
+            raise
         if values is None:
             raise VsphereError(f"{what}: the task did not finish within {timeout:.0f} s", code="task_timeout")
         if values.get("info.state") == states.error:

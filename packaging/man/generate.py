@@ -57,11 +57,20 @@ PAGES = {
                                 "(identity.key, identity.crt) and one record per pinned appliance. "
                                 "Default: $XDG_DATA_HOME/firsttrust."),
             ("XDG_DATA_HOME", "Used when FIRSTTRUST_HOME is not set; default ~/.local/share."),
+            ("FIRSTTRUST_VSPHERE_USER", "deploy, destroy: the vCenter user, unless --credentials FILE is given."),
+            ("FIRSTTRUST_VSPHERE_PASSWORD", "deploy, destroy: that user's password (never on the command line)."),
+            ("FIRSTTRUST_VCENTER", "deploy, destroy: the vCenter URL when --vcenter is not given."),
+            ("FIRSTTRUST_VCENTER_THUMBPRINT", "deploy, destroy: its certificate's thumbprint when neither --thumbprint "
+                                              "nor --ca-file is given (FIRSTTRUST_VCENTER_CA_FILE: a CA bundle)."),
+            ("FIRSTTRUST_CONFIG", "The config file; default $XDG_CONFIG_HOME/firsttrust/config.toml."),
         ),
         files=(
             ("$FIRSTTRUST_HOME/identity.key", "the requester's private key (mode 0600), created on first use"),
             ("$FIRSTTRUST_HOME/identity.crt", "its self-signed certificate, what appliances authorize"),
             ("$FIRSTTRUST_HOME/appliances/NAME.json", "one pinned appliance"),
+            ("$XDG_CONFIG_HOME/firsttrust/config.toml", "vcenter, thumbprint or ca_file, credentials (a file path) for "
+                                                       "deploy and destroy; refused if group or others may write it, "
+                                                       "never holds a password"),
         ),
         see_also=("firsttrust-agent(1)",),
     ),

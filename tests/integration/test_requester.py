@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -188,8 +189,20 @@ async def test_cli_pins_export_call_and_errors(tmp_path):
                                    home=home)
         assert code == 0 and out.strip() == f"enrolled app: {pin}", err
         assert (await cli("pins", "export", "app", "--format", "kubeadm", home=home))[1].strip() == pin
-        curl = (await cli("pins", "export", "app", "--format", "curl", home=home))[1].strip()
-        assert curl.startswith("sha256//") and curl.endswith("=")
+        curl = (await cli("pins", "export", "app", "--format", "curl", home=home))[1].split()
+        assert curl[:2] == ["-k", "--pinnedpubkey"] and curl[2].startswith("sha256//") and curl[2].endswith("=")
+        assert curl[3:] == ["--cert", str(home / "identity.crt"), "--key", str(home / "identity.key")]
+        if shutil.which("curl"):  # the flags curl accepts: the pinned key checked, the certificate's name not
+            url = f"https://127.0.0.1:{app.server.api_port}/v1/identity"
+            fetched = await asyncio.create_subprocess_exec("curl", "-sS", *curl, url, stdout=subprocess.PIPE,
+                                                           stderr=subprocess.PIPE)
+            body, problem = await fetched.communicate()
+            assert fetched.returncode == 0 and json.loads(body)["pin"] == pin, problem
+            wrong = [*curl[:2], "sha256//" + "A" * 43 + "=", *curl[3:]]
+            refused = await asyncio.create_subprocess_exec("curl", "-sS", *wrong, url, stdout=subprocess.PIPE,
+                                                           stderr=subprocess.PIPE)
+            await refused.communicate()
+            assert refused.returncode == 90  # CURLE_SSL_PINNEDPUBKEYNOTMATCH
         known = (await cli("pins", "export", "app", "--format", "known_hosts", "--ssh-port", "2222",
                            home=home))[1].strip()
         assert known == "[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyForTheTestsHostKeyForTheTests0"

@@ -181,19 +181,19 @@ def test_a_ca_bundle_verifies_the_server_instead_of_a_thumbprint(vcsim, tmp_path
     assert (secrets_dir / "ca-right.json").exists()
 
 
-def test_an_existing_vm_name_or_secrets_file_stops_before_anything_is_made(vcsim, tmp_path):
+def test_an_existing_vm_name_or_secrets_file_not_this_deployments_stops_before_anything_is_made(vcsim, tmp_path):
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir()
     env = environment(vcsim, tmp_path / "home")
     result = subprocess.run(deploy_command(vcsim, secrets_dir, "--name", "DC0_H0_VM1", "--no-enroll"), env=env,
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and "exists already" in result.stderr
+    assert result.returncode == 2 and "exists already" in result.stderr  # as a secrets file in the way
     assert list(secrets_dir.iterdir()) == []
 
     (secrets_dir / "taken-01.json").write_text("someone else's secrets")
     result = subprocess.run(deploy_command(vcsim, secrets_dir, "--name", "taken-01", "--no-enroll"), env=env,
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "already exists" in result.stderr
+    assert result.returncode == 2 and "exists and is not a secrets file" in result.stderr
     assert (secrets_dir / "taken-01.json").read_text() == "someone else's secrets"
 
 

@@ -107,11 +107,11 @@ def test_both_halves_depend_on_the_core_at_their_own_version(debs: dict[str, Pat
     for name in (REQUESTER, AGENT):
         assert f"{CORE} (= {VERSION})" in field(debs[name], "Depends").split(", ")
     assert CORE not in field(debs[CORE], "Depends")
-    # All three come from Debian 12's own packages; the vSphere deployer's pyVmomi is optional.
+    # All three come from Debian 12's own packages; the vSphere deployer's pyVmomi is recommended, not required.
     assert {"python3-srp (>= 1.0.20)", "python3-cryptography"} <= set(field(debs[CORE], "Depends").split(", "))
     assert {"python3-aiohttp", "python3-cryptography"} <= set(field(debs[REQUESTER], "Depends").split(", "))
     assert "pyvmomi" not in field(debs[REQUESTER], "Depends")
-    assert field(debs[REQUESTER], "Suggests") == "python3-pyvmomi"
+    assert field(debs[REQUESTER], "Recommends") == "python3-pyvmomi (>= 6.7.1)"
     assert "python3-pyvmomi" in field(debs[REQUESTER], "Description")
 
 
@@ -151,7 +151,7 @@ site, root = sys.argv[1], sys.argv[2]
 class NoPyVmomi(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in ("pyVmomi", "pyVim"):
-            raise ImportError("pyVmomi is not installed (python3-pyvmomi is only suggested)")
+            raise ImportError("pyVmomi is not installed (python3-pyvmomi is only recommended)")
 sys.meta_path.insert(0, NoPyVmomi())
 sys.path.insert(0, site)
 import firsttrust, firsttrust.agent.cli, firsttrust.requester.cli, firsttrust.requester.library

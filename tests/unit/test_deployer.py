@@ -9,7 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.requester import cli, deployer, vsphere
+from firsttrust.requester.deployspec import secrets_to_json
 from firsttrust.requester.deployer import CredentialsError, VcenterAccess, deploy
 from firsttrust.requester.deployplan import REMOVED, SCRUB_KEYS, InvalidDeployPlan, plan_deployment
 from firsttrust.requester.library import Outcome
@@ -24,6 +26,8 @@ class FakeVcenter:
     def __init__(self, fail: dict[str, str] | None = None, echo_secret: bool = False) -> None:
         self.fail, self.echo_secret = fail or {}, echo_secret
         self.configs: dict[str, list[tuple[str, str]]] = {}
+        self.powered: set[str] = set()
+        self.clones: list[str] = []
         self.closed = False
 
     def virtual_machines(self):
@@ -34,16 +38,20 @@ class FakeVcenter:
             secret = dict(extra_config)[SCRUB_KEYS[0]] if self.echo_secret else "x"
             raise VsphereError(f"cloning {name}: InvalidArgument: bad value {secret}")
         self.configs[name] = [] if self.fail.get(name) == "extra_config" else list(extra_config)
+        self.clones.append(name)
         return name
 
     def moid(self, vm):
         return f"vm-{vm}"
 
     def extra_config(self, vm):
-        return list(self.configs[vm])
+        return list(self.configs.get(vm, []))
 
     def power_on(self, vm):
-        pass
+        self.powered.add(vm)
+
+    def power_state(self, vm):
+        return "poweredOn" if vm in self.powered else "poweredOff"
 
     def wait_for_ip(self, vm, timeout):
         return "10.0.0.1"
@@ -58,6 +66,9 @@ class FakeVcenter:
 
     def close(self):
         self.closed = True
+
+    def interrupt(self):
+        self.interrupted = True
 
 
 @pytest.fixture
@@ -114,12 +125,15 @@ def test_a_failed_removal_is_reported_and_the_appliance_stays_enrolled(fake, tmp
     assert report.scrub == {key: "not removed (vsphere)" for key in SCRUB_KEYS}
 
 
-def test_a_taken_name_or_an_existing_file_stops_before_anything_is_made(fake, tmp_path):
-    with pytest.raises(VsphereError, match="exists already"):
+def test_a_vm_or_a_file_that_is_not_this_deployments_stops_before_anything_is_made(fake, tmp_path):
+    with pytest.raises(InvalidDeployPlan, match="exists already and is not this deployment's"):
         deploy(plan_deployment(URL, "tmpl", ["a-01", "existing"], enroll=False), access(), tmp_path)
     assert list(tmp_path.iterdir()) == [] and fake.configs == {}
     (tmp_path / "a-02.json").write_text("{}")
-    with pytest.raises(InvalidDeployPlan, match="already exists"):
+    with pytest.raises(InvalidDeployPlan, match="exists and is not a secrets file"):
+        deploy(plan_deployment(URL, "tmpl", ["a-01", "a-02"], enroll=False), access(), tmp_path)
+    (tmp_path / "a-02.json").write_bytes(secrets_to_json(EnrollmentSecrets.generate()))  # from before ids
+    with pytest.raises(InvalidDeployPlan, match="has no deployment id"):
         deploy(plan_deployment(URL, "tmpl", ["a-01", "a-02"], enroll=False), access(), tmp_path)
     with pytest.raises(VsphereError, match="no virtual machine or template"):
         deploy(plan_deployment(URL, "nope", ["a-01"], enroll=False), access(), tmp_path)
@@ -149,7 +163,7 @@ def test_credentials_from_the_environment_or_a_private_file(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--template", "t", "--name", "a", "--secrets-dir", "."], "one of the arguments --thumbprint --ca-file"),
+    (["--template", "t", "--name", "a", "--secrets-dir", "."], "whom to trust at https://vc.example/sdk? give --thumbprint TP or --ca-file FILE"),
     (["--thumbprint", "12:34", "--template", "t", "--name", "a", "--secrets-dir", "."], "thumbprint is the SHA-1"),
     (["--thumbprint", "ab" * 20, "--template", "t", "--name-prefix", "a", "--secrets-dir", "."], "count"),
     (["--thumbprint", "ab" * 20, "--template", "t", "--name", "a", "--secrets-dir", ".", "--concurrency", "0"],

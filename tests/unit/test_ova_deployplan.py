@@ -51,11 +51,11 @@ def make_ova(path, members=(("a.ovf", b"<Envelope/>"), ("a-disk1.vmdk", b"\0" * 
 # --- the plan ----------------------------------------------------------------------------------------
 
 
-def test_an_ova_plan_maps_the_unprefixed_properties_and_adds_only_the_hardening_to_extra_config():
+def test_an_ova_plan_maps_the_unprefixed_properties_and_adds_only_the_deployment_id_and_the_hardening_to_extra_config():
     plan = plan_deployment(URL, None, ["a-01"], ova="/x/appliance.ova", generate=lambda: SECRETS)
     (appliance,) = plan.appliances
     assert dict(appliance.properties) == {SEC_A: SECRETS.sec_a, SEC_B: SECRETS.sec_b}
-    assert appliance.extra_config == HARDENING_VMX_SETTINGS
+    assert appliance.extra_config == (("firsttrust.deploymentId", appliance.deployment_id),) + HARDENING_VMX_SETTINGS
     assert plan.scrub_keys == (SEC_A, SEC_B)
 
 

@@ -13,12 +13,15 @@ from firsttrust.requester import vsphere
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_debian_12s_pyvmomi_is_refused_by_name(monkeypatch):
+def test_a_pyvmomi_older_than_debian_12s_is_refused_by_name_and_debian_12s_is_not(monkeypatch):
     pytest.importorskip("pyVmomi")
-    monkeypatch.setattr(importlib.metadata, "version", lambda name: "6.7.1")
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "6.5.0")
     with pytest.raises(vsphere.PyvmomiMissing) as caught:
         vsphere.connect("https://vc.example/sdk", "u", "p", None)
-    assert "pyVmomi 8 or later, found 6.7.1" in str(caught.value)
+    assert "pyVmomi 6.7.1 or later, found 6.5.0" in str(caught.value) and "apt-get install python3-pyvmomi" in \
+        str(caught.value)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "6.7.1")
+    vsphere._pyvmomi()  # accepted
 
 
 def test_only_the_requester_s_vsphere_module_imports_pyvmomi():

@@ -1,0 +1,120 @@
+"""Is the appliance pinned under a name still the one that is there? ssh's "host identification
+has changed", for appliances.
+
+Two ways to notice a change, cheapest first:
+
+1. The deployment ids (requester/deploymentid.py) of the secrets file in hand and of the pin
+   record differ: these are another deployment's secrets. No network traffic at all.
+2. Otherwise `probe` the pinned API address: a TLS 1.3 handshake that presents no client key,
+   to read which key the appliance presents, then close. The pinned key: the same appliance.
+   Another key: it was reset or replaced. The connection closed before TLS: the agent's API door
+   closes every connection while it has authorized no requester (agent/apidoor.py), so the
+   appliance there has never been enrolled: it looks redeployed or reset. Nothing answering
+   (refused, timed out) proves nothing either way: the pin stands, as before.
+
+The probe goes to the API port, never to the enrollment port: the enrollment front door counts
+a connection closed before its `hello` as an offence (agent/frontdoor.py, PENALTY_SECONDS
+"no_hello"), while the API door neither reads nor counts anything. One handshake per check.
+
+A change is refused with IdentityChanged (its own exit code, cli.EXIT_IDENTITY_CHANGED), whose
+message says what changed, the old and new pins or ids, and the command that replaces the pin;
+`enroll --replace` enrolls the new appliance and replaces the pin in one atomic write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from dataclasses import dataclass
+
+from firsttrust.errors import InvalidCertificate
+from firsttrust.identity import pin_of_certificate
+
+from .errors import RequesterError
+from .truststore import ApplianceRecord
+
+# The probe's whole budget (connect and handshake): an appliance on the same network answers in
+# milliseconds; a booting one may not answer at all, which the probe reports as "unreachable".
+PROBE_TIMEOUT = 5.0
+
+
+class IdentityChanged(RequesterError):
+    """The appliance pinned under a name is not the one there now (or these secrets belong to
+    another deployment). Nothing was sent to the appliance."""
+
+    code = "identity_changed"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the address showed: `pin` (the key it presented), or `closed_before_tls`, or neither
+    (nothing answered: `unreachable`)."""
+
+    pin: str | None = None
+    closed_before_tls: bool = False
+
+    @property
+    def unreachable(self) -> bool:
+        return self.pin is None and not self.closed_before_tls
+
+
+async def probe(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> Probe:
+    """The key the TLS server at host:port presents, without presenting ours."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # nothing is trusted or sent: only the key is read
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return Probe()
+    try:
+        async with asyncio.timeout(timeout):
+            await writer.start_tls(context)
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        try:
+            return Probe(pin=pin_of_certificate(der)) if der else Probe(closed_before_tls=True)
+        except (InvalidCertificate, ValueError):
+            return Probe(pin="unreadable certificate")
+    except (ssl.SSLError, ConnectionError, OSError, EOFError, asyncio.IncompleteReadError):
+        return Probe(closed_before_tls=True)
+    except TimeoutError:
+        return Probe()
+    finally:
+        writer.transport.abort()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+def replace_command(record: ApplianceRecord, secrets_file: str | None = None) -> str:
+    return (f"firsttrust enroll ADDRESS --secrets {secrets_file or 'FILE'} --name {record.name} --replace"
+            f" (or `firsttrust pins remove {record.name}` to forget it)")
+
+
+def different_deployment(record: ApplianceRecord, deployment_id: str | None) -> IdentityChanged | None:
+    """Check 1 of the module docstring: the error to raise, or None."""
+    if deployment_id and record.deployment_id and deployment_id != record.deployment_id:
+        return IdentityChanged(
+            f"{record.name} is pinned to deployment {record.deployment_id} ({record.pin}), but these secrets "
+            f"are deployment {deployment_id}'s: the appliance was redeployed; nothing was sent. If that was "
+            f"intended: {replace_command(record)}")
+    return None
+
+
+def changed(record: ApplianceRecord, seen: Probe) -> IdentityChanged | None:
+    """Check 2 of the module docstring: the error to raise, or None (the same key, or no answer)."""
+    where = f"{record.address}:{record.api_port}"
+    if seen.pin is not None and seen.pin != record.pin:
+        return IdentityChanged(
+            f"{record.name}: the appliance at {where} now presents another key: pinned {record.pin}, "
+            f"presented {seen.pin}; it was reset or replaced (or someone is impersonating it). If that was "
+            f"intended: {replace_command(record)}")
+    if seen.closed_before_tls:
+        return IdentityChanged(
+            f"{record.name}: the appliance at {where} closes the connection before TLS, as an appliance that "
+            f"has enrolled no requester does: it looks redeployed or reset (pinned {record.pin}"
+            f"{f', deployment {record.deployment_id}' if record.deployment_id else ''}). If that was intended: "
+            f"{replace_command(record)}")
+    return None

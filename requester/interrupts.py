@@ -1,0 +1,228 @@
+"""Ctrl-C and SIGTERM for the long commands (`deploy`, batch `enroll`): stop within a second, say what was done.
+
+    stop = StopSignal()
+    with stop.installed():                       # SIGINT and SIGTERM now set it instead of raising
+        finished = run_each(work, items, concurrency=8, stop=stop)
+    if stop.is_set(): ... write the partial report ..., then exit_now(INTERRUPTED_EXIT, stop)
+
+`StopSignal` is the one object: a signal sets it, and its callbacks run (on a thread of their
+own, never inside the signal handler, which may have interrupted the main thread while it held a
+lock the callback needs): `Vcenter.interrupt` is one, so every vCenter wait in flight ends within
+a second (requester/vsphere_wait.py). `run_each` replaces `with ThreadPoolExecutor`, whose exit
+waits for every queued item: its workers take the next item only while the signal is not set,
+and once it is, the caller gets control back after at most GRACE_SECONDS, whether or not the
+items in flight have ended (their threads are daemons). `run_coroutine` does the same for an
+asyncio batch (enroll_many).
+
+After an interrupt the process ends with `exit_now`, not by unwinding: the threads still in a
+step would otherwise hold the interpreter's exit (concurrent.futures joins its threads at exit)
+until their step ends. Nothing is lost by it: secrets files, the trust store and the deploy
+report are written whole or not at all (temp file and rename), and an appliance's enrollment
+recovers from the requester dying at any instant (docs/protocol.md, "recovery"), so the re-run
+finishes what was in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Awaitable, Callable, Iterator, Sequence
+
+from firsttrust.errors import FirsttrustError
+
+# The shell's convention for "ended by SIGINT" (128 + 2); SIGTERM ends the same way, since both
+# mean "stop now, keep what is done".
+INTERRUPTED_EXIT = 130
+# After the signal: how long the steps in flight get to end before the report is written without
+# them. A vCenter wait ends within vsphere_wait.MAX_WAIT_SECONDS of Vcenter.interrupt, and at
+# once when CancelWaitForUpdates reaches the server; a SOAP call in flight is one round trip. Half
+# a second leaves the other half of the issue's "within a second" for the report and the exit.
+GRACE_SECONDS = 0.5
+POLL_SECONDS = 0.02  # how often a waiting main thread looks at the signal and the workers
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(FirsttrustError):
+    """The run was stopped (SIGINT or SIGTERM) before this appliance's work ended."""
+
+    code = "interrupted"
+
+
+class StopSignal:
+    """Set once, by SIGINT or SIGTERM (while `installed`) or by `stop()`; never cleared."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+        self.signum: int | None = None  # the signal that set it, if one did
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(timeout)
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on a thread of its own) when the signal is set; at once if it is."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return
+        _in_thread(callback)
+
+    def stop(self, signum: int | None = None) -> None:
+        with self._lock:
+            if self._event.is_set():
+                return
+            self.signum = signum
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            _in_thread(callback)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["StopSignal"]:
+        """SIGINT and SIGTERM set this signal instead of raising KeyboardInterrupt or ending the
+        process, while the block runs (only the main thread can install handlers: elsewhere the
+        block runs with the process's handlers as they are)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+        for signum in SIGNALS:
+            signal.signal(signum, lambda number, frame: self.stop(number))
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def _in_thread(callback: Callable[[], None]) -> None:
+    def run() -> None:
+        with contextlib.suppress(Exception):  # a callback's failure must not hide the interrupt
+            callback()
+    threading.Thread(target=run, name="firsttrust-stop", daemon=True).start()
+
+
+def run_each(work: Callable[..., None], items: Sequence[tuple], concurrency: int,
+             stop: StopSignal) -> list[bool]:
+    """Call `work(*item)` for each item, at most `concurrency` at once, none started once `stop`
+    is set.
+
+    Returns:
+        Per item, whether its call ended (False: never started, or still running GRACE_SECONDS
+        after the stop).
+
+    Raises:
+        Whatever a call raised that is not an interrupt (a bug: the steps record their own
+        failures), once every call has ended; never after a stop.
+    """
+    items = list(items)
+    finished = [False] * len(items)
+    errors: list[BaseException] = []
+    cursor = iter(range(len(items)))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while not stop.is_set():
+            with lock:
+                index = next(cursor, None)
+            if index is None:
+                return
+            try:
+                work(*items[index])
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                if not stop.is_set():
+                    errors.append(exc)
+            finished[index] = True
+
+    threads = [threading.Thread(target=worker, name=f"firsttrust-step-{n}", daemon=True)
+               for n in range(max(1, min(concurrency, len(items))))]
+    for thread in threads:
+        thread.start()
+    _join(threads, stop)
+    if errors and not stop.is_set():
+        raise errors[0]
+    return finished
+
+
+def _join(threads: list[threading.Thread], stop: StopSignal) -> None:
+    """Until every thread ended, or GRACE_SECONDS after the stop."""
+    while any(thread.is_alive() for thread in threads):
+        if stop.wait(POLL_SECONDS):
+            end = time.monotonic() + GRACE_SECONDS
+            for thread in threads:
+                thread.join(max(0.0, end - time.monotonic()))
+            return
+
+
+def run_coroutine(make: Callable[[], Awaitable], stop: StopSignal):
+    """Run `make()` in an event loop of its own thread; cancel it when `stop` is set.
+
+    Returns:
+        Its result, or None when it was stopped (what it did so far is the caller's to collect,
+        e.g. through enroll_many's on_done).
+    """
+    outcome: dict[str, object] = {}
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+
+    def run() -> None:
+        try:
+            task = loop.create_task(_as_coroutine(make))
+            outcome["task"] = task
+            ready.set()
+            outcome["result"] = loop.run_until_complete(task)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            outcome["error"] = exc
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=run, name="firsttrust-loop", daemon=True)
+    thread.start()
+    ready.wait()
+    stop.on_stop(lambda: "task" in outcome and loop.call_soon_threadsafe(outcome["task"].cancel))
+    _join([thread], stop)
+    if stop.is_set():
+        return None
+    loop.close()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome.get("result")
+
+
+async def _as_coroutine(make: Callable[[], Awaitable]):
+    return await make()
+
+
+def exit_now(code: int, stop: StopSignal) -> None:
+    """After a signal: flush what was written and end the process at once (see the module
+    docstring for why that loses nothing). Without a signal (a library caller, a test that set
+    the stop itself) it returns, and the caller returns its exit code as usual."""
+    if stop.signum is None:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def follow_parent() -> None:
+    """In a worker process: leave SIGINT to the parent (a terminal's Ctrl-C reaches the whole
+    process group; the parent decides and reports), and end when the parent ends (PR_SET_PDEATHSIG,
+    Linux; elsewhere the worker ends at its next read of the work queue)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the parent's StopSignal handler
+    with contextlib.suppress(Exception):
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

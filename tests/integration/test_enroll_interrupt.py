@@ -1,0 +1,77 @@
+"""Issue 28: an interrupted batch `enroll` writes its partial report and exits 130 within a second."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from agent_fixture import provisioned
+from test_requester import ROOT, write_secrets
+
+from firsttrust.requester.truststore import TrustStore
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_an_interrupted_batch_enroll_writes_its_partial_json_report_and_exits_130_within_a_second(
+        tmp_path, signum):
+    apps = [await provisioned(tmp_path / f"app{i}").start(phase_timeout=5.0) for i in range(2)]
+    rows, waiting = ["name,address,secrets"], _closed_port()
+    for i, app in enumerate(apps):
+        write_secrets(tmp_path / f"s{i}.json", app.secrets)
+        rows.append(f"app-{i},127.0.0.1:{app.port},s{i}.json")
+    for i in range(2, 18):  # still booting: connection refused, retried until --deadline
+        write_secrets(tmp_path / f"s{i}.json", provisioned(tmp_path / f"later{i}").secrets)
+        rows.append(f"app-{i},127.0.0.1:{waiting},s{i}.json")
+    (tmp_path / "targets.csv").write_text("\n".join(rows) + "\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "firsttrust.requester.cli", "enroll", "--targets", str(tmp_path / "targets.csv"),
+        "--json", "--workers", "2", "--deadline", "300", cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "FIRSTTRUST_HOME": str(tmp_path / "home")})
+    try:
+        seen = []
+        while len(seen) < 2:
+            line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+            assert line, "the batch ended early"
+            seen.append(line)
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        latency = time.monotonic() - sent
+    finally:
+        for app in apps:
+            await app.stop()
+    assert proc.returncode == 130, err
+    assert latency < 1.0, f"exit {latency:.2f} s after the signal"
+    report = json.loads(out)
+    assert [entry["name"] for entry in report] == [f"app-{i}" for i in range(18)]
+    assert [entry["status"] for entry in report] == ["enrolled"] * 2 + ["interrupted"] * 16
+    assert {entry["error"]["code"] for entry in report[2:]} == {"interrupted"}
+    assert sorted(r.name for r in TrustStore(tmp_path / "home").list()) == ["app-0", "app-1"]
+    await asyncio.sleep(0.5)
+    assert not _children_of(proc.pid), "the worker processes ended with the batch"
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
