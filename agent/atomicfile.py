@@ -26,19 +26,35 @@ def _fsync_dir(path: Path) -> None:
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600, *, uid: int | None = None,
                  gid: int | None = None, sync_directory: bool = True) -> None:
-    """Replace `path` with `data`, atomically and durably, with permissions `mode`.
-
-    The temp file is opened O_EXCL with `mode` (the umask can only remove bits, and we chmod
-    after to undo it), so the content is never readable by anyone `mode` does not allow.
-
-    `sync_directory=False` skips the directory fsync that makes the rename itself durable: only
-    for files that are rebuilt from a durable record when a crash loses the rename (the old
-    file, or none, is then what the next start finds and rolls forward). The content is always
-    fsync'ed before the rename, so the name never points at an empty or partial file.
-    """
+    """Replace `path` with `data`, atomically and durably, with permissions `mode`: as
+    `write_atomic_at` in the directory holding `path`."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        write_atomic_at(dir_fd, path.name, data, mode, uid=uid, gid=gid, sync_directory=sync_directory)
+    finally:
+        os.close(dir_fd)
+
+
+def write_atomic_at(dir_fd: int, name: str, data: bytes, mode: int = 0o600, *, uid: int | None = None,
+                    gid: int | None = None, sync_directory: bool = True) -> None:
+    """Replace `name` in the directory open as `dir_fd` with `data`, atomically and durably,
+    with permissions `mode`. Every step is relative to `dir_fd`, so a directory whose path a
+    user can swap (an account's ~/.ssh) is written where it was checked, not where a symlink
+    points now.
+
+    The temp file is opened O_EXCL|O_NOFOLLOW with `mode` (the umask can only remove bits, and
+    we fchmod after to undo it), so the content is never readable by anyone `mode` does not
+    allow. After the rename the directory itself is fsynced: the rename is what makes the new
+    content the file, and until the directory is on disk a crash can bring the old one back.
+
+    `sync_directory=False` skips that directory fsync: only for files that are rebuilt from a
+    durable record when a crash loses the rename (the old file, or none, is then what the next
+    start finds and rolls forward). The content is always fsync'ed before the rename, so the
+    name never points at an empty or partial file.
+    """
+    tmp = f".{name}.{os.urandom(6).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
     try:
         os.fchmod(fd, mode)
         if uid is not None or gid is not None:
@@ -50,16 +66,23 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, *, uid: int | None 
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        tmp.unlink(missing_ok=True)
+        _unlink_at(dir_fd, tmp)
         raise
     os.close(fd)
     try:
-        os.replace(tmp, path)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _unlink_at(dir_fd, tmp)
         raise
     if sync_directory:
-        _fsync_dir(path.parent)
+        os.fsync(dir_fd)
+
+
+def _unlink_at(dir_fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
 
 
 def remove_durably(path: Path) -> None:

@@ -8,6 +8,14 @@ tests to run and why the check matters. A row whose snippet is missing or ambigu
 replacement does not compile, or whose tests cannot run (pytest exit codes other than 0 and 1)
 is an error, never a pass: a stale row must not look like a killed mutant.
 
+Only a real kill counts. Each row's tests run first on an unmutated scratch copy, in the same
+run and with the same arguments (one baseline per distinct test list); they must all pass, or
+the row is an ERROR. With the mutant in place, the row is killed only when a test that passed on
+the baseline fails in its call (a JUnit <failure>) or in the checks its teardown makes (the
+suite's secret guard). An error in collection, in a fixture's setup, or of pytest itself is an
+ERROR of the gate, never a kill. A timeout is a kill only for a row marked `liveness = true` (the row guards
+a promise that something ends: a deadline, a slot released); for any other row it is an ERROR.
+
 Each mutant runs in its own copy of the tree (no .venv, .git, build or caches), with the
 project's venv interpreter and PYTHONPATH pointing at the copy. The venv's editable install
 maps firsttrust.agent/.requester/.lab to the real tree; the copy gets firsttrust/agent,
@@ -21,23 +29,39 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
+import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[2]
 MUTANTS = Path(__file__).with_name("mutants.toml")
-IGNORE = shutil.ignore_patterns(".venv*", ".git", "build", "__pycache__", ".pytest_cache", ".hypothesis",
-                                "*.egg-info")
+_IGNORE_NAMES = shutil.ignore_patterns(".venv*", ".git", "build", "__pycache__", ".pytest_cache", ".hypothesis",
+                                      "*.egg-info")
 # The installed import names and the folders they live in (pyproject.toml's package-dir).
 MAPPED = {"agent": "agent", "requester": "requester", "lab": "lab"}
-PER_MUTANT_TIMEOUT = 300
+# Whole-file rows run in 5-60 s on 2 shared cores; a row's tests that take longer are stuck.
+PER_MUTANT_TIMEOUT = 240
+
+
+def _ignore(directory: str, names: list[str]) -> set[str]:
+    """What a scratch copy leaves out: the venv, git, build output, caches, and (when the tree
+    being copied is itself a scratch copy, as in the suite run by the gate) its firsttrust/agent,
+    requester and lab links, which make_scratch creates afresh."""
+    ignored = set(_IGNORE_NAMES(directory, names))
+    if Path(directory).name == "firsttrust":
+        ignored |= {name for name in names if name in MAPPED and os.path.islink(os.path.join(directory, name))}
+    return ignored
 
 
 @dataclass(frozen=True)
@@ -48,6 +72,7 @@ class Mutant:
     replacement: str
     tests: tuple[str, ...]
     why: str
+    liveness: bool = False  # a timeout of its tests is a kill (the row guards that something ends)
 
 
 class StaleRow(Exception):
@@ -61,8 +86,13 @@ def load(path: Path = MUTANTS) -> list[Mutant]:
         missing = {"id", "file", "original", "replacement", "tests", "why"} - row.keys()
         if missing:
             raise StaleRow(f"row {row.get('id', '?')}: missing {sorted(missing)}")
+        unknown = row.keys() - {"id", "file", "original", "replacement", "tests", "why", "liveness"}
+        if unknown:
+            raise StaleRow(f"row {row['id']}: unknown fields {sorted(unknown)}")
+        if not isinstance(row.get("liveness", False), bool):
+            raise StaleRow(f"row {row['id']}: liveness is true or false")
         mutants.append(Mutant(row["id"], row["file"], row["original"], row["replacement"], tuple(row["tests"]),
-                              row["why"]))
+                              row["why"], row.get("liveness", False)))
     ids = [m.id for m in mutants]
     if len(set(ids)) != len(ids):
         raise StaleRow("duplicate mutant ids")
@@ -71,7 +101,7 @@ def load(path: Path = MUTANTS) -> list[Mutant]:
 
 def make_scratch(base: Path) -> Path:
     tree = base / "tree"
-    shutil.copytree(ROOT, tree, ignore=IGNORE, symlinks=True)
+    shutil.copytree(ROOT, tree, ignore=_ignore, symlinks=True)
     for name, folder in MAPPED.items():
         (tree / "firsttrust" / name).symlink_to(Path("..") / folder)
     return tree
@@ -101,6 +131,9 @@ def environment(tree: Path) -> dict[str, str]:
     env["PYTHONPATH"] = str(tree)
     env["FIRSTTRUST_EXPECT_TREE"] = str(tree)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    # The lab's simulator binary is cached by the hash of its sources (lab/vcsim.py): share the
+    # real tree's cache instead of building it (minutes) in every copy, which has no build/.
+    env.setdefault("FIRSTTRUST_VCSIM_CACHE", str(ROOT / "build" / "vcsim"))
     return env
 
 
@@ -119,33 +152,130 @@ def check_imports(tree: Path) -> None:
         raise RuntimeError(f"firsttrust does not import from the scratch copy {tree}: {out.stdout}{out.stderr}")
 
 
-def run_mutant(mutant: Mutant, baseline: bool, keep: bool) -> tuple[Mutant, str, float, str]:
-    """Returns (mutant, verdict, seconds, detail); verdict is killed, SURVIVED or ERROR."""
+class Outcome(NamedTuple):
+    """One pytest run of a row's tests in a scratch copy."""
+
+    status: str  # "passed" | "failed" (see _junit) | "error" | "timeout"
+    detail: str
+    failed: tuple[str, ...] = ()  # node ids that failed in their call or teardown
+    passed: frozenset[str] = frozenset()
+
+
+def _junit(path: Path) -> tuple[set[str], set[str], set[str]]:
+    """(passed, failed, errored) node ids: failed in its call or its teardown's checks (a JUnit
+    <failure>, or an <error> "failed on teardown"), errored in collection or setup."""
+    passed, failed, errored = set(), set(), set()
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (OSError, ElementTree.ParseError):
+        return passed, failed, errored
+    for case in root.iter("testcase"):
+        node = f"{case.get('classname')}::{case.get('name')}"
+        errors = [e.get("message", "") for e in case.iter("error")]
+        if any(not message.startswith("failed on teardown") for message in errors):
+            errored.add(node)  # collection or setup: the test never ran
+        elif errors or case.find("failure") is not None:
+            failed.add(node)  # its call, or the checks its teardown makes (the secret guard)
+        elif case.find("skipped") is None:
+            passed.add(node)
+    return passed, failed, errored
+
+
+def run_tests(tree: Path, base: Path, tests: tuple[str, ...], label: str,
+              timeout: float = PER_MUTANT_TIMEOUT) -> Outcome:
+    """The row's tests in `tree`, stopping at the first failure; what failed, and how."""
+    check_imports(tree)
+    report = base / f"{label}.xml"
+    # Its own basetemp: pytest prunes old numbered dirs under the shared default, and two
+    # mutants (or another pytest run on this machine) must not prune each other's. Short
+    # names: tests bind AF_UNIX sockets (108 bytes at most) under it.
+    argv = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly",
+            f"--basetemp={base / label[0]}", f"--junitxml={report}", "-o", "junit_family=xunit1", *tests]
+    # Its own session: on a timeout the whole group goes (agents, simulators the tests started).
+    with subprocess.Popen(argv, cwd=tree, env=environment(tree), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return Outcome("timeout", f"tests hung past {timeout:.0f} s")
+    out = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+    tail = (out.stdout.strip().splitlines() or [""])[-1]
+    passed, failed, errored = _junit(report)
+    if out.returncode == 0 and not failed and not errored:
+        return Outcome("passed", tail, passed=frozenset(passed))
+    if out.returncode == 1 and failed and not errored:
+        return Outcome("failed", tail, tuple(sorted(failed)), frozenset(passed))
+    return Outcome("error", f"pytest exit {out.returncode}, errors in {sorted(errored)[:3]}: "
+                            f"{out.stdout[-2000:]}{out.stderr[-2000:]}")
+
+
+class Baselines:
+    """Each distinct test list's run on an unmutated scratch copy, once per gate run."""
+
+    def __init__(self, timeout: float = PER_MUTANT_TIMEOUT) -> None:
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._runs: dict[tuple[str, ...], tuple[threading.Lock, list[Outcome]]] = {}
+
+    def get(self, tests: tuple[str, ...]) -> Outcome:
+        with self._lock:
+            lock, box = self._runs.setdefault(tests, (threading.Lock(), []))
+        with lock:
+            if not box:
+                base = Path(tempfile.mkdtemp(prefix="mb"))
+                try:
+                    box.append(run_tests(make_scratch(base), base, tests, "baseline", self.timeout))
+                finally:
+                    shutil.rmtree(base, ignore_errors=True)
+            return box[0]
+
+
+def verdict(mutant: Mutant, baseline: Outcome, mutated: Outcome) -> tuple[str, str]:
+    """(killed | SURVIVED | ERROR, detail): a kill is a failure (in its call, or in the checks
+    its teardown makes) of a test that passed on the unmutated copy, or a timeout of a liveness
+    row."""
+    if baseline.status != "passed":
+        return "ERROR", f"the row's tests do not pass on the unmutated copy ({baseline.status}): {baseline.detail}"
+    if mutated.status == "passed":
+        return "SURVIVED", mutated.detail
+    if mutated.status == "timeout":
+        return ("killed", mutated.detail) if mutant.liveness else \
+            ("ERROR", f"{mutated.detail} (a timeout is a kill only for a liveness row)")
+    if mutated.status == "failed":
+        real = [node for node in mutated.failed if node in baseline.passed]
+        if real:
+            return "killed", f"{real[0]} failed"
+        return "ERROR", f"failed only tests the baseline did not pass: {list(mutated.failed)}"
+    return "ERROR", mutated.detail
+
+
+def run_mutant(mutant: Mutant, baseline_only: bool, keep: bool,
+               baselines: Baselines | None = None) -> tuple[Mutant, str, float, str]:
+    """Returns (mutant, verdict, seconds, detail); verdict is killed, SURVIVED or ERROR (or,
+    with `baseline_only`, passed or FAILED)."""
     started = time.monotonic()
-    base = Path(tempfile.mkdtemp(prefix=f"mutant-{mutant.id}-"))
+    base = Path(tempfile.mkdtemp(prefix="mt"))
     try:
         tree = make_scratch(base)
-        if not baseline:
-            apply(tree, mutant)
-        check_imports(tree)
-        # Its own basetemp: pytest prunes old numbered dirs under the shared default, and two
-        # mutants (or another pytest run on this machine) must not prune each other's.
-        argv = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly",
-                f"--basetemp={base / 'pytest'}", *mutant.tests]
-        try:
-            out = subprocess.run(argv, cwd=tree, env=environment(tree), capture_output=True, text=True,
-                                 timeout=PER_MUTANT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            return mutant, "killed", time.monotonic() - started, f"tests hung past {PER_MUTANT_TIMEOUT} s"
-        tail = (out.stdout.strip().splitlines() or [""])[-1]
-        if out.returncode == 0:
-            return mutant, "passed" if baseline else "SURVIVED", time.monotonic() - started, tail
-        if out.returncode == 1:
-            return mutant, "FAILED" if baseline else "killed", time.monotonic() - started, tail
-        return mutant, "ERROR", time.monotonic() - started, f"pytest exit {out.returncode}: {out.stdout[-2000:]}" \
-                                                            f"{out.stderr[-2000:]}"
+        apply(tree, mutant)  # a stale row is an error even when only the baseline is asked for
+        if baseline_only:
+            outcome = (baselines or Baselines()).get(mutant.tests)
+            return mutant, "passed" if outcome.status == "passed" else "FAILED", time.monotonic() - started, \
+                outcome.detail
+        reference = (baselines or Baselines()).get(mutant.tests)
+        if reference.status != "passed":
+            result, detail = verdict(mutant, reference, reference)
+        else:
+            mutated = run_tests(tree, base, mutant.tests, "mutant", (baselines or Baselines()).timeout)
+            result, detail = verdict(mutant, reference, mutated)
+        return mutant, result, time.monotonic() - started, detail
     except StaleRow as exc:
         return mutant, "ERROR", time.monotonic() - started, f"stale row: {exc}"
+    except RuntimeError as exc:  # check_imports: the copy does not import its own firsttrust
+        return mutant, "ERROR", time.monotonic() - started, str(exc)
     finally:
         if keep:
             print(f"  kept {base}", file=sys.stderr)
@@ -161,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="run each row's tests on the unmutated copy: they must pass")
     parser.add_argument("--keep", action="store_true", help="keep the scratch copies")
     parser.add_argument("--list", action="store_true", help="print the rows and exit")
+    parser.add_argument("--verbose", action="store_true", help="say which test killed each mutant")
+    parser.add_argument("--timeout", type=float, default=PER_MUTANT_TIMEOUT,
+                        help=f"seconds one run of a row's tests may take (default {PER_MUTANT_TIMEOUT}); past it "
+                             "the run is a kill for a liveness row and an error for any other")
     args = parser.parse_args(argv)
     try:
         mutants = load()
@@ -179,14 +313,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.monotonic()
     results = []
+    baselines = Baselines(args.timeout)
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(run_mutant, m, args.baseline, args.keep) for m in mutants]
+        futures = [pool.submit(run_mutant, m, args.baseline, args.keep, baselines) for m in mutants]
         for future in concurrent.futures.as_completed(futures):
-            mutant, verdict, seconds, detail = future.result()
-            results.append((mutant, verdict))
-            print(f"{verdict:8} {mutant.id:32} {seconds:5.1f}s  {mutant.why}", flush=True)
-            if verdict not in ("killed", "passed"):
+            mutant, result, seconds, detail = future.result()
+            results.append((mutant, result))
+            print(f"{result:8} {mutant.id:32} {seconds:5.1f}s  {mutant.why}", flush=True)
+            if result not in ("killed", "passed"):
                 print(f"         {mutant.file}: {detail}", flush=True)
+            elif result == "killed" and args.verbose:
+                print(f"         {detail}", flush=True)
     elapsed = time.monotonic() - started
     if args.baseline:
         passed = sum(v == "passed" for _, v in results)

@@ -48,3 +48,51 @@ def test_the_scratch_copy_imports_its_own_firsttrust(tmp_path):
     (tree / "firsttrust" / "agent").unlink()
     with pytest.raises(RuntimeError, match="does not import from the scratch copy"):
         gate.check_imports(tree)
+
+
+# --- only a real kill counts ------------------------------------------------------------------------
+
+ROW = dict(id="r", file="m.py", original="a", replacement="b", tests=("t",), why="w")
+PASSED = gate.Outcome("passed", "", passed=frozenset({"t::a", "t::b"}))
+
+
+def test_a_failure_of_a_test_that_passed_unmutated_is_a_kill():
+    mutated = gate.Outcome("failed", "", failed=("t::b",), passed=frozenset({"t::a"}))
+    assert gate.verdict(gate.Mutant(**ROW), PASSED, mutated)[0] == "killed"
+    assert gate.verdict(gate.Mutant(**ROW), PASSED, gate.Outcome("passed", ""))[0] == "SURVIVED"
+
+
+def test_failures_the_unmutated_copy_shares_or_setup_errors_are_gate_errors_not_kills():
+    failing_baseline = gate.Outcome("failed", "", failed=("t::b",), passed=frozenset({"t::a"}))
+    mutated = gate.Outcome("failed", "", failed=("t::b",), passed=frozenset({"t::a"}))
+    assert gate.verdict(gate.Mutant(**ROW), failing_baseline, mutated)[0] == "ERROR"
+    other = gate.Outcome("failed", "", failed=("t::new",))
+    assert gate.verdict(gate.Mutant(**ROW), PASSED, other)[0] == "ERROR"
+    assert gate.verdict(gate.Mutant(**ROW), PASSED, gate.Outcome("error", "setup"))[0] == "ERROR"
+
+
+def test_a_timeout_is_a_kill_only_for_a_liveness_row():
+    hung = gate.Outcome("timeout", "hung")
+    assert gate.verdict(gate.Mutant(**ROW), PASSED, hung)[0] == "ERROR"
+    assert gate.verdict(gate.Mutant(**ROW, liveness=True), PASSED, hung)[0] == "killed"
+
+
+def test_junit_tells_a_call_failure_and_a_teardown_check_from_a_setup_or_collection_error(tmp_path):
+    report = tmp_path / "r.xml"
+    report.write_text("""<testsuites><testsuite>
+      <testcase classname="t" name="ok"/>
+      <testcase classname="t" name="call"><failure message="assert 0"/></testcase>
+      <testcase classname="t" name="guard"><error message="failed on teardown with &quot;x&quot;"/></testcase>
+      <testcase classname="t" name="setup"><error message="failed on setup with &quot;x&quot;"/></testcase>
+      <testcase classname="" name="t"><error message="collection failure"/></testcase>
+      <testcase classname="t" name="skip"><skipped message="s"/></testcase>
+    </testsuite></testsuites>""")
+    passed, failed, errored = gate._junit(report)
+    assert (passed, failed, errored) == ({"t::ok"}, {"t::call", "t::guard"}, {"t::setup", "::t"})
+
+
+def test_a_row_field_the_driver_does_not_know_is_an_error(tmp_path):
+    rows = tmp_path / "m.toml"
+    rows.write_text('[[mutant]]\nid="x"\nfile="f"\noriginal="a"\nreplacement="b"\ntests=["t"]\nwhy="w"\nlivness=true\n')
+    with pytest.raises(gate.StaleRow, match="unknown fields"):
+        gate.load(rows)
