@@ -55,7 +55,7 @@ class Echoing:
     def virtual_machines(self):
         return {"tmpl": "tmpl", **{name: name for name in self.configs}}
 
-    def clone(self, template, name, extra_config):
+    def clone(self, template, name, extra_config, placement=None, vapp_values=()):
         if self.fail.get(name) == "clone":
             raise VsphereError(f"cloning {name}: InvalidArgument: bad value {dict(extra_config)[SCRUB_KEYS[0]]}")
         self.configs[name] = list(extra_config)
