@@ -24,7 +24,6 @@ message says what changed, the old and new pins or ids, and the command that rep
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from dataclasses import dataclass
 
@@ -84,8 +83,8 @@ async def probe(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> Probe:
         return Probe()
     finally:
         writer.transport.abort()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
+        # Not writer.wait_closed(): after a failed start_tls the stream's protocol was swapped out
+        # and never hears of the close, so that wait would never end. abort() closes at once.
 
 
 def replace_command(record: ApplianceRecord, secrets_file: str | None = None) -> str:
