@@ -15,6 +15,9 @@ PY     := $(VENV)/bin/python
 DEB_PACKAGES := python3 python3-venv python3-pip python3-dev libssl3 passwd ca-certificates \
                 libsystemd-dev pkg-config gcc systemd open-vm-tools openssh-client strace \
                 genisoimage xorriso
+# tests/integration/test_fleet*.py start a real PostgreSQL server (initdb, pg_ctl as an unprivileged
+# user) for the fleet store (docs/fleet.md); libpq5 comes with it (Debian 12's psycopg loads it).
+DEB_PACKAGES += postgresql
 # tests/packaging: what packaging/deb/build.sh needs (it imports the CLIs with Debian's python3
 # to generate their man pages) and checks the .debs with (man-db, lintian).
 DEB_BUILD_PACKAGES := dpkg python3-aiohttp python3-cryptography python3-srp python3-defusedxml python3-tqdm
@@ -86,7 +89,7 @@ DEB12_VENV := .venv-debian12
 # through it) runs on that API subset, so the deploy tests here prove the apt install path; the agent
 # never imports it.
 DEB12_PINS := aiohttp==3.8.4 cryptography==38.0.4 srp==1.0.20 defusedxml==0.7.1 systemd-python==235 tqdm==4.64.1 \
-              pyvmomi==6.7.1 pytest pytest-asyncio hypothesis build 'setuptools>=77'
+              pyvmomi==6.7.1 psycopg==3.1.7 pytest pytest-asyncio hypothesis build 'setuptools>=77'
 
 test-debian-versions: system-deps $(DEB12_VENV)/.installed
 	$(DEB12_VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS); $(PYTEST_CHECK)
@@ -122,7 +125,7 @@ venv: system-deps $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,agent,vsphere]'
+	$(PY) -m pip install -q -e '.[test,agent,vsphere,fleet]'
 	touch $@
 
 clean:

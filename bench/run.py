@@ -26,6 +26,7 @@ from bench.agent_process import STDLIB_IMPORTS, measure_agent, stdlib_start  # n
 from bench.batch import CONCURRENCY, run_batch  # noqa: E402
 from bench.debian import debian_python  # noqa: E402
 from bench.enrollment import enrollment_runner  # noqa: E402
+from bench.fleet import line as fleet_line, measure_fleet  # noqa: E402
 from bench.flood import CONNECTIONS, SOURCES, STALL_KINDS, STALLS, measure_flood  # noqa: E402
 from bench.measure import (WARMUP, Sample, Stopwatch, Timings, interleave, machine_busy_seconds,  # noqa: E402
                            own_cpu_seconds, quiet_audit)
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"hostile connections held during the flood (default {CONNECTIONS})")
     parser.add_argument("--profile-batch", type=Path, metavar="DIR",
                         help="cProfile both sides of the batch into DIR (slows the batch down)")
+    parser.add_argument("--fleet-appliances", type=int, default=60,
+                        help="fleet/one-host: appliances enrolled by two hosts on PostgreSQL vs one on files "
+                             "(default 60; 0 skips it)")
     parser.add_argument("--output", type=Path, default=ROOT / "build" / "bench" / "results.md")
     args = parser.parse_args(argv)
     quiet_audit()
@@ -139,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     flood = measure_flood(args.flood_runs, args.flood_connections, SOURCES, args.agent_python or sys.executable)
     step(f"7b/7 flood, post-hello stall variant: {STALLS} connections from {SOURCES} addresses say hello and stall")
     stalls = measure_flood(args.flood_runs, STALLS, SOURCES, args.agent_python or sys.executable, STALL_KINDS)
+    fleet = "skipped (--fleet-appliances 0)"
+    if args.fleet_appliances:
+        step(f"8/8 fleet/one-host: {args.fleet_appliances} appliances, two hosts on PostgreSQL vs one on files")
+        fleet = measure_fleet(args.fleet_appliances)
     rss = idle.rss_mb
     total = time.perf_counter() - started
     foreign = max(0.0, machine_busy_seconds() - busy - (own_cpu_seconds() - own)) / total
@@ -246,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
          f"{stalls.sources} addresses; issue #25): alone / stalled (median of {stalls.runs} each)",
          f"{stalls.ratio:.2f} ({stalls.baseline * 1e3:.1f} ms / {stalls.flooded * 1e3:.1f} ms)"),
         ("the stall flood's own counters, last run", stalls.flood_stats),
+        ("fleet (bench/fleet.py: on one machine the store's overhead and contention, not scale)", fleet_line(fleet)),
         ("other processes' CPU load: whole run / during the batch",
          f"{foreign:.2f} / {batch.others_cpu / batch.wall:.2f} cores (near 0 for numbers worth comparing)"),
     ]
@@ -262,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for goal in goals:
         print(f"{goal.line}   (goal {goal.goal_text}: {'met' if goal.met else 'MISSED'})")
+    print(fleet_line(fleet))
     print(machine)
     print(f"run time s = {total:.1f}; written to {args.output}")
     for warning in warnings:

@@ -12,6 +12,8 @@
     firsttrust pin-cert NAME --vcenter URL --thumbprint TP [--embodiment guest-command] [--guest-credentials FILE]
     firsttrust rotate NAME
     firsttrust identity
+    firsttrust store migrate|check|import-files, fleet create|join|add-host|remove-host|hosts|pending|sync
+                      (requester/fleetcommand.py, docs/fleet.md)
     firsttrust deploy --vcenter URL --thumbprint TP (--template NAME | --ova PATH) --name-prefix P --count N
                       --secrets-dir DIR [--no-enroll] [--dry-run | --check] [--json]   (requester/deploycommand.py)
     firsttrust vcenter-thumbprint URL | firsttrust completion bash|zsh   (requester/setupcommands.py)
@@ -79,6 +81,7 @@ from .library import (
 )
 from .retry import DEFAULT_DEADLINE
 from .errors import ConnectionFailed, PinMismatch
+from .store import open_store  # the configured backend: files, or the fleet store (docs/fleet.md)
 from .truststore import NAME_RE, ApplianceRecord, TrustStore, UnknownAppliance
 
 PROG = "firsttrust"
@@ -278,7 +281,7 @@ def _enroll(args: argparse.Namespace) -> int:
             parse_address(args.api_address, DEFAULT_API_PORT)
         except ValueError:
             raise UsageError(f"invalid --api-address {args.api_address[:80]!r}: expected HOST:PORT") from None
-    store = TrustStore()
+    store = open_store()
     previous = None
     if args.replace:
         with contextlib.suppress(UnknownAppliance):
@@ -468,7 +471,7 @@ def _record_summary(record: ApplianceRecord) -> dict:
 
 
 def _pins_list(args: argparse.Namespace) -> int:
-    store = TrustStore()
+    store = open_store()
     records, problems = store.scan()
     for problem in problems:  # reported, skipped: the other records are still listed
         _error(f"skipped: {problem}")
@@ -483,7 +486,7 @@ def _pins_list(args: argparse.Namespace) -> int:
 
 
 def _pins_remove(args: argparse.Namespace) -> int:
-    store = TrustStore()
+    store = open_store()
     record = store.get(_check_name(args.name))
     store.remove(record.name)
     print(f"removed {record.name}: {record.address}:{record.api_port} {record.pin}")
@@ -501,7 +504,7 @@ def _name_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _pins_show(args: argparse.Namespace) -> int:
-    record = TrustStore().get(_check_name(args.name))
+    record = open_store().get(_check_name(args.name))
     for key, value in _record_summary(record).items():
         if key == "ssh_host_keys":
             value = ", ".join(v.split()[0] for v in value) or "none"
@@ -520,11 +523,11 @@ def _pins_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _pins_export(args: argparse.Namespace) -> int:
-    record = TrustStore().get(_check_name(args.name))
+    record = open_store().get(_check_name(args.name))
     if args.pin_format == "kubeadm":
         print(normalize_pin(record.pin))
     elif args.pin_format == "curl":
-        print(curl_flags(record, TrustStore()))
+        print(curl_flags(record, open_store()))
     elif args.pin_format == "pem":
         sys.stdout.write(record.certificate)
     else:
@@ -588,7 +591,7 @@ def _diagnose(name: str, error: FirsttrustError) -> FirsttrustError:
     """A call that failed to connect or met another key: ask the address which key it presents
     (identitycheck.probe, no key of ours sent) to say whether the appliance changed."""
     try:
-        record = TrustStore().get(name)
+        record = open_store().get(name)
     except FirsttrustError:
         return error
     change = changed(record, asyncio.run(probe(record.address, record.api_port)))
@@ -630,7 +633,7 @@ def _pin_cert(args: argparse.Namespace) -> int:
         raise UsageError(f"invalid address {args.address[:80]!r}") from None
     record = pin_certificate(_check_name(args.name), args.address, certificate, embodiment=args.embodiment)
     print(f"pinned {record.name}: {record.pin}")
-    print(f"requester certificate to authorize on the appliance: {TrustStore().cert_path}")
+    print(f"requester certificate to authorize on the appliance: {open_store().cert_path}")
     return EXIT_OK
 
 
@@ -682,7 +685,7 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 def _identity(args: argparse.Namespace) -> int:
-    store = TrustStore()
+    store = open_store()
     identity = store.identity()
     print(f"trust store: {store.home} (FIRSTTRUST_HOME)", file=sys.stderr)
     sys.stdout.write(identity.cert_pem.decode("ascii"))
@@ -752,8 +755,13 @@ SUBCOMMANDS = (
     Subcommand(("destroy",), "power off and delete deployed appliances (only VMs carrying their deployment id), "
                              "remove their pins and secrets files", _destroy_arguments, _destroy),
 )
+# The fleet store's commands live in their own module (docs/fleet.md).
+from .fleetcommand import subcommands as _fleet_subcommands  # noqa: E402
+
+SUBCOMMANDS += _fleet_subcommands(Subcommand)
 # Help for the words that only group subcommands.
-GROUP_HELP = {("secrets",): "one-time enrollment secrets", ("pins",): "the trust store's pinned appliances"}
+GROUP_HELP = {("secrets",): "one-time enrollment secrets", ("pins",): "the trust store's pinned appliances",
+              ("store",): "the fleet store on PostgreSQL", ("fleet",): "a fleet of requester hosts (docs/fleet.md)"}
 
 
 class _Parser(argparse.ArgumentParser):

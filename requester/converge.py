@@ -38,6 +38,7 @@ from firsttrust.errors import FirsttrustError, InvalidSecret
 from .deploymentid import deployment_id_of, vm_deployment_id
 from .deployplan import AppliancePlan, DeployPlan, InvalidDeployPlan, current_values
 from .deployspec import InvalidDeploySpec, secrets_from_json
+from .store import open_store
 from .truststore import TrustStore, UnknownAppliance
 
 CREATED, RESUMED, UNCHANGED = "created", "resumed", "unchanged"
@@ -134,7 +135,7 @@ def survey(plan: DeployPlan, existing: dict[str, Existing], inventory: dict, vce
             name is not this deployment's (no secrets file for it, or it carries another id or
             none). Nothing was changed.
     """
-    store = store or TrustStore()
+    store = store or open_store()  # the configured backend (docs/fleet.md)
     found: dict[str, Found] = {}
     foreign = []
     for appliance in plan.appliances:

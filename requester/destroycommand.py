@@ -20,6 +20,7 @@ from firsttrust.errors import FirsttrustError
 from . import profile
 from .deployer import CredentialsError, VcenterAccess
 from .deployplan import InvalidDeployPlan, check_vcenter_url
+from .store import open_store
 from .truststore import NAME_RE, TrustStore
 from .vcenter_tls import InvalidThumbprint, ca_context, pinned_context
 
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     try:
         inventory = vcenter.virtual_machines()
-        store = TrustStore()
+        store = open_store()  # the configured backend (docs/fleet.md)
         for name in args.names:
             try:
                 done = destroy_one(vcenter, inventory, name, secrets_dir, store)

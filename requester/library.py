@@ -38,6 +38,8 @@ from .errors import ApiError, BadResponse, ConnectionFailed, PinMismatch, Reques
 from .identitycheck import changed, different_deployment, probe
 from .retry import DEFAULT_DEADLINE, Waiting, retry_until
 from .session import PinnedSession
+from .store import open_store
+from .store.claims import claimed
 from .truststore import ApplianceRecord, TrustStore, TrustStoreError, UnknownAppliance
 
 MAX_SECRETS_FILE = 64 * 1024
@@ -107,7 +109,7 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
         firsttrust errors (PeerRefused, AuthenticationFailed, BindingFailed, ...) and
         EnrollmentConnectionError.
     """
-    store = store or TrustStore()
+    store = store or open_store()
     store.identity()  # created once per home, before any network traffic
     return await _enroll_appliance(address, secrets, name=name, ssh_key=ssh_key, store=store, api_address=api_address,
                                    replace=replace, deadline=deadline, on_wait=on_wait, deployment_id=deployment_id,
@@ -121,17 +123,18 @@ async def _enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: s
     """enroll_appliance once the requester's identity exists (enroll_many checks it once)."""
     host, port = parse_address(address, DEFAULT_ENROLL_PORT)
     api_host, api_port = parse_address(api_address, DEFAULT_API_PORT) if api_address else (host, None)
-    if store.get_pending(name) is None:
-        with contextlib.suppress(UnknownAppliance):
-            pinned = store.get(name)
-            if pinned.address == api_host:
-                await _same_appliance(pinned, deployment_id, replace)
-            elif (change := different_deployment(pinned, deployment_id)) is not None:
-                if not replace:  # the name's appliance was redeployed, at another address this time
-                    raise change
-            elif not replace:
-                raise NameTaken(f"{name} is already pinned to another appliance ({pinned.address}, {pinned.pin}); "
-                                "choose another name, or pass --replace to re-pin it")
+    async def check_name() -> None:
+        if store.get_pending(name) is None:
+            with contextlib.suppress(UnknownAppliance):
+                pinned = store.get(name)
+                if pinned.address == api_host:
+                    await _same_appliance(pinned, deployment_id, replace)
+                elif (change := different_deployment(pinned, deployment_id)) is not None:
+                    if not replace:  # the name's appliance was redeployed, at another address this time
+                        raise change
+                elif not replace:
+                    raise NameTaken(f"{name} is already pinned to another appliance ({pinned.address}, "
+                                    f"{pinned.pin}); choose another name, or pass --replace to re-pin it")
 
     async def keep_pending(verified: PendingPin) -> None:
         record = ApplianceRecord(name=name, address=api_host, pin=verified.appliance_pin,
@@ -165,8 +168,14 @@ async def _enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: s
         await asyncio.to_thread(store.promote, record)
         return record
 
-    return await retry_until(attempt, address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                             deadline=deadline, on_wait=on_wait)
+    async def run() -> ApplianceRecord:
+        await check_name()
+        return await retry_until(attempt, address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                                 deadline=deadline, on_wait=on_wait)
+
+    # A fleet store claims the appliance for this host first, and the name is checked under the
+    # claim (exactly once across hosts, docs/fleet.md section 5); the file store runs it as is.
+    return await claimed(store, name, run)
 
 
 async def _same_appliance(pinned: ApplianceRecord, deployment_id: str | None, replace: bool) -> None:
@@ -298,7 +307,7 @@ async def enroll_many(targets: Iterable[Target], *, concurrency: int = 32, store
     keyword arguments passed on to enroll_appliance must be picklable (no callbacks).
     """
     targets = list(targets)
-    store = store or TrustStore()
+    store = store or open_store()
     store.identity()
     if worker_kind not in WORKER_KINDS:
         raise ValueError(f"worker_kind must be one of {', '.join(WORKER_KINDS)}")
@@ -352,7 +361,7 @@ async def _enroll_in_workers(targets: list[Target], concurrency: int, store: Tru
         jobs = []
         for start in range(workers):
             shard = [(i, targets[i]) for i in range(start, len(targets), workers)]
-            job = loop.run_in_executor(executor, _worker, shard, -(-concurrency // workers), store.home, deadline,
+            job = loop.run_in_executor(executor, _worker, shard, -(-concurrency // workers), store, deadline,
                                        kwargs, done_queue if worker_kind == "thread" else None)
             # A worker that fails as a whole never reports its end: say it for it.
             job.add_done_callback(lambda job: job.exception() is None or done_queue.put(_WORKER_DONE))
@@ -383,7 +392,7 @@ def _worker_init(done_queue: Any) -> None:
     follow_parent()  # an interrupted batch ends its workers with it (requester/interrupts.py)
 
 
-def _worker(shard: list[tuple[int, Target]], concurrency: int, home: Path, deadline: float, kwargs: dict,
+def _worker(shard: list[tuple[int, Target]], concurrency: int, store: TrustStore, deadline: float, kwargs: dict,
             done_queue: Any = None) -> None:
     """One worker's share of enroll_many, in its own event loop (a worker process or thread):
     one queue item per outcome as it finishes, then _WORKER_DONE."""
@@ -394,7 +403,7 @@ def _worker(shard: list[tuple[int, Target]], concurrency: int, home: Path, deadl
         done_queue.put((indices[id(outcome.target)], outcome.record, _portable_error(outcome.error),
                         outcome.seconds, outcome.already_pinned))
 
-    asyncio.run(_enroll_here([target for _, target in shard], concurrency, TrustStore(home), report, deadline, kwargs))
+    asyncio.run(_enroll_here([target for _, target in shard], concurrency, store, report, deadline, kwargs))
     done_queue.put(_WORKER_DONE)
 
 
@@ -427,7 +436,7 @@ def pin_certificate(name: str, address: str, certificate: bytes, *, api_port: in
     (seed FIG. 2: read from guestinfo; FIG. 3: `firsttrust-agent show-identity` via guest
     operations). The appliance must also authorize the requester's certificate (`store.identity()`):
     FIG. 2 injects it, FIG. 3 runs `firsttrust-agent authorize`."""
-    store = store or TrustStore()
+    store = store or open_store()
     store.identity()  # the certificate the appliance must authorize exists from now on
     host, port = parse_address(address, api_port)
     pem = certificate_pem(certificate).decode("ascii")
@@ -439,7 +448,7 @@ def pin_certificate(name: str, address: str, certificate: bytes, *, api_port: in
 
 def open_session(name: str, *, store: TrustStore | None = None, **kwargs) -> PinnedSession:
     """A pinned mTLS session to the appliance pinned as `name`."""
-    store = store or TrustStore()
+    store = store or open_store()
     record = store.get(name)
     return PinnedSession(record.address, record.api_port, record.certificate.encode(), store.key_path,
                          store.cert_path, **kwargs)
@@ -447,7 +456,7 @@ def open_session(name: str, *, store: TrustStore | None = None, **kwargs) -> Pin
 
 async def rotate_appliance(name: str, *, store: TrustStore | None = None) -> ApplianceRecord:
     """Ask the appliance for a new key; move the pin after checking the old key signed it."""
-    store = store or TrustStore()
+    store = store or open_store()
     record = store.get(name)
     async with open_session(name, store=store) as api:
         rotation = await api.rotate()

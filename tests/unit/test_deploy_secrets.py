@@ -64,6 +64,9 @@ class Echoing:
     def moid(self, vm):
         return f"vm-{vm}"
 
+    def interrupt(self):  # converge's deployer hands it to the stop signal (requester/interrupts.py)
+        pass
+
     def extra_config(self, vm):
         return list(self.configs[vm])
 

@@ -1,0 +1,492 @@
+"""The trust store on PostgreSQL, for a fleet of requester hosts (docs/fleet.md).
+
+Same interface as requester.truststore.TrustStore (it is one: the host's own key and certificate
+stay in files under its $FIRSTTRUST_HOME, exactly as with the file store); the pins, pending
+enrollments, membership and grants live in the database, each signed, each checked before use.
+Every operation is one transaction; a lost connection is retried from the start of the
+transaction until FIRSTTRUST_STORE_DEADLINE (default 30 s) has passed, then StoreUnavailable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from firsttrust.identity import Identity, load_certificate, pin_of_certificate
+
+from ..truststore import ApplianceRecord, TrustStore, TrustStoreError, UnknownAppliance
+from . import schema, signing
+from .config import connection_options, load_profile
+from .errors import HeldByHost, NotAMember, StoreSchemaError, StoreUnavailable, UntrustedRecord
+
+T = TypeVar("T")
+DEFAULT_DEADLINE = 30.0
+DEFAULT_LEASE = 600.0
+ADMIN_KEY = "fleet-admin.key"
+ADMIN_CERT = "fleet-admin.crt"
+
+
+def _deadline() -> float:
+    try:
+        return float(os.environ.get("FIRSTTRUST_STORE_DEADLINE", DEFAULT_DEADLINE))
+    except ValueError:
+        return DEFAULT_DEADLINE
+
+
+def lease_seconds() -> float:
+    try:
+        return float(os.environ.get("FIRSTTRUST_FLEET_LEASE", DEFAULT_LEASE))
+    except ValueError:
+        return DEFAULT_LEASE
+
+
+@dataclass(frozen=True)
+class Member:
+    host: str
+    pin: str
+    certificate: str
+    removed: bool
+    version: int
+
+
+@dataclass(frozen=True)
+class Membership:
+    """The verified membership: the fleet id, the admin's certificate, every member ever."""
+
+    fleet_id: str
+    admin_certificate: str
+    admin_pin: str
+    members: tuple[Member, ...]
+
+    def current(self) -> dict[str, Member]:
+        """Current members by pin."""
+        return {m.pin: m for m in self.members if not m.removed}
+
+    def signer_certificate(self, pin: str) -> str | None:
+        if pin == self.admin_pin:
+            return self.admin_certificate
+        member = self.current().get(pin)
+        return member.certificate if member else None
+
+
+@dataclass(frozen=True)
+class PendingClaim:
+    """Who holds an appliance's enrollment (fleet pending)."""
+
+    name: str
+    holder: str
+    lease_until: float
+    pending_host: str | None
+    pin: str | None
+
+
+class PgStore(TrustStore):
+    """The fleet store. `url` is a libpq URL (checked by connection_options)."""
+
+    def __init__(self, url: str, home: Path | None = None) -> None:
+        super().__init__(home)
+        self._options = connection_options(url)
+        self._conn: Any = None
+        self._pid = os.getpid()
+        self._lock = threading.RLock()
+        self._took_over: dict[str, str] = {}  # appliance -> the dead holder whose pending pin was left
+        self.queries = 0  # transactions run, for the bench's requests per appliance
+
+    def __repr__(self) -> str:  # never the URL
+        return f"PgStore(home={str(self.home)!r})"
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_conn"] = None
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+
+    # -- connections and transactions --------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        if self._conn is not None and self._pid != os.getpid():
+            self._conn = None  # inherited across fork: the parent's; never close it from here
+            self._pid = os.getpid()
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(**self._options, autocommit=False)
+        return self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    def transaction(self, work: Callable[[Any], T]) -> T:
+        """Run `work(cursor)` in one transaction; on a lost connection, again from the start on a
+        new connection until the deadline. Nothing half-done survives a failed attempt."""
+        import psycopg
+
+        deadline = time.monotonic() + _deadline()
+        delay = 0.1
+        while True:
+            with self._lock:
+                try:
+                    conn = self._connect()
+                    with conn.transaction(), conn.cursor() as cursor:
+                        self.queries += 1
+                        return work(cursor)
+                except psycopg.errors.UndefinedTable:
+                    raise StoreSchemaError("the fleet store has no schema yet: run `firsttrust store migrate`") \
+                        from None
+                except psycopg.OperationalError as exc:
+                    reason = _one_line(exc)
+                    if self._conn is not None:
+                        try:
+                            self._conn.close()
+                        except Exception:  # noqa: BLE001 - already broken
+                            pass
+                    self._conn = None
+            if time.monotonic() + delay > deadline:
+                raise StoreUnavailable(f"the fleet store is unreachable ({reason}); nothing was written by the "
+                                       "failed operation") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    # -- schema ------------------------------------------------------------------------------------
+
+    def migrate(self) -> list[int]:
+        """Apply the migrations not applied yet; the versions applied."""
+
+        def work(cursor: Any) -> list[int]:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (schema.MIGRATION_LOCK,))
+            cursor.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
+                           "applied_at timestamptz NOT NULL DEFAULT now())")
+            cursor.execute("SELECT version FROM schema_migrations")
+            done = {row[0] for row in cursor.fetchall()}
+            applied = []
+            for version, sql in schema.MIGRATIONS:
+                if version not in done:
+                    cursor.execute(sql)
+                    cursor.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+                    applied.append(version)
+            return applied
+
+        return self.transaction(work)
+
+    def schema_version(self) -> int:
+        def work(cursor: Any) -> int:
+            cursor.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+            if not cursor.fetchone()[0]:
+                return 0
+            cursor.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+            return int(cursor.fetchone()[0])
+
+        return self.transaction(work)
+
+    # -- membership --------------------------------------------------------------------------------
+
+    def anchor_pin(self) -> str:
+        anchor = load_profile(self.home).anchor_pin
+        if anchor is None:
+            raise NotAMember(f"this host has not joined a fleet: no anchor in {self.home / 'fleet.json'} "
+                             "(firsttrust fleet join --anchor PIN)")
+        return anchor
+
+    def _membership(self, cursor: Any) -> Membership:
+        """Every member whose record the admin key signed, the admin key being the one whose pin
+        is this host's local anchor. Unsigned or mis-signed rows are ignored (not members)."""
+        anchor = self.anchor_pin()
+        cursor.execute("SELECT id, admin_certificate FROM fleet")
+        rows = cursor.fetchall()
+        if len(rows) != 1:
+            raise UntrustedRecord("the fleet store holds no fleet (or more than one): run `firsttrust fleet create`")
+        fleet_id, admin_certificate = rows[0]
+        try:
+            admin_pin = pin_of_certificate(admin_certificate.encode())
+        except Exception:  # noqa: BLE001 - any unparsable certificate is simply not the anchor
+            admin_pin = ""
+        if admin_pin != anchor:
+            raise UntrustedRecord(f"the fleet store's admin key ({admin_pin or 'unreadable'}) is not this host's "
+                                  f"fleet anchor ({anchor}): nothing in it is used")
+        cursor.execute("SELECT host, pin, payload, signature FROM members")
+        members = []
+        for host, pin, payload, signature in cursor.fetchall():
+            record = signing.opened(admin_certificate, payload, signature)
+            if (record is None or record.get("kind") != "member" or record.get("fleet") != fleet_id
+                    or record.get("host") != host or record.get("pin") != pin):
+                continue
+            members.append(Member(host, pin, record["certificate"], bool(record["removed"]), int(record["version"])))
+        return Membership(fleet_id, admin_certificate, admin_pin, tuple(members))
+
+    def membership(self) -> Membership:
+        return self.transaction(self._membership)
+
+    def _me(self, membership: Membership) -> Member:
+        pin = self.identity().pin
+        member = membership.current().get(pin)
+        if member is None:
+            raise NotAMember(f"this host's key ({pin}) is not a current member of the fleet")
+        return member
+
+    # -- pin records -------------------------------------------------------------------------------
+
+    def _pin_payload(self, fleet_id: str, record: ApplianceRecord, version: int) -> dict[str, Any]:
+        data = dataclasses.asdict(record)
+        data["ssh_host_keys"] = list(record.ssh_host_keys)
+        return {"kind": "pin", "fleet": fleet_id, "version": version, "record": data}
+
+    def _open_pin(self, membership: Membership, name: str, signer_pin: str, payload: str,
+                  signature: bytes) -> ApplianceRecord:
+        certificate = membership.signer_certificate(signer_pin)
+        opened = signing.opened(certificate, payload, signature) if certificate else None
+        if (opened is None or opened.get("kind") != "pin" or opened.get("fleet") != membership.fleet_id
+                or not isinstance(opened.get("record"), dict) or opened["record"].get("name") != name):
+            raise UntrustedRecord(f"the fleet store's record for {name!r} is not signed by a member of the fleet: "
+                                  "not used")
+        return ApplianceRecord.from_json(json.dumps(opened["record"]).encode(), Path(f"fleet store: {name}"))
+
+    def _check_name(self, name: str) -> str:
+        self._record_path(name)  # the file store's name rule, same message
+        return name
+
+    def save(self, record: ApplianceRecord) -> None:
+        load_certificate(record.certificate.encode())
+        identity = self.identity()
+
+        def work(cursor: Any) -> None:
+            membership = self._membership(cursor)
+            self._me(membership)
+            self._upsert_pin(cursor, membership, identity, record)
+
+        self.transaction(work)
+
+    def _upsert_pin(self, cursor: Any, membership: Membership, identity: Identity, record: ApplianceRecord) -> None:
+        self._check_name(record.name)
+        cursor.execute("SELECT version FROM pins WHERE name = %s FOR UPDATE", (record.name,))
+        row = cursor.fetchone()
+        version = (row[0] if row else 0) + 1
+        payload, signature = signing.seal(identity, self._pin_payload(membership.fleet_id, record, version))
+        cursor.execute("INSERT INTO pins (name, signer_pin, version, payload, signature) VALUES (%s, %s, %s, %s, %s) "
+                       "ON CONFLICT (name) DO UPDATE SET signer_pin = EXCLUDED.signer_pin, version = EXCLUDED.version, "
+                       "payload = EXCLUDED.payload, signature = EXCLUDED.signature",
+                       (record.name, identity.pin, version, payload, signature))
+        # The other members' keys are to be authorized on this appliance (fleet sync pushes them);
+        # the signer's own key was authorized by the enrollment (or by the manager, FIG. 2/3).
+        for member in membership.current().values():
+            state = "applied" if member.pin == identity.pin else "pending"
+            cursor.execute("INSERT INTO grants (appliance, member_pin, action, state) VALUES (%s, %s, 'authorize', %s) "
+                           "ON CONFLICT (appliance, member_pin) DO UPDATE SET action = 'authorize', "
+                           "state = CASE WHEN grants.action = 'authorize' AND grants.state = 'applied' "
+                           "THEN 'applied' ELSE EXCLUDED.state END, updated_at = now()",
+                           (record.name, member.pin, state))
+        cursor.execute("INSERT INTO audit (host, event, subject) VALUES (%s, 'pinned', %s)",
+                       (self._host_name(membership, identity.pin), record.name))
+
+    @staticmethod
+    def _host_name(membership: Membership, pin: str) -> str:
+        member = membership.current().get(pin)
+        return member.host if member else ("admin" if pin == membership.admin_pin else pin)
+
+    def get(self, name: str) -> ApplianceRecord:
+        self._check_name(name)
+
+        def work(cursor: Any) -> ApplianceRecord:
+            cursor.execute("SELECT signer_pin, payload, signature FROM pins WHERE name = %s", (name,))
+            row = cursor.fetchone()
+            membership = self._membership(cursor)
+            self._me(membership)  # a removed host uses nothing from the fleet
+            if row is None:
+                raise UnknownAppliance(f"no pinned appliance named {name!r} in the fleet store")
+            return self._open_pin(membership, name, *row)
+
+        return self.transaction(work)
+
+    def scan(self) -> tuple[list[ApplianceRecord], list[TrustStoreError]]:
+        def work(cursor: Any) -> tuple[list[ApplianceRecord], list[TrustStoreError]]:
+            membership = self._membership(cursor)
+            self._me(membership)
+            cursor.execute("SELECT name, signer_pin, payload, signature FROM pins ORDER BY name")
+            records, problems = [], []
+            for name, signer_pin, payload, signature in cursor.fetchall():
+                try:
+                    records.append(self._open_pin(membership, name, signer_pin, payload, signature))
+                except TrustStoreError as exc:
+                    problems.append(exc)
+            return records, problems
+
+        return self.transaction(work)
+
+    def remove(self, name: str) -> None:
+        self._check_name(name)
+
+        def work(cursor: Any) -> None:
+            membership = self._membership(cursor)
+            me = self._me(membership)
+            cursor.execute("DELETE FROM pins WHERE name = %s", (name,))
+            cursor.execute("DELETE FROM grants WHERE appliance = %s", (name,))
+            cursor.execute("INSERT INTO audit (host, event, subject) VALUES (%s, 'removed', %s)", (me.host, name))
+
+        self.transaction(work)
+
+    # -- the exactly-once claim and pending pins (docs/fleet.md sections 5 and 6) ------------------
+
+    def claim(self, name: str) -> str | None:
+        """Take the enrollment of `name` for this host, or raise HeldByHost naming the live holder.
+        Returns the host whose pending pin this host takes over (its lease expired), or None."""
+        self._check_name(name)
+        lease = lease_seconds()
+
+        def work(cursor: Any) -> str | None:
+            me = self._me(self._membership(cursor))
+            cursor.execute("SELECT holder, lease_until > now(), pending_host FROM enrollments WHERE name = %s "
+                           "FOR UPDATE", (name,))
+            row = cursor.fetchone()
+            if row is None:
+                cursor.execute("INSERT INTO enrollments (name, holder, lease_until) VALUES "
+                               "(%s, %s, now() + make_interval(secs => %s)) ON CONFLICT (name) DO NOTHING",
+                               (name, me.host, lease))
+                if cursor.rowcount == 0:  # inserted by another host since our SELECT: its claim
+                    cursor.execute("SELECT holder FROM enrollments WHERE name = %s", (name,))
+                    holder = cursor.fetchone()[0]
+                    raise HeldByHost(f"{name}: host {holder} holds this appliance's enrollment", holder)
+                cursor.execute("INSERT INTO audit (host, event, subject) VALUES (%s, 'claimed', %s)", (me.host, name))
+                return None
+            holder, live, pending_host = row
+            if holder != me.host and live:
+                raise HeldByHost(f"{name}: host {holder} holds this appliance's enrollment (lease live); "
+                                 "it finishes it, or its lease expires and another host takes over", holder)
+            cursor.execute("UPDATE enrollments SET holder = %s, lease_until = now() + make_interval(secs => %s) "
+                           "WHERE name = %s", (me.host, lease, name))
+            if holder != me.host:
+                cursor.execute("INSERT INTO audit (host, event, subject) VALUES (%s, 'took-over', %s)",
+                               (me.host, name))
+            return pending_host if pending_host not in (None, me.host) else None
+
+        taken_from = self.transaction(work)
+        if taken_from:
+            self._took_over[name] = taken_from
+        else:
+            self._took_over.pop(name, None)
+        return taken_from
+
+    def took_over_from(self, name: str) -> str | None:
+        """The host whose pending enrollment of `name` this host's last claim took over."""
+        return self._took_over.get(name)
+
+    def release(self, name: str) -> None:
+        """Give the claim up after a failure: the row goes, unless a pending pin is in it (then its
+        holder gets it back, lease expired, so that host or any other can resume)."""
+
+        def work(cursor: Any) -> None:
+            me = self._me(self._membership(cursor))
+            cursor.execute("SELECT holder, pending_host FROM enrollments WHERE name = %s FOR UPDATE", (name,))
+            row = cursor.fetchone()
+            if row is None or row[0] != me.host:
+                return
+            if row[1] is None:
+                cursor.execute("DELETE FROM enrollments WHERE name = %s", (name,))
+            else:
+                cursor.execute("UPDATE enrollments SET holder = pending_host, lease_until = now() WHERE name = %s",
+                               (name,))
+
+        self.transaction(work)
+
+    def save_pending(self, record: ApplianceRecord) -> None:
+        load_certificate(record.certificate.encode())
+        identity = self.identity()
+
+        def work(cursor: Any) -> None:
+            membership = self._membership(cursor)
+            me = self._me(membership)
+            payload, signature = signing.seal(identity, {**self._pin_payload(membership.fleet_id, record, 0),
+                                                         "kind": "pending"})
+            cursor.execute("INSERT INTO enrollments (name, holder, lease_until, pending_host, signer_pin, payload, "
+                           "signature) VALUES (%s, %s, now() + make_interval(secs => %s), %s, %s, %s, %s) "
+                           "ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, "
+                           "lease_until = EXCLUDED.lease_until, pending_host = EXCLUDED.pending_host, "
+                           "signer_pin = EXCLUDED.signer_pin, payload = EXCLUDED.payload, "
+                           "signature = EXCLUDED.signature",
+                           (record.name, me.host, lease_seconds(), me.host, identity.pin, payload, signature))
+
+        self.transaction(work)
+
+    def get_pending(self, name: str) -> ApplianceRecord | None:
+        """This host's own pending pin for `name` (another host's cannot be confirmed with this
+        host's key, docs/fleet.md section 6)."""
+        self._check_name(name)
+        my_pin = self.identity().pin
+
+        def work(cursor: Any) -> ApplianceRecord | None:
+            cursor.execute("SELECT signer_pin, payload, signature FROM enrollments WHERE name = %s AND "
+                           "signer_pin = %s AND payload IS NOT NULL", (name, my_pin))
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            membership = self._membership(cursor)
+            certificate = membership.signer_certificate(row[0])
+            opened = signing.opened(certificate, row[1], row[2]) if certificate else None
+            if (opened is None or opened.get("kind") != "pending" or opened.get("fleet") != membership.fleet_id
+                    or not isinstance(opened.get("record"), dict) or opened["record"].get("name") != name):
+                raise UntrustedRecord(f"the fleet store's pending enrollment of {name!r} is not signed by this host: "
+                                      "not used")
+            return ApplianceRecord.from_json(json.dumps(opened["record"]).encode(), Path(f"fleet store: {name}"))
+
+        return self.transaction(work)
+
+    def remove_pending(self, name: str) -> None:
+        my_pin = self.identity().pin
+        self.transaction(lambda cursor: cursor.execute(
+            "DELETE FROM enrollments WHERE name = %s AND (signer_pin = %s OR signer_pin IS NULL)", (name, my_pin)))
+
+    def promote(self, record: ApplianceRecord) -> None:
+        """Pin `record` (signed), queue the other members' grants and drop the claim, in one transaction."""
+        load_certificate(record.certificate.encode())
+        identity = self.identity()
+
+        def work(cursor: Any) -> None:
+            membership = self._membership(cursor)
+            self._me(membership)
+            self._upsert_pin(cursor, membership, identity, record)
+            cursor.execute("DELETE FROM enrollments WHERE name = %s", (record.name,))
+
+        self.transaction(work)
+        self._took_over.pop(record.name, None)
+
+    def claims(self) -> list[PendingClaim]:
+        """Every claim: which host holds which enrollment, and whose pending pin it has."""
+        def work(cursor: Any) -> list[PendingClaim]:
+            cursor.execute("SELECT name, holder, extract(epoch FROM lease_until), pending_host, payload "
+                           "FROM enrollments ORDER BY name")
+            claims = []
+            for name, holder, lease_until, pending_host, payload in cursor.fetchall():
+                pin = None
+                if payload:
+                    try:
+                        pin = json.loads(payload)["record"]["pin"]
+                    except (ValueError, KeyError, TypeError):
+                        pin = None
+                claims.append(PendingClaim(name, holder, float(lease_until), pending_host, pin))
+            return claims
+
+        return self.transaction(work)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An OperationalError's reason without anything from the URL: libpq's message names the host
+    and the socket path, never the password (which never is in the URL anyway)."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:160]
+
+
+def random_fleet_id() -> str:
+    return secrets.token_hex(8)
