@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-import time
 
 import pytest
 from test_ova_import import small_ova  # noqa: F401 - the fixture
 from test_vsphere_deploy import FIRSTTRUST, ROOT, environment
+
+from vcsim_fixture import task_result
 
 from firsttrust.lab.vcsim import Vcsim
 from firsttrust.requester.deployer import VcenterAccess, deploy
@@ -36,23 +37,16 @@ def lab():
     standalone = next(e.ref for e in vc.inventory().by_moid.values() if e.kind == "ComputeResource")
     standalone.host[0].configManager.datastoreSystem.CreateLocalDatastore(name="Second", path=tempfile.mkdtemp())
     deeper = datacenter.hostFolder.CreateFolder("nested").CreateFolder("deeper")
-    wait(deeper.MoveIntoFolder_Task([standalone]))
+    task_result(deeper.MoveIntoFolder_Task([standalone]))
     datacenter.vmFolder.CreateFolder("bringup")
     # The VPX inventory's cluster without DRS (vSphere Standard has none).
     cluster = next(e.ref for e in vc.inventory().by_moid.values() if e.kind == "ClusterComputeResource")
-    wait(cluster.ReconfigureComputeResource_Task(
+    task_result(cluster.ReconfigureComputeResource_Task(
         spec=vim.cluster.ConfigSpecEx(drsConfig=vim.cluster.DrsConfigInfo(enabled=False)), modify=True))
     yield server, vc
     vc.close()
     server.stop()
 
-
-def wait(task):
-    deadline = time.monotonic() + 30
-    while task.info.state not in ("success", "error") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert task.info.state == "success", task.info.error
-    return task.info.result
 
 
 def run_deploy(server, tmp_path, names, **kwargs):

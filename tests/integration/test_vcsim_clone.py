@@ -5,9 +5,10 @@ an EFI appliance's clone would not boot. Both take the clone spec's device chang
 
 from __future__ import annotations
 
-import time
 
 import pytest
+
+from vcsim_fixture import task_result
 
 from firsttrust.lab.vcsim import Vcsim
 from firsttrust.requester.vcenter_tls import pinned_context
@@ -26,19 +27,12 @@ def server(request):
     simulator.stop()
 
 
-def wait(task):
-    deadline = time.monotonic() + 30
-    while task.info.state not in ("success", "error") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert task.info.state == "success", task.info.error
-    return task.info.result
-
 
 def test_a_clone_keeps_its_sources_firmware_and_takes_its_specs_device_changes(server):
     kind, vc = server
     vim = vc.vim
     source = vc.find_vm(TEMPLATE)
-    wait(source.ReconfigVM_Task(spec=vim.vm.ConfigSpec(firmware="efi")))
+    task_result(source.ReconfigVM_Task(spec=vim.vm.ConfigSpec(firmware="efi")))
     assert source.config.firmware == "efi"
     (nic,) = [d for d in source.config.hardware.device if isinstance(d, vim.vm.device.VirtualEthernetCard)]
     assert not isinstance(nic.backing, vim.vm.device.VirtualEthernetCard.NetworkBackingInfo)  # on DC0_DVPG0
@@ -46,7 +40,7 @@ def test_a_clone_keeps_its_sources_firmware_and_takes_its_specs_device_changes(s
     nic.backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(network=network, deviceName="VM Network")
     spec = vim.vm.CloneSpec(location=vim.vm.RelocateSpec(pool=source.resourcePool), powerOn=False, config=vim.vm.ConfigSpec(
         deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="edit", device=nic)]))
-    clone = wait(source.CloneVM_Task(folder=source.parent, name=f"clone-{kind}", spec=spec))
+    clone = task_result(source.CloneVM_Task(folder=source.parent, name=f"clone-{kind}", spec=spec))
     (cloned_nic,) = [d for d in clone.config.hardware.device if isinstance(d, vim.vm.device.VirtualEthernetCard)]
     on_vm_network = getattr(cloned_nic.backing, "deviceName", None) == "VM Network"
     assert on_vm_network

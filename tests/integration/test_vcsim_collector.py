@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from vcsim_fixture import task_result
+
 from firsttrust.lab.vcsim import Vcsim
 from firsttrust.requester.vcenter_tls import pinned_context
 from firsttrust.requester.vsphere import VsphereError, connect
@@ -30,9 +32,7 @@ def finished_task(vc):
     """A task that has ended before anyone watches it (vcsim runs a reconfigure inside the call)."""
     vm = vc.find_vm(TEMPLATE)
     task = vm.ReconfigVM_Task(spec=vc.vim.vm.ConfigSpec(annotation="touched"))
-    deadline = time.monotonic() + 10
-    while task.info.state not in ("success", "error") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    task_result(task, timeout=10)
     return task
 
 

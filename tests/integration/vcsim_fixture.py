@@ -46,6 +46,16 @@ def vcsim():
     server.stop()
 
 
+def task_result(task, timeout: float = 30.0):
+    """A task's result, read from task.info until it ends (not through the deployer's waiter, which
+    relies on the lab's collector model that -stock turns off); fails the test if it did not succeed."""
+    deadline = time.monotonic() + timeout
+    while task.info.state not in ("success", "error") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert task.info.state == "success", task.info.error
+    return task.info.result
+
+
 def vcenter_session(server: Vcsim):
     return connect(server.url, server.user, server.password, pinned_context(server.thumbprint_sha256))
 
