@@ -16,17 +16,30 @@ from firsttrust.requester.deployplan import (
     plan_deployment,
 )
 
-import conftest  # tests/conftest.py: the suite's secret guard
-
 URL = "https://vc.example/sdk"
 
 
-def test_each_appliance_gets_its_own_guest_password_that_the_secret_guard_knows():
+def suite_conftest(pytestconfig):
+    """tests/conftest.py as pytest loaded it (the suite's secret guard), found among pytest's plugins.
+    Not `import conftest`: tests/fault/conftest.py is a module named `conftest` too, and whichever was
+    loaded last holds that name in sys.modules."""
+    from pathlib import Path
+
+    wanted = Path(__file__).resolve().parents[1] / "conftest.py"
+    for plugin in pytestconfig.pluginmanager.get_plugins():
+        path = getattr(plugin, "__file__", None)
+        if path and Path(path).resolve() == wanted:
+            return plugin
+    raise AssertionError("tests/conftest.py is not loaded")
+
+
+def test_each_appliance_gets_its_own_guest_password_that_the_secret_guard_knows(pytestconfig):
     plan = plan_deployment(URL, "tpl", ["a", "b"], way=GUEST_COMMAND_WAY)
     passwords = [a.guest_password for a in plan.appliances]
     assert all(passwords) and len(set(passwords)) == 2
     for appliance in plan.appliances:
         assert (guestinfo_key(GUEST_PASSWORD), appliance.guest_password) in appliance.extra_config
+        conftest = suite_conftest(pytestconfig)
         assert appliance.guest_password in conftest.GENERATED_SECRETS
         assert conftest.SECRET_GUARD.leaks(f"log line {appliance.guest_password}")
 
