@@ -35,7 +35,6 @@ import json
 import os
 import shlex
 import shutil
-import socketserver
 import subprocess
 import tempfile
 import threading
@@ -43,6 +42,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
+
+from .lineserver import LineServer
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_FILE_BYTES = 1024 * 1024
@@ -101,43 +102,16 @@ class GuestOpsServer:
         self._vms: dict[str, _VmState] = {}
         self._vms_lock = threading.Lock()
         self._children: list[subprocess.Popen] = []
-        owner = self
-
-        class Handler(socketserver.StreamRequestHandler):
-            timeout = SERVER_TIMEOUT
-
-            def handle(self) -> None:
-                try:
-                    line = self.rfile.readline(MAX_REQUEST_BYTES + 1)
-                except OSError:
-                    return
-                answer = owner.answer(line)
-                try:
-                    self.wfile.write(json.dumps(answer).encode() + b"\n")
-                except OSError:
-                    pass
-
-        self._server = socketserver.ThreadingUnixStreamServer(str(self.path), Handler, bind_and_activate=False)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        self._server = LineServer(self.path, self.answer, name="lab-guest-ops", timeout=SERVER_TIMEOUT,
+                                  max_request=MAX_REQUEST_BYTES)
 
     def start(self) -> "GuestOpsServer":
-        self._server.server_bind()
-        self.path.chmod(0o600)
-        self._server.server_activate()
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="lab-guest-ops", daemon=True)
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
         """Stop answering and stop the programs still running (idempotent)."""
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
-        self.path.unlink(missing_ok=True)
+        self._server.stop()
         for child in self._children:
             if child.poll() is None:
                 child.kill()

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import socket
-import socketserver
 import threading
 from pathlib import Path
 from typing import Callable, Mapping
@@ -151,43 +150,18 @@ class ChannelServer:
         self.lab, self.path, self.rpc = lab, path, rpc
         self._vm_locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
-        owner = self
+        from .lineserver import LineServer  # not at the top: the tools import this module and start quickly
 
-        class Handler(socketserver.StreamRequestHandler):
-            timeout = CHANNEL_TIMEOUT
-
-            def handle(self) -> None:
-                try:
-                    line = self.rfile.readline(MAX_REQUEST_BYTES + 1)
-                except OSError:
-                    return
-                answer = owner.answer(line)
-                try:
-                    self.wfile.write(json.dumps(answer).encode("utf-8", "surrogateescape") + b"\n")
-                except OSError:
-                    pass  # the tool was killed (the agent's timeout): nobody to answer
-
-        self._server = socketserver.ThreadingUnixStreamServer(str(path), Handler, bind_and_activate=False)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        self._server = LineServer(path, self.answer, name="lab-guest-channel", timeout=CHANNEL_TIMEOUT,
+                                  max_request=MAX_REQUEST_BYTES)
 
     def start(self) -> "ChannelServer":
-        self._server.server_bind()
-        self.path.chmod(0o600)
-        self._server.server_activate()
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="lab-guest-channel", daemon=True)
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
         """Stop answering (idempotent); a tool run after this fails with a ChannelError."""
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
-        self.path.unlink(missing_ok=True)
+        self._server.stop()
 
     def answer(self, line: bytes) -> dict:
         from firsttrust.errors import FirsttrustError
