@@ -124,8 +124,10 @@ def _open_ssh_dir(target: AuthorizedKeysTarget, *, create: bool = False) -> int 
             except OSError as exc:
                 raise _unsafe(target.ssh_dir, exc) from None
             try:  # what was created is what is opened: a link swapped in since fails the open above
-                os.fchown(fd, target.uid, target.gid)
+                # The mode first, while root owns it: after the chown, changing it needs CAP_FOWNER,
+                # which the agent's unit does not grant (systemd/firsttrust-agent.service).
                 os.fchmod(fd, 0o700)
+                os.fchown(fd, target.uid, target.gid)
             except OSError as exc:
                 os.close(fd)
                 raise SSHKeyError(f"cannot give {target.ssh_dir} to {target.account!r}: {exc.strerror}") from None

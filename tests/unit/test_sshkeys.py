@@ -77,6 +77,24 @@ def test_a_key_is_installed_in_ssh_0700_and_authorized_keys_0600_owned_by_the_ac
     assert has_authorized_key("acct", SSH_KEY)
 
 
+def test_the_key_is_installed_without_cap_fowner_as_the_agents_unit_runs_it(world, monkeypatch):
+    """systemd/firsttrust-agent.service grants CAP_CHOWN and CAP_DAC_OVERRIDE, not CAP_FOWNER: root may
+    not change the mode of a file it no longer owns. Simulated: fchmod of a descriptor whose owner is
+    not root fails, as without CAP_FOWNER. (Caught first by the VM test: ssh then refused the key.)"""
+    real_fchmod = os.fchmod
+
+    def fchmod_without_fowner(fd, mode):
+        if os.fstat(fd).st_uid != os.geteuid():
+            raise PermissionError(1, "Operation not permitted")
+        return real_fchmod(fd, mode)
+
+    monkeypatch.setattr(os, "fchmod", fchmod_without_fowner)
+    assert install_authorized_key("acct", SSH_KEY) == world.keys
+    for path, mode in ((world.ssh, 0o700), (world.keys, 0o600)):
+        info = path.stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (mode, UID, GID)
+
+
 def test_a_symlinked_authorized_keys_is_never_read_or_written_through(world):
     make_ssh_dir(world)
     world.keys.symlink_to(world.shadow)
