@@ -90,18 +90,41 @@ class StopSignal:
     def installed(self) -> Iterator["StopSignal"]:
         """SIGINT and SIGTERM set this signal instead of raising KeyboardInterrupt or ending the
         process, while the block runs (only the main thread can install handlers: elsewhere the
-        block runs with the process's handlers as they are)."""
+        block runs with the process's handlers as they are).
+
+        The handler itself only writes the signal's number to a pipe; a thread reads it and calls
+        `stop`. Python runs a handler in the main thread between any two bytecodes, also while
+        that thread holds a lock (the Event's own, inside `wait`): a handler that took a lock
+        could wait for itself forever, and did (a deploy hung after Ctrl-C in CI)."""
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)  # a handler never blocks; one byte per signal is plenty
+        watcher = threading.Thread(target=self._watch, args=(read_end,), name="firsttrust-signals", daemon=True)
+        watcher.start()
+
+        def handler(number: int, frame) -> None:
+            with contextlib.suppress(OSError):  # the pipe full: a stop is on its way already
+                os.write(write_end, bytes((number,)))
+
         previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
         for signum in SIGNALS:
-            signal.signal(signum, lambda number, frame: self.stop(number))
+            signal.signal(signum, handler)
         try:
             yield self
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            for signum, handler_before in previous.items():
+                signal.signal(signum, handler_before)
+            os.close(write_end)  # the watcher reads end-of-file and ends
+            watcher.join()
+
+    def _watch(self, read_end: int) -> None:
+        try:
+            while number := os.read(read_end, 1):
+                self.stop(number[0])
+        finally:
+            os.close(read_end)
 
 
 def _in_thread(callback: Callable[[], None]) -> None:

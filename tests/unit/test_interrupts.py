@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -69,6 +71,34 @@ def test_sigint_and_sigterm_set_the_stop_and_run_its_callbacks_instead_of_raisin
     late = threading.Event()
     stop.on_stop(late.set)  # registered after the stop: called at once
     assert late.wait(2)
+
+
+# The main thread holds the stop's own lock nearly all the time (as it does, briefly, inside
+# `stop.wait` between two polls); the signal comes from another thread.
+_SIGNAL_WHILE_LOCKED = """
+import os, signal, sys, threading, time
+from firsttrust.requester.interrupts import StopSignal
+stop = StopSignal()
+with stop.installed():
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        with stop._event._cond:
+            for _ in range(2000):
+                pass
+    print(stop.wait(2), stop.signum)
+"""
+
+
+def test_a_signal_that_arrives_while_the_main_thread_holds_the_stops_lock_still_stops_it():
+    process = subprocess.Popen([sys.executable, "-c", _SIGNAL_WHILE_LOCKED], stdout=subprocess.PIPE, text=True)
+    try:
+        out, _ = process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()  # the handler waits for a lock its own thread holds: SIGTERM would wait too
+        process.communicate()
+        pytest.fail("deadlocked: the signal handler took a lock the interrupted main thread held")
+    assert process.returncode == 0 and out.split() == ["True", str(int(signal.SIGINT))]
 
 
 def test_a_stopped_coroutine_is_cancelled_and_returns_none_at_once():
