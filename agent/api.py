@@ -168,7 +168,7 @@ class AuthorizedContexts:
         return context
 
     def _select(self, ssl_object: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
-        # A key added by `firsttrust-agent authorize` (another process, seed FIG. 3) is seen on
+        # A key added by `firsttrust-agent authorize` (another process, the guest-command mode) is seen on
         # the next handshake: two stat() calls per handshake, a rebuild only on change.
         stamp = self._stamp()
         if stamp != self._loaded_stamp:

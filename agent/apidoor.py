@@ -8,7 +8,7 @@ each connection by closing it, without reading a byte: the same outcome for a cl
 handshake that could not succeed, for no import at all. The real API is started on the same
 socket when enrollment authorizes a requester (`open`), when authorized.json already names one
 at start, or when a connection arrives after another process authorized one
-(`firsttrust-agent authorize`, seed FIG. 3): that connection is then answered by the API.
+(`firsttrust-agent authorize`, the guest-command mode): that connection is then answered by the API.
 """
 
 from __future__ import annotations

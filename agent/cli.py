@@ -209,7 +209,7 @@ class ServeError(FirsttrustError):
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "provision": (cmd_provision, "read deploy-time properties and provision this appliance"),
     "status": (cmd_status, "show provisioning and enrollment state"),
-    "authorize": (cmd_authorize, "authorize a requester certificate (seed FIG. 3, guest operations)"),
+    "authorize": (cmd_authorize, "authorize a requester certificate (guest-command mode, through guest operations)"),
     "show-identity": (cmd_show_identity, "print this appliance's certificate or pin"),
     "serve": (cmd_serve, "serve enrollment (SRP, then TLS) and the pinned mTLS API"),
 }

@@ -6,7 +6,7 @@ rerun completes, see tests/unit/test_provision_crash.py):
   identity     create the key (once) and its self-signed certificate; public copy of the cert
   password     chpasswd the configured account from SEC-A (stdin only)
   sec-b        write SEC-B (0600)
-  authorized   add an injected requester certificate (seed FIG. 2)
+  authorized   add an injected requester certificate (injected-certificate mode)
   state        write state.json: the commit point (salt + verifier, window, sha256 of sec-b)
   publish      info-set guestinfo.firsttrust.appliance-cert for the manager to read
   scrub        blank our guestinfo keys / rewrite guestinfo.ovfEnv without our properties,
@@ -133,7 +133,7 @@ def provision(config: AgentConfig, deploy: DeployConfig, *, guestinfo: GuestInfo
         if added:
             audit.event("key-authorized", f"authorized injected requester key {pin}", pin=pin, source=deploy.source)
         if not deploy.has_secrets and new.phase != "enrolled":
-            # FIG. 2 alone: the requester is pinned by injection, SRP enrollment never opens.
+            # The injected-certificate mode alone: the requester is pinned by injection, SRP enrollment never opens.
             new.phase, new.enrolled_via, new.enrolled_at, new.source = "enrolled", "injected-certificate", clock(), \
                 deploy.source
     step("authorized")

@@ -26,7 +26,7 @@ GUEST_ACCOUNT = "firsttrust-guest"
 KNOWN_KEYS = (SEC_A, SEC_B, REQUESTER_CERT, ENROLL_WINDOW, GUEST_PASSWORD)
 ENCODING_SUFFIX = ".encoding"
 
-# Where the agent publishes its certificate for the manager to read (seed FIG. 2).
+# Where the agent publishes its certificate for the manager to read (injected-certificate mode).
 APPLIANCE_CERT_GUESTINFO = "guestinfo.firsttrust.appliance-cert"
 
 # The enrollment window: how long after provisioning SRP enrollment stays open.

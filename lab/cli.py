@@ -1,7 +1,7 @@
 """`firsttrust-lab`: a local data center on loopback for demos and tests. No VMware needed.
 
     firsttrust-lab demo [--short] [--keep] [--root DIR]   every way in and two failed attacks, end to end
-    firsttrust-lab up N [--root DIR]                      N appliances waiting for SRP enrollment (FIG. 4)
+    firsttrust-lab up N [--root DIR]                      N appliances waiting for SRP enrollment (SRP mode)
     firsttrust-lab status [--root DIR]                    what runs in the lab root
     firsttrust-lab down [--root DIR]                      stop everything the lab root runs
     firsttrust-lab vcsim [--root DIR]                     the lab's vCenter and hosts in the foreground

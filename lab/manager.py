@@ -5,8 +5,8 @@
                                                               # first boot, serve on 127.0.0.N:8790/8791
     app = manager.deploy("app-01", properties)                # a VM of a JSON file: guestinfo.ovfEnv,
                                                               # first boot, serve on free 127.0.0.1 ports
-    manager.read_guestinfo("app-01", APPLIANCE_CERT_GUESTINFO)  # FIG. 2: what the guest published
-    manager.guest_command("app-01", ["firsttrust-agent", "show-identity"])  # FIG. 3: guest operations
+    manager.read_guestinfo("app-01", APPLIANCE_CERT_GUESTINFO)  # injected-certificate mode: what the guest published
+    manager.guest_command("app-01", ["firsttrust-agent", "show-identity"])  # guest-command mode: guest operations
     manager.destroy_all()
 
 The lab's data center (lab.datacenter, `firsttrust-lab demo` and `up`) deploys through the vSphere

@@ -739,7 +739,7 @@ SUBCOMMANDS = (
     Subcommand(("pins", "export"), "export a pin for other tools (kubeadm, curl, known_hosts, pem)",
                _pins_export_arguments, _pins_export),
     Subcommand(("call",), "call the appliance's API over pinned mutual TLS", _call_arguments, _call),
-    Subcommand(("pin-cert",), "pin a certificate handed over by the manager (FIG. 2/3)",
+    Subcommand(("pin-cert",), "pin a certificate handed over by the manager (injected-certificate or guest-command mode)",
                _pin_cert_arguments, _pin_cert),
     Subcommand(("rotate",), "have the appliance rotate its key; move the pin after checking the old key signed it",
                _name_argument, _rotate),

@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=int, help="with --name-prefix: how many")
     parser.add_argument("--secrets-dir", required=True, metavar="DIR",
                         help="where each appliance's secrets go, as <vm name>.json (mode 0600)")
-    parser.add_argument("--requester-cert", metavar="FILE", help="also inject this requester certificate (FIG. 2)")
+    parser.add_argument("--requester-cert", metavar="FILE", help="also inject this requester certificate (injected-certificate mode)")
     parser.add_argument("--enroll-window", metavar="DURATION", help="how long enrollment stays open: 90m, 24h, 2d")
     parser.add_argument("--embodiment", choices=WAYS, default=SRP_WAY,
                         help="the way trust is established after power-on (the names pin-cert --embodiment takes): "

@@ -6,7 +6,7 @@
     async with open_session("app-01") as api:                             # pinned mTLS
         await api.get("/v1/identity")
     await rotate_appliance("app-01")                                      # re-pin from the old key's signature
-    pin_certificate("app-02", "10.0.0.6", cert_pem)                       # FIG. 2/3: handed over by the manager
+    pin_certificate("app-02", "10.0.0.6", cert_pem)                       # injected-certificate or guest-command mode
     enroll_appliance_sync(...)                                            # the same, for sync callers
 """
 
@@ -433,9 +433,10 @@ def _rebuild_error(portable: tuple | None) -> FirsttrustError | None:
 def pin_certificate(name: str, address: str, certificate: bytes, *, api_port: int = DEFAULT_API_PORT,
                     embodiment: str = "injected-certificate", store: TrustStore | None = None) -> ApplianceRecord:
     """Pin an appliance certificate handed over by the manager over its own secure channel
-    (seed FIG. 2: read from guestinfo; FIG. 3: `firsttrust-agent show-identity` via guest
-    operations). The appliance must also authorize the requester's certificate (`store.identity()`):
-    FIG. 2 injects it, FIG. 3 runs `firsttrust-agent authorize`."""
+    (injected-certificate mode: read from guestinfo; guest-command mode: `firsttrust-agent
+    show-identity` via guest operations). The appliance must also authorize the requester's
+    certificate (`store.identity()`): the injected-certificate mode injects it, the guest-command
+    mode runs `firsttrust-agent authorize`."""
     store = store or open_store()
     store.identity()  # the certificate the appliance must authorize exists from now on
     host, port = parse_address(address, api_port)

@@ -281,7 +281,7 @@ class PgStore(TrustStore):
                        "payload = EXCLUDED.payload, signature = EXCLUDED.signature",
                        (record.name, identity.pin, version, payload, signature))
         # The other members' keys are to be authorized on this appliance (fleet sync pushes them);
-        # the signer's own key was authorized by the enrollment (or by the manager, FIG. 2/3).
+        # the signer's own key was authorized by the enrollment (or by the manager: injected-certificate or guest-command mode).
         for member in membership.current().values():
             state = "applied" if member.pin == identity.pin else "pending"
             cursor.execute("INSERT INTO grants (appliance, member_pin, action, state) VALUES (%s, %s, 'authorize', %s) "

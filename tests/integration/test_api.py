@@ -465,7 +465,7 @@ async def test_session_times_out_on_a_server_that_never_answers_tls(tmp_path, re
 
 async def test_a_key_authorized_by_the_guest_command_is_accepted_without_a_restart(tmp_path, requester_identity,
                                                                                   stranger_identity):
-    """seed FIG. 3: `firsttrust-agent authorize` runs in another process while the API serves."""
+    """The guest-command mode: `firsttrust-agent authorize` runs in another process while the API serves."""
     import subprocess
     import sys
 

@@ -173,7 +173,7 @@ def test_guestinfo_keys_are_read_scrubbed_and_the_certificate_published(tmp_path
     assert published == (tmp_path / "s" / "identity.crt").read_bytes()
     status = json.loads(run_cli(capsys, "status", "--json", "--state-dir", str(tmp_path / "s"))[1])
     assert status["scrub"]["result"] == "done" and status["published"]["result"] == "done"
-    assert status["authorized_keys"] == 1  # FIG. 2: the injected requester certificate
+    assert status["authorized_keys"] == 1  # the injected-certificate mode
     # no secret ever reached a tool's argv
     argv = json.dumps(data["argv_log"])
     assert secrets.sec_a not in argv and secrets.sec_b not in argv
@@ -286,7 +286,7 @@ def test_bad_cli_arguments(capsys):
         assert code == 2 and err.startswith("firsttrust-agent: error: ") and err.count("\n") == 1
 
 
-# --- FIG. 3: authorize through guest operations -----------------------------------------------------------------
+# --- the guest-command mode: authorize through guest operations -----------------------------------------------------------------
 
 
 def test_authorize_from_stdin_and_file(tmp_path, requester_identity, stranger_identity):
