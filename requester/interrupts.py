@@ -101,7 +101,7 @@ class StopSignal:
             return
         read_end, write_end = os.pipe()
         os.set_blocking(write_end, False)  # a handler never blocks; one byte per signal is plenty
-        watcher = threading.Thread(target=self._watch, args=(read_end,), name="firsttrust-signals", daemon=True)
+        watcher = _SignalWatcher(target=self._watch, args=(read_end,), name="firsttrust-signals", daemon=True)
         watcher.start()
 
         def handler(number: int, frame) -> None:
@@ -125,6 +125,18 @@ class StopSignal:
                 self.stop(number[0])
         finally:
             os.close(read_end)
+
+
+class _SignalWatcher(threading.Thread):
+    """The thread `installed` starts: blocked in a pipe read, holding no lock, until a signal."""
+
+
+def other_threads() -> int:
+    """How many threads besides the caller's might hold a lock right now: the signal watcher,
+    blocked in a read, is not one (a fork next to it is as safe as in a one-thread process)."""
+    current = threading.current_thread()
+    return sum(1 for thread in threading.enumerate()
+               if thread is not current and not isinstance(thread, _SignalWatcher))
 
 
 def _in_thread(callback: Callable[[], None]) -> None:

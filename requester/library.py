@@ -20,7 +20,6 @@ import multiprocessing
 import os
 import pickle
 import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from .deployspec import InvalidDeploySpec, secrets_from_json
 from .enroll import ClientIdentityFiles, enroll, parse_address
 from .errors import ApiError, BadResponse, ConnectionFailed, PinMismatch, RequesterError
 from .identitycheck import changed, different_deployment, probe
+from .interrupts import other_threads
 from .retry import DEFAULT_DEADLINE, Waiting, retry_until
 from .session import PinnedSession
 from .store import open_store
@@ -352,7 +352,7 @@ async def _enroll_in_workers(targets: list[Target], concurrency: int, store: Tru
     else:
         # fork is cheap (nothing re-imported) and safe while this process runs no other thread;
         # with threads around (one could hold a lock mid-fork) forkserver starts clean processes.
-        context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
+        context = multiprocessing.get_context("fork" if other_threads() == 0 else "forkserver")
         done_queue = context.SimpleQueue()  # inherited by the workers, never pickled
         executor = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
                                                           initargs=(done_queue,))
