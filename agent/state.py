@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,9 @@ class AgentState:
     @property
     def armed(self) -> bool:
         return self.phase == "provisioned" and self.srp_verifier is not None
+
+
+_STATE_FIELDS = tuple(f.name for f in fields(AgentState))
 
 
 def _pin_of_key(key) -> str:
@@ -112,7 +115,10 @@ class StateDir:
         return state
 
     def save(self, state: AgentState) -> None:
-        write_atomic(self.state_path, json.dumps(asdict(state), indent=2, sort_keys=True).encode() + b"\n", 0o600)
+        # A flat dict of the fields, not dataclasses.asdict: asdict deep-copies every nested dict
+        # (~60 us, twice per enrollment: the charge and the commit) for json.dumps to read once.
+        data = {name: getattr(state, name) for name in _STATE_FIELDS}
+        write_atomic(self.state_path, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n", 0o600)
 
     # -- identity -----------------------------------------------------------------------------
 
