@@ -75,13 +75,22 @@ def _pin_of_key(key) -> str:
 
 class StateDir:
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+        self.path = path
 
-    key_path = property(lambda self: self.path / "identity.key")
-    cert_path = property(lambda self: self.path / "identity.crt")
-    sec_b_path = property(lambda self: self.path / "sec-b")
-    state_path = property(lambda self: self.path / "state.json")
-    authorized_path = property(lambda self: self.path / "authorized.json")
+    # The files' paths are joined once per directory, not at each use: a pathlib join is a few
+    # microseconds, and the agent looks these up a dozen times per enrollment (issue 29).
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @path.setter
+    def path(self, value: Path) -> None:
+        self._path = value = Path(value)
+        self.key_path = value / "identity.key"
+        self.cert_path = value / "identity.crt"
+        self.sec_b_path = value / "sec-b"
+        self.state_path = value / "state.json"
+        self.authorized_path = value / "authorized.json"
 
     def ensure(self) -> None:
         ensure_private_dir(self.path)
