@@ -63,7 +63,10 @@ def run_batch(count: int, concurrency: int = CONCURRENCY, profile_dir: Path | No
     untimed (the host's first connection imports the enrollment module), as step 4a warms up
     the shape it is compared with. With `profile_dir`, both sides of the timed window run
     under cProfile (requester.prof, appliances.prof there; with workers, only the parent's side
-    of the requester is profiled); the profiler's own cost then lowers the throughput."""
+    of the requester is profiled); the profiler's own cost then lowers the throughput. The
+    profilers count the event loop's thread only (time.thread_time): with the process's CPU
+    time, whatever the executor threads (the durable writes) burn lands on the function the
+    loop was in at the moment, e.g. a hash that released the GIL."""
     secrets = [EnrollmentSecrets.generate() for _ in range(warmup + count)]
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         root = Path(tmp)
@@ -129,7 +132,7 @@ async def _enroll_all(root: Path, secrets: list[EnrollmentSecrets], ports: list[
         if not all(o.ok for o in warmed):
             raise RuntimeError(f"batch warm-up: {sum(not o.ok for o in warmed)} of {warmup} enrollments failed")
     busy, host_cpu, cpu = machine_busy_seconds(), process_cpu(host_pid), _requester_cpu()
-    profiler = cProfile.Profile(time.process_time) if profile else None
+    profiler = cProfile.Profile(time.thread_time) if profile else None
     wall = time.perf_counter()
     if profiler:
         profiler.enable()
