@@ -1,5 +1,5 @@
 """Where firsttrust's own code spends its time over the shape, per side:
-`.venv/bin/python -m bench.profile [COUNT] [DIR]` (300 enrollments and build/bench/profile by default).
+`.venv/bin/python -m bench.owncode [COUNT] [DIR]` (300 enrollments and build/bench/profile by default).
 
 Runs one batch of COUNT firsttrust enrollments (bench/batch.py: one worker, after 20 unmeasured
 ones, as step 4d runs it) and the shape with both sides' durable writes as a batch of COUNT
