@@ -13,6 +13,7 @@ select events without parsing text. Without journald the events go to stderr as 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -58,8 +59,16 @@ _INVALID_FIELD_CHARS = r"[^A-Z0-9_]"
 
 def redact(fields: dict[str, Any]) -> dict[str, Any]:
     """`fields` with the value of every secret-looking field replaced by REDACTED."""
-    return {key: (REDACTED if re.search(_SECRET_FIELD, key) and value is not None else value)
+    return {key: (REDACTED if value is not None and _secret_looking(key) else value)
             for key, value in fields.items()}
+
+
+# Field names are the keyword arguments of the event() calls in the code, a few dozen: each one's
+# verdict and journal name are computed once (re's own cache still costs ~1 us a lookup, and an
+# enrollment's events went through ~25 of them; bench/README.md, issue 29).
+@functools.lru_cache(maxsize=256)
+def _secret_looking(key: str) -> bool:
+    return re.search(_SECRET_FIELD, key) is not None
 
 
 def _one_line(text: str) -> str:
@@ -72,6 +81,7 @@ def _format(name: str, fields: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+@functools.lru_cache(maxsize=256)
 def journal_field_name(key: str) -> str:
     """FIRSTTRUST_<KEY>, made a valid journal field name."""
     return (FIELD_PREFIX + re.sub(_INVALID_FIELD_CHARS, "_", key.upper()))[:_MAX_FIELD_NAME]
@@ -84,7 +94,11 @@ def journal_fields(name: str, fields: dict[str, Any]) -> dict[str, str]:
     systemd.journal.JournalHandler sends every attribute of the log record as a field and
     journald keeps the valid (upper-case) names, so these go in the log call's `extra=`.
     """
-    out = {journal_field_name(k): str(v) for k, v in redact(fields).items() if v is not None}
+    return _journal_fields(name, redact(fields))
+
+
+def _journal_fields(name: str, redacted: dict[str, Any]) -> dict[str, str]:
+    out = {journal_field_name(k): str(v) for k, v in redacted.items() if v is not None}
     out["FIRSTTRUST_EVENT"] = name
     out["MESSAGE_ID"] = MESSAGE_IDS[name]
     return out
@@ -101,7 +115,7 @@ def event(name: str, message: str, **fields: Any) -> None:
     fields = redact(fields)
     text = f"{_one_line(message)} [{_format(name, fields)}]"
     if log.handlers:  # the service attaches its journal (or stderr) handler here
-        extra: dict[str, Any] = journal_fields(name, fields)
+        extra: dict[str, Any] = _journal_fields(name, fields)  # `fields` is redacted already
         extra.update(firsttrust_event=name, firsttrust_fields=fields)
         log.log(logging.WARNING if name in WARNING_EVENTS else logging.INFO, text, extra=extra)
     else:

@@ -28,7 +28,7 @@ async def main(root: Path, count: int, profile: Path | None) -> None:
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
-    profiler = cProfile.Profile(time.process_time) if profile else None
+    profiler = cProfile.Profile(time.thread_time) if profile else None
     if profiler:
         profiler.enable()
     await stdin.read()  # EOF: the parent is done

@@ -57,18 +57,23 @@ class BatchResult:
 
 
 def run_batch(count: int, concurrency: int = CONCURRENCY, profile_dir: Path | None = None, workers: int = 1,
-              worker_kind: str = "process") -> BatchResult:
-    """Provision `count` appliances, serve them in bench.appliance_host, enroll them all with
-    enroll_many over `workers` workers. With `profile_dir`, both sides of the timed window run
+              worker_kind: str = "process", warmup: int = 0) -> BatchResult:
+    """Provision `count` (+ `warmup`) appliances, serve them in bench.appliance_host, enroll them
+    all with enroll_many over `workers` workers. With `warmup`, that many are enrolled first,
+    untimed (the host's first connection imports the enrollment module), as step 4a warms up
+    the shape it is compared with. With `profile_dir`, both sides of the timed window run
     under cProfile (requester.prof, appliances.prof there; with workers, only the parent's side
-    of the requester is profiled); the profiler's own cost then lowers the throughput."""
-    secrets = [EnrollmentSecrets.generate() for _ in range(count)]
+    of the requester is profiled); the profiler's own cost then lowers the throughput. The
+    profilers count the event loop's thread only (time.thread_time): with the process's CPU
+    time, whatever the executor threads (the durable writes) burn lands on the function the
+    loop was in at the moment, e.g. a hash that released the GIL."""
+    secrets = [EnrollmentSecrets.generate() for _ in range(warmup + count)]
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         root = Path(tmp)
         started = time.perf_counter()
         appliances.provision_many(root, secrets, workers=os.cpu_count() or 2)
         provision_wall = time.perf_counter() - started
-        argv = [sys.executable, "-m", "bench.appliance_host", str(root), str(count)]
+        argv = [sys.executable, "-m", "bench.appliance_host", str(root), str(warmup + count)]
         if profile_dir:
             profile_dir.mkdir(parents=True, exist_ok=True)
             argv.append(str(profile_dir.resolve() / "appliances.prof"))
@@ -77,7 +82,7 @@ def run_batch(count: int, concurrency: int = CONCURRENCY, profile_dir: Path | No
             ports = _wait_ready(host)
             result = asyncio.run(_enroll_all(root, secrets, ports, host.pid, concurrency,
                                              profile_dir / "requester.prof" if profile_dir else None,
-                                             workers, worker_kind))
+                                             workers, worker_kind, warmup))
         finally:
             host.stdin.close()
             try:
@@ -86,7 +91,7 @@ def run_batch(count: int, concurrency: int = CONCURRENCY, profile_dir: Path | No
                 host.kill()
                 host.wait()
         result.provision_wall = provision_wall
-        result.not_enrolled = sum(1 for i in range(count) if not _enrolled(appliances.state_dir(root, i)))
+        result.not_enrolled = sum(1 for i in range(warmup + count) if not _enrolled(appliances.state_dir(root, i)))
         return result
 
 
@@ -114,13 +119,20 @@ def _requester_cpu() -> float:
 
 
 async def _enroll_all(root: Path, secrets: list[EnrollmentSecrets], ports: list[int], host_pid: int,
-                      concurrency: int, profile: Path | None, workers: int, worker_kind: str) -> BatchResult:
+                      concurrency: int, profile: Path | None, workers: int, worker_kind: str,
+                      warmup: int) -> BatchResult:
     store = TrustStore(root / "requester")
     store.identity()
     targets = [Target(f"appliance-{i:04d}", f"127.0.0.1:{port}", pair)
                for i, (port, pair) in enumerate(zip(ports, secrets))]
+    if warmup:
+        warmed = await enroll_many(targets[:warmup], concurrency=concurrency, store=store, workers=workers,
+                                   worker_kind=worker_kind)
+        targets = targets[warmup:]
+        if not all(o.ok for o in warmed):
+            raise RuntimeError(f"batch warm-up: {sum(not o.ok for o in warmed)} of {warmup} enrollments failed")
     busy, host_cpu, cpu = machine_busy_seconds(), process_cpu(host_pid), _requester_cpu()
-    profiler = cProfile.Profile(time.process_time) if profile else None
+    profiler = cProfile.Profile(time.thread_time) if profile else None
     wall = time.perf_counter()
     if profiler:
         profiler.enable()

@@ -9,7 +9,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 # Warm-up runs before the timed ones: first calls pay for lazy imports, OpenSSL's method tables
 # and the allocator's first growth.
@@ -97,12 +97,27 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def interleave(runs: int, runners: dict[str, Runner]) -> dict[str, Sample]:
+async def interleave_timings(runs: int, runners: dict[str, Runner]) -> dict[str, Timings]:
     """WARMUP + `runs` rounds; each round runs every runner once, in turn. Measurements that are
     to be divided by one another are taken in the same rounds, so this machine's drift (up to
-    ~30 % within a minute) moves numerator and denominator together."""
+    ~30 % within a minute) moves numerator and denominator together. Each runner's readings,
+    in round order (the warm-up rounds left out)."""
     timings = {name: Timings(WARMUP) for name in runners}
     for index in range(WARMUP + runs):
         for name, runner in runners.items():
             timings[name].add(index, await runner(index))
-    return {name: timing.sample() for name, timing in timings.items()}
+    return timings
+
+
+async def interleave(runs: int, runners: dict[str, Runner]) -> dict[str, Sample]:
+    """`interleave_timings`, each runner's readings as their medians."""
+    return {name: timing.sample() for name, timing in (await interleave_timings(runs, runners)).items()}
+
+
+def paired_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:
+    """The median over rounds of numerator / denominator, each pair taken in the same round: a
+    round divides by what was measured beside it, at the machine's speed of that moment, and
+    the median drops the rounds that a burst of other work hit on one side only."""
+    if len(numerators) != len(denominators) or not numerators:
+        raise ValueError("paired_ratio needs one denominator per numerator, and at least one pair")
+    return statistics.median(n / d for n, d in zip(numerators, denominators))

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import cProfile
 import json
 import os
 import ssl
@@ -190,9 +191,10 @@ def _contexts(directory: Path, own: str, peer: str, server: bool) -> ssl.SSLCont
     return context
 
 
-async def _serve(directory: Path, durable: bool, count: int) -> None:
+async def _serve(directory: Path, durable: bool, count: int, profile: Path | None = None) -> None:
     """The child: `count` provisioned-size state dirs, one per connection in order, served until
-    stdin closes. Prints the port once listening."""
+    stdin closes. Prints the port once listening. With `profile`, the serving runs under
+    cProfile (the event loop's thread, as bench.appliance_host) and the stats go there."""
     states = []
     for i in range(count):
         state = directory / "appliances" / str(i)
@@ -206,7 +208,13 @@ async def _serve(directory: Path, durable: bool, count: int) -> None:
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    profiler = cProfile.Profile(time.thread_time) if profile else None
+    if profiler:
+        profiler.enable()
     await stdin.read()
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(profile)
     server.close()
 
 
@@ -225,14 +233,20 @@ async def _enroll_shapes(port: int, directory: Path, durable: bool, first: int, 
     await asyncio.gather(*(one(first + i) for i in range(count)))
 
 
-def shape_batch(count: int, concurrency: int, durable: bool = False) -> ShapeBatch:
+def shape_batch(count: int, concurrency: int, durable: bool = False, profile_dir: Path | None = None) -> ShapeBatch:
     """`count` shape enrollments, `concurrency` in flight, against an appliance process; CPU
-    per enrollment of this process (the requester) and of the child (the appliance)."""
+    per enrollment of this process (the requester) and of the child (the appliance). With
+    `profile_dir`, both sides run under cProfile (shape-requester.prof: the timed window;
+    shape-appliances.prof: the child's serving, warm-up included)."""
     warmup = min(WARMUP * 4, count)
+    profiler: cProfile.Profile | None = None
     with tempfile.TemporaryDirectory(prefix="bench-shape-") as tmp:
         directory = Path(tmp)
         policy_contexts(directory)
         argv = [sys.executable, "-m", "bench.skeleton", "serve", tmp, "1" if durable else "0", str(warmup + count)]
+        if profile_dir:
+            profile_dir.mkdir(parents=True, exist_ok=True)
+            argv.append(str(profile_dir.resolve() / "shape-appliances.prof"))
         child = subprocess.Popen(argv, cwd=_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         try:
             line = child.stdout.readline()
@@ -241,17 +255,26 @@ def shape_batch(count: int, concurrency: int, durable: bool = False) -> ShapeBat
             port = int(line)
             asyncio.run(_enroll_shapes(port, directory, durable, 0, warmup, concurrency))
             appliance_before, requester_before = process_cpu(child.pid), time.process_time()
+            if profile_dir:
+                profiler = cProfile.Profile(time.thread_time)
             started = time.perf_counter()
+            if profiler:
+                profiler.enable()
             asyncio.run(_enroll_shapes(port, directory, durable, warmup, count, concurrency))
+            if profiler:
+                profiler.disable()
             wall = time.perf_counter() - started
             requester, appliance = time.process_time() - requester_before, process_cpu(child.pid) - appliance_before
         finally:
             child.stdin.close()
             child.wait(_SERVE_TIMEOUT)
+    if profiler:
+        profiler.dump_stats(profile_dir / "shape-requester.prof")
     return ShapeBatch(count, wall, requester / count, appliance / count)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["serve"] or len(sys.argv) != 5:
-        sys.exit("usage: python -m bench.skeleton serve DIR DURABLE(0|1) COUNT")
-    asyncio.run(_serve(Path(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])))
+    if sys.argv[1:2] != ["serve"] or len(sys.argv) not in (5, 6):
+        sys.exit("usage: python -m bench.skeleton serve DIR DURABLE(0|1) COUNT [PROFILE_FILE]")
+    asyncio.run(_serve(Path(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4]),
+                       Path(sys.argv[5]) if len(sys.argv) == 6 else None))
