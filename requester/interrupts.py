@@ -92,23 +92,26 @@ class StopSignal:
         process, while the block runs (only the main thread can install handlers: elsewhere the
         block runs with the process's handlers as they are).
 
-        The handler itself only writes the signal's number to a pipe; a thread reads it and calls
-        `stop`. Python runs a handler in the main thread between any two bytecodes, also while
-        that thread holds a lock (the Event's own, inside `wait`): a handler that took a lock
-        could wait for itself forever, and did (a deploy hung after Ctrl-C in CI)."""
+        No Python code of ours runs in the handler: the interpreter's own C-level handler writes
+        the signal's number to a pipe (`signal.set_wakeup_fd`, as asyncio does), from whichever
+        thread the kernel chose, and a thread reading it calls `stop`. Python runs a Python
+        handler in the main thread between any two bytecodes, also while that thread holds a lock
+        (the Event's own, inside `wait`): a handler that took a lock could wait for itself forever,
+        and did (a deploy hung after Ctrl-C in CI); and it runs only once the main thread gets
+        to a bytecode, which a thread blocked in a C call delays."""
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
         read_end, write_end = os.pipe()
-        os.set_blocking(write_end, False)  # a handler never blocks; one byte per signal is plenty
+        os.set_blocking(write_end, False)  # set_wakeup_fd's condition: the C handler never blocks
         watcher = _SignalWatcher(target=self._watch, args=(read_end,), name="firsttrust-signals", daemon=True)
         watcher.start()
 
         def handler(number: int, frame) -> None:
-            with contextlib.suppress(OSError):  # the pipe full: a stop is on its way already
-                os.write(write_end, bytes((number,)))
+            pass  # the number is in the pipe already (set_wakeup_fd); this only replaces the default
 
         previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+        previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
         for signum in SIGNALS:
             signal.signal(signum, handler)
         try:
@@ -116,13 +119,15 @@ class StopSignal:
         finally:
             for signum, handler_before in previous.items():
                 signal.signal(signum, handler_before)
+            signal.set_wakeup_fd(previous_fd)
             os.close(write_end)  # the watcher reads end-of-file and ends
             watcher.join()
 
     def _watch(self, read_end: int) -> None:
         try:
             while number := os.read(read_end, 1):
-                self.stop(number[0])
+                if number[0] in SIGNALS:  # the wakeup fd carries every signal Python handles
+                    self.stop(number[0])
         finally:
             os.close(read_end)
 
