@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from firsttrust.common.files import ensure_private_dir, write_atomic
 from firsttrust.identity import Identity, certificate_pem, load_certificate, pin_of_certificate
 
-from .atomicfile import ensure_private_dir, write_atomic
 from .errors import AgentError
 
 STATE_VERSION = 1

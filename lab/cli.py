@@ -33,9 +33,9 @@ from typing import Callable, Iterator
 
 import firsttrust
 from firsttrust.clierrors import os_error_line, silence_broken_pipe
+from firsttrust.common.files import write_atomic
 from firsttrust.errors import FirsttrustError
 from firsttrust.requester.deployplan import plan_deployment
-from firsttrust.requester.truststore import write_atomic
 
 from . import demo, procs
 from .errors import LabError

@@ -8,9 +8,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from firsttrust.common.files import write_atomic
 from firsttrust.identity import normalize_pin
 
-from ..truststore import write_atomic
 from .errors import StoreConfigError
 
 PROFILE = "fleet.json"
