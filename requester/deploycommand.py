@@ -25,6 +25,8 @@ import sys
 import threading
 from pathlib import Path
 
+from firsttrust.common.cli import EXIT_FAILED, EXIT_OK
+from firsttrust.common.files import read_bounded
 from firsttrust.errors import InvalidCertificate
 
 from . import profile
@@ -36,9 +38,6 @@ from .placement import PlacementRequest
 from .vcenter_tls import InvalidThumbprint, ca_context, pinned_context
 
 MAX_CONCURRENCY = 64
-# The CLI's exit codes (cli.py). Not imported from there: under `python -m firsttrust.requester.cli`
-# that module is __main__, and a second copy's error classes would miss its exit-code table.
-EXIT_OK, EXIT_FAILED = 0, 1
 MAX_CERT_BYTES = 64 * 1024
 
 
@@ -156,14 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _read_certificate(path: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_CERT_BYTES + 1)
-    except OSError as exc:
-        raise InvalidDeployPlan(f"cannot read requester certificate {path}: {exc.strerror}") from None
-    if len(data) > MAX_CERT_BYTES:
-        raise InvalidDeployPlan(f"requester certificate {path} is larger than {MAX_CERT_BYTES} bytes")
-    return data
+    return read_bounded(path, MAX_CERT_BYTES, what=f"requester certificate {path}", error=InvalidDeployPlan)
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
