@@ -193,24 +193,21 @@ class ServeError(FirsttrustError):
     code = "serve"
 
 
-def _common_arguments(parser: argparse.ArgumentParser) -> None:
+def _store_arguments(parser: argparse.ArgumentParser) -> None:  # every subcommand's
     parser.add_argument("--config", type=Path, help="agent config (default /etc/firsttrust/agent.toml)")
     parser.add_argument("--state-dir", type=Path, help="state directory (default /var/lib/firsttrust)")
 
 
 def _provision_arguments(parser: argparse.ArgumentParser) -> None:
-    _common_arguments(parser)
     parser.add_argument("--source", default="auto", help="auto | vmware | iso | file:PATH (default auto)")
     parser.add_argument("--no-set-password", action="store_true", help="do not set the account password")
 
 
 def _status_arguments(parser: argparse.ArgumentParser) -> None:
-    _common_arguments(parser)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true")  # status --json: the report as one object
 
 
 def _authorize_arguments(parser: argparse.ArgumentParser) -> None:
-    _common_arguments(parser)
     parser.add_argument("--cert", required=True, help="certificate file (PEM or DER), or - for stdin")
     parser.add_argument("--name", default="guest-command", help="label for this requester")
     parser.add_argument("--expect-pin", metavar="sha256:HEX", help="refuse a certificate with another pin")
@@ -219,12 +216,10 @@ def _authorize_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _show_identity_arguments(parser: argparse.ArgumentParser) -> None:
-    _common_arguments(parser)
     parser.add_argument("--format", choices=("pem", "pin"), default="pem")
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
-    _common_arguments(parser)
     parser.add_argument("--listen", metavar="ADDR:PORT", help="enrollment listener (default 0.0.0.0:8790)")
     parser.add_argument("--api-listen", metavar="ADDR:PORT", help="pinned API listener (default 0.0.0.0:8791)")
 
@@ -244,7 +239,7 @@ SUBCOMMANDS = (
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="firsttrust-agent", description="firsttrust appliance agent")
     parser.add_argument("--version", action="version", version=f"%(prog)s {firsttrust.__version__}")
-    add_subcommands(parser, SUBCOMMANDS, describe=True, dest="command", parser_class=Parser)
+    add_subcommands(parser, SUBCOMMANDS, describe=True, shared=_store_arguments, dest="command", parser_class=Parser)
     return parser
 
 

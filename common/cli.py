@@ -153,15 +153,20 @@ class Subcommand:
     run: Callable[[argparse.Namespace], int]
 
 
+def no_arguments(parser: argparse.ArgumentParser) -> None:
+    """A Subcommand's `arguments` when it takes none of its own."""
+
+
 def add_subcommands(parser: argparse.ArgumentParser, subcommands: Iterable[Subcommand], *,
                     group_help: dict[tuple[str, ...], str] | None = None, describe: bool = False,
-                    **subparsers) -> None:
+                    shared: Callable[[argparse.ArgumentParser], None] = no_arguments, **subparsers) -> None:
     """A subparser for every row (nested for rows of several words), each running its row's
     `run` as `args.run(args)`.
 
     Args:
         group_help: help for the words that only group subcommands.
         describe: a row's help is also its subcommand's description (`PROG CMD --help`).
+        shared: the arguments every subcommand takes, added before its own.
         subparsers: for each add_subparsers (metavar=..., dest=...); required always.
         Further keyword arguments of add_parser come from the parser's class: `allow_abbrev`
         when the top parser has it off.
@@ -177,5 +182,6 @@ def add_subcommands(parser: argparse.ArgumentParser, subcommands: Iterable[Subco
                 groups[prefix] = group.add_subparsers(metavar="ACTION", required=True)
         extra = {"description": command.help} if describe else {}
         sub = groups[command.words[:-1]].add_parser(command.words[-1], help=command.help, **extra, **parser_kwargs)
+        shared(sub)
         command.arguments(sub)
         sub.set_defaults(run=command.run)

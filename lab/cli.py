@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Iterator
 
 import firsttrust
-from firsttrust.common.cli import EXIT_FAILED, EXIT_USAGE, Guard, Parser, Subcommand, UsageError, add_subcommands
+from firsttrust.common.cli import EXIT_FAILED, EXIT_USAGE, Guard, Parser, Subcommand, UsageError, add_subcommands, \
+    no_arguments
 from firsttrust.common.files import write_atomic
 from firsttrust.requester.deployplan import plan_deployment
 
@@ -179,13 +180,11 @@ def _root_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    _root_argument(parser)
     parser.add_argument("--short", action="store_true", help="no pauses between the steps")
     parser.add_argument("--keep", action="store_true", help="leave the appliances running")
 
 
 def _up_arguments(parser: argparse.ArgumentParser) -> None:
-    _root_argument(parser)
     parser.add_argument("count", type=int, metavar="N", help=f"how many appliances (1-{MAX_UP})")
 
 
@@ -194,9 +193,9 @@ SUBCOMMANDS = (
                _demo_arguments, cmd_demo),
     Subcommand(("up",), "deploy N appliances that wait for SRP enrollment, and leave them running",
                _up_arguments, cmd_up),
-    Subcommand(("status",), "list the lab root's appliances", _root_argument, cmd_status),
-    Subcommand(("down",), "stop every appliance of the lab root", _root_argument, cmd_down),
-    Subcommand(("vcsim",), "run the lab's vCenter and hosts in the foreground until Ctrl-C", _root_argument,
+    Subcommand(("status",), "list the lab root's appliances", no_arguments, cmd_status),
+    Subcommand(("down",), "stop every appliance of the lab root", no_arguments, cmd_down),
+    Subcommand(("vcsim",), "run the lab's vCenter and hosts in the foreground until Ctrl-C", no_arguments,
                cmd_vcsim),
 )
 
@@ -206,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "firsttrust appliances as processes on 127.0.0.N whose guestinfo "
                                            "is their VM's configuration in the simulator.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {firsttrust.__version__}")
-    add_subcommands(parser, SUBCOMMANDS, describe=True, dest="command", parser_class=Parser)
+    add_subcommands(parser, SUBCOMMANDS, describe=True, shared=_root_argument, dest="command", parser_class=Parser)
     return parser
 
 

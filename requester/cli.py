@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 import firsttrust
 from firsttrust.common.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Guard, Parser, Subcommand, UsageError, \
-    add_subcommands
+    add_subcommands, no_arguments
 from firsttrust.common.files import read_bounded_stat, write_atomic, write_new
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import MAX_DECODED_BYTES, PropertyEncodingError
@@ -727,7 +727,7 @@ SUBCOMMANDS = (
     Subcommand(("rotate",), "have the appliance rotate its key; move the pin after checking the old key signed it",
                _name_argument, _rotate),
     Subcommand(("identity",), "print the requester's certificate (what appliances authorize)",
-               lambda parser: None, _identity),
+               no_arguments, _identity),
     Subcommand(("deploy",), "deploy appliances through vCenter with fresh secrets, then enroll them",
                _deploy_arguments, _deploy),
     Subcommand(("vcenter-thumbprint",), "print the thumbprint a vCenter presents now (trust on first use: compare "
