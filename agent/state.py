@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firsttrust.common.files import ensure_private_dir, write_atomic
+from firsttrust.common.files import ensure_private_dir, read_at_most, write_atomic
 from firsttrust.identity import Identity, certificate_pem, load_certificate, pin_of_certificate
 
 from .errors import AgentError
@@ -87,7 +87,7 @@ class StateDir:
 
     def _read_json(self, path: Path) -> Any:
         try:
-            data = path.read_bytes()[: MAX_STATE_FILE + 1]
+            data, _ = read_at_most(path, MAX_STATE_FILE + 1)
         except FileNotFoundError:
             return None
         except OSError as exc:

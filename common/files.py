@@ -155,6 +155,20 @@ class FileTooLarge(ValueError):
         self.mode = mode  # the file's st_mode, for a caller that checks it first (0 for a stream)
 
 
+def read_at_most(source: Path | str | BinaryIO, count: int) -> tuple[bytes, int]:
+    """The first `count` bytes of `source` (a path, or an open binary stream) and the st_mode of
+    the file as opened (0 for a stream). For a reader whose parser refuses what is cut off (a
+    JSON record): never more than `count` bytes in memory, whatever the file's size.
+
+    Raises:
+        OSError: as open or read raised it.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return source.read(count), 0
+    with open(source, "rb") as handle:
+        return handle.read(count), os.fstat(handle.fileno()).st_mode
+
+
 def read_bounded(source: Path | str | BinaryIO, limit: int, *, what: str | None = None,
                  error: type[Exception] | None = None, too_large: type[Exception] | None = None) -> bytes:
     """The content of `source` (a path, or an open binary stream such as stdin.buffer).
@@ -182,12 +196,7 @@ def read_bounded_stat(source: Path | str | BinaryIO, limit: int, *, what: str | 
     """
     what = str(source) if what is None else what
     try:
-        if isinstance(source, (str, os.PathLike)):
-            with open(source, "rb") as handle:
-                mode = os.fstat(handle.fileno()).st_mode
-                data = handle.read(limit + 1)
-        else:
-            mode, data = 0, source.read(limit + 1)
+        data, mode = read_at_most(source, limit + 1)
     except OSError as exc:
         if error is None:
             raise

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from firsttrust.common.files import write_atomic
+from firsttrust.common.files import read_at_most, write_atomic
 from firsttrust.identity import Identity, create_identity, load_certificate, normalize_pin, pin_of_certificate
 
 from .errors import RequesterError
@@ -157,7 +157,7 @@ class TrustStore:
     def get(self, name: str) -> ApplianceRecord:
         path = self._record_path(name)
         try:
-            data = path.read_bytes()[: MAX_RECORD_BYTES + 1]
+            data, _ = read_at_most(path, MAX_RECORD_BYTES + 1)
         except FileNotFoundError:
             raise UnknownAppliance(f"no pinned appliance named {name!r} in {self.home}") from None
         return ApplianceRecord.from_json(data, path)
@@ -197,7 +197,7 @@ class TrustStore:
     def get_pending(self, name: str) -> ApplianceRecord | None:
         path = self._pending_path(name)
         try:
-            data = path.read_bytes()[: MAX_RECORD_BYTES + 1]
+            data, _ = read_at_most(path, MAX_RECORD_BYTES + 1)
         except FileNotFoundError:
             return None
         return ApplianceRecord.from_json(data, path)
