@@ -41,6 +41,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from firsttrust.common.files import fsync_directory, remove_durably, write_atomic
 from firsttrust.errors import InvalidCertificate, InvalidField, InvalidPin
 from firsttrust.identity import (
     Identity,
@@ -58,7 +59,6 @@ from firsttrust.tlspolicy import apply_policy
 from . import audit
 from .apiguard import API_ACCEPT_BATCH, API_BACKLOG, ApiGuard, GuardedSocket, guarded, guarded_protocol
 from .apiinfo import ApiInfo
-from .atomicfile import _fsync_dir, remove_durably, write_atomic
 from .errors import AgentError
 from .sshkeys import host_public_keys
 from .state import StateDir, StateError
@@ -194,9 +194,9 @@ def _persist_identity(store: StateDir, new: Identity) -> None:
     write_atomic(next_key, new.key_pem, 0o600)
     write_atomic(next_cert, new.cert_pem, 0o644)
     os.replace(next_key, store.key_path)
-    _fsync_dir(store.path)
+    fsync_directory(store.path)
     os.replace(next_cert, store.cert_path)
-    _fsync_dir(store.path)
+    fsync_directory(store.path)
 
 
 def recover_rotation(store: StateDir) -> str | None:
@@ -214,7 +214,7 @@ def recover_rotation(store: StateDir) -> str | None:
     next_key, next_cert = store.path / NEXT_KEY, store.path / NEXT_CERT
     if not next_key.exists() and next_cert.exists() and _matches_key(store, next_cert.read_bytes()):
         os.replace(next_cert, store.cert_path)
-        _fsync_dir(store.path)
+        fsync_directory(store.path)
         return "completed"
     if next_key.exists() or next_cert.exists():
         remove_durably(next_key)

@@ -13,10 +13,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import firsttrust
-from firsttrust.clierrors import os_error_line, silence_broken_pipe, unexpected_error_line
+from firsttrust.common.cli import EXIT_FAILED, EXIT_USAGE, Guard, Parser, Subcommand, UsageError, add_subcommands
+from firsttrust.common.files import read_bounded
 from firsttrust.errors import FirsttrustError, InvalidCertificate
 from firsttrust.identity import load_certificate, pin_of_certificate
 
@@ -26,16 +26,12 @@ from .errors import ConfigSourceError, GuestInfoError, HypervisorUnavailable, No
 from .sshkeys import has_authorized_key
 from .state import StateDir
 
-EXIT_FAILED, EXIT_USAGE, EXIT_NOT_PROVISIONED = 1, 2, 3
+EXIT_NOT_PROVISIONED = 3
 MAX_CERT_INPUT = 64 * 1024
 
 
 class NotProvisioned(FirsttrustError):
     code = "not_provisioned"
-
-
-class UsageError(FirsttrustError):
-    code = "usage"
 
 
 def _store(args: argparse.Namespace):
@@ -117,17 +113,8 @@ def _grant_summary(store: StateDir, state) -> dict | None:
 
 
 def _read_cert_input(name: str) -> bytes:
-    try:
-        if name == "-":
-            data = sys.stdin.buffer.read(MAX_CERT_INPUT + 1)
-        else:
-            with open(name, "rb") as handle:
-                data = handle.read(MAX_CERT_INPUT + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read {name}: {exc.strerror}") from None
-    if len(data) > MAX_CERT_INPUT:
-        raise InvalidCertificate(f"{name} is larger than {MAX_CERT_INPUT} bytes")
-    return data
+    return read_bounded(sys.stdin.buffer if name == "-" else name, MAX_CERT_INPUT, what=name, error=UsageError,
+                        too_large=InvalidCertificate)
 
 
 def cmd_authorize(args: argparse.Namespace) -> int:
@@ -206,98 +193,77 @@ class ServeError(FirsttrustError):
     code = "serve"
 
 
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
-    "provision": (cmd_provision, "read deploy-time properties and provision this appliance"),
-    "status": (cmd_status, "show provisioning and enrollment state"),
-    "authorize": (cmd_authorize, "authorize a requester certificate (guest-command mode, through guest operations)"),
-    "show-identity": (cmd_show_identity, "print this appliance's certificate or pin"),
-    "serve": (cmd_serve, "serve enrollment (SRP, then TLS) and the pinned mTLS API"),
-}
+def _store_arguments(parser: argparse.ArgumentParser) -> None:  # every subcommand's
+    parser.add_argument("--config", type=Path, help="agent config (default /etc/firsttrust/agent.toml)")
+    parser.add_argument("--state-dir", type=Path, help="state directory (default /var/lib/firsttrust)")
 
 
-class _Formatter(argparse.HelpFormatter):
-    """argparse's own, with the terminal width found as shutil.get_terminal_size finds it but
-    without importing shutil (and bz2, lzma with it: ~3 ms and ~0.3 MB of every agent start),
-    which argparse does on every add_argument only to learn the width."""
-
-    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-                 width: int | None = None) -> None:
-        if width is None:
-            try:
-                columns = int(os.environ["COLUMNS"])
-            except (KeyError, ValueError):
-                columns = 0
-            if columns <= 0:
-                try:
-                    columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
-                except (AttributeError, ValueError, OSError):
-                    columns = 0
-            width = (columns or 80) - 2
-        super().__init__(prog, indent_increment, max_help_position, width)
+def _provision_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", default="auto", help="auto | vmware | iso | file:PATH (default auto)")
+    parser.add_argument("--no-set-password", action="store_true", help="do not set the account password")
 
 
-class _Parser(argparse.ArgumentParser):
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", _Formatter)
-        super().__init__(*args, **kwargs)
+def _status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true")  # status --json: the report as one object
 
-    def error(self, message: str) -> None:  # one line, exit 2, like every other user mistake
-        raise UsageError(message)
+
+def _authorize_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cert", required=True, help="certificate file (PEM or DER), or - for stdin")
+    parser.add_argument("--name", default="guest-command", help="label for this requester")
+    parser.add_argument("--expect-pin", metavar="sha256:HEX", help="refuse a certificate with another pin")
+    parser.add_argument("--report", type=Path, metavar="FILE",
+                        help="write the outcome and this appliance's certificate as JSON to FILE (a new file)")
+
+
+def _show_identity_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("pem", "pin"), default="pem")
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", metavar="ADDR:PORT", help="enrollment listener (default 0.0.0.0:8790)")
+    parser.add_argument("--api-listen", metavar="ADDR:PORT", help="pinned API listener (default 0.0.0.0:8791)")
+
+
+SUBCOMMANDS = (
+    Subcommand(("provision",), "read deploy-time properties and provision this appliance",
+               _provision_arguments, cmd_provision),
+    Subcommand(("status",), "show provisioning and enrollment state", _status_arguments, cmd_status),
+    Subcommand(("authorize",), "authorize a requester certificate (guest-command mode, through guest operations)",
+               _authorize_arguments, cmd_authorize),
+    Subcommand(("show-identity",), "print this appliance's certificate or pin", _show_identity_arguments,
+               cmd_show_identity),
+    Subcommand(("serve",), "serve enrollment (SRP, then TLS) and the pinned mTLS API", _serve_arguments, cmd_serve),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="firsttrust-agent", description="firsttrust appliance agent")
+    parser = Parser(prog="firsttrust-agent", description="firsttrust appliance agent")
     parser.add_argument("--version", action="version", version=f"%(prog)s {firsttrust.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name, (_, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", type=Path, help="agent config (default /etc/firsttrust/agent.toml)")
-        p.add_argument("--state-dir", type=Path, help="state directory (default /var/lib/firsttrust)")
-        if name == "provision":
-            p.add_argument("--source", default="auto", help="auto | vmware | iso | file:PATH (default auto)")
-            p.add_argument("--no-set-password", action="store_true", help="do not set the account password")
-        elif name == "status":
-            p.add_argument("--json", action="store_true")
-        elif name == "authorize":
-            p.add_argument("--cert", required=True, help="certificate file (PEM or DER), or - for stdin")
-            p.add_argument("--name", default="guest-command", help="label for this requester")
-            p.add_argument("--expect-pin", metavar="sha256:HEX", help="refuse a certificate with another pin")
-            p.add_argument("--report", type=Path, metavar="FILE",
-                           help="write the outcome and this appliance's certificate as JSON to FILE (a new file)")
-        elif name == "show-identity":
-            p.add_argument("--format", choices=("pem", "pin"), default="pem")
-        elif name == "serve":
-            p.add_argument("--listen", metavar="ADDR:PORT", help="enrollment listener (default 0.0.0.0:8790)")
-            p.add_argument("--api-listen", metavar="ADDR:PORT", help="pinned API listener (default 0.0.0.0:8791)")
+    add_subcommands(parser, SUBCOMMANDS, describe=True, shared=_store_arguments, dest="command", parser_class=Parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        return COMMANDS[args.command][0](args)
-    except (UsageError, ConfigError, ConfigSourceError, InvalidCertificate) as exc:
-        # Bad input is the caller's to fix (2); nothing to read or a channel that failed is an
-        # environment problem (1).
-        environment = isinstance(exc, (NoConfiguration, GuestInfoError, HypervisorUnavailable))
-        print(f"firsttrust-agent: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED if environment else EXIT_USAGE
-    except NotProvisioned as exc:
-        print(f"firsttrust-agent: error: {exc}", file=sys.stderr)
+def exit_code_for(exc: FirsttrustError) -> int:
+    """Bad input is the caller's to fix (2); nothing to read or a channel that failed is an
+    environment problem (1); status and show-identity before provisioning, 3."""
+    if isinstance(exc, NotProvisioned):
         return EXIT_NOT_PROVISIONED
-    except FirsttrustError as exc:
-        print(f"firsttrust-agent: error: {exc}", file=sys.stderr)
+    if isinstance(exc, (NoConfiguration, GuestInfoError, HypervisorUnavailable)):
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return silence_broken_pipe()
-    except OSError as exc:
-        print(f"firsttrust-agent: error: {os_error_line(exc)}", file=sys.stderr)
-        return EXIT_FAILED
-    except Exception as exc:  # a bug: one line, never a traceback
-        print(f"firsttrust-agent: error: {unexpected_error_line(exc)}", file=sys.stderr)
-        return EXIT_FAILED
+    if isinstance(exc, (UsageError, ConfigError, ConfigSourceError, InvalidCertificate)):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+GUARD = Guard("firsttrust-agent", exit_code_for)
+
+
+def main(argv: list[str] | None = None) -> int:
+    def run() -> int:
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+
+    return GUARD.run(run)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from firsttrust.common.files import read_bounded
 from firsttrust.deployment import DEFAULT_ENROLL_WINDOW, InvalidDuration, parse_duration
 
 from .errors import AgentError
@@ -72,15 +73,13 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Agen
     path = Path(path) if path else DEFAULT_CONFIG
     values: dict = {}
     try:
-        data = path.read_bytes()[: MAX_CONFIG_BYTES + 1]
+        data = read_bounded(path, MAX_CONFIG_BYTES, what=f"config file {path}", too_large=ConfigError)
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"config file {path} does not exist") from None
         data = b""
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
     if data:
         import tomllib  # only when there is a config file: ~3 ms of the agent's start-up otherwise
 

@@ -24,9 +24,9 @@ import os
 import time
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
+from firsttrust.common.files import clean_stale_temps
 from firsttrust.identity import certificate_pem
 
-from .atomicfile import clean_stale_temps
 from .config import AgentConfig
 from .errors import AgentError
 from .sshkeys import (

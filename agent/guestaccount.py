@@ -24,9 +24,8 @@ import os
 import time
 from pathlib import Path
 
+from firsttrust.common.files import write_atomic
 from firsttrust.deployment import GUEST_ACCOUNT
-
-from .atomicfile import write_atomic
 
 FILE_NAME = "guest-account.json"
 DEFAULT_ACCOUNT = GUEST_ACCOUNT

@@ -12,8 +12,8 @@ import stat
 from pathlib import Path
 from typing import NamedTuple
 
+from firsttrust.common.files import write_atomic_at
 
-from .atomicfile import write_atomic_at
 from .errors import AgentError
 
 HOST_KEY_GLOB = "/etc/ssh/ssh_host_*_key.pub"

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from firsttrust.common.files import ensure_private_dir, read_at_most, write_atomic
 from firsttrust.identity import Identity, certificate_pem, load_certificate, pin_of_certificate
 
-from .atomicfile import ensure_private_dir, write_atomic
 from .errors import AgentError
 
 STATE_VERSION = 1
@@ -99,7 +99,7 @@ class StateDir:
 
     def _read_json(self, path: Path) -> Any:
         try:
-            data = path.read_bytes()[: MAX_STATE_FILE + 1]
+            data, _ = read_at_most(path, MAX_STATE_FILE + 1)
         except FileNotFoundError:
             return None
         except OSError as exc:

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make `bench` importable as a package
 
-from firsttrust.agent.atomicfile import write_atomic  # noqa: E402
+from firsttrust.common.files import write_atomic  # noqa: E402
 
 from bench import floor  # noqa: E402
 from bench.agent_process import STDLIB_IMPORTS, measure_agent, stdlib_start  # noqa: E402

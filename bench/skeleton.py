@@ -12,7 +12,7 @@ length and compact JSON read with StreamReader.readexactly. Nothing else: no sta
 validation, no key schedule, no audit.
 
 With `durable=True` each side also makes the transaction's durable writes where firsttrust makes
-them, with firsttrust.agent.atomicfile.write_atomic and files of the real sizes. The appliance:
+them, with firsttrust.common.files.write_atomic and files of the real sizes. The appliance:
 the failure charge on an executor thread while the proof is checked, awaited before
 server_proof; the commit and the authorization (its directory not fsync'ed) on one executor call
 after finish. The requester (`shape_batch` only): the pending record before finish and the
@@ -49,7 +49,7 @@ from base64 import b64decode, b64encode
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, NamedTuple
 
-from firsttrust.agent.atomicfile import write_atomic
+from firsttrust.common.files import write_atomic
 from firsttrust.srp6a import EPHEMERAL_BYTES, SRPClient, SRPServer, new_verifier_record
 from firsttrust.tlspolicy import apply_policy
 

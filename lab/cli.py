@@ -24,31 +24,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import firsttrust
-from firsttrust.clierrors import os_error_line, silence_broken_pipe
-from firsttrust.errors import FirsttrustError
+from firsttrust.common.cli import EXIT_FAILED, EXIT_USAGE, Guard, Parser, Subcommand, UsageError, add_subcommands, \
+    no_arguments
+from firsttrust.common.files import write_atomic
 from firsttrust.requester.deployplan import plan_deployment
-from firsttrust.requester.truststore import write_atomic
 
 from . import demo, procs
 from .errors import LabError
 from .manager import Manager, default_root
 
 PROG = "firsttrust-lab"
-EXIT_FAILED, EXIT_USAGE = 1, 2
 MAX_UP = 64  # appliances per `up`: each is two Python processes' worth of memory (~40 MB)
 DEBUG_ENV = "FIRSTTRUST_LAB_DEBUG"  # set to 1 for tracebacks of unexpected errors
-
-
-class UsageError(Exception):
-    pass
 
 
 # -- commands --------------------------------------------------------------------------------------
@@ -181,65 +175,57 @@ def cmd_vcsim(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
-    "demo": (cmd_demo, "all three ways in and two failed attacks, end to end, then clean up"),
-    "up": (cmd_up, "deploy N appliances that wait for SRP enrollment, and leave them running"),
-    "status": (cmd_status, "list the lab root's appliances"),
-    "down": (cmd_down, "stop every appliance of the lab root"),
-    "vcsim": (cmd_vcsim, "run the lab's vCenter and hosts in the foreground until Ctrl-C"),
-}
+def _root_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", type=Path, help="lab root (default $FIRSTTRUST_LAB_ROOT, else ./build/lab)")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        raise UsageError(message)
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--short", action="store_true", help="no pauses between the steps")
+    parser.add_argument("--keep", action="store_true", help="leave the appliances running")
+
+
+def _up_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("count", type=int, metavar="N", help=f"how many appliances (1-{MAX_UP})")
+
+
+SUBCOMMANDS = (
+    Subcommand(("demo",), "all three ways in and two failed attacks, end to end, then clean up",
+               _demo_arguments, cmd_demo),
+    Subcommand(("up",), "deploy N appliances that wait for SRP enrollment, and leave them running",
+               _up_arguments, cmd_up),
+    Subcommand(("status",), "list the lab root's appliances", no_arguments, cmd_status),
+    Subcommand(("down",), "stop every appliance of the lab root", no_arguments, cmd_down),
+    Subcommand(("vcsim",), "run the lab's vCenter and hosts in the foreground until Ctrl-C", no_arguments,
+               cmd_vcsim),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="A local data center on loopback: govmomi's vCenter simulator, "
-                                            "firsttrust appliances as processes on 127.0.0.N whose guestinfo "
-                                            "is their VM's configuration in the simulator.")
+    parser = Parser(prog=PROG, description="A local data center on loopback: govmomi's vCenter simulator, "
+                                           "firsttrust appliances as processes on 127.0.0.N whose guestinfo "
+                                           "is their VM's configuration in the simulator.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {firsttrust.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name, (_, help_text) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
-        command.add_argument("--root", type=Path,
-                             help="lab root (default $FIRSTTRUST_LAB_ROOT, else ./build/lab)")
-        if name == "demo":
-            command.add_argument("--short", action="store_true", help="no pauses between the steps")
-            command.add_argument("--keep", action="store_true", help="leave the appliances running")
-        elif name == "up":
-            command.add_argument("count", type=int, metavar="N", help=f"how many appliances (1-{MAX_UP})")
+    add_subcommands(parser, SUBCOMMANDS, describe=True, shared=_root_argument, dest="command", parser_class=Parser)
     return parser
 
 
+def _unexpected_line(exc: Exception) -> str:
+    """A bug: still one line (FIRSTTRUST_LAB_DEBUG=1 for the traceback)."""
+    first = (str(exc).splitlines() or [""])[0][:200]
+    return f"unexpected {type(exc).__name__}: {first}"
+
+
+GUARD = Guard(PROG, lambda exc: EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED,
+              on_interrupt="interrupted", unexpected_line=_unexpected_line, debug_env=DEBUG_ENV)
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
+    def run() -> int:
         args = build_parser().parse_args(argv)
         with _exit_on_termination():
-            return COMMANDS[args.command][0](args)
-    except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except FirsttrustError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return silence_broken_pipe()
-    except OSError as exc:
-        if os.environ.get(DEBUG_ENV):
-            raise
-        print(f"{PROG}: error: {os_error_line(exc)}", file=sys.stderr)
-        return EXIT_FAILED
-    except Exception as exc:  # a bug: still one line (FIRSTTRUST_LAB_DEBUG=1 for the traceback)
-        if os.environ.get(DEBUG_ENV):
-            raise
-        first = (str(exc).splitlines() or [""])[0][:200]
-        print(f"{PROG}: error: unexpected {type(exc).__name__}: {first}", file=sys.stderr)
-        return EXIT_FAILED
+            return args.run(args)
+
+    return GUARD.run(run)
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -42,15 +42,15 @@ import json
 import os
 import re
 import sys
-import tempfile
 import threading
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 from tqdm import tqdm
 
 import firsttrust
-from firsttrust.clierrors import os_error_line, silence_broken_pipe, unexpected_error_line
+from firsttrust.common.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Guard, Parser, Subcommand, UsageError, \
+    add_subcommands, no_arguments
+from firsttrust.common.files import read_bounded_stat, write_atomic, write_new
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import MAX_DECODED_BYTES, PropertyEncodingError
 from firsttrust.errors import FirsttrustError, InvalidCertificate, InvalidSecret
@@ -85,20 +85,11 @@ from .store import open_store  # the configured backend: files, or the fleet sto
 from .truststore import NAME_RE, ApplianceRecord, TrustStore, UnknownAppliance
 
 PROG = "firsttrust"
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 EXIT_IDENTITY_CHANGED = 3  # like ssh's loud warning: a script must not take it for "failed, retry"
 
 # Input files are small: a secrets file is ~100 bytes, a certificate a few hundred. The cap only
 # keeps a wrong path (a disk image, /dev/zero) from being read into memory.
 MAX_INPUT_BYTES = MAX_DECODED_BYTES
-
-
-class UsageError(FirsttrustError):
-    """Bad arguments, or an input file that cannot be read."""
-
-    code = "usage"
 
 
 class OutputError(FirsttrustError):
@@ -718,14 +709,6 @@ def _destroy(args: argparse.Namespace) -> int:
 # --- the table -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Subcommand:
-    words: tuple[str, ...]  # ("secrets", "new") is `firsttrust secrets new`
-    help: str
-    arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-
-
 SUBCOMMANDS = (
     Subcommand(("secrets", "new"), "generate SEC-A and SEC-B into a new 0600 JSON file",
                _secrets_new_arguments, _secrets_new),
@@ -744,7 +727,7 @@ SUBCOMMANDS = (
     Subcommand(("rotate",), "have the appliance rotate its key; move the pin after checking the old key signed it",
                _name_argument, _rotate),
     Subcommand(("identity",), "print the requester's certificate (what appliances authorize)",
-               lambda parser: None, _identity),
+               no_arguments, _identity),
     Subcommand(("deploy",), "deploy appliances through vCenter with fresh secrets, then enroll them",
                _deploy_arguments, _deploy),
     Subcommand(("vcenter-thumbprint",), "print the thumbprint a vCenter presents now (trust on first use: compare "
@@ -764,8 +747,8 @@ GROUP_HELP = {("secrets",): "one-time enrollment secrets", ("pins",): "the trust
               ("store",): "the fleet store on PostgreSQL", ("fleet",): "a fleet of requester hosts (docs/fleet.md)"}
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of printing usage and exiting: one line, exit 2."""
+class _Parser(Parser):
+    """The base's parser, pointing at the subcommand's help."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message} (see {self.prog} --help)")
@@ -783,16 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "130 interrupted (SIGINT,\n  SIGTERM; the partial report was written), 141 stdout "
                             "closed early")
     parser.add_argument("--version", action="version", version=f"%(prog)s {firsttrust.__version__}")
-    groups = {(): parser.add_subparsers(metavar="COMMAND", required=True)}
-    for command in SUBCOMMANDS:
-        for depth in range(1, len(command.words)):
-            prefix = command.words[:depth]
-            if prefix not in groups:
-                group = groups[prefix[:-1]].add_parser(prefix[-1], help=GROUP_HELP.get(prefix), allow_abbrev=False)
-                groups[prefix] = group.add_subparsers(metavar="ACTION", required=True)
-        sub = groups[command.words[:-1]].add_parser(command.words[-1], help=command.help, allow_abbrev=False)
-        command.arguments(sub)
-        sub.set_defaults(run=command.run)
+    add_subcommands(parser, SUBCOMMANDS, group_help=GROUP_HELP, metavar="COMMAND")
     return parser
 
 
@@ -805,24 +779,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit code: EXIT_OK, EXIT_FAILED or EXIT_USAGE (see the module docstring).
     """
-    try:
+    def run() -> int:
         args = build_parser().parse_args(argv)
         return args.run(args)
-    except SystemExit as exc:  # --help printed its text
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    except FirsttrustError as exc:
-        _error(str(exc))
-        return exit_code_for(exc)
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return silence_broken_pipe()
-    except OSError as exc:
-        _error(os_error_line(exc))
-        return EXIT_FAILED
-    except Exception as exc:  # a bug: its message might quote a value, so only name its type
-        _error(unexpected_error_line(exc))
-        return EXIT_FAILED
+
+    return GUARD.run(run)
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -837,62 +798,32 @@ def read_input(path: str, what: str) -> tuple[bytes, int]:
     Raises:
         UsageError: the file cannot be read, or is over MAX_INPUT_BYTES.
     """
-    try:
-        with open(path, "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            data = handle.read(MAX_INPUT_BYTES + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
-    if len(data) > MAX_INPUT_BYTES:
-        raise UsageError(f"{what} {path} is larger than {MAX_INPUT_BYTES} bytes")
-    return data, mode
+    return read_bounded_stat(path, MAX_INPUT_BYTES, what=f"{what} {path}", error=UsageError)
 
 
 def write_private_file(path: str, data: bytes, *, overwrite: bool = False) -> None:
-    """Write data to path with mode 0600 from the file's creation: it is never wider, not even briefly.
+    """Write data to path with mode 0600 from the file's creation (common/files.py), durably.
 
-    Without overwrite the file is created with O_CREAT | O_EXCL, so an existing file or symlink
-    at path is never replaced or followed. With overwrite the data goes to a temporary file in
-    the same directory, which is then renamed over path: path never holds a partial file.
+    Without overwrite the file is new (write_new: an existing file or symlink at path is never
+    replaced or followed). With overwrite it is replaced atomically (write_atomic): path never
+    holds a partial file.
 
     Raises:
         OutputError: path exists (without overwrite), or cannot be written.
     """
     try:
         if overwrite:
-            fd, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".firsttrust-")
-            try:
-                _write_and_close(fd, data)
-                os.replace(temporary, path)
-            except BaseException:
-                os.unlink(temporary)
-                raise
+            write_atomic(path, data, 0o600)
         else:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                _write_and_close(fd, data)
-            except BaseException:
-                os.unlink(path)  # a partial secrets file helps nobody
-                raise
+            write_new(path, data, 0o600)
     except FileExistsError:
         raise OutputError(f"{path} already exists; use --force to replace it") from None
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from None
 
 
-def _write_and_close(fd: int, data: bytes) -> None:
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _error(message: str) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-
-
-def _warn(message: str) -> None:
-    print(f"{PROG}: warning: {message}", file=sys.stderr)
+GUARD = Guard(PROG, exit_code_for, help_exits=True)
+_error, _warn = GUARD.error, GUARD.warn
 
 
 if __name__ == "__main__":

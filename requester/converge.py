@@ -32,6 +32,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from firsttrust.common.files import FileTooLarge, read_bounded
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.errors import FirsttrustError, InvalidSecret
 
@@ -73,16 +74,15 @@ class Found:
 def read_secrets_file(path: Path) -> Existing:
     """Raises: InvalidDeployPlan naming the file (never a value) when it is not a secrets file."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_SECRETS_FILE + 1)
-    except OSError as exc:
-        raise InvalidDeployPlan(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        if len(data) > MAX_SECRETS_FILE:
-            raise InvalidDeploySpec(f"larger than {MAX_SECRETS_FILE} bytes")
+        data = read_bounded(path, MAX_SECRETS_FILE, error=InvalidDeployPlan, too_large=FileTooLarge)
         return Existing(secrets_from_json(data), deployment_id_of(data))
+    except FileTooLarge:
+        reason = f"larger than {MAX_SECRETS_FILE} bytes"
+    except InvalidDeployPlan:  # unreadable: said as such, not as "not a secrets file"
+        raise
     except (InvalidDeploySpec, InvalidSecret) as exc:
-        raise InvalidDeployPlan(f"{path} exists and is not a secrets file ({exc}); move it away") from None
+        reason = str(exc)
+    raise InvalidDeployPlan(f"{path} exists and is not a secrets file ({reason}); move it away") from None
 
 
 def prepare(plan: DeployPlan, secrets_dir: Path) -> tuple[DeployPlan, dict[str, Existing]]:

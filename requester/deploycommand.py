@@ -25,6 +25,8 @@ import sys
 import threading
 from pathlib import Path
 
+from firsttrust.common.cli import EXIT_FAILED, EXIT_OK
+from firsttrust.common.files import read_bounded
 from firsttrust.errors import InvalidCertificate
 
 from . import profile
@@ -36,10 +38,18 @@ from .placement import PlacementRequest
 from .vcenter_tls import InvalidThumbprint, ca_context, pinned_context
 
 MAX_CONCURRENCY = 64
-# The CLI's exit codes (cli.py). Not imported from there: under `python -m firsttrust.requester.cli`
-# that module is __main__, and a second copy's error classes would miss its exit-code table.
-EXIT_OK, EXIT_FAILED = 0, 1
 MAX_CERT_BYTES = 64 * 1024
+# The placement options, one row each (PlacementRequest's fields; requester/placement.py
+# resolves them): option, metavar, help.
+PLACEMENT_OPTIONS = (
+    ("--datacenter", "DC", "datacenter name or folder path (default: the first)"),
+    ("--folder", "PATH", "VM folder path below the datacenter's VM folder, e.g. bringup/appliances"),
+    ("--pool", "PATH", "cluster, host or resource pool: a path below the datacenter's host folder "
+                       "(cluster-a/Resources/pool1) or a name found anywhere in it"),
+    ("--host", "NAME", "the ESXi host (needed by a cluster without DRS; chosen there if not given)"),
+    ("--datastore", "NAME", "default: the accessible one, not in maintenance, with the most free space"),
+    ("--network", "NAME", "port group the appliance's NIC is connected to (the OVF network mapped to it)"),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,18 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "OVF environment transport")
     where = parser.add_argument_group("placement (each optional; an automatic choice is printed before "
                                       "anything is created; a clone without any stays beside its template)")
-    where.add_argument("--datacenter", metavar="DC", help="datacenter name or folder path (default: the first)")
-    where.add_argument("--folder", metavar="PATH",
-                       help="VM folder path below the datacenter's VM folder, e.g. bringup/appliances")
-    where.add_argument("--pool", metavar="PATH",
-                       help="cluster, host or resource pool: a path below the datacenter's host folder "
-                            "(cluster-a/Resources/pool1) or a name found anywhere in it")
-    where.add_argument("--host", metavar="NAME",
-                       help="the ESXi host (needed by a cluster without DRS; chosen there if not given)")
-    where.add_argument("--datastore", metavar="NAME",
-                       help="default: the accessible one, not in maintenance, with the most free space")
-    where.add_argument("--network", metavar="NAME",
-                       help="port group the appliance's NIC is connected to (the OVF network mapped to it)")
+    for option, metavar, help_text in PLACEMENT_OPTIONS:
+        where.add_argument(option, metavar=metavar, help=help_text)
     names = parser.add_mutually_exclusive_group(required=True)
     names.add_argument("--name", help="deploy one appliance with this VM name")
     names.add_argument("--name-prefix", metavar="P", help="deploy --count appliances named P-01, P-02, ...")
@@ -156,14 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _read_certificate(path: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_CERT_BYTES + 1)
-    except OSError as exc:
-        raise InvalidDeployPlan(f"cannot read requester certificate {path}: {exc.strerror}") from None
-    if len(data) > MAX_CERT_BYTES:
-        raise InvalidDeployPlan(f"requester certificate {path} is larger than {MAX_CERT_BYTES} bytes")
-    return data
+    return read_bounded(path, MAX_CERT_BYTES, what=f"requester certificate {path}", error=InvalidDeployPlan)
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

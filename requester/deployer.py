@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+from firsttrust.common.files import FileTooLarge, read_bounded_stat, write_new
 from firsttrust.errors import FirsttrustError
 
 from firsttrust.deployment import GUEST_ACCOUNT
@@ -55,7 +56,7 @@ from .deployspec import secrets_to_json
 from .converge import prepare, resume, survey
 from .interrupts import Interrupted, StopSignal, run_coroutine, run_each
 from .library import Target, enroll_many
-from .truststore import TrustStore, fsync_directory
+from .truststore import TrustStore
 
 USER_ENV = "FIRSTTRUST_VSPHERE_USER"
 PASSWORD_ENV = "FIRSTTRUST_VSPHERE_PASSWORD"
@@ -103,18 +104,16 @@ class VcenterAccess:
 
 
 def _read_credentials_file(path: str) -> tuple[str, str]:
+    def private(mode: int) -> None:
+        if stat.S_IMODE(mode) & 0o077:
+            raise CredentialsError(f"credentials file {path} is accessible to group or others "
+                                   f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
+
     try:
-        with open(path, "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            data = handle.read(MAX_CREDENTIALS_BYTES + 1)
-    except OSError as exc:
-        raise CredentialsError(f"cannot read credentials file {path}: {exc.strerror}") from None
-    if stat.S_IMODE(mode) & 0o077:
-        raise CredentialsError(f"credentials file {path} is accessible to group or others "
-                               f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
-    try:
-        document = json.loads(data.decode("utf-8")) if len(data) <= MAX_CREDENTIALS_BYTES else None
-    except (UnicodeDecodeError, ValueError):
+        data, _ = read_bounded_stat(path, MAX_CREDENTIALS_BYTES, what=f"credentials file {path}",
+                                    error=CredentialsError, too_large=FileTooLarge, check=private)
+        document = json.loads(data.decode("utf-8"))
+    except (FileTooLarge, UnicodeDecodeError, ValueError):  # too large: not one, whatever it holds
         document = None
     if (not isinstance(document, dict) or sorted(document) != ["password", "user"]
             or not all(isinstance(document[k], str) and document[k] for k in document)):
@@ -179,10 +178,10 @@ def write_secrets_file(path: Path, appliance: AppliancePlan) -> None:
     way, which injects no SRP secrets), so a re-run (`firsttrust pin-cert NAME --vcenter ...
     --embodiment guest-command --guest-credentials FILE`) can finish."""
     if appliance.srp:
-        _write_new(path, secrets_to_json(appliance.secrets, appliance.deployment_id))
+        write_new(path, secrets_to_json(appliance.secrets, appliance.deployment_id), 0o600)
     if appliance.guest_password is not None:
         try:
-            _write_new(path.parent / appliance.guest_file, guest_credentials_json(appliance.guest_password))
+            write_new(path.parent / appliance.guest_file, guest_credentials_json(appliance.guest_password), 0o600)
         except BaseException:
             if appliance.srp:
                 path.unlink(missing_ok=True)
@@ -191,19 +190,6 @@ def write_secrets_file(path: Path, appliance: AppliancePlan) -> None:
 
 def guest_credentials_json(password: str, user: str = GUEST_ACCOUNT) -> bytes:
     return (json.dumps({"user": user, "password": password}, indent=2) + "\n").encode("utf-8")
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
 
 
 def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concurrency: int = DEFAULT_CONCURRENCY,

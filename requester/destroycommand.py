@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from firsttrust.common.cli import EXIT_FAILED, EXIT_OK
 from firsttrust.errors import FirsttrustError
 
 from . import profile
@@ -23,8 +24,6 @@ from .deployplan import InvalidDeployPlan, check_vcenter_url
 from .store import open_store
 from .truststore import NAME_RE, TrustStore
 from .vcenter_tls import InvalidThumbprint, ca_context, pinned_context
-
-EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,12 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+from firsttrust.common.cli import EXIT_FAILED, EXIT_OK, Subcommand, no_arguments
+
 from .store import open_store
 from .store.config import connection_options, load_profile
 from .store.errors import StoreConfigError
 from .truststore import TrustStore, TrustStoreError, default_home
-
-EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def _fleet_store(url: str | None = None):
@@ -196,9 +196,9 @@ def fleet_sync(args: argparse.Namespace) -> int:
     return EXIT_FAILED if result.left else EXIT_OK
 
 
-def subcommands(row):
-    """The rows cli.SUBCOMMANDS adds (`row` is cli.Subcommand)."""
-    none = lambda parser: None  # noqa: E731
+def subcommands(row=Subcommand):
+    """The rows cli.SUBCOMMANDS adds."""
+    none = no_arguments
     return (
         row(("store", "migrate"), "apply the fleet store's schema migrations", none, store_migrate),
         row(("store", "check"), "check the fleet store's schema and every record's signature", none, store_check),

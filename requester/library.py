@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
+from firsttrust.common.files import read_bounded
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import DEFAULT_API_PORT, DEFAULT_ENROLL_PORT
 from firsttrust.enrollment import PendingPin
@@ -233,13 +234,8 @@ def load_secrets(path: str | Path) -> EnrollmentSecrets:
             names the file, never a value); TrustStoreError if it cannot be read.
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_SECRETS_FILE + 1)
-    except OSError as exc:
-        raise TrustStoreError(f"cannot read secrets file {path}: {exc.strerror}") from None
-    if len(data) > MAX_SECRETS_FILE:
-        raise InvalidDeploySpec(f"secrets file {path} is larger than {MAX_SECRETS_FILE} bytes")
+    data = read_bounded(path, MAX_SECRETS_FILE, what=f"secrets file {path}", error=TrustStoreError,
+                        too_large=InvalidDeploySpec)
     try:
         return secrets_from_json(data)
     except (InvalidDeploySpec, InvalidSecret) as exc:

@@ -24,6 +24,7 @@ import tomllib
 from pathlib import Path
 from typing import Mapping
 
+from firsttrust.common.files import read_bounded_stat
 from firsttrust.errors import FirsttrustError
 
 CONFIG_ENV = "FIRSTTRUST_CONFIG"
@@ -57,19 +58,18 @@ def read_config(path: Path) -> dict[str, str]:
     Raises:
         ProfileError: see the class.
     """
+    def writable_by_others(mode: int) -> None:
+        if stat.S_IMODE(mode) & 0o022:
+            raise ProfileError(f"the config file {path} is writable by group or others (mode "
+                               f"{stat.S_IMODE(mode):04o}): it says which vCenter to trust; chmod go-w it")
+
     try:
-        with open(path, "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            data = handle.read(MAX_CONFIG_BYTES + 1)
+        data, _ = read_bounded_stat(path, MAX_CONFIG_BYTES, what=f"the config file {path}", too_large=ProfileError,
+                                    check=writable_by_others)
     except FileNotFoundError:
         return {}
     except OSError as exc:
         raise ProfileError(f"cannot read the config file {path}: {exc.strerror}") from None
-    if stat.S_IMODE(mode) & 0o022:
-        raise ProfileError(f"the config file {path} is writable by group or others (mode {stat.S_IMODE(mode):04o}): "
-                           f"it says which vCenter to trust; chmod go-w it")
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ProfileError(f"the config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
     try:
         document = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

@@ -21,12 +21,12 @@ import ssl
 import sys
 from urllib.parse import urlsplit
 
+from firsttrust.common.cli import EXIT_OK
 from firsttrust.errors import FirsttrustError
 
 from .vcenter_tls import format_thumbprint
 
 CONNECT_TIMEOUT = 10.0
-EXIT_OK = 0
 
 
 class ThumbprintReadFailed(FirsttrustError):

@@ -9,10 +9,9 @@
                             `enrolled` yet: the appliance it verified, kept to recover from
       .lock                 flock serialising writers across threads and processes
 
-Records are written atomically (temp file, fsync, rename) under the lock, one file per
-appliance, so parallel enrollments in many processes never lose or tear a record. The
-requester cannot import the agent's file helpers (the two halves never import each other),
-hence the small writer here.
+Records are written atomically (temp file, fsync, rename, fsync the directory: write_atomic in
+common/files.py, the writer the agent uses too) under the lock, one file per appliance, so
+parallel enrollments in many processes never lose or tear a record.
 """
 
 from __future__ import annotations
@@ -22,13 +21,13 @@ import fcntl
 import json
 import os
 import re
-import secrets
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from firsttrust.common.files import read_at_most, write_atomic
 from firsttrust.identity import Identity, create_identity, load_certificate, normalize_pin, pin_of_certificate
 
 from .errors import RequesterError
@@ -83,32 +82,6 @@ def default_home() -> Path:
         return Path(os.environ["FIRSTTRUST_HOME"])
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "firsttrust"
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` with `data`: temp file created with `mode`, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a rename or a new file in `directory` durable."""
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class TrustStore:
@@ -184,7 +157,7 @@ class TrustStore:
     def get(self, name: str) -> ApplianceRecord:
         path = self._record_path(name)
         try:
-            data = path.read_bytes()[: MAX_RECORD_BYTES + 1]
+            data, _ = read_at_most(path, MAX_RECORD_BYTES + 1)
         except FileNotFoundError:
             raise UnknownAppliance(f"no pinned appliance named {name!r} in {self.home}") from None
         return ApplianceRecord.from_json(data, path)
@@ -224,7 +197,7 @@ class TrustStore:
     def get_pending(self, name: str) -> ApplianceRecord | None:
         path = self._pending_path(name)
         try:
-            data = path.read_bytes()[: MAX_RECORD_BYTES + 1]
+            data, _ = read_at_most(path, MAX_RECORD_BYTES + 1)
         except FileNotFoundError:
             return None
         return ApplianceRecord.from_json(data, path)

@@ -16,8 +16,8 @@ from firsttrust.identity import create_identity  # noqa: E402
 # is the copy's, or a mutant would be "killed" or "survive" by testing the wrong code.
 _EXPECTED_TREE = os.environ.get("FIRSTTRUST_EXPECT_TREE")
 if _EXPECTED_TREE:
-    import firsttrust, firsttrust.agent, firsttrust.lab, firsttrust.requester  # noqa: E401,E402
-    for _module in (firsttrust, firsttrust.agent, firsttrust.lab, firsttrust.requester):
+    import firsttrust, firsttrust.agent, firsttrust.common, firsttrust.lab, firsttrust.requester  # noqa: E401,E402
+    for _module in (firsttrust, firsttrust.agent, firsttrust.common, firsttrust.lab, firsttrust.requester):
         assert _module.__file__.startswith(_EXPECTED_TREE + os.sep), \
             f"{_module.__name__} imports from {_module.__file__}, not from {_EXPECTED_TREE}"
 

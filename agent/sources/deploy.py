@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from firsttrust import deployment as keys
+from firsttrust.common.files import read_bounded
 from firsttrust.credentials import validate_secret
 from firsttrust.deployment import InvalidDuration, parse_duration
 from firsttrust.errors import InvalidCertificate, InvalidSecret
@@ -132,13 +133,7 @@ def read_iso(candidates: Iterable[str] | None = None) -> DeployConfig:
 
 
 def read_file(path: Path) -> DeployConfig:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_DOCUMENT_BYTES + 1)
-    except OSError as exc:
-        raise ConfigSourceError(f"cannot read {path}: {exc.strerror}") from None
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise OvfEnvError(f"{path} is larger than {MAX_DOCUMENT_BYTES} bytes")
+    data = read_bounded(path, MAX_DOCUMENT_BYTES, error=ConfigSourceError, too_large=OvfEnvError)
     return _from_ovf_document(data, f"file:{path}", "impossible")
 
 

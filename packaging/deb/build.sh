@@ -2,13 +2,14 @@
 # Build firsttrust's three Debian packages under build/, with dpkg-deb alone (no debhelper, no pip,
 # no venv), all on Debian 12's own python3-* packages:
 #
-#   python3-firsttrust_<version>_all.deb    the core: /usr/lib/python3/dist-packages/firsttrust/*.py
+#   python3-firsttrust_<version>_all.deb    the core: /usr/lib/python3/dist-packages/firsttrust/*.py,
+#                                           and firsttrust/common/ (the I/O helpers both halves share)
 #   firsttrust-requester_<version>_all.deb  firsttrust/requester/, /usr/bin/firsttrust, its man page
 #   firsttrust-agent_<version>_all.deb      firsttrust/agent/, /usr/bin/firsttrust-agent, the systemd
 #                                           units, /etc/firsttrust/agent.toml, its man page
 #
-# One import name, as pyproject.toml maps it: the repository's agent/ and requester/ become
-# firsttrust/agent/ and firsttrust/requester/. No file is in two packages; both halves depend on
+# One import name, as pyproject.toml maps it: the repository's agent/, requester/ and common/ become
+# firsttrust/agent/, firsttrust/requester/ and firsttrust/common/. No file is in two packages; both halves depend on
 # the core at exactly the same version.
 #
 #   packaging/deb/build.sh [--units-dir DIR] [--out-dir DIR] [--lintian]
@@ -93,8 +94,11 @@ copy_tree() {  # copy_tree SOURCE-FOLDER DESTINATION: Python sources only, no ca
 copy_tree firsttrust "$tree/firsttrust"
 copy_tree agent "$tree/firsttrust/agent"
 copy_tree requester "$tree/firsttrust/requester"
-# The core is firsttrust/ without its two halves; nothing else may hide in it unpackaged.
-unexpected=$(find "$tree/firsttrust" -mindepth 1 -maxdepth 1 ! -name '*.py' ! -name agent ! -name requester -printf '%P ')
+copy_tree common "$tree/firsttrust/common"
+# The core is firsttrust/ without its two halves, with common/ (the I/O helpers both halves share);
+# nothing else may hide in it unpackaged.
+unexpected=$(find "$tree/firsttrust" -mindepth 1 -maxdepth 1 ! -name '*.py' ! -name agent ! -name requester \
+	! -name common -printf '%P ')
 [ -z "$unexpected" ] || die "firsttrust/ holds $unexpected: no package would ship it (packaging/deb/build.sh)"
 # A syntax error in a file someone is still writing fails the build, not the appliance's first boot.
 PYTHONPYCACHEPREFIX=$work/pycache "$DEB_PYTHON" -m compileall -q "$tree" >/dev/null ||
@@ -207,6 +211,7 @@ mkdir -p "$(stage_of "$CORE")/usr/lib/python3/dist-packages/firsttrust"
 (cd "$tree" && find firsttrust -mindepth 1 -maxdepth 1 -name '*.py' -printf '%P\n') | while read -r module; do
 	python_part "$CORE" "firsttrust/$module"
 done
+python_part "$CORE" firsttrust/common
 enable=()
 finish "$CORE" python3-firsttrust.control python.postinst python.prerm
 

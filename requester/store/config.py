@@ -8,9 +8,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from firsttrust.common.files import read_at_most, write_atomic
 from firsttrust.identity import normalize_pin
 
-from ..truststore import write_atomic
 from .errors import StoreConfigError
 
 PROFILE = "fleet.json"
@@ -33,8 +33,7 @@ class FleetProfile:
 def load_profile(home: Path) -> FleetProfile:
     path = Path(home) / PROFILE
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_PROFILE + 1)
+        data, _ = read_at_most(path, MAX_PROFILE + 1)
     except FileNotFoundError:
         return FleetProfile()
     except OSError as exc:

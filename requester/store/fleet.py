@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from firsttrust.common.files import write_atomic
 from firsttrust.identity import Identity, create_identity, load_certificate, pin_of_certificate
 
 from ..errors import ApiError, BadResponse, ConnectionFailed, PinMismatch
 from ..session import PinnedSession
-from ..truststore import NAME_RE, TrustStore, TrustStoreError, write_atomic
+from ..truststore import NAME_RE, TrustStore, TrustStoreError
 from . import signing
 from .config import FleetProfile, load_profile, save_profile
 from .errors import NotAMember, StoreConfigError, UntrustedRecord

@@ -18,8 +18,8 @@ a promise that something ends: a deadline, a slot released); for any other row i
 
 Each mutant runs in its own copy of the tree (no .venv, .git, build or caches), with the
 project's venv interpreter and PYTHONPATH pointing at the copy. The venv's editable install
-maps firsttrust.agent/.requester/.lab to the real tree; the copy gets firsttrust/agent,
-firsttrust/requester and firsttrust/lab symlinks to its own agent/, requester/ and lab/, so the
+maps firsttrust.agent/.requester/.lab/.common to the real tree; the copy gets firsttrust/agent,
+firsttrust/requester, firsttrust/lab and firsttrust/common symlinks to its own folders, so the
 path finder (which runs before the editable finder) resolves every firsttrust module inside the
 copy. tests/conftest.py asserts that in the mutant's own test process (FIRSTTRUST_EXPECT_TREE),
 and this driver checks it once more before running any test.
@@ -49,7 +49,7 @@ MUTANTS = Path(__file__).with_name("mutants.toml")
 _IGNORE_NAMES = shutil.ignore_patterns(".venv*", ".git", "build", "__pycache__", ".pytest_cache", ".hypothesis",
                                       "*.egg-info")
 # The installed import names and the folders they live in (pyproject.toml's package-dir).
-MAPPED = {"agent": "agent", "requester": "requester", "lab": "lab"}
+MAPPED = {"agent": "agent", "requester": "requester", "lab": "lab", "common": "common"}
 # Whole-file rows run in 5-60 s on 2 shared cores; a row's tests that take longer are stuck.
 PER_MUTANT_TIMEOUT = 240
 

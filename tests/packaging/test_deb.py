@@ -76,7 +76,8 @@ def test_each_package_holds_its_part_of_the_one_import_name(debs: dict[str, Path
         return {path.removeprefix(f"{SITE}/") for path in files_of(debs[name]) if path.startswith(f"{SITE}/")}
 
     core = {path.name for path in (REPO / "firsttrust").glob("*.py")}
-    assert modules(CORE) == {f"firsttrust/{module}" for module in core}
+    common = {f"firsttrust/common/{p.relative_to(REPO / 'common')}" for p in (REPO / "common").rglob("*.py")}
+    assert modules(CORE) == {f"firsttrust/{module}" for module in core} | common
     assert modules(REQUESTER) == {f"firsttrust/requester/{p.relative_to(REPO / 'requester')}"
                                   for p in (REPO / "requester").rglob("*.py")}
     assert modules(AGENT) == {f"firsttrust/agent/{p.relative_to(REPO / 'agent')}" for p in (REPO / "agent").rglob("*.py")}

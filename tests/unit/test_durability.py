@@ -1,7 +1,7 @@
 """Files that matter are durable once written and private from creation, on both sides.
 
 The agent's state.json (the commit point), sec-b and identity are renamed into place and then
-their directory is fsynced (agent/atomicfile.py): until the directory is on disk a power loss
+their directory is fsynced (common/files.py): until the directory is on disk a power loss
 can bring the old file back, or none. The requester's private key, which every enrolled
 appliance's API trusts, is 0600 from creation (requester/truststore.py), whatever the umask."""
 

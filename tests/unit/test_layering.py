@@ -1,5 +1,7 @@
-"""The import rule: firsttrust/ is sans-IO and depends on none of agent/, requester/, lab/
-(installed as firsttrust.agent, firsttrust.requester, firsttrust.lab)."""
+"""The import rule: firsttrust/ is sans-IO and depends on none of agent/, requester/, lab/,
+common/ (installed as firsttrust.agent, firsttrust.requester, firsttrust.lab, firsttrust.common).
+common/ holds the I/O helpers the others share: agent/, requester/ and lab/ may import it; it
+imports only the core."""
 
 import ast
 import subprocess
@@ -8,8 +10,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN_IN_CORE = {"asyncio", "socket", "socketserver", "selectors", "aiohttp", "subprocess",
-                     "firsttrust.agent", "firsttrust.requester", "firsttrust.lab"}
+                     "firsttrust.agent", "firsttrust.requester", "firsttrust.lab", "firsttrust.common"}
 SIDES = {"agent": "firsttrust.agent", "requester": "firsttrust.requester", "lab": "firsttrust.lab"}
+# Who may import common/ (firsttrust.common): the folders that do I/O. Not the core.
+COMMON_USERS = ("agent", "requester", "lab")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -68,10 +72,28 @@ def test_agent_and_requester_never_import_each_other():
             assert SIDES[other] not in imported_modules(path), f"{path.relative_to(ROOT)} imports {SIDES[other]}"
 
 
+def test_common_imports_only_the_core():
+    """common/ sits between the core and the three users: it imports none of them."""
+    files = sorted((ROOT / "common").rglob("*.py"))
+    assert files
+    for path in files:
+        bad = imported_modules(path) & set(SIDES.values())
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_agent_requester_and_lab_share_common_and_the_core_does_not_use_it():
+    for folder in COMMON_USERS:
+        users = [path for path in sorted((ROOT / folder).rglob("*.py"))
+                 if "firsttrust.common" in imported_modules(path)]
+        assert users, f"{folder}/ no longer uses firsttrust.common: drop it from COMMON_USERS"
+    for path in sorted((ROOT / "firsttrust").rglob("*.py")):
+        assert "firsttrust.common" not in imported_modules(path), path
+
+
 def test_no_generic_top_level_import_names_remain():
-    """agent/, requester/ and lab/ are imported only as firsttrust.agent etc."""
-    folders = ("firsttrust", "agent", "requester", "lab", "tests", "bench", "packaging")
+    """agent/, requester/, lab/ and common/ are imported only as firsttrust.agent etc."""
+    folders = ("firsttrust", "agent", "requester", "lab", "common", "tests", "bench", "packaging")
     files = [path for folder in folders for path in sorted((ROOT / folder).rglob("*.py"))]
     for path in files + sorted((ROOT / "lab" / "bin").iterdir()):
-        bad = imported_modules(path) & set(SIDES)
+        bad = imported_modules(path) & (set(SIDES) | {"common"})
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)} by a generic top-level name"

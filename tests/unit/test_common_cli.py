@@ -1,0 +1,79 @@
+"""common/cli.py: the base of the three command-line tools (exit codes, one line, no traceback)."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from firsttrust.agent import cli as agent_cli
+from firsttrust.common.cli import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Guard, Parser, \
+    Subcommand, UsageError, add_subcommands
+from firsttrust.errors import FirsttrustError
+from firsttrust.lab import cli as lab_cli
+from firsttrust.requester import cli as requester_cli
+
+
+def raising(exc):
+    def command():
+        raise exc
+    return command
+
+
+def test_the_three_clis_share_one_usage_error_a_firsttrust_error():
+    assert agent_cli.UsageError is requester_cli.UsageError is lab_cli.UsageError is UsageError
+    assert issubclass(UsageError, FirsttrustError) and UsageError.code == "usage"
+
+
+@pytest.mark.parametrize("exc, code, line", [
+    (FirsttrustError("refused"), EXIT_FAILED, "tool: error: refused\n"),
+    (IsADirectoryError(errno.EISDIR, "Is a directory", "/x"), EXIT_FAILED, "tool: error: cannot use /x: Is a directory\n"),
+    (ValueError("SEC-A=hunter2"), EXIT_FAILED,
+     "tool: error: internal error (ValueError); nothing secret was printed\n"),
+    (KeyboardInterrupt(), EXIT_INTERRUPTED, ""),
+])
+def test_whatever_escapes_is_one_line_and_a_documented_code(exc, code, line, capsys):
+    assert Guard("tool").run(raising(exc)) == code
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", line)
+
+
+def test_typed_errors_go_through_the_tools_own_table(capsys):
+    guard = Guard("tool", lambda exc: 7 if isinstance(exc, UsageError) else EXIT_FAILED)
+    assert guard.run(raising(UsageError("bad"))) == 7
+    assert capsys.readouterr().err == "tool: error: bad\n"
+
+
+def test_a_closed_stdout_is_quiet_and_141(monkeypatch, capsys):
+    silenced = []
+    monkeypatch.setattr("firsttrust.common.cli.silence_broken_pipe", lambda: silenced.append(1) or EXIT_BROKEN_PIPE)
+    assert Guard("tool").run(raising(BrokenPipeError())) == EXIT_BROKEN_PIPE
+    assert silenced == [1] and capsys.readouterr().err == ""
+
+
+def test_the_lab_announces_an_interrupt_and_its_debug_switch_lets_a_bug_raise(monkeypatch, capsys):
+    guard = Guard("lab", on_interrupt="interrupted", debug_env="TOOL_DEBUG")
+    assert guard.run(raising(KeyboardInterrupt())) == EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "lab: interrupted\n"
+    monkeypatch.setenv("TOOL_DEBUG", "1")
+    with pytest.raises(ValueError):
+        guard.run(raising(ValueError("x")))
+
+
+def test_help_exits_only_where_the_tool_asks_for_it():
+    assert Guard("tool", help_exits=True).run(raising(SystemExit(0))) == 0
+    with pytest.raises(SystemExit):
+        Guard("tool").run(raising(SystemExit(0)))
+
+
+def test_the_parser_raises_a_usage_error_and_the_table_dispatches():
+    parser = Parser(prog="tool")
+    ran = []
+    add_subcommands(parser, [Subcommand(("a", "b"), "the a b command", lambda p: p.add_argument("--n", type=int),
+                                        lambda args: ran.append(args.n) or 0)],
+                    shared=lambda p: p.add_argument("--root"), metavar="COMMAND")
+    args = parser.parse_args(["a", "b", "--n", "3", "--root", "r"])
+    assert (args.run(args), ran, args.root) == (0, [3], "r")
+    with pytest.raises(UsageError, match="invalid int value"):
+        parser.parse_args(["a", "b", "--n", "x"])
+    assert EXIT_USAGE == 2
