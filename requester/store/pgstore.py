@@ -443,11 +443,6 @@ class PgStore(TrustStore):
 
         return self.transaction(work)
 
-    def remove_pending(self, name: str) -> None:
-        my_pin = self.identity().pin
-        self.transaction(lambda cursor: cursor.execute(
-            "DELETE FROM enrollments WHERE name = %s AND (signer_pin = %s OR signer_pin IS NULL)", (name, my_pin)))
-
     def promote(self, record: ApplianceRecord) -> None:
         """Pin `record` (signed), queue the other members' grants and drop the claim, in one transaction."""
         load_certificate(record.certificate.encode())
