@@ -95,3 +95,12 @@ def test_importing_the_front_door_table_loads_no_event_loop():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_one_import_style_relative_inside_a_package():
+    """Inside agent/, requester/ and lab/ a module imports its own package's modules relatively
+    (`from ..errors import ...`) and other packages as `firsttrust.` (the lab's bin/ scripts run as
+    programs, outside any package, so they import absolutely)."""
+    for side, name in SIDES.items():
+        for path in sorted((ROOT / side).rglob("*.py")):
+            assert name not in imported_modules(path), f"{path.relative_to(ROOT)} imports {name} absolutely"
