@@ -20,6 +20,9 @@
     firsttrust destroy NAME... --vcenter URL --thumbprint TP --secrets-dir DIR [--yes]   (requester/destroycommand.py)
 
 Subcommands are rows in SUBCOMMANDS: words, help, an argument function and a run function.
+One module, over 450 lines, because each command here is a few lines over the library (the batch's
+reading and report are requester/batch.py) and the whole command surface reads in one table; the
+commands with logic of their own already have their own modules (named above).
 
 Exit codes: 0 success; 1 the operation failed (a refused or unreachable appliance, any failed
 appliance of a batch, an output file that exists or cannot be written); 2 usage or input error

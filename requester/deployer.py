@@ -19,6 +19,10 @@ check_import_spec).
 
 The pyVmomi calls are all in requester/vsphere.py; the decisions in requester/deployplan.py and
 requester/placement.py.
+
+One module, over 450 lines, because every step here writes the same per-appliance report through
+the same failure, timing and redaction helpers (_fail, _timed, _redact: where no progress line may
+echo a secret), and splitting the steps from them would put that promise in two places.
 """
 
 from __future__ import annotations

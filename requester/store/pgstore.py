@@ -5,6 +5,10 @@ stay in files under its $FIRSTTRUST_HOME, exactly as with the file store); the p
 enrollments, membership and grants live in the database, each signed, each checked before use.
 Every operation is one transaction; a lost connection is retried from the start of the
 transaction until FIRSTTRUST_STORE_DEADLINE (default 30 s) has passed, then StoreUnavailable.
+
+One module, over 450 lines, because `PgStore` is one class implementing the TrustStore interface
+over one schema, every method one transaction that checks the same membership and signatures;
+the schema, its connection settings, the claims and the signatures already have their own modules.
 """
 
 from __future__ import annotations
