@@ -124,12 +124,12 @@ def read_targets(path: str, *, warn: Callable[[str], None] | None = None) -> lis
         missing = [key for key in ("name", "address", "secrets") if not row.get(key)]
         if missing:
             raise InvalidTargets(f"targets file {path}, row {number}: missing {missing[0]}")
-        name = _checked_name(row["name"])
+        name = check_name(row["name"])
         if name in names:
             raise InvalidTargets(f"targets file {path}, row {number}: name {name!r} appears twice")
         names.add(name)
         secrets_path = os.path.join(base, str(row["secrets"]))
-        targets.append(Target(name, _checked_address(str(row["address"])), *_secrets_and_id(secrets_path)))
+        targets.append(Target(name, check_address(str(row["address"])), *read_secrets_file(secrets_path)))
         if warn is not None and (message := loose_secrets_warning(secrets_path)):
             warn(message)
     return targets
@@ -147,36 +147,48 @@ def loose_secrets_warning(path: str) -> str | None:
     return None
 
 
-def _secrets_and_id(path: str) -> tuple[EnrollmentSecrets, str | None]:
-    data = _read_file(path, "secrets file")
+# The checks of a row, which the `firsttrust` command applies to its arguments too: each raises
+# `error` (the command passes its usage error) with a one-line message that never quotes a secret.
+
+
+def read_secrets_file(path: str, error: type[FirsttrustError] = InvalidTargets) -> tuple[EnrollmentSecrets, str | None]:
+    """The secrets and the deployment id (None in a file from before ids) of a secrets file.
+
+    Raises:
+        `error`: the file cannot be read or is too big. InvalidDeploySpec, InvalidSecret: it is
+            not a secrets file (the message names it).
+    """
+    data = _read_file(path, "secrets file", error)
     try:
         return secrets_from_json(data), deployment_id_of(data)
     except (InvalidDeploySpec, InvalidSecret) as exc:
         raise type(exc)(f"secrets file {path}: {exc}") from None
 
 
-def _checked_name(name: str) -> str:
+def check_name(name: str, error: type[FirsttrustError] = InvalidTargets) -> str:
+    """`name` if it can name a pin in the trust store (truststore.NAME_RE), else `error`."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise InvalidTargets(f"invalid name {str(name)[:40]!r}: 1-64 letters, digits, '.', '_' or '-'")
+        raise error(f"invalid name {str(name)[:40]!r}: 1-64 letters, digits, '.', '_' or '-'")
     return name
 
 
-def _checked_address(address: str) -> str:
+def check_address(address: str, error: type[FirsttrustError] = InvalidTargets) -> str:
+    """`address` if it is HOST or HOST:PORT, else `error`."""
     try:
         parse_address(address, DEFAULT_ENROLL_PORT)
     except (ValueError, TypeError):
-        raise InvalidTargets(f"invalid address {str(address)[:80]!r}: expected HOST or HOST:PORT") from None
+        raise error(f"invalid address {str(address)[:80]!r}: expected HOST or HOST:PORT") from None
     return address
 
 
-def _read_file(path: str, what: str) -> bytes:
+def _read_file(path: str, what: str, error: type[FirsttrustError] = InvalidTargets) -> bytes:
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise InvalidTargets(f"cannot read {what} {path}: {exc.strerror}") from None
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
     if len(data) > MAX_FILE_BYTES:
-        raise InvalidTargets(f"{what} {path} is larger than {MAX_FILE_BYTES} bytes")
+        raise error(f"{what} {path} is larger than {MAX_FILE_BYTES} bytes")
     return data
 
 

@@ -63,13 +63,13 @@ from firsttrust.messages import SSH_KEY_PATTERN
 
 from .deployspec import FORMATS, InvalidDeploySpec, deployment_properties, render, secrets_from_json, secrets_to_json
 from . import setupcommands
-from .deploymentid import deployment_id_of
 from .enroll import parse_address
 from . import guestcommand  # noqa: F401 - its error codes are the CLI's too (deploy --embodiment)
 from .identitycheck import IdentityChanged, changed, probe
 from .profile import ProfileError
 from .interrupts import INTERRUPTED_EXIT, Interrupted, StopSignal, exit_now
-from .batch import REPORT_COLUMNS, BatchReport, InvalidTargets, loose_secrets_warning, read_targets
+from .batch import REPORT_COLUMNS, BatchReport, InvalidTargets, check_address, check_name, loose_secrets_warning, \
+    read_secrets_file, read_targets
 from .library import (
     AlreadyPinned,
     Outcome,
@@ -84,7 +84,7 @@ from .library import (
 from .retry import DEFAULT_DEADLINE
 from .errors import ConnectionFailed, PinMismatch
 from .store import open_store  # the configured backend: files, or the fleet store (docs/fleet.md)
-from .truststore import NAME_RE, ApplianceRecord, TrustStore, UnknownAppliance
+from .truststore import ApplianceRecord, TrustStore, UnknownAppliance
 
 PROG = "firsttrust"
 EXIT_OK = 0
@@ -214,26 +214,15 @@ def _enroll_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_secrets_and_id(path: str) -> tuple[EnrollmentSecrets, str | None]:
-    """The secrets and the deployment id (None in a file from before ids) of a secrets file."""
-    data, _ = read_input(path, "secrets file")
-    try:
-        return secrets_from_json(data), deployment_id_of(data)
-    except (InvalidDeploySpec, InvalidSecret) as exc:
-        raise type(exc)(f"secrets file {path}: {exc}") from None
+    return read_secrets_file(path, UsageError)
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise UsageError(f"invalid name {str(name)[:40]!r}: 1-64 letters, digits, '.', '_' or '-'")
-    return name
+    return check_name(name, UsageError)
 
 
 def _check_address(address: str) -> str:
-    try:
-        parse_address(address, DEFAULT_ENROLL_PORT)
-    except (ValueError, TypeError):
-        raise UsageError(f"invalid address {str(address)[:80]!r}: expected HOST or HOST:PORT") from None
-    return address
+    return check_address(address, UsageError)
 
 
 def _read_ssh_key(path: str | None) -> str | None:

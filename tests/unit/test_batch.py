@@ -5,30 +5,21 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_cli_small_fixes import secrets_dir  # noqa: F401 - the fixture: a folder with a.json and b.json
 
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.errors import PeerRefused
-from firsttrust.requester.deployspec import secrets_to_json
 from firsttrust.requester.identitycheck import IdentityChanged
 from firsttrust.requester.interrupts import Interrupted
 from firsttrust.requester.library import BatchReport, InvalidTargets, Outcome, Target, read_targets
 from firsttrust.requester.truststore import ApplianceRecord
 
 
-@pytest.fixture
-def folder(tmp_path):
-    for name in ("a", "b"):
-        path = tmp_path / f"{name}.json"
-        path.write_bytes(secrets_to_json(EnrollmentSecrets.generate()))
-        path.chmod(0o600)
-    return tmp_path
-
-
-def test_a_csv_and_a_json_targets_file_read_the_same(folder):
-    (folder / "t.csv").write_text("name,address,secrets\napp-1,10.0.0.5,a.json\napp-2,10.0.0.6:9000,b.json\n")
-    (folder / "t.json").write_text(json.dumps([{"name": "app-1", "address": "10.0.0.5", "secrets": "a.json"},
+def test_a_csv_and_a_json_targets_file_read_the_same(secrets_dir):
+    (secrets_dir / "t.csv").write_text("name,address,secrets\napp-1,10.0.0.5,a.json\napp-2,10.0.0.6:9000,b.json\n")
+    (secrets_dir / "t.json").write_text(json.dumps([{"name": "app-1", "address": "10.0.0.5", "secrets": "a.json"},
                                                {"name": "app-2", "address": "10.0.0.6:9000", "secrets": "b.json"}]))
-    from_csv, from_json = read_targets(str(folder / "t.csv")), read_targets(str(folder / "t.json"))
+    from_csv, from_json = read_targets(str(secrets_dir / "t.csv")), read_targets(str(secrets_dir / "t.json"))
     assert [(t.name, t.address) for t in from_csv] == [("app-1", "10.0.0.5"), ("app-2", "10.0.0.6:9000")]
     assert from_csv == from_json
 
@@ -41,21 +32,21 @@ def test_a_csv_and_a_json_targets_file_read_the_same(folder):
     ("name,address,secrets\napp-1,10.0.0.5:x,a.json\n", "invalid address '10.0.0.5:x'"),
     ("name,address,secrets\napp-1,10.0.0.5,missing.json\n", "cannot read secrets file"),
 ])
-def test_a_bad_targets_file_raises_invalid_targets_naming_what(folder, text, message):
-    (folder / "t.csv").write_text(text)
+def test_a_bad_targets_file_raises_invalid_targets_naming_what(secrets_dir, text, message):
+    (secrets_dir / "t.csv").write_text(text)
     with pytest.raises(InvalidTargets, match=message):
-        read_targets(str(folder / "t.csv"))
+        read_targets(str(secrets_dir / "t.csv"))
 
 
-def test_a_loose_secrets_file_is_reported_to_warn_and_the_read_goes_on(folder):
-    (folder / "b.json").chmod(0o640)
-    (folder / "t.csv").write_text("name,address,secrets\napp-1,h,a.json\napp-2,h,b.json\n")
+def test_a_loose_secrets_file_is_reported_to_warn_and_the_read_goes_on(secrets_dir):
+    (secrets_dir / "b.json").chmod(0o640)
+    (secrets_dir / "t.csv").write_text("name,address,secrets\napp-1,h,a.json\napp-2,h,b.json\n")
     warnings: list[str] = []
-    assert len(read_targets(str(folder / "t.csv"), warn=warnings.append)) == 2
+    assert len(read_targets(str(secrets_dir / "t.csv"), warn=warnings.append)) == 2
     assert len(warnings) == 1 and "b.json is accessible to group or others (mode 0640)" in warnings[0]
 
 
-def test_the_report_as_data(folder):
+def test_the_report_as_data(secrets_dir):
     secrets = EnrollmentSecrets.generate()
     record = ApplianceRecord(name="app-1", address="10.0.0.5", pin="sha256:" + "0" * 64, certificate="",
                              api_port=8791)
