@@ -21,6 +21,7 @@ from .descriptors import shed_when_exhausted
 from .frontdoor import EVICTED, FULL, TOO_SLOW, Entry, FirstFrameWatch, FrontDoor, hello_refused, penalized, \
     source_key
 
+
 class DoorProtocol(asyncio.Protocol):
     """A connection until its first frame: admitted (or refused) the moment it is accepted, its
     bytes watched, and either handed over with them to `on_hello` (a valid hello) or closed.
