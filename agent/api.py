@@ -22,6 +22,10 @@ only a certificate whose private key was discarded when it was made, so no clien
 handshake; enrollment then adds a key and `reload()` admits it without a restart.
 
 Identity rotation is crash-safe; see `recover_rotation` for the order of writes and the recovery.
+
+One module, over 450 lines, because the two checks above (the TLS contexts and the per-request
+pin) and the handlers they guard answer one review question, who may call the API, and read
+best side by side; the port's pre-authentication limits are already agent/apiguard.py.
 """
 
 from __future__ import annotations

@@ -4,8 +4,12 @@
 (no verified SRP proof), keyed by source. It is sans-IO (no sockets, no asyncio; the clock is
 injected) so every policy decision is a three-line test; `agent/server.py` only asks it and
 closes what it says. `FirstFrameWatch` tells, from the bytes as they arrive, when a connection's
-first frame is complete and whether it is a valid `hello`; `DoorProtocol` is the thin asyncio
-glue: it holds a connection until then and hands a hello, bytes and all, to the enrollment driver.
+first frame is complete and whether it is a valid `hello`. The asyncio adapter lives in
+agent/frontdoor_asyncio.py: `DoorProtocol` holds a connection until then and hands a hello, bytes
+and all, to the enrollment driver; `DoorSocket` refuses penalised sources at accept.
+
+The limits, the table that applies them and the answers it chooses are one module (~600 lines):
+each constant's reason sits beside the rule that uses it, and the table is one object.
 
 The threat: anyone who can reach port 8790 can open connections. Before this, 32 idle sockets
 got every real requester `busy` for as long as they were held. The rules, after OpenSSH's sshd
@@ -28,8 +32,8 @@ and nginx/HAProxy's slow-client handling:
    deadline, a connection dropped to make room, a connection closed before its first frame) accrues
    a penalty, after OpenSSH 9.8's `PerSourcePenalties`; once a source's penalty reaches
    PENALTY_MIN seconds its new connections are answered `busy` (with retry_after) and closed the
-   moment they are accepted (DoorSocket.accept, before asyncio makes a transport for them), taking
-   no slot, no timer and no parsing, until the penalty has run out.
+   moment they are accepted (DoorSocket.accept in agent/frontdoor_asyncio.py, before asyncio makes
+   a transport for them), taking no slot, no timer and no parsing, until the penalty has run out.
    A requester that says hello at once never accrues any.
 
 6. After a valid `hello` (the SRP phase, until the proof): a source holds at most
@@ -50,10 +54,8 @@ a requester that says hello at once is admitted past the flood and keeps its slo
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import math
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
@@ -531,185 +533,15 @@ class FirstFrameWatch:
         return FirstFrame(hello=False, eof=True)
 
 
-# --- asyncio glue -------------------------------------------------------------------------------
+# --- what the door answers -----------------------------------------------------------------------
 
 
-class DoorProtocol(asyncio.Protocol):
-    """A connection until its first frame: admitted (or refused) the moment it is accepted, its
-    bytes watched, and either handed over with them to `on_hello` (a valid hello) or closed.
-
-    A hostile connection never gets a task, a StreamReader or a StreamWriter: admitting, evicting,
-    answering garbage and timing out are a few calls on the transport. That keeps the agent
-    cheaper per connection than the flood that opens them, so the accept queue stays short and
-    a real requester's connection is not stuck behind it.
-
-    Args:
-        door: the listener's FrontDoor.
-        pending: the listener's map of pre-hello entries to their protocols (for eviction).
-        on_hello: takes over the transport with the bytes received so far and the entry.
-        drains: closes refused connections so that their refusal arrives (agent/drain.py).
-        doorlog: counts what was refused, per source (agent/doorlog.py).
-        evict: closes the connection of an entry the door evicted (default: a pre-hello one
-            from `pending`).
-    """
-
-    def __init__(self, door: FrontDoor, pending: dict[Entry, "DoorProtocol"],
-                 on_hello: Callable[[asyncio.Transport, bytes, Entry], None], *, drains=None, doorlog=None,
-                 evict: Callable[[Entry], None] | None = None) -> None:
-        self.door, self.pending, self.on_hello = door, pending, on_hello
-        self.drains, self.doorlog = drains, doorlog
-        self.evict = evict or self._evict_pending
-        self.transport: asyncio.Transport | None = None
-        self.entry: Entry | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.buffer = bytearray()  # (both made anew for an admitted connection)
-        self.watch: FirstFrameWatch | None = None
-        self.source = ""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        source = source_key(str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "unknown"))
-        self.source = source
-        admission = self.door.admit(source)
-        for victim in admission.evicted:
-            self.evict(victim)
-        if admission.entry is None:
-            self._count("busy")
-            self._close(FULL)
-            return
-        self.entry = admission.entry
-        self.pending[self.entry] = self
-        self.buffer = bytearray()
-        self.watch = FirstFrameWatch()
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(self.door.remaining(self.entry), self.drop, TOO_SLOW, "too_slow")
-
-    def data_received(self, data: bytes) -> None:
-        if self.entry is None or not self.entry.held or self.watch is None:
-            return
-        self.buffer += data
-        outcome = self.watch.feed(data)
-        if outcome is None:
-            return
-        if not outcome.hello:
-            self.drop(encode_error(outcome.code or "protocol_error", outcome.message or ""), "garbage")
-            return
-        # A valid hello: the post-hello caps and the hello rate decide, before any SRP work.
-        verdict = self.door.hello(self.entry)
-        for victim in verdict.evicted:
-            self.evict(victim)
-        if verdict.entry is None:
-            # (the rate's penalty was charged by the door; a source at its share accrues none)
-            self.drop(_hello_refused(verdict.retry_after), None,
-                      "hello_rate" if verdict.retry_after else "busy_after_hello")
-            return
-        self._forget()
-        entry, self.entry = self.entry, None
-        self.on_hello(self.transport, bytes(self.buffer), entry)
-
-    def eof_received(self) -> bool:
-        self.drop(None, "no_hello")
-        return True  # drop() closes (or drains) it
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.entry is not None:
-            self._forget()
-            self.door.release(self.entry)
-            self.door.penalize(self.entry.source, "no_hello")
-            self.entry = None
-            self._count("no_hello")
-
-    def drop(self, frame: bytes | None, offence: str | None = None, outcome: str | None = None) -> None:
-        """Release the slot, send `frame` (if any) and close, draining; the source accrues
-        `offence`'s penalty (None: none here; an eviction's was charged by FrontDoor.admit) and
-        the door log counts `outcome` (default: the offence)."""
-        if self.entry is not None:
-            self._forget()
-            self.door.release(self.entry)
-            if offence is not None:
-                self.door.penalize(self.entry.source, offence)
-            self.entry = None
-            self._count(outcome or offence)
-        self._close(frame)
-
-    def _close(self, frame: bytes | None) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        if self.drains is not None and frame:  # nothing to deliver: nothing to drain for
-            self.drains.close(self.transport, frame)
-            return
-        if frame:
-            self.transport.write(frame)
-        self.transport.close()
-
-    def _count(self, outcome: str | None) -> None:
-        if self.doorlog is not None and outcome:
-            self.doorlog.count(self.source, outcome)
-
-    def _evict_pending(self, victim: Entry) -> None:
-        protocol = self.pending.pop(victim, None)
-        if protocol is not None:
-            protocol.drop(EVICTED, None, "evicted")
-
-    def _forget(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.entry is not None:
-            self.pending.pop(self.entry, None)
-
-
-class DoorSocket(socket.socket):
-    """The enrollment port's listening socket: its accept() (which asyncio's server calls)
-    answers a connection from a source sitting out a penalty with `busy` and closes it at once,
-    before asyncio makes a transport, a protocol and a task for it; it returns only the others.
-    `door` is the listener's FrontDoor (set before serving)."""
-
-    door: FrontDoor | None = None
-    drains = None  # agent/drain.py Drains: a refusal at accept is drained too
-    doorlog = None  # agent/doorlog.py DoorLog: refusals and descriptor exhaustion are counted
-
-    def accept(self):  # type: ignore[override]
-        door = self.door
-        for _ in range(REFUSALS_PER_ACCEPT):
-            try:
-                conn, address = super().accept()  # BlockingIOError when none is waiting: asyncio's cue
-            except OSError as exc:
-                from .descriptors import shed_when_exhausted  # (it imports this module)
-
-                shed_when_exhausted(self, exc, self.doorlog)
-                raise BlockingIOError from None  # shed one; asyncio tries again on its next turn
-            source = source_key(str(address[0])) if address else ""
-            blocked = door.blocked_for(source) if door is not None and address else 0.0
-            if not blocked:
-                return conn, address
-            door.penalty_refusals += 1
-            if self.doorlog is not None:
-                self.doorlog.count(source, "penalized")
-            if self.drains is not None:
-                self.drains.close_socket(conn, _penalized(blocked))
-                continue
-            with conn:
-                try:
-                    conn.send(_penalized(blocked), socket.MSG_DONTWAIT)
-                except OSError:
-                    pass
-        # Refused a batch: let the event loop run other work before the next (the socket is still
-        # readable, so asyncio calls again on its next turn).
-        raise BlockingIOError
-
-
-# Refusals in one accept() call before the event loop gets a turn.
-REFUSALS_PER_ACCEPT = 64
-
-
-def _penalized(seconds: float) -> bytes:
+def penalized(seconds: float) -> bytes:
     wait = min(MAX_RETRY_AFTER, max(1, math.ceil(seconds)))
     return encode_error("busy", f"this address sent bad or stalled connections; refused for {wait} s", wait)
 
 
-def _hello_refused(retry_after: int | None) -> bytes:
+def hello_refused(retry_after: int | None) -> bytes:
     if retry_after:
         return encode_error("busy", f"too many hellos from this address; retry in {retry_after} s", retry_after)
     return encode_error("busy", "too many connections in the SRP phase from this address; retry later")
@@ -719,3 +551,14 @@ def _hello_refused(retry_after: int | None) -> bytes:
 FULL = encode_error("busy", "too many unauthenticated connections; retry later")
 EVICTED = encode_error("busy", "dropped to make room: no hello yet while the appliance is busy; retry at once")
 TOO_SLOW = encode_error("timeout", "no hello within the first-frame deadline")
+
+
+def __getattr__(name: str):
+    """`DoorProtocol` and `DoorSocket` by their old address (agent/server.py imports them from here
+    until it imports agent/frontdoor_asyncio.py itself): loaded on first use, so that importing the
+    table loads no event loop and no socket module."""
+    if name in ("DoorProtocol", "DoorSocket"):
+        from . import frontdoor_asyncio
+
+        return getattr(frontdoor_asyncio, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -34,6 +34,9 @@ does not hold.
 The guest account of app-cert and app-guest is good until their enrollment window closes
 (GUEST_WINDOW): their agents record it at first boot (agent/guestaccount.py); no SRP secrets are
 injected into either, so their SRP door never opens.
+
+One module, over 450 lines, because the demo is one script meant to be read top to bottom: `Demo`'s
+steps in the order they run and print, each with the checks that make it fail loudly.
 """
 
 from __future__ import annotations

@@ -41,6 +41,11 @@ SIGKILL after `stop_timeout`, and waits. The running agents are recorded in <roo
 (lab.registry) as soon as they start, so `firsttrust-lab down` can stop what another invocation
 left behind, and a manager that does not run `detached` also stops its agents when the
 interpreter exits.
+
+One module, over 450 lines, because `Manager` is one object with one lifecycle per appliance
+(deploy or boot, first boot, serve, stop, its record in lab.json) and the helpers here (free
+loopback hosts and ports, host keys) serve only it; the guest channel, guest operations, the
+registry and process control already have their own modules.
 """
 
 from __future__ import annotations

@@ -31,6 +31,10 @@ Values and argv are str; bytes that are not UTF-8 are carried as lone surrogates
 "surrogateescape"), which JSON stores as "\\udcXX", so a test can plant a non-UTF-8 value.
 `mode` injects failures; see MODES. Stdlib only: the launchers run under whatever `python3`
 is on PATH.
+
+One module, over 450 lines, because both tools answer the same RPCs from the same VM file under
+the same lock, and each guestinfo call of a lab agent starts a launcher that imports it: one
+stdlib-only module is the least a guest process loads.
 """
 
 from __future__ import annotations

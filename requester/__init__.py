@@ -7,7 +7,13 @@ deployments; the `firsttrust` command (`firsttrust.requester.cli`) is a thin lay
   deployspec   the deployment properties that carry SEC-A, SEC-B and the requester's
                certificate to a new appliance, as an OVF environment, an OVF descriptor
                ProductSection, or guestinfo extraConfig lines (docs/deployment.md)
+  library      enroll one appliance or many, pin, rotate, call: the library's top level
+  batch        a batch's targets file and its report, as data (library.read_targets, BatchReport)
   cli          `firsttrust secrets new`, `firsttrust deploy-spec`, ...
 
 Nothing here imports `agent`: the two halves share only `firsttrust`.
+
+The folder requester/ installs as `firsttrust.requester` (requester/store/ as
+`firsttrust.requester.store`; pyproject.toml package-dir). Its modules import each other
+relatively (`from .truststore import ...`) and the protocol core as `firsttrust.`.
 """

@@ -20,6 +20,9 @@
     firsttrust destroy NAME... --vcenter URL --thumbprint TP --secrets-dir DIR [--yes]   (requester/destroycommand.py)
 
 Subcommands are rows in SUBCOMMANDS: words, help, an argument function and a run function.
+One module, over 450 lines, because each command here is a few lines over the library (the batch's
+reading and report are requester/batch.py) and the whole command surface reads in one table; the
+commands with logic of their own already have their own modules (named above).
 
 Exit codes: 0 success; 1 the operation failed (a refused or unreachable appliance, any failed
 appliance of a batch, an output file that exists or cannot be written); 2 usage or input error
@@ -36,8 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import csv
-import io
 import json
 import os
 import re
@@ -62,12 +63,13 @@ from firsttrust.messages import SSH_KEY_PATTERN
 
 from .deployspec import FORMATS, InvalidDeploySpec, deployment_properties, render, secrets_from_json, secrets_to_json
 from . import setupcommands
-from .deploymentid import deployment_id_of
 from .enroll import parse_address
 from . import guestcommand  # noqa: F401 - its error codes are the CLI's too (deploy --embodiment)
 from .identitycheck import IdentityChanged, changed, probe
 from .profile import ProfileError
 from .interrupts import INTERRUPTED_EXIT, Interrupted, StopSignal, exit_now
+from .batch import REPORT_COLUMNS, BatchReport, InvalidTargets, check_address, check_name, loose_secrets_warning, \
+    read_secrets_file, read_targets
 from .library import (
     AlreadyPinned,
     Outcome,
@@ -82,7 +84,7 @@ from .library import (
 from .retry import DEFAULT_DEADLINE
 from .errors import ConnectionFailed, PinMismatch
 from .store import open_store  # the configured backend: files, or the fleet store (docs/fleet.md)
-from .truststore import NAME_RE, ApplianceRecord, TrustStore, UnknownAppliance
+from .truststore import ApplianceRecord, TrustStore, UnknownAppliance
 
 PROG = "firsttrust"
 EXIT_IDENTITY_CHANGED = 3  # like ssh's loud warning: a script must not take it for "failed, retry"
@@ -180,10 +182,6 @@ def _deploy_spec(args: argparse.Namespace) -> int:
 
 # --- enroll ----------------------------------------------------------------------------------------
 
-MAX_TARGETS = 10_000
-TARGET_COLUMNS = ("name", "address", "secrets")
-
-
 def _enroll_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("address", nargs="?", metavar="ADDRESS",
                         help="the appliance: HOST or HOST:PORT (default port 8790)")
@@ -206,31 +204,16 @@ def _enroll_arguments(parser: argparse.ArgumentParser) -> None:
                              f"to SECONDS (default {DEFAULT_DEADLINE:g}: long enough for one that is still booting)")
 
 
-def _load_secrets(path: str) -> EnrollmentSecrets:
-    return _load_secrets_and_id(path)[0]
-
-
 def _load_secrets_and_id(path: str) -> tuple[EnrollmentSecrets, str | None]:
-    """The secrets and the deployment id (None in a file from before ids) of a secrets file."""
-    data, _ = read_input(path, "secrets file")
-    try:
-        return secrets_from_json(data), deployment_id_of(data)
-    except (InvalidDeploySpec, InvalidSecret) as exc:
-        raise type(exc)(f"secrets file {path}: {exc}") from None
+    return read_secrets_file(path, UsageError)
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise UsageError(f"invalid name {str(name)[:40]!r}: 1-64 letters, digits, '.', '_' or '-'")
-    return name
+    return check_name(name, UsageError)
 
 
 def _check_address(address: str) -> str:
-    try:
-        parse_address(address, DEFAULT_ENROLL_PORT)
-    except (ValueError, TypeError):
-        raise UsageError(f"invalid address {str(address)[:80]!r}: expected HOST or HOST:PORT") from None
-    return address
+    return check_address(address, UsageError)
 
 
 def _read_ssh_key(path: str | None) -> str | None:
@@ -307,51 +290,16 @@ def _single_report(record: ApplianceRecord, status: str) -> dict:
 
 
 def _warn_if_readable(path: str) -> None:
-    with contextlib.suppress(OSError):
-        mode = os.stat(path).st_mode
-        if mode & 0o077:
-            _warn(f"secrets file {path} is accessible to group or others (mode {mode & 0o777:04o}); chmod 600 it")
+    message = loose_secrets_warning(path)
+    if message:
+        _warn(message)
 
 
 def _read_targets(path: str) -> list[Target]:
-    data, _ = read_input(path, "targets file")
-    base = os.path.dirname(os.path.abspath(path))
-    text = data.decode("utf-8-sig", "replace")  # -sig: a spreadsheet's byte order mark is not part of "name"
     try:
-        if text.lstrip().startswith("["):
-            rows = json.loads(text)
-            if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-                raise ValueError("a JSON targets file is a list of objects")
-            columns = {key for row in rows for key in row}
-        else:
-            reader = csv.DictReader(io.StringIO(text))
-            columns = set(reader.fieldnames or ())
-            if text.strip() and not {"name", "address", "secrets"} & columns:
-                raise ValueError("its first line is not the header name,address,secrets")
-            rows = list(reader)
-    except (ValueError, csv.Error) as exc:
-        raise UsageError(f"targets file {path}: {str(exc).splitlines()[0][:100]}") from None
-    unknown = sorted(str(column)[:40] for column in columns - set(TARGET_COLUMNS))
-    if unknown:  # a typo (adress) must not pass for a missing column, nor an extra one go unread
-        raise UsageError(f"targets file {path}: unknown column {unknown[0]!r} (the columns are "
-                         f"{','.join(TARGET_COLUMNS)})")
-    if not rows:
-        raise UsageError(f"targets file {path} lists no appliance")
-    if len(rows) > MAX_TARGETS:
-        raise UsageError(f"targets file {path} lists more than {MAX_TARGETS} appliances")
-    targets, names = [], set()
-    for number, row in enumerate(rows, 1):
-        missing = [key for key in ("name", "address", "secrets") if not row.get(key)]
-        if missing:
-            raise UsageError(f"targets file {path}, row {number}: missing {missing[0]}")
-        name = _check_name(row["name"])
-        if name in names:
-            raise UsageError(f"targets file {path}, row {number}: name {name!r} appears twice")
-        names.add(name)
-        secrets_path = os.path.join(base, str(row["secrets"]))
-        targets.append(Target(name, _check_address(str(row["address"])), *_load_secrets_and_id(secrets_path)))
-        _warn_if_readable(secrets_path)
-    return targets
+        return read_targets(path, warn=_warn)
+    except InvalidTargets as exc:  # the command's input error: exit 2, as any other
+        raise UsageError(str(exc)) from None
 
 
 def _enroll_batch(args: argparse.Namespace) -> int:
@@ -387,30 +335,17 @@ def _enroll_batch(args: argparse.Namespace) -> int:
     return _print_batch_report(args, outcomes)
 
 
-def _batch_status(outcome: Outcome) -> str:
-    return "interrupted" if isinstance(outcome.error, Interrupted) else outcome.status
-
-
 def _print_batch_report(args: argparse.Namespace, outcomes: list[Outcome]) -> int:
-    failed = [o for o in outcomes if not o.ok]
+    report = BatchReport(outcomes)
     if args.json:
-        print(json.dumps([{"name": o.target.name, "address": o.target.address, "ok": o.ok,
-                           "status": _batch_status(o), "pin": o.record.pin if o.record else None,
-                           "error": {"code": o.error.code, "message": str(o.error)} if o.error else None,
-                           "seconds": round(o.seconds, 3)} for o in outcomes], indent=2))
+        print(json.dumps(report.entries(), indent=2))
     else:
-        rows = [(o.target.name, o.target.address, _batch_status(o),
-                 o.record.pin if o.record else f"{o.error.code}: {o.error}", f"{o.seconds * 1000:.0f} ms")
-                for o in outcomes]
-        print(_table(("NAME", "ADDRESS", "STATUS", "PIN", "TIME"), rows))
-        pinned = sum(o.status == "already-pinned" for o in outcomes)
-        stopped = sum(isinstance(o.error, Interrupted) for o in outcomes)
-        print(f"{len(outcomes) - len(failed) - pinned} enrolled, {pinned} already pinned, "
-              f"{len(failed) - stopped} failed" + (f", {stopped} interrupted" if stopped else ""))
+        print(_table(REPORT_COLUMNS, report.rows()))
+        print(report.summary())
     sys.stdout.flush()
-    if any(isinstance(o.error, IdentityChanged) for o in failed):
+    if report.identity_changed:
         return EXIT_IDENTITY_CHANGED
-    return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_FAILED if report.failed else EXIT_OK
 
 
 class _Progress:

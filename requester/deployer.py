@@ -19,6 +19,10 @@ check_import_spec).
 
 The pyVmomi calls are all in requester/vsphere.py; the decisions in requester/deployplan.py and
 requester/placement.py.
+
+One module, over 450 lines, because every step here writes the same per-appliance report through
+the same failure, timing and redaction helpers (_fail, _timed, _redact: where no progress line may
+echo a secret), and splitting the steps from them would put that promise in two places.
 """
 
 from __future__ import annotations
@@ -224,13 +228,44 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
             missing; a planned name already taken in the inventory; the target would not honour
             the OVA's properties, transports or firmware (code "ova_refused").
     """
-    from .ovafile import check_ova
-    from .vsphere import VsphereError, connect  # pyVmomi is needed here only
+    from .vsphere import connect  # pyVmomi is needed here only
 
+    request = _placement_request(placement, datastore)
+    plan, existing = prepare(plan, secrets_dir)
+    ova, facts = _checked_ova(plan)
+    own = vcenter is None
+    if own:
+        vcenter = connect(access.url, access.user, access.password, access.context)
+    stop = stop or StopSignal()
+    stop.on_stop(vcenter.interrupt)
+    try:
+        run = _survey(plan, existing, vcenter, secrets_dir, store, request, progress, ova, facts, ip_timeout, stop,
+                      check)
+        if not check:
+            _carry_out(_steps(run, concurrency, store, remove_vapp), run.reports, plan.enroll, stop)
+        return run.reports
+    finally:
+        if own and not stop.is_set():  # after a stop the process ends at once; the server drops the session
+            vcenter.close()
+
+
+def _placement_request(placement: PlacementRequest | None, datastore: str | None) -> PlacementRequest:
+    """deploy's `placement`, with the older `datastore` spelling folded in."""
     request = placement or PlacementRequest()
     if datastore is not None:
         request = dataclasses.replace(request, datastore=datastore)
-    plan, existing = prepare(plan, secrets_dir)
+    return request
+
+
+def _checked_ova(plan: DeployPlan):
+    """(plan.ova opened, its descriptor's facts), or (None, None) for a clone; before vCenter is
+    asked anything, an OVA whose descriptor cannot carry the plan's properties is refused.
+
+    Raises:
+        InvalidDeployPlan: the OVA is unreadable, not an OVA, or its descriptor cannot carry them.
+    """
+    from .ovafile import check_ova
+
     ova = check_ova(plan.ova) if plan.ova else None
     facts = ova.facts() if ova is not None else None
     if facts is not None:
@@ -238,47 +273,67 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
                                     plan.appliances[0].properties)
         if problems:
             raise InvalidDeployPlan(f"OVA {plan.ova}: {'; '.join(problems)}")
-    own = vcenter is None
-    if own:
-        vcenter = connect(access.url, access.user, access.password, access.context)
-    stop = stop or StopSignal()
-    stop.on_stop(vcenter.interrupt)
-    try:
-        inventory = vcenter.virtual_machines()
-        template = None
-        if ova is None:
-            template = inventory.get(plan.template)
-            if template is None:
-                raise VsphereError(f"no virtual machine or template named {plan.template[:80]!r}", code="not_found")
-        found = survey(plan, existing, inventory, vcenter, store)
-        where = None
-        if ova is not None or request != PlacementRequest():
-            where = vcenter.placement(request)
-            for note in where.notes:
-                progress("placement", note)
-        run = _Run(plan, vcenter, secrets_dir, progress, template, where, ova, facts, ip_timeout, stop)
-        if ova is not None:
-            run.check_import(plan.appliances[0])
-        resume(run, found, existing, check)
-        if check:
-            return run.reports
-        steps = [("create", lambda: run.create_all(concurrency)),
-                 ("power on", lambda: _in_threads(concurrency, run.start, plan.appliances, run.reports, stop))]
-        if plan.enroll:
-            steps += [("wait for guest IP", lambda: _in_threads(concurrency, run.wait_for_ip, plan.appliances,
-                                                                 run.reports, stop)),
-                      ("enroll", lambda: _enroll_and_scrub(plan, run.reports, run.vms, vcenter, concurrency, store,
-                                                           progress, remove_vapp, stop, tools_timeout=ip_timeout))]
-        for step, carry_out in steps:
-            if not stop.is_set():
-                carry_out()
-            if stop.is_set():
-                _mark_interrupted(run.reports, step, plan.enroll)
-                break
-        return run.reports
-    finally:
-        if own and not stop.is_set():  # after a stop the process ends at once; the server drops the session
-            vcenter.close()
+    return ova, facts
+
+
+def _survey(plan: DeployPlan, existing, vcenter, secrets_dir: Path, store: TrustStore | None,
+            request: PlacementRequest, progress: Progress, ova, facts, ip_timeout: float, stop: StopSignal,
+            check: bool) -> "_Run":
+    """Everything before the first VM is made: the template found (a clone), what a previous run
+    made found and resumed or left as it is (converge.py), the placement chosen, and (an OVA) the
+    import spec checked. Returns the run, its reports filled in for what exists.
+
+    Raises:
+        VsphereError: the template is missing; the target would not honour the OVA (see deploy).
+    """
+    from .vsphere import VsphereError
+
+    inventory = vcenter.virtual_machines()
+    template = None
+    if ova is None:
+        template = inventory.get(plan.template)
+        if template is None:
+            raise VsphereError(f"no virtual machine or template named {plan.template[:80]!r}", code="not_found")
+    found = survey(plan, existing, inventory, vcenter, store)
+    where = None
+    if ova is not None or request != PlacementRequest():
+        where = vcenter.placement(request)
+        for note in where.notes:
+            progress("placement", note)
+    run = _Run(plan, vcenter, secrets_dir, progress, template, where, ova, facts, ip_timeout, stop)
+    if ova is not None:
+        run.check_import(plan.appliances[0])
+    resume(run, found, existing, check)
+    return run
+
+
+def _steps(run: "_Run", concurrency: int, store: TrustStore | None,
+           remove_vapp: bool) -> list[tuple[str, Callable[[], None]]]:
+    """The run's steps for every appliance at once, in order, each under the name a stop during
+    it is reported with: create, power on, and with enrollment wait for guest IP, enroll (which
+    removes the secret keys afterwards)."""
+    plan, stop = run.plan, run.stop
+    steps = [("create", lambda: run.create_all(concurrency)),
+             ("power on", lambda: _in_threads(concurrency, run.start, plan.appliances, run.reports, stop))]
+    if plan.enroll:
+        steps += [("wait for guest IP", lambda: _in_threads(concurrency, run.wait_for_ip, plan.appliances,
+                                                             run.reports, stop)),
+                  ("enroll", lambda: _enroll_and_scrub(plan, run.reports, run.vms, run.vcenter, concurrency, store,
+                                                       run.progress, remove_vapp, stop,
+                                                       tools_timeout=run.ip_timeout))]
+    return steps
+
+
+def _carry_out(steps: list[tuple[str, Callable[[], None]]], reports: list[ApplianceReport], enroll: bool,
+               stop: StopSignal) -> None:
+    """Each step in turn; once `stop` is set none starts, and the appliances not at their end are
+    marked interrupted at the step that was running."""
+    for step, carry_out in steps:
+        if not stop.is_set():
+            carry_out()
+        if stop.is_set():
+            _mark_interrupted(reports, step, enroll)
+            break
 
 
 class _Run:
@@ -432,12 +487,25 @@ def _trust_by_guest_command(plan: DeployPlan, reports: list[ApplianceReport], vm
 def _enroll_and_scrub(plan: DeployPlan, reports: list[ApplianceReport], vms: dict, vcenter, concurrency: int,
                       store: TrustStore | None, progress: Progress, remove_vapp: bool = False,
                       stop: StopSignal | None = None, tools_timeout: float = DEFAULT_IP_TIMEOUT) -> None:
+    """The enroll step: every appliance with an IP enrolled (or, the guest-command way, trusted by
+    guest command), then, unless stopped, its secret keys removed from its VM."""
     stop = stop or StopSignal()
     by_name = {a.name: a for a in plan.appliances}
     ready = [r for r in reports if r.ok and r.ip]
     if plan.way == GUEST_COMMAND_WAY:
         _trust_by_guest_command(plan, reports, vms, vcenter, concurrency, store, progress, tools_timeout)
         ready = []
+    _record_enrollments(ready, by_name, _enroll_ready(ready, by_name, concurrency, store, stop), progress)
+    if not stop.is_set():
+        _in_threads(concurrency, lambda appliance, report: _scrub(plan, vms, vcenter, progress, remove_vapp,
+                                                                  appliance, report),
+                    plan.appliances, reports, stop)
+
+
+def _enroll_ready(ready: list[ApplianceReport], by_name: dict[str, AppliancePlan], concurrency: int,
+                  store: TrustStore | None, stop: StopSignal) -> dict[str, object]:
+    """Enroll the appliances that have an IP (library.enroll_many): their outcomes by name, as
+    far as they ended before a stop."""
     targets = [Target(r.name, r.ip, by_name[r.name].secrets, by_name[r.name].deployment_id) for r in ready]
     done: dict[str, object] = {}  # what ended before a stop, as it ended
     if targets:
@@ -445,6 +513,12 @@ def _enroll_and_scrub(plan: DeployPlan, reports: list[ApplianceReport], vms: dic
                                                      on_done=lambda o: done.setdefault(o.target.name, o)), stop)
         if outcomes is not None:  # all of them ended (None: stopped, `done` has what ended before)
             done = {outcome.target.name: outcome for outcome in outcomes}
+    return done
+
+
+def _record_enrollments(ready: list[ApplianceReport], by_name: dict[str, AppliancePlan], done: dict[str, object],
+                        progress: Progress) -> None:
+    """Each outcome into its appliance's report: pinned, or failed at enroll."""
     for report in ready:
         outcome = done.get(report.name)
         if outcome is None:
@@ -457,30 +531,31 @@ def _enroll_and_scrub(plan: DeployPlan, reports: list[ApplianceReport], vms: dic
             _fail(report, "enroll", outcome.error, by_name[report.name])
             progress(report.name, f"failed at enroll: {report.error}")
 
-    def scrub(appliance: AppliancePlan, report: ApplianceReport) -> None:
-        if report.status not in ("enrolled", "already-pinned") or report.action == "unchanged":
-            return
-        vm = vms[appliance.name]
-        try:
-            if plan.ova:
-                report.scrub = _timed(report, "scrub", lambda: scrub_imported(vcenter, vm))
-            else:
-                _timed(report, "scrub", lambda: vcenter.set_extra_config(vm, [(key, "") for key in plan.scrub_keys]))
-                report.scrub = scrub_status(vcenter.extra_config(vm), plan.scrub_keys)
-            progress(appliance.name, "secret keys: " + ", ".join(f"{k} {v}" for k, v in report.scrub.items()))
-        except FirsttrustError as exc:  # enrolled and pinned all the same: say so, do not fail it
-            report.scrub = {key: f"not removed ({exc.code})" for key in plan.scrub_keys}
-            progress(appliance.name, f"secret keys not removed: {_redact(str(exc), appliance)}")
-        if plan.ova:
-            try:
-                report.environment = _timed(report, "remove_environment",
-                                            lambda: remove_environment(vcenter, vm, remove_vapp))
-            except FirsttrustError as exc:
-                report.environment = f"not removed ({exc.code}): {_redact(str(exc), appliance)}"
-            progress(appliance.name, f"OVF environment: {report.environment}")
 
-    if not stop.is_set():
-        _in_threads(concurrency, scrub, plan.appliances, reports, stop)
+def _scrub(plan: DeployPlan, vms: dict, vcenter, progress: Progress, remove_vapp: bool, appliance: AppliancePlan,
+           report: ApplianceReport) -> None:
+    """An enrolled appliance's secret keys removed from its VM and read back, and (an OVA) its OVF
+    environment removed. A failure is reported, never fails the appliance: it is pinned."""
+    if report.status not in ("enrolled", "already-pinned") or report.action == "unchanged":
+        return
+    vm = vms[appliance.name]
+    try:
+        if plan.ova:
+            report.scrub = _timed(report, "scrub", lambda: scrub_imported(vcenter, vm))
+        else:
+            _timed(report, "scrub", lambda: vcenter.set_extra_config(vm, [(key, "") for key in plan.scrub_keys]))
+            report.scrub = scrub_status(vcenter.extra_config(vm), plan.scrub_keys)
+        progress(appliance.name, "secret keys: " + ", ".join(f"{k} {v}" for k, v in report.scrub.items()))
+    except FirsttrustError as exc:  # enrolled and pinned all the same: say so, do not fail it
+        report.scrub = {key: f"not removed ({exc.code})" for key in plan.scrub_keys}
+        progress(appliance.name, f"secret keys not removed: {_redact(str(exc), appliance)}")
+    if plan.ova:
+        try:
+            report.environment = _timed(report, "remove_environment",
+                                        lambda: remove_environment(vcenter, vm, remove_vapp))
+        except FirsttrustError as exc:
+            report.environment = f"not removed ({exc.code}): {_redact(str(exc), appliance)}"
+        progress(appliance.name, f"OVF environment: {report.environment}")
 
 
 def scrub_imported(vcenter, vm) -> dict[str, str]:

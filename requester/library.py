@@ -2,7 +2,9 @@
 
     secrets = load_secrets("app-01.json")                                 # as `firsttrust secrets new` wrote it
     record = await enroll_appliance("10.0.0.5", secrets, name="app-01")   # pins only after every check
-    records = await enroll_many(targets, concurrency=32)                  # hundreds at once, on every core
+    targets = read_targets("rack7.csv")                                   # a targets file (requester/batch.py)
+    outcomes = await enroll_many(targets, concurrency=32)                 # hundreds at once, on every core
+    BatchReport(outcomes).entries()                                       # what `enroll --targets --json` prints
     async with open_session("app-01") as api:                             # pinned mTLS
         await api.get("/v1/identity")
     await rotate_appliance("app-01")                                      # re-pin from the old key's signature
@@ -21,9 +23,8 @@ import os
 import pickle
 import queue
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from firsttrust.common.files import read_bounded
 from firsttrust.credentials import EnrollmentSecrets
@@ -32,6 +33,7 @@ from firsttrust.enrollment import PendingPin
 from firsttrust.errors import FirsttrustError, InvalidSecret, PeerRefused
 from firsttrust.identity import certificate_pem, pin_of_certificate
 
+from .batch import BatchReport, InvalidTargets, Outcome, Target, read_targets
 from .deployspec import InvalidDeploySpec, secrets_from_json
 from .enroll import ClientIdentityFiles, enroll, parse_address
 from .errors import ApiError, BadResponse, ConnectionFailed, PinMismatch, RequesterError
@@ -246,32 +248,6 @@ def enroll_appliance_sync(address: str, secrets: EnrollmentSecrets, **kwargs) ->
     return asyncio.run(enroll_appliance(address, secrets, **kwargs))
 
 
-@dataclass(frozen=True)
-class Target:
-    name: str
-    address: str
-    secrets: EnrollmentSecrets = field(repr=False)
-    deployment_id: str | None = None  # from the secrets file (requester/deploymentid.py), if it has one
-
-
-@dataclass(frozen=True)
-class Outcome:
-    target: Target
-    record: ApplianceRecord | None
-    error: FirsttrustError | None
-    seconds: float
-    already_pinned: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.record is not None
-
-    @property
-    def status(self) -> str:
-        """"enrolled", "already-pinned" or "failed"."""
-        return "failed" if self.record is None else "already-pinned" if self.already_pinned else "enrolled"
-
-
 # A worker process costs a fork and a second event loop: below this many targets per worker the
 # batch runs in this process (a handful of appliances is I/O-bound, not CPU-bound).
 MIN_TARGETS_PER_WORKER = 8
@@ -465,7 +441,3 @@ async def rotate_appliance(name: str, *, store: TrustStore | None = None) -> App
 async def call(name: str, method: str, path: str, body=None, *, store: TrustStore | None = None):
     async with open_session(name, store=store) as api:
         return await api.request(method, path, body)
-
-
-def run_sync(coroutine: Awaitable):
-    return asyncio.run(coroutine)

@@ -202,11 +202,6 @@ class TrustStore:
             return None
         return ApplianceRecord.from_json(data, path)
 
-    def remove_pending(self, name: str) -> None:
-        path = self._pending_path(name)
-        with self.locked():
-            path.unlink(missing_ok=True)
-
     def promote(self, record: ApplianceRecord) -> None:
         """Pin `record` and drop its pending entry, under one lock: the pin is written first, so
         a crash in between leaves a pin plus a pending entry that the next run removes."""

@@ -21,6 +21,10 @@ CreatePropertyCollector and WaitForUpdatesEx), and 6.7.1's SmartConnect passes o
 every connection it makes (the version probe's HTTPSConnection and the SOAP stub's), so the
 thumbprint pin holds there too: `make test-debian-versions` runs the deploy tests on 6.7.1. The
 agent never imports this.
+
+One module, over 450 lines, because it is the only place pyVmomi is called (`Vcenter`, one method
+per vSphere call the deployer makes): keeping every call in one class keeps that boundary one file
+to review; the task waits are already requester/vsphere_wait.py.
 """
 
 from __future__ import annotations

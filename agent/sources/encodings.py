@@ -24,7 +24,6 @@ import binascii
 import re
 import zlib
 
-from firsttrust.agent.errors import EncodingError
 # The names and the cap are shared with the requester's encoder, which lives in the core.
 from firsttrust import deployment
 from firsttrust.deployment import (  # noqa: F401  (re-exported)
@@ -36,6 +35,8 @@ from firsttrust.deployment import (  # noqa: F401  (re-exported)
     PLAIN,
     PropertyEncodingError,
 )
+
+from ..errors import EncodingError
 
 # Base64 text for MAX_DECODED_BYTES bytes, plus generous room for wrapping whitespace. Checked
 # before decoding, so a huge value costs nothing.

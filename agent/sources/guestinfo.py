@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from firsttrust.agent.errors import GuestInfoError, HypervisorUnavailable
+from ..errors import GuestInfoError, HypervisorUnavailable
 
 GUESTINFO_PREFIX = "guestinfo."
 # What we accept as a key, after the prefix. The VMX is more liberal, but our keys are

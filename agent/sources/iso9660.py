@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from firsttrust.agent.errors import OvfEnvError
-from firsttrust.agent.sources.ovfenv import MAX_DOCUMENT_BYTES
+from ..errors import OvfEnvError
+from .ovfenv import MAX_DOCUMENT_BYTES
 
 # ECMA-119 section 6.1.2: a logical sector is 2048 bytes. The logical block size (section
 # 8.4.12) may legally be 512 or 1024 too, but vSphere, genisoimage and xorriso all write 2048,

@@ -21,7 +21,6 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml
 import defusedxml.ElementTree
 
-from firsttrust.agent.errors import OvfEnvError
 from firsttrust import ovfenv as _writer
 # One definition of the names, limits and checks for writer and parser; the caps and
 # PlatformInfo are also re-exported for this module's users.
@@ -37,6 +36,8 @@ from firsttrust.ovfenv import (  # noqa: F401
     check_value_size,
     show_key,
 )
+
+from ..errors import OvfEnvError
 
 _ENVIRONMENT = f"{{{OVFENV_NS}}}Environment"
 _PLATFORM_SECTION = f"{{{OVFENV_NS}}}PlatformSection"

@@ -3,8 +3,11 @@ the default, nothing to install) and the fleet store on PostgreSQL (requester.st
 chosen by FIRSTTRUST_STORE or the `store` of $FIRSTTRUST_HOME/fleet.json.
 
 Both are a TrustStore (the interface: identity, get, list, scan, save, remove, save_pending,
-get_pending, remove_pending, promote, key_path, cert_path); the fleet store adds claim/release,
+get_pending, promote, key_path, cert_path); the fleet store adds claim/release,
 which requester.library calls through `claim_enrollment` only when the store has them.
+
+The folder requester/store/ installs as `firsttrust.requester.store`; it imports the requester's
+modules relatively (`from ..truststore import ...`).
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ stay in files under its $FIRSTTRUST_HOME, exactly as with the file store); the p
 enrollments, membership and grants live in the database, each signed, each checked before use.
 Every operation is one transaction; a lost connection is retried from the start of the
 transaction until FIRSTTRUST_STORE_DEADLINE (default 30 s) has passed, then StoreUnavailable.
+
+One module, over 450 lines, because `PgStore` is one class implementing the TrustStore interface
+over one schema, every method one transaction that checks the same membership and signatures;
+the schema, its connection settings, the claims and the signatures already have their own modules.
 """
 
 from __future__ import annotations
@@ -442,11 +446,6 @@ class PgStore(TrustStore):
             return ApplianceRecord.from_json(json.dumps(opened["record"]).encode(), Path(f"fleet store: {name}"))
 
         return self.transaction(work)
-
-    def remove_pending(self, name: str) -> None:
-        my_pin = self.identity().pin
-        self.transaction(lambda cursor: cursor.execute(
-            "DELETE FROM enrollments WHERE name = %s AND (signer_pin = %s OR signer_pin IS NULL)", (name, my_pin)))
 
     def promote(self, record: ApplianceRecord) -> None:
         """Pin `record` (signed), queue the other members' grants and drop the claim, in one transaction."""

@@ -1,6 +1,6 @@
-"""A source sitting out a penalty is refused at accept (agent/frontdoor.py DoorSocket), looked up
-by its source key: an IPv6 peer by its /64, an IPv4-mapped peer of a dual-stack listener by its
-IPv4 address, so that neither can slip past the penalty its source earned."""
+"""A source sitting out a penalty is refused at accept (agent/frontdoor_asyncio.py DoorSocket),
+looked up by its source key: an IPv6 peer by its /64, an IPv4-mapped peer of a dual-stack listener
+by its IPv4 address, so that neither can slip past the penalty its source earned."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import socket
 
 import pytest
 
-from firsttrust.agent.frontdoor import PENALTY_MIN, PENALTY_SECONDS, DoorSocket, FrontDoor, source_key
+from firsttrust.agent.frontdoor import PENALTY_MIN, PENALTY_SECONDS, FrontDoor, source_key
+from firsttrust.agent.frontdoor_asyncio import DoorSocket
 from firsttrust.framing import HEADER
 
 

@@ -97,3 +97,32 @@ def test_no_generic_top_level_import_names_remain():
     for path in files + sorted((ROOT / "lab" / "bin").iterdir()):
         bad = imported_modules(path) & (set(SIDES) | {"common"})
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)} by a generic top-level name"
+
+
+# Modules outside firsttrust/ that are sans-IO all the same: a table and its asyncio adapter live in
+# separate modules, and the table imports no event loop and no socket (issue 29).
+SANS_IO_OUTSIDE_CORE = {"agent/frontdoor.py": "agent/frontdoor_asyncio.py"}
+
+
+def test_sans_io_tables_import_no_event_loop_and_their_adapters_exist():
+    for table, adapter in SANS_IO_OUTSIDE_CORE.items():
+        bad = imported_modules(ROOT / table) & FORBIDDEN_IN_CORE
+        assert not bad, f"{table} imports {sorted(bad)}: that belongs in {adapter}"
+        assert "asyncio" in imported_modules(ROOT / adapter), f"{adapter} is the asyncio adapter of {table}"
+
+
+def test_importing_the_front_door_table_loads_no_event_loop():
+    code = ("import sys, firsttrust.agent.frontdoor;"
+            "print(sorted(m for m in ('asyncio', 'socket', 'aiohttp') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_one_import_style_relative_inside_a_package():
+    """Inside agent/, requester/ and lab/ a module imports its own package's modules relatively
+    (`from ..errors import ...`) and other packages as `firsttrust.` (the lab's bin/ scripts run as
+    programs, outside any package, so they import absolutely)."""
+    for side, name in SIDES.items():
+        for path in sorted((ROOT / side).rglob("*.py")):
+            assert name not in imported_modules(path), f"{path.relative_to(ROOT)} imports {name} absolutely"
