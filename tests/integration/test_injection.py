@@ -85,6 +85,47 @@ async def test_plaintext_behind_client_proof_is_refused_by_the_appliance(tmp_pat
     assert app.store.authorized() == [] and app.store.load().phase == "provisioned"
 
 
+async def test_plaintext_arriving_while_the_proof_is_charged_is_refused_by_the_appliance(tmp_path,
+                                                                                        requester_identity):
+    """The segment behind client_proof arrives while the agent writes the proof's charge (made
+    slow here): the agent stopped reading at the charge point, so the bytes wait in the kernel
+    and the look before the upgrade refuses them; had it gone on reading, they would sit in the
+    stream, unseen, and be read after the upgrade as if TLS had protected them."""
+    app = provisioned(tmp_path)
+    await app.start()
+    original_charge = app.gate._charge
+
+    def slow_charge():
+        time.sleep(0.3)  # in the gate's worker thread: the event loop goes on meanwhile
+        return original_charge()
+
+    app.gate._charge = slow_charge
+    client = ClientEnrollment(sec_a=app.secrets.sec_a, sec_b=app.secrets.sec_b,
+                              certificate=requester_identity.cert_der, name="attacker")
+
+    def attacker() -> bytes:
+        with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(client.start()[0].data)
+            (client_proof,) = client.receive_data(read_frame_blocking(sock))
+            sock.sendall(client_proof.data)
+            time.sleep(0.1)
+            sock.sendall(INJECTED)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            return answer
+
+    try:
+        answer = await asyncio.to_thread(attacker)
+        await app.settled()
+    finally:
+        await app.stop()
+    frames = frames_of(answer)
+    assert [(f.type, f.fields.get("code")) for f in frames] == [("server_proof", None), ("error", "unexpected_frame")]
+    assert app.store.authorized() == [] and app.store.load().failures == 0  # M1 verified: refunded
+
+
 @pytest.mark.parametrize("separate", [False, True], ids=["same-write", "separate-segment"])
 async def test_an_injected_frame_behind_a_correct_proof_does_not_spend_the_requesters_attempt(
         tmp_path, requester_identity, separate, monkeypatch):
