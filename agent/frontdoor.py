@@ -551,14 +551,3 @@ def hello_refused(retry_after: int | None) -> bytes:
 FULL = encode_error("busy", "too many unauthenticated connections; retry later")
 EVICTED = encode_error("busy", "dropped to make room: no hello yet while the appliance is busy; retry at once")
 TOO_SLOW = encode_error("timeout", "no hello within the first-frame deadline")
-
-
-def __getattr__(name: str):
-    """`DoorProtocol` and `DoorSocket` by their old address (agent/server.py imports them from here
-    until it imports agent/frontdoor_asyncio.py itself): loaded on first use, so that importing the
-    table loads no event loop and no socket module."""
-    if name in ("DoorProtocol", "DoorSocket"):
-        from . import frontdoor_asyncio
-
-        return getattr(frontdoor_asyncio, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

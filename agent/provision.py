@@ -26,12 +26,12 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
+from firsttrust.common.files import clean_stale_temps, write_atomic
 from firsttrust.deployment import APPLIANCE_CERT_GUESTINFO, DEFAULT_ENROLL_WINDOW, PREFIX
 from firsttrust.identity import Identity, create_identity
 from firsttrust.srp6a import compute_verifier, new_verifier_record
 
 from . import audit, guestaccount
-from .atomicfile import clean_stale_temps, write_atomic
 from .config import AgentConfig
 from .errors import AgentError, GuestInfoError, HypervisorUnavailable, NoConfiguration
 from .password import set_password
@@ -44,7 +44,7 @@ Checkpoint = Callable[[str], None]
 
 
 def _no_checkpoint(step: str) -> None:
-    """Tests replace this to kill the process between steps."""
+    return None
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,10 @@ def provision(config: AgentConfig, deploy: DeployConfig, *, guestinfo: GuestInfo
               set_account_password: bool = True, clock: Callable[[], float] = time.time,
               checkpoint: Checkpoint | None = None) -> ProvisionReport:
     """Provision (or re-check) the appliance from `deploy`. Safe to run any number of times.
+
+    `checkpoint`, the one crash-point hook, is called with each step's name (the module's
+    docstring lists them) once the step is done; the kill tests pass one that SIGKILLs the
+    process (tests/unit/test_provision_crash.py). The product passes none.
 
     Raises:
         NoConfiguration: nothing injected and never provisioned before.

@@ -23,8 +23,9 @@ from .descriptors import budget
 from .apiinfo import ApiInfo
 from .config import AgentConfig
 from .errors import AgentError
+from .gate import EnrollmentGate
 from .grant import repair_at_start
-from .server import EnrollmentGate, EnrollmentServer, OwnIdentity, start_enrollment_server
+from .server import EnrollmentServer, OwnIdentity, start_enrollment_server
 from .state import StateDir
 
 log = logging.getLogger("firsttrust.service")

@@ -165,6 +165,16 @@ class FrameDecoder:
             raise self._error
         return length
 
+    def frame_ready(self) -> bool:
+        """Whether `next_frame` would return a frame or raise: a whole frame is buffered, or the
+        stream has already failed (an empty or oversized length, refused by `feed`)."""
+        if self._error:
+            return True
+        if len(self._buffer) < HEADER.size:
+            return False
+        (length,) = HEADER.unpack_from(self._buffer)
+        return len(self._buffer) >= HEADER.size + length
+
     def next_frame(self) -> Frame | None:
         if self._error:
             raise self._error

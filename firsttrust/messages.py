@@ -1,7 +1,12 @@
-"""What each frame type carries, as data: one schema row per type.
+"""What each frame type carries, as data: one schema row per type, and one frozen dataclass
+per type that the state machines receive (`parse`).
 
 The state machines never read a field that was not validated here; every violation is an
 InvalidField with the field's name (never its value, which may be secret-derived).
+
+The dataclasses are written out, not generated: each names its frame type (`TYPE`) and has
+exactly the fields of its SCHEMAS row, optional ones defaulting to None
+(tests/unit/test_messages.py checks that the two agree).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Union
 
 from .errors import InvalidField
 from .framing import Frame
@@ -163,3 +168,83 @@ def validate(frame: Frame) -> dict[str, Any]:
             continue
         decoded[name] = validator(name, frame.fields[name])
     return decoded
+
+
+# --- typed messages: one per frame type, the fields of its SCHEMAS row, decoded -------------
+
+
+@dataclass(frozen=True)
+class HelloMessage:
+    TYPE: ClassVar[str] = "hello"
+    A: bytes
+
+
+@dataclass(frozen=True)
+class ChallengeMessage:
+    TYPE: ClassVar[str] = "challenge"
+    salt: bytes
+    B: bytes
+
+
+@dataclass(frozen=True)
+class ClientProofMessage:
+    TYPE: ClassVar[str] = "client_proof"
+    M1: bytes
+    certificate: bytes
+    commitment: bytes
+
+
+@dataclass(frozen=True)
+class ServerProofMessage:
+    TYPE: ClassVar[str] = "server_proof"
+    M2: bytes
+    certificate: bytes
+    commitment: bytes
+
+
+@dataclass(frozen=True)
+class ApplianceProofMessage:
+    TYPE: ClassVar[str] = "appliance_proof"
+    sec_b_proof: bytes
+    confirm: bytes
+    api_port: int
+
+
+@dataclass(frozen=True)
+class FinishMessage:
+    TYPE: ClassVar[str] = "finish"
+    confirm: bytes
+    name: str
+    ssh_key: str | None = None
+
+
+@dataclass(frozen=True)
+class EnrolledMessage:
+    TYPE: ClassVar[str] = "enrolled"
+    pin: str
+    ssh_host_keys: list[str]
+    api_port: int
+
+
+@dataclass(frozen=True)
+class ErrorMessage:
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+    retry_after: int | None = None
+
+
+Message = Union[HelloMessage, ChallengeMessage, ClientProofMessage, ServerProofMessage, ApplianceProofMessage,
+                FinishMessage, EnrolledMessage, ErrorMessage]
+MESSAGES: dict[str, type] = {cls.TYPE: cls for cls in (
+    HelloMessage, ChallengeMessage, ClientProofMessage, ServerProofMessage, ApplianceProofMessage,
+    FinishMessage, EnrolledMessage, ErrorMessage)}
+
+
+def parse(frame: Frame) -> Message:
+    """`validate`, as the frame type's dataclass.
+
+    Raises:
+        InvalidField: as `validate`.
+    """
+    return MESSAGES[frame.type](**validate(frame))

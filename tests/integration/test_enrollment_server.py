@@ -189,7 +189,7 @@ async def test_binding_uses_the_certificate_tls_presented_not_the_committed_one(
     certificate, and the requester commits to its own certificate but presents the stranger's in
     TLS. The binding check must see what TLS presented (the stranger's) and refuse; a driver
     that reported the committed certificate instead would enroll the requester."""
-    import firsttrust.agent.server as server_module
+    import firsttrust.agent.conversation as server_module
     real_context = server_module._server_context
 
     def also_trusting_the_stranger(store, requester_certificate):

@@ -8,6 +8,7 @@ import time
 
 import pytest
 from agent_fixture import identity_files, provisioned
+from enrollment_driver import feed
 
 from firsttrust.agent.server import Refusal
 from firsttrust.enrollment import ClientEnrollment, SendFrame, ServerEnrollment, StartTLS
@@ -19,19 +20,17 @@ from firsttrust.requester.enroll import enroll
 INJECTED = encode_frame("finish", {"confirm": "A" * 43 + "=", "name": "injected"})
 
 
-def slow_before_tls(monkeypatch, module) -> None:
-    """Make the driver's check right before the TLS upgrade (its second look at the buffer) take
-    0.3 s, so a segment sent 0.1 s after the last plaintext frame deterministically arrives
+def slow_before_tls(monkeypatch, module, check: str) -> None:
+    """Make the driver's look right before the TLS upgrade (at the kernel's receive buffer) start
+    0.3 s late, so a segment sent 0.1 s after the last plaintext frame deterministically arrives
     between that frame and the upgrade: the separate-segment case, not the same-read one."""
-    original, calls = module._take_buffered, []
+    original = getattr(module, check)
 
-    def delayed(reader):
-        calls.append(1)
-        if len(calls) == 2:
-            time.sleep(0.3)  # blocking on purpose: the event loop must not read the segment first
-        return original(reader)
+    def delayed(writer):
+        time.sleep(0.3)  # blocking on purpose: the event loop must not read the segment first
+        return original(writer)
 
-    monkeypatch.setattr(module, "_take_buffered", delayed)
+    monkeypatch.setattr(module, check, delayed)
 
 
 def read_frame_blocking(sock: socket.socket) -> bytes:
@@ -50,9 +49,9 @@ def frames_of(data: bytes) -> list:
 @pytest.mark.parametrize("separate", [False, True], ids=["same-write", "separate-segment"])
 async def test_plaintext_behind_client_proof_is_refused_by_the_appliance(tmp_path, requester_identity, separate,
                                                                          monkeypatch):
-    import firsttrust.agent.server as server_module
+    import firsttrust.agent.conversation as server_module
     if separate:
-        slow_before_tls(monkeypatch, server_module)
+        slow_before_tls(monkeypatch, server_module, "_peek_plaintext")
     app = provisioned(tmp_path)
     await app.start()
     client = ClientEnrollment(sec_a=app.secrets.sec_a, sec_b=app.secrets.sec_b,
@@ -86,15 +85,56 @@ async def test_plaintext_behind_client_proof_is_refused_by_the_appliance(tmp_pat
     assert app.store.authorized() == [] and app.store.load().phase == "provisioned"
 
 
+async def test_plaintext_arriving_while_the_proof_is_charged_is_refused_by_the_appliance(tmp_path,
+                                                                                        requester_identity):
+    """The segment behind client_proof arrives while the agent writes the proof's charge (made
+    slow here): the agent stopped reading at the charge point, so the bytes wait in the kernel
+    and the look before the upgrade refuses them; had it gone on reading, they would sit in the
+    stream, unseen, and be read after the upgrade as if TLS had protected them."""
+    app = provisioned(tmp_path)
+    await app.start()
+    original_charge = app.gate._charge
+
+    def slow_charge():
+        time.sleep(0.3)  # in the gate's worker thread: the event loop goes on meanwhile
+        return original_charge()
+
+    app.gate._charge = slow_charge
+    client = ClientEnrollment(sec_a=app.secrets.sec_a, sec_b=app.secrets.sec_b,
+                              certificate=requester_identity.cert_der, name="attacker")
+
+    def attacker() -> bytes:
+        with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(client.start()[0].data)
+            (client_proof,) = client.receive_data(read_frame_blocking(sock))
+            sock.sendall(client_proof.data)
+            time.sleep(0.1)
+            sock.sendall(INJECTED)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            return answer
+
+    try:
+        answer = await asyncio.to_thread(attacker)
+        await app.settled()
+    finally:
+        await app.stop()
+    frames = frames_of(answer)
+    assert [(f.type, f.fields.get("code")) for f in frames] == [("server_proof", None), ("error", "unexpected_frame")]
+    assert app.store.authorized() == [] and app.store.load().failures == 0  # M1 verified: refunded
+
+
 @pytest.mark.parametrize("separate", [False, True], ids=["same-write", "separate-segment"])
 async def test_an_injected_frame_behind_a_correct_proof_does_not_spend_the_requesters_attempt(
         tmp_path, requester_identity, separate, monkeypatch):
     """An on-path injector appends a frame to the legitimate requester's correct client_proof:
     refused (above), but M1 verified, so the charge made before the verdict is refunded:
     failures stays 0 and no back-off starts (docs/protocol.md section 9)."""
-    import firsttrust.agent.server as server_module
+    import firsttrust.agent.conversation as server_module
     if separate:
-        slow_before_tls(monkeypatch, server_module)
+        slow_before_tls(monkeypatch, server_module, "_peek_plaintext")
     app = provisioned(tmp_path)
     await app.start(backoff_base=1.0)
     client = ClientEnrollment(sec_a=app.secrets.sec_a, sec_b=app.secrets.sec_b,
@@ -133,7 +173,7 @@ async def test_plaintext_behind_server_proof_is_refused_by_the_requester(tmp_pat
                                                                           appliance_identity, separate, monkeypatch):
     import firsttrust.requester.enroll as enroll_module
     if separate:
-        slow_before_tls(monkeypatch, enroll_module)
+        slow_before_tls(monkeypatch, enroll_module, "_unread_in_kernel")
     app = provisioned(tmp_path)
     state = app.store.load()
     server = ServerEnrollment(salt=bytes.fromhex(state.srp_salt), verifier=bytes.fromhex(state.srp_verifier),
@@ -147,7 +187,7 @@ async def test_plaintext_behind_server_proof_is_refused_by_the_requester(tmp_pat
             conn.settimeout(10)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.sendall(server.receive_data(read_frame_blocking(conn))[0].data)
-            events = server.receive_data(read_frame_blocking(conn))
+            events = feed(server, read_frame_blocking(conn))[1:]  # after ProofVerified
             assert isinstance(events[0], SendFrame) and isinstance(events[1], StartTLS)
             if separate:
                 conn.sendall(events[0].data)

@@ -21,14 +21,16 @@ from firsttrust.requester.enroll import enroll
 ROOT = Path(__file__).resolve().parents[2]
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3chmQSVTG4 bringup@host"  # a real key: the agent parses it before the commit
 
+# The real `serve`, its EnrollmentGate given the documented `checkpoint` hook (agent/gate.py):
+# a SIGKILL at one step.
 KILLER = """
-import os, signal, sys
-import firsttrust.agent.server as server
+import functools, os, signal, sys
+import firsttrust.agent.service as service
 target = sys.argv[1]
 def checkpoint(step):
     if step == target:
         os.kill(os.getpid(), signal.SIGKILL)
-server._checkpoint = checkpoint
+service.EnrollmentGate = functools.partial(service.EnrollmentGate, checkpoint=checkpoint)
 from firsttrust.agent.cli import main
 sys.exit(main(sys.argv[2:]))
 """

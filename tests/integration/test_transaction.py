@@ -130,8 +130,11 @@ async def test_back_off_applies_when_the_proof_arrives_not_only_when_the_connect
 
     from firsttrust.credentials import EnrollmentSecrets
     from firsttrust.enrollment import ClientEnrollment
-    from firsttrust.framing import FrameDecoder
-    from firsttrust.requester.enroll import _read_frame
+    from firsttrust.framing import HEADER, FrameDecoder
+
+    async def read_frame(reader) -> bytes:
+        header = await reader.readexactly(HEADER.size)
+        return header + await reader.readexactly(HEADER.unpack(header)[0])
 
     app = provisioned(tmp_path)
     await app.start(phase_timeout=5.0, backoff_base=30.0)
@@ -147,7 +150,7 @@ async def test_back_off_applies_when_the_proof_arrives_not_only_when_the_connect
             machines.append(machine)
         proofs = []
         for (reader, _), machine in zip(streams, machines):
-            challenge, _ = await _read_frame(reader, 10)
+            challenge = await _asyncio.wait_for(read_frame(reader), 10)
             proofs.append(machine.receive_data(challenge)[0].data)
         answers = []
         for (reader, writer), proof in zip(streams, proofs):

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = Counter({
     ("srp6a.py", "verify"): 2,  # M1 (the agent's SRPServer), M2 (the requester's SRPClient)
     ("enrollment.py", "_check_peer_certificate"): 2,  # each side's TLS peer certificate vs its commitment
-    ("enrollment.py", "_on_client_proof"): 1,  # the requester's commitment
+    ("enrollment.py", "_proceed"): 1,  # the requester's commitment (after the verdict on M1)
     ("enrollment.py", "_on_server_proof"): 1,  # the appliance's commitment
     ("enrollment.py", "_on_finish"): 1,  # the requester's confirmation
     ("enrollment.py", "_on_appliance_proof"): 2,  # the appliance's confirmation, the SEC-B proof

@@ -5,18 +5,21 @@ import json
 import struct
 
 import pytest
-from enrollment_driver import run
+from enrollment_driver import feed, run
 
 from firsttrust import limits
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.enrollment import (
     Authorization,
+    ClientEnrolled,
     ClientEnrollment,
-    Enrolled,
     EnrollmentResult,
     PendingPin,
     PersistAuthorization,
+    ProofReceived,
+    ProofVerified,
     SendFrame,
+    ServerEnrolled,
     ServerEnrollment,
     StartTLS,
     State,
@@ -67,26 +70,29 @@ class Pair:
         return only_send(self.client.start())
 
     def challenge(self):
-        return only_send(self.server.receive_data(self.hello()))
+        return only_send(feed(self.server, self.hello()))
 
     def client_proof(self):
-        return only_send(self.client.receive_data(self.challenge()))
+        return only_send(feed(self.client, self.challenge()))
 
     def server_proof(self):
-        events = self.server.receive_data(self.client_proof())
+        # The charge point, the verdict, then the answer: three calls, as the agent drives them.
+        assert self.server.receive_data(self.client_proof()) == [ProofReceived()]
+        assert self.server.check_proof() == [ProofVerified()]
+        events = self.server.proceed()
         assert isinstance(events[0], SendFrame) and isinstance(events[1], StartTLS)
         assert events[1].peer_certificate == self.ccert
         return events[0].data
 
     def through_tls(self):
-        events = self.client.receive_data(self.server_proof())
+        events = feed(self.client, self.server_proof())
         assert events == [StartTLS(peer_certificate=self.scert)]
         appliance_proof = only_send(self.server.tls_established(self.ccert))
         assert self.client.tls_established(self.scert) == []
         return appliance_proof
 
     def finish(self):
-        events = self.client.receive_data(self.through_tls())
+        events = feed(self.client, self.through_tls())
         # The requester is told to keep the verified appliance as a pending pin BEFORE it sends finish.
         assert [type(e) for e in events] == [PendingPin, SendFrame], events
         assert events[0] == PendingPin(pin_of_certificate(self.scert), self.scert, 8443)
@@ -143,12 +149,12 @@ def test_enrollment_succeeds_and_both_sides_hold_the_others_pin(pair, requester_
 
 def test_server_answers_enrolled_only_after_persisting(pair):
     finish = pair.finish()
-    events = pair.server.receive_data(finish)
+    events = feed(pair.server, finish)
     assert len(events) == 1 and isinstance(events[0], PersistAuthorization)
     assert pair.server.state is State.PERSISTING and pair.server.timeout == limits.PERSIST_TIMEOUT
     events = pair.server.authorization_persisted()
     assert isinstance(events[0], SendFrame) and fields_of(events[0].data)["type"] == "enrolled"
-    assert isinstance(events[1], Enrolled)
+    assert isinstance(events[1], ServerEnrolled) and isinstance(events[1].authorization, Authorization)
     with pytest.raises(StateError):
         pair.server.authorization_persisted()
 
@@ -180,10 +186,10 @@ def test_wrong_sec_a_is_refused_by_the_server(secrets, requester_identity, appli
     error = p.server.error_frame()
     assert fields_of(error)["code"] == "auth_failed"
     with pytest.raises(PeerRefused) as refused:
-        p.client.receive_data(error)
+        feed(p.client, error)
     assert refused.value.code == "auth_failed"
     assert p.client.error_frame() is None  # nothing to answer an error frame with
-    assert p.server.proof_verified is False  # a wrong M1: the one failed guess, stays charged
+    assert p.server.state is State.ERROR  # a wrong M1: no ProofVerified, the one failed guess stays charged
     for secret in (secrets.sec_a, other.sec_a, secrets.sec_b):
         assert secret not in str(info.value) and secret.encode() not in error
 
@@ -194,7 +200,7 @@ def test_wrong_sec_b_is_a_forged_appliance_and_the_requester_sends_nothing_in_tl
     p = Pair(secrets, requester_identity, appliance_identity, server_sec_b=forged.sec_b)
     appliance_proof = p.through_tls()
     with pytest.raises(SecBProofFailed) as info:
-        p.client.receive_data(appliance_proof)
+        feed(p.client, appliance_proof)
     assert info.value.code == "sec_b_failed"
     assert p.client.state is State.ERROR
 
@@ -204,16 +210,16 @@ def test_a_server_without_the_verifier_fails_m2(secrets, requester_identity, app
     hello = pair.hello()
     rogue = ServerEnrollment(salt=pair.salt, verifier=new_verifier_record(b"guess" * 5)[1], sec_b=secrets.sec_b,
                              certificate=pair.scert, api_port=1)
-    challenge = only_send(rogue.receive_data(hello))
-    client_proof = only_send(pair.client.receive_data(challenge))
+    challenge = only_send(feed(rogue, hello))
+    client_proof = only_send(feed(pair.client, challenge))
     with pytest.raises(AuthenticationFailed):
-        rogue.receive_data(client_proof)
+        feed(rogue, client_proof)
     # Even if the rogue answered with a made-up M2, the client refuses it.
     fake = encode_frame("server_proof", {"M2": base64.b64encode(b"\1" * 64).decode(),
                                          "certificate": base64.b64encode(pair.scert).decode(),
                                          "commitment": base64.b64encode(b"\2" * 32).decode()})
     with pytest.raises(AuthenticationFailed):
-        pair.client.receive_data(fake)
+        feed(pair.client, fake)
 
 
 # --- bad SRP public values ------------------------------------------------------------------------
@@ -224,7 +230,7 @@ def test_server_rejects_bad_A(pair, A, error):
     length = max(384, (A.bit_length() + 7) // 8)
     hello = encode_frame("hello", {"A": base64.b64encode(A.to_bytes(length, "big")).decode()})
     with pytest.raises(error):
-        pair.server.receive_data(hello)
+        feed(pair.server, hello)
     assert fields_of(pair.server.error_frame())["code"] == error.code
 
 
@@ -234,7 +240,7 @@ def test_client_rejects_bad_B(pair, B):
     challenge = encode_frame("challenge", {"salt": base64.b64encode(pair.salt).decode(),
                                            "B": base64.b64encode(B.to_bytes(384, "big")).decode()})
     with pytest.raises(InvalidSRPParameter):
-        pair.client.receive_data(challenge)
+        feed(pair.client, challenge)
 
 
 # --- binding TLS to SRP -------------------------------------------------------------------------------
@@ -243,40 +249,57 @@ def test_client_rejects_bad_B(pair, B):
 def test_tampered_requester_commitment(pair):
     client_proof = pair.client_proof()
     bad = rebuild(client_proof, commitment=flip(fields_of(client_proof)["commitment"]))
+    assert pair.server.receive_data(bad) == [ProofReceived()]
+    assert pair.server.check_proof() == [ProofVerified()]  # M1 was right: not a failed guess (refunded)
     with pytest.raises(BindingFailed):
-        pair.server.receive_data(bad)
-    assert pair.server.proof_verified  # M1 was right: not a failed guess (the agent refunds it)
+        pair.server.proceed()
 
 
 def test_a_correct_proof_with_bytes_behind_it_is_refused_but_reported_verified(pair):
     """STARTTLS injection behind a correct client_proof (section 7.2): refused, yet M1 verified,
     so the attempt is not a failed guess and the agent refunds its charge (section 9)."""
     client_proof = pair.client_proof()
-    assert not pair.server.proof_verified
+    behind = encode_frame("finish", {"confirm": "A" * 43 + "=", "name": "x"})
+    assert pair.server.receive_data(client_proof + behind) == [ProofReceived()]  # the charge point first
+    assert pair.server.check_proof() == [ProofVerified()]  # the verdict: M1 verified
     with pytest.raises(UnexpectedFrame):
-        pair.server.receive_data(client_proof + encode_frame("finish", {"confirm": "A" * 43 + "=", "name": "x"}))
-    assert pair.server.proof_verified and pair.server.state is State.ERROR
+        pair.server.proceed()
+    assert pair.server.state is State.ERROR
+
+
+def test_the_proof_is_checked_only_when_the_driver_says_so(pair):
+    """Between ProofReceived and check_proof the machine takes no data and answers nothing, and
+    proceed before the verdict is a local mistake, not the peer's."""
+    assert pair.server.receive_data(pair.client_proof()) == [ProofReceived()]
+    with pytest.raises(StateError):
+        pair.server.receive_data(b"\0")
+    with pytest.raises(StateError):
+        pair.server.proceed()
+    assert pair.server.check_proof() == [ProofVerified()]
+    with pytest.raises(StateError):
+        pair.server.check_proof()
+    assert [type(e) for e in pair.server.proceed()] == [SendFrame, StartTLS]
 
 
 def test_tampered_appliance_commitment(pair):
     server_proof = pair.server_proof()
     bad = rebuild(server_proof, commitment=flip(fields_of(server_proof)["commitment"]))
     with pytest.raises(BindingFailed):
-        pair.client.receive_data(bad)
+        feed(pair.client, bad)
 
 
 def test_relay_cannot_swap_the_requester_certificate_in_plaintext(pair, stranger_identity):
     client_proof = pair.client_proof()
     bad = rebuild(client_proof, certificate=base64.b64encode(stranger_identity.cert_der).decode())
     with pytest.raises(BindingFailed):
-        pair.server.receive_data(bad)
+        feed(pair.server, bad)
 
 
 def test_relay_cannot_swap_the_appliance_certificate_in_plaintext(pair, stranger_identity):
     server_proof = pair.server_proof()
     bad = rebuild(server_proof, certificate=base64.b64encode(stranger_identity.cert_der).decode())
     with pytest.raises(BindingFailed):
-        pair.client.receive_data(bad)
+        feed(pair.client, bad)
 
 
 def test_server_refuses_a_tls_client_certificate_other_than_the_committed_one(pair, stranger_identity):
@@ -291,14 +314,14 @@ def test_server_refuses_a_tls_client_certificate_other_than_the_committed_one(pa
 
 
 def test_client_refuses_a_tls_server_certificate_other_than_the_committed_one(pair, stranger_identity):
-    pair.client.receive_data(pair.server_proof())
+    feed(pair.client, pair.server_proof())
     with pytest.raises(BindingFailed):
         pair.client.tls_established(stranger_identity.cert_der)
 
 
 @pytest.mark.parametrize("side", ["client", "server"])
 def test_no_tls_certificate_at_all(pair, side):
-    pair.client.receive_data(pair.server_proof())
+    feed(pair.client, pair.server_proof())
     with pytest.raises(BindingFailed, match="presented no certificate"):
         getattr(pair, side).tls_established(None)
 
@@ -307,21 +330,21 @@ def test_tampered_confirmations(pair):
     appliance_proof = pair.through_tls()
     bad = rebuild(appliance_proof, confirm=flip(fields_of(appliance_proof)["confirm"]))
     with pytest.raises(ConfirmationFailed):
-        pair.client.receive_data(bad)
+        feed(pair.client, bad)
 
 
 def test_tampered_requester_confirmation(pair):
     finish = pair.finish()
     with pytest.raises(ConfirmationFailed):
-        pair.server.receive_data(rebuild(finish, confirm=flip(fields_of(finish)["confirm"])))
+        feed(pair.server, rebuild(finish, confirm=flip(fields_of(finish)["confirm"])))
 
 
 def test_enrolled_with_another_pin_is_refused(pair):
     finish = pair.finish()
-    pair.server.receive_data(finish)
+    feed(pair.server, finish)
     enrolled = pair.server.authorization_persisted()[0].data
     with pytest.raises(BindingFailed):
-        pair.client.receive_data(rebuild(enrolled, pin="sha256:" + "00" * 32))
+        feed(pair.client, rebuild(enrolled, pin="sha256:" + "00" * 32))
 
 
 # --- order, repetition, truncation, garbage -------------------------------------------------------------
@@ -329,14 +352,14 @@ def test_enrolled_with_another_pin_is_refused(pair):
 
 def test_server_frame_out_of_order(pair):
     with pytest.raises(UnexpectedFrame):
-        pair.server.receive_data(encode_frame("finish", {"confirm": "A" * 43 + "=", "name": "x"}))
+        feed(pair.server, encode_frame("finish", {"confirm": "A" * 43 + "=", "name": "x"}))
 
 
 def test_repeated_hello(pair):
     hello = pair.hello()
-    pair.server.receive_data(hello)
+    feed(pair.server, hello)
     with pytest.raises(UnexpectedFrame):
-        pair.server.receive_data(hello)
+        feed(pair.server, hello)
 
 
 def test_client_frame_out_of_order(pair):
@@ -344,7 +367,7 @@ def test_client_frame_out_of_order(pair):
     fresh = Pair(pair.secrets, *_identities(pair))
     fresh.hello()
     with pytest.raises(UnexpectedFrame):
-        fresh.client.receive_data(server_proof)
+        feed(fresh.client, server_proof)
 
 
 def _identities(pair):
@@ -357,19 +380,19 @@ def _identities(pair):
 def test_frame_after_the_end(pair):
     run(pair.client, pair.server, client_cert=pair.ccert, server_cert=pair.scert)
     with pytest.raises(UnexpectedFrame):
-        pair.server.receive_data(encode_frame("hello", {"A": "AA=="}))
+        feed(pair.server, encode_frame("hello", {"A": "AA=="}))
 
 
 def test_bytes_after_finish_in_the_same_read(pair):
     finish = pair.finish()
     with pytest.raises(UnexpectedFrame):
-        pair.server.receive_data(finish + b"\0")
+        feed(pair.server, finish + b"\0")
 
 
 def test_data_while_persisting(pair):
-    pair.server.receive_data(pair.finish())
+    feed(pair.server, pair.finish())
     with pytest.raises(UnexpectedFrame):
-        pair.server.receive_data(b"\0")
+        feed(pair.server, b"\0")
 
 
 def test_server_checks_its_own_enrolled_fields(pair):
@@ -384,38 +407,38 @@ def test_server_checks_its_own_enrolled_fields(pair):
 def test_lockstep_no_bytes_after_the_last_plaintext_frame(pair):
     client_proof = pair.client_proof()
     with pytest.raises(UnexpectedFrame):
-        pair.server.receive_data(client_proof + b"\x16\x03\x01")
+        feed(pair.server, client_proof + b"\x16\x03\x01")
 
 
 def test_lockstep_client_side(pair):
     server_proof = pair.server_proof()
     with pytest.raises(UnexpectedFrame):
-        pair.client.receive_data(server_proof + b"\0")
+        feed(pair.client, server_proof + b"\0")
 
 
 def test_plaintext_before_the_tls_handshake_is_an_injection_on_the_appliance(pair):
     pair.server_proof()
     with pytest.raises(UnexpectedFrame, match="before the TLS handshake"):
-        pair.server.receive_data(encode_frame("finish", {"confirm": "AAAA", "name": "x"}))
+        feed(pair.server, encode_frame("finish", {"confirm": "AAAA", "name": "x"}))
     assert pair.server.error_frame() is not None and b"unexpected_frame" in pair.server.error_frame()
 
 
 def test_plaintext_before_the_tls_handshake_is_an_injection_on_the_requester(pair):
-    pair.client.receive_data(pair.server_proof())
+    feed(pair.client, pair.server_proof())
     with pytest.raises(UnexpectedFrame, match="before the TLS handshake"):
-        pair.client.receive_data(b"\x00\x00\x00\x02{}")
+        feed(pair.client, b"\x00\x00\x00\x02{}")
     assert b"unexpected_frame" in pair.client.error_frame()
 
 
 def test_truncated_frame_then_eof(pair):
     hello = pair.hello()
-    assert pair.server.receive_data(hello[:-10]) == []
+    assert feed(pair.server, hello[:-10]) == []
     with pytest.raises(TruncatedFrame):
         pair.server.receive_eof()
 
 
 def test_eof_between_frames_before_done(pair):
-    pair.server.receive_data(pair.hello())
+    feed(pair.server, pair.hello())
     with pytest.raises(TruncatedFrame):
         pair.server.receive_eof()
 
@@ -440,19 +463,19 @@ def test_eof_after_done_is_fine(pair):
 ])
 def test_garbage_ends_in_a_typed_error(pair, data, error):
     if error is None:  # an incomplete frame just waits for more bytes
-        assert pair.server.receive_data(data) == []
+        assert feed(pair.server, data) == []
         return
     with pytest.raises(error) as info:
-        pair.server.receive_data(data)
+        feed(pair.server, data)
     assert fields_of(pair.server.error_frame())["code"] == info.value.code
     with pytest.raises(StateError):  # and the machine stays failed
-        pair.server.receive_data(pair.hello())
+        feed(pair.server, pair.hello())
 
 
 def test_peer_error_frame_becomes_peer_refused(pair):
     pair.hello()
     with pytest.raises(PeerRefused) as info:
-        pair.client.receive_data(encode_frame("error", {"code": "locked_out", "message": "too many failures"}))
+        feed(pair.client, encode_frame("error", {"code": "locked_out", "message": "too many failures"}))
     assert info.value.code == "locked_out" and "too many failures" in str(info.value)
 
 
@@ -461,7 +484,7 @@ def test_abort_gives_an_error_frame_and_ends_the_machine(pair):
     assert fields_of(frame) == {"v": 1, "type": "error", "code": "timeout", "message": "no hello within 15 s"}
     assert pair.server.error.code == "timeout"
     with pytest.raises(StateError):
-        pair.server.receive_data(pair.hello())
+        feed(pair.server, pair.hello())
 
 
 def test_start_twice(pair):

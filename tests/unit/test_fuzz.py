@@ -10,7 +10,7 @@ import itertools
 import json
 
 import pytest
-from enrollment_driver import run
+from enrollment_driver import feed, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -125,7 +125,7 @@ class Transcript:
     def server_at(self, index):
         server = self.server()
         for i, frame in enumerate(self.client_frames[:index]):
-            server.receive_data(frame)
+            feed(server, frame)
             if i == TLS_AFTER:
                 server.tls_established(self.ccert)
         return server
@@ -237,7 +237,7 @@ def _fuzz_side(monkeypatch, side, transcript, handlers, frames, at):
         before = counts[handlers[index]]
         reached["examples"] += 1
         try:
-            machine.receive_data(frame)
+            feed(machine, frame)
             if index == TLS_AFTER:  # the mutated frame was accepted: the upgrade comes next
                 (machine.tls_established(transcript.ccert if side == "server" else transcript.scert))
         except FirsttrustError:

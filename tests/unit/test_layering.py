@@ -1,7 +1,13 @@
 """The import rule: firsttrust/ is sans-IO and depends on none of agent/, requester/, lab/,
 common/ (installed as firsttrust.agent, firsttrust.requester, firsttrust.lab, firsttrust.common).
 common/ holds the I/O helpers the others share: agent/, requester/ and lab/ may import it; it
-imports only the core."""
+imports only the core.
+
+The two enrollment drivers (agent/conversation.py, requester/enroll.py) share no asyncio helper,
+and none is needed where both may import it: the framing layer both use is the state machine
+itself (firsttrust/framing.py's FrameDecoder inside firsttrust/enrollment.py, sans-IO, allowed
+here). A driver hands the machine whatever a read returned and obeys the events; it asks the
+machine nothing about its state and reads no private buffer of asyncio's (checked below)."""
 
 import ast
 import subprocess
@@ -126,3 +132,19 @@ def test_one_import_style_relative_inside_a_package():
     for side, name in SIDES.items():
         for path in sorted((ROOT / side).rglob("*.py")):
             assert name not in imported_modules(path), f"{path.relative_to(ROOT)} imports {name} absolutely"
+
+
+def test_drivers_ask_no_machine_its_state_and_read_no_private_stream_buffer():
+    """Decisions live in the state machines (issue 29): no module of agent/ or requester/
+    imports the machines' State, reads a `.state` of anything named like a machine, or touches
+    a `_buffer` attribute (asyncio's StreamReader keeps its bytes there)."""
+    for side in ("agent", "requester"):
+        for path in sorted((ROOT / side).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module == "firsttrust.enrollment":
+                    assert "State" not in [alias.name for alias in node.names], path
+                if isinstance(node, ast.Attribute):
+                    assert node.attr != "_buffer", f"{path.relative_to(ROOT)}:{node.lineno} reads _buffer"
+                    if node.attr == "state" and isinstance(node.value, ast.Name):
+                        assert "machine" not in node.value.id, f"{path.relative_to(ROOT)}:{node.lineno}"

@@ -66,3 +66,31 @@ def test_error_frame_fields():
     for bad in ({"code": "Auth"}, {"message": "two\nlines"}, {"message": "m" * 513}):
         with pytest.raises(InvalidField):
             validate(frame("error", **{"code": "auth_failed", "message": "x", **bad}))
+
+
+def test_one_typed_message_per_frame_type_with_exactly_its_schema_fields():
+    """The dataclasses the state machines receive agree with SCHEMAS: one per frame type, the
+    same fields, required ones without a default, optional ones defaulting to None, frozen."""
+    import dataclasses
+
+    from firsttrust.framing import FRAME_TYPES
+    from firsttrust.messages import MESSAGES, SCHEMAS
+
+    assert set(MESSAGES) == set(SCHEMAS) == set(FRAME_TYPES)
+    for frame_type, cls in MESSAGES.items():
+        assert cls.TYPE == frame_type and cls.__dataclass_params__.frozen
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert list(fields) == list(SCHEMAS[frame_type]), frame_type
+        for name, (_, required) in SCHEMAS[frame_type].items():
+            has_default = fields[name].default is not dataclasses.MISSING
+            assert has_default is not required, (frame_type, name)
+            assert not has_default or fields[name].default is None
+
+
+def test_parse_gives_the_typed_message():
+    from firsttrust.messages import FinishMessage, parse
+
+    ok = {"confirm": b64encode(b"\x01" * 32), "name": "bringup-01"}
+    assert parse(frame("finish", **ok)) == FinishMessage(confirm=b"\x01" * 32, name="bringup-01", ssh_key=None)
+    with pytest.raises(InvalidField):
+        parse(frame("finish", confirm=ok["confirm"]))

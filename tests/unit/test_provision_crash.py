@@ -30,15 +30,15 @@ from firsttrust.srp6a import compute_verifier
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ["identity", "password", "sec-b", "authorized", "state", "publish", "scrub"]
 
-# Runs the real CLI with the provisioning checkpoint replaced by a SIGKILL at one step.
+# Runs the real CLI, its call of provision() given the documented `checkpoint` hook: a SIGKILL at one step.
 KILLER = """
-import os, signal, sys
+import functools, os, signal, sys
 import firsttrust.agent.provision as p
 target = sys.argv[1]
 def checkpoint(step):
     if step == target:
         os.kill(os.getpid(), signal.SIGKILL)
-p._no_checkpoint = checkpoint
+p.provision = functools.partial(p.provision, checkpoint=checkpoint)
 from firsttrust.agent.cli import main
 sys.exit(main(sys.argv[2:]))
 """
