@@ -5,7 +5,7 @@ wheels (whose cryptography carries its own OpenSSL).
 `debian_python()` installs the missing packages with apt (as root; nothing when all are there),
 then makes build/bench/debian12-venv: a venv with --system-site-packages, so Debian's packages
 are what it imports (made once, redone when pyproject.toml changes). firsttrust itself is laid
-out as the .deb installs it, on every run: the package tree (firsttrust/, firsttrust/agent/,
+out as the .deb installs it, on every run: the package tree (firsttrust/, firsttrust/common/, firsttrust/agent/,
 firsttrust/requester/) copied to build/bench/debian12-tree, byte-compiled by Debian's python3
 as the package's postinst does (py3compile), and put on the venv's path by a .pth file. Not an
 editable install: its import hook costs ~20 ms of start-up (pathlib, importlib.util) that no
@@ -31,7 +31,8 @@ VENV = ROOT / "build" / "bench" / "debian12-venv"
 TREE = ROOT / "build" / "bench" / "debian12-tree"
 # Where each part of the source tree is installed (pyproject.toml's package-dir; the lab is not
 # on appliances).
-LAYOUT = {"firsttrust": "firsttrust", "agent": "firsttrust/agent", "requester": "firsttrust/requester"}
+LAYOUT = {"firsttrust": "firsttrust", "common": "firsttrust/common", "agent": "firsttrust/agent",
+          "requester": "firsttrust/requester"}
 
 
 def _missing(packages: tuple[str, ...]) -> list[str]:
