@@ -46,6 +46,26 @@ def frames_of(data: bytes) -> list:
     return frames
 
 
+def inject_behind_the_proof(port: int, client: ClientEnrollment, separate: bool) -> bytes:
+    """hello, then client_proof with INJECTED behind it (in the same write, or 0.1 s later in a
+    segment of its own); everything the appliance answers until it closes. Blocking sockets, run in
+    a thread: the agent's loop may block meanwhile."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(client.start()[0].data)
+        (client_proof,) = client.receive_data(read_frame_blocking(sock))
+        if separate:
+            sock.sendall(client_proof.data)
+            time.sleep(0.1)
+            sock.sendall(INJECTED)
+        else:
+            sock.sendall(client_proof.data + INJECTED)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
 @pytest.mark.parametrize("separate", [False, True], ids=["same-write", "separate-segment"])
 async def test_plaintext_behind_client_proof_is_refused_by_the_appliance(tmp_path, requester_identity, separate,
                                                                          monkeypatch):
@@ -57,24 +77,8 @@ async def test_plaintext_behind_client_proof_is_refused_by_the_appliance(tmp_pat
     client = ClientEnrollment(sec_a=app.secrets.sec_a, sec_b=app.secrets.sec_b,
                               certificate=requester_identity.cert_der, name="attacker")
 
-    def attacker() -> bytes:  # blocking sockets in a thread: the agent's loop may block meanwhile
-        with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.sendall(client.start()[0].data)
-            (client_proof,) = client.receive_data(read_frame_blocking(sock))
-            if separate:
-                sock.sendall(client_proof.data)
-                time.sleep(0.1)
-                sock.sendall(INJECTED)
-            else:
-                sock.sendall(client_proof.data + INJECTED)
-            answer = b""
-            while chunk := sock.recv(65536):
-                answer += chunk
-            return answer
-
     try:
-        answer = await asyncio.to_thread(attacker)
+        answer = await asyncio.to_thread(inject_behind_the_proof, app.port, client, separate)
         await app.settled()
     finally:
         await app.stop()
@@ -103,21 +107,8 @@ async def test_plaintext_arriving_while_the_proof_is_charged_is_refused_by_the_a
     client = ClientEnrollment(sec_a=app.secrets.sec_a, sec_b=app.secrets.sec_b,
                               certificate=requester_identity.cert_der, name="attacker")
 
-    def attacker() -> bytes:
-        with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.sendall(client.start()[0].data)
-            (client_proof,) = client.receive_data(read_frame_blocking(sock))
-            sock.sendall(client_proof.data)
-            time.sleep(0.1)
-            sock.sendall(INJECTED)
-            answer = b""
-            while chunk := sock.recv(65536):
-                answer += chunk
-            return answer
-
     try:
-        answer = await asyncio.to_thread(attacker)
+        answer = await asyncio.to_thread(inject_behind_the_proof, app.port, client, True)
         await app.settled()
     finally:
         await app.stop()
