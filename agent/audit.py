@@ -115,8 +115,16 @@ def event(name: str, message: str, **fields: Any) -> None:
     fields = redact(fields)
     text = f"{_one_line(message)} [{_format(name, fields)}]"
     if log.handlers:  # the service attaches its journal (or stderr) handler here
-        extra: dict[str, Any] = _journal_fields(name, fields)  # `fields` is redacted already
-        extra.update(firsttrust_event=name, firsttrust_fields=fields)
-        log.log(logging.WARNING if name in WARNING_EVENTS else logging.INFO, text, extra=extra)
+        level = logging.WARNING if name in WARNING_EVENTS else logging.INFO
+        if log.isEnabledFor(level):
+            extra: dict[str, Any] = _journal_fields(name, fields)  # `fields` is redacted already
+            extra.update(firsttrust_event=name, firsttrust_fields=fields)
+            # The record made here, not by log.log, which walks the stack to find its caller:
+            # that is always this function (the journal's CODE_FILE and CODE_FUNC), and the walk
+            # was most of an event's cost, two events per enrollment (bench/README.md).
+            log.handle(log.makeRecord(log.name, level, __file__, _EVENT_LINE, text, (), None, "event", extra))
     else:
         print(f"firsttrust-agent: {text}", file=sys.stderr, flush=True)
+
+
+_EVENT_LINE = event.__code__.co_firstlineno

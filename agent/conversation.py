@@ -16,12 +16,12 @@ import asyncio
 import contextlib
 import functools
 import logging
-import socket
 import ssl
 from typing import TYPE_CHECKING
 
 from firsttrust.errors import AuthenticationFailed, FirsttrustError, PeerRefused, StateError
 from firsttrust.framing import HEADER
+from firsttrust.common.streams import FrameDeadline, unread_in_kernel
 from firsttrust.tlspolicy import SharedContext
 
 from . import audit
@@ -67,6 +67,7 @@ class Conversation:
         self.server, self.machine, self.attempt = server, machine, attempt
         self.reader, self.writer, self.peer, self.slot, self.own_tls = reader, writer, peer, slot, own_tls
         self.enrollment = _enrollment_module()
+        self.deadline = FrameDeadline(reader)
 
     async def run(self, verifier_hex: str) -> Authorization | None:
         server, machine, attempt, writer, peer = self.server, self.machine, self.attempt, self.writer, self.peer
@@ -119,6 +120,7 @@ class Conversation:
             # A verified proof is not a failed guess: refunded unless the commit (which clears the
             # count) happened, whatever refused the attempt after M1 verified. A crash before this
             # line can only over-count.
+            self.deadline.close()
             await attempt.settle()
 
     async def _receive(self) -> list | None:
@@ -128,19 +130,19 @@ class Conversation:
         None: the connection ended (evicted, or the peer closed it before its proof)."""
         machine, reader, server = self.machine, self.reader, self.server
         events: list = []
-        # asyncio.timeout, not wait_for: no task per read (one per frame, both sides of every enrollment).
-        async with asyncio.timeout(min(machine.timeout or server.phase_timeout, server.phase_timeout)):
-            while not events:
-                data = await reader.read(READ_ALL)
-                if self.slot.evicted:  # dropped to make room for another hello (counted, penalized)
+        self.deadline.start(min(machine.timeout or server.phase_timeout, server.phase_timeout))
+        while not events:
+            data = await reader.read(READ_ALL)  # TimeoutError once the deadline passed
+            if self.slot.evicted:  # dropped to make room for another hello (counted, penalized)
+                return None
+            if not data:
+                if self.attempt.stage == Attempt.OPEN:  # a hello (SRP work done), then the peer left: noauth
+                    server._before_proof(self.slot.source, "abandoned")
                     return None
-                if not data:
-                    if self.attempt.stage == Attempt.OPEN:  # a hello (SRP work done), then the peer left: noauth
-                        server._before_proof(self.slot.source, "abandoned")
-                        return None
-                    machine.receive_eof()  # truncated_frame: the peer left mid-enrollment
-                    return None
-                events = machine.receive_data(data)
+                machine.receive_eof()  # truncated_frame: the peer left mid-enrollment
+                return None
+            events = machine.receive_data(data)
+        self.deadline.stop()
         return events
 
     async def _obey(self, events: list, verifier_hex: str) -> Authorization | None | bool:
@@ -237,14 +239,7 @@ def _peek_plaintext(writer: asyncio.StreamWriter) -> bytes:
     """Bytes waiting in the kernel's receive buffer that do not start a TLS record. Called right
     after server_proof is sent: the requester's next bytes must be its ClientHello (a TLS
     handshake record, 0x16), anything else arrived in plaintext behind client_proof."""
-    transport_socket = writer.get_extra_info("socket")
-    if transport_socket is None:
-        return b""
-    with transport_socket.dup() as sock:
-        try:
-            data = sock.recv(HEADER.size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError, OSError):
-            return b""
+    data = unread_in_kernel(writer, HEADER.size)
     return b"" if not data or data[:1] == TLS_HANDSHAKE_RECORD else data
 
 

@@ -181,7 +181,8 @@ class EnrollmentServer:
             else:
                 writer.close()
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(writer.wait_closed(), 2)
+                    async with asyncio.timeout(2):  # not wait_for: no task for it
+                        await writer.wait_closed()
         # After the connection is closed: opening the API imports its web framework (a few hundred
         # ms on a slow appliance) and the requester, which waits for the close, need not wait for it.
         if enrolled is not None and self.on_enrolled:

@@ -33,11 +33,19 @@ def hkdf(ikm: bytes, salt: bytes, info: bytes, length: int = KEY_BYTES) -> bytes
     """HKDF-SHA512 (RFC 5869 section 2), with the standard library's HMAC: the same bytes as
     cryptography's HKDF (the vectors check it), without loading cryptography's OpenSSL bindings
     into the agent for four 32-byte keys."""
+    return _expand(_extract(salt, ikm), info, length)
+
+
+def _extract(salt: bytes, ikm: bytes) -> bytes:  # RFC 5869 section 2.2
+    return hmac.digest(salt or bytes(hashlib.sha512().digest_size), ikm, "sha512")
+
+
+def _expand(prk: bytes, info: bytes, length: int) -> bytes:
+    """RFC 5869 section 2.3: T(i) = HMAC(PRK, T(i-1) | info | i)."""
     if length > 255 * hashlib.sha512().digest_size:
         raise ValueError("HKDF-SHA512 output is at most 255 * 64 bytes")
-    prk = hmac.digest(salt or bytes(hashlib.sha512().digest_size), ikm, "sha512")  # 2.2 Extract
     okm, block, counter = b"", b"", 1
-    while len(okm) < length:  # 2.3 Expand: T(i) = HMAC(PRK, T(i-1) | info | i)
+    while len(okm) < length:
         block = hmac.digest(prk, block + info + bytes([counter]), "sha512")
         okm += block
         counter += 1
@@ -49,7 +57,7 @@ def sha256(data: bytes) -> bytes:
 
 
 def mac(key: bytes, *parts: bytes) -> bytes:
-    return hmac.new(key, b"".join(parts), hashlib.sha256).digest()
+    return hmac.digest(key, b"".join(parts), "sha256")  # one-shot, in C
 
 
 class KeySchedule:
@@ -57,10 +65,11 @@ class KeySchedule:
 
     def __init__(self, session_key: bytes) -> None:
         self._K = session_key
-        self.commit_requester = hkdf(session_key, HKDF_SALT, LABEL_COMMIT_REQUESTER)
-        self.commit_appliance = hkdf(session_key, HKDF_SALT, LABEL_COMMIT_APPLIANCE)
-        self.confirm_requester = hkdf(session_key, HKDF_SALT, LABEL_CONFIRM_REQUESTER)
-        self.confirm_appliance = hkdf(session_key, HKDF_SALT, LABEL_CONFIRM_APPLIANCE)
+        prk = _extract(HKDF_SALT, session_key)  # the same for the four keys: extracted once
+        self.commit_requester = _expand(prk, LABEL_COMMIT_REQUESTER, KEY_BYTES)
+        self.commit_appliance = _expand(prk, LABEL_COMMIT_APPLIANCE, KEY_BYTES)
+        self.confirm_requester = _expand(prk, LABEL_CONFIRM_REQUESTER, KEY_BYTES)
+        self.confirm_appliance = _expand(prk, LABEL_CONFIRM_APPLIANCE, KEY_BYTES)
 
     @staticmethod
     def commitment(key: bytes, certificate_der: bytes) -> bytes:

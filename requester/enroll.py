@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import errno
 import re
-import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Awaitable, Callable, NoReturn
 
 from firsttrust import limits
+from firsttrust.common.streams import FrameDeadline, unread_in_kernel
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.enrollment import ClientEnrolled, ClientEnrollment, EnrollmentResult, PendingPin, SendFrame, StartTLS
 from firsttrust.errors import BindingFailed, FirsttrustError, TruncatedFrame
@@ -158,9 +158,11 @@ async def enroll_connection(host: str, port: int, machine: ClientEnrollment, fil
     progress = _Progress()
     try:
         async with asyncio.timeout(total_timeout):
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                reader, writer = await asyncio.open_connection(host, port)
+            deadline = FrameDeadline(reader)
             try:
-                return await _drive(reader, writer, machine, files, phase_timeout, on_pending, progress)
+                return await _drive(reader, writer, machine, files, phase_timeout, on_pending, progress, deadline)
             except FirsttrustError:
                 # Tell the appliance why we stop (docs/protocol.md section 8.4), then close.
                 frame = machine.error_frame()
@@ -170,9 +172,11 @@ async def enroll_connection(host: str, port: int, machine: ClientEnrollment, fil
                         await asyncio.wait_for(writer.drain(), 2)
                 raise
             finally:
+                deadline.close()
                 writer.close()
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(writer.wait_closed(), 2)
+                    async with asyncio.timeout(2):  # not wait_for: no task for it
+                        await writer.wait_closed()
     except TimeoutError:
         raise EnrollmentConnectionError(f"{host}:{port}: timed out waiting for {progress.waiting}",
                                         "timeout") from None
@@ -200,22 +204,9 @@ def _lost(progress: _Progress, exc: OSError) -> str:
     return f"connection lost while waiting for {progress.waiting} ({_reason(exc)})"
 
 
-def _unread_in_kernel(writer: asyncio.StreamWriter) -> bytes:
-    """Bytes from the appliance waiting in the kernel before our ClientHello is even sent. In TLS
-    the appliance speaks second, so any byte here is plaintext injected behind server_proof."""
-    transport_socket = writer.get_extra_info("socket")
-    if transport_socket is None:
-        return b""
-    with transport_socket.dup() as sock:
-        try:
-            return sock.recv(HEADER.size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except OSError:
-            return b""
-
-
 async def _drive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, machine: ClientEnrollment,
                  files: ClientIdentityFiles, phase_timeout: float, on_pending: OnPending | None,
-                 progress: _Progress) -> EnrollmentResult:
+                 progress: _Progress, deadline: FrameDeadline) -> EnrollmentResult:
     pending = machine.start()
     progress.waiting = CHALLENGE
     while True:
@@ -227,8 +218,9 @@ async def _drive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mac
             elif kind is StartTLS:
                 progress.waiting = HANDSHAKE
                 # Nothing may follow server_proof: what the stream held reached the machine with
-                # it (READ_ALL); what waits in the kernel is looked at here.
-                leftover = _unread_in_kernel(writer)
+                # it (READ_ALL); what waits in the kernel is looked at here (in TLS the appliance
+                # speaks second, so any byte waiting now is plaintext behind server_proof).
+                leftover = unread_in_kernel(writer, HEADER.size)
                 if leftover:
                     machine.receive_data(leftover)  # raises UnexpectedFrame: STARTTLS injection
                 await writer.start_tls(_client_context(files), ssl_handshake_timeout=phase_timeout)
@@ -246,12 +238,13 @@ async def _drive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mac
                 return event.result
         pending = []
         # One deadline for the whole frame, however many reads it takes (docs/protocol.md section 8.2).
-        async with asyncio.timeout(min(machine.timeout or phase_timeout, phase_timeout)):
-            while not pending:
-                data = await reader.read(READ_ALL)
-                if not data:
-                    _closed(machine, progress)
-                pending = machine.receive_data(data)
+        deadline.start(min(machine.timeout or phase_timeout, phase_timeout))
+        while not pending:
+            data = await reader.read(READ_ALL)  # TimeoutError once the deadline passed
+            if not data:
+                _closed(machine, progress)
+            pending = machine.receive_data(data)
+        deadline.stop()
         if progress.waiting is CHALLENGE:
             progress.waiting = SERVER_PROOF  # the challenge is answered
 

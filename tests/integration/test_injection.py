@@ -26,9 +26,9 @@ def slow_before_tls(monkeypatch, module, check: str) -> None:
     between that frame and the upgrade: the separate-segment case, not the same-read one."""
     original = getattr(module, check)
 
-    def delayed(writer):
+    def delayed(*args):
         time.sleep(0.3)  # blocking on purpose: the event loop must not read the segment first
-        return original(writer)
+        return original(*args)
 
     monkeypatch.setattr(module, check, delayed)
 
@@ -164,7 +164,7 @@ async def test_plaintext_behind_server_proof_is_refused_by_the_requester(tmp_pat
                                                                           appliance_identity, separate, monkeypatch):
     import firsttrust.requester.enroll as enroll_module
     if separate:
-        slow_before_tls(monkeypatch, enroll_module, "_unread_in_kernel")
+        slow_before_tls(monkeypatch, enroll_module, "unread_in_kernel")
     app = provisioned(tmp_path)
     state = app.store.load()
     server = ServerEnrollment(salt=bytes.fromhex(state.srp_salt), verifier=bytes.fromhex(state.srp_verifier),
