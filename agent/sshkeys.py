@@ -27,42 +27,16 @@ class SSHKeyError(AgentError):
 
 
 def host_public_keys(pattern: str = HOST_KEY_GLOB) -> tuple[str, ...]:
-    """The appliance's SSH host public keys as `type base64` (comments dropped), sorted.
-
-    Read again only when something changed: every enrollment sends them, and a glob and a read
-    per key file per enrollment cost more than the stat of the directory and of each file that
-    tell whether anything did (a key added, removed or renamed changes the directory; one
-    rewritten in place changes its own stamp, unless it keeps its size and is rewritten within
-    the kernel's timestamp tick, a few ms, of its last change)."""
-    directory = os.path.dirname(pattern) or "."
-    cached = _HOST_KEYS.get(pattern)
-    if cached is not None and cached[0] == _stamps(directory, cached[1]):
-        return cached[2]
-    paths = tuple(sorted(glob.glob(pattern)))
-    stamps = _stamps(directory, paths)  # before the reads: a change during them is read next time
+    """The appliance's SSH host public keys as `type base64` (comments dropped), sorted."""
     keys = []
-    for path in paths:
+    for path in sorted(glob.glob(pattern)):
         try:
             fields = Path(path).read_text(encoding="ascii").split()
         except (OSError, UnicodeDecodeError):
             continue
         if len(fields) >= 2:
             keys.append(f"{fields[0]} {fields[1]}")
-    _HOST_KEYS[pattern] = (stamps, paths, tuple(keys))
     return tuple(keys)
-
-
-# pattern -> (the stamps the keys were read under, the paths the pattern matched, the keys)
-_HOST_KEYS: dict[str, tuple[tuple, tuple[str, ...], tuple[str, ...]]] = {}
-
-
-def _stamps(directory: str, paths: tuple[str, ...]) -> tuple | None:
-    """The directory's and each file's identity and change time; None when one cannot be read."""
-    try:
-        return tuple((info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-                     for info in map(os.stat, (directory, *paths)))
-    except OSError:
-        return None
 
 
 class AuthorizedKeysTarget(NamedTuple):  # not a frozen dataclass: 0.1 ms to define, not 0.8 (agent start-up)

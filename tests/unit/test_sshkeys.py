@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -224,20 +223,3 @@ def test_the_temp_sweep_never_follows_a_ssh_dir_swapped_after_its_check(world, m
     assert list((world.home / ".ssh-real").iterdir()) == []  # removed where it was checked
     assert_nothing_outside_was_touched(world)
 
-
-def test_host_keys_are_read_again_when_a_key_is_added_rewritten_in_place_or_removed(tmp_path):
-    from firsttrust.agent.sshkeys import host_public_keys
-
-    pattern = str(tmp_path / "ssh_host_*_key.pub")
-    ed25519 = tmp_path / "ssh_host_ed25519_key.pub"
-    ed25519.write_text("ssh-ed25519 AAAAone root@old\n")
-    assert host_public_keys(pattern) == ("ssh-ed25519 AAAAone",)
-    assert host_public_keys(pattern) == ("ssh-ed25519 AAAAone",)  # unchanged: the same answer
-    (tmp_path / "ssh_host_ecdsa_key.pub").write_text("ecdsa-sha2-nistp256 AAAAtwo root@old\n")
-    assert host_public_keys(pattern) == ("ecdsa-sha2-nistp256 AAAAtwo", "ssh-ed25519 AAAAone")
-    time.sleep(0.05)  # past the kernel's coarse timestamp tick (a few ms): the same size, a new mtime
-    with open(ed25519, "r+") as rewritten:  # in place (same inode), as ssh-keygen -f overwrites
-        rewritten.write("ssh-ed25519 AAAAnew root@new\n")
-    assert host_public_keys(pattern) == ("ecdsa-sha2-nistp256 AAAAtwo", "ssh-ed25519 AAAAnew")
-    (tmp_path / "ssh_host_ecdsa_key.pub").unlink()
-    assert host_public_keys(pattern) == ("ssh-ed25519 AAAAnew",)
