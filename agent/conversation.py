@@ -19,9 +19,9 @@ import logging
 import ssl
 from typing import TYPE_CHECKING
 
+from firsttrust.common.streams import FrameDeadline, unread_in_kernel
 from firsttrust.errors import AuthenticationFailed, FirsttrustError, PeerRefused, StateError
 from firsttrust.framing import HEADER
-from firsttrust.common.streams import FrameDeadline, unread_in_kernel
 from firsttrust.tlspolicy import SharedContext
 
 from . import audit
