@@ -52,13 +52,16 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import fcntl
 import json
 import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -224,19 +227,71 @@ def _free_ports(count: int) -> list[int]:
 _hosts_handed_out: set[str] = set()
 
 
-def _free_host() -> str:
+def _claims_directory() -> Path:
+    """Where every lab process of this user claims an appliance address while its agent starts:
+    <tmp>/firsttrust-lab-<uid>, 0700, owned by this user (refused otherwise)."""
+    directory = Path(tempfile.gettempdir()) / f"firsttrust-lab-{os.getuid()}"
+    try:
+        directory.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise LabError(f"{directory} is not a private directory of this user: remove it")
+    return directory
+
+
+class _HostClaim:
+    """An appliance address this process holds from choosing it until its agent listens there.
+
+    Another lab process of the same user (the mutation gate runs two test processes at once)
+    scans the same addresses in the same order; a bind probe alone lets both pick one address in
+    the window before either agent listens, then both pick the next, and so on. An exclusive
+    flock per address closes that window: a claimed address is skipped, and once the agent
+    listens the listening socket itself makes the address unbindable.
+    """
+
+    def __init__(self, host: str, fd: int) -> None:
+        self.host = host
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = -1
+
+
+def _try_claim(directory: Path, host: str) -> _HostClaim | None:
+    fd = os.open(directory / f"{host}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return _HostClaim(host, fd)
+
+
+def _free_host() -> _HostClaim:
     """An appliance address (APPLIANCE_NETWORK) on which both standard ports were free a moment
-    ago and that no appliance of this process holds.
+    ago, that no appliance of this process holds and that no other lab process is starting an
+    agent on; claimed until the caller releases it.
 
     Raises:
         LabError: none left.
     """
+    directory = _claims_directory()
     with _ports_lock:
         for last in APPLIANCE_HOSTS:
             host = f"{APPLIANCE_NETWORK}{last}"
-            if host not in _hosts_handed_out and _bindable(host, (DEFAULT_ENROLL_PORT, DEFAULT_API_PORT)):
+            if host in _hosts_handed_out:
+                continue
+            claim = _try_claim(directory, host)
+            if claim is None:
+                continue
+            if _bindable(host, (DEFAULT_ENROLL_PORT, DEFAULT_API_PORT)):
                 _hosts_handed_out.add(host)
-                return host
+                return claim
+            claim.release()
     raise LabError(f"no free appliance address left in {APPLIANCE_NETWORK}{APPLIANCE_HOSTS[0]}-{APPLIANCE_HOSTS[-1]}")
 
 
@@ -345,7 +400,8 @@ class Manager:
         self._write_guest_config(draft)
         self._first_boot(draft, command)
         for attempt in range(1, BIND_ATTEMPTS + 1):
-            host = _free_host()
+            claim = _free_host()
+            host = claim.host
             try:
                 return self._start(dataclasses.replace(draft, host=host), command)
             except _AgentExited as exc:
@@ -356,6 +412,8 @@ class Manager:
             except BaseException:
                 _release_host(host)
                 raise
+            finally:
+                claim.release()
         raise AssertionError("unreachable")
 
     def deploy_many(self, plan: Mapping[str, Mapping[str, str] | None], **kwargs) -> list[Appliance]:

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -117,8 +118,14 @@ def test_info_get_ovf_env_is_the_environment_the_simulator_built_at_power_on(cha
     assert environment.vcenter_id == channel.vc.moid(vm)
 
 
+def _free_host() -> str:
+    claim = lab_manager._free_host()
+    claim.release()  # the process-wide hand-out is what these tests look at
+    return claim.host
+
+
 def test_each_booted_appliance_gets_a_loopback_address_of_its_own_with_both_standard_ports_free():
-    taken = lab_manager._free_host()
+    taken = _free_host()
     try:
         # Someone else listens on the next candidate's enrollment port: it is skipped.
         following = f"{lab_manager.APPLIANCE_NETWORK}{int(taken.rsplit('.', 1)[1]) + 1}"
@@ -132,7 +139,7 @@ def test_each_booted_appliance_gets_a_loopback_address_of_its_own_with_both_stan
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE:
                     raise
-            second = lab_manager._free_host()
+            second = _free_host()
         try:
             assert taken != "127.0.0.1" and taken.startswith("127.0.0.")
             assert second not in (taken, following)
@@ -140,6 +147,34 @@ def test_each_booted_appliance_gets_a_loopback_address_of_its_own_with_both_stan
             lab_manager._release_host(second)
     finally:
         lab_manager._release_host(taken)
-    assert lab_manager._free_host() == taken  # released: handed out again
+    assert _free_host() == taken  # released: handed out again
     lab_manager._release_host(taken)
+
+
+def test_an_address_another_lab_process_is_starting_an_agent_on_is_not_handed_out():
+    # Two lab processes (the mutation gate runs two test processes at once) scan the same
+    # addresses in the same order; before either agent listens, a bind probe finds the address
+    # free in both. The claim another process holds is what keeps them apart.
+    candidate = _free_host()
+    lab_manager._release_host(candidate)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom firsttrust.lab import manager\nclaim = manager._free_host()\n"
+         "print(claim.host, flush=True)\nsys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        held = holder.stdout.readline().strip()
+        assert held == candidate  # the other process got the first free address
+        mine = lab_manager._free_host()
+        try:
+            assert mine.host != held
+        finally:
+            mine.release()
+            lab_manager._release_host(mine.host)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    again = lab_manager._free_host()  # the other process is gone: its claim with it
+    again.release()
+    lab_manager._release_host(again.host)
+    assert again.host == held
 
