@@ -13,7 +13,9 @@ run and with the same arguments (one baseline per distinct test list); they must
 the row is an ERROR. With the mutant in place, the row is killed only when a test that passed on
 the baseline fails in its call (a JUnit <failure>) or in the checks its teardown makes (the
 suite's secret guard). An error in collection, in a fixture's setup, or of pytest itself is an
-ERROR of the gate, never a kill. A timeout is a kill only for a row marked `liveness = true` (the row guards
+ERROR of the gate, never a kill. A run that errs in a test's setup (the gate's two test processes
+share two cores, loopback and the lab's addresses) is run once more, and the report says so; a
+survivor, a failure and a timeout are never re-run. A timeout is a kill only for a row marked `liveness = true` (the row guards
 a promise that something ends: a deadline, a slot released); for any other row it is an ERROR.
 
 Each mutant runs in its own copy of the tree (no .venv, .git, build or caches), with the
@@ -159,6 +161,8 @@ class Outcome(NamedTuple):
     detail: str
     failed: tuple[str, ...] = ()  # node ids that failed in their call or teardown
     passed: frozenset[str] = frozenset()
+    in_setup: bool = False  # an error in a test's collection or setup: its call never ran
+    retried: str = ""  # the first run's error, when this is the second run (see run_tests)
 
 
 def _junit(path: Path) -> tuple[set[str], set[str], set[str]]:
@@ -183,7 +187,21 @@ def _junit(path: Path) -> tuple[set[str], set[str], set[str]]:
 
 def run_tests(tree: Path, base: Path, tests: tuple[str, ...], label: str,
               timeout: float = PER_MUTANT_TIMEOUT) -> Outcome:
-    """The row's tests in `tree`, stopping at the first failure; what failed, and how."""
+    """The row's tests in `tree`, stopping at the first failure; what failed, and how.
+
+    A run whose error is in a test's setup (a fixture could not build its world: two test
+    processes of the gate share two cores, one loopback and the lab's addresses) is run once
+    more, and the result says so. Nothing else is retried: a mutant that survives, a failure in
+    a test's call, or a timeout stands as it came.
+    """
+    first = _run_tests(tree, base, tests, label, timeout)
+    if first.status != "error" or not first.in_setup:
+        return first
+    second = _run_tests(tree, base, tests, f"{label}-again", timeout)
+    return second._replace(retried=first.detail[-600:])
+
+
+def _run_tests(tree: Path, base: Path, tests: tuple[str, ...], label: str, timeout: float) -> Outcome:
     check_imports(tree)
     report = base / f"{label}.xml"
     # Its own basetemp: pytest prunes old numbered dirs under the shared default, and two
@@ -209,7 +227,7 @@ def run_tests(tree: Path, base: Path, tests: tuple[str, ...], label: str,
     if out.returncode == 1 and failed and not errored:
         return Outcome("failed", tail, tuple(sorted(failed)), frozenset(passed))
     return Outcome("error", f"pytest exit {out.returncode}, errors in {sorted(errored)[:3]}: "
-                            f"{out.stdout[-2000:]}{out.stderr[-2000:]}")
+                            f"{out.stdout[-2000:]}{out.stderr[-2000:]}", in_setup=bool(errored) and not failed)
 
 
 class Baselines:
@@ -268,9 +286,13 @@ def run_mutant(mutant: Mutant, baseline_only: bool, keep: bool,
         reference = (baselines or Baselines()).get(mutant.tests)
         if reference.status != "passed":
             result, detail = verdict(mutant, reference, reference)
+            retried = reference.retried
         else:
             mutated = run_tests(tree, base, mutant.tests, "mutant", (baselines or Baselines()).timeout)
             result, detail = verdict(mutant, reference, mutated)
+            retried = reference.retried or mutated.retried
+        if retried:  # shown with the result, so a flaky setup stays visible
+            detail = f"{detail}\n         (run twice: the first run's setup failed: {retried.strip().splitlines()[-1]})"
         return mutant, result, time.monotonic() - started, detail
     except StaleRow as exc:
         return mutant, "ERROR", time.monotonic() - started, f"stale row: {exc}"
@@ -320,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             mutant, result, seconds, detail = future.result()
             results.append((mutant, result))
             print(f"{result:8} {mutant.id:32} {seconds:5.1f}s  {mutant.why}", flush=True)
-            if result not in ("killed", "passed"):
+            if result not in ("killed", "passed") or "(run twice:" in detail:
                 print(f"         {mutant.file}: {detail}", flush=True)
             elif result == "killed" and args.verbose:
                 print(f"         {detail}", flush=True)

@@ -96,3 +96,28 @@ def test_a_row_field_the_driver_does_not_know_is_an_error(tmp_path):
     rows.write_text('[[mutant]]\nid="x"\nfile="f"\noriginal="a"\nreplacement="b"\ntests=["t"]\nwhy="w"\nlivness=true\n')
     with pytest.raises(gate.StaleRow, match="unknown fields"):
         gate.load(rows)
+
+
+def test_only_an_error_in_a_tests_setup_is_run_once_more_and_the_result_says_so(monkeypatch, tmp_path):
+    def scripted(*outcomes):
+        runs = []
+
+        def fake(tree, base, tests, label, timeout):
+            runs.append(label)
+            return outcomes[len(runs) - 1]
+        monkeypatch.setattr(gate, "_run_tests", fake)
+        return runs
+
+    setup_error = gate.Outcome("error", "gc-2: did not boot", in_setup=True)
+    runs = scripted(setup_error, PASSED)
+    outcome = gate.run_tests(tmp_path, tmp_path, ("t",), "mutant")
+    assert outcome.status == "passed" and outcome.retried == "gc-2: did not boot" and len(runs) == 2
+    # A survivor, a failure in a test's call, a timeout and an error outside setup stand as they came.
+    for first in (gate.Outcome("passed", ""), gate.Outcome("failed", "", failed=("t::b",)),
+                  gate.Outcome("timeout", "hung"), gate.Outcome("error", "pytest exit 4")):
+        runs = scripted(first, PASSED)
+        assert gate.run_tests(tmp_path, tmp_path, ("t",), "mutant") == first and len(runs) == 1
+    # Twice in setup: an error still, never a kill.
+    scripted(setup_error, setup_error)
+    again = gate.run_tests(tmp_path, tmp_path, ("t",), "mutant")
+    assert gate.verdict(gate.Mutant(**ROW), PASSED, again)[0] == "ERROR"
