@@ -140,7 +140,9 @@ class GuardedSocket(socket.socket):
 
     def accept(self):  # type: ignore[override]
         try:
-            conn, address = super().accept()  # BlockingIOError when none is waiting: asyncio's cue
+            conn, address = super().accept()
+        except BlockingIOError:  # none is waiting: asyncio's cue (unbound: see DoorSocket.accept)
+            raise
         except OSError as exc:
             shed_when_exhausted(self, exc, self.guard.doorlog if self.guard else None)
             raise BlockingIOError from None

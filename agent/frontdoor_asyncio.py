@@ -162,7 +162,11 @@ class DoorSocket(socket.socket):
         door = self.door
         for _ in range(REFUSALS_PER_ACCEPT):
             try:
-                conn, address = super().accept()  # BlockingIOError when none is waiting: asyncio's cue
+                conn, address = super().accept()
+            except BlockingIOError:
+                # None is waiting: asyncio's cue. Re-raised unbound: `except ... as exc` around a
+                # raise leaves a frame-traceback-exception cycle for the collector per accept.
+                raise
             except OSError as exc:
                 shed_when_exhausted(self, exc, self.doorlog)
                 raise BlockingIOError from None  # shed one; asyncio tries again on its next turn

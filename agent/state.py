@@ -127,7 +127,9 @@ class StateDir:
         # A flat dict of the fields, not dataclasses.asdict: asdict deep-copies every nested dict
         # (~60 us, twice per enrollment: the charge and the commit) for json.dumps to read once.
         data = {name: getattr(state, name) for name in _STATE_FIELDS}
-        write_atomic(self.state_path, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n", 0o600)
+        # One line: with `indent` json.dumps runs its pure-Python encoder (its closures are a
+        # reference cycle per call), without it the C one.
+        write_atomic(self.state_path, json.dumps(data, sort_keys=True).encode() + b"\n", 0o600)
 
     # -- identity -----------------------------------------------------------------------------
 
@@ -216,5 +218,5 @@ class StateDir:
         return True
 
     def _save_authorized(self, entries: list[dict[str, Any]], sync_directory: bool = True) -> None:
-        write_atomic(self.authorized_path, json.dumps({"keys": entries}, indent=2).encode() + b"\n", 0o600,
+        write_atomic(self.authorized_path, json.dumps({"keys": entries}).encode() + b"\n", 0o600,
                      sync_directory=sync_directory)

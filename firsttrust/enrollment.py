@@ -39,7 +39,7 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Callable, ClassVar, Union
 
 from . import limits
 from .credentials import validate_secret
@@ -238,9 +238,10 @@ class _Enrollment:
 
     # Where the machine stops for the driver before it looks at a complete frame (ProofReceived).
     _CHARGE_POINT: State | None = None
-    # (state) -> (expected frame type, bound handler): the state machine as data, made per
-    # machine by each role's `_handler_table`.
-    _handlers: dict[State, tuple[str, Callable[[Frame, Any], list[Any]]]]
+    # (state) -> (expected frame type, handler): the state machine as data, one table per role
+    # (a class attribute: a table of bound methods on each machine would make every machine a
+    # reference cycle, left for the cyclic garbage collector instead of freed with its connection).
+    _HANDLERS: ClassVar[dict[State, tuple[str, Callable[[Any, Frame, Any], list[Any]]]]]
 
     def __init__(self, random: RandomBytes, clock: Clock, group: SRPGroup) -> None:
         self._random = random
@@ -251,10 +252,6 @@ class _Enrollment:
         self._keys: KeySchedule | None = None
         self.state = State.START
         self.error: FirsttrustError | None = None
-        self._handlers = self._handler_table()
-
-    def _handler_table(self) -> dict[State, tuple[str, Callable[[Frame, Any], list[Any]]]]:
-        raise NotImplementedError
 
     # -- public surface ---------------------------------------------------------------------
 
@@ -324,7 +321,7 @@ class _Enrollment:
             # Plaintext that arrived after the last plaintext frame and before TLS began: the
             # STARTTLS injection class (docs/protocol.md section 7.2). Never handed to TLS.
             raise UnexpectedFrame("plaintext data after the last plaintext frame, before the TLS handshake")
-        handlers = self._handlers
+        handlers = self._HANDLERS
         if self.state not in handlers:  # persisting or done: the peer must be silent
             if self.state in _PAUSED:
                 raise StateError(f"no data expected in state {self.state.value}")
@@ -356,10 +353,10 @@ class _Enrollment:
         if frame.type == "error":
             error: ErrorMessage = parse(frame)  # type: ignore[assignment]
             raise PeerRefused(error.code, error.message, error.retry_after)
-        expected, handler = self._handlers[state or self.state]
+        expected, handler = self._HANDLERS[state or self.state]
         if frame.type != expected:
             raise UnexpectedFrame(f"got {frame.type} while expecting {expected}")
-        events = handler(frame, parse(frame))
+        events = handler(self, frame, parse(frame))
         self._check_no_trailing_data()
         return events
 
@@ -530,12 +527,11 @@ class ServerEnrollment(_Enrollment):
         self.state = State.PERSISTING
         return [PersistAuthorization(self._authorization)]
 
-    def _handler_table(self) -> dict[State, tuple[str, Callable[[Frame, Any], list[Any]]]]:
-        return {
-            State.AWAIT_HELLO: ("hello", self._on_hello),
-            State.AWAIT_CLIENT_PROOF: ("client_proof", self._on_client_proof),
-            State.AWAIT_FINISH: ("finish", self._on_finish),
-        }
+    _HANDLERS = {
+        State.AWAIT_HELLO: ("hello", _on_hello),
+        State.AWAIT_CLIENT_PROOF: ("client_proof", _on_client_proof),
+        State.AWAIT_FINISH: ("finish", _on_finish),
+    }
 
     def authorization_persisted(self) -> list[Event]:
         """The driver has durably stored the Authorization; answer "enrolled"."""
@@ -655,10 +651,9 @@ class ClientEnrollment(_Enrollment):
             enrolled_at=self._clock(),
         ))]
 
-    def _handler_table(self) -> dict[State, tuple[str, Callable[[Frame, Any], list[Any]]]]:
-        return {
-            State.AWAIT_CHALLENGE: ("challenge", self._on_challenge),
-            State.AWAIT_SERVER_PROOF: ("server_proof", self._on_server_proof),
-            State.AWAIT_APPLIANCE_PROOF: ("appliance_proof", self._on_appliance_proof),
-            State.AWAIT_ENROLLED: ("enrolled", self._on_enrolled),
-        }
+    _HANDLERS = {
+        State.AWAIT_CHALLENGE: ("challenge", _on_challenge),
+        State.AWAIT_SERVER_PROOF: ("server_proof", _on_server_proof),
+        State.AWAIT_APPLIANCE_PROOF: ("appliance_proof", _on_appliance_proof),
+        State.AWAIT_ENROLLED: ("enrolled", _on_enrolled),
+    }

@@ -23,7 +23,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -60,9 +60,11 @@ class ApplianceRecord:
     deployment_id: str | None = None  # requester/deploymentid.py; None in records from before it existed
 
     def to_json(self) -> bytes:
-        data = asdict(self)
+        # The fields one level deep (asdict deep-copies), on one line (json.dumps with `indent`
+        # runs the pure-Python encoder, whose closures are a reference cycle per call).
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["ssh_host_keys"] = list(self.ssh_host_keys)
-        return json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
+        return json.dumps(data, sort_keys=True).encode() + b"\n"
 
     @classmethod
     def from_json(cls, data: bytes, source: Path) -> "ApplianceRecord":

@@ -1,8 +1,10 @@
 """The enrollment state machines, driven with bytes and events only."""
 
 import base64
+import gc
 import json
 import struct
+import weakref
 
 import pytest
 from enrollment_driver import feed, run
@@ -530,3 +532,20 @@ def test_every_error_is_a_firsttrust_error_with_a_stable_code():
                  "unknown_type", "unexpected_frame", "invalid_field", "locked_out", "already_enrolled"):
         assert code in codes
     assert issubclass(PeerRefused, FirsttrustError)
+
+
+def test_machines_that_ran_an_enrollment_are_freed_with_their_last_reference_not_by_the_cycle_collector(
+        secrets, requester_identity, appliance_identity):
+    """A machine that is a reference cycle (e.g. a table of its own bound methods) is freed only
+    by the cyclic garbage collector: on a host running many enrollments that is CPU spent on each
+    (bench/README.md, "Garbage"). Both roles, through every handler up to finish."""
+    gc.disable()
+    try:
+        pair = Pair(secrets, requester_identity, appliance_identity)
+        events = feed(pair.server, pair.finish())
+        assert [type(e) for e in events] == [PersistAuthorization]
+        machines = [weakref.ref(pair.client), weakref.ref(pair.server)]
+        del pair, events
+        assert [m() for m in machines] == [None, None]
+    finally:
+        gc.enable()

@@ -212,14 +212,18 @@ def mutated(draw, frame: bytes):
 
 
 def _counting(monkeypatch, cls, handlers, counts):
-    for name in handlers:
-        real = getattr(cls, name)
+    table = dict(cls._HANDLERS)
+    for state, (expected, real) in cls._HANDLERS.items():
+        if real.__name__ not in handlers:
+            continue
 
-        def counted(self, *args, _real=real, _name=name):
+        def counted(self, *args, _real=real, _name=real.__name__):
             counts[_name] += 1
             return _real(self, *args)
 
-        monkeypatch.setattr(cls, name, counted)
+        table[state] = (expected, counted)
+    assert sorted(f.__name__ for _, f in cls._HANDLERS.values() if f.__name__ in handlers) == sorted(handlers)
+    monkeypatch.setattr(cls, "_HANDLERS", table)
 
 
 def _fuzz_side(monkeypatch, side, transcript, handlers, frames, at):
