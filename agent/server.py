@@ -43,7 +43,7 @@ from .frontdoor import EVICTED, FIRST_FRAME_TIMEOUT, MAX_UNAUTHENTICATED, PER_SO
 from .frontdoor_asyncio import DoorProtocol, DoorSocket
 from .gate import Attempt, EnrollmentGate, Refusal
 from .listening import listen_on, passive_addresses
-from .sshkeys import HOST_KEY_GLOB, host_public_keys
+from .sshkeys import HOST_KEY_GLOB, HostKeys
 from .state import StateDir
 
 __all__ = ["EnrollmentGate", "EnrollmentListener", "EnrollmentServer", "OwnIdentity", "Refusal",
@@ -108,7 +108,7 @@ class EnrollmentServer:
         self.gate = gate
         self.own = own or OwnIdentity(gate.store)  # `own`: one the caller has loaded already
         self.api_port = api_port
-        self.host_key_glob = host_key_glob
+        self.host_keys = HostKeys(host_key_glob)
         # The first frame's deadline is the shorter one: never longer than a whole phase.
         # door_args: the post-hello caps and the hello rate (tests shrink them); the exempt
         # networks come from agent.toml.
@@ -125,8 +125,10 @@ class EnrollmentServer:
 
     def prepare(self) -> None:
         """Load the own identity and its TLS context before serving, when there is one to load
-        (a missing or broken identity is reported to each connection)."""
+        (a missing or broken identity is reported to each connection), and the SSH host keys
+        an enrollment sends."""
         self.own.load()
+        self.host_keys()
 
     @property
     def unauthenticated(self) -> int:
@@ -224,7 +226,7 @@ class EnrollmentServer:
         machine = enrollment.ServerEnrollment(
             salt=bytes.fromhex(state.srp_salt), verifier=bytes.fromhex(state.srp_verifier), sec_b=sec_b,
             certificate=self.own.cert_der, api_port=self.api_port,
-            ssh_host_keys=host_public_keys(self.host_key_glob), clock=gate.clock)
+            ssh_host_keys=self.host_keys(), clock=gate.clock)
         # The context that goes with the certificate the machine sends.
         conversation = Conversation(self, machine, Attempt(gate), reader, writer, peer, slot, self.own.tls)
         return await conversation.run(state.srp_verifier)

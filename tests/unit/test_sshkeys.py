@@ -223,3 +223,31 @@ def test_the_temp_sweep_never_follows_a_ssh_dir_swapped_after_its_check(world, m
     assert list((world.home / ".ssh-real").iterdir()) == []  # removed where it was checked
     assert_nothing_outside_was_touched(world)
 
+
+
+def test_host_keys_are_read_again_when_a_key_is_added_removed_or_rewritten_in_place(tmp_path, monkeypatch):
+    """The enrollment sends the host keys HostKeys last read: it must notice every way a key
+    changes (ssh-keygen -A adds files; a key rewritten in place keeps its name and inode)."""
+    ed25519 = tmp_path / "ssh_host_ed25519_key.pub"
+    ed25519.write_text("ssh-ed25519 AAAAone root@a\n")
+    keys = sshkeys.HostKeys(str(tmp_path / "ssh_host_*_key.pub"))
+    assert keys() == ("ssh-ed25519 AAAAone",)
+
+    def changed(path, text):
+        stamp = path.stat().st_mtime_ns if path.exists() else None
+        path.write_text(text)
+        os.utime(path, ns=(0, (stamp or 0) + 10**9))  # a later mtime whatever the clock's grain
+        directory = path.parent.stat().st_mtime_ns
+        os.utime(path.parent, ns=(0, directory + 10**9))
+
+    changed(tmp_path / "ssh_host_rsa_key.pub", "ssh-rsa AAAAtwo root@a\n")
+    assert keys() == ("ssh-ed25519 AAAAone", "ssh-rsa AAAAtwo")
+    with open(ed25519, "r+") as f:  # in place: same inode, same size, same directory
+        f.write("ssh-ed25519 AAAAnew root@a\n")
+    os.utime(ed25519, ns=(0, ed25519.stat().st_mtime_ns + 10**9))
+    assert keys() == ("ssh-ed25519 AAAAnew", "ssh-rsa AAAAtwo")
+    (tmp_path / "ssh_host_rsa_key.pub").unlink()
+    assert keys() == ("ssh-ed25519 AAAAnew",)
+    reads = []
+    monkeypatch.setattr(sshkeys, "_read_host_keys", lambda paths: reads.append(paths) or ("read",))
+    assert keys() == ("ssh-ed25519 AAAAnew",) and reads == []  # nothing changed: not read again
