@@ -72,7 +72,11 @@ async def serve(directory: Path) -> ServedAppliance:
     """An EnrollmentServer over a provisioned state dir, on an ephemeral 127.0.0.1 port."""
     config = load_config(None, directory)
     gate = EnrollmentGate(config, StateDir(directory), backoff_base=0.0)
-    server = EnrollmentServer(gate, api_port=ANNOUNCED_API_PORT, host_key_glob=str(directory / "no-host-keys-*"))
+    # The appliance's /etc/ssh: a directory of its own, with no host keys (the shape sends none).
+    # Not the state directory, whose every write would look like a changed key directory.
+    ssh = directory.parent / "etc-ssh"
+    ssh.mkdir(exist_ok=True)
+    server = EnrollmentServer(gate, api_port=ANNOUNCED_API_PORT, host_key_glob=str(ssh / "ssh_host_*_key.pub"))
     return ServedAppliance(config, await start_enrollment_server(server, "127.0.0.1", 0))
 
 
