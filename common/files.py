@@ -166,7 +166,16 @@ def read_at_most(source: Path | str | BinaryIO, count: int) -> tuple[bytes, int]
     if not isinstance(source, (str, os.PathLike)):
         return source.read(count), 0
     with open(source, "rb") as handle:
-        return handle.read(count), os.fstat(handle.fileno()).st_mode
+        status = os.fstat(handle.fileno())
+        # Sized by the file as opened: a read of `count` bytes allocates `count` up front (a
+        # megabyte for a state file of 1.4 kB, given back at once), several times an enrollment.
+        # A file that grew since, or whose size says nothing (a pipe, /dev/zero, /proc), is read
+        # on, never past `count`.
+        first = min(count, status.st_size + 1)
+        data = handle.read(first)
+        if len(data) == first < count:
+            data += handle.read(count - first)
+        return data, status.st_mode
 
 
 def read_bounded(source: Path | str | BinaryIO, limit: int, *, what: str | None = None,

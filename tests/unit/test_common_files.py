@@ -72,6 +72,20 @@ def test_a_file_of_any_size_costs_at_most_the_limit_in_memory():
         assert read_at_most(zero, 8) == (b"\0" * 8, 0)
     with pytest.raises(FileTooLarge):
         read_bounded("/dev/zero", 1024)
+    assert read_at_most("/dev/zero", 8)[0] == b"\0" * 8  # a size of 0 that says nothing
+
+
+def test_a_file_that_grew_after_it_was_opened_is_read_on_to_the_limit(tmp_path, monkeypatch):
+    path = tmp_path / "grows"
+    path.write_bytes(b"x" * 10)
+    real_fstat = os.fstat
+    monkeypatch.setattr(os, "fstat", lambda fd: os.stat_result((*real_fstat(fd)[:6], 3, *real_fstat(fd)[7:])))
+    assert read_at_most(path, 8)[0] == b"x" * 8  # st_size 3 when opened: read on, stop at 8
+    assert read_at_most(path, 100)[0] == b"x" * 10
+    monkeypatch.undo()
+    assert read_at_most(path, 100)[0] == b"x" * 10
+    assert read_at_most(path, 10)[0] == b"x" * 10
+    assert read_at_most(path, 4)[0] == b"x" * 4
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o000])
