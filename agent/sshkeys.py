@@ -57,9 +57,9 @@ class HostKeys:
         self._stamp: tuple | None = None
         self._keys: tuple[str, ...] = ()
 
-    def _stamp_now(self) -> tuple | None:
+    def _stamp_now(self, directory: tuple | None = None) -> tuple | None:
         try:
-            stamps = [_stamp(os.stat(self._directory))]
+            stamps = [directory or _stamp(os.stat(self._directory))]
             stamps += [_stamp(os.stat(path)) for path in self._paths]
         except OSError:
             return None  # read again: glob finds what there is
@@ -68,9 +68,11 @@ class HostKeys:
     def __call__(self) -> tuple[str, ...]:
         stamp = self._stamp_now()
         if stamp is None or stamp != self._stamp:
-            # Stamped before the read: a change during it shows at the next call.
+            # The directory is stamped before it is listed and the files before they are read,
+            # so a change made meanwhile shows at the next call.
+            directory = stamp[0] if stamp is not None else None
             self._paths = sorted(glob.glob(self.pattern))
-            stamp = self._stamp_now()
+            stamp = self._stamp_now(directory)
             self._keys = _read_host_keys(self._paths)
             self._stamp = stamp
         return self._keys
