@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -318,64 +319,94 @@ async def _enroll_in_workers(targets: list[Target], concurrency: int, store: Tru
     reports every outcome as it finishes, through a queue this process reads in a thread."""
     loop = asyncio.get_running_loop()
     executor: concurrent.futures.Executor
+    stop: Any
     if worker_kind == "thread":
         done_queue: Any = queue.SimpleQueue()
+        stop = threading.Event()
         executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="enroll-worker")
     else:
         # fork is cheap (nothing re-imported) and safe while this process runs no other thread;
         # with threads around (one could hold a lock mid-fork) forkserver starts clean processes.
         context = multiprocessing.get_context("fork" if other_threads() == 0 else "forkserver")
         done_queue = context.SimpleQueue()  # inherited by the workers, never pickled
+        stop = context.Event()
         executor = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                                                          initargs=(done_queue,))
+                                                          initargs=(done_queue, stop))
     results: list[Outcome | None] = [None] * len(targets)
     with executor:
         jobs = []
-        for start in range(workers):
-            shard = [(i, targets[i]) for i in range(start, len(targets), workers)]
-            job = loop.run_in_executor(executor, _worker, shard, -(-concurrency // workers), store, deadline,
-                                       kwargs, done_queue if worker_kind == "thread" else None)
-            # A worker that fails as a whole never reports its end: say it for it.
-            job.add_done_callback(lambda job: job.exception() is None or done_queue.put(_WORKER_DONE))
-            jobs.append(job)
-        finished = 0
-        while finished < workers:
-            item = await loop.run_in_executor(None, done_queue.get)
-            if item == _WORKER_DONE:
-                finished += 1
-                continue
-            index, record, error, seconds, already_pinned = item
-            outcome = Outcome(targets[index], record, _rebuild_error(error), seconds, already_pinned)
-            results[index] = outcome
-            if on_done:
-                on_done(outcome)
-        await asyncio.gather(*jobs)  # re-raises a worker's own failure (a bug, not an appliance's)
+        try:
+            for start in range(workers):
+                shard = [(i, targets[i]) for i in range(start, len(targets), workers)]
+                job = loop.run_in_executor(executor, _worker, shard, -(-concurrency // workers), store, deadline,
+                                           kwargs, *((done_queue, stop) if worker_kind == "thread" else ()))
+                # A worker that fails as a whole never reports its end: say it for it.
+                job.add_done_callback(lambda job: job.cancelled() or job.exception() is None
+                                      or done_queue.put(_WORKER_DONE))
+                jobs.append(job)
+            finished = 0
+            while finished < workers:
+                item = await loop.run_in_executor(None, done_queue.get)
+                if item == _WORKER_DONE:
+                    finished += 1
+                    continue
+                index, record, error, seconds, already_pinned = item
+                outcome = Outcome(targets[index], record, _rebuild_error(error), seconds, already_pinned)
+                results[index] = outcome
+                if on_done:
+                    on_done(outcome)
+            await asyncio.gather(*jobs)  # re-raises a worker's own failure (a bug, not an appliance's)
+        except BaseException:
+            # Cancelled (the caller's timeout, or Ctrl-C in its asyncio.run), or a bug here: the
+            # workers stop their enrollments (each recovers from a requester that stops at any
+            # instant, docs/protocol.md "recovery"), so that leaving the `with`, which waits for
+            # them, takes about a second and not the batch's deadline. Each worker then ends, with
+            # CancelledError or its _WORKER_DONE, and either puts an item on the queue that frees
+            # the thread still waiting on it (asyncio.run's end waits for that thread).
+            stop.set()
+            raise
     return [outcome for outcome in results if outcome is not None]
 
 
 _WORKER_DONE = "done"
+# How often a worker looks at enroll_many's stop event: the bound on how long a cancelled batch
+# keeps its workers enrolling.
+STOP_POLL_SECONDS = 0.1
 _done_queue: Any = None  # a worker process's queue back to enroll_many (set by _worker_init)
+_stop: Any = None  # and the event that tells it to stop
 
 
-def _worker_init(done_queue: Any) -> None:
-    global _done_queue
-    _done_queue = done_queue
+def _worker_init(done_queue: Any, stop: Any) -> None:
+    global _done_queue, _stop
+    _done_queue, _stop = done_queue, stop
     from .interrupts import follow_parent
     follow_parent()  # an interrupted batch ends its workers with it (requester/interrupts.py)
 
 
 def _worker(shard: list[tuple[int, Target]], concurrency: int, store: TrustStore, deadline: float, kwargs: dict,
-            done_queue: Any = None) -> None:
+            done_queue: Any = None, stop: Any = None) -> None:
     """One worker's share of enroll_many, in its own event loop (a worker process or thread):
-    one queue item per outcome as it finishes, then _WORKER_DONE."""
+    one queue item per outcome as it finishes, then _WORKER_DONE. Once `stop` is set, the
+    enrollments in flight are cancelled and the worker ends (raising CancelledError)."""
     done_queue = done_queue or _done_queue
+    stop = stop or _stop
     indices = {id(target): index for index, target in shard}
 
     def report(outcome: Outcome) -> None:
         done_queue.put((indices[id(outcome.target)], outcome.record, _portable_error(outcome.error),
                         outcome.seconds, outcome.already_pinned))
 
-    asyncio.run(_enroll_here([target for _, target in shard], concurrency, store, report, deadline, kwargs))
+    async def until_stopped() -> None:
+        work = asyncio.ensure_future(_enroll_here([target for _, target in shard], concurrency, store, report,
+                                                  deadline, kwargs))
+        while not work.done():
+            if stop.is_set():
+                work.cancel()
+                break
+            await asyncio.wait([work], timeout=STOP_POLL_SECONDS)
+        await work
+
+    asyncio.run(until_stopped())
     done_queue.put(_WORKER_DONE)
 
 

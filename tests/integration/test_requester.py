@@ -264,3 +264,50 @@ async def test_enroll_many_over_two_workers_keeps_order_types_and_progress(tmp_p
     assert [o.target.name for o in failed] == ["app-05"]
     assert isinstance(failed[0].error, PeerRefused) and failed[0].error.code == "auth_failed"
     assert len(TrustStore(tmp_path / "home").list()) == 15
+
+
+
+_CANCELLED_BATCH = """
+import asyncio, socket, sys, time
+from pathlib import Path
+from firsttrust.credentials import EnrollmentSecrets
+from firsttrust.requester import library
+from firsttrust.requester.library import Target, enroll_many
+from firsttrust.requester.truststore import TrustStore
+
+async def main(home, worker_kind):
+    silent = socket.socket()  # connections complete in its backlog; nothing ever answers them
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    targets = [Target(f"app-{i:02d}", f"127.0.0.1:{silent.getsockname()[1]}", EnrollmentSecrets.generate())
+               for i in range(16)]
+    try:
+        await asyncio.wait_for(enroll_many(targets, store=TrustStore(Path(home)), workers=2,
+                                           worker_kind=worker_kind, deadline=30), 2)
+    except TimeoutError:
+        print("cancelled", flush=True)
+
+if __name__ == "__main__":
+    if sys.argv[3] == "forkserver":
+        library.other_threads = lambda: 1
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("worker_kind,start_method", [("process", "fork"), ("process", "forkserver"), ("thread", "-")])
+def test_a_cancelled_enroll_many_returns_within_seconds_not_at_its_deadline(tmp_path, worker_kind, start_method):
+    """A library caller's timeout (or Ctrl-C in its asyncio.run) cancels enroll_many: its workers
+    stop their enrollments, and enroll_many and then asyncio.run return within seconds. They used
+    to wait for every worker's enrollments to reach their deadline (the workers ignore SIGINT),
+    and asyncio.run's end for the thread reading the workers' queue. `forkserver` is what
+    enroll_many uses when the caller runs other threads. In a process of its own, as a caller
+    runs it: asyncio.run, not the test's event loop."""
+    import time
+
+    script = tmp_path / "cancelled_batch.py"
+    script.write_text(_CANCELLED_BATCH)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "home"), worker_kind, start_method],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "cancelled\n"), done.stderr[-2000:]
+    assert time.monotonic() - started < 12
