@@ -42,6 +42,14 @@ def apply_policy(context: ssl.SSLContext, trusted_certificates: Iterable[bytes],
     context.check_hostname = False
     context.verify_mode = ssl.CERT_REQUIRED
     context.verify_flags |= VERIFY_NO_CHECK_TIME
+    # The anchors are self-signed end-entity certificates, and one side's often share a subject
+    # (every file-store requester is CN=firsttrust-requester) with no authority key identifier.
+    # Without PARTIAL_CHAIN OpenSSL looks a presented self-signed certificate's issuer up by name,
+    # takes the first anchor of that name and fails when it is another: of two authorized
+    # requesters of one name, only one got into the API. With it, the presented certificate is
+    # accepted when it is byte for byte one of the anchors; a certificate one of them issued is
+    # still refused (they are not CAs: CA:FALSE, no keyCertSign).
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     if context.protocol is ssl.PROTOCOL_TLS_SERVER:
         # No session tickets: nothing is ever resumed (section 7.3), and a context shared across
         # connections (SharedContext) must not let one connection resume another's session.
@@ -116,14 +124,9 @@ class SharedContext:
                 self._fresh = self._with_policy(self._new_context())
 
     def _with_policy(self, context: ssl.SSLContext) -> ssl.SSLContext:
-        """A fresh context with the policy applied and no anchor yet (the first peer adds one)."""
-        apply_policy(context, (), allow_none=True)
-        # Every firsttrust certificate of one side has the same subject (CN) and no authority
-        # key identifier: OpenSSL would look the issuer up by name, take the first anchor of
-        # that name and fail. With PARTIAL_CHAIN the presented certificate is accepted only when
-        # it is byte-for-byte one of the anchors.
-        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-        return context
+        """A fresh context with the policy applied and no anchor yet (the first peer adds one).
+        Its anchors share a subject, as every requester's does: `apply_policy`'s PARTIAL_CHAIN."""
+        return apply_policy(context, (), allow_none=True)
 
     def for_peer(self, peer_certificate: bytes) -> ssl.SSLContext:
         """The shared context, now also trusting `peer_certificate` (DER)."""

@@ -136,6 +136,50 @@ async def test_authorized_keys_are_listed(appliance, requester_identity, applian
 # -- who is refused -----------------------------------------------------------------------------
 
 
+async def test_two_authorized_requesters_with_the_same_subject_both_get_in(tmp_path, appliance_identity,
+                                                                           requester_identity):
+    """Every file-store requester's certificate says CN=firsttrust-requester, with no authority key
+    identifier. OpenSSL looked a self-signed client certificate's issuer up by name among the
+    anchors and took the first of that name: of two authorized requesters of one subject, only
+    one got in (docs/fleet.md section 4 worked around it with distinct subjects)."""
+    twin = create_identity(requester_identity.certificate.subject.rfc4514_string()[3:])
+    assert twin.certificate.subject == requester_identity.certificate.subject
+    app = await Appliance(tmp_path, appliance_identity, [("one", requester_identity), ("two", twin)]).start()
+    try:
+        for identity, name in ((requester_identity, "one"), (twin, "two")):
+            async with app.session(identity, name, appliance_identity.cert_pem) as api:
+                assert (await api.get("/v1/health"))["status"] == "ok"
+    finally:
+        await stop_api(app.runner)
+
+
+async def test_a_certificate_issued_by_an_authorized_requesters_key_is_refused_at_tls(appliance, requester_identity):
+    """Trusting the authorized certificates as they are (PARTIAL_CHAIN) does not make them CAs:
+    a certificate that an authorized requester's key signed for another key does not get in."""
+    import datetime
+    import types
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    issuer_key = serialization.load_pem_private_key(requester_identity.key_pem, None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    issued = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "delegate")]))
+              .issuer_name(requester_identity.certificate.subject).public_key(key.public_key())
+              .serial_number(x509.random_serial_number())
+              .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+              .sign(issuer_key, hashes.SHA256()))
+    delegate = types.SimpleNamespace(
+        key_pem=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()),
+        cert_pem=issued.public_bytes(serialization.Encoding.PEM))
+    await assert_refused_at_tls(appliance.port, appliance.client_context(delegate, "delegate"))
+
+
 async def test_stranger_is_refused_at_the_tls_layer(appliance, stranger_identity, appliance_identity):
     await assert_refused_at_tls(appliance.port, appliance.client_context(stranger_identity, "stranger"))
     async with appliance.session(stranger_identity, "stranger", appliance_identity.cert_pem) as api:
