@@ -26,6 +26,11 @@ class FrameDeadline:
     TimeoutError (StreamReader.set_exception): one deadline for the whole frame, header and body,
     however many reads it takes.
 
+    A frame whose bytes the event loop reads in the same turn as it runs the due timer is handed
+    over, not timed out: reading them wakes the frame's read before the timer runs, and
+    set_exception then only fails the reads after it (StreamReader takes its buffer on waking).
+    A timeout that cancels the reading task (asyncio.timeout, wait_for) loses that frame.
+
     One timer serves the whole connection: `start` only records the new due time, unless the
     timer would fire after it; a timer that fires before the due time (it was set for an earlier
     frame) re-arms itself at it, and one that fires while stopped does nothing. A frame that

@@ -64,6 +64,30 @@ async def test_a_stopped_deadline_never_fires_and_a_closed_one_leaves_no_timer()
     assert reader.exception() is None
 
 
+async def test_a_frame_read_in_the_same_event_loop_turn_as_its_deadline_is_handed_over_not_timed_out():
+    """The loop is blocked past the deadline while the frame's bytes wait in the kernel, so its
+    next turn reads them and runs the due timer together: the read gets the frame."""
+    near, far = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=near)
+    try:
+        deadline = FrameDeadline(reader)
+        deadline.start(0.05)
+        read = asyncio.ensure_future(_timed_read(reader))
+        await asyncio.sleep(0)  # the read is waiting
+        far.sendall(b"frame")
+        time.sleep(0.15)  # blocks the loop: the bytes and the due timer meet in its next turn
+        outcome, _ = await read
+        deadline.stop()
+        assert outcome == b"frame"
+        deadline.start(0.05)  # and a frame that does not come still ends at its deadline
+        outcome, waited = await _timed_read(reader)
+        assert isinstance(outcome, TimeoutError) and waited < 1.0
+        deadline.close()
+    finally:
+        writer.close()
+        far.close()
+
+
 async def test_an_earlier_due_time_moves_the_timer_forward():
     reader = asyncio.StreamReader()
     deadline = FrameDeadline(reader)
