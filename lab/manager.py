@@ -52,16 +52,13 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import fcntl
 import json
 import os
 import re
 import shutil
 import socket
-import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -227,48 +224,41 @@ def _free_ports(count: int) -> list[int]:
 _hosts_handed_out: set[str] = set()
 
 
-def _claims_directory() -> Path:
-    """Where every lab process of this user claims an appliance address while its agent starts:
-    <tmp>/firsttrust-lab-<uid>, 0700, owned by this user (refused otherwise)."""
-    directory = Path(tempfile.gettempdir()) / f"firsttrust-lab-{os.getuid()}"
-    try:
-        directory.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
-    info = os.lstat(directory)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise LabError(f"{directory} is not a private directory of this user: remove it")
-    return directory
+# The port on each appliance address that a lab process binds (never listens on) while it starts
+# an agent there: the one below the enrollment port, which no appliance uses.
+CLAIM_PORT = DEFAULT_ENROLL_PORT - 1
 
 
 class _HostClaim:
     """An appliance address this process holds from choosing it until its agent listens there.
 
-    Another lab process of the same user (the mutation gate runs two test processes at once)
-    scans the same addresses in the same order; a bind probe alone lets both pick one address in
-    the window before either agent listens, then both pick the next, and so on. An exclusive
-    flock per address closes that window: a claimed address is skipped, and once the agent
-    listens the listening socket itself makes the address unbindable.
+    Another lab process (the mutation gate runs two test processes at once, and another user may
+    run a lab of their own) scans the same addresses in the same order; a bind probe alone lets
+    both pick one address in the window before either agent listens, then both pick the next,
+    and so on. The claim is a socket bound to the address's CLAIM_PORT without SO_REUSEADDR: the
+    kernel lets one socket of any process of any user hold it, and frees it when the socket is
+    closed or its process dies. A claimed address is skipped, and once the agent listens the
+    listening socket itself makes the address unbindable.
     """
 
-    def __init__(self, host: str, fd: int) -> None:
+    def __init__(self, host: str, sock: socket.socket) -> None:
         self.host = host
-        self._fd = fd
+        self._sock: socket.socket | None = sock
 
     def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = -1
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
-def _try_claim(directory: Path, host: str) -> _HostClaim | None:
-    fd = os.open(directory / f"{host}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def _try_claim(host: str) -> _HostClaim | None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+        sock.bind((host, CLAIM_PORT))
+    except OSError:
+        sock.close()
         return None
-    return _HostClaim(host, fd)
+    return _HostClaim(host, sock)
 
 
 def _free_host() -> _HostClaim:
@@ -279,13 +269,12 @@ def _free_host() -> _HostClaim:
     Raises:
         LabError: none left.
     """
-    directory = _claims_directory()
     with _ports_lock:
         for last in APPLIANCE_HOSTS:
             host = f"{APPLIANCE_NETWORK}{last}"
             if host in _hosts_handed_out:
                 continue
-            claim = _try_claim(directory, host)
+            claim = _try_claim(host)
             if claim is None:
                 continue
             if _bindable(host, (DEFAULT_ENROLL_PORT, DEFAULT_API_PORT)):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -178,3 +179,28 @@ def test_an_address_another_lab_process_is_starting_an_agent_on_is_not_handed_ou
     lab_manager._release_host(again.host)
     assert again.host == held
 
+
+
+def test_an_address_a_lab_process_of_another_user_is_starting_an_agent_on_is_not_handed_out():
+    # Another user's lab scans the same addresses; its claim is a socket bound to the address's
+    # claim port, which the kernel gives to one socket whatever the user. (A claim file in a
+    # per-user directory, as before, could not see it.)
+    if os.geteuid() != 0:
+        pytest.skip("running a process as another user needs root")
+    candidate = _free_host()
+    lab_manager._release_host(candidate)
+    holder = subprocess.Popen(
+        ["/usr/bin/python3", "-c", "import socket, sys\nclaim = socket.socket()\n"
+         "claim.bind((sys.argv[1], int(sys.argv[2])))\nprint(claim.getsockname()[0], flush=True)\nsys.stdin.read()",
+         candidate, str(lab_manager.CLAIM_PORT)],
+        user=pwd.getpwnam("nobody").pw_uid, cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == candidate  # held by nobody
+        mine = _free_host()
+        lab_manager._release_host(mine)
+        assert mine != candidate
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    assert _free_host() == candidate  # its process is gone: the claim with it
+    lab_manager._release_host(candidate)
