@@ -27,6 +27,7 @@ from .errors import AgentError
 
 STATE_VERSION = 1
 MAX_STATE_FILE = 1024 * 1024
+MAX_SEC_B_FILE = 1024  # what load_sec_b reads of the file at most; a longer one fails its digest
 
 
 class StateError(AgentError):
@@ -170,7 +171,7 @@ class StateDir:
     def load_sec_b(self, expected_sha256: str | None) -> str | None:
         """SEC-B if the file exists and is the one state.json names, else None."""
         try:
-            data = self.sec_b_path.read_bytes()[:1024]
+            data, _ = read_at_most(self.sec_b_path, MAX_SEC_B_FILE)
         except FileNotFoundError:
             return None
         if expected_sha256 is None or hashlib.sha256(data).hexdigest() != expected_sha256:

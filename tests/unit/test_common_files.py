@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
+import threading
+import time
 
 import pytest
 
@@ -86,6 +89,28 @@ def test_a_file_that_grew_after_it_was_opened_is_read_on_to_the_limit(tmp_path, 
     assert read_at_most(path, 100)[0] == b"x" * 10
     assert read_at_most(path, 10)[0] == b"x" * 10
     assert read_at_most(path, 4)[0] == b"x" * 4
+
+
+def test_a_pipe_that_delivers_in_pieces_is_read_to_its_end_or_the_limit(tmp_path):
+    # A short read ends a regular file only: a FIFO (or /proc, a character device) may hand out
+    # less than is coming.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def write_in_pieces(*pieces):
+        with contextlib.suppress(BrokenPipeError), open(fifo, "wb", buffering=0) as sink:
+            for piece in pieces:  # the reader may have stopped at its limit
+                sink.write(piece)
+                time.sleep(0.05)
+
+    for limit, expected in ((100, b"abcdef"), (3, b"abc")):
+        writer = threading.Thread(target=write_in_pieces, args=(b"ab", b"cd", b"ef"))
+        writer.start()
+        try:
+            data, mode = read_at_most(fifo, limit)
+        finally:
+            writer.join()
+        assert data == expected and stat.S_ISFIFO(mode)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o000])
