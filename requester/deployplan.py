@@ -27,6 +27,7 @@ from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import GUEST_PASSWORD, SEC_A, SEC_B, guestinfo_key
 from .deploymentid import DEPLOYMENT_ID_KEY, new_deployment_id
 from .deployspec import HARDENING_VMX_SETTINGS, InvalidDeploySpec, deployment_properties
+from .profile import shown_url
 from .truststore import NAME_RE
 
 # How many appliances one command deploys at most. vCenter's own limits are far above (a
@@ -183,7 +184,7 @@ def check_vcenter_url(url: str) -> str:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
-        raise InvalidDeployPlan(f"invalid vCenter URL {url[:80]!r}") from None
+        raise InvalidDeployPlan(f"invalid vCenter URL {shown_url(url)!r}") from None
     if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
         raise InvalidDeployPlan("the vCenter URL must be https://HOST[:PORT][/sdk], without credentials in it")
     return url

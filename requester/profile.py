@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import stat
 import tomllib
 from pathlib import Path
@@ -86,6 +87,17 @@ def read_config(path: Path) -> dict[str, str]:
     return document
 
 
+# user[:password]@ in a URL's authority: what a message must never show.
+_USERINFO = re.compile(r"^([^:/?#]+://)?[^/?#]*@")
+
+
+def shown_url(url: str) -> str:
+    """`url` as a message may quote it: any `user:password@` replaced by `***@`, at most 80
+    characters. A vCenter URL must not carry credentials (they are refused), but the message
+    that says so, or any other, must not print them either."""
+    return _USERINFO.sub(lambda match: (match.group(1) or "") + "***@", url)[:80]
+
+
 def apply(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> argparse.Namespace:
     """Fill in what the command line left out, from the environment, then the config file.
 
@@ -112,7 +124,7 @@ def apply(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
     if not getattr(args, "vcenter", None):
         raise ProfileError(f"which vCenter? give --vcenter URL, or set FIRSTTRUST_VCENTER, or vcenter in {path}")
     if not (getattr(args, "thumbprint", None) or getattr(args, "ca_file", None)):
-        raise ProfileError(f"whom to trust at {args.vcenter}? give --thumbprint TP or --ca-file FILE, or set "
+        raise ProfileError(f"whom to trust at {shown_url(args.vcenter)}? give --thumbprint TP or --ca-file FILE, or set "
                            f"FIRSTTRUST_VCENTER_THUMBPRINT, or thumbprint in {path} "
                            f"(`firsttrust vcenter-thumbprint URL` reads it, trusting on first use)")
     if getattr(args, "thumbprint", None) and getattr(args, "ca_file", None):

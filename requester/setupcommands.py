@@ -21,9 +21,10 @@ import ssl
 import sys
 from urllib.parse import urlsplit
 
-from firsttrust.common.cli import EXIT_OK
+from firsttrust.common.cli import EXIT_OK, UsageError
 from firsttrust.errors import FirsttrustError
 
+from .profile import shown_url
 from .vcenter_tls import format_thumbprint
 
 CONNECT_TIMEOUT = 10.0
@@ -43,20 +44,25 @@ def read_certificate(url: str, timeout: float = CONNECT_TIMEOUT) -> bytes:
     """The DER certificate the TLS server at `url` presents (nothing verified, nothing sent after).
 
     Raises:
-        ThumbprintReadFailed: not an https URL, unreachable, no TLS, or no certificate.
+        UsageError: not an https://HOST[:PORT] URL.
+        ThumbprintReadFailed: unreachable, no TLS, or no certificate.
     """
-    parts = urlsplit(url if "://" in url else f"https://{url}")
-    if parts.scheme != "https" or not parts.hostname:
-        raise ThumbprintReadFailed(f"{url[:80]!r} is not an https://HOST[:PORT] URL")
+    try:
+        parts = urlsplit(url if "://" in url else f"https://{url}")
+        port = parts.port or 443  # raises ValueError for a port out of range or not a number
+    except ValueError:
+        parts, port = None, 0
+    if parts is None or parts.scheme != "https" or not parts.hostname or "@" in parts.netloc:
+        raise UsageError(f"{shown_url(url)!r} is not an https://HOST[:PORT] URL")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # trust on first use: read, do not judge
     try:
-        with socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout) as raw, \
+        with socket.create_connection((parts.hostname, port), timeout=timeout) as raw, \
                 context.wrap_socket(raw, server_hostname=parts.hostname) as tls:
             der = tls.getpeercert(binary_form=True)
     except (OSError, ssl.SSLError) as exc:
-        raise ThumbprintReadFailed(f"cannot read the certificate of {parts.hostname}:{parts.port or 443}: "
+        raise ThumbprintReadFailed(f"cannot read the certificate of {parts.hostname}:{port}: "
                                    f"{getattr(exc, 'strerror', None) or exc}") from None
     if not der:
         raise ThumbprintReadFailed(f"{parts.hostname} presented no certificate")

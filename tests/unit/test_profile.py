@@ -7,7 +7,10 @@ import argparse
 
 import pytest
 
+from firsttrust.common.cli import UsageError
+from firsttrust.requester.deployplan import InvalidDeployPlan, check_vcenter_url
 from firsttrust.requester.profile import ProfileError, apply, config_path
+from firsttrust.requester.setupcommands import read_certificate
 
 URL, OTHER = "https://vc.example/sdk", "https://other.example/sdk"
 TP = "AB:" * 19 + "AB"
@@ -65,3 +68,17 @@ def test_an_unknown_key_or_no_vcenter_at_all_is_said(tmp_path):
 def test_the_config_file_is_found_by_xdg_or_named_by_firsttrust_config(tmp_path):
     assert config_path({"XDG_CONFIG_HOME": "/x"}) == __import__("pathlib").Path("/x/firsttrust/config.toml")
     assert str(config_path({"FIRSTTRUST_CONFIG": "/etc/ft.toml"})) == "/etc/ft.toml"
+
+
+@pytest.mark.parametrize("url", ["https://u:hunter2-not-shown@vc.example/sdk", "u:hunter2-not-shown@vc.example",
+                                 "https://hunter2-not-shown@[::1/sdk"])
+def test_no_message_quotes_the_credentials_a_vcenter_url_carries(tmp_path, url):
+    with pytest.raises(ProfileError, match="whom to trust at .*\\*\\*\\*@") as raised:
+        apply(args(vcenter=url), {"XDG_CONFIG_HOME": str(tmp_path / "none")})
+    assert "hunter2" not in str(raised.value)
+    with pytest.raises(InvalidDeployPlan) as refused:
+        check_vcenter_url(url)
+    assert "hunter2" not in str(refused.value)
+    with pytest.raises(UsageError) as unread:
+        read_certificate(url.replace("https://", "ftp://"))
+    assert "hunter2" not in str(unread.value)
