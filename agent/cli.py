@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import firsttrust
 from firsttrust.common.cli import EXIT_FAILED, EXIT_USAGE, Guard, Parser, Subcommand, UsageError, add_subcommands
@@ -121,6 +122,9 @@ def cmd_authorize(args: argparse.Namespace) -> int:
     from . import systemd_glue
 
     systemd_glue.setup_logging()
+    # The report file is created first: a path that cannot be written fails before anything is
+    # authorized, not after (exit 2 would tell the caller nothing was).
+    report = _open_report(args.report)
     try:
         _, store = _store(args)
         data = _read_cert_input(args.cert)
@@ -136,25 +140,35 @@ def cmd_authorize(args: argparse.Namespace) -> int:
                         source="guest-command")
         identity = store.load_identity() if args.report else None
     except FirsttrustError as exc:
-        _write_report(args.report, {"ok": False, "error": str(exc)})
+        _write_report(report, {"ok": False, "error": str(exc)})
         raise
-    _write_report(args.report, {"ok": True, "pin": pin, "added": added,
-                                "appliance_certificate": identity.cert_pem.decode("ascii") if identity else None})
+    except BaseException:
+        if report is not None:
+            report.close()
+        raise
+    _write_report(report, {"ok": True, "pin": pin, "added": added,
+                           "appliance_certificate": identity.cert_pem.decode("ascii") if identity else None})
     print(f"{'authorized' if added else 'already authorized'}: {pin}")
     return 0
 
 
-def _write_report(path: Path | None, report: dict) -> None:
-    """authorize --report: the outcome for a caller that cannot read the output (guest operations
-    discard it), with the appliance's certificate, written 0600 into the caller's directory."""
+def _open_report(path: Path | None) -> IO[str] | None:
+    """authorize --report FILE, created (0600, never replacing a file or following a link) before
+    anything is authorized: the outcome for a caller that cannot read the output (guest
+    operations discard it), with the appliance's certificate, in the caller's directory."""
     if path is None:
-        return
+        return None
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise UsageError(f"cannot write the report {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as handle:
-        json.dump(report, handle)
+    return os.fdopen(fd, "w")
+
+
+def _write_report(report: IO[str] | None, outcome: dict) -> None:
+    if report is not None:
+        with report:
+            json.dump(outcome, report)
 
 
 def cmd_show_identity(args: argparse.Namespace) -> int:

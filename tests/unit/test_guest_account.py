@@ -87,3 +87,18 @@ def test_authorize_with_the_expected_pin_reports_the_appliances_certificate(tmp_
     assert stat.S_IMODE(report.stat().st_mode) == 0o600
     # A report file is never overwritten (the caller's fresh directory): a second run refuses.
     assert main(["authorize", "--cert", str(cert), "--state-dir", str(state.path), "--report", str(report)]) == 2
+
+
+def test_authorize_whose_report_cannot_be_written_authorizes_nothing(tmp_path, requester_identity, capsys):
+    # Exit 2 tells the caller nothing was authorized: the report file is created before the key is.
+    cert = tmp_path / "requester.pem"
+    cert.write_bytes(requester_identity.cert_pem)
+    state = tmp_path / "state"
+    report = tmp_path / "report.json"
+    report.write_text("someone else's")
+    code = main(["authorize", "--cert", str(cert), "--state-dir", str(state), "--expect-pin", requester_identity.pin,
+                 "--report", str(report)])
+    assert code == 2
+    assert "cannot write the report" in capsys.readouterr().err
+    assert not (state / "authorized.json").exists()
+    assert report.read_text() == "someone else's"
