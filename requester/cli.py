@@ -42,6 +42,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import sys
 import threading
 from typing import Sequence
@@ -741,13 +742,21 @@ def write_private_file(path: str, data: bytes, *, overwrite: bool = False) -> No
 
     Without overwrite the file is new (write_new: an existing file or symlink at path is never
     replaced or followed). With overwrite it is replaced atomically (write_atomic): path never
-    holds a partial file.
+    holds a partial file; what it replaces must be a regular file or a symlink (the link itself
+    is replaced), never a device, a FIFO or a socket (`--out /dev/full --force` as root would
+    have put the secrets where the device node was).
 
     Raises:
-        OutputError: path exists (without overwrite), or cannot be written.
+        OutputError: path exists (without overwrite), is not a regular file, or cannot be written.
     """
     try:
         if overwrite:
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                mode = stat.S_IFREG
+            if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+                raise OutputError(f"{path} is not a regular file; --force replaces only files")
             write_atomic(path, data, 0o600)
         else:
             write_new(path, data, 0o600)

@@ -103,6 +103,18 @@ def test_secrets_new_force_replaces_with_a_0600_file(capsys, tmp_path, secrets, 
     assert [p.name for p in tmp_path.iterdir()] == ["s.json"]  # no temporary file left behind
 
 
+def test_secrets_new_force_never_replaces_a_fifo_or_a_device_node(capsys, tmp_path):
+    # As root, `--out /dev/full --force` put a 0600 file of secrets where the device node was.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    code, out, err = run(capsys, "secrets", "new", "--out", str(fifo), "--force")
+    assert code == cli.EXIT_FAILED and out == ""
+    assert "not a regular file" in err
+    assert_one_error_line(err)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["fifo"]
+
+
 def test_secrets_new_into_a_missing_directory_fails(capsys, tmp_path):
     code, _, err = run(capsys, "secrets", "new", "--out", str(tmp_path / "no" / "s.json"))
     assert code == cli.EXIT_FAILED
