@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import secrets
 import threading
@@ -28,7 +29,7 @@ from firsttrust.identity import Identity, load_certificate, pin_of_certificate
 from ..truststore import ApplianceRecord, TrustStore, TrustStoreError, UnknownAppliance
 from . import schema, signing
 from .config import connection_options, load_profile
-from .errors import HeldByHost, NotAMember, StoreSchemaError, StoreUnavailable, UntrustedRecord
+from .errors import HeldByHost, NotAMember, StoreConfigError, StoreSchemaError, StoreUnavailable, UntrustedRecord
 
 T = TypeVar("T")
 DEFAULT_DEADLINE = 30.0
@@ -37,18 +38,31 @@ ADMIN_KEY = "fleet-admin.key"
 ADMIN_CERT = "fleet-admin.crt"
 
 
-def _deadline() -> float:
+def _seconds(variable: str, default: float) -> float:
+    """A duration from the environment: a finite number of seconds, 0 or more, or `default` when
+    unset. `nan` or `inf` made the store's retries endless, and a typo silently meant the default.
+
+    Raises:
+        StoreConfigError: set to anything else.
+    """
+    text = os.environ.get(variable)
+    if text is None or text == "":
+        return default
     try:
-        return float(os.environ.get("FIRSTTRUST_STORE_DEADLINE", DEFAULT_DEADLINE))
+        seconds = float(text)
     except ValueError:
-        return DEFAULT_DEADLINE
+        seconds = math.nan
+    if not (0 <= seconds < math.inf):
+        raise StoreConfigError(f"{variable} must be a number of seconds (0 or more), not {text[:40]!r}")
+    return seconds
+
+
+def _deadline() -> float:
+    return _seconds("FIRSTTRUST_STORE_DEADLINE", DEFAULT_DEADLINE)
 
 
 def lease_seconds() -> float:
-    try:
-        return float(os.environ.get("FIRSTTRUST_FLEET_LEASE", DEFAULT_LEASE))
-    except ValueError:
-        return DEFAULT_LEASE
+    return _seconds("FIRSTTRUST_FLEET_LEASE", DEFAULT_LEASE)
 
 
 @dataclass(frozen=True)
