@@ -287,7 +287,7 @@ def _json_object(body: bytes, fields: dict[str, bool]) -> dict[str, Any]:
     """Parse a JSON object with exactly the `fields` allowed ({name: required})."""
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError, UnicodeDecodeError):
         raise ApiRefusal(400, "invalid_json", "the request body is not JSON") from None
     if not isinstance(value, dict):
         raise ApiRefusal(400, "invalid_json", "the request body must be a JSON object")

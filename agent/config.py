@@ -85,7 +85,7 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Agen
 
         try:
             values = tomllib.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {str(exc).splitlines()[0]}") from None
     config = _from_values(values, path)
     if state_dir is not None:

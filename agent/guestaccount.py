@@ -47,7 +47,7 @@ def record(state_dir: Path, password: str, *, expires_at: float, account: str = 
 def load(state_dir: Path) -> dict | None:
     try:
         data = json.loads((Path(state_dir) / FILE_NAME).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 

@@ -5,7 +5,8 @@ documented exit code, never a traceback.
 
 Each CLI maps its own typed errors to exit codes (its `exit_code_for`); the guard handles what
 is left: an OS error the command did not anticipate (a directory where a file was expected, a
-path under /proc), output to a closed pipe, an interrupt, and bugs.
+path under /proc), output to a closed pipe, standard output closed from the start, an input
+nested too deeply for the parsers' recursion, an interrupt, and bugs.
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ class Guard:
 
     def run(self, command: Callable[[], int]) -> int:
         """`command()`'s exit code; whatever it raises as one line on stderr and an exit code."""
+        if sys.stdout is None:  # started with descriptor 1 closed (`>&-`): print() would drop it all
+            self.error("standard output is closed; nothing was done")
+            return EXIT_FAILED
         try:
             return command()
         except SystemExit as exc:
@@ -99,6 +103,9 @@ class Guard:
             return EXIT_INTERRUPTED
         except BrokenPipeError:
             return silence_broken_pipe()
+        except RecursionError:  # json or tomllib on an input nested thousands deep
+            self.error("an input is nested too deeply to read")
+            return EXIT_USAGE
         except OSError as exc:
             if self.debug_env and os.environ.get(self.debug_env):
                 raise

@@ -115,7 +115,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         running = procs.alive(app.pid) and procs.is_lab_agent(app.pid, app.config_path)
         phase, keys = "?", "?"
         result = manager.guest_command(app.name, ["firsttrust-agent", "status", "--json"])
-        with contextlib.suppress(ValueError, KeyError, TypeError):
+        with contextlib.suppress(ValueError, RecursionError, KeyError, TypeError):
             state = json.loads(result.stdout)
             phase, keys = state["phase"], str(state.get("authorized_keys", "?"))
         rows.append((app.name, f"pid {app.pid}" if running else "stopped", app.enroll_address, app.api_address,

@@ -122,7 +122,7 @@ class GuestOpsServer:
     def answer(self, line: bytes) -> dict:
         try:
             request = json.loads(line) if len(line) <= MAX_REQUEST_BYTES else None
-        except ValueError:
+        except (ValueError, RecursionError):
             request = None
         if not (isinstance(request, dict) and all(isinstance(request.get(k), str) for k in ("op", "vm", "user", "password"))):
             return {"error": "failed", "message": "malformed request to the lab's guest side"}

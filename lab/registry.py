@@ -37,7 +37,7 @@ class Registry:
             data = json.loads(self.path.read_bytes())
         except FileNotFoundError:
             return {"version": REGISTRY_VERSION, "appliances": {}}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise RegistryError(f"{self.path} is unreadable or not JSON ({type(exc).__name__})") from None
         if not isinstance(data, dict) or data.get("version") != REGISTRY_VERSION \
                 or not isinstance(data.get("appliances"), dict):

@@ -283,7 +283,7 @@ def _read_ready_line(process: subprocess.Popen, workdir: Path) -> str:
         if not url.startswith("https://"):
             raise ValueError(url)
         return url
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, RecursionError, KeyError, TypeError):
         procs.stop_child(process, STOP_TIMEOUT)
         log = (workdir / "vcsim.log").read_text(errors="replace").strip()[-1000:]
         shutil.rmtree(workdir, ignore_errors=True)
@@ -372,7 +372,7 @@ class LabControl:
             connection.close()
         try:
             answer = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             answer = None
         if not isinstance(answer, dict):
             raise LabControlError(f"the lab's {path} endpoint answered HTTP {status} without a JSON object")

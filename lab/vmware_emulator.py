@@ -443,7 +443,7 @@ def _load(path: Path) -> dict | None:
         raise EmulatorError(f"cannot read VM file {path}: {error.strerror}") from None
     try:
         state = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise EmulatorError(f"VM file {path} is not JSON") from None
     if isinstance(state, dict) and "vsphere" in state:
         return {"vsphere": state["vsphere"], "argv_log": [], "mode": None}

@@ -93,7 +93,7 @@ def request(document: Mapping, command: str, timeout: float = CHANNEL_TIMEOUT) -
                            f"({exc.strerror or type(exc).__name__}); is the lab's data center running?") from None
     try:
         reply = json.loads(answer)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ChannelError("the lab's guest channel sent a malformed answer") from None
     if isinstance(reply, dict) and isinstance(reply.get("error"), str):
         raise ChannelError(reply["error"])
@@ -168,7 +168,7 @@ class ChannelServer:
 
         try:
             message = json.loads(line.decode("utf-8", "surrogateescape")) if len(line) <= MAX_REQUEST_BYTES else None
-        except ValueError:
+        except (ValueError, RecursionError):
             message = None
         if not (isinstance(message, dict) and isinstance(message.get("vm"), str)
                 and isinstance(message.get("command"), str)):

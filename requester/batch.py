@@ -109,7 +109,7 @@ def read_targets(path: str, *, warn: Callable[[str], None] | None = None) -> lis
             if text.strip() and not {"name", "address", "secrets"} & columns:
                 raise ValueError("its first line is not the header name,address,secrets")
             rows = list(reader)
-    except (ValueError, csv.Error) as exc:
+    except (ValueError, RecursionError, csv.Error) as exc:
         raise InvalidTargets(f"targets file {path}: {str(exc).splitlines()[0][:100]}") from None
     unknown = sorted(str(column)[:40] for column in columns - set(TARGET_COLUMNS))
     if unknown:  # a typo (adress) must not pass for a missing column, nor an extra one go unread

@@ -173,7 +173,9 @@ def _deploy_spec(args: argparse.Namespace) -> int:
         try:
             sys.stdout.write(spec.decode("utf-8"))
             sys.stdout.flush()
-        except OSError as exc:  # a closed pipe: the spec did not arrive
+        except BrokenPipeError:  # the reader left (`| head`): quiet, 141, as every command
+            raise
+        except OSError as exc:  # a full disk behind a redirection: the spec did not arrive
             raise OutputError(f"cannot write to stdout: {exc.strerror}") from None
     else:
         write_private_file(args.out, spec, overwrite=args.force)
@@ -502,7 +504,7 @@ def _call(args: argparse.Namespace) -> int:
     if args.data is not None:
         try:
             body = json.loads(args.data)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise UsageError("--data is not valid JSON") from None
     name = _check_name(args.name)
     try:

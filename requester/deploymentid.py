@@ -41,7 +41,7 @@ def deployment_id_of(secrets_file_content: bytes) -> str | None:
     or None for a file written before ids existed."""
     try:
         document = json.loads(secrets_file_content.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     value = document.get(DEPLOYMENT_ID_FIELD) if isinstance(document, dict) else None
     return value if valid_deployment_id(value) else None

@@ -250,6 +250,8 @@ def secrets_from_json(data: bytes) -> EnrollmentSecrets:
         raise InvalidDeploySpec("not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise InvalidDeploySpec(f"not JSON ({exc.msg}, line {exc.lineno})") from None
+    except (ValueError, RecursionError):  # a number of more than 4300 digits; nested too deeply
+        raise InvalidDeploySpec("not a secrets file (a number too long, or nested too deeply)") from None
     if not isinstance(document, dict) or sorted(set(document) - {"deployment_id"}) != sorted(SECRETS_FILE_FIELDS):
         raise InvalidDeploySpec('not a JSON object with exactly "sec_a" and "sec_b" (and a "deployment_id")')
     if "deployment_id" in document and not valid_deployment_id(document["deployment_id"]):

@@ -314,7 +314,7 @@ def _read_report(vc, name, files, vm, auth, path: str, transfers: "_Transfers") 
     data = transfers.get(info.url)
     try:
         report = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise GuestProgramFailed(f"{name}: the guest's report is not JSON") from None
     return report if isinstance(report, dict) else {}
 

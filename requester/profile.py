@@ -73,7 +73,7 @@ def read_config(path: Path) -> dict[str, str]:
         raise ProfileError(f"cannot read the config file {path}: {exc.strerror}") from None
     try:
         document = tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProfileError(f"the config file {path} is not TOML ({str(exc).splitlines()[0][:80]})") from None
     for key, value in document.items():
         if key in ("password", "user"):

@@ -218,7 +218,7 @@ def _parse(status: int, data: bytes) -> Any:
         return None
     try:
         value = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError, UnicodeDecodeError):
         if status >= 400:
             raise ApiError("http_error", status) from None
         raise BadResponse(f"the appliance's answer (HTTP {status}) is not JSON") from None

@@ -74,7 +74,7 @@ class ApplianceRecord:
             record = cls(**raw)
             if normalize_pin(record.pin) != pin_of_certificate(record.certificate.encode()):
                 raise ValueError("pin does not match certificate")
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, RecursionError, TypeError, KeyError) as exc:
             raise TrustStoreError(f"{source} is corrupt ({str(exc).splitlines()[0][:80]})") from None
         return record
 

@@ -46,7 +46,7 @@ def load_profile(home: Path) -> FleetProfile:
             anchor = normalize_pin(anchor)
         if store is not None and not isinstance(store, str):
             raise ValueError("store must be a string")
-    except (ValueError, AttributeError, TypeError) as exc:
+    except (ValueError, RecursionError, AttributeError, TypeError) as exc:
         raise StoreConfigError(f"the fleet profile {path} is corrupt ({str(exc).splitlines()[0][:80]})") from None
     return FleetProfile(anchor, store)
 

@@ -486,7 +486,7 @@ class PgStore(TrustStore):
                 if payload:
                     try:
                         pin = json.loads(payload)["record"]["pin"]
-                    except (ValueError, KeyError, TypeError):
+                    except (ValueError, RecursionError, KeyError, TypeError):
                         pin = None
                 claims.append(PendingClaim(name, holder, float(lease_until), pending_host, pin))
             return claims

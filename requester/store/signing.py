@@ -37,6 +37,6 @@ def opened(certificate_pem: str, text: str, signature: bytes) -> dict[str, Any] 
             return None
         key.verify(bytes(signature), CONTEXT + text.encode("ascii"), ec.ECDSA(hashes.SHA256()))
         payload = json.loads(text)
-    except (InvalidSignature, ValueError, TypeError, UnicodeError, FirsttrustError):
+    except (InvalidSignature, ValueError, RecursionError, TypeError, UnicodeError, FirsttrustError):
         return None
     return payload if isinstance(payload, dict) else None

@@ -320,6 +320,7 @@ async def raw_client(appliance, requester_identity, appliance_identity):
     (b"{not json", "invalid_json"),
     (b"\xff\xfe", "invalid_json"),
     (b"[1, 2]", "invalid_json"),
+    (b"[" * 30000, "invalid_json"),  # json.loads recurses per level: RecursionError, not a 500
     (b'{"name": "x"}', "invalid_field"),
     (b'{"certificate": "x", "name": "x", "admin": true}', "invalid_field"),
     (b'{"certificate": 5, "name": "x"}', "invalid_field"),

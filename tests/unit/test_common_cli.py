@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +35,8 @@ def test_the_three_clis_share_one_usage_error_a_firsttrust_error():
     (ValueError("SEC-A=hunter2"), EXIT_FAILED,
      "tool: error: internal error (ValueError); nothing secret was printed\n"),
     (KeyboardInterrupt(), EXIT_INTERRUPTED, ""),
+    (RecursionError("maximum recursion depth exceeded"), EXIT_USAGE,
+     "tool: error: an input is nested too deeply to read\n"),
 ])
 def test_whatever_escapes_is_one_line_and_a_documented_code(exc, code, line, capsys):
     assert Guard("tool").run(raising(exc)) == code
@@ -49,6 +55,35 @@ def test_a_closed_stdout_is_quiet_and_141(monkeypatch, capsys):
     monkeypatch.setattr("firsttrust.common.cli.silence_broken_pipe", lambda: silenced.append(1) or EXIT_BROKEN_PIPE)
     assert Guard("tool").run(raising(BrokenPipeError())) == EXIT_BROKEN_PIPE
     assert silenced == [1] and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("argv", [
+    ["firsttrust", "pins", "list"],  # print() to a closed stdout is silent: it exited 0 with nothing
+    ["firsttrust", "identity"],  # sys.stdout.buffer: it was an internal error (AttributeError)
+    ["firsttrust-agent", "status", "--state-dir", "/nonexistent"],
+])
+def test_a_command_started_with_stdout_closed_fails_with_one_line(argv, tmp_path):
+    command = [str(Path(sys.executable).with_name(argv[0])), *argv[1:]]
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=60,
+                          env={**os.environ, "FIRSTTRUST_HOME": str(tmp_path)},
+                          preexec_fn=lambda: os.close(1))
+    assert done.returncode == EXIT_FAILED
+    assert done.stderr.endswith(": error: standard output is closed; nothing was done\n")
+    assert done.stderr.count("\n") == 1
+
+
+def test_deploy_spec_into_a_closed_pipe_is_quiet_and_141(tmp_path):
+    firsttrust = str(Path(sys.executable).with_name("firsttrust"))
+    secrets = tmp_path / "s.json"
+    subprocess.run([firsttrust, "secrets", "new", "--out", str(secrets)], check=True, capture_output=True)
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody reads: the first write gets EPIPE
+    try:
+        done = subprocess.run([firsttrust, "deploy-spec", "--secrets", str(secrets), "--format", "govc"],
+                              stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(writer)
+    assert (done.returncode, done.stderr) == (EXIT_BROKEN_PIPE, "")
 
 
 def test_the_lab_announces_an_interrupt_and_its_debug_switch_lets_a_bug_raise(monkeypatch, capsys):
