@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import time
 from typing import Callable, NamedTuple
 
@@ -37,16 +38,40 @@ class NotProvisioned(AgentError):
     code = "not_provisioned"
 
 
+def _is_ipv6(text: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6, text)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 class Listen(NamedTuple):  # not a frozen dataclass: 0.1 ms to define, not 0.8 (agent start-up)
     host: str
     port: int
 
     @classmethod
     def parse(cls, text: str, default_port: int) -> "Listen":
-        host, sep, port = text.rpartition(":")
+        """ADDR:PORT, ADDR, :PORT or [IPV6]:PORT, [IPV6] (an IPv6 address in brackets).
+
+        Raises:
+            ValueError: anything else: a port out of range, an unclosed or empty bracket, an
+                IPv6 address without brackets (`::1:80` has no one reading).
+        """
+        if text.startswith("["):
+            host, bracket, rest = text[1:].partition("]")
+            sep, port = rest[:1], rest[1:]
+            if not bracket or (rest and sep != ":") or not _is_ipv6(host.partition("%")[0]):  # fe80::1%eth0
+                raise ValueError(f"invalid listen address {text[:60]!r}: expected [IPV6]:PORT")
+        else:
+            host, sep, port = text.rpartition(":")
+            if not sep:
+                host = text
+            elif ":" in host:
+                raise ValueError(f"invalid listen address {text[:60]!r}: an IPv6 address goes in brackets, [IPV6]:PORT")
         if not sep:
-            host, port = text, str(default_port)
-        host = host.strip("[]") or "0.0.0.0"
+            port = str(default_port)
+        host = host or "0.0.0.0"
         if not port.isdigit() or not 0 <= int(port) < 65536:
             raise ValueError(f"invalid listen address {text[:60]!r}: expected ADDR:PORT")
         return cls(host, int(port))
