@@ -55,7 +55,7 @@ from firsttrust.common.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Guard, Parse
 from firsttrust.common.files import read_bounded_stat, write_atomic, write_new
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import MAX_DECODED_BYTES, PropertyEncodingError
-from firsttrust.errors import FirsttrustError, InvalidCertificate, InvalidSecret
+from firsttrust.errors import FirsttrustError, InvalidCertificate, InvalidPin, InvalidSecret
 from firsttrust.ovfenv import OvfEnvValueError
 
 from firsttrust.deployment import DEFAULT_API_PORT, DEFAULT_ENROLL_PORT
@@ -108,6 +108,7 @@ EXIT_CODES: dict[type[FirsttrustError], int] = {
     InvalidDeploySpec: EXIT_USAGE,
     InvalidSecret: EXIT_USAGE,
     InvalidCertificate: EXIT_USAGE,
+    InvalidPin: EXIT_USAGE,
     OvfEnvValueError: EXIT_USAGE,
     PropertyEncodingError: EXIT_USAGE,
     OutputError: EXIT_FAILED,

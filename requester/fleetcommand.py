@@ -19,12 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-from firsttrust.common.cli import EXIT_FAILED, EXIT_OK, Subcommand, no_arguments
+from firsttrust.common.cli import EXIT_FAILED, EXIT_OK, Subcommand, UsageError, no_arguments
+from firsttrust.common.files import read_bounded
 
 from .store import open_store
 from .store.config import connection_options, load_profile
 from .store.errors import StoreConfigError
-from .truststore import TrustStore, TrustStoreError, default_home
+from .truststore import TrustStore, default_home
 
 
 def _fleet_store(url: str | None = None):
@@ -105,6 +106,7 @@ def fleet_create(args: argparse.Namespace) -> int:
     from .store import fleet
     from .store.config import FleetProfile, save_profile
 
+    fleet.check_host_name(args.host, UsageError)
     if args.store:
         connection_options(args.store)
         save_profile(default_home(), FleetProfile(load_profile(default_home()).anchor_pin, args.store))
@@ -122,8 +124,13 @@ def _join_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def fleet_join(args: argparse.Namespace) -> int:
+    from firsttrust.identity import normalize_pin
+
     from .store import fleet
 
+    normalize_pin(args.anchor)  # InvalidPin: exit 2, before anything is recorded
+    if args.host is not None:
+        fleet.check_host_name(args.host, UsageError)
     if args.store:
         connection_options(args.store)
     home = default_home()
@@ -143,10 +150,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 def fleet_add_host(args: argparse.Namespace) -> int:
     from .store import fleet
 
-    try:
-        pem = args.cert.read_bytes()[: 64 * 1024]
-    except OSError as exc:
-        raise TrustStoreError(f"cannot read {args.cert}: {exc.strerror}") from None
+    fleet.check_host_name(args.host, UsageError)
+    pem = read_bounded(args.cert, 64 * 1024, what=f"certificate {args.cert}", error=UsageError)
     pin = fleet.add_host(_fleet_store(), args.host, pem)
     print(f"added {args.host}: {pin} (`firsttrust fleet sync` authorizes it on the appliances)")
     return EXIT_OK

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from firsttrust.common.files import write_atomic
+from firsttrust.errors import FirsttrustError
 from firsttrust.identity import Identity, create_identity, load_certificate, pin_of_certificate
 
 from ..errors import ApiError, BadResponse, ConnectionFailed, PinMismatch
@@ -38,9 +39,12 @@ def admin_identity(home: Path) -> Identity:
     return identity
 
 
-def _check_host_name(name: str) -> str:
+HOST_NAME_RULE = "a host name is 1-64 letters, digits, '.', '_' or '-', starting alphanumeric"
+
+
+def check_host_name(name: str, error: type[FirsttrustError] = StoreConfigError) -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise StoreConfigError("a host name is 1-64 letters, digits, '.', '_' or '-', starting alphanumeric")
+        raise error(HOST_NAME_RULE)
     return name
 
 
@@ -73,7 +77,7 @@ def _subject(certificate_pem: str) -> str:
 def create(store: PgStore, host: str) -> Membership:
     """Create the fleet: the admin key (here, 0600), the schema, the fleet row, this host as its
     first member, and the anchor in this host's profile."""
-    _check_host_name(host)
+    check_host_name(host)
     home = store.home
     if (home / ADMIN_KEY).exists():
         raise StoreConfigError(f"{home / ADMIN_KEY} exists: this host already administers a fleet")
@@ -107,13 +111,13 @@ def join(home: Path, anchor_pin: str, store_url: str | None, host: str | None = 
     from firsttrust.identity import normalize_pin
 
     save_profile(home, FleetProfile(normalize_pin(anchor_pin), store_url))
-    return ensure_identity(home, _check_host_name(host)) if host else None
+    return ensure_identity(home, check_host_name(host)) if host else None
 
 
 def add_host(store: PgStore, host: str, certificate_pem: bytes) -> str:
     """Admit a host (its certificate as `firsttrust identity` printed it), signed by the admin key;
     queue the authorization of its key on every pinned appliance. Returns its pin."""
-    _check_host_name(host)
+    check_host_name(host)
     load_certificate(certificate_pem)
     certificate = certificate_pem.decode("ascii")
     admin = admin_identity(store.home)

@@ -265,3 +265,21 @@ def test_the_console_script_is_installed_next_to_the_interpreter():
         pytest.skip("the firsttrust console script is not installed in this environment")
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "deploy-spec" in done.stdout
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["fleet", "join", "--anchor", "bogus", "--host", "h"], "a pin is"),
+    (["fleet", "join", "--anchor", "sha256:" + "a" * 64, "--host", "bad!name"], "a host name is"),
+    (["fleet", "create", "--host", "../x"], "a host name is"),
+    (["fleet", "add-host", "h", "missing.pem"], "cannot read certificate"),
+    (["fleet", "add-host", "bad name", "missing.pem"], "a host name is"),
+])
+def test_fleet_commands_refuse_bad_arguments_as_usage_before_any_store(argv, said, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("FIRSTTRUST_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FIRSTTRUST_STORE", "postgresql://u@127.0.0.1:1/db")  # nothing listens: never reached
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *argv)
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert said in err
+    assert_one_error_line(err)
+    assert not (tmp_path / "home" / "fleet.json").exists()
