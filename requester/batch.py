@@ -121,6 +121,8 @@ def read_targets(path: str, *, warn: Callable[[str], None] | None = None) -> lis
         raise InvalidTargets(f"targets file {path} lists more than {MAX_TARGETS} appliances")
     targets, names = [], set()
     for number, row in enumerate(rows, 1):
+        if None in row:  # csv.DictReader's key for the fields beyond the header's: never read, so refused
+            raise InvalidTargets(f"targets file {path}, row {number}: more fields than the header names")
         missing = [key for key in ("name", "address", "secrets") if not row.get(key)]
         if missing:
             raise InvalidTargets(f"targets file {path}, row {number}: missing {missing[0]}")

@@ -31,6 +31,7 @@ def test_a_csv_and_a_json_targets_file_read_the_same(secrets_dir):
     ("name,address,secrets\nbad name,10.0.0.5,a.json\n", "invalid name 'bad name'"),
     ("name,address,secrets\napp-1,10.0.0.5:x,a.json\n", "invalid address '10.0.0.5:x'"),
     ("name,address,secrets\napp-1,10.0.0.5,missing.json\n", "cannot read secrets file"),
+    ("name,address,secrets\napp-1,10.0.0.5,a.json,extra\n", "row 1: more fields than the header names"),
 ])
 def test_a_bad_targets_file_raises_invalid_targets_naming_what(secrets_dir, text, message):
     (secrets_dir / "t.csv").write_text(text)
