@@ -170,21 +170,29 @@ def read_at_most(source: Path | str | BinaryIO, count: int) -> tuple[bytes, int]
     # authorized.json five times an enrollment (bench/README.md).
     fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        status = os.fstat(fd)
-        # Sized by the file as opened: a read of `count` bytes allocates `count` up front (a
-        # megabyte for a state file of 1.4 kB, given back at once), several times an enrollment.
-        # A file that grew since, or whose size says nothing (a pipe, /dev/zero, /proc), is read
-        # on, never past `count`.
-        first = min(count, status.st_size + 1)
-        data = os.read(fd, first)
-        parts, total = [data], len(data)
-        while data and total < count:  # to the end or `count`, however short each read
-            data = os.read(fd, min(count - total, 1 << 16))
-            parts.append(data)
-            total += len(data)
-        return b"".join(parts), status.st_mode
+        return _read_descriptor(fd, count)
+    except OSError as exc:  # os.read names no file (a directory opens, then fails to read: EISDIR)
+        if exc.filename is None:
+            exc.filename = os.fspath(source)
+        raise
     finally:
         os.close(fd)
+
+
+def _read_descriptor(fd: int, count: int) -> tuple[bytes, int]:
+    status = os.fstat(fd)
+    # Sized by the file as opened: a read of `count` bytes allocates `count` up front (a
+    # megabyte for a state file of 1.4 kB, given back at once), several times an enrollment.
+    # A file that grew since, or whose size says nothing (a pipe, /dev/zero, /proc), is read
+    # on, never past `count`.
+    first = min(count, status.st_size + 1)
+    data = os.read(fd, first)
+    parts, total = [data], len(data)
+    while data and total < count:  # to the end or `count`, however short each read
+        data = os.read(fd, min(count - total, 1 << 16))
+        parts.append(data)
+        total += len(data)
+    return b"".join(parts), status.st_mode
 
 
 def read_bounded(source: Path | str | BinaryIO, limit: int, *, what: str | None = None,

@@ -144,3 +144,13 @@ def test_write_atomic_replaces_with_the_final_mode_and_leaves_no_temp(tmp_path):
     write_atomic(path, b"new", 0o600)
     assert path.read_bytes() == b"new" and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_a_directory_where_a_file_was_expected_is_named_in_the_error(tmp_path):
+    # A directory opens read-only and fails only at read(2), which names no file.
+    with pytest.raises(IsADirectoryError) as raised:
+        read_at_most(tmp_path, 10)
+    assert raised.value.filename == str(tmp_path)
+    with pytest.raises(IsADirectoryError) as raised:
+        read_bounded(str(tmp_path), 10)
+    assert raised.value.filename == str(tmp_path)
