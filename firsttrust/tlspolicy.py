@@ -14,6 +14,8 @@ import ssl
 import threading
 from typing import Callable, Iterable
 
+from .errors import InvalidCertificate
+
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME: a pinned self-signed certificate is not made more or less
 # trustworthy by the appliance's first-boot clock, which is often wrong.
 VERIFY_NO_CHECK_TIME = 0x200000
@@ -56,6 +58,22 @@ def apply_policy(context: ssl.SSLContext, trusted_certificates: Iterable[bytes],
         context.num_tickets = 0
     for der in trusted:
         context.load_verify_locations(cadata=der)
+    return context
+
+
+def load_own_identity(context: ssl.SSLContext, cert_path: object, key_path: object) -> ssl.SSLContext:
+    """`context` with this side's certificate and key loaded from their PEM files.
+
+    Raises:
+        InvalidCertificate: the files do not load (corrupt, not PEM, or a key that is not the
+            certificate's): OpenSSL's own message is "[SSL] PEM lib (_ssl.c:NNNN)".
+        OSError: a file cannot be read.
+    """
+    try:
+        context.load_cert_chain(str(cert_path), str(key_path))
+    except ssl.SSLError as exc:
+        raise InvalidCertificate(f"the key {key_path} and certificate {cert_path} do not load as a pair "
+                                 f"({exc.reason or 'not PEM'})") from None
     return context
 
 

@@ -27,7 +27,7 @@ from firsttrust.enrollment import ClientEnrolled, ClientEnrollment, EnrollmentRe
 from firsttrust.errors import BindingFailed, FirsttrustError, TruncatedFrame
 from firsttrust.framing import HEADER
 from firsttrust.identity import certificate_der, file_stamp
-from firsttrust.tlspolicy import apply_enrollment_client_policy
+from firsttrust.tlspolicy import apply_enrollment_client_policy, load_own_identity
 
 from .errors import RequesterError
 
@@ -112,8 +112,7 @@ class _OwnIdentity:
     def __init__(self, files: ClientIdentityFiles) -> None:
         self.files = files
         self.certificate_der = certificate_der(files.cert_path.read_bytes())
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        self.context.load_cert_chain(files.cert_path, files.key_path)
+        self.context = load_own_identity(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), files.cert_path, files.key_path)
         apply_enrollment_client_policy(self.context)
 
 

@@ -34,7 +34,7 @@ from yarl import URL
 from firsttrust.errors import InvalidCertificate, InvalidPin
 from firsttrust.identity import certificate_der, certificate_pem, pin_matches, pin_of_certificate
 from firsttrust.rotation import RotationError, verify_rotation
-from firsttrust.tlspolicy import apply_policy
+from firsttrust.tlspolicy import apply_policy, load_own_identity
 
 from .errors import ApiError, BadResponse, ConnectionFailed, PinMismatch, RequestTimeout
 
@@ -58,11 +58,11 @@ def pinned_ssl_context(pinned_certificate: bytes, client_key_file: str | Path,
         client_cert_file: the requester's certificate (PEM file), the one the appliance authorized.
     Raises:
         InvalidCertificate: `pinned_certificate` is not a P-256 certificate.
-        OSError, ssl.SSLError: the key or certificate file cannot be loaded.
+        InvalidCertificate: the key or certificate file does not load (corrupt).
+        OSError: the key or certificate file cannot be read.
     """
     context = apply_policy(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), [certificate_der(pinned_certificate)])
-    context.load_cert_chain(str(client_cert_file), str(client_key_file))
-    return context
+    return load_own_identity(context, client_cert_file, client_key_file)
 
 
 class _PinCheckingConnector(aiohttp.TCPConnector):

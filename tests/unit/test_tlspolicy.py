@@ -152,3 +152,23 @@ def test_the_enrollment_client_context_speaks_only_tls13(requester_identity, app
         handshake(enrollment_client(requester_identity, tmp_path), server_ctx)
     with pytest.raises(ValueError):
         apply_enrollment_client_policy(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+
+
+def test_an_own_key_that_does_not_load_is_an_invalid_certificate_naming_the_files(tmp_path):
+    # OpenSSL says "[SSL] PEM lib (_ssl.c:NNNN)", which reached the user as the whole message.
+    from firsttrust.errors import InvalidCertificate
+    from firsttrust.identity import create_identity
+    from firsttrust.requester.session import pinned_ssl_context
+    from firsttrust.tlspolicy import load_own_identity
+
+    own = create_identity("requester")
+    cert, key = tmp_path / "identity.crt", tmp_path / "identity.key"
+    cert.write_bytes(own.cert_pem)
+    key.write_bytes(own.key_pem)
+    load_own_identity(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cert, key)
+    key.write_bytes(b"garbage\n")
+    with pytest.raises(InvalidCertificate, match="identity.key") as raised:
+        load_own_identity(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cert, key)
+    assert "PEM lib" not in str(raised.value)
+    with pytest.raises(InvalidCertificate, match="identity.key"):
+        pinned_ssl_context(create_identity("appliance").cert_pem, key, cert)
