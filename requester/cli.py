@@ -59,7 +59,7 @@ from firsttrust.errors import FirsttrustError, InvalidCertificate, InvalidPin, I
 from firsttrust.ovfenv import OvfEnvValueError
 
 from firsttrust.deployment import DEFAULT_API_PORT, DEFAULT_ENROLL_PORT
-from firsttrust.identity import normalize_pin, pin_to_curl
+from firsttrust.identity import load_certificate, normalize_pin, pin_to_curl
 from firsttrust.messages import SSH_KEY_PATTERN
 
 from .deployspec import FORMATS, InvalidDeploySpec, deployment_properties, render, secrets_from_json, secrets_to_json
@@ -557,6 +557,10 @@ def _pin_cert(args: argparse.Namespace) -> int:
     if args.cert is None or args.address is None:
         raise UsageError("pin-cert needs --cert and --address, or --vcenter to fetch the certificate through vCenter")
     certificate, _ = read_input(args.cert, "certificate")
+    try:
+        load_certificate(certificate)
+    except InvalidCertificate as exc:  # the message names the file, as every input's does
+        raise InvalidCertificate(f"certificate {args.cert}: {exc}") from None
     try:
         parse_address(args.address, DEFAULT_API_PORT)
     except ValueError:

@@ -283,3 +283,13 @@ def test_fleet_commands_refuse_bad_arguments_as_usage_before_any_store(argv, sai
     assert said in err
     assert_one_error_line(err)
     assert not (tmp_path / "home" / "fleet.json").exists()
+
+
+def test_pin_cert_names_the_certificate_file_it_cannot_use(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("FIRSTTRUST_HOME", str(tmp_path / "home"))
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"not a certificate\n")
+    code, out, err = run(capsys, "pin-cert", "app-1", "--cert", str(garbage), "--address", "127.0.0.1")
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert f"certificate {garbage}: not a valid X.509 certificate" in err
+    assert_one_error_line(err)
