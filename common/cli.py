@@ -34,6 +34,12 @@ class UsageError(FirsttrustError):
     code = "usage"
 
 
+def one_line(text: str) -> str:
+    """`text` as one line: a path or a value quoted in a message may hold a newline (a
+    FIRSTTRUST_HOME of two lines), which must not split a message or forge the next one."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def os_error_line(exc: OSError) -> str:
     """`cannot use PATH: REASON` for an OSError, without its errno noise."""
     path = exc.filename if exc.filename is not None else ""
@@ -78,10 +84,10 @@ class Guard:
     help_exits: bool = False
 
     def error(self, message: str) -> None:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        print(f"{self.prog}: error: {one_line(message)}", file=sys.stderr)
 
     def warn(self, message: str) -> None:
-        print(f"{self.prog}: warning: {message}", file=sys.stderr)
+        print(f"{self.prog}: warning: {one_line(message)}", file=sys.stderr)
 
     def run(self, command: Callable[[], int]) -> int:
         """`command()`'s exit code; whatever it raises as one line on stderr and an exit code."""

@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 import firsttrust
 from firsttrust.common.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Guard, Parser, Subcommand, UsageError, \
-    add_subcommands, no_arguments
+    add_subcommands, no_arguments, one_line
 from firsttrust.common.files import read_bounded_stat, write_atomic, write_new
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import MAX_DECODED_BYTES, PropertyEncodingError
@@ -621,7 +621,7 @@ def _rotate(args: argparse.Namespace) -> int:
 def _identity(args: argparse.Namespace) -> int:
     store = open_store()
     identity = store.identity()
-    print(f"trust store: {store.home} (FIRSTTRUST_HOME)", file=sys.stderr)
+    print(f"trust store: {one_line(str(store.home))} (FIRSTTRUST_HOME)", file=sys.stderr)
     sys.stdout.write(identity.cert_pem.decode("ascii"))
     return EXIT_OK
 

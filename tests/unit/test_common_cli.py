@@ -31,6 +31,8 @@ def test_the_three_clis_share_one_usage_error_a_firsttrust_error():
 
 @pytest.mark.parametrize("exc, code, line", [
     (FirsttrustError("refused"), EXIT_FAILED, "tool: error: refused\n"),
+    (IsADirectoryError(errno.EISDIR, "Is a directory", "/tmp/a\nb"), EXIT_FAILED,
+     "tool: error: cannot use /tmp/a\\nb: Is a directory\n"),  # a path of two lines: one line still
     (IsADirectoryError(errno.EISDIR, "Is a directory", "/x"), EXIT_FAILED, "tool: error: cannot use /x: Is a directory\n"),
     (ValueError("SEC-A=hunter2"), EXIT_FAILED,
      "tool: error: internal error (ValueError); nothing secret was printed\n"),
