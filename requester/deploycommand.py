@@ -32,7 +32,7 @@ from firsttrust.errors import InvalidCertificate
 from . import profile
 from .deployer import DEFAULT_CONCURRENCY, DEFAULT_IP_TIMEOUT, CredentialsError, VcenterAccess, deploy
 from .deployplan import SRP_WAY, WAYS, InvalidDeployPlan, appliance_names, check_vcenter_url, plan_deployment
-from .interrupts import INTERRUPTED_EXIT, StopSignal, exit_now
+from .interrupts import INTERRUPTED_EXIT, Interrupted, StopSignal, exit_now
 from .ovafile import check_ova
 from .placement import PlacementRequest
 from .vcenter_tls import InvalidThumbprint, ca_context, pinned_context
@@ -138,9 +138,14 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidDeployPlan(str(exc)) from None
     stop = StopSignal()
     with stop.installed():  # Ctrl-C, SIGTERM: no new step, the partial report below, exit 130
-        reports = deploy(plan, access, Path(args.secrets_dir), concurrency=args.concurrency,
-                         ip_timeout=args.ip_timeout, progress=_progress, placement=placement,
-                         remove_vapp=args.remove_vapp_config, stop=stop, check=args.check)
+        try:
+            reports = deploy(plan, access, Path(args.secrets_dir), concurrency=args.concurrency,
+                             ip_timeout=args.ip_timeout, progress=_progress, placement=placement,
+                             remove_vapp=args.remove_vapp_config, stop=stop, check=args.check)
+        except Interrupted:  # before the inventory was read (a stalled vCenter, too): nothing to report
+            if not stop.is_set():
+                raise
+            reports = []
     if args.json:
         print(json.dumps([report.to_json() for report in reports], indent=2))
     else:

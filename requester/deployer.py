@@ -28,6 +28,7 @@ echo a secret), and splitting the steps from them would put that promise in two 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -58,7 +59,7 @@ from .deployplan import (
 from .placement import PlacementRequest
 from .deployspec import secrets_to_json
 from .converge import prepare, resume, survey
-from .interrupts import Interrupted, StopSignal, run_coroutine, run_each
+from .interrupts import Interrupted, StopSignal, run_coroutine, run_each, run_stoppable
 from .library import Target, enroll_many
 from .truststore import TrustStore
 
@@ -117,7 +118,7 @@ def _read_credentials_file(path: str) -> tuple[str, str]:
         data, _ = read_bounded_stat(path, MAX_CREDENTIALS_BYTES, what=f"credentials file {path}",
                                     error=CredentialsError, too_large=FileTooLarge, check=private)
         document = json.loads(data.decode("utf-8"))
-    except (FileTooLarge, UnicodeDecodeError, ValueError):  # too large: not one, whatever it holds
+    except (FileTooLarge, UnicodeDecodeError, ValueError, RecursionError):  # too large: not one, whatever it holds
         document = None
     if (not isinstance(document, dict) or sorted(document) != ["password", "user"]
             or not all(isinstance(document[k], str) and document[k] for k in document)):
@@ -213,7 +214,8 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
     (it is not closed); by default one is opened from `access` and closed at the end. Once `stop`
     is set (requester/interrupts.py: SIGINT, SIGTERM) no step starts, every vCenter wait ends
     within a second, and the reports come back at once: the appliances not done are
-    "interrupted", with the step and the vCenter task that was in flight, if any.
+    "interrupted", with the step and the vCenter task that was in flight, if any; a stop before
+    the inventory was read raises Interrupted (there is no report yet).
 
     A re-run converges (requester/converge.py): an appliance whose secrets file is there and whose
     VM carries that file's deployment id is resumed (power-on, enrollment, scrub as needed) or
@@ -227,6 +229,7 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
         VsphereError: vCenter unreachable, untrusted or refusing the login; the template
             missing; a planned name already taken in the inventory; the target would not honour
             the OVA's properties, transports or firmware (code "ova_refused").
+        Interrupted: `stop` was set before the inventory was read.
     """
     from .vsphere import connect  # pyVmomi is needed here only
 
@@ -234,19 +237,21 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
     plan, existing = prepare(plan, secrets_dir)
     ova, facts = _checked_ova(plan)
     own = vcenter is None
-    if own:
-        vcenter = connect(access.url, access.user, access.password, access.context)
     stop = stop or StopSignal()
+    if own:  # the login and the survey in a thread of their own: a stalled vCenter does not hold a stop
+        vcenter = run_stoppable("the login to vCenter", lambda: connect(
+            access.url, access.user, access.password, access.context), stop)
     stop.on_stop(vcenter.interrupt)
     try:
-        run = _survey(plan, existing, vcenter, secrets_dir, store, request, progress, ova, facts, ip_timeout, stop,
-                      check)
+        run = run_stoppable("the inventory read", lambda: _survey(
+            plan, existing, vcenter, secrets_dir, store, request, progress, ova, facts, ip_timeout, stop, check), stop)
         if not check:
             _carry_out(_steps(run, concurrency, store, remove_vapp), run.reports, plan.enroll, stop)
         return run.reports
     finally:
         if own and not stop.is_set():  # after a stop the process ends at once; the server drops the session
-            vcenter.close()
+            with contextlib.suppress(Interrupted):
+                run_stoppable("the logout", vcenter.close, stop)
 
 
 def _placement_request(placement: PlacementRequest | None, datastore: str | None) -> PlacementRequest:

@@ -12,7 +12,9 @@ a second (requester/vsphere_wait.py). `run_each` replaces `with ThreadPoolExecut
 waits for every queued item: its workers take the next item only while the signal is not set,
 and once it is, the caller gets control back after at most GRACE_SECONDS, whether or not the
 items in flight have ended (their threads are daemons). `run_coroutine` does the same for an
-asyncio batch (enroll_many).
+asyncio batch (enroll_many), and `run_stoppable` for one call whose result the caller needs (the
+deploy's login and inventory read): in the main thread, a call blocked in a socket read would
+outlive the signal, since Python retries the read once the handler returned (PEP 475).
 
 After an interrupt the process ends with `exit_now`, not by unwinding: the threads still in a
 step would otherwise hold the interpreter's exit (concurrent.futures joins its threads at exit)
@@ -31,7 +33,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Awaitable, Callable, Iterator, Sequence
+from typing import Awaitable, Callable, Iterator, Sequence, TypeVar
 
 from firsttrust.errors import FirsttrustError
 
@@ -45,6 +47,7 @@ INTERRUPTED_EXIT = 130
 GRACE_SECONDS = 0.5
 POLL_SECONDS = 0.02  # how often a waiting main thread looks at the signal and the workers
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+T = TypeVar("T")
 
 
 class Interrupted(FirsttrustError):
@@ -201,6 +204,36 @@ def _join(threads: list[threading.Thread], stop: StopSignal) -> None:
             for thread in threads:
                 thread.join(max(0.0, end - time.monotonic()))
             return
+
+
+def run_stoppable(what: str, call: Callable[[], T], stop: StopSignal) -> T:
+    """`call()` on a thread of its own, the caller waiting for it or for `stop` (module docstring).
+
+    Returns:
+        What `call()` returned.
+
+    Raises:
+        What `call()` raised; Interrupted (naming `what`) if `stop` was set before it started, or
+        if it has not ended GRACE_SECONDS after the stop (its thread is a daemon).
+    """
+    if stop.is_set():
+        raise Interrupted(f"stopped before {what}")
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="firsttrust-call", daemon=True)
+    thread.start()
+    _join([thread], stop)
+    if thread.is_alive():
+        raise Interrupted(f"stopped during {what}")
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["result"]  # type: ignore[return-value]
 
 
 def run_coroutine(make: Callable[[], Awaitable], stop: StopSignal):

@@ -9,6 +9,12 @@ after the handshake and closes the socket on a mismatch, before a single HTTP by
 Every connection pyVmomi opens through it is checked, not only the first one. pyVmomi's own
 `thumbprint=` argument is not used: in pyVmomi 9 it is consulted only when ordinary verification
 fails, and not at all with a context that does not verify.
+
+Both contexts also bound every socket they wrap (`TIMEOUT`, unless the caller set its own): one
+TLS handshake, one read or one write of a vCenter call, on Debian 12's pyVmomi 6.7.1 as on newer
+ones (6.7.1's SmartConnect takes no socket timeout, and no pyVmomi bounds its version probe). A
+vCenter that accepts the connection and then stalls fails the call with TimeoutError, which
+vsphere.api_call names ("vCenter did not answer within 60 s"); the TCP connect is the system's.
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ from firsttrust.errors import FirsttrustError
 
 _HEX_RE = re.compile(r"[0-9a-f]+")
 ALGORITHMS = {20: "sha1", 32: "sha256"}
+# Seconds one socket operation with vCenter may take (see the module docstring): a vCenter call is
+# one round trip (the waits are WaitForUpdatesEx of a second, vsphere_wait.py), so a minute without
+# a byte means vCenter stalls, not that it works.
+TIMEOUT = 60.0
 
 
 class InvalidThumbprint(FirsttrustError):
@@ -62,7 +72,16 @@ def certificate_matches(der: bytes, thumbprint: tuple[str, bytes]) -> bool:
     return hmac.compare_digest(hashlib.new(algorithm, der).digest(), expected)
 
 
-class _PinnedContext(ssl.SSLContext):
+class _VcenterContext(ssl.SSLContext):
+    """An SSLContext whose sockets time out after TIMEOUT (see the module docstring)."""
+
+    def wrap_socket(self, sock, *args, **kwargs):  # type: ignore[override]
+        if sock.gettimeout() is None:  # an upload's connection has its own (vsphere.UPLOAD_TIMEOUT)
+            sock.settimeout(TIMEOUT)
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+class _PinnedContext(_VcenterContext):
     pinned: tuple[str, bytes]
 
     def wrap_socket(self, sock, *args, **kwargs):  # type: ignore[override]
@@ -101,8 +120,9 @@ def ca_context(ca_file: str) -> ssl.SSLContext:
     Raises:
         InvalidThumbprint: never; FirsttrustError (code "ca_file") if the bundle cannot be loaded.
     """
+    context = _VcenterContext(ssl.PROTOCOL_TLS_CLIENT)  # what ssl.create_default_context makes
     try:
-        context = ssl.create_default_context(cafile=ca_file)
+        context.load_verify_locations(cafile=ca_file)
     except (OSError, ssl.SSLError) as exc:
         raise FirsttrustError(f"cannot load CA bundle {ca_file}: {exc}", code="ca_file") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2

@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 from urllib.parse import urlsplit
+from xml.etree.ElementTree import ParseError
+from xml.parsers.expat import ExpatError
 
 from firsttrust.errors import FirsttrustError
 
@@ -46,6 +48,7 @@ from .placement import (
     CLUSTER, COMPUTE, DATACENTER, DATASTORE, FOLDER, HOST, NETWORK, POOL, PORTGROUP, VAPP, Entity, Inventory,
     Placement, PlacementRequest, choose_placement,
 )
+from . import vcenter_tls
 from .vcenter_tls import InvalidThumbprint, ThumbprintMismatch, pinned_context
 from .vsphere_wait import UpdateWaiter, WaitInterrupted
 
@@ -95,8 +98,9 @@ def _pyvmomi():
 
 
 @contextlib.contextmanager
-def api_call(what: str) -> Iterator[None]:
-    """Turn whatever pyVmomi or the network raises into a VsphereError naming `what`."""
+def api_call(what: str, timeout: float | None = None) -> Iterator[None]:
+    """Turn whatever pyVmomi or the network raises into a VsphereError naming `what` (and, when a
+    socket timed out, `timeout`: by default vcenter_tls.TIMEOUT, which every API call's socket has)."""
     pyVmomi, _ = _pyvmomi()
     try:
         yield
@@ -104,15 +108,31 @@ def api_call(what: str) -> Iterator[None]:
         raise
     except pyVmomi.vim.fault.InvalidLogin:
         raise VsphereError(f"{what}: vCenter refused the user name or password", code="vsphere_login") from None
-    except pyVmomi.vmodl.MethodFault as exc:
-        raise VsphereError(f"{what}: {type(exc).__name__.rpartition('.')[2]}: {_first_line(exc.msg)}") from None
+    except pyVmomi.vmodl.MethodFault as exc:  # SmartConnect's first call wraps what the network raised in one
+        raise (_unanswered(what, exc.__context__, timeout)
+               or VsphereError(f"{what}: {type(exc).__name__.rpartition('.')[2]}: {_first_line(exc.msg)}")) from None
     except ThumbprintMismatch as exc:
         raise VsphereError(f"{what}: {exc.args[0]}; nothing was sent", code="vcenter_thumbprint") from None
     except ssl.SSLError as exc:
         raise VsphereError(f"{what}: TLS: {_first_line(str(exc))}", code="vsphere_tls") from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise VsphereError(f"{what}: cannot reach vCenter: {_first_line(str(exc)) or type(exc).__name__}",
-                           code="vsphere_unreachable") from None
+    except (OSError, http.client.HTTPException, ParseError, ExpatError) as exc:
+        raise (_unanswered(what, exc, timeout)
+               or VsphereError(f"{what}: cannot reach vCenter: {_first_line(str(exc)) or type(exc).__name__}",
+                               code="vsphere_unreachable")) from None
+
+
+def _unanswered(what: str, exc: BaseException | None, timeout: float | None) -> VsphereError | None:
+    """The error for a vCenter that stalls (a socket timed out) or answers what is not the vSphere
+    API (not HTTP, not XML: never echoed, it may be anything); None for any other exception."""
+    if isinstance(exc, TimeoutError):
+        reason = f"vCenter did not answer within {timeout or vcenter_tls.TIMEOUT:.0f} s"
+    elif isinstance(exc, (ParseError, ExpatError)):  # SmartConnect's version probe; the SOAP stub's parser
+        reason = f"vCenter's answer is not the vSphere API's (not XML: {_first_line(exc)})"
+    elif isinstance(exc, http.client.BadStatusLine) and not isinstance(exc, ConnectionError):
+        reason = "vCenter's answer is not the vSphere API's (not HTTP)"
+    else:
+        return None
+    return VsphereError(f"{what}: {reason}", code="vsphere_unreachable")
 
 
 def _first_line(text: object) -> str:
@@ -127,13 +147,23 @@ def connect(url: str, user: str, password: str, context: ssl.SSLContext) -> "Vce
     is sent only over a connection it accepted.
 
     Raises:
-        VsphereError: unreachable, TLS refused (thumbprint mismatch), login refused.
+        VsphereError: unreachable, silent for vcenter_tls.TIMEOUT or not the vSphere API (code
+            "vsphere_unreachable"), TLS refused (thumbprint mismatch), login refused.
     """
     _, pyvim_connect = _pyvmomi()
     parts = urlsplit(url)
     with api_call(f"connecting to {parts.hostname}"):
-        si = pyvim_connect.SmartConnect(protocol="https", host=parts.hostname, port=parts.port or 443,
-                                        path=parts.path or "/sdk", user=user, pwd=password, sslContext=context)
+        try:
+            si = pyvim_connect.SmartConnect(protocol="https", host=parts.hostname, port=parts.port or 443,
+                                            path=parts.path or "/sdk", user=user, pwd=password, sslContext=context)
+        except Exception as exc:  # noqa: BLE001 - only what SmartConnect raises itself is named here
+            if type(exc) not in (Exception, AttributeError):
+                raise
+            # Exception: "HOST:PORT is down or is not a VIM server", no vimServiceVersions.xml it
+            # understands at that path; AttributeError: RetrieveServiceContent's answer held none
+            reason = f"no vSphere API at {parts.path or '/sdk'}" if type(exc) is Exception else "no ServiceContent"
+            raise VsphereError(f"connecting to {parts.hostname}: vCenter's answer is not the vSphere API's "
+                               f"({reason})", code="vsphere_unreachable") from None
     return Vcenter(si, context=context, netloc=parts.netloc)
 
 
@@ -492,7 +522,8 @@ class Vcenter:
             except InvalidThumbprint:
                 pass
         target = url.path + (f"?{url.query}" if url.query else "")
-        with open_member(ova.path, item.path) as (size, stream), api_call(f"{what}: uploading {item.path}"):
+        uploading = api_call(f"{what}: uploading {item.path}", timeout=UPLOAD_TIMEOUT)
+        with open_member(ova.path, item.path) as (size, stream), uploading:
             connection = http.client.HTTPSConnection(url.hostname, url.port or 443, context=context,
                                                      timeout=UPLOAD_TIMEOUT)
             try:

@@ -1,16 +1,24 @@
-"""Pinning vCenter's certificate: thumbprint forms, and a mismatch sends nothing, not even a request line."""
+"""Pinning vCenter's certificate: thumbprint forms, and a mismatch sends nothing, not even a request line.
+A vCenter that stalls or answers garbage: a typed one-line error, and Ctrl-C or SIGTERM ends `deploy` at once."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
+import os
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
 from firsttrust.identity import create_identity
+from firsttrust.requester import vcenter_tls
 from firsttrust.requester.vcenter_tls import (
     InvalidThumbprint,
     ThumbprintMismatch,
@@ -102,3 +110,150 @@ def test_another_certificate_is_refused_before_a_byte_is_sent(server):
 
 def test_the_mismatch_is_no_certificate_verification_error_pyvmomi_would_retry():
     assert not issubclass(ThumbprintMismatch, ssl.SSLCertVerificationError)
+
+
+# --- a vCenter that stalls or answers garbage ----------------------------------------------------
+
+GARBAGE = b"\x00\x01 this is no vSphere API \xff"
+ANSWERS = {  # what a broken vCenter (or whatever listens on its port) answers every request with
+    "garbage-200": b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(GARBAGE), GARBAGE),
+    "404": b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+}
+INTERRUPTED_LINE = "firsttrust: deploy: interrupted: the same command again finishes the job"
+
+
+class StallingVcenter:
+    """Accepts every connection, then says nothing (`answer` None) or answers each request with
+    `answer`; with `tls` False it never even starts the TLS handshake."""
+
+    def __init__(self, tmp_path, answer: bytes | None = None, tls: bool = True) -> None:
+        identity = create_identity("vcenter", ip_addresses=["127.0.0.1"])
+        (tmp_path / "c.pem").write_bytes(identity.cert_pem)
+        (tmp_path / "k.pem").write_bytes(identity.key_pem)
+        self.thumbprint = format_thumbprint(hashlib.sha1(identity.cert_der).digest())
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+        self.answer, self.tls = answer, tls
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"https://127.0.0.1:{self.sock.getsockname()[1]}/sdk"
+        self.connected = threading.Event()
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(raw)
+            self.connected.set()
+            if self.tls:
+                threading.Thread(target=self._answer, args=(raw,), daemon=True).start()
+
+    def _answer(self, raw: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            conn = self.context.wrap_socket(raw, server_side=True)
+            self.held.append(conn)
+            while True:  # request after request, as pyVmomi may reuse the connection
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    head += chunk
+                head, _, body = head.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                while len(body) < length:
+                    body += conn.recv(4096)
+                if self.answer is None:
+                    return  # held open, never answered
+                conn.sendall(self.answer)
+
+    def close(self) -> None:
+        self.sock.close()
+        for held in self.held:
+            with contextlib.suppress(OSError):
+                held.close()
+
+
+@pytest.fixture
+def stalling(tmp_path):
+    servers: list[StallingVcenter] = []
+
+    def start(answer: bytes | None = None, tls: bool = True) -> StallingVcenter:
+        servers.append(StallingVcenter(tmp_path, answer, tls))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def _deploy(server: StallingVcenter, tmp_path) -> subprocess.Popen:
+    (tmp_path / "secrets").mkdir(exist_ok=True)
+    env = {**os.environ, "FIRSTTRUST_VSPHERE_USER": "u", "FIRSTTRUST_VSPHERE_PASSWORD": "x",
+           "FIRSTTRUST_HOME": str(tmp_path / "home"), "FIRSTTRUST_CONFIG": str(tmp_path / "none.toml")}
+    return subprocess.Popen([sys.executable, "-m", "firsttrust.requester.cli", "deploy", "--vcenter", server.url,
+                             "--thumbprint", server.thumbprint, "--template", "t", "--name", "vm1",
+                             "--secrets-dir", str(tmp_path / "secrets")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _connect(server: StallingVcenter):
+    from firsttrust.requester.vsphere import connect
+
+    return connect(server.url, "u", "x", pinned_context(server.thumbprint))
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["silent-after-tls", "no-tls-handshake"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_ends_a_deploy_whose_vcenter_stalls_within_two_seconds_with_exit_130(stalling, tmp_path, tls,
+                                                                                       signum):
+    server = stalling(tls=tls)
+    process = _deploy(server, tmp_path)
+    try:
+        while not server.connected.wait(0.1):
+            assert process.poll() is None, process.communicate()
+        time.sleep(0.5)  # in the handshake, or waiting for the first answer
+        sent = time.monotonic()
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=10)  # unfixed: the signal is ignored, this times out
+        latency = time.monotonic() - sent
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 130, err
+    assert err.splitlines() == [INTERRUPTED_LINE]
+    assert latency < 2.0
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["silent-after-tls", "no-tls-handshake"])
+def test_a_vcenter_that_stalls_is_a_typed_error_naming_the_timeout(stalling, monkeypatch, tls):
+    from firsttrust.requester.vsphere import VsphereError
+
+    monkeypatch.setattr(vcenter_tls, "TIMEOUT", 1.0)
+    server = stalling(tls=tls)
+    started = time.monotonic()
+    with pytest.raises(VsphereError) as caught:
+        _connect(server)
+    assert time.monotonic() - started < 10
+    assert caught.value.code == "vsphere_unreachable"
+    assert str(caught.value) == "connecting to 127.0.0.1: vCenter did not answer within 1 s"
+
+
+@pytest.mark.parametrize("answer", sorted(ANSWERS))
+def test_a_garbage_answer_is_a_typed_one_line_error(stalling, tmp_path, answer):
+    from firsttrust.requester.vsphere import VsphereError
+
+    server = stalling(ANSWERS[answer])
+    with pytest.raises(VsphereError) as caught:
+        _connect(server)
+    assert caught.value.code == "vsphere_unreachable"
+    assert "vCenter's answer is not the vSphere API's" in str(caught.value)
+    process = _deploy(server, tmp_path)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 1, err
+    assert err.splitlines() == [f"firsttrust: error: {caught.value}"]
