@@ -45,7 +45,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from firsttrust.common.files import fsync_directory, remove_durably, write_atomic
+from firsttrust.common.files import fsync_directory, read_at_most, remove_durably, write_atomic
 from firsttrust.errors import InvalidCertificate, InvalidField, InvalidPin
 from firsttrust.identity import (
     Identity,
@@ -65,7 +65,7 @@ from .apiguard import API_ACCEPT_BATCH, API_BACKLOG, ApiGuard, GuardedSocket, gu
 from .apiinfo import ApiInfo
 from .errors import AgentError
 from .sshkeys import host_public_keys
-from .state import StateDir, StateError
+from .state import MAX_IDENTITY_FILE, StateDir, StateError
 
 log = logging.getLogger("firsttrust.api")
 
@@ -134,10 +134,10 @@ class AuthorizedContexts:
             NoIdentity, StateError, InvalidCertificate: the old context stays in force.
         """
         stamp = self._stamp()
-        try:
-            identity = Identity(self._store.key_path.read_bytes(), self._store.cert_path.read_bytes())
-        except FileNotFoundError:
-            raise NoIdentity(f"no appliance identity in {self._store.path}") from None
+        pems = self._store.load_identity_pem()  # bounded: a key or certificate is a few kB
+        if pems is None:
+            raise NoIdentity(f"no appliance identity in {self._store.path}")
+        identity = Identity(*pems)
         entries = self._store.authorized()
         trusted = [certificate_der(entry["certificate"].encode("ascii")) for entry in entries]
         context = self._server_context(trusted)
@@ -216,7 +216,7 @@ def recover_rotation(store: StateDir) -> str | None:
         "completed", "discarded", or None when there was nothing to recover.
     """
     next_key, next_cert = store.path / NEXT_KEY, store.path / NEXT_CERT
-    if not next_key.exists() and next_cert.exists() and _matches_key(store, next_cert.read_bytes()):
+    if not next_key.exists() and next_cert.exists() and _matches_key(store, _leftover_certificate(next_cert)):
         os.replace(next_cert, store.cert_path)
         fsync_directory(store.path)
         return "completed"
@@ -225,6 +225,13 @@ def recover_rotation(store: StateDir) -> str | None:
         remove_durably(next_cert)
         return "discarded"
     return None
+
+
+def _leftover_certificate(path) -> bytes:
+    """identity.next.crt as a rotation left it, read no further than MAX_IDENTITY_FILE: a larger
+    file is no certificate of ours (b"", which matches no key, so the leftovers are discarded)."""
+    data, _ = read_at_most(path, MAX_IDENTITY_FILE + 1)
+    return b"" if len(data) > MAX_IDENTITY_FILE else data
 
 
 def _matches_key(store: StateDir, cert_pem: bytes) -> bool:

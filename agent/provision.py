@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from firsttrust.common.files import clean_stale_temps, write_atomic
+from firsttrust.common.files import clean_stale_temps, read_at_most, write_atomic
 from firsttrust.deployment import APPLIANCE_CERT_GUESTINFO, DEFAULT_ENROLL_WINDOW, PREFIX
 from firsttrust.identity import Identity, create_identity
 from firsttrust.srp6a import compute_verifier, new_verifier_record
@@ -38,7 +38,7 @@ from .password import set_password
 from .sources.deploy import OVFENV_GUESTINFO_KEY, DeployConfig
 from .sources.guestinfo import GuestInfo
 from .sources.ovfenv import remove_properties
-from .state import AgentState, StateDir
+from .state import AgentState, StateDir, StateError
 
 Checkpoint = Callable[[str], None]
 
@@ -59,9 +59,12 @@ def _ensure_identity(store: StateDir, clock: Callable[[], float]) -> Identity:
     if identity is not None:
         return identity
     key_pem = store.load_key_pem()  # a crash may have left the key without its certificate
+    try:
+        private_key = Identity(key_pem, b"").private_key if key_pem else None
+    except ValueError:
+        raise StateError(f"{store.key_path} is corrupt (not a PEM private key); refusing to replace it") from None
     fresh = create_identity(socket.gethostname() or "appliance", dns_names=[socket.gethostname() or "appliance"],
-                            clock=clock,
-                            private_key=Identity(key_pem, b"").private_key if key_pem else None)
+                            clock=clock, private_key=private_key)
     if key_pem is None:
         store.save_key(fresh.key_pem)
     store.save_certificate(fresh.cert_pem)
@@ -171,7 +174,9 @@ def provision(config: AgentConfig, deploy: DeployConfig, *, guestinfo: GuestInfo
 def _write_public_certificate(config: AgentConfig, identity: Identity) -> None:
     path = config.public_certificate
     try:
-        if path.read_bytes() == identity.cert_pem:
+        # One byte more than the certificate, at most: a longer file differs, and is replaced
+        # (never read whole: the path is configurable, and a file there may be anything).
+        if read_at_most(path, len(identity.cert_pem) + 1)[0] == identity.cert_pem:
             return
     except FileNotFoundError:
         pass

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from firsttrust.common.files import ensure_private_dir, read_at_most, write_atomic
+from firsttrust.common.files import ensure_private_dir, read_at_most, read_bounded, write_atomic
 from firsttrust.identity import Identity, certificate_pem, load_certificate, pin_of_certificate
 
 from .errors import AgentError
@@ -28,12 +28,22 @@ from .errors import AgentError
 STATE_VERSION = 1
 MAX_STATE_FILE = 1024 * 1024
 MAX_SEC_B_FILE = 1024  # what load_sec_b reads of the file at most; a longer one fails its digest
+# identity.key and identity.crt (and a rotation's identity.next.*) are PEM: a P-256 key is ~240
+# bytes, its self-signed certificate ~700. 64 KiB is far above anything this project writes (even
+# an RSA-16384 key is ~12 KiB of PEM) and keeps a wrong or damaged file (a disk image, a file
+# extended to 300 MB) from being read into memory. The requester's trust store uses the same
+# value for its own identity files (requester/truststore.py).
+MAX_IDENTITY_FILE = 64 * 1024
 
 
 class StateError(AgentError):
     """The state directory is unreadable or its content is corrupt."""
 
     code = "state"
+
+
+# The phases state.json may hold (AgentState.phase).
+PHASES = frozenset({"unprovisioned", "provisioned", "enrolled"})
 
 
 @dataclass
@@ -65,6 +75,68 @@ class AgentState:
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(AgentState))
+
+# The types state.json's fields may have, as json.loads makes them: exact types, so a bool (an
+# int subclass) is no number and no count. Checked in one loop over what the file holds (a field
+# it leaves out keeps its default); `phase` is also checked against PHASES.
+_NUMBER_OR_NONE = (int, float, type(None))
+_STR_OR_NONE = (str, type(None))
+_DICT_OR_NONE = (dict, type(None))
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "phase": (str,),
+    "source": (str,),
+    "provisioned_at": _NUMBER_OR_NONE,
+    "enroll_window": (int, type(None)),
+    "window_expires_at": _NUMBER_OR_NONE,
+    "srp_salt": _STR_OR_NONE,
+    "srp_verifier": _STR_OR_NONE,
+    "sec_b_sha256": _STR_OR_NONE,
+    "failures": (int,),
+    "password": (str,),
+    "scrub": (dict,),
+    "published": (dict,),
+    "enrolled_at": _NUMBER_OR_NONE,
+    "enrolled_via": _STR_OR_NONE,
+    "enrollment": _DICT_OR_NONE,
+    "repaired": _DICT_OR_NONE,
+    "version": (int,),
+}
+assert set(_FIELD_TYPES) == set(_STATE_FIELDS), "every AgentState field has its accepted types"
+# Inside the object fields (when not null), the keys the agent reads and their types: `status`,
+# `provision` and agent/grant.py index them. A key left out is null, so optional keys accept None.
+_FIELD_SHAPES: tuple[tuple[str, tuple[tuple[str, tuple[type, ...]], ...]], ...] = (
+    ("scrub", (("result", (str,)), ("detail", (str,)))),
+    ("published", (("result", (str,)), ("detail", (str,)))),
+    ("enrollment", (("pin", (str,)), ("name", (str,)), ("certificate", (str,)), ("ssh_key", _STR_OR_NONE),
+                    ("account", _STR_OR_NONE))),
+    ("repaired", (("at", _NUMBER_OR_NONE), ("actions", (list,)))),
+)
+
+
+def read_identity_file(path: Path) -> bytes | None:
+    """identity.key or identity.crt: its content, or None if it does not exist.
+
+    Raises:
+        StateError: it cannot be read, or is larger than MAX_IDENTITY_FILE (read no further).
+    """
+    try:
+        return read_bounded(path, MAX_IDENTITY_FILE, too_large=StateError)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+
+
+_JSON_TYPE_NAMES = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+                    list: "an array", dict: "an object"}
+
+
+def _wrong_type(path: Path, name: str, value: Any) -> StateError:
+    """`PATH is corrupt (NAME must be ..., not ...)`: types only, never the value (a verifier)."""
+    accepted = _FIELD_TYPES[name]
+    expected = [_JSON_TYPE_NAMES[t] for t in accepted if not (t is int and float in accepted)]
+    return StateError(f"{path} is corrupt ({name} must be {' or '.join(expected)}, not "
+                      f"{_JSON_TYPE_NAMES.get(type(value), type(value).__name__)}); refusing to guess")
 
 
 def _pin_of_key(key) -> str:
@@ -109,7 +181,7 @@ class StateDir:
             if len(data) > MAX_STATE_FILE:
                 raise ValueError
             return json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise StateError(f"{path} is corrupt (not JSON); refusing to guess") from None
 
     def load(self) -> AgentState | None:
@@ -120,8 +192,26 @@ class StateDir:
             state = AgentState(**raw)
         except TypeError:
             raise StateError(f"{self.state_path} has unknown or missing fields") from None
+        # The types, then the shapes of the objects, then the phase: ~2 us in all for a provisioned
+        # state.json (plain loops over the tables; load runs three times per enrollment).
+        for name, value in raw.items():  # every key is a field: AgentState(**raw) took them
+            if type(value) not in _FIELD_TYPES[name]:
+                raise _wrong_type(self.state_path, name, value)
+        for name, shape in _FIELD_SHAPES:
+            value = raw.get(name)
+            if value is not None:
+                for key, accepted in shape:
+                    if type(value.get(key)) not in accepted:
+                        raise StateError(f"{self.state_path} is corrupt ({name}.{key} is missing or of the "
+                                         "wrong type); refusing to guess")
+        if state.repaired is not None and not all(type(action) is str for action in state.repaired["actions"]):
+            raise StateError(f"{self.state_path} is corrupt (repaired.actions holds a non-string); "
+                             "refusing to guess")
         if state.version != STATE_VERSION:
             raise StateError(f"{self.state_path} is version {state.version}, this agent reads {STATE_VERSION}")
+        if state.phase not in PHASES:
+            raise StateError(f"{self.state_path} is corrupt (phase is none of {', '.join(sorted(PHASES))}); "
+                             "refusing to guess")
         return state
 
     def save(self, state: AgentState) -> None:
@@ -134,13 +224,23 @@ class StateDir:
 
     # -- identity -----------------------------------------------------------------------------
 
-    def load_identity(self) -> Identity | None:
-        try:
-            key_pem = self.key_path.read_bytes()
-            cert_pem = self.cert_path.read_bytes()
-        except FileNotFoundError:
+    def load_identity_pem(self) -> tuple[bytes, bytes] | None:
+        """identity.key and identity.crt as they are on disk, unparsed; None if either is missing.
+
+        Raises:
+            StateError: one cannot be read, or is larger than MAX_IDENTITY_FILE.
+        """
+        key_pem = read_identity_file(self.key_path)
+        cert_pem = read_identity_file(self.cert_path) if key_pem is not None else None
+        if key_pem is None or cert_pem is None:
             return None
-        identity = Identity(key_pem, cert_pem)
+        return key_pem, cert_pem
+
+    def load_identity(self) -> Identity | None:
+        pems = self.load_identity_pem()
+        if pems is None:
+            return None
+        identity = Identity(*pems)
         try:
             # Compare pins, not key objects: cryptography 38 (Debian 12) has no key equality.
             if pin_of_certificate(identity.certificate) != _pin_of_key(identity.private_key):
@@ -150,10 +250,7 @@ class StateDir:
         return identity
 
     def load_key_pem(self) -> bytes | None:
-        try:
-            return self.key_path.read_bytes()
-        except FileNotFoundError:
-            return None
+        return read_identity_file(self.key_path)
 
     def save_key(self, key_pem: bytes) -> None:
         write_atomic(self.key_path, key_pem, 0o600)

@@ -27,13 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from firsttrust.common.files import read_at_most, write_atomic
+from firsttrust.common.files import read_at_most, read_bounded, write_atomic
 from firsttrust.identity import Identity, create_identity, load_certificate, normalize_pin, pin_of_certificate
 
 from .errors import RequesterError
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_RECORD_BYTES = 256 * 1024
+# identity.key and identity.crt are PEM: a P-256 key is ~240 bytes, its self-signed certificate
+# ~700. 64 KiB is far above anything this project writes (even an RSA-16384 key is ~12 KiB of PEM)
+# and keeps a wrong or damaged file (a file extended to 300 MB) from being read into memory. The
+# agent bounds its identity files by the same value (agent/state.py MAX_IDENTITY_FILE).
+MAX_IDENTITY_FILE = 64 * 1024
 _thread_lock = threading.Lock()  # flock is per open file description; threads need their own
 
 
@@ -125,7 +130,7 @@ class TrustStore:
         with self.locked():
             self._remove_stale_temps()
             try:
-                identity = Identity(self.key_path.read_bytes(), self.cert_path.read_bytes())
+                identity = Identity(self._read_identity_file(self.key_path), self._read_identity_file(self.cert_path))
                 identity.certificate  # noqa: B018 - parse now, fail clearly if corrupt
                 return identity
             except FileNotFoundError:
@@ -136,6 +141,21 @@ class TrustStore:
             write_atomic(self.key_path, identity.key_pem, 0o600)
             write_atomic(self.cert_path, identity.cert_pem, 0o644)
             return identity
+
+    @staticmethod
+    def _read_identity_file(path: Path) -> bytes:
+        """identity.key or identity.crt, read no further than MAX_IDENTITY_FILE.
+
+        Raises:
+            FileNotFoundError: there is none (the caller creates the identity).
+            TrustStoreError: it cannot be read, or is larger than MAX_IDENTITY_FILE (naming it).
+        """
+        try:
+            return read_bounded(path, MAX_IDENTITY_FILE, too_large=TrustStoreError)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise TrustStoreError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
 
     # -- appliance records ---------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ store, names checked before anything is sent (docs/requester.md)."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -68,6 +69,22 @@ def test_identity_says_where_the_store_is(home, capsys):
     code, out, err = run(capsys, "identity")
     assert code == 0 and out.startswith("-----BEGIN CERTIFICATE-----")
     assert err == f"trust store: {home.home} (FIRSTTRUST_HOME)\n"
+
+
+@pytest.mark.parametrize("name", ["identity.key", "identity.crt"])
+def test_a_huge_identity_file_is_refused_by_name_not_read_whole(home, capsys, name):
+    from firsttrust.requester.truststore import MAX_IDENTITY_FILE, TrustStoreError
+
+    assert run(capsys, "identity")[0] == 0
+    before = (home.home / name).stat().st_ino
+    os.truncate(home.home / name, 300 * 1024 * 1024)  # sparse: read whole, 300 MB of memory
+    code, out, err = run(capsys, "identity")
+    assert code == 1 and out == ""
+    assert err == f"firsttrust: error: {home.home / name} is larger than {MAX_IDENTITY_FILE} bytes\n"
+    with pytest.raises(TrustStoreError, match="larger than"):
+        home.identity()
+    # refused, not replaced: the key is the requester's identity to every appliance that pinned it
+    assert (home.home / name).stat().st_ino == before and (home.home / name).stat().st_size == 300 * 1024 * 1024
 
 
 def test_help_names_firsttrust_home(capsys):

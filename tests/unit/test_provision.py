@@ -113,6 +113,134 @@ def test_status_before_provisioning(tmp_path, capsys):
     assert code == 3 and err.count("\n") == 1
 
 
+# --- a damaged state directory: a typed one-line error, nothing read whole ----------------------------
+
+HUGE = 300 * 1024 * 1024  # sparse: costs no disk, but read whole it would be 300 MB of memory
+
+
+def provisioned(tmp_path, capsys, secrets) -> Path:
+    state_dir = tmp_path / "s"
+    env = ovf_file(tmp_path, secret_props(secrets))
+    code, _, err = run_cli(capsys, "provision", "--source", f"file:{env}", "--state-dir", str(state_dir),
+                           "--no-set-password")
+    assert code == 0, err
+    return state_dir
+
+
+@pytest.mark.parametrize("name", ["identity.key", "identity.crt"])
+def test_a_huge_identity_file_is_refused_by_name_not_read_whole(tmp_path, capsys, secrets, no_vm, name):
+    from firsttrust.agent.api import AuthorizedContexts
+    from firsttrust.agent.state import MAX_IDENTITY_FILE, StateDir, StateError
+
+    state_dir = provisioned(tmp_path, capsys, secrets)
+    os.truncate(state_dir / name, HUGE)
+    code, out, err = run_cli(capsys, "show-identity", "--state-dir", str(state_dir))
+    assert code == 1 and out == ""
+    assert err == f"firsttrust-agent: error: {state_dir / name} is larger than {MAX_IDENTITY_FILE} bytes\n"
+    store = StateDir(state_dir)
+    with pytest.raises(StateError, match="larger than"):
+        store.load_identity()
+    with pytest.raises(StateError, match="larger than"):  # the API's TLS context (serve)
+        AuthorizedContexts(store)
+    if name == "identity.key":
+        with pytest.raises(StateError, match="larger than"):
+            store.load_key_pem()
+
+
+def test_a_huge_leftover_rotation_certificate_is_discarded_not_read_whole(tmp_path, capsys, secrets, no_vm):
+    from firsttrust.agent.api import NEXT_CERT, recover_rotation
+    from firsttrust.agent.state import StateDir
+
+    state_dir = provisioned(tmp_path, capsys, secrets)
+    # identity.next.crt without identity.next.key: the matching certificate, then 300 MB of zeros
+    (state_dir / NEXT_CERT).write_bytes((state_dir / "identity.crt").read_bytes())
+    os.truncate(state_dir / NEXT_CERT, HUGE)
+    assert recover_rotation(StateDir(state_dir)) == "discarded"
+    assert not (state_dir / NEXT_CERT).exists()
+
+
+def test_a_huge_public_certificate_is_replaced_not_read_whole(tmp_path, capsys, secrets, no_vm, monkeypatch):
+    import firsttrust.agent.provision as provision_module
+
+    state_dir = provisioned(tmp_path, capsys, secrets)
+    public = state_dir / "appliance.crt"
+    os.truncate(public, HUGE)
+    config, identity = load_config(None, state_dir), provision_module.StateDir(state_dir).load_identity()
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"{self} read whole"))
+    provision_module._write_public_certificate(config, identity)
+    monkeypatch.undo()
+    assert public.read_bytes() == (state_dir / "identity.crt").read_bytes()
+
+
+def test_a_corrupt_identity_key_without_its_certificate_is_a_typed_error(tmp_path, capsys, secrets, no_vm):
+    state_dir = provisioned(tmp_path, capsys, secrets)
+    (state_dir / "identity.crt").unlink()
+    (state_dir / "identity.key").write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    env = ovf_file(tmp_path, secret_props(secrets), "again.xml")
+    code, _, err = run_cli(capsys, "provision", "--source", f"file:{env}", "--state-dir", str(state_dir),
+                           "--no-set-password")
+    assert code == 1 and err.count("\n") == 1 and "identity.key is corrupt" in err and "internal" not in err
+
+
+WRONG_TYPES = [
+    {"phase": 5},
+    {"phase": "nonsense"},
+    {"phase": None},
+    {"failures": "x"},
+    {"failures": True},
+    {"failures": 1.5},
+    {"window_expires_at": "soon"},
+    {"window_expires_at": False},
+    {"enroll_window": 3600.5},
+    {"srp_verifier": 12},
+    {"source": ["file:x"]},
+    {"scrub": "done"},
+    {"scrub": {}},
+    {"published": None},
+    {"enrollment": ["pin"]},
+    {"phase": "enrolled", "enrollment": {"name": "r"}},
+    {"repaired": {"at": 1.0}},
+    {"repaired": {"at": 1.0, "actions": [1]}},
+    {"version": "1"},
+    {"version": True},
+]
+
+
+@pytest.mark.parametrize("change", WRONG_TYPES, ids=[json.dumps(c) for c in WRONG_TYPES])
+def test_a_state_json_with_wrong_types_is_refused_as_corrupt(tmp_path, capsys, secrets, no_vm, change):
+    from firsttrust.agent.state import StateDir, StateError
+
+    state_dir = provisioned(tmp_path, capsys, secrets)
+    state = json.loads((state_dir / "state.json").read_text())
+    verifier = state["srp_verifier"]
+    state.update(change)
+    (state_dir / "state.json").write_text(json.dumps(state))
+    with pytest.raises(StateError, match=r"state\.json is corrupt \(.*\); refusing to guess"):
+        StateDir(state_dir).load()
+    for command in ("status", "show-identity"):  # show-identity reads no state.json: only status refuses
+        code, out, err = run_cli(capsys, command, "--state-dir", str(state_dir))
+        if command == "status":
+            assert code == 1 and out == "", err
+            assert err.startswith("firsttrust-agent: error: ") and err.count("\n") == 1 and "corrupt" in err
+            assert "internal error" not in err and verifier not in err
+        else:
+            assert code == 0, err
+
+
+def test_a_state_json_with_the_right_types_still_loads(tmp_path, capsys, secrets, no_vm):
+    from firsttrust.agent.state import StateDir
+
+    state_dir = provisioned(tmp_path, capsys, secrets)
+    state = json.loads((state_dir / "state.json").read_text())
+    state.update(provisioned_at=1700000000, window_expires_at=1700003600, enrolled_at=None, repaired=None,
+                 scrub={"result": "done", "detail": "guestinfo"})
+    (state_dir / "state.json").write_text(json.dumps(state))
+    loaded = StateDir(state_dir).load()
+    assert loaded.provisioned_at == 1700000000 and loaded.scrub["result"] == "done"
+    code, _, err = run_cli(capsys, "status", "--state-dir", str(state_dir))
+    assert code == 0, err
+
+
 # --- idempotence and re-arming --------------------------------------------------------------------
 
 
