@@ -44,7 +44,7 @@ from .frontdoor_asyncio import DoorProtocol, DoorSocket
 from .gate import Attempt, EnrollmentGate, Refusal
 from .listening import listen_on, passive_addresses
 from .sshkeys import HOST_KEY_GLOB, HostKeys
-from .state import StateDir
+from .state import StateDir, StateError, read_identity_file
 
 __all__ = ["EnrollmentGate", "EnrollmentListener", "EnrollmentServer", "OwnIdentity", "Refusal",
            "start_enrollment_server"]
@@ -81,9 +81,10 @@ class OwnIdentity:
         if stamp != self._stamp or self.cert_der is None:
             self._stamp, self.cert_der, self.tls = stamp, None, None
             try:
-                cert_der = ssl.PEM_cert_to_DER_cert(self.store.cert_path.read_text("ascii"))
+                pem = read_identity_file(self.store.cert_path) or b""  # b"": missing, a ValueError below
+                cert_der = ssl.PEM_cert_to_DER_cert(pem.decode("ascii"))
                 context = self._new_context()
-            except (OSError, ValueError, ssl.SSLError) as exc:  # missing, corrupt, or a key mismatch
+            except (OSError, ValueError, ssl.SSLError, StateError) as exc:  # missing, corrupt, too large, a key mismatch
                 log.debug("the appliance identity is not usable: %s", exc)
                 return None
             self.cert_der, self.tls = cert_der, SharedContext(self._new_context, fresh=context)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from firsttrust import limits
 from firsttrust.common.files import ensure_private_dir, read_at_most, read_bounded, write_atomic
 from firsttrust.identity import Identity, certificate_pem, load_certificate, pin_of_certificate
 
@@ -28,12 +29,7 @@ from .errors import AgentError
 STATE_VERSION = 1
 MAX_STATE_FILE = 1024 * 1024
 MAX_SEC_B_FILE = 1024  # what load_sec_b reads of the file at most; a longer one fails its digest
-# identity.key and identity.crt (and a rotation's identity.next.*) are PEM: a P-256 key is ~240
-# bytes, its self-signed certificate ~700. 64 KiB is far above anything this project writes (even
-# an RSA-16384 key is ~12 KiB of PEM) and keeps a wrong or damaged file (a disk image, a file
-# extended to 300 MB) from being read into memory. The requester's trust store uses the same
-# value for its own identity files (requester/truststore.py).
-MAX_IDENTITY_FILE = 64 * 1024
+MAX_IDENTITY_FILE = limits.MAX_IDENTITY_FILE  # identity.key, identity.crt: why, in firsttrust/limits.py
 
 
 class StateError(AgentError):
@@ -139,6 +135,15 @@ def _wrong_type(path: Path, name: str, value: Any) -> StateError:
                       f"{_JSON_TYPE_NAMES.get(type(value), type(value).__name__)}); refusing to guess")
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # NaN in window_expires_at would keep the window open forever
+
+
+# json.loads, less NaN, Infinity and -Infinity (which Python's json reads and no JSON has): a
+# decoder made once, as framing.py's (json.loads with any option builds one per call).
+_STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def _pin_of_key(key) -> str:
     from cryptography.hazmat.primitives import serialization
 
@@ -180,7 +185,7 @@ class StateDir:
         try:
             if len(data) > MAX_STATE_FILE:
                 raise ValueError
-            return json.loads(data)
+            return _STRICT_JSON.decode(data.decode("utf-8"))
         except (ValueError, RecursionError):
             raise StateError(f"{path} is corrupt (not JSON); refusing to guess") from None
 

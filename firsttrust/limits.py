@@ -14,6 +14,12 @@ MAX_CERTIFICATE_DER = 16 * 1024
 MAX_SSH_KEY_LINE = 8 * 1024
 MAX_SSH_HOST_KEYS = 16
 
+# An identity file (identity.key, identity.crt, on either side; a rotation's identity.next.*) is
+# PEM: a P-256 key is ~240 bytes, its self-signed certificate ~700. 64 KiB is far above anything
+# this project writes (even an RSA-16384 key is ~12 KiB of PEM) and keeps a wrong or damaged file
+# (a disk image, a file extended to 300 MB) from being read into memory.
+MAX_IDENTITY_FILE = 64 * 1024
+
 # Requester names are DNS-label-like and end up in file names and logs.
 MAX_NAME = 64
 

@@ -117,7 +117,9 @@ def _read_credentials_file(path: str) -> tuple[str, str]:
     try:
         data, _ = read_bounded_stat(path, MAX_CREDENTIALS_BYTES, what=f"credentials file {path}",
                                     error=CredentialsError, too_large=FileTooLarge, check=private)
-        document = json.loads(data.decode("utf-8"))
+        # An object with a repeated key reads as None: which "password" was meant is not ours to pick.
+        document = json.loads(data.decode("utf-8"),
+                              object_pairs_hook=lambda pairs: dict(pairs) if len(dict(pairs)) == len(pairs) else None)
     except (FileTooLarge, UnicodeDecodeError, ValueError, RecursionError):  # too large: not one, whatever it holds
         document = None
     if (not isinstance(document, dict) or sorted(document) != ["password", "user"]

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Awaitable, Callable, NoReturn
 
 from firsttrust import limits
+from firsttrust.common.files import read_bounded
 from firsttrust.common.streams import FrameDeadline, unread_in_kernel
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.enrollment import ClientEnrolled, ClientEnrollment, EnrollmentResult, PendingPin, SendFrame, StartTLS
-from firsttrust.errors import BindingFailed, FirsttrustError, TruncatedFrame
+from firsttrust.errors import BindingFailed, FirsttrustError, InvalidCertificate, TruncatedFrame
 from firsttrust.framing import HEADER
 from firsttrust.identity import certificate_der, file_stamp
 from firsttrust.tlspolicy import apply_enrollment_client_policy, load_own_identity
@@ -111,7 +112,8 @@ class _OwnIdentity:
 
     def __init__(self, files: ClientIdentityFiles) -> None:
         self.files = files
-        self.certificate_der = certificate_der(files.cert_path.read_bytes())
+        self.certificate_der = certificate_der(read_bounded(files.cert_path, limits.MAX_IDENTITY_FILE,
+                                                            too_large=InvalidCertificate))
         self.context = load_own_identity(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), files.cert_path, files.key_path)
         apply_enrollment_client_policy(self.context)
 

@@ -118,8 +118,7 @@ def trust_by_guest_command(vc, vm, name: str, address: str, *, guest: GuestLogin
         GuestCommandError (a subclass per cause): nothing was pinned.
     """
     store = store or TrustStore()
-    store.identity()
-    requester_pem = store.cert_path.read_bytes()
+    requester_pem = store.identity().cert_pem  # created if missing; read bounded
     requester_pin = pin_of_certificate(requester_pem)
     from .vsphere import VsphereError
 

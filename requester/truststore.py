@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from firsttrust import limits
 from firsttrust.common.files import read_at_most, read_bounded, write_atomic
 from firsttrust.identity import Identity, create_identity, load_certificate, normalize_pin, pin_of_certificate
 
@@ -34,11 +35,7 @@ from .errors import RequesterError
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_RECORD_BYTES = 256 * 1024
-# identity.key and identity.crt are PEM: a P-256 key is ~240 bytes, its self-signed certificate
-# ~700. 64 KiB is far above anything this project writes (even an RSA-16384 key is ~12 KiB of PEM)
-# and keeps a wrong or damaged file (a file extended to 300 MB) from being read into memory. The
-# agent bounds its identity files by the same value (agent/state.py MAX_IDENTITY_FILE).
-MAX_IDENTITY_FILE = 64 * 1024
+MAX_IDENTITY_FILE = limits.MAX_IDENTITY_FILE  # identity.key, identity.crt: why, in firsttrust/limits.py
 _thread_lock = threading.Lock()  # flock is per open file description; threads need their own
 
 

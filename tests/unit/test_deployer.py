@@ -153,7 +153,8 @@ def test_credentials_from_the_environment_or_a_private_file(tmp_path):
     path.write_text(json.dumps({"user": "u2", "password": "p2"}))
     path.chmod(0o600)
     assert VcenterAccess.load(URL, None, str(path), environ={}).user == "u2"
-    for bad in ('{"user": "u"}', "[]", "not json", '{"user": "u", "password": ""}'):
+    for bad in ('{"user": "u"}', "[]", "not json", '{"user": "u", "password": ""}',
+                '{"user": "u", "password": "p1", "password": "p2"}'):  # which one was meant? not ours to pick
         path.write_text(bad)
         with pytest.raises(CredentialsError):
             VcenterAccess.load(URL, None, str(path), environ={})

@@ -85,6 +85,12 @@ def test_a_huge_identity_file_is_refused_by_name_not_read_whole(home, capsys, na
         home.identity()
     # refused, not replaced: the key is the requester's identity to every appliance that pinned it
     assert (home.home / name).stat().st_ino == before and (home.home / name).stat().st_size == 300 * 1024 * 1024
+    if name == "identity.crt":  # enrollment reads the files it is given, bounded too
+        from firsttrust.errors import InvalidCertificate
+        from firsttrust.requester.enroll import ClientIdentityFiles, _OwnIdentity
+
+        with pytest.raises(InvalidCertificate, match="larger than"):
+            _OwnIdentity(ClientIdentityFiles(home.home / name, home.home / "identity.key"))
 
 
 def test_help_names_firsttrust_home(capsys):

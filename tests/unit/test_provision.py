@@ -142,6 +142,10 @@ def test_a_huge_identity_file_is_refused_by_name_not_read_whole(tmp_path, capsys
         store.load_identity()
     with pytest.raises(StateError, match="larger than"):  # the API's TLS context (serve)
         AuthorizedContexts(store)
+    if name == "identity.crt":  # enrollment's identity: not usable, said in the log, never read whole
+        from firsttrust.agent.server import OwnIdentity
+
+        assert OwnIdentity(store).load() is None
     if name == "identity.key":
         with pytest.raises(StateError, match="larger than"):
             store.load_key_pem()
@@ -203,6 +207,8 @@ WRONG_TYPES = [
     {"repaired": {"at": 1.0, "actions": [1]}},
     {"version": "1"},
     {"version": True},
+    {"window_expires_at": float("nan")},  # NaN: no JSON, yet Python's json reads it; the window never closed
+    {"provisioned_at": float("inf")},
 ]
 
 
