@@ -19,6 +19,8 @@ import re
 import sys
 from typing import Any
 
+from firsttrust.common.cli import one_line
+
 log = logging.getLogger("firsttrust.audit")
 # Audit events are INFO or above: never dropped by a default WARNING level when a handler is attached.
 log.setLevel(logging.INFO)
@@ -71,13 +73,8 @@ def _secret_looking(key: str) -> bool:
     return re.search(_SECRET_FIELD, key) is not None
 
 
-def _one_line(text: str) -> str:
-    # A peer-supplied string must not start a forged line in a line-based log.
-    return text.replace("\r", "\\r").replace("\n", "\\n")
-
-
 def _format(name: str, fields: dict[str, Any]) -> str:
-    parts = [f"event={name}"] + [f"{k}={_one_line(str(v))}" for k, v in fields.items() if v is not None]
+    parts = [f"event={name}"] + [f"{k}={one_line(str(v))}" for k, v in fields.items() if v is not None]
     return " ".join(parts)
 
 
@@ -113,7 +110,7 @@ def event(name: str, message: str, **fields: Any) -> None:
     if name not in MESSAGE_IDS:
         raise ValueError(f"unknown audit event {name!r}")
     fields = redact(fields)
-    text = f"{_one_line(message)} [{_format(name, fields)}]"
+    text = f"{one_line(message)} [{_format(name, fields)}]"
     if log.handlers:  # the service attaches its journal (or stderr) handler here
         level = logging.WARNING if name in WARNING_EVENTS else logging.INFO
         if log.isEnabledFor(level):

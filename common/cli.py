@@ -36,7 +36,8 @@ class UsageError(FirsttrustError):
 
 def one_line(text: str) -> str:
     """`text` as one line: a path or a value quoted in a message may hold a newline (a
-    FIRSTTRUST_HOME of two lines), which must not split a message or forge the next one."""
+    FIRSTTRUST_HOME of two lines), and a peer-supplied string in an audit event may too; neither
+    may split a message or forge the next line of a line-based log (agent/audit.py)."""
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
