@@ -462,8 +462,9 @@ class Manager:
                                   env=self._guest_env(appliance, argv))
         except subprocess.TimeoutExpired:
             raise LabError(f"{name}: guest command {Path(argv[0]).name} did not finish within {timeout:g} s") from None
-        except OSError as exc:
-            raise LabError(f"{name}: cannot run guest command {argv[0]}: {exc.strerror}") from None
+        except OSError as exc:  # the program, or the VM's directory (the child's chdir) is missing
+            what = exc.filename if exc.filename is not None else argv[0]
+            raise LabError(f"{name}: cannot run guest command {Path(argv[0]).name}: {what}: {exc.strerror}") from None
 
     def guest_argv(self, name: str, argv: Sequence[str]) -> list[str]:
         """argv as the guest runs it: `firsttrust-agent SUBCOMMAND ...` is the guest's agent with

@@ -310,6 +310,22 @@ def test_guest_operations_and_guestinfo_reach_only_their_own_vm(lab_root):
         manager.destroy_all()
 
 
+def test_a_guest_command_in_a_vm_whose_directory_is_gone_names_the_directory_not_the_program(lab_root, tmp_path):
+    manager = Manager(lab_root)
+    try:
+        manager.deploy("gone", deployment_properties(credentials.EnrollmentSecrets.generate()))
+        directory = manager.appliance("gone").directory
+        directory.rename(tmp_path / "moved")
+        with pytest.raises(LabError) as info:
+            manager.guest_command("gone", ["firsttrust-agent", "show-identity"])
+        message = str(info.value)
+        assert str(directory) in message and "No such file or directory" in message, message
+        assert "\n" not in message
+    finally:
+        (tmp_path / "moved").rename(directory)
+        manager.destroy_all()
+
+
 def test_a_vm_of_the_data_center_that_fails_first_boot_fails_the_deployment_in_one_line(lab_root, tmp_path):
     manager = Manager(lab_root)
     with DataCenter.start(manager) as datacenter:
