@@ -15,6 +15,12 @@ TLS handshake, one read or one write of a vCenter call, on Debian 12's pyVmomi 6
 ones (6.7.1's SmartConnect takes no socket timeout, and no pyVmomi bounds its version probe). A
 vCenter that accepts the connection and then stalls fails the call with TimeoutError, which
 vsphere.api_call names ("vCenter did not answer within 60 s"); the TCP connect is the system's.
+
+And they bound what an answer may cost in memory: pyVmomi reads a SOAP answer to its end (the
+version probe's whole, into one bytes object), and neither it nor http.client has a limit. A
+socket of these contexts refuses to receive more than MAX_ANSWER_BYTES since it last sent
+(`AnswerTooLarge`): an answer follows its request, so that is one answer, whatever its framing.
+The largest the deployer asks for is one page of RetrievePropertiesEx, far below the bound.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ ALGORITHMS = {20: "sha1", 32: "sha256"}
 # one round trip (the waits are WaitForUpdatesEx of a second, vsphere_wait.py), so a minute without
 # a byte means vCenter stalls, not that it works.
 TIMEOUT = 60.0
+# Bytes one socket may receive between two sends: one answer of vCenter, HTTP head included.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 class InvalidThumbprint(FirsttrustError):
@@ -72,8 +80,43 @@ def certificate_matches(der: bytes, thumbprint: tuple[str, bytes]) -> bool:
     return hmac.compare_digest(hashlib.new(algorithm, der).digest(), expected)
 
 
+class AnswerTooLarge(OSError):
+    """vCenter's answer to one request went past MAX_ANSWER_BYTES (module docstring)."""
+
+
+class _BoundedSocket(ssl.SSLSocket):
+    """An SSLSocket that counts what it received since it last sent (module docstring)."""
+
+    _received = 0
+
+    def send(self, data, flags=0):  # type: ignore[override]  # sendall sends through this
+        self._received = 0
+        return super().send(data, flags)
+
+    def recv(self, buflen=1024, flags=0):  # type: ignore[override]
+        return self._counted(super().recv(buflen, flags))
+
+    def recv_into(self, buffer, nbytes=None, flags=0):  # type: ignore[override]  # http.client's reads
+        count = super().recv_into(buffer, nbytes, flags)
+        self._add(count)
+        return count
+
+    def _counted(self, data: bytes) -> bytes:
+        self._add(len(data))
+        return data
+
+    def _add(self, count: int) -> None:
+        self._received += count
+        if self._received > MAX_ANSWER_BYTES:
+            self.close()
+            raise AnswerTooLarge(f"vCenter's answer is larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB")
+
+
 class _VcenterContext(ssl.SSLContext):
-    """An SSLContext whose sockets time out after TIMEOUT (see the module docstring)."""
+    """An SSLContext whose sockets time out after TIMEOUT and refuse an answer larger than
+    MAX_ANSWER_BYTES (see the module docstring)."""
+
+    sslsocket_class = _BoundedSocket
 
     def wrap_socket(self, sock, *args, **kwargs):  # type: ignore[override]
         if sock.gettimeout() is None:  # an upload's connection has its own (vsphere.UPLOAD_TIMEOUT)

@@ -122,10 +122,13 @@ def api_call(what: str, timeout: float | None = None) -> Iterator[None]:
 
 
 def _unanswered(what: str, exc: BaseException | None, timeout: float | None) -> VsphereError | None:
-    """The error for a vCenter that stalls (a socket timed out) or answers what is not the vSphere
-    API (not HTTP, not XML: never echoed, it may be anything); None for any other exception."""
+    """The error for a vCenter that stalls (a socket timed out), answers more than one answer may
+    hold (vcenter_tls.MAX_ANSWER_BYTES), or answers what is not the vSphere API (not HTTP, not
+    XML: never echoed, it may be anything); None for any other exception."""
     if isinstance(exc, TimeoutError):
         reason = f"vCenter did not answer within {timeout or vcenter_tls.TIMEOUT:.0f} s"
+    elif isinstance(exc, vcenter_tls.AnswerTooLarge):
+        reason = str(exc)
     elif isinstance(exc, (ParseError, ExpatError)):  # SmartConnect's version probe; the SOAP stub's parser
         reason = f"vCenter's answer is not the vSphere API's (not XML: {_first_line(exc)})"
     elif isinstance(exc, http.client.BadStatusLine) and not isinstance(exc, ConnectionError):

@@ -120,6 +120,10 @@ ANSWERS = {  # what a broken vCenter (or whatever listens on its port) answers e
         len(GARBAGE), GARBAGE),
     "404": b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
 }
+# An answer that goes on: XML that never closes, 4 MiB of it (then the connection ends), against a
+# bound of 1 MiB below.
+ENDLESS_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nConnection: close\r\n\r\n<?xml version=\"1.0\"?><a>"
+ENDLESS_BYTES = 4 * 1024 * 1024
 INTERRUPTED_LINE = "firsttrust: deploy: interrupted: the same command again finishes the job"
 
 
@@ -170,6 +174,12 @@ class StallingVcenter:
                     body += conn.recv(4096)
                 if self.answer is None:
                     return  # held open, never answered
+                if self.answer == ENDLESS_HEAD:
+                    conn.sendall(ENDLESS_HEAD)
+                    for _ in range(ENDLESS_BYTES // 65536):
+                        conn.sendall(b"<b>%s</b>" % (b"x" * (65536 - 7)))
+                    conn.close()
+                    return
                 conn.sendall(self.answer)
 
     def close(self) -> None:
@@ -257,3 +267,30 @@ def test_a_garbage_answer_is_a_typed_one_line_error(stalling, tmp_path, answer):
     out, err = process.communicate(timeout=30)
     assert process.returncode == 1, err
     assert err.splitlines() == [f"firsttrust: error: {caught.value}"]
+
+
+def test_an_answer_past_the_bound_is_a_typed_error_and_is_not_read_to_its_end(stalling, monkeypatch):
+    from firsttrust.requester.vsphere import VsphereError
+
+    monkeypatch.setattr(vcenter_tls, "MAX_ANSWER_BYTES", 1024 * 1024)
+    server = stalling(ENDLESS_HEAD)
+    with pytest.raises(VsphereError) as caught:
+        _connect(server)
+    assert caught.value.code == "vsphere_unreachable"
+    assert str(caught.value) == "connecting to 127.0.0.1: vCenter's answer is larger than 1 MiB"
+
+
+def test_the_bound_counts_one_answer_not_the_connection(monkeypatch, tmp_path):
+    """Two answers of 0.75 MiB each on one kept-alive connection pass a bound of 1 MiB."""
+    monkeypatch.setattr(vcenter_tls, "MAX_ANSWER_BYTES", 1024 * 1024)
+    body = b"y" * (768 * 1024)
+    server = StallingVcenter(tmp_path, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    try:
+        conn = http.client.HTTPSConnection("127.0.0.1", int(server.url.split(":")[2].split("/")[0]),
+                                           context=pinned_context(server.thumbprint), timeout=10)
+        for _ in range(2):
+            conn.request("POST", "/sdk", body=b"<x/>")
+            assert conn.getresponse().read() == body
+        conn.close()
+    finally:
+        server.close()
