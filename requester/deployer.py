@@ -199,7 +199,7 @@ def guest_credentials_json(password: str, user: str = GUEST_ACCOUNT) -> bytes:
     return (json.dumps({"user": user, "password": password}, indent=2) + "\n").encode("utf-8")
 
 
-def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concurrency: int = DEFAULT_CONCURRENCY,
+def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path | str, *, concurrency: int = DEFAULT_CONCURRENCY,
            ip_timeout: float = DEFAULT_IP_TIMEOUT, store: TrustStore | None = None,
            progress: Progress = lambda name, event: None, datastore: str | None = None,
            placement: PlacementRequest | None = None, remove_vapp: bool = False,
@@ -236,6 +236,7 @@ def deploy(plan: DeployPlan, access: VcenterAccess, secrets_dir: Path, *, concur
     from .vsphere import connect  # pyVmomi is needed here only
 
     request = _placement_request(placement, datastore)
+    secrets_dir = Path(secrets_dir)
     plan, existing = prepare(plan, secrets_dir)
     ova, facts = _checked_ova(plan)
     own = vcenter is None

@@ -168,10 +168,16 @@ def appliance_names(name: str | None = None, prefix: str | None = None, count: i
         width = max(2, len(str(count)))
         names = [f"{prefix}-{index:0{width}d}" for index in range(1, count + 1)]
     for candidate in names:
-        if not NAME_RE.fullmatch(candidate):
-            raise InvalidDeployPlan(f"invalid appliance name {candidate[:70]!r}: 1-64 letters, digits, '.', '_' "
-                                    f"or '-', starting with a letter or digit")
+        _check_name(candidate)
     return names
+
+
+def _check_name(name: object) -> None:
+    """A name the trust store can hold; it also names the secrets files (NAME.json), so nothing
+    that could lead out of the secrets directory ('/', '..') passes."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise InvalidDeployPlan(f"invalid appliance name {str(name)[:70]!r}: 1-64 letters, digits, '.', '_' "
+                                f"or '-', starting with a letter or digit")
 
 
 def check_vcenter_url(url: str) -> str:
@@ -200,10 +206,14 @@ def plan_deployment(vcenter: str, template: str | None, names: Sequence[str], *,
 
     Raises:
         InvalidDeployPlan: a bad URL, both or neither of template and OVA, an empty template
-            name, a repeated name.
+            name, a name the trust store cannot hold (as appliance_names), a repeated name.
         InvalidDeploySpec, InvalidCertificate: from deployment_properties.
     """
     check_vcenter_url(vcenter)
+    if isinstance(names, (str, bytes)):
+        raise InvalidDeployPlan("names must be a sequence of appliance names, not one string")
+    for name in names:
+        _check_name(name)
     if (template is None) == (ova is None):
         raise InvalidDeployPlan("give exactly one of a template to clone (--template) and an OVA to import (--ova)")
     if ova is not None and not ova:

@@ -133,3 +133,13 @@ def test_the_guest_ip_skips_what_cannot_be_enrolled_at():
     assert usable_guest_ip(["169.254.3.4", "fe80::1", "10.0.0.7", "10.0.0.8"]) == "10.0.0.7"
     assert usable_guest_ip(["2001:db8::5"]) == "2001:db8::5"
     assert usable_guest_ip(["127.5.6.7"]) == "127.5.6.7"  # the lab's appliances
+
+
+@pytest.mark.parametrize("names", [["/tmp/outside"], ["../x"], ["a/b"], [".."], [""], ["ok", 5], "app-1"],
+                         ids=["absolute", "dotdot", "slash", "parent", "empty", "not-a-str", "one-string"])
+def test_a_name_that_could_lead_out_of_the_secrets_directory_is_refused_before_anything(names):
+    """plan_deployment is the library's way in too: its names become the secrets files (NAME.json)
+    that deploy writes SEC-A and SEC-B to, under the secrets directory and nowhere else."""
+    with pytest.raises(InvalidDeployPlan) as caught:
+        plan_deployment(URL, "tmpl", names)
+    assert "name" in str(caught.value)
