@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from firsttrust import limits
+from firsttrust.errors import FirsttrustError
 from firsttrust.common.files import read_at_most, read_bounded, write_atomic
 from firsttrust.identity import Identity, create_identity, load_certificate, normalize_pin, pin_of_certificate
 
@@ -72,12 +73,17 @@ class ApplianceRecord:
     def from_json(cls, data: bytes, source: Path) -> "ApplianceRecord":
         try:
             raw = json.loads(data)
+            if not isinstance(raw, dict):
+                raise ValueError(f"a JSON {type(raw).__name__}, not an object")
             raw["ssh_host_keys"] = tuple(raw.get("ssh_host_keys", ()))
             record = cls(**raw)
+            if not isinstance(record.pin, str) or not isinstance(record.certificate, str):
+                raise ValueError("pin and certificate must be strings")
             if normalize_pin(record.pin) != pin_of_certificate(record.certificate.encode()):
                 raise ValueError("pin does not match certificate")
-        except (ValueError, RecursionError, TypeError, KeyError) as exc:
-            raise TrustStoreError(f"{source} is corrupt ({str(exc).splitlines()[0][:80]})") from None
+        except (ValueError, RecursionError, TypeError, KeyError, AttributeError, FirsttrustError) as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:80]
+            raise TrustStoreError(f"{source} is corrupt ({reason})") from None
         return record
 
 
@@ -179,6 +185,8 @@ class TrustStore:
             data, _ = read_at_most(path, MAX_RECORD_BYTES + 1)
         except FileNotFoundError:
             raise UnknownAppliance(f"no pinned appliance named {name!r} in {self.home}") from None
+        except OSError as exc:  # a directory where the record belongs, a FIRSTTRUST_HOME that is a file
+            raise TrustStoreError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
         return ApplianceRecord.from_json(data, path)
 
     def list(self) -> list[ApplianceRecord]:
@@ -219,6 +227,8 @@ class TrustStore:
             data, _ = read_at_most(path, MAX_RECORD_BYTES + 1)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise TrustStoreError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
         return ApplianceRecord.from_json(data, path)
 
     def promote(self, record: ApplianceRecord) -> None:

@@ -48,6 +48,37 @@ def test_a_corrupt_record_is_named_and_skipped_and_the_others_are_listed(home, c
     assert err.count("\n") == 1 and str(home.appliances / "broken.json") in err and "corrupt" in err
 
 
+CORRUPT_RECORDS = {
+    "a-list": "[]", "null": "null", "a-number": "5", "pin-not-a-string": None, "certificate-not-a-string": None,
+    "a-directory": None,
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPT_RECORDS))
+def test_every_kind_of_corrupt_record_is_skipped_by_list_and_a_typed_error_from_get(home, case):
+    from firsttrust.requester.truststore import TrustStoreError
+
+    pin(home, "good")
+    pin(home, "broken")
+    path = home.appliances / "broken.json"
+    if case == "a-directory":
+        path.unlink()
+        path.mkdir()
+    elif CORRUPT_RECORDS[case] is not None:
+        path.write_text(CORRUPT_RECORDS[case])
+    else:
+        import json
+        record = json.loads(path.read_text())
+        record["pin" if case == "pin-not-a-string" else "certificate"] = 5
+        path.write_text(json.dumps(record))
+    records, problems = home.scan()
+    assert [r.name for r in records] == ["good"] and [r.name for r in home.list()] == ["good"]
+    assert len(problems) == 1 and str(path) in str(problems[0])
+    with pytest.raises(TrustStoreError) as caught:
+        home.get("broken")
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_pins_remove_forgets_exactly_that_appliance(home, capsys):
     pin(home, "one")
     two = pin(home, "two")
