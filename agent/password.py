@@ -32,8 +32,10 @@ def set_password(account: str, password: str, *, chpasswd: str = "chpasswd",
         pwd.getpwnam(account)
     except KeyError:
         raise PasswordError(f"account {account!r} does not exist") from None
-    if ":" in password or "\n" in password:
-        raise PasswordError("the password contains a character chpasswd cannot take")
+    # chpasswd reads `account:password` lines and splits each at its first ':' only, so a ':' in
+    # the password is kept (tests/unit/test_provision.py checks the hash); a line break is not.
+    if "\n" in password or "\r" in password:
+        raise PasswordError("the password contains a line break, which chpasswd cannot take")
     try:
         result = subprocess.run([chpasswd], input=f"{account}:{password}\n".encode(), capture_output=True,
                                 timeout=timeout, check=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -100,6 +101,9 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 assert set(_FIELD_TYPES) == set(_STATE_FIELDS), "every AgentState field has its accepted types"
 # Inside the object fields (when not null), the keys the agent reads and their types: `status`,
 # `provision` and agent/grant.py index them. A key left out is null, so optional keys accept None.
+# The fields that hold bytes as lowercase hex (bytes.hex()), when not null.
+_HEX_FIELDS = ("srp_salt", "srp_verifier", "sec_b_sha256")
+_HEX_RE = re.compile(r"(?:[0-9a-f]{2})+")
 _FIELD_SHAPES: tuple[tuple[str, tuple[tuple[str, tuple[type, ...]], ...]], ...] = (
     ("scrub", (("result", (str,)), ("detail", (str,)))),
     ("published", (("result", (str,)), ("detail", (str,)))),
@@ -209,6 +213,10 @@ class StateDir:
                     if type(value.get(key)) not in accepted:
                         raise StateError(f"{self.state_path} is corrupt ({name}.{key} is missing or of the "
                                          "wrong type); refusing to guess")
+        for name in _HEX_FIELDS:  # bytes.fromhex of these would be a ValueError far from here
+            value = raw.get(name)
+            if value is not None and not _HEX_RE.fullmatch(value):
+                raise StateError(f"{self.state_path} is corrupt ({name} is not hex); refusing to guess")
         if state.repaired is not None and not all(type(action) is str for action in state.repaired["actions"]):
             raise StateError(f"{self.state_path} is corrupt (repaired.actions holds a non-string); "
                              "refusing to guess")

@@ -44,6 +44,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, *, uid: int | None 
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         write_atomic_at(dir_fd, path.name, data, mode, uid=uid, gid=gid, sync_directory=sync_directory)
+    except OSError as exc:  # it names the temp file, relative to dir_fd: name what is being written
+        raise OSError(exc.errno, exc.strerror, os.fspath(path)) from None
     finally:
         os.close(dir_fd)
 

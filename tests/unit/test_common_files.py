@@ -154,3 +154,19 @@ def test_a_directory_where_a_file_was_expected_is_named_in_the_error(tmp_path):
     with pytest.raises(IsADirectoryError) as raised:
         read_bounded(str(tmp_path), 10)
     assert raised.value.filename == str(tmp_path)
+
+
+def test_a_failed_write_atomic_names_the_file_it_writes_not_its_temp_file(tmp_path, monkeypatch):
+    """A read-only file system (or an I/O error) fails the temp file's steps; the error that
+    reaches a one-line message (common/cli.py os_error_line) names the file being written."""
+    import errno
+
+    def failing_fsync(fd):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    path = tmp_path / "state.json"
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError) as caught:
+        write_atomic(path, b"{}")
+    assert caught.value.filename == str(path) and caught.value.errno == errno.EROFS
+    assert list(tmp_path.iterdir()) == []

@@ -2,6 +2,7 @@
 emulated guestinfo channel. No real VMware; the real chpasswd on a throwaway account."""
 
 import base64
+import dataclasses
 import json
 import os
 import pwd
@@ -209,6 +210,9 @@ WRONG_TYPES = [
     {"version": True},
     {"window_expires_at": float("nan")},  # NaN: no JSON, yet Python's json reads it; the window never closed
     {"provisioned_at": float("inf")},
+    {"srp_salt": "zz"},  # bytes.fromhex in provision and at hello: was "internal error (ValueError)"
+    {"srp_verifier": "abc"},
+    {"sec_b_sha256": "ABCD"},
 ]
 
 
@@ -445,7 +449,12 @@ def test_authorize_from_stdin_and_file(tmp_path, requester_identity, stranger_id
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create an account")
-def test_real_chpasswd_sets_a_hash_that_verifies_sec_a(tmp_path, capsys, secrets, no_vm):
+@pytest.mark.parametrize("colon", [False, True], ids=["generated", "with-a-colon"])
+def test_real_chpasswd_sets_a_hash_that_verifies_sec_a(tmp_path, capsys, secrets, no_vm, colon):
+    """A ':' is printable ASCII, so a SEC-A may hold one; chpasswd splits its line at the first
+    ':' only, so the password is the rest of the line, colons and all."""
+    if colon:
+        secrets = dataclasses.replace(secrets, sec_a=secrets.sec_a[:8] + ":" + secrets.sec_a[9:])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         import crypt
