@@ -14,6 +14,7 @@ error: the reader raises the OSError as it came, or the caller's class with the 
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -167,6 +168,8 @@ def read_at_most(source: Path | str | BinaryIO, count: int) -> tuple[bytes, int]
     """
     if not isinstance(source, (str, os.PathLike)):
         return source.read(count), 0
+    if "\0" in str(source):  # os.open's ValueError is no OSError: every caller's handling would miss it
+        raise OSError(errno.EINVAL, "the path holds a NUL byte", str(source).replace("\0", "\\0"))
     # The descriptor itself, not open(): io's buffered file object adds an lseek, an isatty
     # ioctl and ~15 us of Python per read, and the agent reads state.json, SEC-B and
     # authorized.json five times an enrollment (bench/README.md).
@@ -222,7 +225,7 @@ def read_bounded_stat(source: Path | str | BinaryIO, limit: int, *, what: str | 
         check: called with that mode before the size is checked, to refuse a file others may
             write or read (its own error wins over the size's).
     """
-    what = str(source) if what is None else what
+    what = (str(source) if what is None else what).replace("\0", "\\0")  # no NUL in a message
     try:
         data, mode = read_at_most(source, limit + 1)
     except OSError as exc:

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from firsttrust.common.files import read_bounded
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import DEFAULT_ENROLL_PORT, MAX_DECODED_BYTES
 from firsttrust.errors import FirsttrustError, InvalidSecret
@@ -184,14 +185,7 @@ def check_address(address: str, error: type[FirsttrustError] = InvalidTargets) -
 
 
 def _read_file(path: str, what: str, error: type[FirsttrustError] = InvalidTargets) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise error(f"{what} {path} is larger than {MAX_FILE_BYTES} bytes")
-    return data
+    return read_bounded(path, MAX_FILE_BYTES, what=f"{what} {path}", error=error)
 
 
 # --- the report ------------------------------------------------------------------------------------

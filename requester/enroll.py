@@ -74,20 +74,37 @@ class ClientIdentityFiles:
     key_path: Path
 
 
+class InvalidAddress(RequesterError, ValueError):
+    """An address that is not HOST, HOST:PORT or [V6]:PORT (a ValueError too, as it always was)."""
+
+    code = "invalid_address"
+
+
 def parse_address(address: str, default_port: int) -> tuple[str, int]:
-    """HOST, HOST:PORT or [V6]:PORT."""
+    """HOST, HOST:PORT or [V6]:PORT.
+
+    Raises:
+        InvalidAddress: anything else, or not a string; the message quotes the address.
+    """
+    if not isinstance(address, str):
+        raise InvalidAddress(f"an address is a string HOST[:PORT], not {type(address).__name__}")
     host, port = address, default_port
-    if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
-        if rest.startswith(":"):
-            port = int(rest[1:])
-        elif rest:
-            raise ValueError("address must be HOST[:PORT]")
-    elif address.count(":") == 1:
-        host, _, text = address.partition(":")
-        port = int(text)
+    try:
+        if address.startswith("["):
+            host, closed, rest = address[1:].partition("]")
+            if not closed:
+                raise ValueError(address)
+            if rest.startswith(":"):
+                port = int(rest[1:])
+            elif rest:
+                raise ValueError(rest)
+        elif address.count(":") == 1:
+            host, _, text = address.partition(":")
+            port = int(text)
+    except ValueError:
+        port = 0
     if not _HOST_RE.fullmatch(host) or not 0 < port < 65536:
-        raise ValueError("address must be HOST[:PORT]")
+        raise InvalidAddress(f"invalid address {address[:80]!r}: expected HOST[:PORT] or [IPv6]:PORT")
     return host, port
 
 

@@ -98,7 +98,10 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
     Failures that mean "not now" (connection refused, reset or timed out, `busy`, `backing_off`,
     a connection lost after `finish`) are retried with jittered exponential back-off,
     `backing_off` after its retry_after, until `deadline` seconds have passed (default 300: an
-    appliance that is still booting); then requester.retry.DeadlineExceeded. Each retry starts
+    appliance that is still booting); then requester.retry.DeadlineExceeded. The deadline bounds
+    when a try may start: a try in progress runs to its own timeouts (each phase's, and at most
+    limits.ENROLLMENT_TIMEOUT, 60 s, in all), so a peer that accepts and then stalls can hold the
+    call up to that long past `deadline`; wrap it in asyncio.timeout for a hard bound. Each retry starts
     with the recovery step, so a crash of the appliance after its commit ends pinned once it is
     back. `on_wait` is called once per change of the reason for waiting (requester.retry.Waiting);
     by default the wait is quiet.
@@ -110,6 +113,9 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
             there presents another key or has enrolled nobody, and `replace` is false (nothing sent).
         NameTaken: `name` is pinned to another address and `replace` is false (nothing was sent).
         EnrollmentUnconfirmed: see the class.
+        DeadlineExceeded: "not now" answers went on until `deadline`.
+        InvalidAddress: `address` or `api_address` is not HOST[:PORT] (also a ValueError).
+        TrustStoreError: `name` is not a name the store can hold, or the store cannot be used.
         firsttrust errors (PeerRefused, AuthenticationFailed, BindingFailed, ...) and
         EnrollmentConnectionError.
     """
@@ -278,8 +284,18 @@ async def enroll_many(targets: Iterable[Target], *, concurrency: int = 32, store
     which is faster). Batches smaller than MIN_TARGETS_PER_WORKER per worker use fewer workers,
     down to this process alone. With workers, `on_done` is still called in this process, and the
     keyword arguments passed on to enroll_appliance must be picklable (no callbacks).
+
+    Raises:
+        ValueError: `concurrency` is not a whole number >= 1, or `worker_kind` is unknown.
+        TypeError: a target is not a Target.
+        TrustStoreError: the store (or its identity) cannot be used.
     """
     targets = list(targets)
+    if type(concurrency) is not int or concurrency < 1:  # Semaphore(0) would wait forever
+        raise ValueError(f"concurrency must be a whole number >= 1, not {concurrency!r}")
+    for target in targets:
+        if not isinstance(target, Target):
+            raise TypeError(f"enroll_many takes Target objects (requester.batch), not {type(target).__name__}")
     store = store or open_store()
     store.identity()
     if worker_kind not in WORKER_KINDS:

@@ -1,0 +1,58 @@
+"""The requester as a library, used wrongly: each misuse is a typed error naming what is wrong,
+at once, and one bad target in a batch is that target's outcome, not the batch's end."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from firsttrust.credentials import EnrollmentSecrets
+from firsttrust.errors import FirsttrustError
+from firsttrust.requester.batch import InvalidTargets, Target, read_targets
+from firsttrust.requester.enroll import InvalidAddress, parse_address
+from firsttrust.requester.library import enroll_many, load_secrets
+from firsttrust.requester.truststore import TrustStore, TrustStoreError
+
+
+@pytest.fixture
+def store(tmp_path):
+    return TrustStore(tmp_path / "home")
+
+
+@pytest.mark.parametrize("concurrency", [0, -1, None, 1.5])
+def test_a_concurrency_below_one_is_a_value_error_not_a_batch_that_waits_forever(store, concurrency):
+    targets = [Target("a", "127.0.0.1:1", EnrollmentSecrets.generate())]
+    with pytest.raises(ValueError, match="concurrency"):
+        asyncio.run(asyncio.wait_for(enroll_many(targets, concurrency=concurrency, store=store, workers=1), 10))
+
+
+def test_a_target_that_is_not_a_target_is_a_type_error_naming_it(store):
+    with pytest.raises(TypeError, match="Target objects.*not str"):
+        asyncio.run(enroll_many(["127.0.0.1:1"], store=store, workers=1))
+
+
+def test_a_bad_address_is_that_targets_outcome_and_the_rest_of_the_batch_runs(store):
+    targets = [Target("bad", "bad:addr", EnrollmentSecrets.generate()),
+               Target("closed", "127.0.0.1:1", EnrollmentSecrets.generate())]
+    outcomes = asyncio.run(enroll_many(targets, store=store, workers=1, deadline=0.5))
+    assert [o.target.name for o in outcomes] == ["bad", "closed"]
+    assert isinstance(outcomes[0].error, InvalidAddress) and outcomes[0].error.code == "invalid_address"
+    assert "'bad:addr'" in str(outcomes[0].error)
+    assert isinstance(outcomes[1].error, FirsttrustError) and not isinstance(outcomes[1].error, InvalidAddress)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:xx", "h:0", "h:70000", "[::1", "[::1]x", "a b", None, 5])
+def test_parse_address_raises_a_typed_error_that_is_still_a_value_error(address):
+    with pytest.raises(InvalidAddress) as caught:
+        parse_address(address, 8790)
+    assert isinstance(caught.value, ValueError) and "\n" not in str(caught.value)
+
+
+def test_a_path_with_a_nul_byte_is_the_readers_typed_error_with_no_nul_in_it(tmp_path):
+    with pytest.raises(InvalidTargets) as targets:
+        read_targets(str(tmp_path / "x\0y"))
+    with pytest.raises(TrustStoreError) as secrets:
+        load_secrets(str(tmp_path / "a\0b"))
+    for caught in (targets, secrets):
+        assert "\0" not in str(caught.value) and "NUL" in str(caught.value)
