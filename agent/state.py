@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field, fields
@@ -175,7 +176,20 @@ class StateDir:
         self.authorized_path = value / "authorized.json"
 
     def ensure(self) -> None:
-        ensure_private_dir(self.path)
+        """Create the directory 0700, or make it so; refuse one another user owns (they could
+        have planted an identity.key or an authorized.json, and could swap them later).
+
+        Raises:
+            StateError: it cannot be made, or another user owns it.
+        """
+        try:
+            ensure_private_dir(self.path)
+            owner = self.path.stat().st_uid
+        except OSError as exc:
+            raise StateError(f"cannot use the state directory {self.path}: {exc.strerror}") from None
+        if owner != os.geteuid():
+            raise StateError(f"the state directory {self.path} belongs to uid {owner}, not to this agent's user "
+                             f"(uid {os.geteuid()}); refusing to keep secrets there")
 
     # -- state.json ---------------------------------------------------------------------------
 

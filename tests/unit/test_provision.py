@@ -485,3 +485,20 @@ def test_missing_account_fails_before_anything_is_armed(tmp_path, capsys, secret
                            "--state-dir", str(tmp_path / "s"))
     assert code == 1 and "does not exist" in err and secrets.sec_a not in err
     assert not (tmp_path / "s" / "state.json").exists() and not (tmp_path / "s" / "sec-b").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the directory to another user")
+def test_a_state_directory_another_user_owns_is_refused_and_nothing_is_written_there(tmp_path, capsys, secrets,
+                                                                                     no_vm):
+    """Its owner could have planted an identity.key or an authorized.json, and could swap them
+    after the agent made the directory 0700 (it stays theirs)."""
+    nobody = pwd.getpwnam("nobody").pw_uid
+    state_dir = tmp_path / "theirs"
+    state_dir.mkdir(mode=0o777)
+    os.chown(state_dir, nobody, -1)
+    env = ovf_file(tmp_path, secret_props(secrets))
+    code, out, err = run_cli(capsys, "provision", "--source", f"file:{env}", "--state-dir", str(state_dir),
+                             "--no-set-password")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and f"belongs to uid {nobody}" in err and str(state_dir) in err
+    assert list(state_dir.iterdir()) == []
