@@ -104,9 +104,13 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
     call up to that long past `deadline`; wrap it in asyncio.timeout for a hard bound. Each retry starts
     with the recovery step, so a crash of the appliance after its commit ends pinned once it is
     back. `on_wait` is called once per change of the reason for waiting (requester.retry.Waiting);
-    by default the wait is quiet.
+    by default the wait is quiet. `phase_timeout` and `total_timeout` (the only other keyword
+    arguments) bound each phase of one try and the whole try, in seconds (defaults
+    limits.PHASE_TIMEOUT and limits.ENROLLMENT_TIMEOUT).
 
     Raises:
+        TypeError: `secrets` is not an EnrollmentSecrets, `ssh_key` not a str, or an unknown
+            keyword argument (before anything is made or sent).
         AlreadyPinned: `name` is pinned to this address already, and the appliance there still
             presents the pinned key or does not answer (nothing was sent).
         IdentityChanged: `name` is pinned at this address to another deployment, or the appliance
@@ -119,11 +123,32 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
         firsttrust errors (PeerRefused, AuthenticationFailed, BindingFailed, ...) and
         EnrollmentConnectionError.
     """
+    if not isinstance(secrets, EnrollmentSecrets):
+        raise TypeError(f"secrets must be an EnrollmentSecrets (load_secrets, EnrollmentSecrets.generate), "
+                        f"not {type(secrets).__name__}")
+    _check_arguments("enroll_appliance", ssh_key=ssh_key, timeouts=timeouts)
     store = store or open_store()
     store.identity()  # created once per home, before any network traffic
     return await _enroll_appliance(address, secrets, name=name, ssh_key=ssh_key, store=store, api_address=api_address,
                                    replace=replace, deadline=deadline, on_wait=on_wait, deployment_id=deployment_id,
                                    **timeouts)
+
+
+# What enroll_appliance passes on to each connection (requester/enroll.py enroll_connection).
+TIMEOUT_ARGUMENTS = ("phase_timeout", "total_timeout")
+# What enroll_many passes on to every enroll_appliance: the rest is per target, or its own.
+MANY_ARGUMENTS = ("ssh_key", "replace", "on_wait", *TIMEOUT_ARGUMENTS)
+
+
+def _check_arguments(function: str, *, ssh_key: object = None, timeouts: dict | None = None,
+                     allowed: tuple[str, ...] = TIMEOUT_ARGUMENTS) -> None:
+    """A wrong type or an unknown keyword argument, named at once, before any key or connection
+    is made (rather than an AttributeError from deep inside, or a TypeError naming an internal function)."""
+    for key in timeouts or ():
+        if key not in allowed:
+            raise TypeError(f"{function}() got an unexpected keyword argument {key!r}")
+    if ssh_key is not None and not isinstance(ssh_key, str):
+        raise TypeError(f"ssh_key must be an OpenSSH public key line (str) or None, not {type(ssh_key).__name__}")
 
 
 async def _enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: str, store: TrustStore,
@@ -252,6 +277,7 @@ def load_secrets(path: str | Path) -> EnrollmentSecrets:
 
 
 def enroll_appliance_sync(address: str, secrets: EnrollmentSecrets, **kwargs) -> ApplianceRecord:
+    """enroll_appliance in an event loop of its own (asyncio.run): its arguments, result and errors."""
     return asyncio.run(enroll_appliance(address, secrets, **kwargs))
 
 
@@ -285,12 +311,15 @@ async def enroll_many(targets: Iterable[Target], *, concurrency: int = 32, store
     down to this process alone. With workers, `on_done` is still called in this process, and the
     keyword arguments passed on to enroll_appliance must be picklable (no callbacks).
 
+    The keyword arguments passed on to each enroll_appliance are those of MANY_ARGUMENTS.
+
     Raises:
         ValueError: `concurrency` is not a whole number >= 1, or `worker_kind` is unknown.
-        TypeError: a target is not a Target.
+        TypeError: a target is not a Target, or another keyword argument (before anything is sent).
         TrustStoreError: the store (or its identity) cannot be used.
     """
     targets = list(targets)
+    _check_arguments("enroll_many", ssh_key=kwargs.get("ssh_key"), timeouts=kwargs, allowed=MANY_ARGUMENTS)
     if type(concurrency) is not int or concurrency < 1:  # Semaphore(0) would wait forever
         raise ValueError(f"concurrency must be a whole number >= 1, not {concurrency!r}")
     for target in targets:
@@ -449,17 +478,34 @@ def _rebuild_error(portable: tuple | None) -> FirsttrustError | None:
     return error
 
 
-def pin_certificate(name: str, address: str, certificate: bytes, *, api_port: int = DEFAULT_API_PORT,
+# The ways in whose certificate the manager hands over (the SRP way pins through enroll_appliance).
+PINNED_EMBODIMENTS = ("injected-certificate", "guest-command")
+
+
+def pin_certificate(name: str, address: str, certificate: bytes | str, *, api_port: int = DEFAULT_API_PORT,
                     embodiment: str = "injected-certificate", store: TrustStore | None = None) -> ApplianceRecord:
     """Pin an appliance certificate handed over by the manager over its own secure channel
     (injected-certificate mode: read from guestinfo; guest-command mode: `firsttrust-agent
     show-identity` via guest operations). The appliance must also authorize the requester's
     certificate (`store.identity()`): the injected-certificate mode injects it, the guest-command
-    mode runs `firsttrust-agent authorize`."""
-    store = store or open_store()
-    store.identity()  # the certificate the appliance must authorize exists from now on
+    mode runs `firsttrust-agent authorize`. `certificate` is PEM or DER (bytes, or PEM as str).
+
+    Raises:
+        InvalidCertificate: `certificate` is not one certificate this protocol accepts.
+        InvalidAddress: `address` is not HOST[:PORT] (also a ValueError).
+        ValueError: `api_port` is not a port, `embodiment` not one of PINNED_EMBODIMENTS.
+        TrustStoreError: `name` is not a name the store can hold, or the store cannot be used.
+    """
+    if type(api_port) is not int or not 0 < api_port < 65536:
+        raise ValueError(f"api_port must be a port number (1-65535), not {api_port!r}")
+    if embodiment not in PINNED_EMBODIMENTS:
+        raise ValueError(f"embodiment must be one of {', '.join(PINNED_EMBODIMENTS)}, not {str(embodiment)[:40]!r}")
+    if isinstance(certificate, str):
+        certificate = certificate.encode("utf-8")
     host, port = parse_address(address, api_port)
     pem = certificate_pem(certificate).decode("ascii")
+    store = store or open_store()
+    store.identity()  # the certificate the appliance must authorize exists from now on
     record = ApplianceRecord(name=name, address=host, pin=pin_of_certificate(pem.encode()), certificate=pem,
                              api_port=port, embodiment=embodiment, enrolled_at=time.time())
     store.save(record)
@@ -467,7 +513,11 @@ def pin_certificate(name: str, address: str, certificate: bytes, *, api_port: in
 
 
 def open_session(name: str, *, store: TrustStore | None = None, **kwargs) -> PinnedSession:
-    """A pinned mTLS session to the appliance pinned as `name`."""
+    """A pinned mTLS session to the appliance pinned as `name` (keyword arguments: PinnedSession's).
+
+    Raises:
+        UnknownAppliance: nothing is pinned as `name`; TrustStoreError: its record is unusable.
+    """
     store = store or open_store()
     record = store.get(name)
     return PinnedSession(record.address, record.api_port, record.certificate.encode(), store.key_path,
@@ -475,7 +525,13 @@ def open_session(name: str, *, store: TrustStore | None = None, **kwargs) -> Pin
 
 
 async def rotate_appliance(name: str, *, store: TrustStore | None = None) -> ApplianceRecord:
-    """Ask the appliance for a new key; move the pin after checking the old key signed it."""
+    """Ask the appliance for a new key; move the pin after checking the old key signed it.
+
+    Raises:
+        UnknownAppliance, TrustStoreError: as open_session. ConnectionFailed, PinMismatch: the
+        pinned API cannot be reached, or presents another key. RotationError: the answer does not
+        prove that the old key signed the new one (the pin stays).
+    """
     store = store or open_store()
     record = store.get(name)
     async with open_session(name, store=store) as api:
@@ -486,5 +542,10 @@ async def rotate_appliance(name: str, *, store: TrustStore | None = None) -> App
 
 
 async def call(name: str, method: str, path: str, body=None, *, store: TrustStore | None = None):
+    """One request to the pinned API of `name` (PinnedSession.request): its decoded answer.
+
+    Raises:
+        as open_session; ConnectionFailed, PinMismatch, ApiError (the appliance refused it).
+    """
     async with open_session(name, store=store) as api:
         return await api.request(method, path, body)

@@ -11,7 +11,7 @@ from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.errors import FirsttrustError
 from firsttrust.requester.batch import InvalidTargets, Target, read_targets
 from firsttrust.requester.enroll import InvalidAddress, parse_address
-from firsttrust.requester.library import enroll_many, load_secrets
+from firsttrust.requester.library import enroll_appliance_sync, enroll_many, load_secrets
 from firsttrust.requester.truststore import TrustStore, TrustStoreError
 
 
@@ -56,3 +56,33 @@ def test_a_path_with_a_nul_byte_is_the_readers_typed_error_with_no_nul_in_it(tmp
         load_secrets(str(tmp_path / "a\0b"))
     for caught in (targets, secrets):
         assert "\0" not in str(caught.value) and "NUL" in str(caught.value)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda s, st: enroll_appliance_sync("127.0.0.1:1", {"sec_a": "x", "sec_b": "y"}, name="a", store=st),
+     "secrets must be an EnrollmentSecrets"),
+    (lambda s, st: enroll_appliance_sync("127.0.0.1:1", None, name="a", store=st), "not NoneType"),
+    (lambda s, st: enroll_appliance_sync("127.0.0.1:1", s, name="a", store=st, ssh_key=5), "ssh_key must be"),
+    (lambda s, st: enroll_appliance_sync("127.0.0.1:1", s, name="a", store=st, foo=2),
+     r"enroll_appliance\(\) got an unexpected keyword argument 'foo'"),
+    (lambda s, st: asyncio.run(enroll_many([Target("a", "127.0.0.1:1", s)], store=st, name="x")),
+     r"enroll_many\(\) got an unexpected keyword argument 'name'"),
+], ids=["secrets-a-dict", "secrets-none", "ssh-key-int", "unknown-keyword", "many-with-a-name"])
+def test_a_wrong_argument_is_a_type_error_naming_it_before_any_key_is_made(store, call, message):
+    with pytest.raises(TypeError, match=message):
+        call(EnrollmentSecrets.generate(), store)
+    assert not store.key_path.exists()
+
+
+def test_pin_certificate_takes_pem_text_and_refuses_a_bad_port_or_way_before_pinning(store):
+    from firsttrust.identity import create_identity
+    from firsttrust.requester.library import pin_certificate
+
+    identity = create_identity("app")
+    for kwargs, message in (({"api_port": "8791"}, "api_port"), ({"api_port": 0}, "api_port"),
+                            ({"embodiment": "srp"}, "embodiment")):
+        with pytest.raises(ValueError, match=message):
+            pin_certificate("app", "127.0.0.9", identity.cert_pem, store=store, **kwargs)
+    assert store.list() == [] and not store.key_path.exists()
+    record = pin_certificate("app", "127.0.0.9", identity.cert_pem.decode("ascii"), store=store)
+    assert record.pin == identity.pin and store.get("app").pin == identity.pin
