@@ -8,6 +8,7 @@ deployments; the `firsttrust` command (`firsttrust.requester.cli`) is a thin lay
                certificate to a new appliance, as an OVF environment, an OVF descriptor
                ProductSection, or guestinfo extraConfig lines (docs/deployment.md)
   library      enroll one appliance or many, pin, rotate, call: the library's top level
+  workers      enroll_many's worker processes (or threads): deal, collect, stop
   batch        a batch's targets file and its report, as data (library.read_targets, BatchReport)
   cli          `firsttrust secrets new`, `firsttrust deploy-spec`, ...
 

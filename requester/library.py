@@ -15,17 +15,11 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import dataclasses
-import multiprocessing
-import os
-import pickle
-import queue
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from firsttrust.common.files import read_bounded
 from firsttrust.credentials import EnrollmentSecrets
@@ -39,12 +33,12 @@ from .deployspec import InvalidDeploySpec, secrets_from_json
 from .enroll import ClientIdentityFiles, enroll, parse_address
 from .errors import ApiError, BadResponse, ConnectionFailed, PinMismatch, RequesterError
 from .identitycheck import changed, different_deployment, probe
-from .interrupts import other_threads
 from .retry import DEFAULT_DEADLINE, Waiting, retry_until
 from .session import PinnedSession
 from .store import open_store
 from .store.claims import claimed
 from .truststore import ApplianceRecord, TrustStore, TrustStoreError, UnknownAppliance
+from .workers import MIN_TARGETS_PER_WORKER, WORKER_KINDS, default_workers, enroll_in_workers
 
 MAX_SECRETS_FILE = 64 * 1024
 
@@ -281,20 +275,6 @@ def enroll_appliance_sync(address: str, secrets: EnrollmentSecrets, **kwargs) ->
     return asyncio.run(enroll_appliance(address, secrets, **kwargs))
 
 
-# A worker process costs a fork and a second event loop: below this many targets per worker the
-# batch runs in this process (a handful of appliances is I/O-bound, not CPU-bound).
-MIN_TARGETS_PER_WORKER = 8
-WORKER_KINDS = ("process", "thread")
-
-
-def default_workers() -> int:
-    """enroll_many's default: one worker per CPU this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 async def enroll_many(targets: Iterable[Target], *, concurrency: int = 32, store: TrustStore | None = None,
                       on_done: Callable[[Outcome], None] | None = None, deadline: float = DEFAULT_DEADLINE,
                       workers: int | None = None, worker_kind: str = "process", **kwargs) -> list[Outcome]:
@@ -332,7 +312,8 @@ async def enroll_many(targets: Iterable[Target], *, concurrency: int = 32, store
     workers = max(1, min(workers or default_workers(), len(targets) // MIN_TARGETS_PER_WORKER))
     if workers == 1:
         return await _enroll_here(targets, concurrency, store, on_done, deadline, kwargs)
-    return await _enroll_in_workers(targets, concurrency, store, on_done, deadline, kwargs, workers, worker_kind)
+    return await enroll_in_workers(_enroll_here, targets, concurrency, store, on_done, deadline, kwargs, workers,
+                                   worker_kind)
 
 
 async def _enroll_here(targets: list[Target], concurrency: int, store: TrustStore,
@@ -355,127 +336,6 @@ async def _enroll_here(targets: list[Target], concurrency: int, store: TrustStor
         return outcome
 
     return list(await asyncio.gather(*(one(t) for t in targets)))
-
-
-async def _enroll_in_workers(targets: list[Target], concurrency: int, store: TrustStore,
-                             on_done: Callable[[Outcome], None] | None, deadline: float, kwargs: dict,
-                             workers: int, worker_kind: str) -> list[Outcome]:
-    """Deal the targets round-robin to `workers` workers; each runs _enroll_here on its share and
-    reports every outcome as it finishes, through a queue this process reads in a thread."""
-    loop = asyncio.get_running_loop()
-    executor: concurrent.futures.Executor
-    stop: Any
-    if worker_kind == "thread":
-        done_queue: Any = queue.SimpleQueue()
-        stop = threading.Event()
-        executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="enroll-worker")
-    else:
-        # fork is cheap (nothing re-imported) and safe while this process runs no other thread;
-        # with threads around (one could hold a lock mid-fork) forkserver starts clean processes.
-        context = multiprocessing.get_context("fork" if other_threads() == 0 else "forkserver")
-        done_queue = context.SimpleQueue()  # inherited by the workers, never pickled
-        stop = context.Event()
-        executor = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                                                          initargs=(done_queue, stop))
-    results: list[Outcome | None] = [None] * len(targets)
-    with executor:
-        jobs = []
-        try:
-            for start in range(workers):
-                shard = [(i, targets[i]) for i in range(start, len(targets), workers)]
-                job = loop.run_in_executor(executor, _worker, shard, -(-concurrency // workers), store, deadline,
-                                           kwargs, *((done_queue, stop) if worker_kind == "thread" else ()))
-                # A worker that fails as a whole never reports its end: say it for it.
-                job.add_done_callback(lambda job: job.cancelled() or job.exception() is None
-                                      or done_queue.put(_WORKER_DONE))
-                jobs.append(job)
-            finished = 0
-            while finished < workers:
-                item = await loop.run_in_executor(None, done_queue.get)
-                if item == _WORKER_DONE:
-                    finished += 1
-                    continue
-                index, record, error, seconds, already_pinned = item
-                outcome = Outcome(targets[index], record, _rebuild_error(error), seconds, already_pinned)
-                results[index] = outcome
-                if on_done:
-                    on_done(outcome)
-            await asyncio.gather(*jobs)  # re-raises a worker's own failure (a bug, not an appliance's)
-        except BaseException:
-            # Cancelled (the caller's timeout, or Ctrl-C in its asyncio.run), or a bug here: the
-            # workers stop their enrollments (each recovers from a requester that stops at any
-            # instant, docs/protocol.md "recovery"), so that leaving the `with`, which waits for
-            # them, takes about a second and not the batch's deadline. Each worker then ends, with
-            # CancelledError or its _WORKER_DONE, and either puts an item on the queue that frees
-            # the thread still waiting on it (asyncio.run's end waits for that thread).
-            stop.set()
-            raise
-    return [outcome for outcome in results if outcome is not None]
-
-
-_WORKER_DONE = "done"
-# How often a worker looks at enroll_many's stop event: the bound on how long a cancelled batch
-# keeps its workers enrolling.
-STOP_POLL_SECONDS = 0.1
-_done_queue: Any = None  # a worker process's queue back to enroll_many (set by _worker_init)
-_stop: Any = None  # and the event that tells it to stop
-
-
-def _worker_init(done_queue: Any, stop: Any) -> None:
-    global _done_queue, _stop
-    _done_queue, _stop = done_queue, stop
-    from .interrupts import follow_parent
-    follow_parent()  # an interrupted batch ends its workers with it (requester/interrupts.py)
-
-
-def _worker(shard: list[tuple[int, Target]], concurrency: int, store: TrustStore, deadline: float, kwargs: dict,
-            done_queue: Any = None, stop: Any = None) -> None:
-    """One worker's share of enroll_many, in its own event loop (a worker process or thread):
-    one queue item per outcome as it finishes, then _WORKER_DONE. Once `stop` is set, the
-    enrollments in flight are cancelled and the worker ends (raising CancelledError)."""
-    done_queue = done_queue or _done_queue
-    stop = stop or _stop
-    indices = {id(target): index for index, target in shard}
-
-    def report(outcome: Outcome) -> None:
-        done_queue.put((indices[id(outcome.target)], outcome.record, _portable_error(outcome.error),
-                        outcome.seconds, outcome.already_pinned))
-
-    async def until_stopped() -> None:
-        work = asyncio.ensure_future(_enroll_here([target for _, target in shard], concurrency, store, report,
-                                                  deadline, kwargs))
-        while not work.done():
-            if stop.is_set():
-                work.cancel()
-                break
-            await asyncio.wait([work], timeout=STOP_POLL_SECONDS)
-        await work
-
-    asyncio.run(until_stopped())
-    done_queue.put(_WORKER_DONE)
-
-
-def _portable_error(error: FirsttrustError | None) -> tuple | None:
-    """A typed error as (class, args, attributes): firsttrust errors' constructors take other
-    arguments than their `args`, so plain pickling cannot rebuild them."""
-    if error is None:
-        return None
-    portable = (type(error), error.args, dict(vars(error)))
-    try:
-        pickle.dumps(portable)
-    except Exception:  # noqa: BLE001 - an attribute that does not pickle: keep code and message
-        portable = (RequesterError, (str(error),), {"code": error.code})
-    return portable
-
-
-def _rebuild_error(portable: tuple | None) -> FirsttrustError | None:
-    if portable is None:
-        return None
-    cls, args, attributes = portable
-    error = cls.__new__(cls)
-    error.args = args
-    error.__dict__.update(attributes)
-    return error
 
 
 # The ways in whose certificate the manager hands over (the SRP way pins through enroll_appliance).
