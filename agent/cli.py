@@ -138,6 +138,7 @@ def cmd_authorize(args: argparse.Namespace) -> int:
         if added:
             audit.event("key-authorized", f"authorized requester key {pin} by guest command", pin=pin,
                         source="guest-command")
+        _enrolled_by_guest_command(store)
         identity = store.load_identity() if args.report else None
     except FirsttrustError as exc:
         _write_report(report, {"ok": False, "error": str(exc)})
@@ -150,6 +151,18 @@ def cmd_authorize(args: argparse.Namespace) -> int:
                            "appliance_certificate": identity.cert_pem.decode("ascii") if identity else None})
     print(f"{'authorized' if added else 'already authorized'}: {pin}")
     return 0
+
+
+def _enrolled_by_guest_command(store: StateDir) -> None:
+    """The guest-command way's last step: an appliance provisioned without SRP secrets (phase
+    `unprovisioned`, its SRP door never opens) is enrolled once the manager's command has
+    authorized a requester, as the injected-certificate way is at provisioning. An armed
+    appliance stays armed. After authorized.json, so a run cut in between is finished by the
+    same command again (the key is then "already authorized")."""
+    state = store.load()
+    if state is not None and state.phase == "unprovisioned":
+        state.phase, state.enrolled_via, state.enrolled_at = "enrolled", "guest-command", time.time()
+        store.save(state)
 
 
 def _open_report(path: Path | None) -> IO[str] | None:

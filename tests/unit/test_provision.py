@@ -502,3 +502,26 @@ def test_a_state_directory_another_user_owns_is_refused_and_nothing_is_written_t
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and f"belongs to uid {nobody}" in err and str(state_dir) in err
     assert list(state_dir.iterdir()) == []
+
+
+def test_the_guest_command_way_ends_enrolled_via_guest_command_and_an_armed_appliance_stays_armed(
+        tmp_path, capsys, secrets, requester_identity, no_vm):
+    cert = tmp_path / "requester.pem"
+    cert.write_bytes(requester_identity.cert_pem)
+    guest_only = ovf_file(tmp_path, {keys.GUEST_PASSWORD: EnrollmentSecrets.generate().sec_a}, name="guest.xml")
+    waiting = tmp_path / "guest"
+    code, _, err = run_cli(capsys, "provision", "--source", f"file:{guest_only}", "--state-dir", str(waiting),
+                           "--no-set-password")
+    assert code == 0, err
+    code, out, _ = run_cli(capsys, "status", "--json", "--state-dir", str(waiting))
+    assert code == 0 and json.loads(out)["phase"] == "unprovisioned"
+    for _ in range(2):  # the same command again (a run cut short after authorized.json) changes nothing more
+        code, _, err = run_cli(capsys, "authorize", "--cert", str(cert), "--state-dir", str(waiting))
+        assert code == 0, err
+        status = json.loads(run_cli(capsys, "status", "--json", "--state-dir", str(waiting))[1])
+        assert (status["phase"], status["enrolled_via"], status["authorized_keys"]) == ("enrolled", "guest-command", 1)
+    armed = provisioned(tmp_path, capsys, secrets)
+    code, _, err = run_cli(capsys, "authorize", "--cert", str(cert), "--state-dir", str(armed))
+    assert code == 0, err
+    status = json.loads(run_cli(capsys, "status", "--json", "--state-dir", str(armed))[1])
+    assert (status["phase"], status["enrolled_via"], status["window_open"]) == ("provisioned", None, True)
