@@ -20,7 +20,8 @@ And they bound what an answer may cost in memory: pyVmomi reads a SOAP answer to
 version probe's whole, into one bytes object), and neither it nor http.client has a limit. A
 socket of these contexts refuses to receive more than MAX_ANSWER_BYTES since it last sent
 (`AnswerTooLarge`): an answer follows its request, so that is one answer, whatever its framing.
-The largest the deployer asks for is one page of RetrievePropertiesEx, far below the bound.
+The largest the deployer asks for is one page of RetrievePropertiesEx, far below the bound. A
+compressed answer is bounded by what it inflates to as well (vsphere.py `_bound_decompression`).
 """
 
 from __future__ import annotations

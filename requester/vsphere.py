@@ -94,7 +94,50 @@ def _pyvmomi():
     if version < MIN_PYVMOMI:
         raise PyvmomiMissing(f"firsttrust deploy needs pyVmomi 6.7.1 or later, found {found}: "
                              f"apt-get install python3-pyvmomi (Debian 12), or pip install 'pyvmomi>=6.7.1'")
+    _bound_decompression()
     return pyVmomi, pyvim_connect
+
+
+class _CountingUnzip:
+    """A zlib decompressor that refuses to produce more than vcenter_tls.MAX_ANSWER_BYTES."""
+
+    def __init__(self, unzip) -> None:
+        self._unzip, self._produced = unzip, 0
+
+    def decompress(self, data: bytes) -> bytes:
+        out = self._unzip.decompress(data)  # at most ~1000x its input: 512 bytes in -> ~0.5 MB out
+        self._produced += len(out)
+        if self._produced > vcenter_tls.MAX_ANSWER_BYTES:
+            raise vcenter_tls.AnswerTooLarge(f"vCenter's answer is larger than "
+                                             f"{vcenter_tls.MAX_ANSWER_BYTES // (1024 * 1024)} MiB uncompressed")
+        return out
+
+    def __getattr__(self, name: str):
+        return getattr(self._unzip, name)
+
+
+def _bound_decompression() -> None:
+    """The answer bound (vcenter_tls.MAX_ANSWER_BYTES) for compressed answers too: pyVmomi asks
+    for gzip on every call (it has no switch that SmartConnect passes) and inflates whatever
+    comes marked gzip or deflate, asked or not, so the bytes on the socket say nothing about
+    what an answer costs in memory: 64 MiB of gzip is ~64 GB inflated. pyVmomi 6.7.1 to 9 look
+    their GzipReader up in SoapAdapter's globals at each answer; it is replaced once, by a
+    subclass whose decompressor counts what it produces."""
+    from pyVmomi import SoapAdapter
+
+    base = SoapAdapter.GzipReader
+    if getattr(base, "firsttrust_bounded", False):
+        return
+
+    class BoundedGzipReader(base):  # type: ignore[misc, valid-type]
+        firsttrust_bounded = True
+
+        def _CreateUnzip(self, firstChunk):  # noqa: N802, N803 - pyVmomi's names
+            super()._CreateUnzip(firstChunk)
+            self.unzip = _CountingUnzip(self.unzip)
+            return self.unzip
+
+    SoapAdapter.GzipReader = BoundedGzipReader
 
 
 @contextlib.contextmanager
@@ -119,16 +162,31 @@ def api_call(what: str, timeout: float | None = None) -> Iterator[None]:
         raise (_unanswered(what, exc, timeout)
                or VsphereError(f"{what}: cannot reach vCenter: {_first_line(str(exc)) or type(exc).__name__}",
                                code="vsphere_unreachable")) from None
+    except Exception as exc:  # pyVmomi 6.7.1 wraps whatever its XML parser's reads raised in a ParserError
+        too_large = _answer_too_large(exc)
+        if too_large is None:
+            raise
+        raise VsphereError(f"{what}: {too_large}", code="vsphere_unreachable") from None
+
+
+def _answer_too_large(exc: BaseException | None) -> vcenter_tls.AnswerTooLarge | None:
+    """The AnswerTooLarge behind `exc`, however deep pyVmomi wrapped it (a ParserError, then a
+    HostConnectFault in SmartConnect, on 6.7.1), or None."""
+    for _ in range(8):
+        if exc is None or isinstance(exc, vcenter_tls.AnswerTooLarge):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _unanswered(what: str, exc: BaseException | None, timeout: float | None) -> VsphereError | None:
     """The error for a vCenter that stalls (a socket timed out), answers more than one answer may
     hold (vcenter_tls.MAX_ANSWER_BYTES), or answers what is not the vSphere API (not HTTP, not
     XML: never echoed, it may be anything); None for any other exception."""
-    if isinstance(exc, TimeoutError):
+    if _answer_too_large(exc) is not None:
+        reason = str(_answer_too_large(exc))
+    elif isinstance(exc, TimeoutError):
         reason = f"vCenter did not answer within {timeout or vcenter_tls.TIMEOUT:.0f} s"
-    elif isinstance(exc, vcenter_tls.AnswerTooLarge):
-        reason = str(exc)
     elif isinstance(exc, (ParseError, ExpatError)):  # SmartConnect's version probe; the SOAP stub's parser
         reason = f"vCenter's answer is not the vSphere API's (not XML: {_first_line(exc)})"
     elif isinstance(exc, http.client.BadStatusLine) and not isinstance(exc, ConnectionError):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 
 import pytest
 
@@ -174,6 +175,9 @@ class StallingVcenter:
                     body += conn.recv(4096)
                 if self.answer is None:
                     return  # held open, never answered
+                if callable(self.answer):
+                    conn.sendall(self.answer(head))
+                    continue
                 if self.answer == ENDLESS_HEAD:
                     conn.sendall(ENDLESS_HEAD)
                     for _ in range(ENDLESS_BYTES // 65536):
@@ -278,6 +282,46 @@ def test_an_answer_past_the_bound_is_a_typed_error_and_is_not_read_to_its_end(st
         _connect(server)
     assert caught.value.code == "vsphere_unreachable"
     assert str(caught.value) == "connecting to 127.0.0.1: vCenter's answer is larger than 1 MiB"
+
+
+VERSIONS = (b'<?xml version="1.0"?><namespaces version="1.0"><namespace><name>urn:vim25</name><version>6.7</version>'
+            b'<priorVersions><version>6.5</version></priorVersions></namespace></namespaces>')
+
+
+def _gzip_bomb(inflated: int) -> bytes:
+    """A RetrieveServiceContent answer of `inflated` bytes, gzip: a few KB on the wire."""
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [z.compress(b'<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv='
+                        b'"http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><RetrieveServiceContentResponse '
+                        b'xmlns="urn:vim25"><returnval><about><name>')]
+    parts += [z.compress(b"x" * (1 << 20)) for _ in range(inflated >> 20)]
+    parts += [z.compress(b"</name></about></returnval></RetrieveServiceContentResponse></soapenv:Body>"
+                         b"</soapenv:Envelope>"), z.flush()]
+    return b"".join(parts)
+
+
+def test_a_compressed_answer_is_bounded_by_what_it_inflates_to_not_by_its_bytes_on_the_wire(stalling, monkeypatch):
+    """pyVmomi asks for gzip on every call and inflates what comes marked so: 8 MiB of answer in
+    ~8 KB on the wire, against a bound of 1 MiB (the same on pyVmomi 6.7.1, which wraps the error
+    twice: make test-debian-versions)."""
+    from firsttrust.requester.vsphere import VsphereError
+
+    monkeypatch.setattr(vcenter_tls, "MAX_ANSWER_BYTES", 1024 * 1024)
+    bomb = _gzip_bomb(8 * 1024 * 1024)
+    assert len(bomb) < 64 * 1024
+
+    def answer(head: bytes) -> bytes:
+        if head.startswith(b"GET"):  # the version probe
+            return b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: %d\r\n\r\n%s" % (
+                len(VERSIONS), VERSIONS)
+        return (b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Encoding: gzip\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(bomb), bomb))
+
+    server = stalling(answer)
+    with pytest.raises(VsphereError) as caught:
+        _connect(server)
+    assert caught.value.code == "vsphere_unreachable"
+    assert str(caught.value) == "connecting to 127.0.0.1: vCenter's answer is larger than 1 MiB uncompressed"
 
 
 def test_the_bound_counts_one_answer_not_the_connection(monkeypatch, tmp_path):
