@@ -183,13 +183,17 @@ class StateDir:
             StateError: it cannot be made, or another user owns it.
         """
         try:
-            ensure_private_dir(self.path)
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             owner = self.path.stat().st_uid
         except OSError as exc:
             raise StateError(f"cannot use the state directory {self.path}: {exc.strerror}") from None
-        if owner != os.geteuid():
+        if owner != os.geteuid():  # before the chmod below: another user's directory is not touched
             raise StateError(f"the state directory {self.path} belongs to uid {owner}, not to this agent's user "
                              f"(uid {os.geteuid()}); refusing to keep secrets there")
+        try:
+            ensure_private_dir(self.path)
+        except OSError as exc:
+            raise StateError(f"cannot use the state directory {self.path}: {exc.strerror}") from None
 
     # -- state.json ---------------------------------------------------------------------------
 

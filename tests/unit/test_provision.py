@@ -494,14 +494,15 @@ def test_a_state_directory_another_user_owns_is_refused_and_nothing_is_written_t
     after the agent made the directory 0700 (it stays theirs)."""
     nobody = pwd.getpwnam("nobody").pw_uid
     state_dir = tmp_path / "theirs"
-    state_dir.mkdir(mode=0o777)
+    state_dir.mkdir()
+    os.chmod(state_dir, 0o777)
     os.chown(state_dir, nobody, -1)
     env = ovf_file(tmp_path, secret_props(secrets))
     code, out, err = run_cli(capsys, "provision", "--source", f"file:{env}", "--state-dir", str(state_dir),
                              "--no-set-password")
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and f"belongs to uid {nobody}" in err and str(state_dir) in err
-    assert list(state_dir.iterdir()) == []
+    assert list(state_dir.iterdir()) == [] and stat.S_IMODE(state_dir.stat().st_mode) == 0o777  # not even chmodded
 
 
 def test_the_guest_command_way_ends_enrolled_via_guest_command_and_an_armed_appliance_stays_armed(
