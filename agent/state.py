@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field, fields
@@ -176,24 +175,17 @@ class StateDir:
         self.authorized_path = value / "authorized.json"
 
     def ensure(self) -> None:
-        """Create the directory 0700, or make it so; refuse one another user owns (they could
-        have planted an identity.key or an authorized.json, and could swap them later).
+        """Create the directory 0700, or make it so; refuse one another user owns
+        (common.files.ensure_private_dir), before its mode is touched.
 
         Raises:
             StateError: it cannot be made, or another user owns it.
         """
         try:
-            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            owner = self.path.stat().st_uid
-        except OSError as exc:
-            raise StateError(f"cannot use the state directory {self.path}: {exc.strerror}") from None
-        if owner != os.geteuid():  # before the chmod below: another user's directory is not touched
-            raise StateError(f"the state directory {self.path} belongs to uid {owner}, not to this agent's user "
-                             f"(uid {os.geteuid()}); refusing to keep secrets there")
-        try:
             ensure_private_dir(self.path)
         except OSError as exc:
-            raise StateError(f"cannot use the state directory {self.path}: {exc.strerror}") from None
+            raise StateError(f"cannot use the state directory {self.path}: {exc.strerror}; "
+                             "refusing to keep secrets there") from None
 
     # -- state.json ---------------------------------------------------------------------------
 

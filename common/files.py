@@ -21,9 +21,18 @@ from typing import BinaryIO, Callable
 
 
 def ensure_private_dir(path: Path, mode: int = 0o700) -> Path:
-    """Create `path` (and parents) if missing, and make sure it has exactly `mode`."""
+    """Create `path` (and parents) if missing, and make sure it has exactly `mode`.
+
+    Raises:
+        PermissionError: another user owns it (it could have planted files there, and could swap
+            them later: no mode makes that directory private); its mode is left as it is.
+    """
     path.mkdir(mode=mode, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o7777 != mode:
+    status = path.stat()
+    if status.st_uid != os.geteuid():
+        raise PermissionError(errno.EPERM, f"it belongs to uid {status.st_uid}, not to this process's user "
+                                           f"(uid {os.geteuid()})", os.fspath(path))
+    if status.st_mode & 0o7777 != mode:
         os.chmod(path, mode)
     return path
 

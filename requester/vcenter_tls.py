@@ -95,16 +95,14 @@ class _BoundedSocket(ssl.SSLSocket):
         return super().send(data, flags)
 
     def recv(self, buflen=1024, flags=0):  # type: ignore[override]
-        return self._counted(super().recv(buflen, flags))
+        data = super().recv(buflen, flags)
+        self._add(len(data))
+        return data
 
     def recv_into(self, buffer, nbytes=None, flags=0):  # type: ignore[override]  # http.client's reads
         count = super().recv_into(buffer, nbytes, flags)
         self._add(count)
         return count
-
-    def _counted(self, data: bytes) -> bytes:
-        self._add(len(data))
-        return data
 
     def _add(self, count: int) -> None:
         self._received += count

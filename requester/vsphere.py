@@ -183,8 +183,9 @@ def _unanswered(what: str, exc: BaseException | None, timeout: float | None) -> 
     """The error for a vCenter that stalls (a socket timed out), answers more than one answer may
     hold (vcenter_tls.MAX_ANSWER_BYTES), or answers what is not the vSphere API (not HTTP, not
     XML: never echoed, it may be anything); None for any other exception."""
-    if _answer_too_large(exc) is not None:
-        reason = str(_answer_too_large(exc))
+    too_large = _answer_too_large(exc)
+    if too_large is not None:
+        reason = str(too_large)
     elif isinstance(exc, TimeoutError):
         reason = f"vCenter did not answer within {timeout or vcenter_tls.TIMEOUT:.0f} s"
     elif isinstance(exc, (ParseError, ExpatError)):  # SmartConnect's version probe; the SOAP stub's parser
