@@ -26,7 +26,7 @@ from firsttrust import credentials
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import GUEST_PASSWORD, SEC_A, SEC_B, guestinfo_key
 from .deploymentid import DEPLOYMENT_ID_KEY, new_deployment_id
-from .deployspec import HARDENING_VMX_SETTINGS, InvalidDeploySpec, deployment_properties
+from .deployspec import HARDENING_VMX_SETTINGS, InvalidDeploySpec, deployment_properties, user_configurable
 from .profile import shown_url
 from .truststore import NAME_RE
 
@@ -74,7 +74,8 @@ class AppliancePlan:
     """One appliance: its VM name, its secrets, and the extraConfig its clone or import spec carries.
 
     `properties` are the deployment properties by their unprefixed keys: with --ova, the import's
-    PropertyMapping (and `extra_config` only the VMX hardening); with --template, `extra_config`
+    PropertyMapping, the user-configurable ones only (and `extra_config` only the VMX hardening);
+    with --template, `extra_config`
     carries them as guestinfo.* keys and `properties` is empty.
     """
 
@@ -241,8 +242,13 @@ def plan_deployment(vcenter: str, template: str | None, names: Sequence[str], *,
             del properties[SEC_A], properties[SEC_B]
         marked = ((DEPLOYMENT_ID_KEY, deployment_id),) + HARDENING_VMX_SETTINGS
         if ova is not None:
+            # Only what the person deploying may set: vCenter refuses a value for a property the
+            # OVA declares ovf:userConfigurable="false" (NotUserConfigurableProperty: "The property
+            # value cannot be changed since it is not user configurable"). Those carry their fixed
+            # value as the descriptor's default (deployspec.FIXED_VALUES).
+            settable = tuple((key, value) for key, value in properties.items() if user_configurable(key))
             appliances.append(AppliancePlan(name=name, secrets=secrets, extra_config=marked,
-                                            secrets_file=f"{name}.json", properties=tuple(properties.items()),
+                                            secrets_file=f"{name}.json", properties=settable,
                                             deployment_id=deployment_id))
             continue
         extra_config = tuple((guestinfo_key(key), value) for key, value in properties.items())
@@ -340,10 +346,14 @@ def check_descriptor(transports: Sequence[str], firmware: str, declared: Mapping
                      planned: Iterable[tuple[str, str]]) -> list[str]:
     """What is wrong with an OVA's descriptor for firsttrust, before any server is asked.
     `declared` is its ProductSection, key -> ovf:password."""
-    from .deployspec import PROPERTY_INFO
+    from .deployspec import FIXED_VALUES, PROPERTY_INFO
 
     problems = []
-    undeclared = [key for key, _ in planned if key not in declared]
+    keys = [key for key, _ in planned]
+    # A fixed property (its value the descriptor's default, not planned) goes with the planned key
+    # it qualifies: firsttrust.requester-cert.encoding with firsttrust.requester-cert.
+    keys += [fixed for fixed in FIXED_VALUES if fixed.rpartition(".")[0] in keys]
+    undeclared = [key for key in keys if key not in declared]
     if undeclared:
         problems.append(f"the OVA declares no property {', '.join(undeclared)}")
     open_secrets = [key for key in declared if PROPERTY_INFO.get(key, (None, None, False))[2] and not declared[key]]

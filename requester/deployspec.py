@@ -211,7 +211,10 @@ def render_govc(properties: dict[str, str]) -> bytes:
     after the import. There is deliberately no `govc vm.change -e` form: it would put the secrets
     in govc's argv, readable by every user of the machine through /proc; for an existing VM use
     `firsttrust deploy`, which sets them through the vSphere API (docs/deployment.md)."""
-    options = {"PropertyMapping": [{"Key": key, "Value": value} for key, value in properties.items()]}
+    # Not the properties the OVA fixes (FIXED_VALUES): vCenter refuses a value for one
+    # (NotUserConfigurableProperty); the OVA's default carries it.
+    options = {"PropertyMapping": [{"Key": key, "Value": value} for key, value in properties.items()
+                                   if user_configurable(key)]}
     return (json.dumps(options, indent=2) + "\n").encode("utf-8")
 
 

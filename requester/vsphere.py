@@ -202,6 +202,12 @@ def _first_line(text: object) -> str:
     return lines[0][:200] if lines else ""
 
 
+def _fault_text(fault: object) -> str:
+    """The server's words for a fault from a LocalizedMethodFault[] field (an import spec's error
+    list): pyVmomi hands over the MethodFault itself, its localizedMessage moved to `msg`."""
+    return getattr(fault, "localizedMessage", None) or getattr(fault, "msg", None) or ""
+
+
 def connect(url: str, user: str, password: str, context: ssl.SSLContext) -> "Vcenter":
     """Log in to vCenter or ESXi at `url` (https://HOST[:PORT][/sdk]).
 
@@ -498,7 +504,7 @@ class Vcenter:
             if result.error:
                 fault = result.error[0]
                 raise VsphereError(f"{what}: the OVF descriptor was refused: {type(fault).__name__.rpartition('.')[2]}:"
-                                   f" {_first_line(fault.localizedMessage or getattr(fault, 'msg', ''))}",
+                                   f" {_first_line(_fault_text(fault))}",
                                    code="ova_refused")
             spec = result.importSpec
             config = getattr(spec, "configSpec", None)
@@ -644,9 +650,9 @@ class Vcenter:
                     [d.deviceInfo.label if d.deviceInfo else str(d.key) for d in drives], vapp is not None)
 
     def remove_ovf_environment(self, vm, remove_vapp: bool = False) -> None:
-        """Stop handing the VM its OVF environment: ovfEnvironmentTransport emptied (VmConfigSpec:
-        "A list with a single element {""} will remove all" entries; an empty list changes
-        nothing), or with `remove_vapp` the whole vApp configuration (vAppConfigRemoved); and every
+        """Stop handing the VM its OVF environment: ovfEnvironmentTransport emptied (VmConfigSpec.
+        ovfEnvironmentTransport: "An empty list will not make any changes. A list with a single
+        element {""} will clear the list of transports."), or with `remove_vapp` the whole vApp configuration (vAppConfigRemoved); and every
         CD-ROM backed by an ISO file disconnected and not connected at power-on (the ISO transport's
         environment image). A question the VM raises about it (the guest locked the CD-ROM door)
         is answered within QUESTION_TIMEOUT (answer_cdrom_question)."""

@@ -10,6 +10,7 @@ before anything exists.
 
 from __future__ import annotations
 
+import base64
 import json
 import stat
 import subprocess
@@ -18,7 +19,7 @@ from test_ova_import import small_ova  # noqa: F401 - the fixture
 from test_vsphere_deploy import FIRSTTRUST, ROOT, ArgvScanner, environment
 from vcsim_fixture import Guests, vcenter_session, vcsim  # noqa: F401 - the fixture
 
-from firsttrust.deployment import SEC_A, SEC_B
+from firsttrust.deployment import ENCODING_SUFFIX, REQUESTER_CERT, SEC_A, SEC_B
 from firsttrust.requester.deployer import VcenterAccess, deploy
 from firsttrust.lab.vcsim import Vcsim
 from firsttrust.requester.deployplan import (
@@ -39,11 +40,16 @@ def ova_command(server, ova, secrets_dir, *extra: str) -> list[str]:
             "--ova", str(ova), "--secrets-dir", str(secrets_dir), *extra]
 
 
-def test_two_appliances_imported_from_the_ova_hold_their_properties_and_no_secret_in_argv(vcsim, small_ova, tmp_path):
+def test_two_appliances_imported_from_the_ova_hold_their_properties_and_no_secret_in_argv(vcsim, small_ova, tmp_path,
+                                                                                          requester_identity):
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir()
+    cert = tmp_path / "requester.pem"
+    cert.write_bytes(requester_identity.cert_pem)
+    # With --requester-cert: the clone of the imported appliance gets its own values, never one
+    # for the property the OVA fixes (vCenter refuses that edit: NotUserConfigurableProperty).
     command = ova_command(vcsim, small_ova, secrets_dir, "--name-prefix", "ova", "--count", "2", "--no-enroll",
-                          "--json")
+                          "--json", "--requester-cert", str(cert))
     with ArgvScanner() as scanner:
         result = subprocess.run(command, env=environment(vcsim, tmp_path / "home"), capture_output=True, text=True,
                                 timeout=300, cwd=ROOT)
@@ -68,6 +74,8 @@ def test_two_appliances_imported_from_the_ova_hold_their_properties_and_no_secre
             held = {p.id: p for p in vm.config.vAppConfig.property}
             for key in (SEC_A, SEC_B):  # write-only through pyVmomi, and nowhere in extraConfig
                 assert held[key].type == "password" and not held[key].value and not held[key].defaultValue
+            assert base64.b64decode(held[REQUESTER_CERT].value) == requester_identity.cert_pem
+            assert held[REQUESTER_CERT + ENCODING_SUFFIX].value == "base64"
             config = current_values(vc.extra_config(vm))
             assert SEC_A not in config and SEC_B not in config
             for key, value in HARDENING_VMX_SETTINGS:

@@ -19,7 +19,8 @@ from ova_import import import_ova, read_ova
 from vcsim_fixture import vcenter_session, vcsim  # noqa: F401 - the fixture
 
 from firsttrust.credentials import EnrollmentSecrets
-from firsttrust.requester.deployspec import PROPERTY_INFO, deployment_properties
+from firsttrust.requester.deployspec import FIXED_VALUES, PROPERTY_INFO, deployment_properties, user_configurable
+from firsttrust.requester.vsphere import VsphereError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,7 +61,11 @@ def ova_member_size(ova: Path, name: str) -> int:
 def check_import(server, ova: Path, name: str, requester_identity) -> None:
     properties = deployment_properties(EnrollmentSecrets.generate(), requester_cert=requester_identity.cert_pem,
                                        enroll_window="2d")
-    assert set(properties) == set(PROPERTY_INFO)  # every declared property is mapped
+    assert set(properties) == set(PROPERTY_INFO)  # every declared property has a value
+    # ... and every one the person deploying may set is mapped (as deployplan plans it); the
+    # fixed ones carry their value as the descriptor's default.
+    properties = {key: value for key, value in properties.items() if user_configurable(key)}
+    assert set(properties) == set(PROPERTY_INFO) - set(FIXED_VALUES)
     vc = vcenter_session(server)
     try:
         vm, uploaded = import_ova(vc, ova, name, properties)
@@ -85,7 +90,9 @@ def check_import(server, ova: Path, name: str, requester_identity) -> None:
         # vCenter does), never as extraConfig; the secrets are password-typed, so they read back
         # "" (write-only) and the others with their values; the firmware is the OVA's, EFI.
         held = {p.id: p for p in config.vAppConfig.property}
-        assert set(held) == set(properties)
+        assert set(held) == set(properties) | set(FIXED_VALUES)
+        for key, value in FIXED_VALUES.items():
+            assert held[key].value == value and not held[key].userConfigurable, key
         for key, value in properties.items():
             secret = PROPERTY_INFO[key][2]
             assert (held[key].type == "password") == secret, key
@@ -99,3 +106,28 @@ def check_import(server, ova: Path, name: str, requester_identity) -> None:
 
 def test_the_ova_imports_into_vcsim_with_its_property_mapping(vcsim, small_ova, requester_identity):
     check_import(vcsim, small_ova, "ova-import-1", requester_identity)
+
+
+def test_a_value_for_a_property_the_ova_fixes_is_refused_at_import_and_at_reconfiguration(vcsim, small_ova,
+                                                                                         requester_identity):
+    """NotUserConfigurableProperty ("The property value cannot be changed since it is not user
+    configurable"): the lab refuses what vCenter refuses, so a deployer that sets the OVA's fixed
+    encoding property fails here, not first on a real vCenter."""
+    properties = deployment_properties(EnrollmentSecrets.generate(), requester_cert=requester_identity.cert_pem)
+    (fixed,) = FIXED_VALUES
+    vc = vcenter_session(vcsim)
+    try:
+        with pytest.raises(VsphereError, match="NotUserConfigurableProperty"):
+            import_ova(vc, small_ova, "ova-fixed-mapped", properties)
+        assert "ova-fixed-mapped" not in vc.virtual_machines()
+        settable = {key: value for key, value in properties.items() if user_configurable(key)}
+        vm, _ = import_ova(vc, small_ova, "ova-fixed-edited", settable)
+        keys = {p.id: p.key for p in vm.config.vAppConfig.property}
+        with pytest.raises(VsphereError, match="NotUserConfigurableProperty"):
+            vc.reconfigure(vm, vc.vim.vm.ConfigSpec(vAppConfig=vc.vapp_edit_spec([(keys[fixed], "base64")])))
+        vc.reconfigure(vm, vc.vim.vm.ConfigSpec(vAppConfig=vc.vapp_edit_spec([(keys["firsttrust.enroll-window"],
+                                                                               "1h")])))
+        held = {p.id: p.value for p in vm.config.vAppConfig.property}
+        assert held["firsttrust.enroll-window"] == "1h" and held[fixed] == FIXED_VALUES[fixed]
+    finally:
+        vc.close()

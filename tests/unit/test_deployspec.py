@@ -300,3 +300,14 @@ def test_govc_options_carry_the_secrets_and_the_documented_command_keeps_them_ou
     args = (tmp_path / "args").read_text()
     assert args.startswith("import.ova\n-options=")
     assert secrets.sec_a not in args and secrets.sec_b not in args and secrets.sec_b[:12] not in args
+
+
+def test_govc_options_never_map_a_property_the_ova_fixes(requester_identity):
+    """vCenter refuses a value for an ovf:userConfigurable="false" property
+    (NotUserConfigurableProperty): the encoding sibling stays the OVA's default."""
+    from firsttrust.requester.deployspec import deployment_properties, render
+
+    properties = deployment_properties(EnrollmentSecrets.generate(), requester_cert=requester_identity.cert_pem)
+    assert REQUESTER_CERT + ".encoding" in properties
+    options = json.loads(render(properties, "govc"))
+    assert [m["Key"] for m in options["PropertyMapping"]] == [SEC_A, SEC_B, REQUESTER_CERT]

@@ -210,6 +210,23 @@ def test_a_descriptor_that_cannot_carry_the_secrets_is_refused():
     assert "firmware" in check_descriptor(("iso",), "uefi-ish", declared, PLANNED)[0]
 
 
+def test_an_ova_plan_never_maps_a_property_the_ova_fixes_and_needs_it_declared(requester_identity):
+    """vCenter refuses a value for an ovf:userConfigurable="false" property (NotUserConfigurable-
+    Property); the requester certificate's encoding is one, its value the descriptor's default."""
+    cert_key, encoding_key = "firsttrust.requester-cert", "firsttrust.requester-cert.encoding"
+    plan = plan_deployment(URL, None, ["a-01"], ova="/x/appliance.ova", generate=lambda: SECRETS,
+                           requester_cert=requester_identity.cert_pem)
+    (appliance,) = plan.appliances
+    assert [key for key, _ in appliance.properties] == [SEC_A, SEC_B, cert_key]
+    declared = {SEC_A: True, SEC_B: True, cert_key: False}
+    assert check_descriptor(("iso",), "", declared, appliance.properties) == [
+        f"the OVA declares no property {encoding_key}"]
+    assert check_descriptor(("iso",), "", {**declared, encoding_key: False}, appliance.properties) == []
+    # the template way still writes the encoding, as guestinfo (extraConfig has no such notion)
+    (cloned,) = plan_deployment(URL, "tmpl", ["a-01"], requester_cert=requester_identity.cert_pem).appliances
+    assert ("guestinfo." + encoding_key, "base64") in cloned.extra_config
+
+
 def test_the_descriptor_facts_are_read_from_the_firsttrust_ova_descriptor():
     import importlib.util
     from pathlib import Path

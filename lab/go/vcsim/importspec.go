@@ -10,7 +10,11 @@ package main
 // VAppPropertySpec "add" per property, integer keys from 0, id the ovf:key with the section's
 // ovf:class and ovf:instance as classId and instanceId (DSP0243 qualifies the key with them),
 // type "password" where ovf:password="true" (VAppPropertyInfo.type lists "password") else the
-// ovf:type, userConfigurable, value the mapping's else the default), one VAppProductSpec per
+// ovf:type, userConfigurable, value the mapping's else the default; a mapping for a property the
+// descriptor declares ovf:userConfigurable="false" is refused in the result's error list with
+// NotUserConfigurableProperty, "The property value cannot be changed since it is not user
+// configurable": lab choice, where vCenter may instead drop the value as ovftool does without
+// --X:enableHiddenProperties; the deployer must do neither), one VAppProductSpec per
 // ProductSection, and ovfEnvironmentTransport the VirtualHardwareSection's ovf:transport split on
 // spaces (DSP0243: a space-separated list). VirtualMachineConfigSpec.firmware takes a
 // GuestOsDescriptorFirmwareType, "bios" or "efi"; which one a descriptor asks for is VMware's OVF
@@ -74,6 +78,7 @@ func (m *labOvfManager) CreateImportSpec(ctx *simulator.Context, req *types.Crea
 		mapping[kv.Key] = kv.Value
 	}
 	vapp := &types.VmConfigSpec{}
+	var refused []types.LocalizedMethodFault
 	key := int32(0)
 	for i, section := range env.VirtualSystem.Product {
 		product := &types.VAppProductInfo{Key: int32(i), Name: section.Product, Vendor: section.Vendor,
@@ -112,9 +117,15 @@ func (m *labOvfManager) CreateImportSpec(ctx *simulator.Context, req *types.Crea
 			if instance != "" {
 				qualified = qualified + "." + instance
 			}
-			if value, ok := mapping[qualified]; ok {
-				info.Value = value
-			} else if value, ok := mapping[p.Key]; ok {
+			value, mapped := mapping[qualified]
+			if !mapped {
+				value, mapped = mapping[p.Key]
+			}
+			if mapped && !configurable(*info) {
+				refused = append(refused, types.LocalizedMethodFault{Fault: notUserConfigurable(*info),
+					LocalizedMessage: "Property " + qualified + " is not user configurable."})
+			}
+			if mapped {
 				info.Value = value
 			} else {
 				info.Value = info.DefaultValue
@@ -130,6 +141,11 @@ func (m *labOvfManager) CreateImportSpec(ctx *simulator.Context, req *types.Crea
 				spec.ConfigSpec.Firmware = c.Value
 			}
 		}
+	}
+	if len(refused) > 0 {
+		body.Res.Returnval.Error = append(body.Res.Returnval.Error, refused...)
+		body.Res.Returnval.ImportSpec = nil
+		return body
 	}
 	if len(vapp.Product) > 0 || len(vapp.Property) > 0 || len(vapp.OvfEnvironmentTransport) > 0 {
 		spec.ConfigSpec.VAppConfig = vapp

@@ -6,10 +6,9 @@ package main
 // vSphere API reference, VirtualMachineConfigSpec.vAppConfig: "Configuration of vApp meta-data
 // for a virtual machine"; vAppConfigRemoved: "Set to true, if the vApp configuration should be
 // removed". VmConfigSpec.ovfEnvironmentTransport: "List the transports to use for properties.
-// Supported values are: iso and com.vmware.guestInfo."; its list fields replace what is there when
-// set, and, in the reference's words for the same page's eula field, "An empty list will not make
-// any changes to installed licenses. A list with a single element {""} will remove all licenses
-// and leave an empty list." (the deployer clears the transport so: requester/vsphere.py).
+// Supported values are: iso and com.vmware.guestInfo. If this list is set, it replaces all exiting
+// entries. An empty list will not make any changes. A list with a single element {""} will clear
+// the list of transports." (the deployer clears the transport so: requester/vsphere.py).
 // VAppPropertySpec is an ArrayUpdateSpec: operation add, edit or remove, removeKey the key.
 //
 // VAppPropertyInfo.type, "password": "the value field and default value field will always be
@@ -19,6 +18,12 @@ package main
 // read, carries "".
 //
 // Stock vcsim 0.24 ignores spec.vAppConfig everywhere: a VM has no vApp properties at all.
+//
+// NotUserConfigurableProperty: "The property value cannot be changed since it is not user
+// configurable." An "edit" of a property whose userConfigurable is false (or unset) fails the task
+// with it, as vCenter fails a reconfiguration that sets such a property ("Property ... is not
+// user configurable", terraform-provider-vsphere issue 394). Lab choice: an edit that itself sets
+// userConfigurable true is applied (an administrator's redefinition of the property).
 //
 // Lab choices (the reference does not say): an "add" of an existing key, an "edit" or "remove"
 // of a missing key, or a property spec without info fail the task with InvalidArgument; an
@@ -63,6 +68,19 @@ func arrayKey(key types.AnyType) (int32, bool) {
 
 func invalid(property string) types.BaseMethodFault {
 	return &types.InvalidArgument{InvalidProperty: property}
+}
+
+// configurable: VAppPropertyInfo.userConfigurable, "Whether the property is user-configurable or
+// a system property"; unset reads as false, DSP0243's default for ovf:userConfigurable.
+func configurable(prop types.VAppPropertyInfo) bool {
+	return prop.UserConfigurable != nil && *prop.UserConfigurable
+}
+
+// notUserConfigurable: "The property value cannot be changed since it is not user configurable."
+// (NotUserConfigurableProperty, a VAppPropertyFault naming the property).
+func notUserConfigurable(prop types.VAppPropertyInfo) types.BaseMethodFault {
+	return &types.NotUserConfigurableProperty{VAppPropertyFault: types.VAppPropertyFault{
+		Id: prop.Id, Category: prop.Category, Label: prop.Label, Type: prop.Type}}
 }
 
 // applyVApp applies a VM's spec.vAppConfig / spec.vAppConfigRemoved to its config.vAppConfig,
@@ -202,6 +220,9 @@ func applyProperty(info *types.VmConfigInfo, secrets map[int32]secretValue, ps t
 		}
 		i := find(ps.Info.Key)
 		prop, edit := info.Property[i], ps.Info
+		if !configurable(prop) && (edit.UserConfigurable == nil || !*edit.UserConfigurable) {
+			return notUserConfigurable(prop)
+		}
 		old, wasPassword := secrets[prop.Key]
 		if !wasPassword {
 			old = secretValue{value: prop.Value, def: prop.DefaultValue}
