@@ -423,8 +423,8 @@ class Vcenter:
             if vapp_values:
                 config.vAppConfig = self.vapp_edit_spec(vapp_values)
             if placement is None:
-                folder, pool = self._beside(template)
-                location = vim.vm.RelocateSpec(pool=pool)
+                folder, pool, host = self._beside(template)
+                location = vim.vm.RelocateSpec(pool=pool, host=host)
             else:
                 folder = placement.folder.ref
                 location = vim.vm.RelocateSpec(pool=placement.pool.ref, datastore=placement.datastore.ref,
@@ -436,12 +436,19 @@ class Vcenter:
         return self.wait_task(task, f"cloning {name}")
 
     def _beside(self, template) -> tuple:
-        """The template's folder and resource pool (its host's, for a template, which has none):
-        read once per template and session, not once per clone."""
+        """The template's folder, resource pool (its host's, for a template, which has none) and,
+        in a cluster without DRS, its host: VirtualMachineRelocateSpec.host, "if resource pool is
+        specified, and the target pool represents a cluster without DRS enabled, an
+        InvalidArgument exception be thrown". Read once per template and session, not per clone."""
         with self._template_lock:
             known = self._template_places.get(template._moId)
             if known is None:
-                known = (template.parent, template.resourcePool or template.runtime.host.parent.resourcePool)
+                host = template.runtime.host
+                compute = host.parent
+                without_drs = isinstance(compute, self.vim.ClusterComputeResource) and not getattr(
+                    getattr(compute.configurationEx, "drsConfig", None), "enabled", False)
+                known = (template.parent, template.resourcePool or compute.resourcePool,
+                         host if without_drs else None)
                 self._template_places[template._moId] = known
             return known
 

@@ -88,6 +88,19 @@ def test_a_clone_into_a_cluster_without_drs_gets_the_host_asked_for(lab, tmp_pat
     assert not [n for n in notes if n.startswith("host ")]  # asked for, not chosen
 
 
+def test_a_clone_beside_a_template_in_a_cluster_without_drs_lands_on_the_templates_host(lab, tmp_path):
+    """No placement option: the clone goes beside its template. In a cluster without DRS,
+    vCenter refuses a pool without a host (VirtualMachineRelocateSpec.host: InvalidArgument), so
+    the deployer passes the template's host."""
+    server, vc = lab
+    template = vm_named(vc, "DC0_C0_RP0_VM0")
+    assert template.resourcePool.owner.name == "DC0_C0"
+    (report,), _ = run_deploy(server, tmp_path, ["nodrs-beside"], template="DC0_C0_RP0_VM0")
+    vm = vm_named(vc, report.name)
+    assert vm.runtime.host.name == template.runtime.host.name
+    assert vm.resourcePool.owner.name == "DC0_C0"
+
+
 def test_a_host_in_nested_folders_is_found_by_name_and_by_path(lab, tmp_path):
     server, vc = lab
     (by_name,), _ = run_deploy(server, tmp_path, ["nested-1"], placement=PlacementRequest(host="DC0_H0"))
