@@ -6,8 +6,11 @@
 What it does, each step through vCenter with the guest account's credentials (NamePassword-
 Authentication; they go to vCenter only, never argv or a log):
 
-1. VMware Tools must be running (guest.toolsRunningStatus, waited for through the session's one
-   PropertyCollector), else one line and nothing done.
+1. VMware Tools must be running and ready for guest operations (guest.toolsRunningStatus and
+   guest.guestOperationsReady, waited for through the session's one PropertyCollector), else one
+   line and nothing done. The first guest call is tried again while it meets
+   GuestOperationsUnavailable (until the Tools timeout) or InvalidGuestLogin (30 s at most: the
+   guest account gets its password from provisioning, which may still run).
 2. CreateTemporaryDirectoryInGuest; the requester's certificate uploaded into it
    (InitiateFileTransferToGuest, an HTTPS PUT).
 3. StartProgramInGuest: `firsttrust-agent authorize --cert DIR/requester.pem --expect-pin PIN
@@ -61,6 +64,9 @@ PROGRAM_TIMEOUT = 60.0
 PROGRAM_POLL = 0.2
 # VMware Tools starts early in an appliance's boot; the deployer passes its IP timeout.
 TOOLS_TIMEOUT = 60.0
+# The first guest operation is tried again while the guest starts (_first_call).
+RETRY_PAUSE = 2.0
+GUEST_LOGIN_GRACE = 30.0
 TRANSFER_TIMEOUT = 30.0
 MAX_REPORT_BYTES = 256 * 1024
 
@@ -69,6 +75,7 @@ class GuestCommandError(FirsttrustError):
     """The guest-command way failed; one line, never a credential."""
 
     code = "guest_command"
+    transient = False  # True: the guest may still be starting (_first_call tries again)
 
 
 class GuestToolsNotRunning(GuestCommandError):
@@ -122,6 +129,7 @@ def trust_by_guest_command(vc, vm, name: str, address: str, *, guest: GuestLogin
     requester_pin = pin_of_certificate(requester_pem)
     from .vsphere import VsphereError
 
+    deadline = time.monotonic() + tools_timeout
     try:
         vc.wait_for_tools(vm, tools_timeout)  # the run's one PropertyCollector (vsphere_wait.UpdateWaiter)
     except VsphereError as exc:
@@ -136,8 +144,8 @@ def trust_by_guest_command(vc, vm, name: str, address: str, *, guest: GuestLogin
     auth = vim.vm.guest.NamePasswordAuthentication(username=guest.user, password=guest.password)
     transfers = _Transfers(vc, vm, name)
     files, processes = manager.fileManager, manager.processManager
-    directory = _call(vc, name, "creating a temporary directory in the guest",
-                      lambda: files.CreateTemporaryDirectoryInGuest(vm, auth, "firsttrust-", ""))
+    directory = _first_call(vc, name, "creating a temporary directory in the guest",
+                            lambda: files.CreateTemporaryDirectoryInGuest(vm, auth, "firsttrust-", ""), deadline)
     try:
         cert_path, report_path = f"{directory}/requester.pem", f"{directory}/report.json"
         url = _call(vc, name, "starting the upload of the requester's certificate",
@@ -272,16 +280,38 @@ def _read(obj, path: str):
     return value
 
 
+def _first_call(vc, name: str, what: str, call, deadline: float):
+    """The first guest operation, tried again every RETRY_PAUSE while the guest may still be
+    starting: GuestOperationsUnavailable until `deadline` (Tools' guest operations can lag its
+    readiness flag), InvalidGuestLogin for GUEST_LOGIN_GRACE at most (the guest account gets its
+    password from provisioning, which may still run when Tools already answers). Nothing exists
+    in the guest before this call succeeds, so trying it again is safe."""
+    login_until = min(deadline, time.monotonic() + GUEST_LOGIN_GRACE)
+    while True:
+        try:
+            return _call(vc, name, what, call)
+        except (GuestOperationsUnavailable, GuestLoginRefused) as exc:
+            until = login_until if isinstance(exc, GuestLoginRefused) else deadline
+            if not getattr(exc, "transient", False) or time.monotonic() + RETRY_PAUSE > until:
+                raise
+        time.sleep(RETRY_PAUSE)
+
+
+def _transient(error: GuestCommandError) -> GuestCommandError:
+    error.transient = True
+    return error
+
+
 def _call(vc, name: str, what: str, call):
     vim = vc.vim
     try:
         return call()
     except vim.fault.InvalidGuestLogin:
-        raise GuestLoginRefused(f"{name}: {what}: the guest refused the guest account's credentials "
-                                "(wrong, locked, or the enrollment window closed)") from None
+        raise _transient(GuestLoginRefused(f"{name}: {what}: the guest refused the guest account's credentials "
+                                           "(wrong, locked, or the enrollment window closed)")) from None
     except vim.fault.GuestOperationsUnavailable:
-        raise GuestOperationsUnavailable(f"{name}: {what}: guest operations are unavailable "
-                                         "(VMware Tools not running, or guest operations disabled)") from None
+        raise _transient(GuestOperationsUnavailable(f"{name}: {what}: guest operations are unavailable "
+                                                    "(VMware Tools not running, or guest operations disabled)")) from None
     except vim.fault.GuestPermissionDenied:
         raise GuestLoginRefused(f"{name}: {what}: the guest account may not do this") from None
     except vim.fault.FileNotFound:
@@ -293,6 +323,9 @@ def _call(vc, name: str, what: str, call):
                                          f"{getattr(exc, 'privilegeId', '') or 'VirtualMachine.GuestOperations.*'}") from None
     except vc.vmodl.MethodFault as exc:
         raise GuestCommandError(f"{name}: {what}: {type(exc).__name__}") from None
+    except (OSError, http.client.HTTPException) as exc:  # vCenter unreachable mid-call, or its answer cut
+        raise GuestCommandError(f"{name}: {what}: the connection to vCenter failed "
+                                f"({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
 
 
 def _wait_exit(vc, name, processes, vm, auth, pid: int, timeout: float) -> int:
@@ -324,8 +357,9 @@ class _Transfers:
     def __init__(self, vc, vm, name: str) -> None:
         self.name = name
         self.server = urlsplit(f"//{vc.netloc}").hostname if getattr(vc, "netloc", "") else None
-        host = _read(vm, "runtime.host")
-        raw = _read(host, "config.certificate") if host is not None else None
+        host = _call(vc, name, "reading the VM's host", lambda: _read(vm, "runtime.host"))
+        raw = _call(vc, name, "reading the host's certificate (Host.Config read access)",
+                    lambda: _read(host, "config.certificate")) if host is not None else None
         try:
             pem = bytes(b & 0xFF for b in raw) if raw else b""
             self.host_der = load_certificate(pem).public_bytes(_der()) if pem else None

@@ -38,6 +38,7 @@ from .deployplan import usable_guest_ip
 MAX_WAIT_SECONDS = 1
 TASK_PROPERTIES = ("info.state", "info.error", "info.result")
 GUEST_PROPERTIES = ("guest.ipAddress", "guest.net")
+TOOLS_PROPERTIES = ("guest.toolsRunningStatus", "guest.guestOperationsReady")
 # After a failed WaitForUpdatesEx (the network, a restarted vCenter): how long before trying again,
 # and how many failures in a row end every wait with the error.
 RETRY_DELAY = 1.0
@@ -126,18 +127,21 @@ class UpdateWaiter:
         return _guest_ip(values)
 
     def wait_for_tools(self, vm, timeout: float) -> None:
-        """Until VMware Tools reports it is running (guest.toolsRunningStatus "guestToolsRunning"):
-        what guest operations need.
+        """Until VMware Tools reports it is running (guest.toolsRunningStatus "guestToolsRunning")
+        and ready for guest operations (GuestInfo.guestOperationsReady: "If true, the virtual
+        machine is ready to process guest operations"; Tools reports running first).
 
         Raises:
             VsphereError (code "tools_not_running"): not within `timeout`. WaitInterrupted: cancelled.
         """
         from .vsphere import VsphereError
 
-        values = self.watch(vm, ("guest.toolsRunningStatus",), timeout, "waiting for VMware Tools",
-                            lambda v: str(v.get("guest.toolsRunningStatus")) == "guestToolsRunning")
+        values = self.watch(vm, TOOLS_PROPERTIES, timeout, "waiting for VMware Tools",
+                            lambda v: str(v.get("guest.toolsRunningStatus")) == "guestToolsRunning"
+                            and v.get("guest.guestOperationsReady") is True)
         if values is None:
-            raise VsphereError(f"VMware Tools did not report running within {timeout:.0f} s", code="tools_not_running")
+            raise VsphereError(f"VMware Tools did not report guest operations ready within {timeout:.0f} s",
+                               code="tools_not_running")
 
     def cancel(self) -> None:
         """Every wait, now and later, raises WaitInterrupted (within MAX_WAIT_SECONDS at most)."""

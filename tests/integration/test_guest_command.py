@@ -98,7 +98,8 @@ def test_deploy_the_guest_command_way_authorizes_fetches_verifies_pins_and_remov
             manager.destroy_all()
 
 
-def test_a_wrong_guest_password_is_one_line_and_nothing_is_pinned_or_authorized(lab, tmp_path):
+def test_a_wrong_guest_password_is_one_line_and_nothing_is_pinned_or_authorized(lab, tmp_path, monkeypatch):
+    monkeypatch.setattr(guestcommand, "GUEST_LOGIN_GRACE", 2.0)  # tried again for 30 s in a real run
     datacenter, manager, _, secrets = lab
     store = TrustStore(tmp_path / "store")
     right = login(secrets, "gc-1")

@@ -66,8 +66,13 @@ def session(server: Vcsim):
 
 
 def tools_running(server: Vcsim, vc) -> object:
+    """Tools report running, then (a moment later, as on vCenter) guest operations ready."""
     vm = vc.find_vm(VM_NAME)
     server.lab.report_guest_ip(vc.moid(vm), "127.0.0.9")
+    deadline = time.monotonic() + TIMEOUT
+    while vm.guest.guestOperationsReady is not True:
+        assert time.monotonic() < deadline, "guest operations never became ready"
+        time.sleep(0.05)
     return vm
 
 
@@ -139,6 +144,24 @@ def test_guest_operations_are_unavailable_while_the_vms_tools_do_not_run(strict)
         pm = vc.content.guestOperationsManager.processManager
         with pytest.raises(vc.vim.fault.GuestOperationsUnavailable):
             pm.StartProgramInGuest(vm, auth(vc), program(vc, "-c true"))
+    finally:
+        vc.close()
+
+
+def test_guest_operations_are_unavailable_until_tools_report_them_ready(strict):
+    """GuestInfo.guestOperationsReady is its own flag: Tools report running first, and a guest
+    operation before the flag is true meets GuestOperationsUnavailable."""
+    server, _ = strict
+    vc = session(server)
+    try:
+        vm = vc.find_vm(VM_NAME)
+        server.lab.report_guest_ip(vc.moid(vm), "127.0.0.9")
+        assert vm.guest.toolsRunningStatus == "guestToolsRunning" and vm.guest.guestOperationsReady is False
+        pm = vc.content.guestOperationsManager.processManager
+        with pytest.raises(vc.vim.fault.GuestOperationsUnavailable):
+            pm.ListProcessesInGuest(vm, auth(vc), [])
+        tools_running(server, vc)
+        assert pm.ListProcessesInGuest(vm, auth(vc), []) is not None
     finally:
         vc.close()
 

@@ -31,6 +31,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
@@ -200,13 +201,28 @@ func (l *lab) guestTools(req controlRequest) (interface{}, *controlError) {
 			{Name: "guest.net", Val: nets},
 			{Name: "guest.toolsRunningStatus", Val: running},
 			{Name: "guest.toolsStatus", Val: types.VirtualMachineToolsStatusToolsOk},
+			{Name: "guest.guestOperationsReady", Val: false},
 			{Name: "summary.guest.ipAddress", Val: req.IP},
 			{Name: "summary.guest.toolsRunningStatus", Val: running},
 			{Name: "summary.guest.toolsStatus", Val: types.VirtualMachineToolsStatusToolsOk},
 		})
 	})
+	// GuestInfo.guestOperationsReady: "Guest Operations availability. If true, the virtual machine
+	// is ready to process guest operations." It is its own property, not toolsRunningStatus: on a
+	// real VM Tools reports running before its guest operations are ready. Lab choice: ready
+	// guestOpsReadyDelay after Tools reports running, so a client that starts guest operations
+	// as soon as Tools runs meets GuestOperationsUnavailable here as it may on vCenter.
+	time.AfterFunc(guestOpsReadyDelay, func() {
+		simulator.Map.WithLock(vm, func() {
+			if vm.Guest != nil && vm.Guest.ToolsRunningStatus == string(types.VirtualMachineToolsRunningStatusGuestToolsRunning) {
+				simulator.Map.Update(vm, []types.PropertyChange{{Name: "guest.guestOperationsReady", Val: true}})
+			}
+		})
+	})
 	return map[string]bool{"ok": true}, nil
 }
+
+const guestOpsReadyDelay = 500 * time.Millisecond
 
 func (l *lab) datastoreSwitch(req controlRequest) (interface{}, *controlError) {
 	if l.stock {

@@ -39,7 +39,8 @@ package main
 //   - Faults: InvalidGuestLogin "when an operation fails because authentication information used
 //     to authenticate with the guest was not accepted"; GuestOperationsUnavailable "if the VM
 //     agent for guest operations is not running" (guest.toolsRunningStatus is not
-//     guestToolsRunning, or the lab has no guest side for the VM); InvalidPowerState when the VM
+//     guestToolsRunning, guest.guestOperationsReady is not true, or the lab has no guest side for
+//     the VM); InvalidPowerState when the VM
 //     is not powered on; FileNotFound, FileAlreadyExists (InitiateFileTransferToGuest without
 //     overwrite), GuestPermissionDenied "when an operation fails because the authentication used
 //     is insufficient to perform the operation".
@@ -192,16 +193,18 @@ func (g *guestOps) prepare(ref types.ManagedObjectReference, auth types.BaseGues
 	}
 	var power types.VirtualMachinePowerState
 	var tools string
+	var ready bool
 	simulator.Map.WithLock(vm, func() {
 		power = vm.Runtime.PowerState
 		if vm.Guest != nil {
 			tools = vm.Guest.ToolsRunningStatus
+			ready = vm.Guest.GuestOperationsReady != nil && *vm.Guest.GuestOperationsReady
 		}
 	})
 	if power != types.VirtualMachinePowerStatePoweredOn {
 		return nil, &types.InvalidPowerState{RequestedState: types.VirtualMachinePowerStatePoweredOn, ExistingState: power}
 	}
-	if tools != string(types.VirtualMachineToolsRunningStatusGuestToolsRunning) {
+	if tools != string(types.VirtualMachineToolsRunningStatusGuestToolsRunning) || !ready {
 		return nil, new(types.GuestOperationsUnavailable)
 	}
 	creds, ok := auth.(*types.NamePasswordAuthentication)
