@@ -45,6 +45,7 @@ import re
 import stat
 import sys
 import threading
+import urllib.parse
 from typing import Sequence
 
 from tqdm import tqdm
@@ -499,7 +500,11 @@ def _call_arguments(parser: argparse.ArgumentParser) -> None:
 def _call(args: argparse.Namespace) -> int:
     if not args.path.startswith("/"):
         raise UsageError("PATH must start with '/'")
-    if args.path.rstrip("/") == "/v1/identity/rotate":
+    # As the appliance will route it: percent-escapes decoded, repeated slashes one, no query.
+    plain = re.sub("/+", "/", urllib.parse.unquote(args.path.partition("?")[0]))
+    if {".", ".."} & set(plain.split("/")):
+        raise UsageError("PATH must not contain '.' or '..' segments")
+    if plain.rstrip("/") == "/v1/identity/rotate":
         raise UsageError("use `firsttrust rotate NAME`: it verifies the rotation and moves the pin")
     body = None
     if args.data is not None:

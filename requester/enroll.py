@@ -103,9 +103,18 @@ def parse_address(address: str, default_port: int) -> tuple[str, int]:
             port = int(text)
     except ValueError:
         port = 0
-    if not _HOST_RE.fullmatch(host) or not 0 < port < 65536:
+    if not _HOST_RE.fullmatch(host) or not 0 < port < 65536 or not _labels_fit(host):
         raise InvalidAddress(f"invalid address {address[:80]!r}: expected HOST[:PORT] or [IPv6]:PORT")
     return host, port
+
+
+def _labels_fit(host: str) -> bool:
+    """A DNS name's labels are 1-63 characters (RFC 1035); the resolver's IDNA codec raises
+    UnicodeError, not a connection error, on any other (`x..y`). An IP address passes."""
+    if ":" in host:
+        return True
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    return all(0 < len(label) <= 63 for label in labels)
 
 
 # A DNS name, an IPv4 address, or (inside brackets) an IPv6 address.

@@ -77,10 +77,10 @@ async def probe(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> Probe:
             return Probe(pin=pin_of_certificate(der)) if der else Probe(closed_before_tls=True)
         except (InvalidCertificate, ValueError):
             return Probe(pin="unreadable certificate")
+    except TimeoutError:  # before OSError, its base class since Python 3.10: silence proves nothing
+        return Probe()
     except (ssl.SSLError, ConnectionError, OSError, EOFError, asyncio.IncompleteReadError):
         return Probe(closed_before_tls=True)
-    except TimeoutError:
-        return Probe()
     finally:
         writer.transport.abort()
         # Not writer.wait_closed(): after a failed start_tls the stream's protocol was swapped out

@@ -29,7 +29,7 @@ from typing import Iterator
 
 from firsttrust import limits
 from firsttrust.errors import FirsttrustError
-from firsttrust.common.files import read_at_most, read_bounded, write_atomic
+from firsttrust.common.files import ensure_private_dir, read_at_most, read_bounded, write_atomic
 from firsttrust.identity import Identity, create_identity, load_certificate, normalize_pin, pin_of_certificate
 
 from .errors import RequesterError
@@ -87,6 +87,15 @@ class ApplianceRecord:
         return record
 
 
+def _named(record: ApplianceRecord, name: str, path: Path) -> ApplianceRecord:
+    """A record read from NAME.json must be NAME's: a copy under another name (a backup,
+    app-01-old.json) would otherwise be shown, used and removed as the appliance it names."""
+    if record.name != name:
+        raise TrustStoreError(f"{path} is corrupt (it holds the record of {str(record.name)[:80]!r}, "
+                              f"not of {name!r})")
+    return record
+
+
 def default_home() -> Path:
     if os.environ.get("FIRSTTRUST_HOME"):
         return Path(os.environ["FIRSTTRUST_HOME"])
@@ -102,12 +111,22 @@ class TrustStore:
         self.key_path = self.home / "identity.key"
         self.cert_path = self.home / "identity.crt"
 
+    _checked = False  # the directories' owner and mode, once per TrustStore: every locked() comes here
+
     def _ensure(self) -> None:
+        if self._checked and all(os.path.isdir(d) for d in (self.home, self.appliances, self.pending)):
+            return
         if self.home.exists() and not self.home.is_dir():
             raise TrustStoreError(f"the trust store {self.home} is not a directory (FIRSTTRUST_HOME)")
         for directory in (self.home, self.appliances, self.pending):
-            if not os.path.isdir(directory):  # a stat: every locked() comes here, mkdir is the rare case
-                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # 0700 and ours: a directory another user owns, or one others may write, could hold
+            # pins and a key they planted (ensure_private_dir refuses the one, tightens the other).
+            try:
+                ensure_private_dir(directory)
+            except OSError as exc:
+                raise TrustStoreError(f"cannot use the trust store directory {directory}: "
+                                      f"{exc.strerror or type(exc).__name__}") from None
+        self._checked = True
 
     def _remove_stale_temps(self) -> None:
         """Temp files a killed writer left (write_atomic's names). Only under the lock: every
@@ -135,10 +154,18 @@ class TrustStore:
             try:
                 identity = Identity(self._read_identity_file(self.key_path), self._read_identity_file(self.cert_path))
                 identity.certificate  # noqa: B018 - parse now, fail clearly if corrupt
+                identity.private_key  # noqa: B018
                 return identity
             except FileNotFoundError:
-                pass
-            except ValueError:
+                # Created only when neither file is there: a key without its certificate (or the
+                # reverse) is this requester's identity damaged, and a new key would silently
+                # end every appliance's trust in it.
+                present = [path for path in (self.key_path, self.cert_path) if os.path.lexists(path)]
+                if present:
+                    (missing,) = {self.key_path, self.cert_path} - set(present)
+                    raise TrustStoreError(f"{missing} is missing but {present[0].name} is there: the requester "
+                                          "identity is refused, never replaced; restore it from a backup") from None
+            except (ValueError, TypeError, AssertionError):  # cryptography's refusals; not an EC key
                 raise TrustStoreError(f"the requester identity in {self.home} is corrupt") from None
             identity = create_identity("firsttrust-requester")
             write_atomic(self.key_path, identity.key_pem, 0o600)
@@ -187,7 +214,7 @@ class TrustStore:
             raise UnknownAppliance(f"no pinned appliance named {name!r} in {self.home}") from None
         except OSError as exc:  # a directory where the record belongs, a FIRSTTRUST_HOME that is a file
             raise TrustStoreError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
-        return ApplianceRecord.from_json(data, path)
+        return _named(ApplianceRecord.from_json(data, path), name, path)
 
     def list(self) -> list[ApplianceRecord]:
         """Every readable record; corrupt ones are skipped (`scan` names them)."""
@@ -229,7 +256,7 @@ class TrustStore:
             return None
         except OSError as exc:
             raise TrustStoreError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
-        return ApplianceRecord.from_json(data, path)
+        return _named(ApplianceRecord.from_json(data, path), name, path)
 
     def promote(self, record: ApplianceRecord) -> None:
         """Pin `record` and drop its pending entry, under one lock: the pin is written first, so

@@ -39,3 +39,18 @@ def test_an_api_that_closes_before_tls_looks_redeployed_or_reset():
 def test_the_pinned_key_or_no_answer_is_no_change():
     assert changed(RECORD, Probe(pin=RECORD.pin)) is None
     assert Probe().unreachable and changed(RECORD, Probe()) is None
+
+
+def test_a_peer_that_accepts_and_says_nothing_is_no_answer_not_a_change():
+    """TimeoutError is an OSError since Python 3.10: the probe's timeout must not be read as
+    "closed before TLS", which tells the operator to --replace a pin that nothing disproved."""
+    import asyncio
+    import socket
+
+    from firsttrust.requester.identitycheck import probe
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        seen = asyncio.run(probe("127.0.0.1", port, timeout=0.3))
+    assert seen.unreachable and not seen.closed_before_tls
+    assert changed(RECORD, seen) is None

@@ -34,15 +34,18 @@ def test_a_target_that_is_not_a_target_is_a_type_error_naming_it(store):
 
 def test_a_bad_address_is_that_targets_outcome_and_the_rest_of_the_batch_runs(store):
     targets = [Target("bad", "bad:addr", EnrollmentSecrets.generate()),
+               Target("label", "x..y", EnrollmentSecrets.generate()),
                Target("closed", "127.0.0.1:1", EnrollmentSecrets.generate())]
     outcomes = asyncio.run(enroll_many(targets, store=store, workers=1, deadline=0.5))
-    assert [o.target.name for o in outcomes] == ["bad", "closed"]
+    assert [o.target.name for o in outcomes] == ["bad", "label", "closed"]
+    assert isinstance(outcomes[1].error, InvalidAddress)  # the resolver's UnicodeError never reached
     assert isinstance(outcomes[0].error, InvalidAddress) and outcomes[0].error.code == "invalid_address"
     assert "'bad:addr'" in str(outcomes[0].error)
-    assert isinstance(outcomes[1].error, FirsttrustError) and not isinstance(outcomes[1].error, InvalidAddress)
+    assert isinstance(outcomes[2].error, FirsttrustError) and not isinstance(outcomes[2].error, InvalidAddress)
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1:xx", "h:0", "h:70000", "[::1", "[::1]x", "a b", None, 5])
+@pytest.mark.parametrize("address", ["127.0.0.1:xx", "h:0", "h:70000", "[::1", "[::1]x", "a b", None, 5,
+                                     "x..y", "x..y:8790", "a" * 64 + ".example"])
 def test_parse_address_raises_a_typed_error_that_is_still_a_value_error(address):
     with pytest.raises(InvalidAddress) as caught:
         parse_address(address, 8790)

@@ -1,0 +1,86 @@
+"""The trust store refuses damage it used to paper over: half an identity (never replaced by a new
+key), a record under another record's file name (never used, shown or removed as the wrong
+appliance), and directories another user owns (never written into)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from firsttrust.identity import create_identity
+from firsttrust.requester.truststore import ApplianceRecord, TrustStore, TrustStoreError
+
+APPLIANCE = create_identity("appliance")
+
+
+def record(name: str) -> ApplianceRecord:
+    return ApplianceRecord(name=name, address="10.0.0.5", pin=APPLIANCE.pin, certificate=APPLIANCE.cert_pem.decode(),
+                           api_port=8791)
+
+
+@pytest.mark.parametrize("lost", ["identity.crt", "identity.key"])
+def test_half_an_identity_is_refused_never_replaced_by_a_new_key(tmp_path, lost):
+    store = TrustStore(tmp_path / "home")
+    before = store.identity()
+    (tmp_path / "home" / lost).unlink()
+    with pytest.raises(TrustStoreError, match=f"{lost} is missing"):
+        TrustStore(tmp_path / "home").identity()
+    kept = "identity.key" if lost == "identity.crt" else "identity.crt"
+    assert (tmp_path / "home" / kept).read_bytes() == (before.key_pem if kept == "identity.key" else before.cert_pem)
+    assert not (tmp_path / "home" / lost).exists()
+
+
+def test_a_garbage_key_is_a_corrupt_identity(tmp_path):
+    store = TrustStore(tmp_path / "home")
+    store.identity()
+    (tmp_path / "home" / "identity.key").write_bytes(b"-----BEGIN PRIVATE KEY-----\ngarbage\n")
+    with pytest.raises(TrustStoreError, match="corrupt"):
+        TrustStore(tmp_path / "home").identity()
+
+
+def test_a_record_copied_under_another_name_is_refused_and_removing_that_name_keeps_the_original(tmp_path):
+    store = TrustStore(tmp_path / "home")
+    store.save(record("app1"))
+    copy = tmp_path / "home" / "appliances" / "app1-backup.json"
+    copy.write_bytes((tmp_path / "home" / "appliances" / "app1.json").read_bytes())
+    with pytest.raises(TrustStoreError, match="holds the record of 'app1'"):
+        store.get("app1-backup")
+    records, problems = store.scan()
+    assert [r.name for r in records] == ["app1"] and len(problems) == 1
+    env = {**os.environ, "FIRSTTRUST_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-m", "firsttrust.requester.cli", "pins", "remove", "app1-backup"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert (tmp_path / "home" / "appliances" / "app1.json").exists()
+
+
+def test_a_home_another_user_owns_is_refused_and_a_loose_one_is_tightened(tmp_path):
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o777)
+    os.chmod(loose, 0o777)
+    TrustStore(loose).identity()
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o700
+    assert stat.S_IMODE((loose / "appliances").stat().st_mode) == 0o700
+    if os.geteuid() != 0:
+        pytest.skip("chown to another user needs root")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir(mode=0o777)
+    os.chown(foreign, 65534, 65534)
+    with pytest.raises(TrustStoreError, match="belongs to uid 65534"):
+        TrustStore(foreign).identity()
+    assert not (foreign / "identity.key").exists()
+
+
+@pytest.mark.parametrize("path", ["/v1/identity/rotate", "/v1/identity/./rotate", "/v1/x/../identity/rotate",
+                                  "//v1/identity//rotate/", "/v1/identity/%72otate", "/v1/identity/rotate?x=1"])
+def test_call_refuses_every_spelling_of_the_rotate_path(tmp_path, path):
+    """The appliance routes what yarl normalises: `call` must not rotate behind the pin's back."""
+    env = {**os.environ, "FIRSTTRUST_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-m", "firsttrust.requester.cli", "call", "app1", "POST", path],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "rotate" in done.stderr or "segments" in done.stderr
