@@ -109,7 +109,8 @@ def fleet_create(args: argparse.Namespace) -> int:
     fleet.check_host_name(args.host, UsageError)
     if args.store:
         connection_options(args.store)
-        save_profile(default_home(), FleetProfile(load_profile(default_home()).anchor_pin, args.store))
+        profile = load_profile(default_home())
+        save_profile(default_home(), FleetProfile(profile.anchor_pin, args.store, profile.members))
     membership = fleet.create(_fleet_store(), args.host)
     print(f"fleet {membership.fleet_id} created; its anchor (give it to every host's `fleet join`): "
           f"{membership.admin_pin}")
@@ -171,8 +172,8 @@ def fleet_remove_host(args: argparse.Namespace) -> int:
 
 def fleet_hosts(args: argparse.Namespace) -> int:
     membership = _fleet_store().membership()
-    rows = [(m.host, "removed" if m.removed else "member", m.pin) for m in sorted(membership.members,
-                                                                                   key=lambda m: m.host)]
+    rows = [(m.host, "rolled-back" if m.rolled_back else "removed" if m.removed else "member", m.pin)
+            for m in sorted(membership.members, key=lambda m: m.host)]
     print(_table(("HOST", "STATUS", "PIN"), rows))
     return EXIT_OK
 
@@ -198,7 +199,10 @@ def fleet_sync(args: argparse.Namespace) -> int:
         print(f"pending {appliance}: {action} {host} ({why})")
     for appliance, host, action in result.waiting:
         print(f"waiting {appliance}: {action} {host} (for a member whose key {appliance} authorizes: its sync)")
-    return EXIT_FAILED if result.left else EXIT_OK
+    for appliance, pin, action in result.refused:  # a grant row the admin-signed membership contradicts
+        print(f"firsttrust: error: refused {appliance}: {action} {pin} (fleet_untrusted_record: not what the "
+              "admin-signed membership says; not applied)", file=sys.stderr)
+    return EXIT_FAILED if result.left or result.refused else EXIT_OK
 
 
 def subcommands(row=Subcommand):

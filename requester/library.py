@@ -153,9 +153,9 @@ async def _enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: s
     host, port = parse_address(address, DEFAULT_ENROLL_PORT)
     api_host, api_port = parse_address(api_address, DEFAULT_API_PORT) if api_address else (host, None)
     async def check_name() -> None:
-        if store.get_pending(name) is None:
+        if await _store_call(store, store.get_pending, name) is None:
             with contextlib.suppress(UnknownAppliance):
-                pinned = store.get(name)
+                pinned = await _store_call(store, store.get, name)
                 if pinned.address == api_host:
                     await _same_appliance(pinned, deployment_id, replace)
                 elif (change := different_deployment(pinned, deployment_id)) is not None:
@@ -173,7 +173,7 @@ async def _enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: s
         await asyncio.to_thread(store.save_pending, record)
 
     async def attempt() -> ApplianceRecord:
-        pending = store.get_pending(name)
+        pending = await _store_call(store, store.get_pending, name)
         if pending is not None and pending.address == api_host:
             confirmed = await _confirm_pending(store, pending)
             if confirmed is not None:
@@ -243,8 +243,17 @@ async def _confirm_pending(store: TrustStore, pending: ApplianceRecord) -> Appli
     host_keys = identity.get("ssh_host_keys")
     record = dataclasses.replace(pending, enrolled_at=time.time(), ssh_host_keys=tuple(
         key for key in (host_keys if isinstance(host_keys, list) else []) if isinstance(key, str)))
-    store.promote(record)
+    await _store_call(store, store.promote, record)
     return record
+
+
+async def _store_call(store: TrustStore, call, *args):
+    """A trust store read or write from the event loop: a remote store's (the fleet store's
+    network round trips, and retries that sleep through an outage) on a thread, a local one's
+    (a bounded read of a small file) in place, as the batch's cost was measured (bench/)."""
+    if store.remote:
+        return await asyncio.to_thread(call, *args)
+    return call(*args)
 
 
 def known_hosts_lines(record: ApplianceRecord, port: int = 22) -> list[str]:

@@ -104,6 +104,7 @@ def default_home() -> Path:
 
 
 class TrustStore:
+    remote = False  # a store over the network (PgStore): the library calls it off the event loop
     def __init__(self, home: Path | None = None) -> None:
         self.home = Path(home) if home else default_home()
         self.appliances = self.home / "appliances"

@@ -9,6 +9,7 @@ existing authorized-keys API, over pinned mutual TLS with this host's own key.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,8 +88,11 @@ def create(store: PgStore, host: str) -> Membership:
     fleet_id = random_fleet_id()
 
     def work(cursor: Any) -> None:
-        cursor.execute("SELECT count(*) FROM fleet")
-        if cursor.fetchone()[0]:
+        cursor.execute("SELECT id, admin_certificate FROM fleet")
+        rows = cursor.fetchall()
+        if rows == [(fleet_id, admin.cert_pem.decode())]:
+            return  # this very call's commit, whose answer was lost: replayed, already done (section 7)
+        if rows:
             raise StoreConfigError("the fleet store already holds a fleet")
         cursor.execute("INSERT INTO fleet (id, admin_certificate) VALUES (%s, %s)", (fleet_id, admin.cert_pem.decode()))
         pin, payload, signature = _seal_member(admin, fleet_id, host, own.cert_pem.decode(), False, 1)
@@ -110,7 +114,10 @@ def join(home: Path, anchor_pin: str, store_url: str | None, host: str | None = 
     `host`, create this host's identity under that name if it has none (ensure_identity)."""
     from firsttrust.identity import normalize_pin
 
-    save_profile(home, FleetProfile(normalize_pin(anchor_pin), store_url))
+    anchor = normalize_pin(anchor_pin)
+    known = load_profile(home)
+    # The high-water marks stay while the anchor does (joining again must not forget a removal).
+    save_profile(home, FleetProfile(anchor, store_url, known.members if known.anchor_pin == anchor else {}))
     return ensure_identity(home, check_host_name(host)) if host else None
 
 
@@ -122,18 +129,31 @@ def add_host(store: PgStore, host: str, certificate_pem: bytes) -> str:
     certificate = certificate_pem.decode("ascii")
     admin = admin_identity(store.home)
 
+    pin = pin_of_certificate(certificate_pem)
+
     def work(cursor: Any) -> str:
         membership = store._membership(cursor)
         for member in membership.members:
             if member.host == host and not member.removed:
+                if member.pin == pin:
+                    return pin  # admitted with this very certificate (a replay after a lost commit answer): done
                 raise StoreConfigError(f"{host} is a member already")
             if not member.removed and _subject(member.certificate) == _subject(certificate):
                 raise StoreConfigError(f"{host}'s certificate has the same subject as {member.host}'s "
                                        f"({_subject(certificate)}): appliances would confuse the two keys; create "
                                        f"{host}'s key with `firsttrust fleet join --host {host}` in a fresh "
                                        "FIRSTTRUST_HOME")
+        # The pin is unique among all members ever, removed ones included (and rows that do not verify).
+        cursor.execute("SELECT host FROM members WHERE pin = %s AND host <> %s", (pin, host))
+        holder = cursor.fetchone()
+        if holder is not None:
+            status = "a removed member" if any(m.host == holder[0] and m.removed for m in membership.members) else \
+                "a member"
+            raise StoreConfigError(f"{host}'s certificate is the one of {holder[0]} ({status}): a host joins with a "
+                                   f"key of its own; create {host}'s key with `firsttrust fleet join --host {host}` "
+                                   "in a fresh FIRSTTRUST_HOME")
         version = max([m.version for m in membership.members if m.host == host], default=0) + 1
-        pin, payload, signature = _seal_member(admin, membership.fleet_id, host, certificate, False, version)
+        _, payload, signature = _seal_member(admin, membership.fleet_id, host, certificate, False, version)
         cursor.execute("INSERT INTO members (host, pin, payload, signature) VALUES (%s, %s, %s, %s) "
                        "ON CONFLICT (host) DO UPDATE SET pin = EXCLUDED.pin, payload = EXCLUDED.payload, "
                        "signature = EXCLUDED.signature", (host, pin, payload, signature))
@@ -155,13 +175,18 @@ def remove_host(store: PgStore, host: str) -> str:
 
     def work(cursor: Any) -> str:
         membership = store._membership(cursor)
-        current = [m for m in membership.members if m.host == host and not m.removed]
+        # A rolled-back record (an older one written back) is removed again, with a newer version.
+        current = [m for m in membership.members if m.host == host and (not m.removed or m.rolled_back)]
         if not current:
+            removed = [m for m in membership.members if m.host == host]
+            if removed:
+                return removed[0].pin  # removed already (a replay after a lost commit answer): done
             raise NotAMember(f"{host} is not a current member of the fleet")
         member = current[0]
         cursor.execute("SELECT name, signer_pin, payload, signature FROM pins WHERE signer_pin = %s FOR UPDATE",
                        (member.pin,))
-        for name, signer_pin, payload, signature in cursor.fetchall():
+        # (A rolled-back member's pins were re-signed by its first removal: none verify under its key now.)
+        for name, signer_pin, payload, signature in ([] if member.rolled_back else cursor.fetchall()):
             record = store._open_pin(membership, name, signer_pin, payload, signature)  # verified while valid
             version = json.loads(payload)["version"] + 1
             new_payload, new_signature = signing.seal(admin, store._pin_payload(membership.fleet_id, record, version))
@@ -184,25 +209,42 @@ class SyncResult:
     applied: int
     left: list[tuple[str, str, str, str]]  # (appliance, host, action, why): this host could not apply them
     waiting: list[tuple[str, str, str]]  # (appliance, host, action): for a member authorized there
+    # (appliance, member pin, action): pending grant rows the admin-signed membership contradicts
+    # (a revoke of a current member, an authorize of a removed or unknown key): never acted on.
+    refused: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
 
 async def sync(store: PgStore) -> SyncResult:
     """Apply pending grants and revocations with this host's key: authorize before revoke on
     each appliance (the appliance refuses to remove its last key). What cannot be applied now
-    (appliance offline, this host's key not authorized there yet) stays pending, listed."""
-    membership = await asyncio.to_thread(store.membership)
-    me = store._me(membership)
-    by_pin = {m.pin: m for m in membership.members}
+    (appliance offline, this host's key not authorized there yet) stays pending, listed.
 
-    def todo(cursor: Any) -> list[tuple[str, str, str, bool]]:
+    What to do is derived from the verified, admin-signed membership, never from a grant row's
+    action (rows are not signed, docs/fleet.md section 3): on every pinned appliance, authorize
+    each current member and revoke each removed one, unless the grants table records exactly that
+    as applied. A missing row is work; a pending row that contradicts the membership is refused."""
+    def todo(cursor: Any) -> tuple[Membership, list[tuple[str, str, str, bool]], list[tuple[str, str, str]]]:
+        membership = store._membership(cursor)  # the same snapshot as the grants read below
+        me = store._me(membership)
+        current = sorted(membership.current())
+        removed = sorted(m.pin for m in membership.members if m.removed)
         # Only where this host's own key is authorized can it push (the others' turn otherwise).
-        cursor.execute("SELECT g.appliance, g.member_pin, g.action, coalesce(mine.action = 'authorize' AND "
-                       "mine.state = 'applied', false) FROM grants g LEFT JOIN grants mine ON "
-                       "mine.appliance = g.appliance AND mine.member_pin = %s WHERE g.state = 'pending' "
-                       "ORDER BY g.appliance, g.action", (me.pin,))  # 'authorize' < 'revoke'
-        return cursor.fetchall()
+        cursor.execute("SELECT p.name, m.pin, m.action, coalesce(mine.action = 'authorize' AND "
+                       "mine.state = 'applied', false) FROM pins p "
+                       "CROSS JOIN (SELECT unnest(%s::text[]), 'authorize' UNION ALL "
+                       "SELECT unnest(%s::text[]), 'revoke') AS m (pin, action) "
+                       "LEFT JOIN grants g ON g.appliance = p.name AND g.member_pin = m.pin "
+                       "LEFT JOIN grants mine ON mine.appliance = p.name AND mine.member_pin = %s "
+                       "WHERE g.appliance IS NULL OR g.state <> 'applied' OR g.action <> m.action "
+                       "ORDER BY p.name, m.action", (current, removed, me.pin))  # 'authorize' < 'revoke'
+        work = cursor.fetchall()
+        cursor.execute("SELECT appliance, member_pin, action FROM grants WHERE state = 'pending' AND NOT "
+                       "((action = 'authorize' AND member_pin = ANY(%s)) OR (action = 'revoke' AND "
+                       "member_pin = ANY(%s))) ORDER BY appliance, member_pin", (current, removed))
+        return membership, work, cursor.fetchall()
 
-    everything = await asyncio.to_thread(store.transaction, todo)
+    membership, everything, refused = await asyncio.to_thread(store.transaction, todo)
+    by_pin = {m.pin: m for m in membership.members}
     rows = [(name, pin, action) for name, pin, action, mine in everything if mine]
     waiting = [(name, _host(by_pin, pin), action) for name, pin, action, mine in everything if not mine]
     applied, left = 0, []
@@ -223,7 +265,7 @@ async def sync(store: PgStore) -> SyncResult:
                     continue
                 await asyncio.to_thread(_mark_applied, store, appliance, pin, action)
                 applied += 1
-    return SyncResult(applied, left, waiting)
+    return SyncResult(applied, left, waiting, refused)
 
 
 def _host(by_pin: dict, pin: str) -> str:
@@ -232,11 +274,14 @@ def _host(by_pin: dict, pin: str) -> str:
 
 
 async def _apply(api: PinnedSession, member: Any, pin: str, action: str) -> None:
+    """Authorize a verified current member, or revoke a verified removed one; nothing else."""
     if action == "authorize":
         if member is None or member.removed:
             raise UntrustedRecord(f"{pin} is not a current member of the fleet")
         await api.post("/v1/authorized-keys", {"certificate": member.certificate, "name": member.host})
         return
+    if member is None or not member.removed:
+        raise UntrustedRecord(f"{pin} is not a removed member of the fleet: not revoked")
     try:
         await api.delete(f"/v1/authorized-keys/{pin}")
     except ApiError as exc:
@@ -245,6 +290,9 @@ async def _apply(api: PinnedSession, member: Any, pin: str, action: str) -> None
 
 
 def _mark_applied(store: PgStore, appliance: str, member_pin: str, action: str) -> None:
+    """Record `action` as applied (the row may have been missing or said otherwise: it was derived
+    from the signed membership, not from the row)."""
     store.transaction(lambda cursor: cursor.execute(
-        "UPDATE grants SET state = 'applied', updated_at = now() WHERE appliance = %s AND member_pin = %s "
-        "AND action = %s", (appliance, member_pin, action)))
+        "INSERT INTO grants (appliance, member_pin, action, state) VALUES (%s, %s, %s, 'applied') "
+        "ON CONFLICT (appliance, member_pin) DO UPDATE SET action = EXCLUDED.action, state = 'applied', "
+        "updated_at = now()", (appliance, member_pin, action)))

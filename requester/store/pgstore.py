@@ -18,6 +18,7 @@ import json
 import math
 import os
 import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -28,12 +29,14 @@ from firsttrust.identity import Identity, load_certificate, pin_of_certificate
 
 from ..truststore import ApplianceRecord, TrustStore, TrustStoreError, UnknownAppliance
 from . import schema, signing
-from .config import connection_options, load_profile
+from .config import connection_options, load_profile, remember_members
 from .errors import HeldByHost, NotAMember, StoreConfigError, StoreSchemaError, StoreUnavailable, UntrustedRecord
 
 T = TypeVar("T")
 DEFAULT_DEADLINE = 30.0
 DEFAULT_LEASE = 600.0
+MIN_ATTEMPT = 1.0  # seconds: one attempt's bound when the deadline is (nearly) spent, e.g. deadline 0
+WATCHDOG_GRACE = 1.0  # seconds past the server-side timeouts before the client cuts the connection
 ADMIN_KEY = "fleet-admin.key"
 ADMIN_CERT = "fleet-admin.crt"
 
@@ -72,6 +75,9 @@ class Member:
     certificate: str
     removed: bool
     version: int
+    # An admin-signed record older than the newest this host verified (written back to the
+    # database): counted as removed, its key revoked, never authorized (docs/fleet.md section 3).
+    rolled_back: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,8 @@ class PendingClaim:
 class PgStore(TrustStore):
     """The fleet store. `url` is a libpq URL (checked by connection_options)."""
 
+    remote = True  # network round trips: the library calls it off the event loop
+
     def __init__(self, url: str, home: Path | None = None) -> None:
         super().__init__(home)
         self._options = connection_options(url)
@@ -133,14 +141,19 @@ class PgStore(TrustStore):
 
     # -- connections and transactions --------------------------------------------------------------
 
-    def _connect(self) -> Any:
+    def _connect(self, remaining: float) -> Any:
         import psycopg
 
         if self._conn is not None and self._pid != os.getpid():
             self._conn = None  # inherited across fork: the parent's; never close it from here
             self._pid = os.getpid()
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(**self._options, autocommit=False)
+            # libpq's connect_timeout: whole seconds, 2 at least; never more than the URL's own.
+            # tcp_user_timeout: a TCP connection whose data the server does not acknowledge is dropped by
+            # the kernel within the bound (the keepalives in connection_options find an idle one dead).
+            timeout = min(int(self._options.get("connect_timeout", "10") or 10), max(2, math.ceil(remaining)))
+            self._conn = psycopg.connect(**{"tcp_user_timeout": str(math.ceil(remaining * 1000)), **self._options,
+                                            "connect_timeout": str(timeout)}, autocommit=False)
         return self._conn
 
     def close(self) -> None:
@@ -159,14 +172,23 @@ class PgStore(TrustStore):
         while True:
             with self._lock:
                 try:
-                    conn = self._connect()
-                    with conn.transaction(), conn.cursor() as cursor:
+                    # Every attempt is bounded by what is left of the deadline, at least MIN_ATTEMPT:
+                    # by the server (a statement, a lock wait, an idle transaction) and, for a server
+                    # that answers nothing at all (stopped, partitioned), by the watchdog here.
+                    bound = max(deadline - time.monotonic(), MIN_ATTEMPT)
+                    conn = self._connect(bound)
+                    with _Watchdog(conn, bound + WATCHDOG_GRACE), conn.transaction(), conn.cursor() as cursor:
+                        milliseconds = str(math.ceil(bound * 1000))
+                        cursor.execute("SELECT set_config('statement_timeout', %s, true), "
+                                       "set_config('lock_timeout', %s, true), "
+                                       "set_config('idle_in_transaction_session_timeout', %s, true)",
+                                       (milliseconds, milliseconds, milliseconds))
                         self.queries += 1
                         return work(cursor)
                 except psycopg.errors.UndefinedTable:
                     raise StoreSchemaError("the fleet store has no schema yet: run `firsttrust store migrate`") \
                         from None
-                except psycopg.OperationalError as exc:
+                except psycopg.OperationalError as exc:  # QueryCanceled and LockNotAvailable included
                     reason = _one_line(exc)
                     if self._conn is not None:
                         try:
@@ -175,8 +197,8 @@ class PgStore(TrustStore):
                             pass
                     self._conn = None
             if time.monotonic() + delay > deadline:
-                raise StoreUnavailable(f"the fleet store is unreachable ({reason}); nothing was written by the "
-                                       "failed operation") from None
+                raise StoreUnavailable(f"the fleet store is unreachable or did not answer in time ({reason}); nothing "
+                                       "was written by the failed operation") from None
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -222,8 +244,11 @@ class PgStore(TrustStore):
 
     def _membership(self, cursor: Any) -> Membership:
         """Every member whose record the admin key signed, the admin key being the one whose pin
-        is this host's local anchor. Unsigned or mis-signed rows are ignored (not members)."""
+        is this host's local anchor. Unsigned or mis-signed rows are ignored (not members); a
+        signed record older than the newest this host verified for that host is a rollback: that
+        member counts as removed (rolled_back). Newer versions raise the local high-water marks."""
         anchor = self.anchor_pin()
+        newest = load_profile(self.home).members
         cursor.execute("SELECT id, admin_certificate FROM fleet")
         rows = cursor.fetchall()
         if len(rows) != 1:
@@ -237,13 +262,20 @@ class PgStore(TrustStore):
             raise UntrustedRecord(f"the fleet store's admin key ({admin_pin or 'unreadable'}) is not this host's "
                                   f"fleet anchor ({anchor}): nothing in it is used")
         cursor.execute("SELECT host, pin, payload, signature FROM members")
-        members = []
+        members, seen = [], {}
         for host, pin, payload, signature in cursor.fetchall():
             record = signing.opened(admin_certificate, payload, signature)
             if (record is None or record.get("kind") != "member" or record.get("fleet") != fleet_id
                     or record.get("host") != host or record.get("pin") != pin):
                 continue
-            members.append(Member(host, pin, record["certificate"], bool(record["removed"]), int(record["version"])))
+            version = int(record["version"])
+            if version < newest.get(host, 0):  # an older signed record written back: a rollback
+                members.append(Member(host, pin, record["certificate"], True, newest[host], rolled_back=True))
+                continue
+            seen[host] = version
+            members.append(Member(host, pin, record["certificate"], bool(record["removed"]), version))
+        if any(version > newest.get(host, 0) for host, version in seen.items()):
+            remember_members(self.home, seen)
         return Membership(fleet_id, admin_certificate, admin_pin, tuple(members))
 
     def membership(self) -> Membership:
@@ -267,8 +299,11 @@ class PgStore(TrustStore):
                   signature: bytes) -> ApplianceRecord:
         certificate = membership.signer_certificate(signer_pin)
         opened = signing.opened(certificate, payload, signature) if certificate else None
-        if (opened is None or opened.get("kind") != "pin" or opened.get("fleet") != membership.fleet_id
-                or not isinstance(opened.get("record"), dict) or opened["record"].get("name") != name):
+        signed = opened.get("record") if opened is not None else None
+        if (opened is None or not isinstance(signed, dict)
+                or opened.get("kind") != "pin"  # a signed pending pin or member record is not a pin record
+                or opened.get("fleet") != membership.fleet_id  # another fleet's record (same server, same key)
+                or signed.get("name") != name):  # another appliance's record, moved to this name
             raise UntrustedRecord(f"the fleet store's record for {name!r} is not signed by a member of the fleet: "
                                   "not used")
         return ApplianceRecord.from_json(json.dumps(opened["record"]).encode(), Path(f"fleet store: {name}"))
@@ -290,9 +325,12 @@ class PgStore(TrustStore):
 
     def _upsert_pin(self, cursor: Any, membership: Membership, identity: Identity, record: ApplianceRecord) -> None:
         self._check_name(record.name)
-        cursor.execute("SELECT version FROM pins WHERE name = %s FOR UPDATE", (record.name,))
+        cursor.execute("SELECT version, payload FROM pins WHERE name = %s FOR UPDATE", (record.name,))
         row = cursor.fetchone()
         version = (row[0] if row else 0) + 1
+        # Re-pinned to another appliance (--replace, a redeployment with a new certificate): that
+        # appliance has authorized none of the other members yet, whatever their grants said.
+        repinned = row is not None and _pinned_certificate(row[1]) != record.certificate
         payload, signature = signing.seal(identity, self._pin_payload(membership.fleet_id, record, version))
         cursor.execute("INSERT INTO pins (name, signer_pin, version, payload, signature) VALUES (%s, %s, %s, %s, %s) "
                        "ON CONFLICT (name) DO UPDATE SET signer_pin = EXCLUDED.signer_pin, version = EXCLUDED.version, "
@@ -304,9 +342,9 @@ class PgStore(TrustStore):
             state = "applied" if member.pin == identity.pin else "pending"
             cursor.execute("INSERT INTO grants (appliance, member_pin, action, state) VALUES (%s, %s, 'authorize', %s) "
                            "ON CONFLICT (appliance, member_pin) DO UPDATE SET action = 'authorize', "
-                           "state = CASE WHEN grants.action = 'authorize' AND grants.state = 'applied' "
+                           "state = CASE WHEN grants.action = 'authorize' AND grants.state = 'applied' AND NOT %s "
                            "THEN 'applied' ELSE EXCLUDED.state END, updated_at = now()",
-                           (record.name, member.pin, state))
+                           (record.name, member.pin, state, repinned))
         cursor.execute("INSERT INTO audit (host, event, subject) VALUES (%s, 'pinned', %s)",
                        (self._host_name(membership, identity.pin), record.name))
 
@@ -492,6 +530,58 @@ class PgStore(TrustStore):
             return claims
 
         return self.transaction(work)
+
+
+class _Watchdog:
+    """Cuts `conn`'s socket (shutdown, so that libpq's wait ends with a lost connection, retried or
+    StoreUnavailable) if the block it guards is still running after `seconds`: a server that is
+    stopped or behind a silent partition answers nothing, not even its own statement_timeout.
+    Disarmed, under its lock, before the block ends: it never touches a socket it did not guard."""
+
+    def __init__(self, conn: Any, seconds: float) -> None:
+        self._conn, self._seconds = conn, seconds
+        self._guard = threading.Lock()
+        self._armed = False
+        self._timer: threading.Timer | None = None
+
+    def __enter__(self) -> "_Watchdog":
+        self._fd = self._conn.fileno()
+        self._armed = True
+        self._timer = threading.Timer(self._seconds, self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def _cut(self) -> None:
+        with self._guard:
+            if not self._armed:
+                return
+            try:
+                sock = socket.socket(fileno=os.dup(self._fd))
+            except OSError:
+                return
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            finally:
+                sock.close()
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._guard:
+            self._armed = False
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def _pinned_certificate(payload: str) -> str | None:
+    """The certificate a stored pin payload names (unverified: it only decides whether the other
+    members' grants are queued again, which a forged payload can at worst cause once more)."""
+    try:
+        certificate = json.loads(payload)["record"]["certificate"]
+    except (ValueError, RecursionError, KeyError, TypeError):
+        return None
+    return certificate if isinstance(certificate, str) else None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -258,3 +258,41 @@ async def test_held_by_host_is_refused_before_anything_is_sent(tmp_path, pg_url,
                                         env=host_env(b.home, pg_url))
         assert rc == 1 and "host-a holds" in err, err
         assert lab.apps[0].connections_started == 0
+
+
+async def test_a_revoke_of_a_current_member_written_by_a_database_writer_is_refused_by_sync(tmp_path, pg_url, hosts):
+    a, b = hosts
+    async with Lab(tmp_path / "lab", 1) as lab:
+        rc, out, err = await firsttrust("enroll", "--targets", str(lab.targets(tmp_path / "batch")), "--json",
+                                        "--workers", "1", env=host_env(a.home, pg_url))
+        assert rc == 0, err
+        await fleet.sync(a)
+        assert lab.authorized_pins(0) == {a.identity().pin, b.identity().pin}
+        with psycopg.connect(pg_url) as conn:  # a database writer, no key: "revoke host-a"
+            conn.execute("UPDATE grants SET action = 'revoke', state = 'pending' WHERE member_pin = %s",
+                         (a.identity().pin,))
+        rc, out, err = await firsttrust("fleet", "sync", env=host_env(b.home, pg_url))
+        assert rc == 1 and "fleet_untrusted_record" in err and a.identity().pin in err, (out, err)
+        assert lab.authorized_pins(0) == {a.identity().pin, b.identity().pin}  # host-a's key was not deleted
+        async with open_session("app-00", store=a) as api:
+            await api.get("/v1/health")
+
+
+async def test_a_removed_hosts_key_is_revoked_even_if_a_database_writer_deleted_or_flipped_its_revoke(
+        tmp_path, pg_url, hosts):
+    a, b = hosts
+    async with Lab(tmp_path / "lab", 2) as lab:
+        rc, out, err = await firsttrust("enroll", "--targets", str(lab.targets(tmp_path / "batch")), "--json",
+                                        "--workers", "1", env=host_env(a.home, pg_url))
+        assert rc == 0, err
+        await fleet.sync(a)
+        assert all(b.identity().pin in lab.authorized_pins(i) for i in range(2))
+        fleet.remove_host(a, "host-b")
+        with psycopg.connect(pg_url) as conn:  # a database writer hides the revokes the removal queued
+            conn.execute("DELETE FROM grants WHERE appliance = 'app-00' AND member_pin = %s", (b.identity().pin,))
+            conn.execute("UPDATE grants SET action = 'authorize', state = 'applied' WHERE appliance = 'app-01' "
+                         "AND member_pin = %s", (b.identity().pin,))
+        result = await fleet.sync(a)  # the work comes from the admin-signed membership: host-b is removed
+        assert result.left == [] and result.refused == [], result
+        assert all(b.identity().pin not in lab.authorized_pins(i) for i in range(2))
+        assert (await fleet.sync(a)).applied == 0  # recorded as applied: nothing left to do

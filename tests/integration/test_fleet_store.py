@@ -4,6 +4,10 @@ claims, connection loss, configuration. No appliance here (test_fleet.py has the
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 
 import psycopg
 import pytest
@@ -11,7 +15,7 @@ from pg_fixture import pg_server, pg_url  # noqa: F401 - fixtures
 
 from firsttrust.identity import create_identity, load_certificate
 from firsttrust.requester.store import open_store
-from firsttrust.requester.store import fleet
+from firsttrust.requester.store import fleet, signing
 from firsttrust.requester.store.config import connection_options
 from firsttrust.requester.store.errors import (HeldByHost, NotAMember, StoreConfigError, StoreSchemaError,
                                                StoreUnavailable, UntrustedRecord)
@@ -254,3 +258,182 @@ def test_the_store_and_fleet_commands_create_join_admit_list_check_and_import(tm
     assert refused.returncode == 1 and "no fleet admin key" in refused.stderr
     with_password = _cli("pins", "list", home=admin, url="postgresql://u:pw-not-here@db.example/x", check=False)
     assert with_password.returncode == 1 and "pw-not-here" not in with_password.stderr + with_password.stdout
+
+
+# --- review of issue 30: deadlines, TLS, re-pins, replays, the checks on a pin record -------------
+
+
+def _bounded(call, seconds: float):
+    """(what `call()` raised or returned, how long it took); fails if it is still running after `seconds`."""
+    outcome = {}
+
+    def run():
+        started = time.monotonic()
+        try:
+            outcome["result"] = call()
+        except Exception as exc:  # noqa: BLE001 - returned to the test
+            outcome["result"] = exc
+        outcome["took"] = time.monotonic() - started
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return outcome.get("result"), outcome.get("took")
+
+
+def test_a_row_lock_held_by_another_session_gives_store_unavailable_within_the_deadline(two_hosts, pg_url,
+                                                                                        monkeypatch):
+    a, b = two_hosts
+    monkeypatch.setenv("FIRSTTRUST_STORE_DEADLINE", "2")
+    a.claim("app-01")
+    with psycopg.connect(pg_url) as holder:  # e.g. a stopped host's open transaction
+        holder.execute("SELECT * FROM enrollments WHERE name = 'app-01' FOR UPDATE")
+        result, took = _bounded(lambda: b.claim("app-01"), 15)
+        assert isinstance(result, StoreUnavailable) and took is not None and took < 6, (result, took)
+        assert "\n" not in str(result)
+
+
+def test_a_server_that_answers_nothing_gives_store_unavailable_within_the_deadline(two_hosts, monkeypatch):
+    a, b = two_hosts
+    monkeypatch.setenv("FIRSTTRUST_STORE_DEADLINE", "2")
+    b.list()  # b's connection is open
+    backend = b._conn.info.backend_pid
+    os.kill(backend, signal.SIGSTOP)  # a hung server, a silent partition: not even its statement_timeout runs
+    try:
+        result, took = _bounded(b.list, 15)
+    finally:
+        os.kill(backend, signal.SIGCONT)
+    assert isinstance(result, StoreUnavailable) and took is not None and took < 6, (result, took)
+    assert [r.name for r in b.list()] == []  # a new connection: the store works again
+
+
+def test_a_unix_socket_host_with_a_tcp_hostaddr_still_needs_verified_tls(monkeypatch):
+    for variable in ("PGHOST", "PGHOSTADDR", "PGSERVICE"):
+        monkeypatch.delenv(variable, raising=False)
+    # libpq connects to hostaddr over TCP whatever `host` says: verify-full, as any TCP URL
+    assert connection_options("postgresql:///firsttrust?host=/run/postgresql&hostaddr=192.0.2.7")["sslmode"] == \
+        "verify-full"
+    with pytest.raises(StoreConfigError, match="verify-full"):
+        connection_options("postgresql:///firsttrust?host=/run/postgresql&hostaddr=192.0.2.7&sslmode=disable")
+    monkeypatch.setenv("PGHOSTADDR", "192.0.2.7")
+    with pytest.raises(StoreConfigError, match="verify-full"):
+        connection_options("postgresql:///firsttrust?host=/run/postgresql&sslmode=disable")
+    monkeypatch.delenv("PGHOSTADDR")
+    monkeypatch.setenv("PGHOST", "/run/postgresql")  # libpq's host when the URL has none: a socket
+    assert "sslmode" not in connection_options("postgresql:///firsttrust")
+
+
+def test_a_repinned_appliance_gets_every_other_members_key_again(two_hosts, pg_url, appliance_identity,
+                                                                  stranger_identity):
+    a, b = two_hosts
+    a.save(record("app-01", appliance_identity))
+    with psycopg.connect(pg_url) as conn:  # as host-a's sync records it after pushing host-b's key
+        conn.execute("UPDATE grants SET state = 'applied'")
+    a.save(record("app-01", appliance_identity))  # the same appliance saved again: nothing to push
+    assert _grants(pg_url) == {b.identity().pin: ("authorize", "applied"), a.identity().pin: ("authorize", "applied")}
+    a.save(record("app-01", stranger_identity, "10.0.0.9"))  # re-pinned (--replace, redeployed): a new appliance
+    assert _grants(pg_url) == {b.identity().pin: ("authorize", "pending"), a.identity().pin: ("authorize", "applied")}
+
+
+def _grants(url: str, appliance: str = "app-01") -> dict[str, tuple[str, str]]:
+    with psycopg.connect(url) as conn:
+        return {pin: (action, state) for pin, action, state in conn.execute(
+            "SELECT member_pin, action, state FROM grants WHERE appliance = %s", (appliance,)).fetchall()}
+
+
+def test_a_removed_members_certificate_is_refused_for_a_new_host_with_store_config(two_hosts):
+    a, b = two_hosts
+    fleet.remove_host(a, "host-b")
+    with pytest.raises(StoreConfigError, match="host-b") as caught:
+        fleet.add_host(a, "host-c", b.identity().cert_pem)
+    assert caught.value.code == "store_config" and "\n" not in str(caught.value)
+    assert fleet.add_host(a, "host-b", b.identity().cert_pem) == b.identity().pin  # the same host re-admitted
+
+
+def _every_commit_answer_lost(monkeypatch, store) -> None:
+    """Every transaction commits, then runs again from the start, as transaction() does when the
+    answer to a COMMIT that did go through is lost (docs/fleet.md section 7)."""
+    original = store.transaction
+
+    def replayed(work):
+        original(work)
+        return original(work)
+
+    monkeypatch.setattr(store, "transaction", replayed)
+
+
+def test_membership_writes_replayed_after_a_lost_commit_answer_succeed(tmp_path, pg_url, monkeypatch):
+    admin = PgStore(pg_url, tmp_path / "a")
+    _every_commit_answer_lost(monkeypatch, admin)
+    fleet.create(admin, "host-a")
+    assert [m.host for m in admin.membership().members] == ["host-a"]
+    host_c = create_identity("firsttrust-requester host-c")
+    assert fleet.add_host(admin, "host-c", host_c.cert_pem) == host_c.pin
+    assert host_c.pin in admin.membership().current()
+    assert fleet.remove_host(admin, "host-c") == host_c.pin
+    assert host_c.pin not in admin.membership().current()
+    with pytest.raises(StoreConfigError, match="member already"):  # another certificate is still refused
+        fleet.add_host(admin, "host-a", create_identity("firsttrust-requester host-a2").cert_pem)
+    with pytest.raises(NotAMember):  # a host that never was a member is still an error
+        fleet.remove_host(admin, "host-z")
+
+
+def _move_pin_row(url: str, sql: str, *args) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute(sql, args)
+
+
+def test_a_signed_pin_record_moved_to_another_name_is_refused(two_hosts, pg_url, appliance_identity):
+    a, b = two_hosts
+    a.save(record("app-01", appliance_identity))
+    _move_pin_row(pg_url, "INSERT INTO pins (name, signer_pin, version, payload, signature) SELECT 'app-02', "
+                  "signer_pin, version, payload, signature FROM pins WHERE name = 'app-01'")
+    with pytest.raises(UntrustedRecord):
+        b.get("app-02")
+    assert b.get("app-01").name == "app-01"
+
+
+def test_a_signed_pending_pin_put_into_pins_is_refused(two_hosts, pg_url, appliance_identity):
+    a, b = two_hosts
+    a.claim("app-01")
+    a.save_pending(record("app-01", appliance_identity))  # signed by host-a, kind "pending"
+    _move_pin_row(pg_url, "INSERT INTO pins (name, signer_pin, version, payload, signature) SELECT name, "
+                  "signer_pin, 1, payload, signature FROM enrollments WHERE name = 'app-01'")
+    with pytest.raises(UntrustedRecord):
+        b.get("app-01")
+
+
+def test_a_signed_pin_record_of_another_fleet_is_refused(two_hosts, pg_url, appliance_identity):
+    a, b = two_hosts
+    a.save(record("app-01", appliance_identity))
+    with psycopg.connect(pg_url) as conn:  # the record and every member row are re-signed for "another fleet"
+        admin = fleet.admin_identity(a.home)
+        conn.execute("UPDATE fleet SET id = 'another-fleet'")
+        for host, payload in conn.execute("SELECT host, payload FROM members").fetchall():
+            member = {**json.loads(payload), "fleet": "another-fleet"}
+            text, signature = signing.seal(admin, member)
+            conn.execute("UPDATE members SET payload = %s, signature = %s WHERE host = %s", (text, signature, host))
+    assert a.identity().pin in b.membership().current()  # the membership verifies under the new id
+    with pytest.raises(UntrustedRecord):
+        b.get("app-01")  # the pin record names the old fleet id
+
+
+def test_an_older_signed_member_record_written_back_does_not_readmit_a_removed_host(two_hosts, pg_url):
+    a, b = two_hosts
+    with psycopg.connect(pg_url) as conn:
+        before_removal = conn.execute("SELECT payload, signature FROM members WHERE host = 'host-b'").fetchone()
+    fleet.remove_host(a, "host-b")
+    assert b.identity().pin not in a.membership().current()  # host-a has verified the removal (version 2)
+    with pytest.raises(NotAMember):
+        b.list()  # so has host-b
+    with psycopg.connect(pg_url) as conn:  # a database writer, no key, writes the old signed record back
+        conn.execute("UPDATE members SET payload = %s, signature = %s WHERE host = 'host-b'", before_removal)
+    [member] = [m for m in a.membership().members if m.host == "host-b"]
+    assert member.removed and member.rolled_back  # sync revokes its key, never authorizes it
+    with pytest.raises(NotAMember):
+        b.claim("app-09")
+    assert fleet.remove_host(a, "host-b") == b.identity().pin  # the admin signs the removal again, newer
+    [member] = [m for m in a.membership().members if m.host == "host-b"]
+    assert member.removed and not member.rolled_back and member.version == 3
+    fleet.add_host(a, "host-b", b.identity().cert_pem)  # and may re-admit it: a newer record still
+    assert b.identity().pin in b.membership().current()
