@@ -38,6 +38,8 @@ TARGET_COLUMNS = ("name", "address", "secrets")
 # Targets and secrets files are small (a secrets file is ~100 bytes): the cap only keeps a wrong
 # path (a disk image, /dev/zero) from being read into memory. The CLI's input cap (MAX_INPUT_BYTES).
 MAX_FILE_BYTES = MAX_DECODED_BYTES
+# A targets file's own cap: MAX_TARGETS rows of up to 1 KiB (a name, an address, a secrets path).
+MAX_TARGETS_FILE_BYTES = MAX_TARGETS * 1024
 
 
 class InvalidTargets(RequesterError):
@@ -95,7 +97,7 @@ def read_targets(path: str, *, warn: Callable[[str], None] | None = None) -> lis
             than MAX_TARGETS.
         InvalidDeploySpec, InvalidSecret: a secrets file is not one (the message names it).
     """
-    data = _read_file(path, "targets file")
+    data = read_bounded(path, MAX_TARGETS_FILE_BYTES, what=f"targets file {path}", error=InvalidTargets)
     base = os.path.dirname(os.path.abspath(path))
     text = data.decode("utf-8-sig", "replace")  # -sig: a spreadsheet's byte order mark is not part of "name"
     try:
@@ -127,15 +129,25 @@ def read_targets(path: str, *, warn: Callable[[str], None] | None = None) -> lis
         missing = [key for key in ("name", "address", "secrets") if not row.get(key)]
         if missing:
             raise InvalidTargets(f"targets file {path}, row {number}: missing {missing[0]}")
-        name = check_name(row["name"])
+        where = f"targets file {path}, row {number}"
+        name = _in_row(where, check_name, row["name"])
         if name in names:
-            raise InvalidTargets(f"targets file {path}, row {number}: name {name!r} appears twice")
+            raise InvalidTargets(f"{where}: name {name!r} appears twice")
         names.add(name)
         secrets_path = os.path.join(base, str(row["secrets"]))
-        targets.append(Target(name, check_address(str(row["address"])), *read_secrets_file(secrets_path)))
+        address = _in_row(where, check_address, str(row["address"]))
+        targets.append(Target(name, address, *_in_row(where, read_secrets_file, secrets_path)))
         if warn is not None and (message := loose_secrets_warning(secrets_path)):
             warn(message)
     return targets
+
+
+def _in_row(where: str, check, value):
+    """check(value), its error's message prefixed with the targets file and row it came from."""
+    try:
+        return check(value)
+    except FirsttrustError as exc:
+        raise type(exc)(f"{where}: {exc}") from None
 
 
 def loose_secrets_warning(path: str) -> str | None:

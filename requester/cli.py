@@ -325,9 +325,14 @@ def _enroll_batch(args: argparse.Namespace) -> int:
     def interrupted() -> None:
         if reported.acquire(blocking=False):  # the process ends in exit_now, with the lock held
             so_far = dict(done)
-            _print_batch_report(args, [so_far.get(t.name) or Outcome(t, None, Interrupted(
-                "stopped before its enrollment ended; the same command again finishes it"), 0.0) for t in targets])
-            exit_now(INTERRUPTED_EXIT, stop)
+            try:
+                _print_batch_report(args, [so_far.get(t.name) or Outcome(t, None, Interrupted(
+                    "stopped before its enrollment ended; the same command again finishes it"), 0.0)
+                    for t in targets])
+            except OSError:  # the report's reader is gone (a closed pipe, a full disk): stop anyway
+                silence_broken_pipe()
+            finally:
+                exit_now(INTERRUPTED_EXIT, stop)
 
     stop = StopSignal()
     stop.on_stop(interrupted)

@@ -64,6 +64,38 @@ async def test_an_interrupted_batch_enroll_writes_its_partial_json_report_and_ex
     assert not _children_of(proc.pid), "the worker processes ended with the batch"
 
 
+async def test_an_interrupted_batch_whose_report_reader_is_gone_still_exits_130_within_a_second(tmp_path):
+    """`enroll --targets ... | head`, then Ctrl-C: the partial report meets a closed pipe; the
+    batch must stop all the same, not run on to its deadline."""
+    app = await provisioned(tmp_path / "app0").start(phase_timeout=5.0)
+    rows, waiting = ["name,address,secrets"], _closed_port()
+    write_secrets(tmp_path / "s0.json", app.secrets)
+    rows.append(f"app-0,127.0.0.1:{app.port},s0.json")
+    for i in range(1, 9):
+        write_secrets(tmp_path / f"s{i}.json", provisioned(tmp_path / f"later{i}").secrets)
+        rows.append(f"app-{i},127.0.0.1:{waiting},s{i}.json")
+    (tmp_path / "targets.csv").write_text("\n".join(rows) + "\n")
+    read_end, write_end = os.pipe()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "firsttrust.requester.cli", "enroll", "--targets", str(tmp_path / "targets.csv"),
+        "--workers", "2", "--deadline", "300", cwd=ROOT, stdout=write_end, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "FIRSTTRUST_HOME": str(tmp_path / "home")})
+    os.close(write_end)
+    os.close(read_end)  # the reader is gone before the report
+    try:
+        line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+        assert line, "the batch ended early"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        latency = time.monotonic() - sent
+    finally:
+        await app.stop()
+    assert proc.returncode == 130, err
+    assert latency < 1.0, f"exit {latency:.2f} s after the signal"
+    assert b"Traceback" not in err
+
+
 def _children_of(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():

@@ -89,3 +89,23 @@ def test_pin_certificate_takes_pem_text_and_refuses_a_bad_port_or_way_before_pin
     assert store.list() == [] and not store.key_path.exists()
     record = pin_certificate("app", "127.0.0.9", identity.cert_pem.decode("ascii"), store=store)
     assert record.pin == identity.pin and store.get("app").pin == identity.pin
+
+
+def test_a_targets_file_of_thousands_of_rows_is_read_and_a_bad_row_is_named_by_file_and_row(tmp_path):
+    """MAX_TARGETS rows fit the targets file's own cap (the 64 KiB secrets-file cap held ~1,000),
+    and a bad value found while checking a row names the file and the row."""
+    from firsttrust.requester.batch import MAX_TARGETS
+    from firsttrust.requester.deployspec import secrets_to_json
+
+    (tmp_path / "s.json").write_bytes(secrets_to_json(EnrollmentSecrets.generate()))
+    rows = ["name,address,secrets"] + [f"appliance-{i:05d},10.0.{i // 250}.{i % 250 + 1}:8790,s.json"
+                                       for i in range(MAX_TARGETS)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    assert (tmp_path / "t.csv").stat().st_size > 64 * 1024
+    assert len(read_targets(str(tmp_path / "t.csv"))) == MAX_TARGETS
+    for row, problem in (("a,x..y,s.json", "invalid address"), ("a,10.0.0.1,missing.json", "missing.json"),
+                         ("a b,10.0.0.1,s.json", "invalid name")):
+        (tmp_path / "bad.csv").write_text(f"name,address,secrets\nok,10.0.0.2,s.json\n{row}\n")
+        with pytest.raises(FirsttrustError) as refused:
+            read_targets(str(tmp_path / "bad.csv"))
+        assert f"targets file {tmp_path / 'bad.csv'}, row 2: " in str(refused.value) and problem in str(refused.value)
