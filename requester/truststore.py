@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import re
 import threading
@@ -75,16 +76,41 @@ class ApplianceRecord:
             raw = json.loads(data)
             if not isinstance(raw, dict):
                 raise ValueError(f"a JSON {type(raw).__name__}, not an object")
-            raw["ssh_host_keys"] = tuple(raw.get("ssh_host_keys", ()))
+            keys = raw.get("ssh_host_keys", ())
+            if not isinstance(keys, list | tuple) or not all(isinstance(k, str) and k.strip() for k in keys):
+                raise ValueError("ssh_host_keys must be a list of keys")
+            raw["ssh_host_keys"] = tuple(keys)
             record = cls(**raw)
-            if not isinstance(record.pin, str) or not isinstance(record.certificate, str):
-                raise ValueError("pin and certificate must be strings")
+            _check_fields(record)
             if normalize_pin(record.pin) != pin_of_certificate(record.certificate.encode()):
                 raise ValueError("pin does not match certificate")
         except (ValueError, RecursionError, TypeError, KeyError, AttributeError, FirsttrustError) as exc:
             reason = (str(exc).splitlines() or [type(exc).__name__])[0][:80]
             raise TrustStoreError(f"{source} is corrupt ({reason})") from None
         return record
+
+
+def _check_fields(record: ApplianceRecord) -> None:
+    """Each field of a record read back has its type and range (ValueError naming the field): a
+    hand-edited or damaged record is refused as corrupt, not met later as a TypeError."""
+    if not isinstance(record.pin, str) or not isinstance(record.certificate, str):
+        raise ValueError("pin and certificate must be strings")
+    if not isinstance(record.name, str) or not NAME_RE.fullmatch(record.name):
+        raise ValueError("name is not a trust-store name")
+    if not isinstance(record.address, str) or not record.address or not record.address.isprintable() \
+            or " " in record.address:
+        raise ValueError("address is not a host")
+    if type(record.api_port) is not int or not 0 < record.api_port < 65536:
+        raise ValueError("api_port is not a port")
+    if type(record.enrolled_at) not in (int, float) or not math.isfinite(record.enrolled_at) \
+            or not 0 <= record.enrolled_at < 1e11:
+        raise ValueError("enrolled_at is not a time")
+    if not isinstance(record.embodiment, str) or not record.embodiment.isprintable() or len(record.embodiment) > 40:
+        raise ValueError("embodiment is not a name")
+    if record.deployment_id is not None and (not isinstance(record.deployment_id, str)
+                                             or not record.deployment_id.isprintable()
+                                             or len(record.deployment_id) > 100):
+        raise ValueError("deployment_id is not an id")
 
 
 def _named(record: ApplianceRecord, name: str, path: Path) -> ApplianceRecord:

@@ -84,3 +84,28 @@ def test_call_refuses_every_spelling_of_the_rotate_path(tmp_path, path):
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert "rotate" in done.stderr or "segments" in done.stderr
+
+
+@pytest.mark.parametrize("field,value", [("api_port", "abc"), ("api_port", True), ("api_port", 0),
+                                         ("enrolled_at", "yesterday"), ("enrolled_at", 1e300),
+                                         ("enrolled_at", float("nan")), ("ssh_host_keys", [1, 2]),
+                                         ("ssh_host_keys", [""]), ("ssh_host_keys", "ssh-ed25519 AAAA"),
+                                         ("address", "10.0.0.5\nx"), ("address", 5), ("embodiment", None),
+                                         ("deployment_id", 7)])
+def test_a_record_field_of_the_wrong_type_or_range_is_a_corrupt_record_named_not_an_internal_error(
+        tmp_path, field, value):
+    import json
+
+    store = TrustStore(tmp_path / "home")
+    store.save(record("app1"))
+    path = tmp_path / "home" / "appliances" / "app1.json"
+    data = json.loads(path.read_bytes())
+    data[field] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(TrustStoreError, match=f"{path} is corrupt") as refused:
+        store.get("app1")
+    assert field in str(refused.value)
+    env = {**os.environ, "FIRSTTRUST_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-m", "firsttrust.requester.cli", "pins", "show", "app1"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "internal error" not in done.stderr and len(done.stderr.splitlines()) == 1
