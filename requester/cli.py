@@ -459,6 +459,8 @@ def _pins_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _pins_export(args: argparse.Namespace) -> int:
+    if not 0 < args.ssh_port < 65536:
+        raise UsageError("--ssh-port must be between 1 and 65535")
     record = open_store().get(_check_name(args.name))
     if args.pin_format == "kubeadm":
         print(normalize_pin(record.pin))

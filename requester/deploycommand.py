@@ -103,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
     profile.apply(args)  # --vcenter, --thumbprint/--ca-file, --credentials left out: environment, config file
     if not 1 <= args.concurrency <= MAX_CONCURRENCY:
         raise InvalidDeployPlan(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
-    if args.ip_timeout <= 0:
-        raise InvalidDeployPlan("--ip-timeout must be positive")
+    if not 0 < args.ip_timeout <= 86400:  # also NaN, which compares false to everything
+        raise InvalidDeployPlan("--ip-timeout must be between 0 and 86400 seconds")
     if args.remove_vapp_config and args.ova is None:
         raise InvalidDeployPlan("--remove-vapp-config goes with --ova (a clone from a template has no OVF environment)")
     placement = PlacementRequest(datacenter=args.datacenter, folder=args.folder, pool=args.pool, host=args.host,

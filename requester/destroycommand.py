@@ -83,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
 def _confirmed(names: list[str]) -> bool:
     if not sys.stdin.isatty():
         raise InvalidDeployPlan("destroy asks for confirmation on a terminal; give --yes to run without one")
-    answer = input(f"Destroy {', '.join(names)}: power off and delete the VM, remove the pin and the secrets "
-                   f"file? [y/N] ")
+    try:
+        answer = input(f"Destroy {', '.join(names)}: power off and delete the VM, remove the pin and the secrets "
+                       f"file? [y/N] ")
+    except EOFError:  # Ctrl-D at the prompt: no
+        print(file=sys.stderr)
+        return False
     return answer.strip().lower() in ("y", "yes")

@@ -109,3 +109,37 @@ def test_a_record_field_of_the_wrong_type_or_range_is_a_corrupt_record_named_not
     done = subprocess.run([sys.executable, "-m", "firsttrust.requester.cli", "pins", "show", "app1"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "internal error" not in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [["pins", "export", "app1", "--format", "known_hosts", "--ssh-port", "0"],
+                                  ["pins", "export", "app1", "--format", "known_hosts", "--ssh-port", "99999"],
+                                  ["deploy", "--vcenter", "https://vc.example/sdk", "--template", "t", "--name", "a",
+                                   "--secrets-dir", "s", "--ip-timeout", "nan", "--thumbprint", ":".join(["AB"] * 32)]])
+def test_an_out_of_range_number_is_a_usage_error(tmp_path, argv):
+    env = {**os.environ, "FIRSTTRUST_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-m", "firsttrust.requester.cli", *argv], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "must be between" in done.stderr
+
+
+def test_ctrl_d_at_destroys_prompt_is_no_and_destroys_nothing(tmp_path):
+    import pty
+
+    from firsttrust.requester.deployer import PASSWORD_ENV, USER_ENV
+
+    (tmp_path / "s").mkdir()
+    main, replica = pty.openpty()
+    env = {**os.environ, "FIRSTTRUST_HOME": str(tmp_path / "home"), USER_ENV: "u", PASSWORD_ENV: "p"}
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "firsttrust.requester.cli", "destroy", "app1", "--vcenter",
+                                 "https://127.0.0.1:9/sdk", "--thumbprint", ":".join(["AB"] * 32),
+                                 "--secrets-dir", str(tmp_path / "s")], env=env, stdin=replica,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        os.write(main, b"\x04")  # Ctrl-D: end of input at the prompt
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(main)
+        os.close(replica)
+    assert proc.returncode == 1, err
+    assert "nothing destroyed" in err and "internal error" not in err and "Traceback" not in err
