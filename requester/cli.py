@@ -42,6 +42,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import stat
 import sys
 import threading
@@ -738,7 +739,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.run(args)
 
-    return GUARD.run(run)
+    if threading.current_thread() is not threading.main_thread():
+        return GUARD.run(run)
+    # SIGTERM ends any command as Ctrl-C does (exit 130, one line): `deploy` and batch `enroll`
+    # install their own stop for both (requester/interrupts.py) over this one.
+    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    try:
+        return GUARD.run(run)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -785,7 +798,7 @@ def write_private_file(path: str, data: bytes, *, overwrite: bool = False) -> No
         raise OutputError(f"cannot write {path}: {exc.strerror}") from None
 
 
-GUARD = Guard(PROG, exit_code_for, help_exits=True)
+GUARD = Guard(PROG, exit_code_for, help_exits=True, on_interrupt="interrupted (the same command again finishes the job)")
 _error, _warn = GUARD.error, GUARD.warn
 
 

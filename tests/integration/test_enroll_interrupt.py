@@ -107,3 +107,19 @@ def _children_of(pid: int) -> list[int]:
             if int(fields[1]) == pid:
                 found.append(int(entry.name))
     return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_a_single_enroll_stopped_by_sigint_or_sigterm_exits_130_with_one_line(tmp_path, signum):
+    write_secrets(tmp_path / "s.json", provisioned(tmp_path / "later").secrets)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "firsttrust.requester.cli", "enroll", f"127.0.0.1:{_closed_port()}", "--secrets",
+        str(tmp_path / "s.json"), "--name", "app-0", "--deadline", "300", cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "FIRSTTRUST_HOME": str(tmp_path / "home")})
+    await asyncio.sleep(1.5)  # retrying the refused connection
+    proc.send_signal(signum)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 130, err
+    assert err.decode().splitlines()[-1] == "firsttrust: interrupted (the same command again finishes the job)"
+    assert "Traceback" not in err.decode()
