@@ -78,6 +78,13 @@ MAX_REQUEST_BODY = 64 * 1024
 # gives a clear error code instead of a JSON parse of a huge string.
 MAX_CERTIFICATE_PEM = 32 * 1024
 
+# How long an authenticated keep-alive connection may sit idle between requests. A requester
+# reuses its connection for the calls of one command, milliseconds apart; an idle one holds one
+# of the descriptors kept for authenticated connections (agent/descriptors.py). aiohttp's own
+# default is 75 s (3.8) or 3630 s (3.9+); nginx `keepalive_timeout 75s`, Apache
+# `KeepAliveTimeout 5`.
+API_KEEPALIVE_TIMEOUT = 15.0
+
 NEXT_KEY = "identity.next.key"
 NEXT_CERT = "identity.next.crt"
 
@@ -388,7 +395,33 @@ class _Api:
                                   "previous_pin": old.pin, "signature": base64.b64encode(signature).decode("ascii")})
 
 
-def create_app(store: StateDir, contexts: AuthorizedContexts, info: ApiInfo | None = None) -> web.Application:
+def _request_deadlines(guard: ApiGuard):
+    """The innermost middleware: a request head was parsed, so the connection's first-request
+    deadline (agent/apiguard.py) is met; its body (at most MAX_REQUEST_BODY) must then arrive
+    within the same API_PREAUTH_TIMEOUT, or the request is answered 408 and the connection
+    closed. aiohttp itself has no deadline on a body: a byte a second would hold the connection
+    (and its descriptor) for as long as the client liked."""
+
+    @web.middleware
+    async def request_deadlines(request: web.Request, handler):
+        guard.request_arrived(request.transport)
+        try:
+            await asyncio.wait_for(request.read(), guard.timeout)  # kept: the handler's read() returns it
+        except asyncio.TimeoutError:
+            response = _error(408, "request_timeout", f"the request body did not arrive within {guard.timeout:g} s")
+            response.force_close()
+            await response.prepare(request)
+            await response.write_eof()
+            if request.transport is not None:  # sent: now close (aiohttp would linger on the body 10 s)
+                request.transport.close()
+            return response
+        return await handler(request)
+
+    return request_deadlines
+
+
+def create_app(store: StateDir, contexts: AuthorizedContexts, info: ApiInfo | None = None,
+               guard: ApiGuard | None = None) -> web.Application:
     """The API as an aiohttp application (serve it only through `contexts.listening`).
 
     Routes: GET /v1/health, GET /v1/identity, GET|POST /v1/authorized-keys,
@@ -398,9 +431,14 @@ def create_app(store: StateDir, contexts: AuthorizedContexts, info: ApiInfo | No
         store: the state directory.
         contexts: the TLS contexts; mutations reload them.
         info: host facts (SSH host keys glob, clock); defaults to the real host.
+        guard: the port's guard (agent/apiguard.py), told of each request head; it also sets the
+            deadline of each request's body.
     """
     api = _Api(store, contexts, info or ApiInfo())
-    app = web.Application(client_max_size=MAX_REQUEST_BODY, middlewares=[_errors, api.authorized_peer])
+    middlewares = [_errors, api.authorized_peer]
+    if guard is not None:
+        middlewares.append(_request_deadlines(guard))
+    app = web.Application(client_max_size=MAX_REQUEST_BODY, middlewares=middlewares)
     app.router.add_get("/v1/health", api.health)
     app.router.add_get("/v1/identity", api.identity)
     app.router.add_get("/v1/authorized-keys", api.list_keys)
@@ -456,18 +494,24 @@ async def start_api(store: StateDir, host: str, port: int, info: ApiInfo | None 
     if recovered == "completed":
         audit.event("rotated", "completed an identity rotation interrupted by a restart", outcome="completed")
     contexts = AuthorizedContexts(store)
+    ours = sock is None
     if sock is None:
         from .apidoor import bind_api_socket
 
         sock = bind_api_socket(host, port)
     sock = guarded(sock)
-    runner = web.AppRunner(create_app(store, contexts, info))
+    guard = guard or ApiGuard()
+    # No access log: nobody reads it (aiohttp's logger is not kept, agent/systemd_glue.py), and
+    # it would copy each client's request line.
+    runner = web.AppRunner(create_app(store, contexts, info, guard), keepalive_timeout=API_KEEPALIVE_TIMEOUT,
+                           access_log=None)
     await runner.setup()
     try:
-        await _GuardedSite(runner, sock, guard or ApiGuard(), ssl_context=contexts.listening).start()
+        await _GuardedSite(runner, sock, guard, ssl_context=contexts.listening).start()
     except BaseException:
         await runner.cleanup()
-        sock.close()
+        if ours:  # a socket handed in (agent/apidoor.py, systemd) stays its owner's to retry on
+            sock.close()
         raise
     return runner, contexts
 

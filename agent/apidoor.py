@@ -9,6 +9,12 @@ handshake that could not succeed, for no import at all. The real API is started 
 socket when enrollment authorizes a requester (`open`), when authorized.json already names one
 at start, or when a connection arrives after another process authorized one
 (`firsttrust-agent authorize`, the guest-command mode): that connection is then answered by the API.
+
+`open` runs once at a time (a connection that starts the API and enrollment's own call may
+race: the second waits for the first and then only reloads the trust). When starting the API
+fails on a connection's cue, one line says why and the door keeps refusing connections; the
+next connection after API_OPEN_RETRY tries again. A corrupt authorized.json is logged once per
+change of the file, one line, however many connections arrive.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import socket
 from typing import Any
 
@@ -25,6 +32,10 @@ from .listening import listen_on, passive_addresses
 from .state import StateDir
 
 log = logging.getLogger("firsttrust.api")
+
+# After the API failed to start on a connection's cue, connections are closed unanswered for
+# this long before the next one tries again: a persistent failure is retried, never in a loop.
+API_OPEN_RETRY = 5.0
 
 
 def bind_api_socket(host: str, port: int) -> socket.socket:
@@ -59,7 +70,12 @@ class ApiDoor:
         self.runner: Any = None  # aiohttp's AppRunner once the API runs
         self.contexts: Any = None  # agent.api.AuthorizedContexts once the API runs
         self._opening: asyncio.Task | None = None
+        self._open_lock = asyncio.Lock()
+        self._closed = False
         self._watching = False
+        self._retry_at = 0.0  # loop time before which a connection does not try to open again
+        self._corrupt_stamp: Any = None  # authorized.json as last logged corrupt
+        self._failure: str | None = None  # the last failure to open that was logged
 
     @property
     def port(self) -> int:
@@ -74,21 +90,40 @@ class ApiDoor:
         if self.store.authorized():
             await self.open()
         else:
+            self._start_watching()
+
+    def _start_watching(self) -> None:
+        if not self._watching and not self._closed and self.runner is None and self.sock.fileno() != -1:
             asyncio.get_running_loop().add_reader(self.sock.fileno(), self._knock)
             self._watching = True
+
+    def _authorized(self) -> bool:
+        """Whether authorized.json names anyone; a corrupt one is logged once per change of the
+        file (one line, no traceback) and counts as nobody."""
+        try:
+            authorized = bool(self.store.authorized())
+        except Exception as exc:  # a corrupt authorized.json: stay closed, say why once per change
+            try:
+                info = os.stat(self.store.authorized_path)
+                stamp: Any = (info.st_ino, info.st_mtime_ns, info.st_size)
+            except OSError:
+                stamp = None
+            if stamp is None or stamp != self._corrupt_stamp:
+                self._corrupt_stamp = stamp
+                log.error("cannot read the authorized keys (%s: %s); the API stays closed",
+                          type(exc).__name__, str(exc)[:200])
+            return False
+        self._corrupt_stamp = None
+        return authorized
 
     def _knock(self) -> None:
         """A connection is waiting: hand the socket to the API if someone was authorized since,
         else accept and close it."""
-        try:
-            authorized = bool(self.store.authorized())
-        except Exception:  # a corrupt authorized.json: stay closed, say why once per connection
-            log.exception("cannot read the authorized keys; the API stays closed")
-            authorized = False
-        if authorized:
+        loop = asyncio.get_running_loop()
+        if self._opening is None and loop.time() >= self._retry_at and self._authorized():
             self._stop_watching()  # the API's own listener takes the waiting connection
-            if self._opening is None:
-                self._opening = asyncio.get_running_loop().create_task(self.open())
+            self._opening = loop.create_task(self.open())
+            self._opening.add_done_callback(self._opened)
             return
         try:
             connection, _ = socket.socket.accept(self.sock)  # not through the guard: closed at once
@@ -106,18 +141,42 @@ class ApiDoor:
             asyncio.get_running_loop().remove_reader(self.sock.fileno())
             self._watching = False
 
-    async def open(self) -> None:
-        """Start the API on the socket (importing it now), or reload its trust if it runs."""
-        self._stop_watching()
-        if self.runner is not None:
-            self.contexts.reload()  # the new requester's key is accepted on the next handshake
+    def _opened(self, task: asyncio.Task) -> None:
+        """The start a connection asked for ended: if it failed, say why (once per distinct
+        failure) and go back to refusing connections until API_OPEN_RETRY has passed."""
+        if self._opening is task:
+            self._opening = None
+        if task.cancelled() or task.exception() is None:
             return
-        from .api import start_api  # aiohttp.web: only now that someone may call
+        exc = task.exception()
+        why = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if why != self._failure:
+            self._failure = why
+            log.error("the API could not start (%s); connections are refused, retried in %.0f s", why,
+                      API_OPEN_RETRY)
 
-        self.runner, self.contexts = await start_api(self.store, "", 0, self.info, sock=self.sock, guard=self.guard)
+    async def open(self) -> None:
+        """Start the API on the socket (importing it now), or reload its trust if it runs. One
+        call at a time: a second waits for the first, then reloads."""
+        self._stop_watching()
+        async with self._open_lock:
+            if self.runner is not None:
+                self.contexts.reload()  # the new requester's key is accepted on the next handshake
+                return
+            from .api import start_api  # aiohttp.web: only now that someone may call
+
+            try:
+                self.runner, self.contexts = await start_api(self.store, "", 0, self.info, sock=self.sock,
+                                                             guard=self.guard)
+            except BaseException:  # back to refusing connections; one may try again later
+                self._retry_at = asyncio.get_running_loop().time() + API_OPEN_RETRY
+                self._start_watching()
+                raise
+            self._failure = None
         _return_free_memory()
 
     async def close(self) -> None:
+        self._closed = True
         self._stop_watching()
         if self._opening is not None:
             with contextlib.suppress(Exception):

@@ -14,12 +14,21 @@ table:
    derives both from RLIMIT_NOFILE at start). When the source is at its share its own oldest is
    dropped; when the table is full, the oldest of the source holding the most is: a client from a
    source that holds nothing is always admitted.
-3. Authenticated connections (the handshake verified a pinned certificate) never count: the
+3. Authenticated connections (the handshake verified a pinned certificate) never count here: the
    entry is released the moment the handshake completes. A peer that completes a handshake is
-   an authorized requester; the per-request pin check (agent/api.py) still applies.
+   an authorized requester; the per-request pin check (agent/api.py) still applies. They have a
+   table of their own, the descriptors agent/descriptors.py keeps for them: at most
+   `Budget.api_authenticated` in all and `Budget.api_authenticated_per_source` per source; one
+   beyond either is closed at once (counted as `api_authenticated_full`). Their first request
+   head must still arrive within API_PREAUTH_TIMEOUT of the accept: the deadline is cancelled
+   only when aiohttp has parsed a request (`request_arrived`, called by the API's first
+   middleware), not by the first byte, so a byte or a header line a second does not hold it.
 4. Dropped and timed-out connections are counted per source and summarised once per interval
    (agent/doorlog.py); running out of descriptors sheds the waiting connection through the spare
-   descriptor (agent/descriptors.py) and is logged once per interval with a count.
+   descriptor (agent/descriptors.py) and is logged once per interval with a count. A malformed
+   request from an authenticated client (aiohttp's HttpProcessingError: a bad chunk size, too
+   many headers, a line too long) is counted the same way (`api_bad_request`), never logged on
+   its own: each connection's request handler logs through `ClientErrorLog`.
 
 `GuardedSocket` is the listening socket: its accept() (which asyncio's server calls) admits each
 connection into the table; `guarded_protocol` wraps aiohttp's request handler to see the handshake
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from typing import Any, Callable
@@ -53,6 +63,9 @@ API_ACCEPT_BATCH = 32
 API_BACKLOG = 1024
 
 
+log = logging.getLogger("firsttrust.api")
+
+
 class ApiGuard:
     """The API's table of unauthenticated connections.
 
@@ -74,6 +87,11 @@ class ApiGuard:
         self._by_fd: dict[int, Entry] = {}
         self.timeouts = 0
         self.authenticated = 0
+        # Authenticated connections open now, per source (sources holding none are not kept).
+        self._held: dict[str, int] = {}
+        self.held = 0
+        self.refused = 0  # authenticated connections closed at once: their table was full
+        self._watched: dict[asyncio.BaseTransport, _Watched] = {}
 
     @property
     def unauthenticated(self) -> int:
@@ -105,6 +123,33 @@ class ApiGuard:
         if entry is not None:
             self.authenticated += 1
             self._forget(entry)
+
+    def hold(self, source: str) -> bool:
+        """An authenticated connection from `source` wants one of the descriptors kept for them:
+        take it (True), or refuse (False, counted) when the source or the table is at its cap."""
+        if (self.held >= self.caps.api_authenticated
+                or self._held.get(source, 0) >= self.caps.api_authenticated_per_source):
+            self.refused += 1
+            self.doorlog.count(source, "api_authenticated_full")
+            return False
+        self._held[source] = self._held.get(source, 0) + 1
+        self.held += 1
+        return True
+
+    def release(self, source: str) -> None:
+        """An authenticated connection from `source` taken by `hold` closed."""
+        left = self._held.get(source, 0) - 1
+        if left > 0:
+            self._held[source] = left
+        else:
+            self._held.pop(source, None)
+        self.held -= 1
+
+    def request_arrived(self, transport: asyncio.BaseTransport | None) -> None:
+        """aiohttp parsed a request head on `transport`: its first-request deadline is met."""
+        watched = self._watched.get(transport) if transport is not None else None
+        if watched is not None:
+            watched.cancel_deadline()
 
     def _expire(self, entry: Entry) -> None:
         if entry in self._sockets:
@@ -161,6 +206,40 @@ def guarded(sock: socket.socket) -> GuardedSocket:
     return made
 
 
+class ClientErrorLog(logging.LoggerAdapter):
+    """The logger of one connection's aiohttp request handler (its `logger` argument). aiohttp
+    logs every request it cannot parse ("Error handling request") with a traceback and, in its
+    exception, the client's own bytes; here a client protocol error (HttpProcessingError and its
+    subclasses: BadHttpMessage, LineTooLong, ...) is only counted for the source in the door log,
+    and anything else is one line of `firsttrust.api` without its traceback."""
+
+    def __init__(self, doorlog: DoorLog, source: str) -> None:
+        super().__init__(log, {})
+        self.doorlog, self.source = doorlog, source
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        exc = kwargs.pop("exc_info", None)
+        if isinstance(exc, tuple):
+            exc = exc[1]
+        if exc is True:
+            import sys
+
+            exc = sys.exc_info()[1]
+        from aiohttp.http_exceptions import HttpProcessingError  # loaded: the API runs
+
+        if isinstance(exc, HttpProcessingError):
+            self.doorlog.count(self.source, "api_bad_request")
+            return
+        kwargs.pop("stack_info", None)
+        if not self.logger.isEnabledFor(level):
+            return
+        with contextlib.suppress(Exception):
+            msg = str(msg) % args if args else str(msg)
+        if isinstance(exc, BaseException):
+            msg = f"{msg}: {type(exc).__name__}: {str(exc)[:200]}"
+        self.logger.log(level, "API connection from %s: %s", self.source, msg)
+
+
 class _Watched(asyncio.Protocol):
     """aiohttp's request handler, seen from outside: the handshake completing (connection_made,
     which asyncio calls for the app protocol only after TLS is up) and the first request."""
@@ -169,14 +248,29 @@ class _Watched(asyncio.Protocol):
         self.inner, self.guard = inner, guard
         self.timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.BaseTransport | None = None
+        self.source: str | None = None  # set while it holds an authenticated slot
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.guard.handshake_done(transport)
-        # The first request is still due within the same deadline, now from an authenticated
-        # peer: closed, not counted, if it does not come.
+        peer = transport.get_extra_info("peername")
+        source = source_key(str(peer[0])) if isinstance(peer, tuple) and peer else str(peer or "")
+        if not self.guard.hold(source):  # its share of the kept descriptors is taken: closed now
+            transport.close()
+            return
+        self.source = source
+        self.guard._watched[transport] = self
+        # The first request head is still due within the same deadline, now from an
+        # authenticated peer: closed, not counted, if it does not come.
         self.timer = asyncio.get_running_loop().call_later(self.guard.timeout, self._no_request)
+        with contextlib.suppress(AttributeError):  # aiohttp's RequestHandler (a slot in 3.8 and 3.9+)
+            self.inner.logger = ClientErrorLog(self.guard.doorlog, source)  # type: ignore[attr-defined]
         self.inner.connection_made(transport)
+
+    def cancel_deadline(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def _no_request(self) -> None:
         self.timer = None
@@ -184,25 +278,28 @@ class _Watched(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.inner.data_received(data)
+        if self.source is not None:
+            self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
+        return self.inner.eof_received() if self.source is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.cancel_deadline()
+        if self.source is None:  # refused at connection_made: aiohttp never saw it
+            return
+        self.guard.release(self.source)
+        self.source = None
+        self.guard._watched.pop(self.transport, None)  # type: ignore[arg-type]
         self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        self.inner.pause_writing()
+        if self.source is not None:
+            self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self.inner.resume_writing()
+        if self.source is not None:
+            self.inner.resume_writing()
 
 
 def guarded_protocol(factory: Callable[[], asyncio.Protocol], guard: ApiGuard) -> Callable[[], asyncio.Protocol]:

@@ -34,9 +34,15 @@ from .frontdoor import MAX_UNAUTHENTICATED
 # the SSH key files, the spare descriptor, and Python's own (urandom, the ssl module's files).
 RESERVE = 64
 # Authenticated API connections (pinned requesters, keep-alive): never counted against the
-# unauthenticated caps, but each is a descriptor, so room is kept for this many. One appliance
+# unauthenticated caps, but each is a descriptor, so room is kept for this many, and no more are
+# held (agent/apiguard.py closes one beyond it right after its handshake). One appliance
 # has one or a few requesters, each with a connection or two.
 API_AUTHENTICATED_ROOM = 64
+# Authenticated API connections one source may hold at once (agent/apiguard.py refuses the next
+# one): a requester's concurrent calls, as API_PER_SOURCE_MAX_UNAUTHENTICATED. Idle keep-alive
+# connections are closed after API_KEEPALIVE_TIMEOUT (agent/api.py), so a requester that is
+# refused gets room again within seconds.
+API_AUTHENTICATED_PER_SOURCE = 16
 # The API's cap on connections that have not authenticated yet (TLS handshake and first request
 # not done), at most; fewer when the descriptor limit is low. A pinned requester needs one per
 # call; 256 lets a fleet's automation call at once and keeps a flood's share bounded.
@@ -58,12 +64,14 @@ class Budget(NamedTuple):
     api_unauthenticated: int
     api_per_source: int
     short: int = 0  # descriptors missing for the fixed shares (0: the limit is enough)
+    api_authenticated: int = API_AUTHENTICATED_ROOM  # authenticated API connections in all
+    api_authenticated_per_source: int = API_AUTHENTICATED_PER_SOURCE  # ... and per source
 
     def __str__(self) -> str:
         return (f"file descriptor limit {self.limit}: enrollment {self.enroll_unauthenticated} unauthenticated, "
                 f"{self.drains} draining, API {self.api_unauthenticated} unauthenticated "
-                f"({self.api_per_source} per source), {RESERVE} reserved, {API_AUTHENTICATED_ROOM} for "
-                f"authenticated API connections")
+                f"({self.api_per_source} per source), {RESERVE} reserved, {self.api_authenticated} for "
+                f"authenticated API connections ({self.api_authenticated_per_source} per source)")
 
 
 def budget(limit: int | None = None) -> Budget:

@@ -26,6 +26,10 @@ SYSLOG_IDENTIFIER = "firsttrust-agent"
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 AGENT_LOGGER = "firsttrust"
 AUDIT_LOGGER = "firsttrust.audit"
+# The libraries the agent runs on, whose records would otherwise reach stderr through logging's
+# lastResort with their tracebacks (aiohttp logs a malformed request with one, and the client's
+# bytes): they go through the agent's own handler, one line each, without the traceback.
+LIBRARY_LOGGERS = ("aiohttp", "asyncio")
 
 _UNSET = object()
 
@@ -143,6 +147,36 @@ class _OneLineFormatter(logging.Formatter):
         return f"{SYSLOG_IDENTIFIER}: {level}{text}"
 
 
+class _NoTraceback(logging.Filter):
+    """A library's record as one line: its exception becomes `: Type: text` (bounded), never a
+    traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
+        if exc is not None or record.exc_text or record.stack_info:
+            try:
+                message = record.getMessage()
+            except Exception:  # noqa: BLE001 - a bad format string is still one line
+                message = str(record.msg)
+            if exc is not None:
+                message = f"{message}: {type(exc).__name__}: {str(exc)[:200]}"
+            record.msg, record.args = message, ()
+            record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A StreamHandler writing to whatever sys.stderr is when a record arrives."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _is_ours(handler: logging.Handler) -> bool:
     return getattr(handler, "_firsttrust_glue", False)
 
@@ -170,7 +204,8 @@ def setup_logging(verbose: bool = False, *, journal_socket: Path | str = JOURNAL
         journal = _load_journal() if reachable else None
     agent_log = logging.getLogger(AGENT_LOGGER)
     audit_log = logging.getLogger(AUDIT_LOGGER)
-    for logger in (agent_log, audit_log):
+    libraries = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    for logger in (agent_log, audit_log, *libraries):
         for handler in [h for h in logger.handlers if _is_ours(h)]:
             logger.removeHandler(handler)
             handler.close()
@@ -190,6 +225,15 @@ def setup_logging(verbose: bool = False, *, journal_socket: Path | str = JOURNAL
     for logger, handler in zip((agent_log, audit_log), handlers):
         handler._firsttrust_glue = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
+    if sink == "journal":
+        library: logging.Handler = journal.JournalHandler(SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER)  # type: ignore[union-attr]
+    else:
+        library = _StderrHandler()
+        library.setFormatter(_OneLineFormatter(with_level=True))
+    library.addFilter(_NoTraceback())
+    library._firsttrust_glue = True  # type: ignore[attr-defined]
+    for logger in libraries:  # their level stays WARNING (the root's): aiohttp's access log is not kept
+        logger.addHandler(library)
     agent_log.setLevel(logging.DEBUG if verbose else logging.INFO)
     audit_log.setLevel(logging.INFO)
     # Audit events have their own handler; without this they would reach the journal twice.

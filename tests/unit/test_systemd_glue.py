@@ -49,7 +49,7 @@ def clean_environment(monkeypatch):
 def restore_loggers():
     """setup_logging() changes process-wide loggers; put them back after each test."""
     saved = {}
-    for name in (systemd_glue.AGENT_LOGGER, systemd_glue.AUDIT_LOGGER):
+    for name in (systemd_glue.AGENT_LOGGER, systemd_glue.AUDIT_LOGGER, *systemd_glue.LIBRARY_LOGGERS):
         logger = logging.getLogger(name)
         saved[name] = (list(logger.handlers), logger.level, logger.propagate)
     yield
