@@ -116,7 +116,7 @@ class EnrollmentGate:
                 outcome = check()
             except Exception as exc:  # handed back: the verdict waits for the charge
                 outcome = exc
-            refusal = await pending
+            refusal = await _to_the_end(pending)
             if refusal is None:
                 self.last_failure_at = self.clock()
             return refusal, outcome
@@ -137,7 +137,7 @@ class EnrollmentGate:
     async def refund(self) -> None:
         """Undo a charge whose proof verified but whose enrollment did not complete."""
         async with self.lock:
-            await asyncio.to_thread(self._add_failures, -1)
+            await _to_the_end(asyncio.ensure_future(asyncio.to_thread(self._add_failures, -1)))
 
     def _add_failures(self, delta: int) -> None:
         state = self._state()
@@ -149,7 +149,8 @@ class EnrollmentGate:
         """Prepare, commit and apply the grant (agent/grant.py), unless someone else won first.
         Returns None once committed, or the Refusal to send (nothing was committed then)."""
         async with self.lock:
-            return await asyncio.to_thread(self._enroll, verifier_hex, authorization, peer)
+            return await _to_the_end(asyncio.ensure_future(asyncio.to_thread(self._enroll, verifier_hex,
+                                                                                authorization, peer)))
 
     def _enroll(self, verifier_hex: str, authorization: Authorization, peer: str) -> Refusal | None:
         try:
@@ -166,6 +167,25 @@ class EnrollmentGate:
                         peer=peer, outcome="apply_incomplete")
         self.checkpoint("applied")
         return None
+
+
+async def _to_the_end(work: asyncio.Future):
+    """`await work` (disk work on a thread, under the gate's lock), except that a cancellation
+    (the enrollment's overall timeout, the listener's shutdown) first waits for the thread to end
+    and only then propagates: the lock is released with the work, never while a thread still
+    writes state.json. Otherwise a refund could read the armed state, the cancelled commit then
+    write the enrolled one, and the refund write the armed one back over it."""
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        while not work.done():
+            try:
+                await asyncio.shield(work)
+            except asyncio.CancelledError:
+                continue
+            except Exception:  # noqa: BLE001 - its own failure: the caller hears of the cancellation
+                break
+        raise
 
 
 class Attempt:
