@@ -57,6 +57,7 @@ class _Watch:
     entered: bool = False  # the filter's first (enter) update arrived: `values` is current
     filter: object = None
     done: bool = False
+    error: object = None  # the MethodFault CreateFilter answered for this object (it is gone, ...)
 
 
 class UpdateWaiter:
@@ -192,6 +193,8 @@ class UpdateWaiter:
                         raise WaitInterrupted(what)
                     if self._error is not None:
                         raise VsphereError(f"{what}: {self._error}", code=getattr(self._error, "code", "vsphere"))
+                    if watch.error is not None:
+                        raise VsphereError(f"{what}: {type(watch.error).__name__.rpartition('.')[2]}")
                     if watch.entered and ready(watch.values):
                         return dict(watch.values)
                     left = deadline - self.clock()
@@ -245,11 +248,21 @@ class UpdateWaiter:
                     watch.filter.DestroyPropertyFilter()
                 except self.vmodl.MethodFault:
                     pass  # already gone with its object
-        for watch in adding:
+        for index, watch in enumerate(adding):
             spec = collector.FilterSpec(
                 objectSet=[collector.ObjectSpec(obj=watch.obj, skip=False)],
                 propSet=[collector.PropertySpec(type=type(watch.obj), pathSet=list(watch.properties))])
-            watch.filter = self.collector.CreateFilter(spec, partialUpdates=False)
+            try:
+                watch.filter = self.collector.CreateFilter(spec, partialUpdates=False)
+            except self.vmodl.MethodFault as exc:  # this object's own answer (deleted, no permission): its wait alone
+                with self._cond:
+                    watch.error = exc
+                    self._cond.notify_all()
+                continue
+            except BaseException:  # the connection: the watches not applied yet go back in the queue
+                with self._cond:
+                    self._to_add[:0] = [w for w in adding[index:] if not w.done]
+                raise
             with self._cond:
                 self._watches[watch.obj._moId] = watch
 

@@ -87,3 +87,40 @@ def test_a_cancelled_waiter_ends_every_wait_within_a_second(server):
     finally:
         waiter.close()
         vc.close()
+
+
+def test_a_watch_on_an_object_that_is_gone_fails_alone_at_once(server):
+    """CreateFilter answers ManagedObjectNotFound for a deleted VM: that wait fails at once, and the
+    waits queued with it are still applied (they were dropped with it, and ran to their timeout)."""
+    kind, simulator = server
+    if kind == "stock":
+        pytest.skip("the waiter's handling, not the collector model")
+    vc = connect(simulator.url, simulator.user, simulator.password, pinned_context(simulator.thumbprint_sha256))
+    waiter = UpdateWaiter(vc)
+    try:
+        source = vc.find_vm(TEMPLATE)
+        spec = vc.vim.vm.CloneSpec(location=vc.vim.vm.RelocateSpec(), powerOn=False)
+        task_result(source.CloneVM_Task(folder=source.parent, name="collector-gone", spec=spec), timeout=10)
+        gone = vc.find_vm("collector-gone")
+        task_result(gone.Destroy_Task(), timeout=10)
+        outcomes: dict[str, object] = {}
+
+        def watch(name, obj, properties, ready):
+            try:
+                outcomes[name] = waiter.watch(obj, properties, 20, name, ready)
+            except VsphereError as exc:
+                outcomes[name] = exc
+
+        threads = [threading.Thread(target=watch, args=("gone", gone, ("name",), lambda v: True)),
+                   threading.Thread(target=watch, args=("live", source, ("name",), lambda v: "name" in v))]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert time.monotonic() - started < 10
+        assert isinstance(outcomes["gone"], VsphereError) and "ManagedObjectNotFound" in str(outcomes["gone"])
+        assert outcomes["live"] == {"name": TEMPLATE}
+    finally:
+        waiter.close()
+        vc.close()

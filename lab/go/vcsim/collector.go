@@ -38,8 +38,19 @@ func (pc *strictCollector) CreatePropertyCollector(ctx *simulator.Context, req *
 	}}
 }
 
-// CreateFilter: the stock filter, then an empty change to each object it names.
+// CreateFilter: the stock filter, then an empty change to each object it names. A filter naming
+// an object that does not exist is refused, as PropertyFilterSpec.reportMissingObjectsInResults
+// says: "If false or unset and objectSet refers to missing objects, filter creation will fail
+// with a ManagedObjectNotFound fault." Stock vcsim 0.24 makes the filter, and every later
+// WaitForUpdatesEx of that collector then fails with ManagedObjectNotFound.
 func (pc *strictCollector) CreateFilter(ctx *simulator.Context, req *types.CreateFilter) soap.HasFault {
+	if report := req.Spec.ReportMissingObjectsInResults; report == nil || !*report {
+		for _, spec := range req.Spec.ObjectSet {
+			if ctx.Map.Get(spec.Obj) == nil {
+				return &methods.CreateFilterBody{Fault_: simulator.Fault("", &types.ManagedObjectNotFound{Obj: spec.Obj})}
+			}
+		}
+	}
 	res := pc.PropertyCollector.CreateFilter(ctx, req)
 	for _, spec := range req.Spec.ObjectSet {
 		if obj := ctx.Map.Get(spec.Obj); obj != nil {
