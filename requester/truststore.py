@@ -30,7 +30,7 @@ from typing import Iterator
 
 from firsttrust import limits
 from firsttrust.errors import FirsttrustError
-from firsttrust.common.files import ensure_private_dir, read_at_most, read_bounded, write_atomic
+from firsttrust.common.files import ensure_private_dir, fsync_directory, read_at_most, read_bounded, write_atomic
 from firsttrust.identity import Identity, create_identity, load_certificate, normalize_pin, pin_of_certificate
 
 from .errors import RequesterError
@@ -129,6 +129,10 @@ def default_home() -> Path:
     return Path(base) / "firsttrust"
 
 
+# Present while the identity's two files are being created (TrustStore.identity).
+CREATING = ".identity.creating"
+
+
 class TrustStore:
     remote = False  # a store over the network (PgStore): the library calls it off the event loop
     def __init__(self, home: Path | None = None) -> None:
@@ -175,8 +179,18 @@ class TrustStore:
     # -- the requester's own identity ------------------------------------------------------------
 
     def identity(self) -> Identity:
-        """The requester's identity, created on first use (once, even under concurrency)."""
+        """The requester's identity, created on first use (once, even under concurrency).
+
+        Its two files are written one after the other under a marker (CREATING): a creation
+        killed between them left the marker, so the half it left was never handed to anyone and
+        is made again. Without the marker, half an identity is damage, refused (never replaced)."""
         with self.locked():
+            creating = self.home / CREATING
+            if os.path.lexists(creating):  # a creation killed before it finished: nothing used it yet
+                for path in (self.key_path, self.cert_path):
+                    path.unlink(missing_ok=True)
+                creating.unlink()
+                fsync_directory(self.home)
             self._remove_stale_temps()
             try:
                 identity = Identity(self._read_identity_file(self.key_path), self._read_identity_file(self.cert_path))
@@ -195,8 +209,11 @@ class TrustStore:
             except (ValueError, TypeError, AssertionError):  # cryptography's refusals; not an EC key
                 raise TrustStoreError(f"the requester identity in {self.home} is corrupt") from None
             identity = create_identity("firsttrust-requester")
+            write_atomic(creating, b"", 0o600)
             write_atomic(self.key_path, identity.key_pem, 0o600)
             write_atomic(self.cert_path, identity.cert_pem, 0o644)
+            creating.unlink()
+            fsync_directory(self.home)
             return identity
 
     @staticmethod

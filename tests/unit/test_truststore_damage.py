@@ -34,6 +34,20 @@ def test_half_an_identity_is_refused_never_replaced_by_a_new_key(tmp_path, lost)
     assert not (tmp_path / "home" / lost).exists()
 
 
+def test_a_creation_killed_between_its_two_files_is_made_again_not_refused(tmp_path):
+    """The marker tells a creation that never finished (nothing used its half) from damage."""
+    from firsttrust.requester.truststore import CREATING
+
+    home = tmp_path / "home"
+    TrustStore(home).identity()
+    (home / "identity.crt").unlink()
+    (home / CREATING).write_bytes(b"")  # as a kill after the key's rename leaves it
+    made = TrustStore(home).identity()
+    assert (home / "identity.crt").read_bytes() == made.cert_pem
+    assert (home / "identity.key").read_bytes() == made.key_pem and not (home / CREATING).exists()
+    assert TrustStore(home).identity().cert_pem == made.cert_pem  # and kept from then on
+
+
 def test_a_garbage_key_is_a_corrupt_identity(tmp_path):
     store = TrustStore(tmp_path / "home")
     store.identity()
