@@ -130,13 +130,7 @@ def trust_by_guest_command(vc, vm, name: str, address: str, *, guest: GuestLogin
     from .vsphere import VsphereError
 
     deadline = time.monotonic() + tools_timeout
-    try:
-        vc.wait_for_tools(vm, tools_timeout)  # the run's one PropertyCollector (vsphere_wait.UpdateWaiter)
-    except VsphereError as exc:
-        if exc.code != "tools_not_running":
-            raise GuestCommandError(f"{name}: waiting for VMware Tools: {exc}") from None
-        raise GuestToolsNotRunning(f"{name}: VMware Tools is not running in the VM after {tools_timeout:g} s; "
-                                   "guest operations need it") from None
+    _wait_for_guest_operations(vc, vm, name, tools_timeout)
     vim = vc.vim
     manager = vc.content.guestOperationsManager
     if manager is None:
@@ -188,7 +182,8 @@ FILE_TRANSFER, GUESTINFO_READ_BACK = "guest file transfer", "guestinfo read-back
 
 
 def read_appliance_certificate(vc, vm, name: str, *, guest: GuestLogin | None = None,
-                               guest_path: str = APPLIANCE_CERT_PATH) -> tuple[bytes, str]:
+                               guest_path: str = APPLIANCE_CERT_PATH,
+                               tools_timeout: float = TOOLS_TIMEOUT) -> tuple[bytes, str]:
     """The appliance's certificate for the injected-certificate way, and the channel it came by.
 
     With guest credentials: the file the agent wrote (`guest_path`), fetched by guest file
@@ -222,13 +217,15 @@ def read_appliance_certificate(vc, vm, name: str, *, guest: GuestLogin | None = 
             return certificate_pem(base64.b64decode(published, validate=True)), GUESTINFO_READ_BACK
         except (binascii.Error, ValueError, FirsttrustError):
             raise GuestTransferRefused(f"{name}: {APPLIANCE_CERT_GUESTINFO} is not a base64 certificate") from None
+    deadline = time.monotonic() + tools_timeout
+    _wait_for_guest_operations(vc, vm, name, tools_timeout)
     manager = vc.content.guestOperationsManager
     if manager is None:
         raise GuestOperationsUnavailable(f"{name}: this vCenter offers no guest operations")
     auth = vc.vim.vm.guest.NamePasswordAuthentication(username=guest.user, password=guest.password)
     transfers = _Transfers(vc, vm, name)
-    info = _call(vc, name, f"fetching {guest_path} from the guest",
-                 lambda: manager.fileManager.InitiateFileTransferFromGuest(vm, auth, guest_path))
+    info = _first_call(vc, name, f"fetching {guest_path} from the guest",
+                       lambda: manager.fileManager.InitiateFileTransferFromGuest(vm, auth, guest_path), deadline)
     if info.size > MAX_REPORT_BYTES:
         raise GuestTransferRefused(f"{name}: {guest_path} is larger than {MAX_REPORT_BYTES} bytes")
     try:
@@ -278,6 +275,24 @@ def _read(obj, path: str):
     for part in path.split("."):
         value = getattr(value, part, None)
     return value
+
+
+def _wait_for_guest_operations(vc, vm, name: str, timeout: float) -> None:
+    """Until VMware Tools runs in the VM and its guest operations are ready (vsphere_wait), the
+    run's one PropertyCollector.
+
+    Raises:
+        GuestToolsNotRunning: not within `timeout`. GuestCommandError: the wait failed.
+    """
+    from .vsphere import VsphereError
+
+    try:
+        vc.wait_for_tools(vm, timeout)
+    except VsphereError as exc:
+        if exc.code != "tools_not_running":
+            raise GuestCommandError(f"{name}: waiting for VMware Tools: {exc}") from None
+        raise GuestToolsNotRunning(f"{name}: VMware Tools is not running in the VM after {timeout:g} s; "
+                                   "guest operations need it") from None
 
 
 def _first_call(vc, name: str, what: str, call, deadline: float):

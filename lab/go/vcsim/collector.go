@@ -46,7 +46,7 @@ func (pc *strictCollector) CreatePropertyCollector(ctx *simulator.Context, req *
 func (pc *strictCollector) CreateFilter(ctx *simulator.Context, req *types.CreateFilter) soap.HasFault {
 	if report := req.Spec.ReportMissingObjectsInResults; report == nil || !*report {
 		for _, spec := range req.Spec.ObjectSet {
-			if ctx.Map.Get(spec.Obj) == nil {
+			if !exists(ctx, spec.Obj) {
 				return &methods.CreateFilterBody{Fault_: simulator.Fault("", &types.ManagedObjectNotFound{Obj: spec.Obj})}
 			}
 		}
@@ -66,4 +66,13 @@ func modelPropertyCollector() {
 	root := &strictCollector{}
 	root.Self = si.Content.PropertyCollector
 	simulator.Map.Put(root)
+}
+
+// exists: the object is in the inventory, or in the session's own objects (an HttpNfcLease, a
+// private collector, a view), as the stock collector looks them up.
+func exists(ctx *simulator.Context, ref types.ManagedObjectReference) bool {
+	if ctx.Session != nil && ctx.Session.Get(ref) != nil {
+		return true
+	}
+	return ctx.Map.Get(ref) != nil
 }
