@@ -17,7 +17,7 @@ import asyncio
 import logging
 
 import pytest
-from test_apidoor import closed_by_agent, idle_from, provisioned_store, requester_files
+from test_apidoor import closed_by_agent, idle_from, open_api, provisioned_store, requester_files
 
 from firsttrust.agent.apidoor import ApiDoor, bind_api_socket
 from firsttrust.agent.apiguard import ApiGuard
@@ -33,14 +33,6 @@ def guard_with_log(timeout: float = 5.0, held: int = 64, held_per_source: int = 
     return guard, written
 
 
-async def open_api(tmp_path, appliance_identity, requester_identity, guard):
-    store = provisioned_store(tmp_path, appliance_identity)
-    store.authorize(requester_identity.cert_pem, name="enrolled", source="enrollment")
-    door = ApiDoor(store, bind_api_socket("127.0.0.1", 0), guard=guard)
-    await door.start()
-    return door
-
-
 def client_context(tmp_path, appliance_identity, requester_identity):
     key, cert = requester_files(tmp_path, requester_identity)
     return pinned_ssl_context(appliance_identity.cert_pem, key, cert)
@@ -49,6 +41,19 @@ def client_context(tmp_path, appliance_identity, requester_identity):
 async def pinned(port: int, context, source: str = "127.0.0.1"):
     return await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="x",
                                          local_addr=(source, 0))
+
+
+async def trickle_headers(reader, writer) -> bool:
+    """Send one header line every 0.3 s for 6 s; True once the agent closed the connection."""
+    for index in range(20):
+        try:
+            writer.write(b"X-%d: y\r\n" % index)
+            await writer.drain()
+        except (ConnectionError, OSError):
+            return True
+        if await closed_by_agent(reader, 0.3):
+            return True
+    return False
 
 
 async def read_to_end(reader, timeout: float = 5.0) -> bytes:
@@ -143,17 +148,7 @@ async def test_a_header_line_at_a_time_is_cut_at_the_deadline(tmp_path, applianc
         reader, writer = await pinned(door.port, context)
         started = asyncio.get_running_loop().time()
         writer.write(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
-        closed = False
-        for index in range(20):  # 6 s of one header line every 0.3 s
-            try:
-                writer.write(b"X-%d: y\r\n" % index)
-                await writer.drain()
-            except (ConnectionError, OSError):
-                closed = True
-                break
-            if await closed_by_agent(reader, 0.3):
-                closed = True
-                break
+        closed = await trickle_headers(reader, writer)
         assert closed and asyncio.get_running_loop().time() - started < 2.5
         writer.close()
     finally:
@@ -196,17 +191,7 @@ async def test_a_slow_second_request_on_a_kept_connection_is_cut_at_the_keep_ali
         assert (await asyncio.wait_for(reader.read(4096), 5)).startswith(b"HTTP/1.1 200")
         started = asyncio.get_running_loop().time()
         writer.write(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
-        closed = False
-        for index in range(20):  # 6 s of one header line every 0.3 s
-            try:
-                writer.write(b"X-%d: y\r\n" % index)
-                await writer.drain()
-            except (ConnectionError, OSError):
-                closed = True
-                break
-            if await closed_by_agent(reader, 0.3):
-                closed = True
-                break
+        closed = await trickle_headers(reader, writer)
         assert closed and asyncio.get_running_loop().time() - started < 3.0
         writer.close()
     finally:
