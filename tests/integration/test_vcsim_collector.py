@@ -124,3 +124,25 @@ def test_a_watch_on_an_object_that_is_gone_fails_alone_at_once(server):
     finally:
         waiter.close()
         vc.close()
+
+
+def test_a_filter_on_a_missing_object_is_refused_by_the_lab_and_made_by_stock_vcsim(server):
+    """PropertyFilterSpec.reportMissingObjectsInResults: "If false or unset and objectSet refers to
+    missing objects, filter creation will fail with a ManagedObjectNotFound fault." Stock vcsim
+    0.24 makes the filter (its later waits then fail); the lab refuses it."""
+    kind, simulator = server
+    vc = connect(simulator.url, simulator.user, simulator.password, pinned_context(simulator.thumbprint_sha256))
+    collector = vc.content.propertyCollector.CreatePropertyCollector()
+    try:
+        pc = vc.vmodl.query.PropertyCollector
+        missing = vc.vim.VirtualMachine("vm-does-not-exist", vc.content.propertyCollector._stub)
+        spec = pc.FilterSpec(objectSet=[pc.ObjectSpec(obj=missing, skip=False)],
+                             propSet=[pc.PropertySpec(type=vc.vim.VirtualMachine, pathSet=["name"])])
+        if kind == "strict":
+            with pytest.raises(vc.vmodl.fault.ManagedObjectNotFound):
+                collector.CreateFilter(spec, partialUpdates=False)
+        else:
+            assert collector.CreateFilter(spec, partialUpdates=False) is not None
+    finally:
+        collector.DestroyPropertyCollector()
+        vc.close()
