@@ -33,11 +33,13 @@ def cmdline(pid: int) -> list[str]:
 def alive(pid: int) -> bool:
     """Whether `pid` runs. A zombie (exited, not yet reaped by its parent) counts as gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return False
-    # "pid (comm) state ...": comm may contain spaces and parentheses; state follows the last ')'.
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+    # "pid (comm) state ...": comm may contain spaces and parentheses, and any bytes (a thread name
+    # cut in the middle of a character, a program named in Latin-1), so it is never decoded; the
+    # state follows the last ')'.
+    return stat.rpartition(b")")[2].split()[0] not in (b"Z", b"X")
 
 
 def is_lab_agent(pid: int, config_path: Path) -> bool:
