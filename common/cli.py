@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -34,11 +35,18 @@ class UsageError(FirsttrustError):
     code = "usage"
 
 
+# Every control character: C0, DEL and C1 (U+0080-U+009F; U+009B is CSI to a terminal that
+# reads 8-bit controls, as ESC [ is to every terminal).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def one_line(text: str) -> str:
-    """`text` as one line: a path or a value quoted in a message may hold a newline (a
-    FIRSTTRUST_HOME of two lines), and a peer-supplied string in an audit event may too; neither
-    may split a message or forge the next line of a line-based log (agent/audit.py)."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    """`text` as one line of plain text: a path or a value quoted in a message may hold a newline
+    (a FIRSTTRUST_HOME of two lines), and a peer-supplied string may hold a newline or a
+    terminal's escape sequence; none may split a message, forge the next line of a line-based log
+    (agent/audit.py) or drive the reader's terminal. Control characters are written as escapes."""
+    return _CONTROL.sub(lambda m: _NAMED.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
 
 
 def os_error_line(exc: OSError) -> str:

@@ -46,6 +46,13 @@ def test_whatever_escapes_is_one_line_and_a_documented_code(exc, code, line, cap
     assert (out, err) == ("", line)
 
 
+def test_a_peers_terminal_escapes_reach_stderr_as_escapes_never_raw(capsys):
+    """A peer's text (an error an appliance or vCenter sent) with a terminal's escape sequences,
+    7-bit (ESC ], OSC: sets the window title) and 8-bit (C1 CSI, U+009B: clears the screen)."""
+    assert Guard("tool").run(raising(FirsttrustError("peer said \x1b]0;owned\x07\x9b2J\x7f\tdone"))) == EXIT_FAILED
+    assert capsys.readouterr().err == "tool: error: peer said \\x1b]0;owned\\x07\\x9b2J\\x7f\\tdone\n"
+
+
 def test_typed_errors_go_through_the_tools_own_table(capsys):
     guard = Guard("tool", lambda exc: 7 if isinstance(exc, UsageError) else EXIT_FAILED)
     assert guard.run(raising(UsageError("bad"))) == 7
