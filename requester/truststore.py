@@ -269,6 +269,8 @@ class TrustStore:
         if self.home.exists() and not self.home.is_dir():
             raise TrustStoreError(f"the trust store {self.home} is not a directory (FIRSTTRUST_HOME)")
         if not self.appliances.is_dir():
+            if self.appliances.exists():  # not "nothing pinned": the records' place is something else
+                raise TrustStoreError(f"{self.appliances} is not a directory: the trust store is damaged")
             return [], []
         records, problems = [], []
         for path in sorted(self.appliances.glob("*.json")):

@@ -157,3 +157,15 @@ def test_ctrl_d_at_destroys_prompt_is_no_and_destroys_nothing(tmp_path):
         os.close(replica)
     assert proc.returncode == 1, err
     assert "nothing destroyed" in err and "internal error" not in err and "Traceback" not in err
+
+
+def test_pins_list_with_the_records_directory_a_file_is_damage_not_nothing_pinned(tmp_path):
+    home = tmp_path / "home"
+    TrustStore(home).identity()
+    (home / "appliances").rmdir()
+    (home / "appliances").write_bytes(b"")  # a record written as the directory's name by mistake
+    env = {**os.environ, "FIRSTTRUST_HOME": str(home)}
+    done = subprocess.run([sys.executable, "-m", "firsttrust.requester.cli", "pins", "list"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "no pinned appliances" not in done.stderr
+    assert done.stderr.count("\n") == 1 and "appliances is not a directory" in done.stderr
