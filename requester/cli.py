@@ -8,7 +8,7 @@
     firsttrust pins list [--json] | pins show NAME | pins remove NAME
     firsttrust pins export NAME --format kubeadm|curl|known_hosts|pem
     firsttrust call NAME METHOD PATH [--data JSON]
-    firsttrust pin-cert NAME --address ADDR --cert FILE
+    firsttrust pin-cert NAME --address ADDR --cert FILE [--replace]
     firsttrust pin-cert NAME --vcenter URL --thumbprint TP [--embodiment guest-command] [--guest-credentials FILE]
     firsttrust rotate NAME
     firsttrust identity
@@ -284,8 +284,7 @@ def _enroll(args: argparse.Namespace) -> int:
         print(json.dumps(_single_report(record, "enrolled"), indent=2))
     else:
         print(f"enrolled {record.name}: {record.pin}")
-    if previous is not None and previous.pin != record.pin:
-        print(f"replaced {previous.name}: {previous.address} {previous.pin}", file=sys.stderr)
+    _say_replaced(previous, record.pin)
     return EXIT_OK
 
 
@@ -549,6 +548,8 @@ def _pin_cert_arguments(parser: argparse.ArgumentParser) -> None:
                                                        "manager; or, with --vcenter, fetched through vCenter")
     parser.add_argument("--embodiment", choices=("injected-certificate", "guest-command"),
                         default="injected-certificate")
+    parser.add_argument("--replace", action="store_true",
+                        help="re-pin NAME even if it is pinned to another key (says what it replaced)")
     through = parser.add_argument_group("through vCenter, the VM named NAME (instead of --cert)")
     through.add_argument("--vcenter", metavar="URL", help="https://HOST[:PORT]/sdk")
     trust = through.add_mutually_exclusive_group()
@@ -578,8 +579,11 @@ def _pin_cert(args: argparse.Namespace) -> int:
         parse_address(args.address, DEFAULT_API_PORT)
     except ValueError:
         raise UsageError(f"invalid address {args.address[:80]!r}") from None
-    record = pin_certificate(_check_name(args.name), args.address, certificate, embodiment=args.embodiment)
+    previous = _pinned(args.name) if args.replace else None
+    record = pin_certificate(_check_name(args.name), args.address, certificate, embodiment=args.embodiment,
+                             replace=args.replace)
     print(f"pinned {record.name}: {record.pin}")
+    _say_replaced(previous, record.pin)
     print(f"requester certificate to authorize on the appliance: {open_store().cert_path}")
     return EXIT_OK
 
@@ -607,22 +611,38 @@ def _pin_cert_through_vcenter(args: argparse.Namespace) -> int:
                  if args.guest_credentials else None)
     except (InvalidThumbprint, CredentialsError) as exc:
         raise UsageError(str(exc)) from None
+    previous = _pinned(name) if args.replace else None
     vcenter = connect(access.url, access.user, access.password, access.context)
     try:
         vm = vcenter.find_vm(name)
         address = args.address or vcenter.wait_for_ip(vm, PIN_CERT_GUEST_TIMEOUT)
         if args.embodiment == "guest-command":
             report = guestcommand.trust_by_guest_command(vcenter, vm, name, address, guest=guest,
-                                                         tools_timeout=PIN_CERT_GUEST_TIMEOUT)
+                                                         tools_timeout=PIN_CERT_GUEST_TIMEOUT, replace=args.replace)
             pin, channel = report.pin, report.channel
         else:
             certificate, channel = guestcommand.read_appliance_certificate(vcenter, vm, name, guest=guest,
                                                                            guest_path=args.guest_cert_path)
-            pin = guestcommand.verify_and_pin(name, address, certificate, embodiment=args.embodiment).pin
+            pin = guestcommand.verify_and_pin(name, address, certificate, embodiment=args.embodiment,
+                                              replace=args.replace).pin
     finally:
         vcenter.close()
     print(f"pinned {name}: {pin} ({args.embodiment}; the certificate by {channel}; first pinned call verified)")
+    _say_replaced(previous, pin)
     return EXIT_OK
+
+
+def _pinned(name: str) -> ApplianceRecord | None:
+    """What `name` is pinned to now (None: nothing), for the "replaced" line of --replace."""
+    try:
+        return open_store().get(_check_name(name))
+    except UnknownAppliance:
+        return None
+
+
+def _say_replaced(previous: ApplianceRecord | None, pin: str) -> None:
+    if previous is not None and previous.pin != pin:
+        print(f"replaced {previous.name}: {previous.address} {previous.pin}", file=sys.stderr)
 
 
 def _rotate(args: argparse.Namespace) -> int:

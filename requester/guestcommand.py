@@ -118,11 +118,13 @@ class GuestCommandReport:
 
 def trust_by_guest_command(vc, vm, name: str, address: str, *, guest: GuestLogin, store: TrustStore | None = None,
                            api_port: int = DEFAULT_API_PORT, program_timeout: float = PROGRAM_TIMEOUT,
-                           tools_timeout: float = TOOLS_TIMEOUT) -> GuestCommandReport:
+                           tools_timeout: float = TOOLS_TIMEOUT, replace: bool = True) -> GuestCommandReport:
     """Authorize the requester in the VM's guest and pin the appliance (see the module docstring).
+    `replace` as verify_and_pin's.
 
     Raises:
         GuestCommandError (a subclass per cause): nothing was pinned.
+        IdentityChanged: `name` is pinned to another key and `replace` is false; nothing pinned.
     """
     store = store or TrustStore()
     requester_pem = store.identity().cert_pem  # created if missing; read bounded
@@ -168,6 +170,7 @@ def trust_by_guest_command(vc, vm, name: str, address: str, *, guest: GuestLogin
         except Exception:  # best effort: a failure above is what the caller needs to see
             pass
     host, port_number = _split_address(address, api_port)
+    _refuse_other_pin(store, name, appliance_pem, replace)
     asyncio.run(_first_pinned_call(name, host, port_number, appliance_pem, store))
     pin = pin_of_certificate(appliance_pem)
     record = ApplianceRecord(name=name, address=host, pin=pin, certificate=appliance_pem.decode("ascii"),
@@ -237,22 +240,35 @@ def read_appliance_certificate(vc, vm, name: str, *, guest: GuestLogin | None = 
 
 
 def verify_and_pin(name: str, address: str, certificate: bytes, *, embodiment: str, store: TrustStore | None = None,
-                   api_port: int = DEFAULT_API_PORT) -> ApplianceRecord:
+                   api_port: int = DEFAULT_API_PORT, replace: bool = True) -> ApplianceRecord:
     """The first pinned call with `certificate` (GET /v1/identity over mutual TLS): only an
-    appliance that serves it, and accepts the requester, gets pinned.
+    appliance that serves it, and accepts the requester, gets pinned. `replace` false: a name
+    pinned to another key is refused (pin-cert without --replace); deploy, whose VM carries this
+    deployment's id, passes true.
 
     Raises:
         GuestIdentityMismatch: the call failed or the appliance serves another identity; nothing pinned.
+        IdentityChanged: `name` is pinned to another key and `replace` is false; nothing sent or pinned.
     """
     store = store or TrustStore()
     store.identity()
     host, port = _split_address(address, api_port)
     pem = certificate_pem(certificate)
+    _refuse_other_pin(store, name, pem, replace)
     asyncio.run(_first_pinned_call(name, host, port, pem, store))
     record = ApplianceRecord(name=name, address=host, pin=pin_of_certificate(pem), certificate=pem.decode("ascii"),
                              api_port=port, embodiment=embodiment, enrolled_at=time.time())
     store.save(record)
     return record
+
+
+def _refuse_other_pin(store, name: str, pem: bytes, replace: bool) -> None:
+    from .identitycheck import other_pin
+
+    refused = None if replace else other_pin(store, name, pin_of_certificate(pem),
+                                             f"firsttrust pin-cert {name} --vcenter ... --replace")
+    if refused is not None:
+        raise refused
 
 
 def _split_address(address: str, api_port: int) -> tuple[str, int]:

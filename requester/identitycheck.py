@@ -31,7 +31,7 @@ from firsttrust.errors import InvalidCertificate
 from firsttrust.identity import pin_of_certificate
 
 from .errors import RequesterError
-from .truststore import ApplianceRecord
+from .truststore import ApplianceRecord, UnknownAppliance
 
 # The probe's whole budget (connect and handshake): an appliance on the same network answers in
 # milliseconds; a booting one may not answer at all, which the probe reports as "unreachable".
@@ -100,6 +100,22 @@ def different_deployment(record: ApplianceRecord, deployment_id: str | None) -> 
             f"are deployment {deployment_id}'s: the appliance was redeployed; nothing was sent. If that was "
             f"intended: {replace_command(record)}")
     return None
+
+
+def other_pin(store, name: str, pin: str, how: str) -> IdentityChanged | None:
+    """A certificate handed over for `name` (pin-cert, the manager's channel): the error to raise
+    if `name` is pinned to another key already, or None (not pinned, or pinned to this key). `how`
+    is the command that replaces the pin. Like ssh's known_hosts, a pin is never replaced silently."""
+    try:
+        record = store.get(name)
+    except UnknownAppliance:
+        return None
+    if record.pin == pin:
+        return None
+    return IdentityChanged(
+        f"{name} is pinned to {record.pin} at {record.address}:{record.api_port}, but the certificate handed "
+        f"over is {pin}: another appliance, or this one reset or replaced (or someone is impersonating it); "
+        f"nothing was pinned. If that was intended: {how} (or `firsttrust pins remove {name}` to forget it)")
 
 
 def changed(record: ApplianceRecord, seen: Probe) -> IdentityChanged | None:

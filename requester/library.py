@@ -32,7 +32,7 @@ from .batch import BatchReport, InvalidTargets, Outcome, Target, read_targets
 from .deployspec import InvalidDeploySpec, secrets_from_json
 from .enroll import ClientIdentityFiles, enroll, parse_address
 from .errors import ApiError, BadResponse, ConnectionFailed, PinMismatch, RequesterError
-from .identitycheck import changed, different_deployment, probe
+from .identitycheck import changed, different_deployment, other_pin, probe
 from .retry import DEFAULT_DEADLINE, Waiting, retry_until
 from .session import PinnedSession
 from .store import open_store
@@ -352,7 +352,8 @@ PINNED_EMBODIMENTS = ("injected-certificate", "guest-command")
 
 
 def pin_certificate(name: str, address: str, certificate: bytes | str, *, api_port: int = DEFAULT_API_PORT,
-                    embodiment: str = "injected-certificate", store: TrustStore | None = None) -> ApplianceRecord:
+                    embodiment: str = "injected-certificate", store: TrustStore | None = None,
+                    replace: bool = False) -> ApplianceRecord:
     """Pin an appliance certificate handed over by the manager over its own secure channel
     (injected-certificate mode: read from guestinfo; guest-command mode: `firsttrust-agent
     show-identity` via guest operations). The appliance must also authorize the requester's
@@ -363,6 +364,7 @@ def pin_certificate(name: str, address: str, certificate: bytes | str, *, api_po
         InvalidCertificate: `certificate` is not one certificate this protocol accepts.
         InvalidAddress: `address` is not HOST[:PORT] (also a ValueError).
         ValueError: `api_port` is not a port, `embodiment` not one of PINNED_EMBODIMENTS.
+        IdentityChanged: `name` is pinned to another key and `replace` is false (nothing pinned).
         TrustStoreError: `name` is not a name the store can hold, or the store cannot be used.
     """
     if type(api_port) is not int or not 0 < api_port < 65536:
@@ -374,8 +376,12 @@ def pin_certificate(name: str, address: str, certificate: bytes | str, *, api_po
     host, port = parse_address(address, api_port)
     pem = certificate_pem(certificate).decode("ascii")
     store = store or open_store()
+    pin = pin_of_certificate(pem.encode())
+    refused = None if replace else other_pin(store, name, pin, f"firsttrust pin-cert {name} ... --replace")
+    if refused is not None:
+        raise refused
     store.identity()  # the certificate the appliance must authorize exists from now on
-    record = ApplianceRecord(name=name, address=host, pin=pin_of_certificate(pem.encode()), certificate=pem,
+    record = ApplianceRecord(name=name, address=host, pin=pin, certificate=pem,
                              api_port=port, embodiment=embodiment, enrolled_at=time.time())
     store.save(record)
     return record

@@ -142,3 +142,33 @@ async def test_the_same_name_and_address_again_is_already_pinned_without_contact
     with pytest.raises(AlreadyPinned) as already:
         await enroll_appliance("127.0.0.9:9", EnrollmentSecrets.generate(), name="app", store=home)
     assert already.value.record.pin == taken
+
+
+def test_pin_cert_through_vcenter_refuses_another_key_before_any_call_unless_replace(tmp_path, monkeypatch):
+    """verify_and_pin (pin-cert --vcenter): a name pinned to another key is refused before the
+    first pinned call; deploy passes replace=True (its VM carries this deployment's id)."""
+    from firsttrust.identity import create_identity
+    from firsttrust.requester import guestcommand
+    from firsttrust.requester.identitycheck import IdentityChanged
+    from firsttrust.requester.library import pin_certificate
+    from firsttrust.requester.truststore import TrustStore
+
+    store = TrustStore(tmp_path / "home")
+    first, second = create_identity("appliance"), create_identity("appliance")
+    pin_certificate("app", "127.0.0.9", first.cert_pem, store=store)
+    calls = []
+
+    async def first_pinned_call(*args):
+        calls.append(args)
+
+    monkeypatch.setattr(guestcommand, "_first_pinned_call", first_pinned_call)
+    with pytest.raises(IdentityChanged, match="--replace"):
+        guestcommand.verify_and_pin("app", "127.0.0.9", second.cert_pem, embodiment="injected-certificate",
+                                    store=store, replace=False)
+    assert calls == [] and store.get("app").pin == first.pin
+    guestcommand.verify_and_pin("app", "127.0.0.9", first.cert_pem, embodiment="injected-certificate", store=store,
+                                replace=False)  # the same key: no change
+    assert len(calls) == 1
+    record = guestcommand.verify_and_pin("app", "127.0.0.9", second.cert_pem, embodiment="injected-certificate",
+                                         store=store)
+    assert record.pin == second.pin == store.get("app").pin

@@ -293,3 +293,27 @@ def test_pin_cert_names_the_certificate_file_it_cannot_use(capsys, tmp_path, mon
     assert (code, out) == (cli.EXIT_USAGE, "")
     assert f"certificate {garbage}: not a valid X.509 certificate" in err
     assert_one_error_line(err)
+
+
+def test_pin_cert_never_replaces_a_pin_to_another_key_without_replace(capsys, tmp_path, monkeypatch):
+    """As ssh refuses a changed host key: a certificate handed over for a name pinned to another
+    key is exit 3 and nothing pinned; the same certificate again is fine; --replace re-pins and says so."""
+    from firsttrust.identity import create_identity
+    from firsttrust.requester.truststore import TrustStore
+
+    monkeypatch.setenv("FIRSTTRUST_HOME", str(tmp_path / "home"))
+    first, second = create_identity("appliance"), create_identity("appliance")
+    (tmp_path / "first.pem").write_bytes(first.cert_pem)
+    (tmp_path / "second.pem").write_bytes(second.cert_pem)
+    pin = ["pin-cert", "app-1", "--address", "127.0.0.1"]
+    assert run(capsys, *pin, "--cert", str(tmp_path / "first.pem"))[0] == cli.EXIT_OK
+    assert run(capsys, *pin, "--cert", str(tmp_path / "first.pem"))[0] == cli.EXIT_OK
+    code, out, err = run(capsys, *pin, "--cert", str(tmp_path / "second.pem"))
+    assert (code, out) == (cli.EXIT_IDENTITY_CHANGED, "")
+    assert first.pin in err and second.pin in err and "--replace" in err
+    assert_one_error_line(err)
+    assert TrustStore(tmp_path / "home").get("app-1").pin == first.pin
+    code, out, err = run(capsys, *pin, "--cert", str(tmp_path / "second.pem"), "--replace")
+    assert code == cli.EXIT_OK and f"pinned app-1: {second.pin}" in out
+    assert err == f"replaced app-1: 127.0.0.1 {first.pin}\n"
+    assert TrustStore(tmp_path / "home").get("app-1").pin == second.pin
