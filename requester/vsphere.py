@@ -57,6 +57,30 @@ MIN_PYVMOMI = (6, 7)  # Debian 12's python3-pyvmomi 6.7.1 (see the module docstr
 TASK_TIMEOUT = 1800.0  # a full clone of a large template on slow storage
 LEASE_READY_TIMEOUT = 600.0  # ImportVApp's lease: initializing until vCenter has made the VM's files
 LEASE_PROPERTIES = ("state", "error")
+# The question a VM asks when a CD-ROM whose door the guest locked is disconnected or removed.
+CDROM_LOCK_QUESTION = "msg.cdromdisconnect.locked"
+
+
+def _is_cdrom_lock_question(question) -> bool:
+    ids = [getattr(message, "id", None) for message in (getattr(question, "message", None) or [])]
+    if ids:
+        return CDROM_LOCK_QUESTION in ids
+    text = (question.text or "").lower()
+    return "cd-rom" in text and "lock" in text
+
+
+def _yes_choice(question) -> str | None:
+    """The key of the question's "yes" choice, or None."""
+    choices = (question.choice.choiceInfo or []) if question.choice else []
+    for choice in choices:
+        if getattr(choice, "summary", None) == "button.yes":
+            return choice.key
+    for choice in choices:
+        if (choice.label or "").replace("_", "").replace("&", "").strip().lower() == "yes":
+            return choice.key
+    return None
+
+
 # An HttpNfcLease times out (vCenter: 5 minutes by default) unless HttpNfcLeaseProgress is called;
 # every 10 s leaves a wide margin under the 30 s the deployer promises.
 LEASE_PROGRESS_INTERVAL = 10.0
@@ -699,13 +723,18 @@ class Vcenter:
 
     def answer_cdrom_question(self, vm) -> bool:
         """If the VM asks whether to override the guest's CD-ROM door lock, answer yes (the guest
-        keeps no secret it needs there any more). Returns whether a question was answered."""
+        keeps no secret it needs there any more). Returns whether a question was answered.
+
+        Any other question is refused, never answered: "yes" to a question about something else
+        (a moved VM, a full datastore) is not ours to give. The question is recognised by its
+        message id (VirtualMachineQuestionInfo.message: "Only available on servers that support
+        localization"), else by its text; the answer by its choice's summary "button.yes", else
+        by a label that reads "Yes" once a menu accelerator ("_Yes", "&Yes") is taken out."""
         with api_call("answering the VM's question"):
             question = vm.runtime.question
             if question is None:
                 return False
-            choices = {c.label.lower(): c.key for c in (question.choice.choiceInfo or [])} if question.choice else {}
-            answer = choices.get("yes")
+            answer = _yes_choice(question) if _is_cdrom_lock_question(question) else None
             if answer is None:
                 raise VsphereError(f"the VM asks a question firsttrust cannot answer: {_first_line(question.text)}",
                                    code="vm_question")

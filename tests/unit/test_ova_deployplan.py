@@ -423,6 +423,7 @@ def test_a_cdrom_lock_question_is_answered_yes_and_the_removal_then_finishes(vce
 
     answered = []
     choice = SimpleNamespace(choiceInfo=[SimpleNamespace(label="Yes", key="0"), SimpleNamespace(label="No", key="1")])
+    # no message ids: a server without localization; the text says what it is
     question = SimpleNamespace(id="q-1", text="The guest operating system has locked the CD-ROM door", choice=choice)
     vm = SimpleNamespace(runtime=SimpleNamespace(question=question), config=SimpleNamespace(
         hardware=SimpleNamespace(device=[])), ReconfigVM_Task=lambda spec: "task",
@@ -437,6 +438,37 @@ def test_a_cdrom_lock_question_is_answered_yes_and_the_removal_then_finishes(vce
     monkeypatch.setattr(vcenter, "wait_task", wait_task)
     vcenter.remove_ovf_environment(vm)
     assert answered == [("q-1", "0")] and len(waits) == 2
+
+
+@pytest.mark.parametrize("choices", [
+    [("_Yes", "button.yes", "0"), ("_No", "button.no", "1")],   # an accelerator in the label
+    [("Ja", "button.yes", "7"), ("Nein", "button.no", "8")],    # localized: the summary decides
+    [("No", None, "1"), ("&Yes", None, "0")],                   # no summaries, another order
+])
+def test_the_cdrom_lock_question_is_known_by_its_message_id_and_its_yes_by_summary_or_label(vcenter, choices):
+    answered = []
+    question = SimpleNamespace(id="q-2", text="Die Gastbetriebssystem hat die Tür gesperrt",
+                               message=[SimpleNamespace(id="msg.cdromdisconnect.locked", text="")],
+                               choice=SimpleNamespace(choiceInfo=[SimpleNamespace(label=label, summary=summary, key=key)
+                                                                  for label, summary, key in choices]))
+    vm = SimpleNamespace(runtime=SimpleNamespace(question=question), AnswerVM=lambda qid, key: answered.append(key))
+    assert vcenter.answer_cdrom_question(vm)
+    assert answered == ["0" if choices[0][2] in ("0", "1") else "7"]
+
+
+def test_a_yes_no_question_about_something_else_is_never_answered(vcenter):
+    """A question with a "Yes" choice, asked while the removal waits, that is not the CD-ROM lock's."""
+    from firsttrust.requester.vsphere import VsphereError
+
+    answered = []
+    question = SimpleNamespace(id="q-3", text="The CD-ROM door is locked. Msg: datastore full. Retry?",
+                               message=[SimpleNamespace(id="msg.hbacommon.outofspace", text="")],
+                               choice=SimpleNamespace(choiceInfo=[SimpleNamespace(label="Yes", summary="button.yes",
+                                                                                  key="0")]))
+    vm = SimpleNamespace(runtime=SimpleNamespace(question=question), AnswerVM=lambda qid, key: answered.append(key))
+    with pytest.raises(VsphereError) as caught:
+        vcenter.answer_cdrom_question(vm)
+    assert caught.value.code == "vm_question" and answered == []
 
 
 def test_a_question_firsttrust_cannot_answer_is_reported_and_a_silent_task_is_bounded(vcenter, monkeypatch):
