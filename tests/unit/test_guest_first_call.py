@@ -76,3 +76,27 @@ def test_a_failed_connection_to_vcenter_is_a_typed_one_line_error(error):
         guestcommand._call(vc, "a-01", "reading the program's exit code", call)
     assert failed.value.code == "guest_command" and "\n" not in str(failed.value)
     assert "the connection to vCenter failed" in str(failed.value)
+
+
+def test_the_programs_exit_is_polled_with_growing_pauses_and_bounded_by_its_timeout(monkeypatch):
+    """Each ListProcessesInGuest is a logon in the guest: a slow program is not polled 5 times a second."""
+    clock, polls = [0.0], []
+    monkeypatch.setattr(guestcommand.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(guestcommand.time, "sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
+    ends_at = 9.0
+
+    def list_processes(vm, auth, pids):
+        polls.append(clock[0])
+        done = clock[0] >= ends_at
+        return [SimpleNamespace(endTime="t" if done else None, exitCode=0 if done else None)]
+
+    processes = SimpleNamespace(ListProcessesInGuest=list_processes)
+    assert guestcommand._wait_exit(vc, "app", processes, None, None, 42, 60.0) == 0
+    pauses = [b - a for a, b in zip(polls, polls[1:])]
+    assert pauses[0] == guestcommand.PROGRAM_POLL and max(pauses) == guestcommand.PROGRAM_POLL_MAX
+    assert len(polls) <= 10 and polls[-1] - ends_at <= guestcommand.PROGRAM_POLL_MAX
+    clock[0], polls[:] = 0.0, []
+    ends_at = float("inf")
+    with pytest.raises(guestcommand.GuestProgramFailed, match="did not finish within 5 s"):
+        guestcommand._wait_exit(vc, "app", processes, None, None, 42, 5.0)
+    assert clock[0] == 5.0 and len(polls) <= 6
