@@ -101,7 +101,8 @@ def _children_of(pid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                # bytes: another process's name may be anything but UTF-8 (lab.procs.alive)
+                fields = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
             except OSError:
                 continue
             if int(fields[1]) == pid:
