@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from firsttrust.common.files import clean_stale_temps, read_at_most, write_atomic
-from firsttrust.deployment import APPLIANCE_CERT_GUESTINFO, DEFAULT_ENROLL_WINDOW, PREFIX
+from firsttrust.deployment import APPLIANCE_CERT_GUESTINFO, DEFAULT_ENROLL_WINDOW, PREFIX, SEC_B
 from firsttrust.identity import Identity, create_identity
 from firsttrust.srp6a import compute_verifier, new_verifier_record
 
@@ -35,9 +35,9 @@ from . import audit, guestaccount
 from .config import AgentConfig
 from .errors import AgentError, GuestInfoError, HypervisorUnavailable, NoConfiguration
 from .password import set_password
-from .sources.deploy import OVFENV_GUESTINFO_KEY, DeployConfig
+from .sources.deploy import OVFENV_GUESTINFO_KEY, DeployConfig, InvalidDeployConfig
 from .sources.guestinfo import GuestInfo
-from .sources.ovfenv import remove_properties
+from .sources.ovfenv import parse_ovf_env, remove_properties
 from .state import AgentState, StateDir, StateError
 
 Checkpoint = Callable[[str], None]
@@ -69,6 +69,27 @@ def _ensure_identity(store: StateDir, clock: Callable[[], float]) -> Identity:
         store.save_key(fresh.key_pem)
     store.save_certificate(fresh.cert_pem)
     return fresh
+
+
+def _scrub_remnant(store: StateDir, state: AgentState | None, deploy: DeployConfig) -> bool:
+    """Whether a lone SEC-A or SEC-B in guestinfo (DeployConfig.remnant) is a scrub of ours cut
+    off between its two keys, for this run to finish: the appliance is enrolled (it ignores
+    injected secrets anyway), or it is armed and the value is its own provisioned secret. Never
+    provisioned, or another value: the input is inconsistent, and stays refused."""
+    if state is None:
+        return False
+    if state.phase == "enrolled":
+        return True
+    if not state.armed or state.srp_salt is None or state.srp_verifier is None:
+        return False
+    key, value = deploy.remnant
+    if key == SEC_B:
+        return hmac.compare_digest((store.load_sec_b(state.sec_b_sha256) or "").encode(), value.encode())
+    try:
+        verifier = compute_verifier(value.encode("ascii"), bytes.fromhex(state.srp_salt))
+    except (UnicodeEncodeError, ValueError):
+        return False
+    return hmac.compare_digest(verifier, bytes.fromhex(state.srp_verifier))
 
 
 def _same_secrets(store: StateDir, state: AgentState, deploy: DeployConfig) -> bool:
@@ -103,6 +124,8 @@ def provision(config: AgentConfig, deploy: DeployConfig, *, guestinfo: GuestInfo
         raise NoConfiguration("no firsttrust properties found (guestinfo, OVF environment, ISO) "
                               "and the appliance was never provisioned")
 
+    if deploy.remnant is not None and not _scrub_remnant(store, state, deploy):
+        raise InvalidDeployConfig(deploy.remnant_error)
     identity = _ensure_identity(store, clock)
     _write_public_certificate(config, identity)
     step("identity")
@@ -216,10 +239,22 @@ def _scrub(guestinfo: GuestInfo, deploy: DeployConfig) -> dict[str, str]:
             cleaned = remove_properties(document.encode("utf-8"), PREFIX).decode("utf-8")
             guestinfo.set(OVFENV_GUESTINFO_KEY, cleaned)
             after = guestinfo.get(OVFENV_GUESTINFO_KEY) or ""
-            if any(secret and secret in after for secret in (deploy.sec_a, deploy.sec_b)) or PREFIX + "sec-" in after:
+            if any(secret and secret in after for secret in (deploy.sec_a, deploy.sec_b)) or _our_properties(after):
                 return {"result": "failed", "detail": "guestinfo.ovfEnv still holds firsttrust properties"}
     except HypervisorUnavailable:
         return {"result": "failed", "detail": "the VMware channel went away before scrubbing"}
     except (GuestInfoError, AgentError) as exc:
         return {"result": "failed", "detail": str(exc)}
     return {"result": "done", "detail": deploy.source}
+
+
+def _our_properties(document: str) -> bool:
+    """Whether an OVF environment read back after the scrub still holds any firsttrust.*
+    property (the guest password and the requester certificate as well as the secrets), or
+    no longer parses (then nothing says it does not)."""
+    if not document:
+        return False
+    try:
+        return any(key.startswith(PREFIX) for key in parse_ovf_env(document.encode("utf-8")).properties)
+    except AgentError:
+        return True

@@ -51,6 +51,10 @@ class DeployConfig:
     # How the secrets can be scrubbed from where they came from.
     scrub: str = "none"  # "guestinfo" | "ovfenv" | "impossible" | "none"
     guestinfo_keys: tuple[str, ...] = ()
+    # guestinfo keys only: SEC-A or SEC-B alone, (key, value). The trace of a scrub cut off between
+    # its two keys (a kill, a timeout, a refused info-set); provision() finishes that scrub if it
+    # is the appliance's own provisioned secret, and refuses it (`remnant_error`) otherwise.
+    remnant: tuple[str, str] | None = field(default=None, repr=False)
 
     @property
     def has_secrets(self) -> bool:
@@ -58,7 +62,14 @@ class DeployConfig:
 
     @property
     def empty(self) -> bool:
-        return self.sec_a is None and self.requester_cert_pem is None and self.guest_password is None
+        return (self.sec_a is None and self.requester_cert_pem is None and self.guest_password is None
+                and self.remnant is None)
+
+    @property
+    def remnant_error(self) -> str:
+        present = self.remnant[0] if self.remnant else keys.SEC_A
+        missing = keys.SEC_B if present == keys.SEC_A else keys.SEC_A
+        return f"{self.source}: {present} is set but {missing} is missing"
 
 
 def validate_properties(properties: dict[str, str], source: str, scrub: str,
@@ -74,9 +85,12 @@ def validate_properties(properties: dict[str, str], source: str, scrub: str,
     if unknown:
         raise InvalidDeployConfig(f"{source}: unknown property {unknown[0][:60]!r}")
     sec_a, sec_b = values.get(keys.SEC_A), values.get(keys.SEC_B)
+    remnant = None
     if (sec_a is None) != (sec_b is None):
-        present, missing = (keys.SEC_A, keys.SEC_B) if sec_a is not None else (keys.SEC_B, keys.SEC_A)
-        raise InvalidDeployConfig(f"{source}: {present} is set but {missing} is missing")
+        remnant = (keys.SEC_A, sec_a) if sec_a is not None else (keys.SEC_B, sec_b)
+        if scrub != "guestinfo":  # one write scrubs the others (ovfEnv) or none can (ISO, file)
+            raise InvalidDeployConfig(DeployConfig(source=source, remnant=remnant).remnant_error)
+        sec_a = sec_b = None
     try:
         if sec_a is not None:
             validate_secret(sec_a, keys.SEC_A)
@@ -97,7 +111,7 @@ def validate_properties(properties: dict[str, str], source: str, scrub: str,
         raise InvalidDeployConfig(f"{source}: {keys.ENROLL_WINDOW}: {exc}") from None
     return DeployConfig(source=source, sec_a=sec_a, sec_b=sec_b, requester_cert_pem=cert_pem,
                         enroll_window=window, scrub=scrub, guestinfo_keys=guestinfo_keys,
-                        guest_password=guest_password)
+                        guest_password=guest_password, remnant=remnant)
 
 
 def _from_ovf_document(document: bytes, source: str, scrub: str) -> DeployConfig:

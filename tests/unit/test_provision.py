@@ -526,3 +526,61 @@ def test_the_guest_command_way_ends_enrolled_via_guest_command_and_an_armed_appl
     assert code == 0, err
     status = json.loads(run_cli(capsys, "status", "--json", "--state-dir", str(armed))[1])
     assert (status["phase"], status["enrolled_via"], status["window_open"]) == ("provisioned", None, True)
+
+
+def _lone(vm, key, value):
+    data = vmware_emulator.read_vm(vm)["guestinfo"]
+    data.update({"guestinfo.firsttrust.sec-a": "", "guestinfo.firsttrust.sec-b": "", key: value})
+    vmware_emulator.create_vm(vm, data)
+
+
+@pytest.mark.parametrize("left", ["sec-a", "sec-b"])
+def test_a_scrub_cut_off_between_its_two_keys_is_finished_by_the_next_run_not_refused_for_ever(
+        tmp_path, capsys, secrets, vm, left):
+    """guestinfo's scrub blanks SEC-A and SEC-B in two writes: a kill, a timeout or a refused
+    info-set between them leaves one. If it is this appliance's own secret, the next run
+    finishes the scrub; before, every later boot refused the half pair and the ports stayed shut."""
+    vmware_emulator.create_vm(vm, {"guestinfo.firsttrust.sec-a": secrets.sec_a,
+                                   "guestinfo.firsttrust.sec-b": secrets.sec_b})
+    state_dir = ["--state-dir", str(tmp_path / "s"), "--no-set-password"]
+    assert run_cli(capsys, "provision", *state_dir)[0] == 0
+    before = (tmp_path / "s" / "state.json").read_bytes()
+    _lone(vm, f"guestinfo.firsttrust.{left}", secrets.sec_a if left == "sec-a" else secrets.sec_b)
+    code, out, err = run_cli(capsys, "provision", *state_dir)
+    assert code == 0 and out.startswith("unchanged") and "scrub done" in out, err
+    assert vmware_emulator.read_vm(vm)["guestinfo"][f"guestinfo.firsttrust.{left}"] == ""
+    after = json.loads((tmp_path / "s" / "state.json").read_text())
+    assert {k: v for k, v in after.items() if k not in ("scrub", "published")} == {
+        k: v for k, v in json.loads(before).items() if k not in ("scrub", "published")}
+
+
+@pytest.mark.parametrize("history", ["never provisioned", "armed with other secrets"])
+def test_a_lone_secret_that_is_not_this_appliances_own_is_still_refused(tmp_path, capsys, secrets, vm, history):
+    other = EnrollmentSecrets.generate()
+    state_dir = ["--state-dir", str(tmp_path / "s"), "--no-set-password"]
+    if history != "never provisioned":
+        vmware_emulator.create_vm(vm, {"guestinfo.firsttrust.sec-a": other.sec_a,
+                                       "guestinfo.firsttrust.sec-b": other.sec_b})
+        assert run_cli(capsys, "provision", *state_dir)[0] == 0
+    before = all_bytes_under(tmp_path / "s") if (tmp_path / "s").exists() else b""
+    _lone(vm, "guestinfo.firsttrust.sec-b", secrets.sec_b)
+    code, out, err = run_cli(capsys, "provision", *state_dir)
+    assert (code, out) == (2, "") and "sec-b is set but firsttrust.sec-a is missing" in err
+    assert secrets.sec_b not in err and err.count("\n") == 1
+    assert vmware_emulator.read_vm(vm)["guestinfo"]["guestinfo.firsttrust.sec-b"] == secrets.sec_b
+    assert (all_bytes_under(tmp_path / "s") if (tmp_path / "s").exists() else b"") == before
+
+
+def test_an_enrolled_appliance_scrubs_a_lone_secret_it_ignores_anyway(tmp_path, capsys, secrets, vm):
+    vmware_emulator.create_vm(vm, {"guestinfo.firsttrust.sec-a": secrets.sec_a,
+                                   "guestinfo.firsttrust.sec-b": secrets.sec_b})
+    state_dir = ["--state-dir", str(tmp_path / "s"), "--no-set-password"]
+    assert run_cli(capsys, "provision", *state_dir)[0] == 0
+    state = json.loads((tmp_path / "s" / "state.json").read_text())
+    state.update(phase="enrolled", enrolled_at=1.0, enrolled_via="srp")
+    (tmp_path / "s" / "state.json").write_text(json.dumps(state))
+    _lone(vm, "guestinfo.firsttrust.sec-a", EnrollmentSecrets.generate().sec_a)
+    code, out, err = run_cli(capsys, "provision", *state_dir)
+    assert code == 0 and "scrub done" in out, err
+    assert vmware_emulator.read_vm(vm)["guestinfo"]["guestinfo.firsttrust.sec-a"] == ""
+    assert json.loads((tmp_path / "s" / "state.json").read_text())["phase"] == "enrolled"

@@ -66,3 +66,30 @@ def test_a_scrub_that_took_is_done(tmp_path, vm, secrets):
     report = provision(load_config(None, tmp_path / "s"), deploy, guestinfo=GuestInfo(timeout=5, attempts=1),
                        set_account_password=False)
     assert report.state.scrub["result"] == "done"
+
+
+def test_an_ovf_environment_still_holding_the_guest_password_alone_is_a_failed_scrub(tmp_path, vm, capsys):
+    """The guest-command way's environment holds no SEC-A or SEC-B: the read-back looks for every
+    firsttrust property, not for the secrets' names (it found the guest password "done")."""
+    from firsttrust.credentials import EnrollmentSecrets
+
+    password = EnrollmentSecrets.generate().sec_a
+    document = serialize_ovf_env({"firsttrust.guest-password": password, "vendor.hostname": "app-01"}).decode()
+    vmware_emulator.create_vm(vm, {"guestinfo.ovfEnv": document})
+    deploy = read_deploy_config("vmware", guestinfo=GuestInfo(timeout=5, attempts=1))
+    report = provision(load_config(None, tmp_path / "s"), deploy, guestinfo=KeepsOne("guestinfo.ovfEnv"),
+                       set_account_password=False)
+    assert report.state.scrub["result"] == "failed"
+    assert password in vmware_emulator.read_vm(vm)["guestinfo"]["guestinfo.ovfEnv"]  # really still there
+    assert "event=scrub-failed" in capsys.readouterr().err
+
+
+def test_an_ovf_environment_scrubbed_of_our_properties_keeps_the_vendors_and_is_done(tmp_path, vm, secrets):
+    document = serialize_ovf_env({"firsttrust.sec-a": secrets.sec_a, "firsttrust.sec-b": secrets.sec_b,
+                                  "vendor.note": "firsttrust.sec-a is ours"}).decode()
+    vmware_emulator.create_vm(vm, {"guestinfo.ovfEnv": document})
+    deploy = read_deploy_config("vmware", guestinfo=GuestInfo(timeout=5, attempts=1))
+    report = provision(load_config(None, tmp_path / "s"), deploy, guestinfo=GuestInfo(timeout=5, attempts=1),
+                       set_account_password=False)
+    assert report.state.scrub["result"] == "done"
+    assert "firsttrust.sec-a is ours" in vmware_emulator.read_vm(vm)["guestinfo"]["guestinfo.ovfEnv"]
