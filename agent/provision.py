@@ -14,7 +14,8 @@ rerun completes, see tests/unit/test_provision_crash.py):
 
 Re-arming rule: a second run keeps the identity. Injected secrets re-arm SRP enrollment only if
 they differ from the provisioned ones and the appliance is not yet enrolled; once enrolled,
-injected secrets are ignored (and still scrubbed). SEC-A is never written anywhere.
+injected secrets and injected requester certificates are ignored (and still scrubbed). SEC-A is
+never written anywhere.
 """
 
 from __future__ import annotations
@@ -131,10 +132,13 @@ def provision(config: AgentConfig, deploy: DeployConfig, *, guestinfo: GuestInfo
     step("identity")
 
     state = state or AgentState()
-    if not deploy.has_secrets:
-        action = "authorized-only" if deploy.requester_cert_pem else "unchanged"
-    elif state.phase == "enrolled":
+    if state.phase == "enrolled" and (deploy.has_secrets or deploy.requester_cert_pem):
+        # Injected secrets and certificates alike: once enrolled, what guestinfo holds at a later
+        # boot may have been set from inside the guest (info-set is open to every guest user
+        # unless the VM has the hardening, docs/deployment.md), and is never authorized.
         action = "ignored-enrolled"
+    elif not deploy.has_secrets:
+        action = "authorized-only" if deploy.requester_cert_pem else "unchanged"
     elif _same_secrets(store, state, deploy):
         action = "unchanged"
     else:
@@ -158,7 +162,7 @@ def provision(config: AgentConfig, deploy: DeployConfig, *, guestinfo: GuestInfo
         new.srp_salt, new.srp_verifier = salt.hex(), verifier.hex()
         new.enroll_window, new.window_expires_at, new.failures = window, now + window, 0
 
-    if deploy.requester_cert_pem is not None:
+    if deploy.requester_cert_pem is not None and action != "ignored-enrolled":
         pin, added = store.authorize(deploy.requester_cert_pem, name="injected", source=deploy.source, clock=clock)
         if added:
             audit.event("key-authorized", f"authorized injected requester key {pin}", pin=pin, source=deploy.source)

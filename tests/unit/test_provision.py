@@ -584,3 +584,31 @@ def test_an_enrolled_appliance_scrubs_a_lone_secret_it_ignores_anyway(tmp_path, 
     assert code == 0 and "scrub done" in out, err
     assert vmware_emulator.read_vm(vm)["guestinfo"]["guestinfo.firsttrust.sec-a"] == ""
     assert json.loads((tmp_path / "s" / "state.json").read_text())["phase"] == "enrolled"
+
+
+@pytest.mark.parametrize("enrolled_via", ["srp", "injected-certificate"])
+def test_an_enrolled_appliance_never_authorizes_a_certificate_planted_in_guestinfo_later(
+        tmp_path, capsys, secrets, vm, requester_identity, stranger_identity, enrolled_via):
+    """Without the VMX hardening any guest user can info-set guestinfo.firsttrust.*, and the value
+    survives a guest reboot: once enrolled, an injected certificate is ignored like injected secrets."""
+    state_dir = ["--state-dir", str(tmp_path / "s"), "--no-set-password"]
+    first = ({"guestinfo.firsttrust.requester-cert": base64.b64encode(requester_identity.cert_pem).decode(),
+              "guestinfo.firsttrust.requester-cert.encoding": "base64"} if enrolled_via == "injected-certificate"
+             else {"guestinfo.firsttrust.sec-a": secrets.sec_a, "guestinfo.firsttrust.sec-b": secrets.sec_b})
+    vmware_emulator.create_vm(vm, first)
+    assert run_cli(capsys, "provision", *state_dir)[0] == 0
+    if enrolled_via == "srp":
+        state = json.loads((tmp_path / "s" / "state.json").read_text())
+        state.update(phase="enrolled", enrolled_at=1.0, enrolled_via="srp")
+        (tmp_path / "s" / "state.json").write_text(json.dumps(state))
+    authorized = (tmp_path / "s" / "authorized.json").read_bytes() if (tmp_path / "s" / "authorized.json").exists() \
+        else None
+    planted = {"guestinfo.firsttrust.requester-cert": base64.b64encode(stranger_identity.cert_pem).decode(),
+               "guestinfo.firsttrust.requester-cert.encoding": "base64"}
+    vmware_emulator.create_vm(vm, {**vmware_emulator.read_vm(vm)["guestinfo"], **planted})
+    code, out, err = run_cli(capsys, "provision", *state_dir)
+    assert code == 0 and out.startswith("ignored-enrolled"), err
+    after = (tmp_path / "s" / "authorized.json").read_bytes() if (tmp_path / "s" / "authorized.json").exists() \
+        else None
+    assert after == authorized and "key-authorized" not in err
+    assert vmware_emulator.read_vm(vm)["guestinfo"]["guestinfo.firsttrust.requester-cert"] == ""  # scrubbed
