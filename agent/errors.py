@@ -27,6 +27,13 @@ class GuestInfoError(ConfigSourceError):
     code = "guestinfo"
 
 
+class GuestInfoValueError(ConfigSourceError):
+    """A guestinfo value the channel delivered is unusable (not UTF-8, too large): bad input, as
+    the same value in an OVF document is, not a failing channel (exit 2, not 1)."""
+
+    code = "guestinfo_value"
+
+
 class OvfEnvError(ConfigSourceError):
     """The OVF environment document is malformed, hostile, too large or not DSP0243."""
 

@@ -34,7 +34,7 @@ from firsttrust.srp6a import compute_verifier, new_verifier_record
 
 from . import audit, guestaccount
 from .config import AgentConfig
-from .errors import AgentError, GuestInfoError, HypervisorUnavailable, NoConfiguration
+from .errors import AgentError, GuestInfoError, GuestInfoValueError, HypervisorUnavailable, NoConfiguration
 from .password import set_password
 from .sources.deploy import OVFENV_GUESTINFO_KEY, DeployConfig, InvalidDeployConfig
 from .sources.guestinfo import GuestInfo
@@ -221,7 +221,7 @@ def _publish(guestinfo: GuestInfo, identity: Identity) -> dict[str, str]:
             return {"result": "failed", "detail": "read-back differs"}
     except HypervisorUnavailable:
         return {"result": "impossible", "detail": "no VMware hypervisor channel"}
-    except GuestInfoError as exc:
+    except (GuestInfoError, GuestInfoValueError) as exc:
         return {"result": "failed", "detail": str(exc)}
     return {"result": "done", "detail": APPLIANCE_CERT_GUESTINFO}
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import GuestInfoError, HypervisorUnavailable
+from ..errors import GuestInfoError, GuestInfoValueError, HypervisorUnavailable
 
 GUESTINFO_PREFIX = "guestinfo."
 # What we accept as a key, after the prefix. The VMX is more liberal, but our keys are
@@ -144,7 +144,8 @@ class GuestInfo:
 
         Raises:
             HypervisorUnavailable: neither tool is installed, or this is not a VMware VM.
-            GuestInfoError: a bad key; a value that is not UTF-8 or larger than MAX_REPLY_BYTES;
+            GuestInfoValueError: a value that is not UTF-8 or larger than MAX_REPLY_BYTES.
+            GuestInfoError: a bad key;
                 the host refusing or the tool stalling on every attempt; any other failure.
         """
         name = guestinfo_key(key)
@@ -165,7 +166,7 @@ class GuestInfo:
         try:
             return reply.decode("utf-8")
         except UnicodeDecodeError:
-            raise GuestInfoError(f"the value of {name} is not valid UTF-8") from None
+            raise GuestInfoValueError(f"the value of {name} is not valid UTF-8") from None
 
     def set(self, key: str, value: str) -> None:
         """Set `key` to `value` (which may be empty, and may hold spaces and newlines).
@@ -342,7 +343,7 @@ def _read_bounded(proc: subprocess.Popen, timeout: float, tool: str) -> tuple[by
 
     Raises:
         _Transient: the time ran out (the caller kills the child).
-        GuestInfoError: stdout exceeded MAX_REPLY_BYTES.
+        GuestInfoValueError: stdout exceeded MAX_REPLY_BYTES.
     """
     deadline = time.monotonic() + timeout
     too_slow = f"no answer within {timeout:g} s"
@@ -361,9 +362,7 @@ def _read_bounded(proc: subprocess.Popen, timeout: float, tool: str) -> tuple[by
                 elif key.data is out:
                     out += chunk
                     if len(out) > MAX_REPLY_BYTES:
-                        raise GuestInfoError(
-                            f"{tool}: value too large (over {MAX_REPLY_BYTES} bytes)"
-                        )
+                        raise GuestInfoValueError(f"{tool}: value too large (over {MAX_REPLY_BYTES} bytes)")
                 elif len(err) < MAX_STDERR_BYTES:
                     err += chunk[: MAX_STDERR_BYTES - len(err)]
     try:

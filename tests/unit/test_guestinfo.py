@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from firsttrust.agent.errors import GuestInfoError, HypervisorUnavailable
+from firsttrust.agent.errors import GuestInfoError, GuestInfoValueError, HypervisorUnavailable
 from firsttrust.agent.sources.guestinfo import MAX_MESSAGE_BYTES, MAX_REPLY_BYTES, GuestInfo, guestinfo_key
 from firsttrust.lab.vmware_emulator import ENV_VAR, bin_dir, create_vm, link_interpreter, read_vm, set_mode
 
@@ -97,15 +97,26 @@ def test_get_strips_exactly_one_newline(vm: Path, guestinfo: GuestInfo) -> None:
 
 def test_get_non_utf8_value(vm: Path, guestinfo: GuestInfo) -> None:
     create_vm(vm, {"k": b"abc\xff\xfe"})
-    with pytest.raises(GuestInfoError, match="guestinfo.k is not valid UTF-8") as caught:
+    with pytest.raises(GuestInfoValueError, match="guestinfo.k is not valid UTF-8") as caught:
         guestinfo.get("k")
     assert "abc" not in str(caught.value)
 
 
 def test_get_value_too_large(vm: Path, guestinfo: GuestInfo) -> None:
     create_vm(vm, {"k": "x" * MAX_REPLY_BYTES})  # plus the tool's newline: one byte too many
-    with pytest.raises(GuestInfoError, match="value too large"):
+    with pytest.raises(GuestInfoValueError, match="value too large"):
         guestinfo.get("k")
+
+
+@pytest.mark.parametrize("value, said", [(b"abc\xff\xfe", "not valid UTF-8"), ("x" * MAX_REPLY_BYTES, "value too large")])
+def test_a_bad_value_in_guestinfo_is_bad_input_exit_2_as_in_an_ovf_document(vm: Path, capsys, tmp_path, value, said):
+    """Not a failing channel (exit 1): the same value in an OVF file or on the ISO is exit 2."""
+    from firsttrust.agent.cli import main
+
+    create_vm(vm, {"guestinfo.firsttrust.sec-a": value})
+    code = main(["provision", "--state-dir", str(tmp_path / "s"), "--no-set-password", "--source", "vmware"])
+    err = capsys.readouterr().err
+    assert code == 2 and said in err and err.count("\n") == 1
 
 
 def test_get_falls_back_to_rpctool(vm: Path, guestinfo: GuestInfo, tmp_path, monkeypatch) -> None:
