@@ -93,6 +93,11 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Agen
     return config
 
 
+def _plain_path(value: str) -> bool:
+    """No NUL (no system call takes it) and no other control character (a path in a log line)."""
+    return not any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f for c in value)
+
+
 def _from_values(values: dict, path: Path) -> AgentConfig:
     known = {"account", "state_dir", "public_certificate", "max_failures", "enroll_window", "ssh_host_keys",
              "penalty_exempt"}
@@ -106,13 +111,13 @@ def _from_values(values: dict, path: Path) -> AgentConfig:
         config = replace(config, account=values["account"])
     if "ssh_host_keys" in values:
         value = values["ssh_host_keys"]
-        if not isinstance(value, str) or not value.startswith("/"):
+        if not isinstance(value, str) or not value.startswith("/") or not _plain_path(value):
             raise ConfigError(f"{path}: ssh_host_keys must be an absolute path or glob")
         config = replace(config, ssh_host_keys=value)
     for key in ("state_dir", "public_certificate"):
         if key in values:
-            if not isinstance(values[key], str) or not values[key].startswith("/"):
-                raise ConfigError(f"{path}: {key} must be an absolute path")
+            if not isinstance(values[key], str) or not values[key].startswith("/") or not _plain_path(values[key]):
+                raise ConfigError(f"{path}: {key} must be an absolute path (no control characters)")
             config = replace(config, **{key: Path(values[key])})
     if "max_failures" in values:
         value = values["max_failures"]

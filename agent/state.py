@@ -309,7 +309,9 @@ class StateDir:
         raw = self._read_json(self.authorized_path)
         if raw is None:
             return []
-        if not isinstance(raw, dict) or not isinstance(raw.get("keys"), list):
+        if not isinstance(raw, dict) or not isinstance(raw.get("keys"), list) or not all(
+                isinstance(entry, dict) and isinstance(entry.get("pin"), str)
+                and isinstance(entry.get("certificate"), str) for entry in raw["keys"]):
             raise StateError(f"{self.authorized_path} is corrupt")
         return raw["keys"]
 

@@ -412,7 +412,8 @@ def test_bad_input_is_a_one_line_error_and_leaves_state_untouched(tmp_path, caps
 def test_bad_config_file(tmp_path, capsys):
     config = tmp_path / "agent.toml"
     for text in ("account = 'Root Account'", "max_failures = 11", "nonsense = 1", "state_dir = 'relative'",
-                 "[[[", "enroll_window = 'soon'"):
+                 "[[[", "enroll_window = 'soon'", 'state_dir = "/tmp/s\\u0000x"',
+                 'public_certificate = "/tmp/\\u001b[2J"', 'ssh_host_keys = "/\\u0000"'):
         config.write_text(text)
         code, _, err = run_cli(capsys, "status", "--config", str(config))
         assert code == 2 and err.count("\n") == 1, (text, err)
@@ -612,3 +613,14 @@ def test_an_enrolled_appliance_never_authorizes_a_certificate_planted_in_guestin
         else None
     assert after == authorized and "key-authorized" not in err
     assert vmware_emulator.read_vm(vm)["guestinfo"]["guestinfo.firsttrust.requester-cert"] == ""  # scrubbed
+
+
+@pytest.mark.parametrize("keys", [["x", 1], [{"pin": 5, "certificate": "c"}], [{"name": "no pin"}]])
+def test_an_authorized_file_with_entries_of_the_wrong_shape_is_corrupt_named_not_an_internal_error(
+        tmp_path, capsys, requester_identity, keys):
+    state_dir = tmp_path / "s"
+    state_dir.mkdir(mode=0o700)
+    (state_dir / "authorized.json").write_text(json.dumps({"keys": keys}))
+    (tmp_path / "r.pem").write_bytes(requester_identity.cert_pem)
+    code, out, err = run_cli(capsys, "authorize", "--state-dir", str(state_dir), "--cert", str(tmp_path / "r.pem"))
+    assert (code, out) == (1, "") and f"{state_dir / 'authorized.json'} is corrupt" in err and err.count("\n") == 1
