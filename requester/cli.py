@@ -46,7 +46,6 @@ import signal
 import stat
 import sys
 import threading
-import urllib.parse
 from typing import Sequence
 
 from tqdm import tqdm
@@ -76,8 +75,10 @@ from .batch import REPORT_COLUMNS, BatchReport, InvalidTargets, check_address, c
 from .library import (
     AlreadyPinned,
     Outcome,
+    CallRefused,
     Target,
     call,
+    check_call_path,
     enroll_appliance,
     enroll_many,
     known_hosts_lines,
@@ -505,14 +506,11 @@ def _call_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _call(args: argparse.Namespace) -> int:
-    if not args.path.startswith("/"):
-        raise UsageError("PATH must start with '/'")
-    # As the appliance will route it: percent-escapes decoded, repeated slashes one, no query.
-    plain = re.sub("/+", "/", urllib.parse.unquote(args.path.partition("?")[0]))
-    if {".", ".."} & set(plain.split("/")):
-        raise UsageError("PATH must not contain '.' or '..' segments")
-    if plain.rstrip("/") == "/v1/identity/rotate":
-        raise UsageError("use `firsttrust rotate NAME`: it verifies the rotation and moves the pin")
+    try:
+        check_call_path(args.path)
+    except CallRefused as exc:
+        raise UsageError(str(exc).replace("rotate_appliance (`firsttrust rotate NAME`)", "`firsttrust rotate NAME`")) \
+            from None
     body = None
     if args.data is not None:
         try:

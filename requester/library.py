@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -416,11 +418,32 @@ async def rotate_appliance(name: str, *, store: TrustStore | None = None) -> App
     return updated
 
 
+class CallRefused(RequesterError):
+    """`call` refuses a path: not absolute, with '.' or '..' segments, or the rotate path (a
+    rotation whose answer only came back as data would leave the pin on the old key)."""
+
+    code = "call_refused"
+
+
+def check_call_path(path: str) -> None:
+    """Raise CallRefused for a path `call` must not send, however it is spelled: as the appliance
+    routes it, percent-escapes decoded, repeated slashes one, no query."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise CallRefused("PATH must start with '/'")
+    plain = re.sub("/+", "/", urllib.parse.unquote(path.partition("?")[0]))
+    if {".", ".."} & set(plain.split("/")):
+        raise CallRefused("PATH must not contain '.' or '..' segments")
+    if plain.rstrip("/") == "/v1/identity/rotate":
+        raise CallRefused("use rotate_appliance (`firsttrust rotate NAME`): it verifies the rotation and moves the pin")
+
+
 async def call(name: str, method: str, path: str, body=None, *, store: TrustStore | None = None):
     """One request to the pinned API of `name` (PinnedSession.request): its decoded answer.
 
     Raises:
+        CallRefused: `path` is one check_call_path refuses (nothing sent).
         as open_session; ConnectionFailed, PinMismatch, ApiError (the appliance refused it).
     """
+    check_call_path(path)
     async with open_session(name, store=store) as api:
         return await api.request(method, path, body)

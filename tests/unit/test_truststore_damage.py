@@ -169,3 +169,16 @@ def test_pins_list_with_the_records_directory_a_file_is_damage_not_nothing_pinne
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "no pinned appliances" not in done.stderr
     assert done.stderr.count("\n") == 1 and "appliances is not a directory" in done.stderr
+
+
+@pytest.mark.parametrize("path", ["/v1/identity/rotate", "//v1/identity/./rotate", "/v1/identity/%72otate?x=1", "v1"])
+def test_the_library_call_refuses_the_rotate_path_as_the_command_does(tmp_path, path):
+    """library.call sent it: the appliance rotated, the answer came back as data, the pin stayed old."""
+    import asyncio
+
+    from firsttrust.requester.library import CallRefused, call
+
+    store = TrustStore(tmp_path / "home")
+    store.save(record("app1"))
+    with pytest.raises(CallRefused):  # before any connection: the record's address is never dialled
+        asyncio.run(call("app1", "POST", path, store=store))
