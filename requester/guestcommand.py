@@ -179,7 +179,7 @@ def trust_by_guest_command(vc, vm, name: str, address: str, *, guest: GuestLogin
     pin = pin_of_certificate(appliance_pem)
     record = ApplianceRecord(name=name, address=host, pin=pin, certificate=appliance_pem.decode("ascii"),
                              api_port=port_number, embodiment=EMBODIMENT, enrolled_at=time.time())
-    store.save(record)
+    _save_pin(store, record, replace)
     return GuestCommandReport(name=name, pin=pin, record=record)
 
 
@@ -262,8 +262,22 @@ def verify_and_pin(name: str, address: str, certificate: bytes, *, embodiment: s
     asyncio.run(_first_pinned_call(name, host, port, pem, store))
     record = ApplianceRecord(name=name, address=host, pin=pin_of_certificate(pem), certificate=pem.decode("ascii"),
                              api_port=port, embodiment=embodiment, enrolled_at=time.time())
-    store.save(record)
+    _save_pin(store, record, replace)
     return record
+
+
+def _save_pin(store, record: ApplianceRecord, replace: bool) -> None:
+    """Pin `record`; without `replace`, only if its name is still unpinned or pinned to this key
+    (decided under the store's lock: another process may have pinned it since the check)."""
+    from .identitycheck import IdentityChanged
+    from .truststore import PinConflict
+
+    try:
+        store.save(record, same_key_only=not replace)
+    except PinConflict as exc:
+        raise IdentityChanged(f"{record.name} was pinned to another key ({exc.pin}) while this one ({record.pin}) "
+                              f"was being pinned; nothing was pinned. If that was intended: firsttrust pin-cert "
+                              f"{record.name} --vcenter ... --replace") from None
 
 
 def _refuse_other_pin(store, name: str, pem: bytes, replace: bool) -> None:

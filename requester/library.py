@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import re
 import time
 import urllib.parse
@@ -34,12 +35,12 @@ from .batch import BatchReport, InvalidTargets, Outcome, Target, read_targets
 from .deployspec import InvalidDeploySpec, secrets_from_json
 from .enroll import ClientIdentityFiles, enroll, parse_address
 from .errors import ApiError, BadResponse, ConnectionFailed, PinMismatch, RequesterError
-from .identitycheck import changed, different_deployment, other_pin, probe
+from .identitycheck import IdentityChanged, changed, different_deployment, other_pin, probe
 from .retry import DEFAULT_DEADLINE, Waiting, retry_until
 from .session import PinnedSession
 from .store import open_store
 from .store.claims import claimed
-from .truststore import ApplianceRecord, TrustStore, TrustStoreError, UnknownAppliance
+from .truststore import ApplianceRecord, PinConflict, TrustStore, TrustStoreError, UnknownAppliance
 from .workers import MIN_TARGETS_PER_WORKER, WORKER_KINDS, default_workers, enroll_in_workers
 
 MAX_SECRETS_FILE = 64 * 1024
@@ -305,17 +306,28 @@ async def enroll_many(targets: Iterable[Target], *, concurrency: int = 32, store
     The keyword arguments passed on to each enroll_appliance are those of MANY_ARGUMENTS.
 
     Raises:
-        ValueError: `concurrency` is not a whole number >= 1, or `worker_kind` is unknown.
-        TypeError: a target is not a Target, or another keyword argument (before anything is sent).
+        ValueError: `concurrency` is not a whole number >= 1, `worker_kind` is unknown, a name
+            appears twice among the targets, or `deadline` is not a number of seconds >= 0.
+        TypeError: a target is not a Target or its secrets not EnrollmentSecrets, or another
+            keyword argument (before anything is sent).
         TrustStoreError: the store (or its identity) cannot be used.
     """
     targets = list(targets)
     _check_arguments("enroll_many", ssh_key=kwargs.get("ssh_key"), timeouts=kwargs, allowed=MANY_ARGUMENTS)
     if type(concurrency) is not int or concurrency < 1:  # Semaphore(0) would wait forever
         raise ValueError(f"concurrency must be a whole number >= 1, not {concurrency!r}")
+    names: set[str] = set()
     for target in targets:
         if not isinstance(target, Target):
             raise TypeError(f"enroll_many takes Target objects (requester.batch), not {type(target).__name__}")
+        if not isinstance(target.secrets, EnrollmentSecrets):
+            raise TypeError(f"{target.name}: secrets must be an EnrollmentSecrets, not {type(target.secrets).__name__}")
+        if target.name in names:  # both would enroll, the second pin would replace the first: one orphaned
+            raise ValueError(f"the name {str(target.name)[:64]!r} appears twice among the targets")
+        names.add(target.name)
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not math.isfinite(deadline) \
+            or deadline < 0:
+        raise ValueError(f"deadline must be a number of seconds >= 0, not {deadline!r}")
     store = store or open_store()
     store.identity()
     if worker_kind not in WORKER_KINDS:
@@ -346,7 +358,16 @@ async def _enroll_here(targets: list[Target], concurrency: int, store: TrustStor
             on_done(outcome)
         return outcome
 
-    return list(await asyncio.gather(*(one(t) for t in targets)))
+    tasks = [asyncio.ensure_future(one(t)) for t in targets]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        # A bug, or the caller's cancellation: no enrollment goes on unseen, spending an
+        # appliance's secrets with nobody to record its pin.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 # The ways in whose certificate the manager hands over (the SRP way pins through enroll_appliance).
@@ -385,7 +406,12 @@ def pin_certificate(name: str, address: str, certificate: bytes | str, *, api_po
     store.identity()  # the certificate the appliance must authorize exists from now on
     record = ApplianceRecord(name=name, address=host, pin=pin, certificate=pem,
                              api_port=port, embodiment=embodiment, enrolled_at=time.time())
-    store.save(record)
+    try:
+        store.save(record, same_key_only=not replace)  # the check again, under the store's lock
+    except PinConflict as exc:
+        raise IdentityChanged(f"{name} was pinned to another key ({exc.pin}) while this certificate ({pin}) was "
+                              f"being pinned; nothing was pinned. If that was intended: firsttrust pin-cert {name} "
+                              "... --replace") from None
     return record
 
 

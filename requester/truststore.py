@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from firsttrust import limits
 from firsttrust.errors import FirsttrustError
@@ -45,6 +45,14 @@ class TrustStoreError(RequesterError):
     """The trust store is unreadable, corrupt, or has no such appliance."""
 
     code = "trust_store"
+
+
+class PinConflict(TrustStoreError):
+    """The name is pinned to another key already (save with same_key_only): `pin` is that key."""
+
+    def __init__(self, name: str, pin: str) -> None:
+        super().__init__(f"{name} is pinned to another key ({pin})")
+        self.name, self.pin = name, pin
 
 
 class UnknownAppliance(TrustStoreError):
@@ -238,17 +246,45 @@ class TrustStore:
             raise TrustStoreError("an appliance name is 1-64 letters, digits, '.', '_' or '-', starting alphanumeric")
         return self.appliances / f"{name}.json"
 
-    def save(self, record: ApplianceRecord) -> None:
-        self._write(self._record_path(record.name), record)
+    def save(self, record: ApplianceRecord, *, same_key_only: bool = False) -> None:
+        """Pin `record`. `same_key_only`: only if its name is unpinned or pinned to the same key,
+        decided under the lock (a compare-and-set: of two processes pinning one name to two keys,
+        one gets PinConflict), else PinConflict and nothing written."""
+        path = self._record_path(record.name)
+        check = None
+        if same_key_only:
+            def check() -> None:
+                try:
+                    current = self.get(record.name)
+                except UnknownAppliance:
+                    return
+                if current.pin != record.pin:
+                    raise PinConflict(record.name, current.pin)
+        self._write(path, record, check=check)
 
-    def _write(self, path: Path, record: ApplianceRecord, *, then_remove: Path | None = None) -> None:
-        """Write `record` (its certificate checked first) to `path`, then remove `then_remove`,
-        both under the lock."""
+    def _write(self, path: Path, record: ApplianceRecord, *, then_remove: Path | None = None,
+               check: Callable[[], None] | None = None) -> None:
+        """Write `record` to `path`, then remove `then_remove`, both under the lock (after
+        `check`, if given). The record is checked as `get` will read it (its certificate, every
+        field, its size) first: a pin written is a pin that can be read back.
+
+        Raises:
+            TrustStoreError: the record would not read back, or the file cannot be written (naming it).
+        """
+        data = record.to_json()
+        if len(data) > MAX_RECORD_BYTES:
+            raise TrustStoreError(f"the record of {record.name!r} would be larger than {MAX_RECORD_BYTES} bytes")
+        ApplianceRecord.from_json(data, path)
         load_certificate(record.certificate.encode())
         with self.locked():
-            write_atomic(path, record.to_json(), 0o600)
-            if then_remove is not None:
-                then_remove.unlink(missing_ok=True)
+            if check is not None:
+                check()
+            try:
+                write_atomic(path, data, 0o600)
+                if then_remove is not None:
+                    then_remove.unlink(missing_ok=True)
+            except OSError as exc:
+                raise TrustStoreError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
 
     def get(self, name: str) -> ApplianceRecord:
         path = self._record_path(name)

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from firsttrust.errors import FirsttrustError
 from firsttrust.identity import Identity, load_certificate, pin_of_certificate
 
-from ..truststore import ApplianceRecord, TrustStore, TrustStoreError, UnknownAppliance
+from ..truststore import ApplianceRecord, PinConflict, TrustStore, TrustStoreError, UnknownAppliance
 from . import schema, signing
 from .config import connection_options, load_profile, remember_members
 from .errors import HeldByHost, NotAMember, StoreConfigError, StoreSchemaError, StoreUnavailable, UntrustedRecord
@@ -312,21 +313,29 @@ class PgStore(TrustStore):
         self._record_path(name)  # the file store's name rule, same message
         return name
 
-    def save(self, record: ApplianceRecord) -> None:
+    def save(self, record: ApplianceRecord, *, same_key_only: bool = False) -> None:
+        """As TrustStore.save; `same_key_only` decided under the pin row's lock."""
         load_certificate(record.certificate.encode())
         identity = self.identity()
 
         def work(cursor: Any) -> None:
             membership = self._membership(cursor)
             self._me(membership)
-            self._upsert_pin(cursor, membership, identity, record)
+            self._upsert_pin(cursor, membership, identity, record, same_key_only=same_key_only)
 
         self.transaction(work)
 
-    def _upsert_pin(self, cursor: Any, membership: Membership, identity: Identity, record: ApplianceRecord) -> None:
+    def _upsert_pin(self, cursor: Any, membership: Membership, identity: Identity, record: ApplianceRecord, *,
+                    same_key_only: bool = False) -> None:
         self._check_name(record.name)
         cursor.execute("SELECT version, payload FROM pins WHERE name = %s FOR UPDATE", (record.name,))
         row = cursor.fetchone()
+        if same_key_only and row is not None and (pinned := _pinned_certificate(row[1])) != record.certificate:
+            try:
+                other = pin_of_certificate(pinned.encode())
+            except (AttributeError, ValueError, FirsttrustError):  # an unreadable pin is another key too
+                other = "an unreadable pin"
+            raise PinConflict(record.name, other)
         version = (row[0] if row else 0) + 1
         # Re-pinned to another appliance (--replace, a redeployment with a new certificate): that
         # appliance has authorized none of the other members yet, whatever their grants said.

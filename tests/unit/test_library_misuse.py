@@ -109,3 +109,104 @@ def test_a_targets_file_of_thousands_of_rows_is_read_and_a_bad_row_is_named_by_f
         with pytest.raises(FirsttrustError) as refused:
             read_targets(str(tmp_path / "bad.csv"))
         assert f"targets file {tmp_path / 'bad.csv'}, row 2: " in str(refused.value) and problem in str(refused.value)
+
+
+def _record(name, identity):
+    from firsttrust.requester.truststore import ApplianceRecord
+
+    return ApplianceRecord(name=name, address="10.0.0.5", pin=identity.pin, certificate=identity.cert_pem.decode(),
+                           api_port=8791)
+
+
+def test_a_name_twice_among_the_targets_is_refused_before_anything_is_sent(store, monkeypatch):
+    """Both would enroll, and the second pin would replace the first: that appliance's secrets
+    spent, its window closed, nothing pinned for it."""
+    from firsttrust.requester import library
+
+    sent = []
+    monkeypatch.setattr(library, "_enroll_appliance", lambda *a, **k: sent.append(a))
+    twice = Target("app", "127.0.0.1:1", EnrollmentSecrets.generate())
+    for targets in ([twice, Target("app", "127.0.0.2:1", EnrollmentSecrets.generate())], [twice, twice]):
+        with pytest.raises(ValueError, match="'app' appears twice"):
+            asyncio.run(enroll_many(targets, store=store, workers=1))
+    with pytest.raises(TypeError, match="secrets must be an EnrollmentSecrets"):
+        asyncio.run(enroll_many([Target("a", "127.0.0.1:1", {"sec_a": "x"})], store=store, workers=1))
+    for deadline in ("5", None, float("nan"), -1):
+        with pytest.raises(ValueError, match="deadline"):
+            asyncio.run(enroll_many([Target("a", "127.0.0.1:1", EnrollmentSecrets.generate())], store=store,
+                                    workers=1, deadline=deadline))
+    assert sent == []
+
+
+def test_a_bug_in_one_enrollment_of_a_batch_stops_the_others_before_it_is_raised(store, monkeypatch):
+    """gather left them running unseen: enrolling appliances (spending their secrets) with nobody
+    to record their pins."""
+    from firsttrust.requester import library
+
+    ended = []
+
+    async def enrollment(address, secrets, *, name, **kwargs):
+        if name == "bug":
+            await asyncio.sleep(0.05)
+            raise RuntimeError("a bug")
+        try:
+            await asyncio.sleep(5)
+        finally:
+            ended.append(name)
+
+    monkeypatch.setattr(library, "_enroll_appliance", enrollment)
+    targets = [Target(n, "127.0.0.1:1", EnrollmentSecrets.generate()) for n in ("a", "bug", "b")]
+
+    async def caller() -> list[str]:
+        with pytest.raises(RuntimeError, match="a bug"):
+            await enroll_many(targets, store=store, workers=1)
+        return sorted(ended)  # when the caller hears of it, not when asyncio.run tidies up
+
+    assert asyncio.run(caller()) == ["a", "b"]
+
+
+def test_a_store_that_cannot_be_written_is_a_trust_store_error_naming_the_file(store, monkeypatch):
+    import errno
+
+    from firsttrust.identity import create_identity
+    from firsttrust.requester import truststore
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(truststore, "write_atomic", full)
+    with pytest.raises(TrustStoreError, match=r"cannot write .*app1\.json: No space left on device"):
+        store.save(_record("app1", create_identity("appliance")))
+
+
+def test_a_record_that_would_not_read_back_is_never_written(store):
+    """Recovery pinned SSH host keys unchecked: the pin was written, every later use of the name
+    then called it corrupt."""
+    import dataclasses
+
+    from firsttrust.identity import create_identity
+
+    bad = dataclasses.replace(_record("app1", create_identity("appliance")), ssh_host_keys=("",))
+    with pytest.raises(TrustStoreError, match="corrupt"):
+        store.save(bad)
+    assert not (store.appliances / "app1.json").exists()
+    huge = dataclasses.replace(_record("app1", create_identity("appliance")),
+                               ssh_host_keys=tuple(f"ssh-ed25519 {'A' * 300} k{i}" for i in range(1000)))
+    with pytest.raises(TrustStoreError, match="larger than"):
+        store.save(huge)
+
+
+def test_pinning_a_name_another_process_pinned_to_another_key_meanwhile_is_refused_under_the_lock(
+        store, monkeypatch):
+    """The check before and the write after: the write is a compare-and-set under the store's lock."""
+    from firsttrust.identity import create_identity
+    from firsttrust.requester import library
+    from firsttrust.requester.identitycheck import IdentityChanged
+
+    first, second = create_identity("appliance"), create_identity("appliance")
+    monkeypatch.setattr(library, "other_pin", lambda *args: None)  # the check passed: then the other process won
+    store.save(_record("app", first))
+    with pytest.raises(IdentityChanged, match="while this certificate"):
+        library.pin_certificate("app", "10.0.0.6", second.cert_pem, store=store)
+    assert store.get("app").pin == first.pin
+    assert library.pin_certificate("app", "10.0.0.6", second.cert_pem, store=store, replace=True).pin == second.pin
