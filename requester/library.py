@@ -332,7 +332,9 @@ async def enroll_many(targets: Iterable[Target], *, concurrency: int = 32, store
     store.identity()
     if worker_kind not in WORKER_KINDS:
         raise ValueError(f"worker_kind must be one of {', '.join(WORKER_KINDS)}")
-    workers = max(1, min(workers or default_workers(), len(targets) // MIN_TARGETS_PER_WORKER))
+    # At most `concurrency` workers: each runs at least one enrollment at a time, and the shares
+    # add up to `concurrency` exactly (enroll_in_workers).
+    workers = max(1, min(workers or default_workers(), len(targets) // MIN_TARGETS_PER_WORKER, concurrency))
     if workers == 1:
         return await _enroll_here(targets, concurrency, store, on_done, deadline, kwargs)
     return await enroll_in_workers(_enroll_here, targets, concurrency, store, on_done, deadline, kwargs, workers,

@@ -68,7 +68,8 @@ async def enroll_in_workers(run: Share, targets: list[Target], concurrency: int,
         try:
             for start in range(workers):
                 shard = [(i, targets[i]) for i in range(start, len(targets), workers)]
-                job = loop.run_in_executor(executor, _worker, run, shard, -(-concurrency // workers), store,
+                share = concurrency // workers + (start < concurrency % workers)  # the shares sum to concurrency
+                job = loop.run_in_executor(executor, _worker, run, shard, share, store,
                                            deadline, kwargs, *((done_queue, stop) if worker_kind == "thread" else ()))
                 # A worker that fails as a whole never reports its end: say it for it.
                 job.add_done_callback(lambda job: job.cancelled() or job.exception() is None

@@ -210,3 +210,30 @@ def test_pinning_a_name_another_process_pinned_to_another_key_meanwhile_is_refus
         library.pin_certificate("app", "10.0.0.6", second.cert_pem, store=store)
     assert store.get("app").pin == first.pin
     assert library.pin_certificate("app", "10.0.0.6", second.cert_pem, store=store, replace=True).pin == second.pin
+
+
+@pytest.mark.parametrize("concurrency, workers", [(1, 2), (3, 2), (2, 4)])
+def test_workers_never_run_more_enrollments_at_once_than_the_concurrency(store, monkeypatch, concurrency, workers):
+    """Each worker got concurrency/workers rounded up: concurrency 1 on 2 workers ran 2 at once."""
+    import threading
+
+    from firsttrust.requester import library
+    from firsttrust.requester.truststore import UnknownAppliance
+
+    lock, now, peak = threading.Lock(), [0], [0]
+
+    async def enrollment(address, secrets, *, name, **kwargs):
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        await asyncio.sleep(0.01)
+        with lock:
+            now[0] -= 1
+        raise UnknownAppliance("done")  # a typed outcome: nothing is pinned
+
+    monkeypatch.setattr(library, "_enroll_appliance", enrollment)
+    targets = [Target(f"a{i}", "127.0.0.1:1", EnrollmentSecrets.generate()) for i in range(24)]
+    outcomes = asyncio.run(enroll_many(targets, store=store, concurrency=concurrency, workers=workers,
+                                       worker_kind="thread"))
+    assert [o.target.name for o in outcomes] == [t.name for t in targets]
+    assert peak[0] == concurrency
