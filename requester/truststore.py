@@ -168,10 +168,15 @@ class TrustStore:
         self._checked = True
 
     def _remove_stale_temps(self) -> None:
-        """Temp files a killed writer left (write_atomic's names). Only under the lock: every
-        writer holds it from creating its temp file to renaming it, so none is in flight."""
-        for directory in (self.home, self.appliances, self.pending):
+        """Temp files a killed writer left (write_atomic's names), of the files written under
+        this lock only: every such writer holds it from creating its temp file to renaming it,
+        so none is in flight. In the home, only the identity's: other files there (fleet.json)
+        are written under another lock, and their writers' temp files may be in flight."""
+        for directory in (self.appliances, self.pending):
             for leftover in directory.glob(".*.tmp"):
+                leftover.unlink(missing_ok=True)
+        for name in (self.key_path.name, self.cert_path.name, CREATING):
+            for leftover in self.home.glob(f".{name}.*.tmp"):
                 leftover.unlink(missing_ok=True)
 
     @contextlib.contextmanager
