@@ -55,15 +55,20 @@ class ProvisionReport:
     state: AgentState
 
 
-def _ensure_identity(store: StateDir, clock: Callable[[], float]) -> Identity:
+def _ensure_identity(store: StateDir, clock: Callable[[], float], provisioned: bool) -> Identity:
     identity = store.load_identity()
     if identity is not None:
         return identity
     key_pem = store.load_key_pem()  # a crash may have left the key without its certificate
+    if key_pem is None and provisioned:
+        # The key is written first, so no crash leaves a provisioned appliance without it: a new
+        # one would silently end every requester's pin. Refused, never replaced.
+        raise StateError(f"{store.key_path} is missing but the appliance was provisioned; refusing to replace "
+                         "its identity (restore the file, or reprovision the appliance)")
     try:
         private_key = Identity(key_pem, b"").private_key if key_pem else None
-    except ValueError:
-        raise StateError(f"{store.key_path} is corrupt (not a PEM private key); refusing to replace it") from None
+    except ValueError as exc:
+        raise StateError(f"{store.key_path} is corrupt ({exc}); refusing to replace it") from None
     fresh = create_identity(socket.gethostname() or "appliance", dns_names=[socket.gethostname() or "appliance"],
                             clock=clock, private_key=private_key)
     if key_pem is None:
@@ -127,7 +132,7 @@ def provision(config: AgentConfig, deploy: DeployConfig, *, guestinfo: GuestInfo
 
     if deploy.remnant is not None and not _scrub_remnant(store, state, deploy):
         raise InvalidDeployConfig(deploy.remnant_error)
-    identity = _ensure_identity(store, clock)
+    identity = _ensure_identity(store, clock, provisioned=state is not None)
     _write_public_certificate(config, identity)
     step("identity")
 

@@ -268,8 +268,8 @@ class StateDir:
             # Compare pins, not key objects: cryptography 38 (Debian 12) has no key equality.
             if pin_of_certificate(identity.certificate) != _pin_of_key(identity.private_key):
                 return None
-        except ValueError:
-            raise StateError("the identity key or certificate is corrupt") from None
+        except ValueError as exc:
+            raise StateError(f"the identity key or certificate in {self.path} is corrupt ({exc})") from None
         return identity
 
     def load_key_pem(self) -> bytes | None:

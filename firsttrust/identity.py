@@ -53,8 +53,12 @@ class Identity(NamedTuple):  # not a frozen dataclass: 0.1 ms to define, not 0.8
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec
 
-        key = serialization.load_pem_private_key(self.key_pem, password=None)
-        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        try:
+            key = serialization.load_pem_private_key(self.key_pem, password=None)
+        except TypeError:  # encrypted: no password is ever configured
+            raise ValueError("the private key is encrypted") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+            raise ValueError("the private key is not an ECDSA P-256 key")
         return key
 
     @property

@@ -624,3 +624,48 @@ def test_an_authorized_file_with_entries_of_the_wrong_shape_is_corrupt_named_not
     (tmp_path / "r.pem").write_bytes(requester_identity.cert_pem)
     code, out, err = run_cli(capsys, "authorize", "--state-dir", str(state_dir), "--cert", str(tmp_path / "r.pem"))
     assert (code, out) == (1, "") and f"{state_dir / 'authorized.json'} is corrupt" in err and err.count("\n") == 1
+
+
+def _key_pem(kind: str) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    key = rsa.generate_private_key(65537, 2048) if kind == "rsa" else ec.generate_private_key(ec.SECP384R1())
+    encryption = (serialization.BestAvailableEncryption(b"pw") if kind == "encrypted"
+                  else serialization.NoEncryption())
+    if kind == "encrypted":
+        key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
+@pytest.mark.parametrize("kind", ["rsa", "p384", "encrypted"])
+@pytest.mark.parametrize("command", ["provision", "status", "show-identity"])
+def test_an_identity_key_of_the_wrong_kind_is_refused_as_corrupt_never_an_internal_error(
+        tmp_path, capsys, secrets, no_vm, kind, command):
+    """An RSA or encrypted key was an internal error (AssertionError, TypeError); a P-384 key got
+    a P-384 certificate the agent's own checks refuse."""
+    state_dir = provisioned(tmp_path, capsys, secrets)
+    (state_dir / "identity.key").write_bytes(_key_pem(kind))
+    before = all_bytes_under(state_dir)
+    env = ovf_file(tmp_path, secret_props(secrets), "again.xml")
+    argv = {"provision": ["provision", "--source", f"file:{env}", "--no-set-password"],
+            "status": ["status"], "show-identity": ["show-identity"]}[command]
+    code, _, err = run_cli(capsys, *argv, "--state-dir", str(state_dir))
+    assert code == 1 and err.count("\n") == 1 and "is corrupt" in err and "internal" not in err, err
+    assert all_bytes_under(state_dir) == before
+    if command == "provision":  # and with the certificate gone too (a crash's shape): the key is still refused
+        (state_dir / "identity.crt").unlink()
+        code, _, err = run_cli(capsys, *argv, "--state-dir", str(state_dir))
+        assert code == 1 and "identity.key is corrupt" in err and not (state_dir / "identity.crt").exists()
+
+
+def test_a_provisioned_appliance_whose_key_is_gone_is_refused_never_given_a_new_identity(
+        tmp_path, capsys, secrets, no_vm):
+    state_dir = provisioned(tmp_path, capsys, secrets)
+    (state_dir / "identity.key").unlink()
+    before = all_bytes_under(state_dir)
+    env = ovf_file(tmp_path, secret_props(secrets), "again.xml")
+    code, out, err = run_cli(capsys, "provision", "--source", f"file:{env}", "--state-dir", str(state_dir),
+                             "--no-set-password")
+    assert (code, out) == (1, "") and "identity.key is missing" in err and err.count("\n") == 1
+    assert all_bytes_under(state_dir) == before and not (state_dir / "identity.key").exists()
