@@ -20,7 +20,7 @@ import ssl
 from typing import TYPE_CHECKING
 
 from firsttrust.common.streams import FrameDeadline, unread_in_kernel
-from firsttrust.errors import AuthenticationFailed, FirsttrustError, PeerRefused, StateError
+from firsttrust.errors import FirsttrustError, PeerRefused, StateError
 from firsttrust.framing import HEADER
 from firsttrust.tlspolicy import SharedContext
 
@@ -85,6 +85,7 @@ class Conversation:
                 server._before_proof(source, "abandoned")
             elif server.doorlog.detail(source):
                 audit.event("enroll-failed", f"requester {peer} gave up: {exc.code}", peer=peer, outcome=exc.code)
+            self._say_if_locked()
             return None
         except StateError:
             raise
@@ -99,11 +100,7 @@ class Conversation:
                 with contextlib.suppress(Exception):
                     writer.write(frame)
                     await writer.drain()
-            if isinstance(exc, AuthenticationFailed) and attempt.stage != Attempt.OPEN:
-                current = server.gate.store.load()
-                if current is not None and current.failures >= server.gate.config.max_failures:
-                    audit.event("locked-out", f"enrollment locked after {current.failures} failures",
-                                peer=peer, outcome="locked_out")
+            self._say_if_locked()
             return None
         except TimeoutError:
             waited = machine.timeout or 0
@@ -116,12 +113,27 @@ class Conversation:
                 audit.event("enroll-failed", f"enrollment from {peer} timed out after {waited:.0f} s",
                             peer=peer, outcome="timeout")
             return None
+        except OSError:  # after TimeoutError, its subclass: a reset, not a FIN
+            if attempt.stage == Attempt.OPEN:  # a hello (SRP work done), then a reset: as a close
+                server._before_proof(source, "abandoned")
+            raise
         finally:
             # A verified proof is not a failed guess: refunded unless the commit (which clears the
             # count) happened, whatever refused the attempt after M1 verified. A crash before this
             # line can only over-count.
             self.deadline.close()
             await attempt.settle()
+
+    def _say_if_locked(self) -> None:
+        """The `locked-out` audit event, for the charged failure that reached max_failures,
+        whatever the proof was (a wrong SEC-A, or a malformed frame where the proof was due)."""
+        if self.attempt.stage != Attempt.CHARGED:
+            return
+        gate = self.server.gate
+        current = gate.store.load()
+        if current is not None and current.failures >= gate.config.max_failures:
+            audit.event("locked-out", f"enrollment locked after {current.failures} failures",
+                        peer=self.peer, outcome="locked_out")
 
     async def _receive(self) -> list | None:
         """What the machine makes of the stream's next bytes: read until it has something to say,
@@ -201,7 +213,7 @@ class Conversation:
         self.slot.proof()  # a proof in flight is never evicted
         if server.doorlog.detail(source):
             audit.event("enroll-attempt", f"enrollment attempt from {peer}", peer=peer)
-        refusal, outcome = await server.gate.charge_while(machine.check_proof)
+        refusal, outcome = await server.gate.charge_while(machine.check_proof, self.attempt)
         if refusal is not None:
             writer.write(machine.abort(refusal.code, refusal.message, refusal.retry_after))
             await writer.drain()

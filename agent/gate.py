@@ -103,11 +103,13 @@ class EnrollmentGate:
         refusal, _ = await self.charge_while(lambda: None)
         return refusal
 
-    async def charge_while(self, check: Callable[[], T]) -> tuple[Refusal | None, T | Exception]:
+    async def charge_while(self, check: Callable[[], T], attempt: "Attempt | None" = None
+                           ) -> tuple[Refusal | None, T | Exception]:
         """`charge`, with `check` (the proof's verification) computed on this thread while the
         charge is written and fsync'ed on another. Returns once the charge is durable (or
         refused): (the refusal or None, what `check` returned or raised). The caller releases
         the proof's verdict only after this returns, and not at all when the charge was refused.
+        `attempt` remembers what the back-off clock was, for a refund to put it back.
         """
         async with self.lock:
             pending = asyncio.get_running_loop().run_in_executor(None, self._charge)
@@ -118,7 +120,9 @@ class EnrollmentGate:
                 outcome = exc
             refusal = await _to_the_end(pending)
             if refusal is None:
-                self.last_failure_at = self.clock()
+                previous, self.last_failure_at = self.last_failure_at, self.clock()
+                if attempt is not None:
+                    attempt.backoff = (previous, self.last_failure_at)
             return refusal, outcome
 
     def _charge(self) -> Refusal | None:
@@ -134,10 +138,15 @@ class EnrollmentGate:
         self.store.save(state)
         return None
 
-    async def refund(self) -> None:
-        """Undo a charge whose proof verified but whose enrollment did not complete."""
+    async def refund(self, backoff: tuple[float, float] | None = None) -> None:
+        """Undo a charge whose proof verified but whose enrollment did not complete: the count,
+        and the back-off clock (`backoff`: what it was before the charge, and what the charge set)
+        unless another charge moved it since. A refunded attempt starts no back-off: the next
+        requester is not told to wait for a guess that was right (an injector, a relay, a reset)."""
         async with self.lock:
             await _to_the_end(asyncio.ensure_future(asyncio.to_thread(self._add_failures, -1)))
+            if backoff is not None and self.last_failure_at == backoff[1]:
+                self.last_failure_at = backoff[0]
 
     def _add_failures(self, delta: int) -> None:
         state = self._state()
@@ -196,15 +205,17 @@ class Attempt:
     whose enrollment then failed (a relay, bytes injected behind the proof, a timeout, a lost
     race) is not a failed guess. A crash before `settle` can only over-count."""
 
-    __slots__ = ("gate", "stage")
+    __slots__ = ("gate", "stage", "backoff")
     OPEN, RECEIVED, CHARGED, VERIFIED, COMMITTED, REFUNDED = range(6)
 
     def __init__(self, gate: EnrollmentGate) -> None:
         self.gate = gate
         self.stage = Attempt.OPEN
+        self.backoff: tuple[float, float] | None = None  # the back-off clock before and after its charge
 
     async def settle(self) -> None:
         """Refund a verified attempt that did not commit; nothing otherwise."""
         if self.stage == Attempt.VERIFIED:
             self.stage = Attempt.REFUNDED
-            await asyncio.shield(self.gate.refund())  # even when the listener is being shut down
+            # even when the listener is being shut down
+            await asyncio.shield(self.gate.refund(self.backoff))

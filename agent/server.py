@@ -178,7 +178,9 @@ class EnrollmentServer:
             await self._refuse(writer, "internal", "the agent failed on its side; nothing was authorized")
         finally:
             slot.release()
-            if writer.get_extra_info("ssl_object") is None and not reader.at_eof():
+            if slot.evicted:
+                pass  # the drain owns the transport since the eviction: its `busy` arrives, then the close
+            elif writer.get_extra_info("ssl_object") is None and not reader.at_eof():
                 # Plaintext: whatever refusal was written arrives (shut down, drain, close).
                 self.drains.close(writer.transport)
             else:
@@ -263,8 +265,11 @@ class _Slot:
         if self.entry is not None:
             self.server._post_hello.pop(self.entry, None)
             self.entry = None
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(EVICTED)  # type: ignore[attr-defined]
+        if self.transport is not None:
+            # The drain takes the transport over first (its protocol replaced), so the peer's
+            # next bytes go to the drain, never to a reader already at EOF ("feed_data after
+            # feed_eof": one asyncio ERROR line per eviction, a log flood any client could cause).
+            self.server.drains.close(self.transport, EVICTED)
         if self.reader is not None:
             self.reader.feed_eof()
 

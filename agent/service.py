@@ -161,3 +161,8 @@ async def serve(config: AgentConfig, listen: Listen = DEFAULT_LISTEN, api_listen
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 5)
         await api_door.close()
+        # The last interval's counts (a flood's evidence), not lost with the process at a stop,
+        # a restart or the watchdog's kill-and-restart.
+        for doorlog in (enrollment.doorlog, api_door.guard.doorlog):
+            with contextlib.suppress(Exception):
+                doorlog.flush()

@@ -18,6 +18,7 @@ import struct
 from typing import Any, NamedTuple
 
 from .errors import (
+    FirsttrustError,
     FrameTooLarge,
     MalformedFrame,
     TruncatedFrame,
@@ -176,10 +177,13 @@ class FrameDecoder:
         stream has already failed (an empty or oversized length, refused by `feed`)."""
         if self._error:
             return True
-        if len(self._buffer) < HEADER.size:
-            return False
-        (length,) = HEADER.unpack_from(self._buffer)
-        return len(self._buffer) >= HEADER.size + length
+        # The header checked here too, not only in `feed`: a frame taken out of the buffer may
+        # leave the next one's header, fed in the same read (hello and an oversized length).
+        try:
+            length = self._check_header()
+        except FirsttrustError:
+            return True
+        return length is not None and len(self._buffer) >= HEADER.size + length
 
     def next_frame(self) -> Frame | None:
         if self._error:

@@ -374,3 +374,91 @@ async def test_hellos_abandoned_before_the_proof_get_the_source_refused_at_accep
         writer.close()
     finally:
         await app.stop()
+
+
+async def test_an_evicted_connection_that_keeps_sending_gets_busy_and_the_agent_logs_nothing(tmp_path, caplog):
+    """The evicting hello and the evicted peer's next bytes arrive in one event-loop turn: the
+    bytes went to a reader already fed EOF, and asyncio logged "feed_data after feed_eof" at
+    ERROR, one unbounded line per eviction (666 a minute from 64 sources in the review)."""
+    import logging
+    import struct
+    import threading
+
+    def read_to_end(sock: socket.socket) -> bytes:
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+        return data
+
+    def one(port: int, index: int, seen: list) -> None:
+        victim = socket.create_connection(("127.0.0.1", port), source_address=(f"127.0.1.{10 + index}", 0))
+        victim.settimeout(5)
+        victim.sendall(HELLO_A2)
+        header = victim.recv(4, socket.MSG_WAITALL)
+        victim.recv(int.from_bytes(header, "big"), socket.MSG_WAITALL)  # its challenge
+        victim.sendall(struct.pack(">I", 30000))  # a proof's header, the body to follow
+        evictor = socket.create_connection(("127.0.0.1", port), source_address=(f"127.0.2.{10 + index}", 0))
+        time.sleep(0.05)
+        evictor.sendall(HELLO_A2)
+        victim.sendall(b"z" * 64)  # and the victim's next bytes, right behind
+        try:
+            seen.append("busy" if b"busy" in read_to_end(victim) else "closed without busy")
+        except ConnectionResetError:
+            seen.append("reset")
+        victim.close()
+        evictor.close()
+
+    app = provisioned(tmp_path)
+    await app.start(max_post_hello=1)
+    seen: list[str] = []
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    try:
+        for index in range(12):
+            thread = threading.Thread(target=one, args=(app.port, index, seen))
+            thread.start()
+            while thread.is_alive():
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+    finally:
+        await app.stop()
+    assert seen == ["busy"] * 12
+    assert [r.getMessage()[:80] for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_a_lockout_reached_with_junk_where_the_proof_is_due_still_says_locked_out(tmp_path, capsys):
+    """A malformed frame where the proof is due is a charged failure (no password needed): the
+    failure that reached max_failures wrote no `locked-out` event, the one operators alert on."""
+    app = provisioned(tmp_path, max_failures=3)
+    await app.start(backoff_base=0.0)
+    capsys.readouterr()
+    try:
+        for index in range(3):
+            reader, writer = await connect_from(app.port, f"127.0.3.{index + 1}")
+            writer.write(HELLO_A2 + b"\x00\x00\x00\x02{}")  # a frame of no known version: charged
+            await read_until_closed(reader, 5)
+            writer.close()
+        await asyncio.sleep(0.2)
+    finally:
+        await app.stop()
+    assert app.store.load().failures == 3
+    assert capsys.readouterr().err.count("event=locked-out") == 1
+
+
+async def test_a_hello_then_a_reset_is_counted_and_penalized_as_a_hello_then_a_close(tmp_path):
+    """A reset (RST) after the hello went past both: SRP work done, nothing counted, no penalty."""
+    import struct
+
+    app = provisioned(tmp_path)
+    await app.start()
+    source = "127.0.3.40"
+    try:
+        for _ in range(3):
+            reader, writer = await connect_from(app.port, source)
+            writer.write(HELLO_A2)
+            await read_frame(reader)  # the challenge: SRP work done
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()  # RST, not FIN
+            await asyncio.sleep(0.1)
+        assert app.server.doorlog.counts.get(source, {}).get("abandoned") == 3  # counted, and penalized with it
+    finally:
+        await app.stop()

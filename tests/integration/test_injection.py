@@ -117,16 +117,22 @@ async def test_plaintext_arriving_while_the_proof_is_charged_is_refused_by_the_a
     assert app.store.authorized() == [] and app.store.load().failures == 0  # M1 verified: refunded
 
 
+@pytest.mark.parametrize("earlier_failures", [0, 6])
 @pytest.mark.parametrize("separate", [False, True], ids=["same-write", "separate-segment"])
 async def test_an_injected_frame_behind_a_correct_proof_does_not_spend_the_requesters_attempt(
-        tmp_path, requester_identity, separate, monkeypatch):
+        tmp_path, requester_identity, separate, monkeypatch, earlier_failures):
     """An on-path injector appends a frame to the legitimate requester's correct client_proof:
     refused (above), but M1 verified, so the charge made before the verdict is refunded:
-    failures stays 0 and no back-off starts (docs/protocol.md section 9)."""
+    failures stays as it was and no back-off starts (docs/protocol.md section 9). With earlier
+    failures (their back-off long over), the refund put the count back but not the back-off
+    clock: the requester's retry got `backing_off` for 32 s."""
     import firsttrust.agent.conversation as server_module
     if separate:
         slow_before_tls(monkeypatch, server_module, "_peek_plaintext")
     app = provisioned(tmp_path)
+    state = app.store.load()
+    state.failures = earlier_failures
+    app.store.save(state)
     await app.start(backoff_base=1.0)
     client = ClientEnrollment(sec_a=app.secrets.sec_a, sec_b=app.secrets.sec_b,
                               certificate=requester_identity.cert_der, name="victim")
@@ -153,7 +159,7 @@ async def test_an_injected_frame_behind_a_correct_proof_does_not_spend_the_reque
         await app.settled()
         assert frames_of(answer)[-1].fields["code"] == "unexpected_frame"
         assert charged == [1]  # the attempt was charged before its verdict left...
-        assert app.store.load().failures == 0  # ...and refunded once M1 verified
+        assert app.store.load().failures == earlier_failures  # ...and refunded once M1 verified
         assert not isinstance(app.gate.check(), Refusal)  # no back-off: the requester may retry at once
     finally:
         await app.stop()

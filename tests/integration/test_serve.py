@@ -189,3 +189,20 @@ async def test_as_a_user_types_it_serve_then_enroll_then_call(tmp_path):
     record = json.loads((tmp_path / "home" / "appliances" / "app-01.json").read_text())
     assert record["pin"] == app.store.load_identity().pin
     assert secrets.sec_a not in log + out.stderr + out.stdout
+
+
+async def test_a_stop_writes_the_last_intervals_door_counts(tmp_path):
+    """The door summaries are written once a minute: a stop (or the watchdog's restart) within
+    the minute lost the flood's evidence."""
+    app = provisioned(tmp_path)
+    serve = Serve(app.store.path)
+    try:
+        await serve.ready()
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", serve.enroll_port)
+            writer.write(b"\xff\xff\xff\xff")  # a first frame over the cap: refused, counted
+            await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+    finally:
+        log = serve.stop()
+    assert "event=door-summary" in log and "garbage" in log, log

@@ -143,3 +143,16 @@ def test_error_frame_from_an_empty_or_odd_message_is_still_valid():
         dec = FrameDecoder()
         dec.feed(encode_error("internal", message))
         assert validate(dec.next_frame())["code"] == "internal"
+
+
+def test_an_oversized_length_right_behind_a_frame_in_the_same_read_is_refused_at_once():
+    """feed() checked only the first header in the buffer: the hello's. An oversized length
+    behind it, in the same read, waited for a body that never comes, until the phase timeout."""
+    from firsttrust.framing import FrameDecoder, FrameTooLarge, encode_frame
+
+    decoder = FrameDecoder()
+    decoder.feed(encode_frame("hello", {"A": "AA=="}) + b"\xff\xff\xff\xff")
+    assert decoder.next_frame().type == "hello"
+    assert decoder.frame_ready()  # not "waiting for 4 GiB"
+    with pytest.raises(FrameTooLarge):
+        decoder.next_frame()
