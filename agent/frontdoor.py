@@ -458,18 +458,29 @@ def _in_networks(source: str, networks: tuple) -> bool:
         net = ipaddress.ip_network(source, strict=False)
     except ValueError:
         return False
-    return any(net.version == n.version and net.subnet_of(n) for n in networks)
+    # The key is an IPv4 address or an IPv6 /64: an entry inside it (an IPv6 address, ::1)
+    # exempts that /64, the granularity every penalty has; a key inside an entry is exempt too.
+    return any(net.version == n.version and (net.subnet_of(n) or n.subnet_of(net)) for n in networks)
 
 
 def parse_networks(texts) -> tuple:
-    """agent.toml `penalty_exempt`: addresses or CIDR networks, as ipaddress networks.
+    """agent.toml `penalty_exempt`: addresses or CIDR networks, as ipaddress networks. An
+    IPv4-mapped IPv6 entry (::ffff:10.0.0.5, as a dual-stack listener shows an IPv4 peer) is
+    taken as the IPv4 address or network it maps, the way source_key counts such a peer.
 
     Raises:
         ValueError: an entry is not an address or network.
     """
     import ipaddress
 
-    return tuple(ipaddress.ip_network(str(text), strict=False) for text in texts)
+    networks = []
+    for text in texts:
+        network = ipaddress.ip_network(str(text), strict=False)
+        mapped = network.network_address.ipv4_mapped if network.version == 6 else None
+        if mapped is not None and network.prefixlen >= 96:
+            network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}", strict=False)
+        networks.append(network)
+    return tuple(networks)
 
 
 def _decrement(counts: dict[str, int], key: str) -> None:

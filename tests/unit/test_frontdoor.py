@@ -383,6 +383,22 @@ def test_an_exempt_source_accrues_no_penalty_and_others_do():
     assert table.blocked_for("10.2.0.1") > 0
 
 
+def test_an_exempt_ipv6_address_and_a_mapped_ipv4_address_are_exempt_as_the_audit_log_shows_them():
+    """An IPv6 requester's key is its /64, so an entry for its address never matched; and the
+    dual-stack listener's audit log shows an IPv4 peer as ::ffff:a.b.c.d, which never matched
+    the IPv4 key either: both were silently penalized."""
+    from firsttrust.agent.frontdoor import parse_networks
+
+    table, _ = post_door(exempt=parse_networks(["2001:db8:0:1::5", "::ffff:10.9.8.7", "::1"]))
+    exempt = [source_key("2001:db8:0:1::5"), source_key("::ffff:10.9.8.7"), source_key("::1")]
+    others = [source_key("2001:db8:0:2::5"), "10.9.8.6"]
+    for source in exempt + others:
+        for _ in range(3):
+            table.penalize(source, "stalled")
+    assert [table.blocked_for(source) for source in exempt] == [0, 0, 0]
+    assert all(table.blocked_for(source) > 0 for source in others)
+
+
 def test_penalty_exempt_in_agent_toml(tmp_path):
     from firsttrust.agent.config import ConfigError, load_config
 
