@@ -30,6 +30,8 @@ from firsttrust.deployment import DEFAULT_API_PORT, DEFAULT_ENROLL_PORT
 from firsttrust.enrollment import PendingPin
 from firsttrust.errors import FirsttrustError, InvalidSecret, PeerRefused
 from firsttrust.identity import certificate_pem, pin_of_certificate
+from firsttrust.limits import MAX_SSH_HOST_KEYS, MAX_SSH_KEY_LINE
+from firsttrust.messages import SSH_KEY_PATTERN
 
 from .batch import BatchReport, InvalidTargets, Outcome, Target, read_targets
 from .deployspec import InvalidDeploySpec, secrets_from_json
@@ -244,8 +246,11 @@ async def _confirm_pending(store: TrustStore, pending: ApplianceRecord) -> Appli
     if not isinstance(identity, dict) or identity.get("pin") != pending.pin:
         return None
     host_keys = identity.get("ssh_host_keys")
+    # As the enrollment's own `enrolled` frame would carry them (messages.py): a key that frame
+    # would refuse, or one past its count, is not pinned (it would make the record unreadable).
     record = dataclasses.replace(pending, enrolled_at=time.time(), ssh_host_keys=tuple(
-        key for key in (host_keys if isinstance(host_keys, list) else []) if isinstance(key, str)))
+        key for key in (host_keys if isinstance(host_keys, list) else []) if isinstance(key, str)
+        and len(key) <= MAX_SSH_KEY_LINE and re.fullmatch(SSH_KEY_PATTERN, key))[:MAX_SSH_HOST_KEYS])
     await _store_call(store, store.promote, record)
     return record
 

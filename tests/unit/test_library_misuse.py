@@ -237,3 +237,33 @@ def test_workers_never_run_more_enrollments_at_once_than_the_concurrency(store, 
                                        worker_kind="thread"))
     assert [o.target.name for o in outcomes] == [t.name for t in targets]
     assert peak[0] == concurrency
+
+
+def test_recovery_pins_only_the_ssh_host_keys_an_enrolled_frame_could_carry(store, monkeypatch):
+    """The recovery path (a pending pin confirmed through the API) took any strings: an empty
+    key, or 2,500 of them, gave a pin that every later use of the name called corrupt."""
+    from firsttrust.identity import create_identity
+    from firsttrust.requester import library
+
+    appliance = create_identity("appliance")
+    good = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl host"
+    served = {"pin": appliance.pin, "ssh_host_keys": ["", good, 5, "not a key"] + [good] * 40}
+
+    class Session:
+        def __init__(self, *args):
+            pass
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            return False
+
+        async def get(self, path):
+            return served
+
+    monkeypatch.setattr(library, "PinnedSession", Session)
+    pending = _record("app", appliance)
+    record = asyncio.run(library._confirm_pending(store, pending))
+    assert record.ssh_host_keys == (good,) * 16
+    assert store.get("app").ssh_host_keys == (good,) * 16  # and it reads back
