@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import math
+import os
 import re
 import time
 import urllib.parse
@@ -430,6 +431,10 @@ def open_session(name: str, *, store: TrustStore | None = None, **kwargs) -> Pin
     """
     store = store or open_store()
     record = store.get(name)
+    for path in (store.key_path, store.cert_path):  # never made here: the appliance trusts the one it has
+        if not os.path.isfile(path):
+            raise TrustStoreError(f"{path} is missing: this requester's identity, which {name} trusts, is gone "
+                                  "(restore it from a backup)")
     return PinnedSession(record.address, record.api_port, record.certificate.encode(), store.key_path,
                          store.cert_path, **kwargs)
 

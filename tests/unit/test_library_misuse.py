@@ -267,3 +267,14 @@ def test_recovery_pins_only_the_ssh_host_keys_an_enrolled_frame_could_carry(stor
     record = asyncio.run(library._confirm_pending(store, pending))
     assert record.ssh_host_keys == (good,) * 16
     assert store.get("app").ssh_host_keys == (good,) * 16  # and it reads back
+
+
+def test_a_call_without_the_requesters_key_is_a_trust_store_error_naming_it(store):
+    from firsttrust.identity import create_identity
+    from firsttrust.requester.library import call
+
+    store.identity()
+    store.save(_record("app", create_identity("appliance")))
+    store.key_path.unlink()
+    with pytest.raises(TrustStoreError, match="identity.key is missing"):
+        asyncio.run(call("app", "GET", "/v1/identity", store=store))
