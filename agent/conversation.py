@@ -84,7 +84,10 @@ class Conversation:
             if attempt.stage == Attempt.OPEN:
                 server._before_proof(source, "abandoned")
             elif server.doorlog.detail(source):
-                audit.event("enroll-failed", f"requester {peer} gave up: {exc.code}", peer=peer, outcome=exc.code)
+                # The peer chose that code: its own field, never `outcome`, where a peer's
+                # `auth_failed` would read as a wrong SEC-A of ours.
+                audit.event("enroll-failed", f"requester {peer} gave up: {exc.code}", peer=peer,
+                            outcome="peer_refused", peer_code=exc.code)
             self._say_if_locked()
             return None
         except StateError:

@@ -7,10 +7,11 @@ account here, as a salted scrypt hash in <state>/guest-account.json (0600), neve
     {"account": "firsttrust-guest", "n": 16384, "r": 8, "p": 1, "salt": HEX, "hash": HEX,
      "expires_at": EPOCH, "locked": false}
 
-On an appliance the account is a real one (set with chpasswd like the SEC-A account, its only
-privileged path `firsttrust-agent authorize`); in the lab no Unix account is made and the lab's
-guest side (lab/guestops.py) checks a login with `check` against this record. `lock` ends it:
-once locked, or once the enrollment window closed (`expires_at`), no login is accepted.
+On an appliance the account is to be a real one (its password set with chpasswd like the SEC-A
+account, its only privileged path `firsttrust-agent authorize`): not built yet, see
+docs/deployment.md "Not built yet". In the lab no Unix account is made and the lab's guest side
+(lab/guestops.py) checks a login with `check` against this record. `lock` ends it: once locked,
+or once the enrollment window closed (`expires_at`), no login is accepted.
 
 Stdlib only (hashlib.scrypt, Python 3.11), as everything agent-side.
 """

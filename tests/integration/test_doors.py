@@ -462,3 +462,23 @@ async def test_a_hello_then_a_reset_is_counted_and_penalized_as_a_hello_then_a_c
         assert app.server.doorlog.counts.get(source, {}).get("abandoned") == 3  # counted, and penalized with it
     finally:
         await app.stop()
+
+
+async def test_a_peers_error_frame_where_the_proof_is_due_is_logged_as_its_code_never_as_our_outcome(tmp_path, capsys):
+    """The peer chooses an error frame's code: sent as `auth_failed` it read as a wrong SEC-A
+    (`outcome=auth_failed`), the value operators filter on."""
+    from firsttrust.framing import encode_error
+
+    app = provisioned(tmp_path)
+    await app.start(backoff_base=0.0)
+    capsys.readouterr()
+    try:
+        reader, writer = await connect_from(app.port, "127.0.3.60")
+        writer.write(HELLO_A2 + encode_error("auth_failed", "not really"))
+        await read_until_closed(reader, 5)
+        writer.close()
+        await asyncio.sleep(0.2)
+    finally:
+        await app.stop()
+    failed = [line for line in capsys.readouterr().err.splitlines() if "event=enroll-failed" in line]
+    assert len(failed) == 1 and "outcome=peer_refused" in failed[0] and "peer_code=auth_failed" in failed[0]
