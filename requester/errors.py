@@ -46,3 +46,10 @@ class ApiError(RequesterError):
         super().__init__(f"appliance refused ({status} {code}): {message or 'no detail'}", code=code)
         self.status = status
         self.peer_message = message
+
+
+class SessionClosed(RequesterError, RuntimeError):
+    """A PinnedSession used outside its `async with` (before it, or after it ended). Also a
+    RuntimeError, which it was before it had a code of its own."""
+
+    code = "session_closed"

@@ -127,6 +127,7 @@ async def enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: st
         raise TypeError(f"secrets must be an EnrollmentSecrets (load_secrets, EnrollmentSecrets.generate), "
                         f"not {type(secrets).__name__}")
     _check_arguments("enroll_appliance", ssh_key=ssh_key, timeouts=timeouts)
+    _check_deadline(deadline)
     store = store or open_store()
     store.identity()  # created once per home, before any network traffic
     return await _enroll_appliance(address, secrets, name=name, ssh_key=ssh_key, store=store, api_address=api_address,
@@ -149,6 +150,13 @@ def _check_arguments(function: str, *, ssh_key: object = None, timeouts: dict | 
             raise TypeError(f"{function}() got an unexpected keyword argument {key!r}")
     if ssh_key is not None and not isinstance(ssh_key, str):
         raise TypeError(f"ssh_key must be an OpenSSH public key line (str) or None, not {type(ssh_key).__name__}")
+
+
+def _check_deadline(deadline: object) -> None:
+    """A NaN deadline retried for ever, a str one failed deep inside: refused at once."""
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not math.isfinite(deadline) \
+            or deadline < 0:
+        raise ValueError(f"deadline must be a number of seconds >= 0, not {deadline!r}")
 
 
 async def _enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: str, store: TrustStore,
@@ -331,9 +339,7 @@ async def enroll_many(targets: Iterable[Target], *, concurrency: int = 32, store
         if target.name in names:  # both would enroll, the second pin would replace the first: one orphaned
             raise ValueError(f"the name {str(target.name)[:64]!r} appears twice among the targets")
         names.add(target.name)
-    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not math.isfinite(deadline) \
-            or deadline < 0:
-        raise ValueError(f"deadline must be a number of seconds >= 0, not {deadline!r}")
+    _check_deadline(deadline)
     store = store or open_store()
     store.identity()
     if worker_kind not in WORKER_KINDS:

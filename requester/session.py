@@ -36,7 +36,7 @@ from firsttrust.identity import certificate_der, certificate_pem, pin_matches, p
 from firsttrust.rotation import RotationError, verify_rotation
 from firsttrust.tlspolicy import apply_policy, load_own_identity
 
-from .errors import ApiError, BadResponse, ConnectionFailed, PinMismatch, RequestTimeout
+from .errors import ApiError, BadResponse, ConnectionFailed, PinMismatch, RequestTimeout, SessionClosed
 
 # A whole request, handshake included, on a slow WAN to a busy appliance: 30 s; the TCP connect
 # plus TLS handshake alone: 10 s (firsttrust.limits.PHASE_TIMEOUT is 15 s per enrollment phase).
@@ -164,7 +164,7 @@ class PinnedSession:
             BadResponse: the answer is not JSON or larger than MAX_RESPONSE_BODY.
         """
         if self._session is None:
-            raise RuntimeError("use PinnedSession in `async with`")
+            raise SessionClosed("use PinnedSession in `async with`: this session is not open")
         try:
             async with self._session.request(method, self._base.with_path(path), json=body) as response:
                 status = response.status

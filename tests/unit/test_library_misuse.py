@@ -278,3 +278,26 @@ def test_a_call_without_the_requesters_key_is_a_trust_store_error_naming_it(stor
     store.key_path.unlink()
     with pytest.raises(TrustStoreError, match="identity.key is missing"):
         asyncio.run(call("app", "GET", "/v1/identity", store=store))
+
+
+def test_a_nan_or_text_deadline_is_refused_at_once_not_retried_for_ever(store):
+    from firsttrust.requester.library import enroll_appliance
+
+    for deadline in (float("nan"), "5", None, -1):
+        with pytest.raises(ValueError, match="deadline"):
+            asyncio.run(asyncio.wait_for(enroll_appliance("127.0.0.1:1", EnrollmentSecrets.generate(), name="a",
+                                                          store=store, deadline=deadline), 10))
+
+
+def test_a_session_used_outside_its_async_with_is_a_typed_error(tmp_path):
+    from firsttrust.identity import create_identity
+    from firsttrust.requester.errors import SessionClosed
+    from firsttrust.requester.session import PinnedSession
+
+    appliance, requester = create_identity("appliance"), create_identity("requester")
+    (tmp_path / "k").write_bytes(requester.key_pem)
+    (tmp_path / "c").write_bytes(requester.cert_pem)
+    session = PinnedSession("127.0.0.1", 1, appliance.cert_pem, tmp_path / "k", tmp_path / "c")
+    with pytest.raises(SessionClosed) as caught:
+        asyncio.run(session.get("/v1/identity"))
+    assert caught.value.code == "session_closed" and isinstance(caught.value, RuntimeError)
