@@ -218,3 +218,9 @@ def _reset_agent_logging():
             logger.removeHandler(handler)
         logger.propagate = True
         logger.setLevel(logging.NOTSET)
+    # And its handler on the libraries' loggers (systemd_glue.LIBRARY_LOGGERS): its no-traceback
+    # filter strips exc_info from the record, which a later test's caplog then never saw.
+    for name in ("aiohttp", "asyncio"):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if getattr(h, "_firsttrust_glue", False)]:
+            logger.removeHandler(handler)
