@@ -38,7 +38,13 @@ class LineServer:
                 except OSError:
                     pass  # the client is gone (a tool killed at its own timeout): nobody to answer
 
-        self._server = socketserver.ThreadingUnixStreamServer(str(self.path), Handler, bind_and_activate=False)
+        class Server(socketserver.ThreadingUnixStreamServer):
+            # socketserver's default accept queue is 5: twenty appliances booting at once on a
+            # loaded machine filled it, and a Unix socket's connect then fails at once (EAGAIN),
+            # where a VMX never refuses its guest's RPC (CI, test_fleet_lab).
+            request_queue_size = 128
+
+        self._server = Server(str(self.path), Handler, bind_and_activate=False)
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -84,7 +85,7 @@ def request(document: Mapping, command: str, timeout: float = CHANNEL_TIMEOUT) -
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
-            sock.connect(channel["socket"])
+            _connect(sock, channel["socket"], timeout)
             sock.sendall(payload)
             sock.shutdown(socket.SHUT_WR)
             answer = _read_line(sock, MAX_REPLY_BYTES)
@@ -100,6 +101,20 @@ def request(document: Mapping, command: str, timeout: float = CHANNEL_TIMEOUT) -
     if not (isinstance(reply, dict) and isinstance(reply.get("ok"), bool) and isinstance(reply.get("reply"), str)):
         raise ChannelError("the lab's guest channel sent a malformed answer")
     return reply["ok"], reply["reply"]
+
+
+def _connect(sock: socket.socket, path: str, timeout: float) -> None:
+    """connect(), tried again while the server's accept queue is full: a Unix socket with a
+    timeout fails at once then (EAGAIN) instead of waiting, and a VMX never refuses its guest."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _read_line(sock: socket.socket, limit: int) -> bytes:
