@@ -310,7 +310,9 @@ def test_pin_cert_never_replaces_a_pin_to_another_key_without_replace(capsys, tm
     assert run(capsys, *pin, "--cert", str(tmp_path / "first.pem"))[0] == cli.EXIT_OK
     code, out, err = run(capsys, *pin, "--cert", str(tmp_path / "second.pem"))
     assert (code, out) == (cli.EXIT_IDENTITY_CHANGED, "")
-    assert first.pin in err and second.pin in err and "--replace" in err
+    # checked before anything is made: the message says where the old pin is (the store's own
+    # compare-and-set, behind it, refuses a race without knowing that)
+    assert f"pinned to {first.pin} at 127.0.0.1:8791" in err and second.pin in err and "--replace" in err
     assert_one_error_line(err)
     assert TrustStore(tmp_path / "home").get("app-1").pin == first.pin
     code, out, err = run(capsys, *pin, "--cert", str(tmp_path / "second.pem"), "--replace")
