@@ -144,7 +144,8 @@ class StallingVcenter:
         self.url = f"https://127.0.0.1:{self.sock.getsockname()[1]}/sdk"
         self.connected = threading.Event()
         self.held: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.threads = [threading.Thread(target=self._serve, daemon=True)]
+        self.threads[0].start()
 
     def _serve(self) -> None:
         while True:
@@ -155,7 +156,8 @@ class StallingVcenter:
             self.held.append(raw)
             self.connected.set()
             if self.tls:
-                threading.Thread(target=self._answer, args=(raw,), daemon=True).start()
+                self.threads.append(threading.Thread(target=self._answer, args=(raw,), daemon=True))
+                self.threads[-1].start()
 
     def _answer(self, raw: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -187,6 +189,15 @@ class StallingVcenter:
                 conn.sendall(self.answer)
 
     def close(self) -> None:
+        """Wake every thread blocked on a socket (shutdown), wait for it, and only then close
+        the sockets. Closing first let a thread still inside OpenSSL go on with the descriptor
+        number after the next test reused it: a TLS alert landed in a subprocess's stdout pipe
+        (test_vcsim_clone's `dpkg-query` output began with b"\x17\x03\x03\x00\x13", twice in CI)."""
+        for sock in (self.sock, *self.held):
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        for thread in list(self.threads):
+            thread.join(10)
         self.sock.close()
         for held in self.held:
             with contextlib.suppress(OSError):
