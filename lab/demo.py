@@ -257,7 +257,7 @@ class Demo:
         certificate, channel = await asyncio.to_thread(read_appliance_certificate, vc, vm, app.name, guest=guest,
                                                        guest_path=str(app.directory / APPLIANCE_CERT_FILE))
         check(channel == FILE_TRANSFER, f"{app.name}: the certificate came by {channel}, not by guest file transfer")
-        self.say(f"  InitiateFileTransferFromGuest: the agent's certificate over HTTPS to the VM's host, "
+        self.say("  InitiateFileTransferFromGuest: the agent's certificate over HTTPS to the VM's host, "
                  "verified against HostSystem.config.certificate")
         record = await asyncio.to_thread(verify_and_pin, app.name, app.api_address, certificate,
                                          embodiment=INJECTED, store=self.store)

@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 import firsttrust
 from firsttrust.common.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Guard, Parser, Subcommand, UsageError, \
-    add_subcommands, no_arguments, one_line
+    add_subcommands, no_arguments, one_line, silence_broken_pipe
 from firsttrust.common.files import read_bounded_stat, write_atomic, write_new
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import MAX_DECODED_BYTES, PropertyEncodingError

@@ -54,6 +54,7 @@ from firsttrust.deployment import DEFAULT_API_PORT
 from firsttrust.errors import FirsttrustError
 from firsttrust.identity import certificate_pem, load_certificate, pin_of_certificate
 
+from .identitycheck import refuse_other_pin, save_pin
 from .session import PinnedSession
 from .truststore import ApplianceRecord, TrustStore
 
@@ -174,12 +175,12 @@ def trust_by_guest_command(vc, vm, name: str, address: str, *, guest: GuestLogin
         except Exception:  # best effort: a failure above is what the caller needs to see
             pass
     host, port_number = _split_address(address, api_port)
-    _refuse_other_pin(store, name, appliance_pem, replace)
+    refuse_other_pin(store, name, pin_of_certificate(appliance_pem), replace=replace, how=_how(name))
     asyncio.run(_first_pinned_call(name, host, port_number, appliance_pem, store))
     pin = pin_of_certificate(appliance_pem)
     record = ApplianceRecord(name=name, address=host, pin=pin, certificate=appliance_pem.decode("ascii"),
                              api_port=port_number, embodiment=EMBODIMENT, enrolled_at=time.time())
-    _save_pin(store, record, replace)
+    save_pin(store, record, replace=replace, how=_how(name))
     return GuestCommandReport(name=name, pin=pin, record=record)
 
 
@@ -258,35 +259,16 @@ def verify_and_pin(name: str, address: str, certificate: bytes, *, embodiment: s
     store.identity()
     host, port = _split_address(address, api_port)
     pem = certificate_pem(certificate)
-    _refuse_other_pin(store, name, pem, replace)
+    refuse_other_pin(store, name, pin_of_certificate(pem), replace=replace, how=_how(name))
     asyncio.run(_first_pinned_call(name, host, port, pem, store))
     record = ApplianceRecord(name=name, address=host, pin=pin_of_certificate(pem), certificate=pem.decode("ascii"),
                              api_port=port, embodiment=embodiment, enrolled_at=time.time())
-    _save_pin(store, record, replace)
+    save_pin(store, record, replace=replace, how=_how(name))
     return record
 
 
-def _save_pin(store, record: ApplianceRecord, replace: bool) -> None:
-    """Pin `record`; without `replace`, only if its name is still unpinned or pinned to this key
-    (decided under the store's lock: another process may have pinned it since the check)."""
-    from .identitycheck import IdentityChanged
-    from .truststore import PinConflict
-
-    try:
-        store.save(record, same_key_only=not replace)
-    except PinConflict as exc:
-        raise IdentityChanged(f"{record.name} was pinned to another key ({exc.pin}) while this one ({record.pin}) "
-                              f"was being pinned; nothing was pinned. If that was intended: firsttrust pin-cert "
-                              f"{record.name} --vcenter ... --replace") from None
-
-
-def _refuse_other_pin(store, name: str, pem: bytes, replace: bool) -> None:
-    from .identitycheck import other_pin
-
-    refused = None if replace else other_pin(store, name, pin_of_certificate(pem),
-                                             f"firsttrust pin-cert {name} --vcenter ... --replace")
-    if refused is not None:
-        raise refused
+def _how(name: str) -> str:
+    return f"firsttrust pin-cert {name} --vcenter ... --replace"
 
 
 def _split_address(address: str, api_port: int) -> tuple[str, int]:

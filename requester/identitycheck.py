@@ -118,6 +118,27 @@ def other_pin(store, name: str, pin: str, how: str) -> IdentityChanged | None:
         f"nothing was pinned. If that was intended: {how} (or `firsttrust pins remove {name}` to forget it)")
 
 
+def refuse_other_pin(store, name: str, pin: str, *, replace: bool, how: str) -> None:
+    """Raise other_pin's IdentityChanged unless `replace`: the check before anything is sent."""
+    refused = None if replace else other_pin(store, name, pin, how)
+    if refused is not None:
+        raise refused
+
+
+def save_pin(store, record: ApplianceRecord, *, replace: bool, how: str) -> None:
+    """Pin `record`; without `replace`, only if its name is still unpinned or pinned to this key,
+    decided under the store's lock (another process may have pinned it since refuse_other_pin):
+    else IdentityChanged and nothing pinned. `how` is the command that replaces the pin."""
+    from .truststore import PinConflict
+
+    try:
+        store.save(record, same_key_only=not replace)
+    except PinConflict as exc:
+        raise IdentityChanged(f"{record.name} was pinned to another key ({exc.pin}) while this certificate "
+                              f"({record.pin}) was being pinned; nothing was pinned. If that was intended: {how}"
+                              ) from None
+
+
 def changed(record: ApplianceRecord, seen: Probe) -> IdentityChanged | None:
     """Check 2 of the module docstring: the error to raise, or None (the same key, or no answer)."""
     where = f"{record.address}:{record.api_port}"

@@ -38,12 +38,12 @@ from .batch import BatchReport, InvalidTargets, Outcome, Target, read_targets
 from .deployspec import InvalidDeploySpec, secrets_from_json
 from .enroll import ClientIdentityFiles, enroll, parse_address
 from .errors import ApiError, BadResponse, ConnectionFailed, PinMismatch, RequesterError
-from .identitycheck import IdentityChanged, changed, different_deployment, other_pin, probe
+from .identitycheck import IdentityChanged, changed, different_deployment, probe, refuse_other_pin, save_pin
 from .retry import DEFAULT_DEADLINE, Waiting, retry_until
 from .session import PinnedSession
 from .store import open_store
 from .store.claims import claimed
-from .truststore import ApplianceRecord, PinConflict, TrustStore, TrustStoreError, UnknownAppliance
+from .truststore import ApplianceRecord, TrustStore, TrustStoreError, UnknownAppliance
 from .workers import MIN_TARGETS_PER_WORKER, WORKER_KINDS, default_workers, enroll_in_workers
 
 MAX_SECRETS_FILE = 64 * 1024
@@ -414,18 +414,12 @@ def pin_certificate(name: str, address: str, certificate: bytes | str, *, api_po
     pem = certificate_pem(certificate).decode("ascii")
     store = store or open_store()
     pin = pin_of_certificate(pem.encode())
-    refused = None if replace else other_pin(store, name, pin, f"firsttrust pin-cert {name} ... --replace")
-    if refused is not None:
-        raise refused
+    how = f"firsttrust pin-cert {name} ... --replace"
+    refuse_other_pin(store, name, pin, replace=replace, how=how)
     store.identity()  # the certificate the appliance must authorize exists from now on
     record = ApplianceRecord(name=name, address=host, pin=pin, certificate=pem,
                              api_port=port, embodiment=embodiment, enrolled_at=time.time())
-    try:
-        store.save(record, same_key_only=not replace)  # the check again, under the store's lock
-    except PinConflict as exc:
-        raise IdentityChanged(f"{name} was pinned to another key ({exc.pin}) while this certificate ({pin}) was "
-                              f"being pinned; nothing was pinned. If that was intended: firsttrust pin-cert {name} "
-                              "... --replace") from None
+    save_pin(store, record, replace=replace, how=how)  # the check again, under the store's lock
     return record
 
 

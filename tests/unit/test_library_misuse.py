@@ -200,11 +200,11 @@ def test_pinning_a_name_another_process_pinned_to_another_key_meanwhile_is_refus
         store, monkeypatch):
     """The check before and the write after: the write is a compare-and-set under the store's lock."""
     from firsttrust.identity import create_identity
-    from firsttrust.requester import library
+    from firsttrust.requester import identitycheck, library
     from firsttrust.requester.identitycheck import IdentityChanged
 
     first, second = create_identity("appliance"), create_identity("appliance")
-    monkeypatch.setattr(library, "other_pin", lambda *args: None)  # the check passed: then the other process won
+    monkeypatch.setattr(identitycheck, "other_pin", lambda *args: None)  # the check passed: then the other process won
     store.save(_record("app", first))
     with pytest.raises(IdentityChanged, match="while this certificate"):
         library.pin_certificate("app", "10.0.0.6", second.cert_pem, store=store)
