@@ -89,7 +89,7 @@ DEB12_VENV := .venv-debian12
 # through it) runs on that API subset, so the deploy tests here prove the apt install path; the agent
 # never imports it.
 DEB12_PINS := aiohttp==3.8.4 cryptography==38.0.4 srp==1.0.20 defusedxml==0.7.1 systemd-python==235 tqdm==4.64.1 \
-              pyvmomi==6.7.1 psycopg==3.1.7 pytest pytest-asyncio hypothesis build 'setuptools>=77'
+              pyvmomi==6.7.1 psycopg==3.1.7 pytest pytest-asyncio hypothesis pyflakes==2.5.0 build 'setuptools>=77'
 
 # Two directories are left to `make test`, which CI runs first: tests/packaging builds and installs
 # the .debs and the wheel with dpkg, lintian and Debian's own python3 packages, whatever this venv
