@@ -133,15 +133,19 @@ def create_identity(common_name: str, *, dns_names: Iterable[str] = (), ip_addre
 CERTIFICATE_CACHE_SIZE = 64
 
 
-def load_certificate(data: bytes) -> x509.Certificate:
-    """Parse a certificate given as PEM or DER.
+def load_certificate(data: bytes | str) -> x509.Certificate:
+    """Parse a certificate given as PEM or DER (bytes or another buffer), or as PEM text (str).
 
     Raises:
         InvalidCertificate: not a certificate, or its key is not ECDSA P-256.
     """
     if type(data) is bytes:
         return _load_certificate_cached(data)
-    return _load_certificate(bytes(data))
+    try:
+        data = data.encode("ascii") if isinstance(data, str) else bytes(data)
+    except (TypeError, ValueError):  # a PEM text is ASCII; an int, None... is no certificate
+        raise InvalidCertificate("not a valid X.509 certificate (PEM or DER)") from None
+    return _load_certificate_cached(data)
 
 
 def _load_certificate(data: bytes) -> x509.Certificate:
@@ -247,9 +251,9 @@ def _check_p256(spki: bytes) -> None:
         raise InvalidCertificate("certificate key must be ECDSA P-256 (its point is not on the curve)")
 
 
-def pin_of_certificate(cert: x509.Certificate | bytes) -> str:
-    """`sha256:<hex>` of the certificate's SubjectPublicKeyInfo (cert object, PEM or DER)."""
-    if isinstance(cert, bytes):
+def pin_of_certificate(cert: x509.Certificate | bytes | str) -> str:
+    """`sha256:<hex>` of the certificate's SubjectPublicKeyInfo (cert object, PEM or DER, PEM text)."""
+    if isinstance(cert, (bytes, bytearray, memoryview, str)):
         cert = load_certificate(cert)
     return "sha256:" + spki_sha256(cert).hex()
 

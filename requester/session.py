@@ -118,7 +118,7 @@ class PinnedSession:
     the returned certificate.
     """
 
-    def __init__(self, host: str, port: int, pinned_certificate: bytes, client_key_file: str | Path,
+    def __init__(self, host: str, port: int, pinned_certificate: bytes | str, client_key_file: str | Path,
                  client_cert_file: str | Path, *, timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT) -> None:
         self.pinned_certificate = certificate_pem(pinned_certificate)
         self.pin = pin_of_certificate(self.pinned_certificate)

@@ -71,6 +71,18 @@ def test_pem_and_der_both_load(appliance_identity):
     assert pin_of_certificate(appliance_identity.cert_pem) == appliance_identity.pin
 
 
+def test_pem_text_loads_as_its_bytes_do_and_what_is_no_certificate_is_a_typed_error(appliance_identity):
+    """A library caller hands over the PEM it read as text (PinnedSession, pin_certificate): the
+    same certificate, never a bare TypeError; text that is not ASCII or no buffer at all is an
+    InvalidCertificate."""
+    text = appliance_identity.cert_pem.decode("ascii")
+    assert certificate_pem(text) == appliance_identity.cert_pem
+    assert pin_of_certificate(text) == appliance_identity.pin
+    for bad in (text.replace("A", "\u00c4", 1), 42, None):
+        with pytest.raises(InvalidCertificate):
+            load_certificate(bad)
+
+
 @pytest.mark.parametrize("data", [b"", b"garbage", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
                                   b"\x30\x82\x01\x00" + b"\0" * 10])
 def test_invalid_certificates(data):
