@@ -19,13 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-from firsttrust.common.cli import EXIT_FAILED, EXIT_OK, Subcommand, UsageError, no_arguments
+from firsttrust.common.cli import EXIT_FAILED, EXIT_OK, Subcommand, UsageError, no_arguments, one_line
 from firsttrust.common.files import read_bounded
 
 from .store import open_store
 from .store.config import connection_options, load_profile
 from .store.errors import StoreConfigError
-from .truststore import TrustStore, default_home
+from .truststore import PinConflict, TrustStore, default_home
 
 
 def _fleet_store(url: str | None = None):
@@ -86,12 +86,22 @@ def store_import_files(args: argparse.Namespace) -> int:
     store = _fleet_store()
     source = TrustStore(args.source or store.home)
     records, problems = source.scan()
+    conflicts = 0
     for record in records:
-        store.save(record)
+        try:  # a name the fleet has pinned to another key is never replaced by an import
+            store.save(record, same_key_only=True)
+        except PinConflict as exc:
+            conflicts += 1
+            print(f"firsttrust: error: not imported {record.name} ({record.pin}): the fleet store pins it to another "
+                  f"key ({exc.pin}); `firsttrust pins remove {record.name}` first if the file store's is the one to "
+                  "keep", file=sys.stderr)
+            continue
         print(f"imported {record.name}: {record.pin}")
     for problem in problems:
-        print(f"firsttrust: error: skipped: {problem}", file=sys.stderr)
-    return EXIT_FAILED if problems else EXIT_OK
+        print(f"firsttrust: error: skipped: {one_line(str(problem))}", file=sys.stderr)
+    from .cli import EXIT_IDENTITY_CHANGED  # (cli imports this module)
+
+    return EXIT_IDENTITY_CHANGED if conflicts else EXIT_FAILED if problems else EXIT_OK
 
 
 # --- fleet ---------------------------------------------------------------------------------------
@@ -181,8 +191,9 @@ def fleet_hosts(args: argparse.Namespace) -> int:
 def fleet_pending(args: argparse.Namespace) -> int:
     claims = _fleet_store().claims()
     now = time.time()
-    rows = [(c.name, c.holder, f"{max(0, int(c.lease_until - now))}s" if c.lease_until > now else "expired",
-             c.pending_host or "-", c.pin or "-") for c in claims]
+    # holder, pending_host and the pin are the database's unsigned text: shown on one line, bounded
+    rows = [(c.name, _shown(c.holder), f"{max(0, int(c.lease_until - now))}s" if c.lease_until > now else "expired",
+             _shown(c.pending_host or "-"), _shown(c.pin or "-")) for c in claims]
     if rows:
         print(_table(("APPLIANCE", "HOLDER", "LEASE", "PENDING PIN OF", "PIN"), rows))
     else:
@@ -196,12 +207,12 @@ def fleet_sync(args: argparse.Namespace) -> int:
     result = asyncio.run(fleet.sync(_fleet_store()))
     print(f"applied {result.applied}")
     for appliance, host, action, why in result.left:
-        print(f"pending {appliance}: {action} {host} ({why})")
+        print(f"pending {appliance}: {action} {host} ({one_line(why)})")
     for appliance, host, action in result.waiting:
         print(f"waiting {appliance}: {action} {host} (for a member whose key {appliance} authorizes: its sync)")
     for appliance, pin, action in result.refused:  # a grant row the admin-signed membership contradicts
-        print(f"firsttrust: error: refused {appliance}: {action} {pin} (fleet_untrusted_record: not what the "
-              "admin-signed membership says; not applied)", file=sys.stderr)
+        print(f"firsttrust: error: refused {_shown(appliance)}: {_shown(action)} {_shown(pin)} (fleet_untrusted_record: "
+              "not what the admin-signed membership says; not applied)", file=sys.stderr)
     return EXIT_FAILED if result.left or result.refused else EXIT_OK
 
 
@@ -225,3 +236,9 @@ def subcommands(row=Subcommand):
         row(("fleet", "sync"), "authorize members and revoke removed hosts on the appliances", none, fleet_sync),
     )
 
+
+def _shown(text: object, limit: int = 80) -> str:
+    """A database column no signature covers, as the operator sees it: one line, escapes for
+    control characters, at most `limit` characters."""
+    shown = one_line(str(text))
+    return shown if len(shown) <= limit else shown[:limit] + "..."

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -43,7 +44,7 @@ from .retry import DEFAULT_DEADLINE, Waiting, retry_until
 from .session import PinnedSession
 from .store import open_store
 from .store.claims import claimed
-from .truststore import ApplianceRecord, TrustStore, TrustStoreError, UnknownAppliance
+from .truststore import ApplianceRecord, PinConflict, TrustStore, TrustStoreError, UnknownAppliance
 from .workers import MIN_TARGETS_PER_WORKER, WORKER_KINDS, default_workers, enroll_in_workers
 
 MAX_SECRETS_FILE = 64 * 1024
@@ -189,7 +190,7 @@ async def _enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: s
     async def attempt() -> ApplianceRecord:
         pending = await _store_call(store, store.get_pending, name)
         if pending is not None and pending.address == api_host:
-            confirmed = await _confirm_pending(store, pending)
+            confirmed = await _confirm_pending(store, pending, replace)
             if confirmed is not None:
                 return confirmed
         try:
@@ -208,7 +209,7 @@ async def _enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: s
                                  api_port=api_port or result.api_port, ssh_host_keys=result.ssh_host_keys,
                                  embodiment="srp", enrolled_at=time.time(), deployment_id=deployment_id)
         # Two fsyncs: off the event loop, where other enrollments of a batch are waiting.
-        await asyncio.to_thread(store.promote, record)
+        await _promote(store, record, replace, asyncio.to_thread)
         return record
 
     async def run() -> ApplianceRecord:
@@ -242,7 +243,20 @@ def files_of(store: TrustStore) -> ClientIdentityFiles:
     return ClientIdentityFiles(store.cert_path, store.key_path)
 
 
-async def _confirm_pending(store: TrustStore, pending: ApplianceRecord) -> ApplianceRecord | None:
+async def _promote(store: TrustStore, record: ApplianceRecord, replace: bool, call) -> None:
+    """Pin the enrolled `record`. Without `replace` its name was unpinned when the enrollment
+    began (check_name): a pin another process wrote meanwhile (`pin-cert`, another host's
+    enrollment) is never replaced silently. IdentityChanged then, and the pending pin stays, so
+    that the same command with --replace pins this appliance in its place."""
+    try:
+        await call(functools.partial(store.promote, record, same_key_only=not replace))
+    except PinConflict as exc:
+        raise IdentityChanged(f"{record.name} was pinned to another key ({exc.pin}) while this enrollment ran; the "
+                              f"appliance it enrolled ({record.pin}) is kept as pending, not pinned. If that was "
+                              "intended: the same command with --replace pins it in its place") from None
+
+
+async def _confirm_pending(store: TrustStore, pending: ApplianceRecord, replace: bool) -> ApplianceRecord | None:
     """Recovery: does the appliance's API accept this requester's key, presenting the pending
     pin? Then the appliance committed this requester's enrollment: pin it. None: not (yet)
     confirmed, the caller runs SRP again (which the appliance refuses if it did commit)."""
@@ -260,7 +274,7 @@ async def _confirm_pending(store: TrustStore, pending: ApplianceRecord) -> Appli
     record = dataclasses.replace(pending, enrolled_at=time.time(), ssh_host_keys=tuple(
         key for key in (host_keys if isinstance(host_keys, list) else []) if isinstance(key, str)
         and len(key) <= MAX_SSH_KEY_LINE and re.fullmatch(SSH_KEY_PATTERN, key))[:MAX_SSH_HOST_KEYS])
-    await _store_call(store, store.promote, record)
+    await _promote(store, record, replace, lambda call: _store_call(store, call))
     return record
 
 

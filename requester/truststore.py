@@ -121,6 +121,21 @@ def _check_fields(record: ApplianceRecord) -> None:
         raise ValueError("deployment_id is not an id")
 
 
+def checked_record_json(record: ApplianceRecord, where: Path) -> bytes:
+    """`record` as stored, checked as a read will check it (its certificate, every field, its
+    size): a pin written is a pin that can be read back, by any store.
+
+    Raises:
+        TrustStoreError: it would not read back (naming `record`'s name).
+    """
+    data = record.to_json()
+    if len(data) > MAX_RECORD_BYTES:
+        raise TrustStoreError(f"the record of {record.name!r} would be larger than {MAX_RECORD_BYTES} bytes")
+    ApplianceRecord.from_json(data, where)
+    load_certificate(record.certificate.encode())
+    return data
+
+
 def _named(record: ApplianceRecord, name: str, path: Path) -> ApplianceRecord:
     """A record read from NAME.json must be NAME's: a copy under another name (a backup,
     app-01-old.json) would otherwise be shown, used and removed as the appliance it names."""
@@ -255,17 +270,19 @@ class TrustStore:
         """Pin `record`. `same_key_only`: only if its name is unpinned or pinned to the same key,
         decided under the lock (a compare-and-set: of two processes pinning one name to two keys,
         one gets PinConflict), else PinConflict and nothing written."""
-        path = self._record_path(record.name)
-        check = None
-        if same_key_only:
-            def check() -> None:
-                try:
-                    current = self.get(record.name)
-                except UnknownAppliance:
-                    return
-                if current.pin != record.pin:
-                    raise PinConflict(record.name, current.pin)
-        self._write(path, record, check=check)
+        self._write(self._record_path(record.name), record, check=self._same_key(record) if same_key_only else None)
+
+    def _same_key(self, record: ApplianceRecord) -> Callable[[], None]:
+        """The compare-and-set's compare, run under the lock: PinConflict unless `record`'s name
+        is unpinned or pinned to `record`'s key."""
+        def check() -> None:
+            try:
+                current = self.get(record.name)
+            except UnknownAppliance:
+                return
+            if current.pin != record.pin:
+                raise PinConflict(record.name, current.pin)
+        return check
 
     def _write(self, path: Path, record: ApplianceRecord, *, then_remove: Path | None = None,
                check: Callable[[], None] | None = None) -> None:
@@ -276,11 +293,7 @@ class TrustStore:
         Raises:
             TrustStoreError: the record would not read back, or the file cannot be written (naming it).
         """
-        data = record.to_json()
-        if len(data) > MAX_RECORD_BYTES:
-            raise TrustStoreError(f"the record of {record.name!r} would be larger than {MAX_RECORD_BYTES} bytes")
-        ApplianceRecord.from_json(data, path)
-        load_certificate(record.certificate.encode())
+        data = checked_record_json(record, path)
         with self.locked():
             if check is not None:
                 check()
@@ -345,7 +358,9 @@ class TrustStore:
             raise TrustStoreError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
         return _named(ApplianceRecord.from_json(data, path), name, path)
 
-    def promote(self, record: ApplianceRecord) -> None:
+    def promote(self, record: ApplianceRecord, *, same_key_only: bool = False) -> None:
         """Pin `record` and drop its pending entry, under one lock: the pin is written first, so
-        a crash in between leaves a pin plus a pending entry that the next run removes."""
-        self._write(self._record_path(record.name), record, then_remove=self._pending_path(record.name))
+        a crash in between leaves a pin plus a pending entry that the next run removes.
+        `same_key_only` as in `save` (PinConflict, and the pending entry stays)."""
+        self._write(self._record_path(record.name), record, then_remove=self._pending_path(record.name),
+                    check=self._same_key(record) if same_key_only else None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -125,6 +126,8 @@ def connection_options(url: str) -> dict[str, str]:
             raise StoreConfigError(f"the store URL asks for sslmode={sslmode}: a TCP connection to the store must "
                                    "use sslmode=verify-full (or connect over a Unix socket)")
     options.setdefault("connect_timeout", "10")
+    if not re.fullmatch(r"[0-9]{1,5}", options["connect_timeout"]):
+        raise StoreConfigError("the store URL's connect_timeout is not a whole number of seconds")
     # A TCP peer that vanished is found dead within about 11 s of silence (libpq ignores these on a
     # Unix socket); PgStore bounds each transaction by FIRSTTRUST_STORE_DEADLINE on top.
     for key, value in (("keepalives", "1"), ("keepalives_idle", "5"), ("keepalives_interval", "2"),

@@ -27,6 +27,14 @@ class StoreSchemaError(TrustStoreError):
     code = "store_schema"
 
 
+class StoreRefused(TrustStoreError):
+    """The database refused an operation for a reason other than a lost connection or the schema
+    (a permission, a value out of range in a row someone wrote by hand): one transaction, nothing
+    of it written."""
+
+    code = "store_refused"
+
+
 class UntrustedRecord(TrustStoreError):
     """A record in the database is not signed by a key the fleet trusts: not used."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from ..truststore import NAME_RE, TrustStore, TrustStoreError
 from . import signing
 from .config import FleetProfile, load_profile, save_profile
 from .errors import NotAMember, StoreConfigError, UntrustedRecord
-from .pgstore import ADMIN_CERT, ADMIN_KEY, Membership, PgStore, random_fleet_id
+from .pgstore import ADMIN_CERT, ADMIN_KEY, MAX_PAYLOAD, Membership, PgStore, random_fleet_id
 
 
 def admin_identity(home: Path) -> Identity:
@@ -183,12 +182,18 @@ def remove_host(store: PgStore, host: str) -> str:
                 return removed[0].pin  # removed already (a replay after a lost commit answer): done
             raise NotAMember(f"{host} is not a current member of the fleet")
         member = current[0]
-        cursor.execute("SELECT name, signer_pin, payload, signature FROM pins WHERE signer_pin = %s FOR UPDATE",
-                       (member.pin,))
+        cursor.execute("SELECT name, signer_pin, version, CASE WHEN octet_length(payload) <= %s THEN payload END, "
+                       "signature FROM pins WHERE signer_pin = %s FOR UPDATE", (MAX_PAYLOAD, member.pin))
         # (A rolled-back member's pins were re-signed by its first removal: none verify under its key now.)
-        for name, signer_pin, payload, signature in ([] if member.rolled_back else cursor.fetchall()):
-            record = store._open_pin(membership, name, signer_pin, payload, signature)  # verified while valid
-            version = json.loads(payload)["version"] + 1
+        # A row that does not verify under the member's key is left as it is: no host uses it now,
+        # and none will once the member is removed. Neither it nor anything the member signed may
+        # stop the removal (a member could otherwise keep itself in the fleet).
+        for name, signer_pin, version, payload, signature in ([] if member.rolled_back else cursor.fetchall()):
+            try:
+                record = store._open_pin(membership, name, signer_pin, payload, signature)  # verified while valid
+            except TrustStoreError:
+                continue
+            version += 1  # the row's own counter (the database's integer), never the member's signed text
             new_payload, new_signature = signing.seal(admin, store._pin_payload(membership.fleet_id, record, version))
             cursor.execute("UPDATE pins SET signer_pin = %s, version = %s, payload = %s, signature = %s "
                            "WHERE name = %s", (admin.pin, version, new_payload, new_signature, name))

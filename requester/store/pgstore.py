@@ -26,18 +26,29 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from firsttrust.errors import FirsttrustError
-from firsttrust.identity import Identity, load_certificate, pin_of_certificate
+from firsttrust.identity import Identity, pin_of_certificate
 
-from ..truststore import ApplianceRecord, PinConflict, TrustStore, TrustStoreError, UnknownAppliance
+from ..truststore import MAX_RECORD_BYTES, ApplianceRecord, PinConflict, TrustStore, TrustStoreError, UnknownAppliance, \
+    checked_record_json
 from . import schema, signing
 from .config import connection_options, load_profile, remember_members
-from .errors import HeldByHost, NotAMember, StoreConfigError, StoreSchemaError, StoreUnavailable, UntrustedRecord
+from .errors import HeldByHost, NotAMember, StoreConfigError, StoreRefused, StoreSchemaError, StoreUnavailable, \
+    UntrustedRecord
 
 T = TypeVar("T")
 DEFAULT_DEADLINE = 30.0
 DEFAULT_LEASE = 600.0
 MIN_ATTEMPT = 1.0  # seconds: one attempt's bound when the deadline is (nearly) spent, e.g. deadline 0
 WATCHDOG_GRACE = 1.0  # seconds past the server-side timeouts before the client cuts the connection
+# A signed payload read back: a record (at most MAX_RECORD_BYTES as JSON) and its envelope. A longer
+# one is not read out of the database at all (SQL returns NULL for it): one junk row of 100 MB
+# made every host's every transaction fetch it (members are read by all of them).
+MAX_PAYLOAD = 2 * MAX_RECORD_BYTES
+# pg_advisory_xact_lock's first key for a pin's name (its second: hashtext(name)). A row lock
+# cannot serialize two first pins of one name (SELECT ... FOR UPDATE locks no row that is not
+# there yet); this lock does, for every write of a pin.
+PIN_LOCK_CLASS = 0x46545031  # "FTP1"
+MAX_HOST_SHOWN = 80  # a claim's holder as an error names it: a host name is at most 63 characters
 ADMIN_KEY = "fleet-admin.key"
 ADMIN_CERT = "fleet-admin.crt"
 
@@ -189,7 +200,16 @@ class PgStore(TrustStore):
                 except psycopg.errors.UndefinedTable:
                     raise StoreSchemaError("the fleet store has no schema yet: run `firsttrust store migrate`") \
                         from None
-                except psycopg.OperationalError as exc:  # QueryCanceled and LockNotAvailable included
+                except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedFunction,
+                        psycopg.errors.DatatypeMismatch) as exc:
+                    raise StoreSchemaError(f"the fleet store's schema is not the one this firsttrust expects "
+                                           f"({_one_line(exc)}): run `firsttrust store migrate`") from None
+                except (psycopg.OperationalError,  # QueryCanceled and LockNotAvailable included
+                        # The store's own idle timeout (work between statements outlived the
+                        # bound), and a server that came back read-only (a standby after a
+                        # failover): as a lost connection, tried again until the deadline.
+                        psycopg.errors.IdleInTransactionSessionTimeout, psycopg.errors.ReadOnlySqlTransaction,
+                        psycopg.InterfaceError) as exc:
                     reason = _one_line(exc)
                     if self._conn is not None:
                         try:
@@ -197,6 +217,9 @@ class PgStore(TrustStore):
                         except Exception:  # noqa: BLE001 - already broken
                             pass
                     self._conn = None
+                except psycopg.Error as exc:  # anything else the server refused: typed, one line, nothing written
+                    raise StoreRefused(f"the fleet store refused the operation ({_one_line(exc)}); nothing was "
+                                       "written by it") from None
             if time.monotonic() + delay > deadline:
                 raise StoreUnavailable(f"the fleet store is unreachable or did not answer in time ({reason}); nothing "
                                        "was written by the failed operation") from None
@@ -262,14 +285,17 @@ class PgStore(TrustStore):
         if admin_pin != anchor:
             raise UntrustedRecord(f"the fleet store's admin key ({admin_pin or 'unreadable'}) is not this host's "
                                   f"fleet anchor ({anchor}): nothing in it is used")
-        cursor.execute("SELECT host, pin, payload, signature FROM members")
+        cursor.execute("SELECT host, pin, CASE WHEN octet_length(payload) <= %s THEN payload END, signature "
+                       "FROM members", (MAX_PAYLOAD,))
         members, seen = [], {}
         for host, pin, payload, signature in cursor.fetchall():
             record = signing.opened(admin_certificate, payload, signature)
             if (record is None or record.get("kind") != "member" or record.get("fleet") != fleet_id
                     or record.get("host") != host or record.get("pin") != pin):
                 continue
-            version = int(record["version"])
+            version = record.get("version")
+            if type(version) is not int or not 0 < version < 2 ** 62 or not isinstance(record.get("certificate"), str):
+                continue  # signed by the admin key, but not a record this firsttrust writes
             if version < newest.get(host, 0):  # an older signed record written back: a rollback
                 members.append(Member(host, pin, record["certificate"], True, newest[host], rolled_back=True))
                 continue
@@ -314,8 +340,8 @@ class PgStore(TrustStore):
         return name
 
     def save(self, record: ApplianceRecord, *, same_key_only: bool = False) -> None:
-        """As TrustStore.save; `same_key_only` decided under the pin row's lock."""
-        load_certificate(record.certificate.encode())
+        """As TrustStore.save; `same_key_only` decided under the name's lock."""
+        checked_record_json(record, Path(f"fleet store: {record.name}"))
         identity = self.identity()
 
         def work(cursor: Any) -> None:
@@ -328,14 +354,17 @@ class PgStore(TrustStore):
     def _upsert_pin(self, cursor: Any, membership: Membership, identity: Identity, record: ApplianceRecord, *,
                     same_key_only: bool = False) -> None:
         self._check_name(record.name)
-        cursor.execute("SELECT version, payload FROM pins WHERE name = %s FOR UPDATE", (record.name,))
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (PIN_LOCK_CLASS, record.name))
+        cursor.execute("SELECT version, CASE WHEN octet_length(payload) <= %s THEN payload END FROM pins "
+                       "WHERE name = %s FOR UPDATE", (MAX_PAYLOAD, record.name))
         row = cursor.fetchone()
-        if same_key_only and row is not None and (pinned := _pinned_certificate(row[1])) != record.certificate:
-            try:
-                other = pin_of_certificate(pinned.encode())
+        if same_key_only and row is not None:
+            try:  # the same key, as the file store compares: a re-issued certificate of it is no conflict
+                other = pin_of_certificate(_pinned_certificate(row[1]).encode())
             except (AttributeError, ValueError, FirsttrustError):  # an unreadable pin is another key too
                 other = "an unreadable pin"
-            raise PinConflict(record.name, other)
+            if other != record.pin:
+                raise PinConflict(record.name, other)
         version = (row[0] if row else 0) + 1
         # Re-pinned to another appliance (--replace, a redeployment with a new certificate): that
         # appliance has authorized none of the other members yet, whatever their grants said.
@@ -366,7 +395,8 @@ class PgStore(TrustStore):
         self._check_name(name)
 
         def work(cursor: Any) -> ApplianceRecord:
-            cursor.execute("SELECT signer_pin, payload, signature FROM pins WHERE name = %s", (name,))
+            cursor.execute("SELECT signer_pin, CASE WHEN octet_length(payload) <= %s THEN payload END, signature "
+                           "FROM pins WHERE name = %s", (MAX_PAYLOAD, name))
             row = cursor.fetchone()
             membership = self._membership(cursor)
             self._me(membership)  # a removed host uses nothing from the fleet
@@ -380,7 +410,8 @@ class PgStore(TrustStore):
         def work(cursor: Any) -> tuple[list[ApplianceRecord], list[TrustStoreError]]:
             membership = self._membership(cursor)
             self._me(membership)
-            cursor.execute("SELECT name, signer_pin, payload, signature FROM pins ORDER BY name")
+            cursor.execute("SELECT name, signer_pin, CASE WHEN octet_length(payload) <= %s THEN payload END, "
+                           "signature FROM pins ORDER BY name", (MAX_PAYLOAD,))
             records, problems = [], []
             for name, signer_pin, payload, signature in cursor.fetchall():
                 try:
@@ -422,12 +453,13 @@ class PgStore(TrustStore):
                                (name, me.host, lease))
                 if cursor.rowcount == 0:  # inserted by another host since our SELECT: its claim
                     cursor.execute("SELECT holder FROM enrollments WHERE name = %s", (name,))
-                    holder = cursor.fetchone()[0]
+                    holder = str(cursor.fetchone()[0])[:MAX_HOST_SHOWN]  # unsigned text: bounded
                     raise HeldByHost(f"{name}: host {holder} holds this appliance's enrollment", holder)
                 cursor.execute("INSERT INTO audit (host, event, subject) VALUES (%s, 'claimed', %s)", (me.host, name))
                 return None
             holder, live, pending_host = row
             if holder != me.host and live:
+                holder = str(holder)[:MAX_HOST_SHOWN]  # unsigned text: bounded (the CLI escapes it)
                 raise HeldByHost(f"{name}: host {holder} holds this appliance's enrollment (lease live); "
                                  "it finishes it, or its lease expires and another host takes over", holder)
             cursor.execute("UPDATE enrollments SET holder = %s, lease_until = now() + make_interval(secs => %s) "
@@ -467,7 +499,7 @@ class PgStore(TrustStore):
         self.transaction(work)
 
     def save_pending(self, record: ApplianceRecord) -> None:
-        load_certificate(record.certificate.encode())
+        checked_record_json(record, Path(f"fleet store: {record.name}"))
         identity = self.identity()
 
         def work(cursor: Any) -> None:
@@ -492,8 +524,9 @@ class PgStore(TrustStore):
         my_pin = self.identity().pin
 
         def work(cursor: Any) -> ApplianceRecord | None:
-            cursor.execute("SELECT signer_pin, payload, signature FROM enrollments WHERE name = %s AND "
-                           "signer_pin = %s AND payload IS NOT NULL", (name, my_pin))
+            cursor.execute("SELECT signer_pin, CASE WHEN octet_length(payload) <= %s THEN payload END, signature "
+                           "FROM enrollments WHERE name = %s AND "
+                           "signer_pin = %s AND payload IS NOT NULL", (MAX_PAYLOAD, name, my_pin))
             row = cursor.fetchone()
             if row is None:
                 return None
@@ -508,15 +541,16 @@ class PgStore(TrustStore):
 
         return self.transaction(work)
 
-    def promote(self, record: ApplianceRecord) -> None:
-        """Pin `record` (signed), queue the other members' grants and drop the claim, in one transaction."""
-        load_certificate(record.certificate.encode())
+    def promote(self, record: ApplianceRecord, *, same_key_only: bool = False) -> None:
+        """Pin `record` (signed), queue the other members' grants and drop the claim, in one
+        transaction. `same_key_only` as in `save` (PinConflict, and the claim and pending pin stay)."""
+        checked_record_json(record, Path(f"fleet store: {record.name}"))
         identity = self.identity()
 
         def work(cursor: Any) -> None:
             membership = self._membership(cursor)
             self._me(membership)
-            self._upsert_pin(cursor, membership, identity, record)
+            self._upsert_pin(cursor, membership, identity, record, same_key_only=same_key_only)
             cursor.execute("DELETE FROM enrollments WHERE name = %s", (record.name,))
 
         self.transaction(work)
@@ -525,8 +559,9 @@ class PgStore(TrustStore):
     def claims(self) -> list[PendingClaim]:
         """Every claim: which host holds which enrollment, and whose pending pin it has."""
         def work(cursor: Any) -> list[PendingClaim]:
-            cursor.execute("SELECT name, holder, extract(epoch FROM lease_until), pending_host, payload "
-                           "FROM enrollments ORDER BY name")
+            cursor.execute("SELECT name, holder, extract(epoch FROM lease_until), pending_host, "
+                           "CASE WHEN octet_length(payload) <= %s THEN payload END "
+                           "FROM enrollments ORDER BY name", (MAX_PAYLOAD,))
             claims = []
             for name, holder, lease_until, pending_host, payload in cursor.fetchall():
                 pin = None
@@ -535,6 +570,7 @@ class PgStore(TrustStore):
                         pin = json.loads(payload)["record"]["pin"]
                     except (ValueError, RecursionError, KeyError, TypeError):
                         pin = None
+                    pin = pin if isinstance(pin, str) else None  # unsigned text: shown, never used
                 claims.append(PendingClaim(name, holder, float(lease_until), pending_host, pin))
             return claims
 

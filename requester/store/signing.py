@@ -30,7 +30,10 @@ def seal(identity: Identity, payload: dict[str, Any]) -> tuple[str, bytes]:
 
 
 def opened(certificate_pem: str, text: str, signature: bytes) -> dict[str, Any] | None:
-    """The payload if `signature` over `text` verifies under the certificate's key, else None."""
+    """The payload if `signature` over `text` verifies under the certificate's key, else None
+    (also for a `text` the database gave as NULL: too long to be read, store.pgstore.MAX_PAYLOAD)."""
+    if not isinstance(text, str) or signature is None:
+        return None
     try:
         key = load_certificate(certificate_pem.encode()).public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey):

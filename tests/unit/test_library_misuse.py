@@ -264,7 +264,7 @@ def test_recovery_pins_only_the_ssh_host_keys_an_enrolled_frame_could_carry(stor
 
     monkeypatch.setattr(library, "PinnedSession", Session)
     pending = _record("app", appliance)
-    record = asyncio.run(library._confirm_pending(store, pending))
+    record = asyncio.run(library._confirm_pending(store, pending, False))
     assert record.ssh_host_keys == (good,) * 16
     assert store.get("app").ssh_host_keys == (good,) * 16  # and it reads back
 
