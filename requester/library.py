@@ -187,7 +187,13 @@ async def _enroll_appliance(address: str, secrets: EnrollmentSecrets, *, name: s
                                  deployment_id=deployment_id)
         await asyncio.to_thread(store.save_pending, record)
 
+    tries = 0
+
     async def attempt() -> ApplianceRecord:
+        nonlocal tries
+        if tries and (renew := getattr(store, "renew", None)) is not None:
+            await asyncio.to_thread(renew, name)  # a fleet claim: its lease again, or HeldByHost
+        tries += 1
         pending = await _store_call(store, store.get_pending, name)
         if pending is not None and pending.address == api_host:
             confirmed = await _confirm_pending(store, pending, replace)

@@ -476,6 +476,31 @@ class PgStore(TrustStore):
             self._took_over.pop(name, None)
         return taken_from
 
+    def renew(self, name: str) -> None:
+        """Before each retry of an enrollment that waits (an appliance still booting, a busy
+        one): this host's claim on `name` gets its full lease again, so that no other host takes
+        the appliance over while this one still works on it (a --deadline may outlast the lease).
+
+        Raises:
+            HeldByHost: this host no longer holds the claim (its lease expired and another host
+                took it over): nothing more is sent.
+        """
+        self._check_name(name)
+        lease = lease_seconds()
+
+        def work(cursor: Any) -> None:
+            me = self._me(self._membership(cursor))
+            cursor.execute("UPDATE enrollments SET lease_until = now() + make_interval(secs => %s) "
+                           "WHERE name = %s AND holder = %s", (lease, name, me.host))
+            if cursor.rowcount == 0:
+                cursor.execute("SELECT holder FROM enrollments WHERE name = %s", (name,))
+                row = cursor.fetchone()
+                holder = str(row[0])[:MAX_HOST_SHOWN] if row else "none"
+                raise HeldByHost(f"{name}: this host's claim lapsed while it waited for the appliance, and host "
+                                 f"{holder} holds this appliance's enrollment now; nothing more was sent", holder)
+
+        self.transaction(work)
+
     def took_over_from(self, name: str) -> str | None:
         """The host whose pending enrollment of `name` this host's last claim took over."""
         return self._took_over.get(name)

@@ -188,3 +188,48 @@ def test_fleet_pending_shows_the_databases_unsigned_text_on_one_bounded_line(two
     assert done.returncode == 0, done.stderr
     assert "\x1b" not in done.stdout
     assert len(done.stdout) < 2000 and len(done.stdout.splitlines()) == 2
+
+
+def test_an_enrollment_that_waits_past_its_lease_keeps_its_claim_and_a_lost_claim_stops_it(two_hosts, pg_url,
+                                                                                           monkeypatch):
+    """The lease was renewed only when the pending pin was stored: a host waiting for a booting
+    appliance longer than the lease lost the claim to another host while it still retried."""
+    import asyncio
+    import socket
+    import time
+
+    from firsttrust.credentials import EnrollmentSecrets
+    from firsttrust.requester.library import enroll_appliance
+    from firsttrust.requester.store.errors import HeldByHost
+
+    a, b = two_hosts
+    monkeypatch.setenv("FIRSTTRUST_FLEET_LEASE", "5")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens: the appliance is still booting
+    ended = {}
+
+    def host_a():
+        try:
+            asyncio.run(enroll_appliance(f"127.0.0.1:{port}", EnrollmentSecrets.generate(), name="app-01", store=a,
+                                         deadline=7))
+        except Exception as exc:  # noqa: BLE001 - the deadline, in the end
+            ended["a"] = exc
+
+    thread = threading.Thread(target=host_a)
+    thread.start()
+    try:
+        time.sleep(6.0)  # past the lease taken at the claim
+        assert thread.is_alive()
+        with pytest.raises(HeldByHost, match="host-a"):
+            b.claim("app-01")
+    finally:
+        thread.join(30)
+    assert type(ended["a"]).__name__ == "DeadlineExceeded"
+
+    # And a host whose claim was taken over stops at its next retry instead of going on.
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("INSERT INTO enrollments (name, holder, lease_until) VALUES ('app-02', 'host-b', "
+                     "now() + interval '1 hour')")
+    with pytest.raises(HeldByHost, match="lapsed"):
+        a.renew("app-02")
