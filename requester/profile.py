@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import stat
 import tomllib
 from pathlib import Path
@@ -87,15 +86,18 @@ def read_config(path: Path) -> dict[str, str]:
     return document
 
 
-# user[:password]@ in a URL's authority: what a message must never show.
-_USERINFO = re.compile(r"^([^:/?#]+://)?[^/?#]*@")
-
-
 def shown_url(url: str) -> str:
-    """`url` as a message may quote it: any `user:password@` replaced by `***@`, at most 80
-    characters. A vCenter URL must not carry credentials (they are refused), but the message
-    that says so, or any other, must not print them either."""
-    return _USERINFO.sub(lambda match: (match.group(1) or "") + "***@", url)[:80]
+    """`url` as a message may quote it: everything between the scheme and the last `@` replaced
+    by `***` (a password may hold '/', '?', '#' or '@' itself, so no parse of the authority can
+    be trusted to find where it ends), at most 80 characters. A vCenter URL must not carry
+    credentials (they are refused), but the message that says so, or any other, must not print
+    them either."""
+    scheme, separator, rest = url.partition("://")
+    if not separator or "@" in scheme:
+        scheme, separator, rest = "", "", url
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    return (scheme + separator + rest)[:80]
 
 
 def apply(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> argparse.Namespace:

@@ -71,7 +71,13 @@ def test_the_config_file_is_found_by_xdg_or_named_by_firsttrust_config(tmp_path)
 
 
 @pytest.mark.parametrize("url", ["https://u:hunter2-not-shown@vc.example/sdk", "u:hunter2-not-shown@vc.example",
-                                 "https://hunter2-not-shown@[::1/sdk"])
+                                 "https://hunter2-not-shown@[::1/sdk",
+                                 # a password holding what ends an authority, or an '@' of its own
+                                 "https://admin:hunter2/not-shown@vc.example/sdk",
+                                 "https://admin:hunter2?not-shown@vc.example/sdk",
+                                 "https://admin:hunter2#not-shown@vc.example/sdk",
+                                 "https://admin:hunter2@not-shown@vc.example/sdk",
+                                 "admin:hunter2/x@vc.example/sdk"])
 def test_no_message_quotes_the_credentials_a_vcenter_url_carries(tmp_path, url):
     with pytest.raises(ProfileError, match="whom to trust at .*\\*\\*\\*@") as raised:
         apply(args(vcenter=url), {"XDG_CONFIG_HOME": str(tmp_path / "none")})
