@@ -469,10 +469,21 @@ async def rotate_appliance(name: str, *, store: TrustStore | None = None) -> App
     """
     store = store or open_store()
     record = store.get(name)
+    # The new pin must be writable before the appliance re-keys: a rotation whose pin cannot be
+    # stored leaves the appliance on a key nothing pins, and SRP is closed. The record written
+    # back as it is (a compare-and-set: still this key) proves the store takes a write now.
+    await _store_call(store, functools.partial(store.save, record, same_key_only=True))
     async with open_session(name, store=store) as api:
         rotation = await api.rotate()
     updated = dataclasses.replace(record, pin=rotation.pin, certificate=rotation.certificate_pem.decode("ascii"))
-    store.save(updated)
+    try:
+        await _store_call(store, store.save, updated)
+    except TrustStoreError as exc:
+        raise TrustStoreError(
+            f"{name} rotated to {rotation.pin} (verified: signed by the pinned key), but the new pin could not be "
+            f"stored ({exc}); the store still pins the old key. Fix the store, then pin the certificate {name} "
+            f"presents now if its pin is {rotation.pin}: firsttrust pin-cert {name} {record.address}:"
+            f"{record.api_port} --cert FILE --replace") from None
     return updated
 
 

@@ -317,3 +317,37 @@ def test_a_cancelled_enroll_many_returns_within_seconds_not_at_its_deadline(tmp_
     used = "" if worker_kind == "thread" else f"start method {start_method}\n"
     assert (done.returncode, done.stdout) == (0, f"{used}cancelled\n"), done.stderr[-2000:]
     assert time.monotonic() - started < 12
+
+
+async def test_a_rotation_whose_pin_could_not_be_stored_is_never_asked_for(tmp_path):
+    """`rotate` with a full or read-only store: the appliance re-keyed, the pin stayed on the old
+    key, and SRP is closed: the appliance was reachable only by copying its certificate off it."""
+    from firsttrust.requester.truststore import TrustStoreError
+
+    class FullStore(TrustStore):
+        full = False
+
+        def _write(self, path, record, **kwargs):
+            if self.full:
+                raise TrustStoreError(f"cannot write {path}: No space left on device")
+            super()._write(path, record, **kwargs)
+
+    app = provisioned(tmp_path / "app")
+    await app.start(phase_timeout=2.0)
+    from firsttrust.agent.api import start_api, stop_api
+    runner, contexts = await start_api(app.store, "127.0.0.1", 0)
+    app.server.api_port = runner.addresses[0][1]
+    app.server.on_enrolled = lambda _auth: _reload(contexts)
+    store = FullStore(tmp_path / "home")
+    try:
+        record = await enroll_appliance(f"127.0.0.1:{app.port}", app.secrets, name="app-01", store=store)
+        store.full = True
+        with pytest.raises(TrustStoreError, match="No space left"):
+            await rotate_appliance("app-01", store=store)
+        assert app.store.load_identity().pin == record.pin  # nothing was asked of the appliance
+        store.full = False
+        async with open_session("app-01", store=store) as api:
+            assert (await api.get("/v1/identity"))["pin"] == record.pin
+    finally:
+        await stop_api(runner)
+        await app.stop()
