@@ -73,6 +73,20 @@ def silence_broken_pipe() -> int:
     return EXIT_BROKEN_PIPE
 
 
+def _stderr_to_devnull() -> None:
+    """Descriptor 2 was closed at start: /dev/null takes its place, as sys.stderr and as the
+    descriptor (a file opened later would otherwise get 2, and what C writes to stderr with it).
+    print(file=None) writes to sys.stdout: every warning went into the command's output."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        if fd != 2:
+            os.dup2(fd, 2)
+            os.close(fd)
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - lives as long as the process
+    except OSError:
+        pass
+
+
 @dataclass(frozen=True)
 class Guard:
     """How one tool turns what escapes a command into a line and an exit code.
@@ -100,6 +114,8 @@ class Guard:
 
     def run(self, command: Callable[[], int]) -> int:
         """`command()`'s exit code; whatever it raises as one line on stderr and an exit code."""
+        if sys.stderr is None:  # started with descriptor 2 closed (`2>&-`): print(file=sys.stderr) wrote to stdout
+            _stderr_to_devnull()
         if sys.stdout is None:  # started with descriptor 1 closed (`>&-`): print() would drop it all
             self.error("standard output is closed; nothing was done")
             return EXIT_FAILED

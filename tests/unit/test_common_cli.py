@@ -81,6 +81,20 @@ def test_a_command_started_with_stdout_closed_fails_with_one_line(argv, tmp_path
     assert done.stderr.count("\n") == 1
 
 
+def test_a_command_started_with_stderr_closed_keeps_its_output_clean(tmp_path):
+    """`deploy-spec ... > spec.xml 2>&-`: print(file=sys.stderr) with no stderr writes to stdout,
+    and the secrets file's loose-mode warning became the first line of the XML."""
+    secrets = tmp_path / "s.json"
+    secrets.write_text('{"sec_a": "' + "A" * 43 + '", "sec_b": "' + "B" * 43 + '"}')
+    secrets.chmod(0o644)
+    command = [str(Path(sys.executable).with_name("firsttrust")), "deploy-spec", "--secrets", str(secrets),
+               "--format", "ovf-properties"]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=60, preexec_fn=lambda: os.close(2),
+                          env={**os.environ, "FIRSTTRUST_HOME": str(tmp_path)})
+    assert done.returncode == 0
+    assert done.stdout.lstrip().startswith("<") and "warning" not in done.stdout
+
+
 def test_deploy_spec_into_a_closed_pipe_is_quiet_and_141(tmp_path):
     firsttrust = str(Path(sys.executable).with_name("firsttrust"))
     secrets = tmp_path / "s.json"
