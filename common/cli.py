@@ -73,6 +73,14 @@ def silence_broken_pipe() -> int:
     return EXIT_BROKEN_PIPE
 
 
+def table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:
+    """Rows under a header, columns padded, each cell on one line (one_line: a peer's or a
+    database's text never brings its own line breaks or terminal escapes)."""
+    cells = [[one_line(str(cell)) for cell in row] for row in (header, *rows)]
+    widths = [max(len(cell) for cell in column) for column in zip(*cells)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells)
+
+
 def _stderr_to_devnull() -> None:
     """Descriptor 2 was closed at start: /dev/null takes its place, as sys.stderr and as the
     descriptor (a file opened later would otherwise get 2, and what C writes to stderr with it).

@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 import firsttrust
 from firsttrust.common.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Guard, Parser, Subcommand, UsageError, \
-    add_subcommands, no_arguments, one_line, silence_broken_pipe
+    add_subcommands, no_arguments, one_line, silence_broken_pipe, table
 from firsttrust.common.files import read_bounded_stat, write_atomic, write_new
 from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import MAX_DECODED_BYTES, PropertyEncodingError
@@ -351,7 +351,7 @@ def _print_batch_report(args: argparse.Namespace, outcomes: list[Outcome]) -> in
     if args.json:
         print(json.dumps(report.entries(), indent=2))
     else:
-        print(_table(REPORT_COLUMNS, report.rows()))
+        print(table(REPORT_COLUMNS, report.rows()))
         print(report.summary())
     sys.stdout.flush()
     if report.identity_changed:
@@ -376,19 +376,12 @@ class _Progress:
             self.bar.update(1)
         else:
             detail = outcome.record.pin if outcome.record else f"{outcome.error.code}: {outcome.error}"
-            print(f"{PROG}: {outcome.target.name}: {outcome.status} ({outcome.seconds:.1f} s) {detail}",
+            print(one_line(f"{PROG}: {outcome.target.name}: {outcome.status} ({outcome.seconds:.1f} s) {detail}"),
                   file=sys.stderr, flush=True)
 
     def finish(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
-             for row in (header, *rows)]
-    return "\n".join(lines)
 
 
 # --- pins ------------------------------------------------------------------------------------------
@@ -415,7 +408,7 @@ def _pins_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_record_summary(r) for r in records], indent=2))
     elif records:
-        print(_table(("NAME", "ADDRESS", "EMBODIMENT", "PIN"),
+        print(table(("NAME", "ADDRESS", "EMBODIMENT", "PIN"),
                      [(r.name, f"{r.address}:{r.api_port}", r.embodiment, r.pin) for r in records]))
     else:
         print(f"no pinned appliances in {store.home}", file=sys.stderr)

@@ -25,7 +25,7 @@ import sys
 import threading
 from pathlib import Path
 
-from firsttrust.common.cli import EXIT_FAILED, EXIT_OK
+from firsttrust.common.cli import EXIT_FAILED, EXIT_OK, table
 from firsttrust.common.files import read_bounded
 from firsttrust.errors import InvalidCertificate
 
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         rows = [(r.name, r.action, r.vm or "-", r.status, r.ip or "-",
                  r.pin or (f"{r.error.code}: {r.error}" if r.error else "-")) for r in reports]
-        print(_table(("NAME", "ACTION", "VM", "STATUS", "IP", "PIN"), rows))
+        print(table(("NAME", "ACTION", "VM", "STATUS", "IP", "PIN"), rows))
     if stop.is_set():
         _progress("deploy", "interrupted: the same command again finishes the job")
         exit_now(INTERRUPTED_EXIT, stop)
@@ -162,12 +162,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _read_certificate(path: str) -> bytes:
     return read_bounded(path, MAX_CERT_BYTES, what=f"requester certificate {path}", error=InvalidDeployPlan)
-
-
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
-                     for row in (header, *rows))
 
 
 _PROGRESS_LOCK = threading.Lock()

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from firsttrust.common.cli import EXIT_FAILED, EXIT_OK, Subcommand, UsageError, no_arguments, one_line
+from firsttrust.common.cli import EXIT_FAILED, EXIT_OK, Subcommand, UsageError, no_arguments, one_line, table
 from firsttrust.common.files import read_bounded
 
 from .store import open_store
@@ -39,11 +39,6 @@ def _fleet_store(url: str | None = None):
         raise StoreConfigError("no fleet store configured: set FIRSTTRUST_STORE to a postgresql:// URL (or pass "
                                "--store to `fleet create`/`fleet join`)")
     return store
-
-
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in (header, *rows))
 
 
 # --- store ---------------------------------------------------------------------------------------
@@ -184,7 +179,7 @@ def fleet_hosts(args: argparse.Namespace) -> int:
     membership = _fleet_store().membership()
     rows = [(m.host, "rolled-back" if m.rolled_back else "removed" if m.removed else "member", m.pin)
             for m in sorted(membership.members, key=lambda m: m.host)]
-    print(_table(("HOST", "STATUS", "PIN"), rows))
+    print(table(("HOST", "STATUS", "PIN"), rows))
     return EXIT_OK
 
 
@@ -195,7 +190,7 @@ def fleet_pending(args: argparse.Namespace) -> int:
     rows = [(c.name, _shown(c.holder), f"{max(0, int(c.lease_until - now))}s" if c.lease_until > now else "expired",
              _shown(c.pending_host or "-"), _shown(c.pin or "-")) for c in claims]
     if rows:
-        print(_table(("APPLIANCE", "HOLDER", "LEASE", "PENDING PIN OF", "PIN"), rows))
+        print(table(("APPLIANCE", "HOLDER", "LEASE", "PENDING PIN OF", "PIN"), rows))
     else:
         print("no enrollment is held", file=sys.stderr)
     return EXIT_OK

@@ -135,3 +135,25 @@ def test_the_parser_raises_a_usage_error_and_the_table_dispatches():
     with pytest.raises(UsageError, match="invalid int value"):
         parser.parse_args(["a", "b", "--n", "x"])
     assert EXIT_USAGE == 2
+
+
+def test_a_table_cell_holding_a_peers_line_breaks_or_escapes_stays_on_its_line():
+    """A peer's error message (batch report), a database's unsigned text (fleet pending): a C1
+    CSI (U+009B) or a newline in a cell reached the terminal raw."""
+    from firsttrust.common.cli import table
+
+    shown = table(("NAME", "ERROR"), [("app-01", "refused\x9b2J\nforged row\x1b[31m")])
+    assert "\x9b" not in shown and "\x1b" not in shown and len(shown.splitlines()) == 2
+
+
+def test_a_batch_progress_line_quoting_a_peers_message_is_one_line_without_escapes(capsys):
+    from firsttrust.credentials import EnrollmentSecrets
+    from firsttrust.errors import PeerRefused
+    from firsttrust.requester.batch import Outcome, Target
+    from firsttrust.requester.cli import _Progress
+
+    progress = _Progress(1, terminal=False)
+    refused = PeerRefused("busy", "try later\x9b2J\nfirsttrust: app-02: enrolled")
+    progress.step(Outcome(Target("app-01", "10.0.0.5", EnrollmentSecrets.generate()), None, refused, 0.1))
+    err = capsys.readouterr().err
+    assert "\x9b" not in err and err.count("\n") == 1
