@@ -333,6 +333,10 @@ def _enroll_batch(args: argparse.Namespace) -> int:
             except OSError:  # the report's reader is gone (a closed pipe, a full disk): stop anyway
                 silence_broken_pipe()
             finally:
+                left = sum(1 for t in targets if t.name not in so_far)
+                with contextlib.suppress(Exception):
+                    print(f"{PROG}: interrupted: {left} of {len(targets)} appliances not finished (the same command "
+                          "again finishes the job)", file=sys.stderr, flush=True)
                 exit_now(INTERRUPTED_EXIT, stop)
 
     stop = StopSignal()

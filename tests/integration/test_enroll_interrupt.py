@@ -55,6 +55,7 @@ async def test_an_interrupted_batch_enroll_writes_its_partial_json_report_and_ex
             await app.stop()
     assert proc.returncode == 130, err
     assert latency < 1.0, f"exit {latency:.2f} s after the signal"
+    assert err.decode().splitlines()[-1].startswith("firsttrust: interrupted: 16 of 18 appliances not finished")
     report = json.loads(out)
     assert [entry["name"] for entry in report] == [f"app-{i}" for i in range(18)]
     assert [entry["status"] for entry in report] == ["enrolled"] * 2 + ["interrupted"] * 16
