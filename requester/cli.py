@@ -249,9 +249,14 @@ def _enroll(args: argparse.Namespace) -> int:
     if args.targets:
         if args.address or args.secrets or args.name:
             raise UsageError("--targets replaces ADDRESS, --secrets and --name")
+        if args.api_address:  # one address for many appliances: it was silently ignored
+            raise UsageError("--api-address names one appliance's API; a targets file's appliances serve theirs "
+                             "at their own address")
         return _enroll_batch(args)
     if not (args.address and args.secrets and args.name):
         raise UsageError("enroll needs ADDRESS, --secrets and --name (or --targets FILE)")
+    if args.workers is not None:
+        raise UsageError("--workers is for a batch (--targets FILE)")
     secrets, deployment_id = _load_secrets_and_id(args.secrets)
     _warn_if_readable(args.secrets)
     _check_name(args.name)
@@ -343,7 +348,8 @@ def _enroll_batch(args: argparse.Namespace) -> int:
     stop.on_stop(interrupted)
     with stop.installed():
         outcomes = asyncio.run(enroll_many(targets, concurrency=args.concurrency, ssh_key=ssh_key,
-                                           on_done=step, deadline=deadline, workers=args.workers))
+                                           on_done=step, deadline=deadline, workers=args.workers,
+                                           replace=args.replace))
     progress.finish()
     if not reported.acquire(blocking=False):
         return INTERRUPTED_EXIT

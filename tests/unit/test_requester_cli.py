@@ -319,3 +319,23 @@ def test_pin_cert_never_replaces_a_pin_to_another_key_without_replace(capsys, tm
     assert code == cli.EXIT_OK and f"pinned app-1: {second.pin}" in out
     assert err == f"replaced app-1: 127.0.0.1 {first.pin}\n"
     assert TrustStore(tmp_path / "home").get("app-1").pin == second.pin
+
+
+def test_batch_enroll_passes_replace_on_and_refuses_what_it_cannot_use(capsys, monkeypatch, tmp_path, secrets_file):
+    """--replace and --api-address were silently ignored by a batch (it then failed with
+    "...or pass --replace to re-pin it", --replace given); --workers by a single enroll."""
+    targets = tmp_path / "targets.csv"
+    targets.write_text(f"name,address,secrets\napp-01,10.0.0.5,{secrets_file}\n")
+    seen = {}
+
+    async def fake_enroll_many(targets, **kwargs):
+        seen.update(kwargs)
+        return []
+
+    monkeypatch.setattr(cli, "enroll_many", fake_enroll_many)
+    run(capsys, "enroll", "--targets", str(targets), "--replace")
+    assert seen.get("replace") is True
+    code, _, err = run(capsys, "enroll", "--targets", str(targets), "--api-address", "10.0.0.6:8791")
+    assert code == cli.EXIT_USAGE and "--api-address" in err
+    code, _, err = run(capsys, "enroll", "10.0.0.5", "--secrets", str(secrets_file), "--name", "app", "--workers", "2")
+    assert code == cli.EXIT_USAGE and "--workers" in err
