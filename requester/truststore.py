@@ -327,11 +327,16 @@ class TrustStore:
                 raise TrustStoreError(f"{self.appliances} is not a directory: the trust store is damaged")
             return [], []
         records, problems = [], []
-        for path in sorted(self.appliances.glob("*.json")):
+        try:  # glob swallows EACCES: an unreadable appliances/ listed as "no pinned appliances"
+            names = sorted(entry.name for entry in os.scandir(self.appliances) if entry.name.endswith(".json"))
+        except OSError as exc:
+            raise TrustStoreError(f"cannot read {self.appliances}: {exc.strerror or type(exc).__name__}") from None
+        for file_name in names:
+            path = self.appliances / file_name
             try:
-                records.append(self.get(path.stem))
-            except TrustStoreError as exc:
-                problems.append(exc)
+                records.append(self.get(file_name[:-len(".json")]))
+            except TrustStoreError as exc:  # each one names its file (a name the store refuses did not)
+                problems.append(exc if str(path) in str(exc) else TrustStoreError(f"{path}: {exc}"))
         return records, problems
 
     def remove(self, name: str) -> None:

@@ -197,3 +197,25 @@ def test_the_identitys_sweep_leaves_other_writers_temp_files_alone(tmp_path):
         path.write_bytes(b"x")
     TrustStore(home).identity()
     assert in_flight.exists() and not any(path.exists() for path in stale)
+
+
+def test_an_unreadable_appliances_folder_is_an_error_not_an_empty_store_and_every_problem_names_its_file(
+        tmp_path, monkeypatch):
+    """glob swallows EACCES: `pins list` said "no pinned appliances", exit 0, for a folder it could
+    not read; a record under a name the store refuses was skipped without naming its file."""
+    import os
+
+    from firsttrust.requester.truststore import TrustStore, TrustStoreError
+
+    store = TrustStore(tmp_path / "home")
+    store.appliances.mkdir(parents=True)
+    (store.appliances / "bad name.json").write_text("{}")
+    _, problems = store.scan()
+    assert len(problems) == 1 and str(store.appliances / "bad name.json") in str(problems[0])
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "scandir", denied)
+    with pytest.raises(TrustStoreError, match="cannot read .*appliances: Permission denied"):
+        store.scan()
