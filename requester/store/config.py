@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from firsttrust.common.files import read_at_most, write_atomic
+from firsttrust.errors import InvalidPin
 from firsttrust.identity import normalize_pin
 
 from .errors import StoreConfigError
@@ -58,8 +59,9 @@ def load_profile(home: Path) -> FleetProfile:
         if not isinstance(members, dict) or not all(
                 isinstance(host, str) and type(version) is int and version >= 0 for host, version in members.items()):
             raise ValueError("members must map host names to versions")
-    except (ValueError, RecursionError, AttributeError, TypeError) as exc:
-        raise StoreConfigError(f"the fleet profile {path} is corrupt ({str(exc).splitlines()[0][:80]})") from None
+    except (ValueError, RecursionError, AttributeError, TypeError, InvalidPin) as exc:  # InvalidPin: anchor_pin
+        raise StoreConfigError(f"the fleet profile {path} is corrupt ({(str(exc).splitlines() or [''])[0][:80]})") \
+            from None
     return FleetProfile(anchor, store, dict(members))
 
 

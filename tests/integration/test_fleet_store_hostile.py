@@ -233,3 +233,12 @@ def test_an_enrollment_that_waits_past_its_lease_keeps_its_claim_and_a_lost_clai
                      "now() + interval '1 hour')")
     with pytest.raises(HeldByHost, match="lapsed"):
         a.renew("app-02")
+
+
+def test_a_fleet_profile_with_a_bad_anchor_is_a_config_error_naming_the_file(tmp_path):
+    from firsttrust.requester.store.config import load_profile
+
+    (tmp_path / "fleet.json").write_text('{"anchor_pin": "sha256:not-a-pin"}')
+    with pytest.raises(StoreConfigError, match="fleet.json is corrupt") as caught:
+        load_profile(tmp_path)
+    assert caught.value.code == "store_config"
