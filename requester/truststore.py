@@ -136,6 +136,12 @@ def checked_record_json(record: ApplianceRecord, where: Path) -> bytes:
     return data
 
 
+def _spki(public_key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def _named(record: ApplianceRecord, name: str, path: Path) -> ApplianceRecord:
     """A record read from NAME.json must be NAME's: a copy under another name (a backup,
     app-01-old.json) would otherwise be shown, used and removed as the appliance it names."""
@@ -206,8 +212,9 @@ class TrustStore:
 
     # -- the requester's own identity ------------------------------------------------------------
 
-    def identity(self) -> Identity:
-        """The requester's identity, created on first use (once, even under concurrency).
+    def identity(self, subject: str = "firsttrust-requester") -> Identity:
+        """The requester's identity, created on first use (once, even under concurrency), with
+        `subject` as its certificate's common name (a fleet host's names the host).
 
         Its two files are written one after the other under a marker (CREATING): a creation
         killed between them left the marker, so the half it left was never handed to anyone and
@@ -223,7 +230,9 @@ class TrustStore:
             try:
                 identity = Identity(self._read_identity_file(self.key_path), self._read_identity_file(self.cert_path))
                 identity.certificate  # noqa: B018 - parse now, fail clearly if corrupt
-                identity.private_key  # noqa: B018
+                if _spki(identity.private_key.public_key()) != _spki(identity.certificate.public_key()):
+                    raise TrustStoreError(f"{self.key_path} is not the key of {self.cert_path}: the requester identity "
+                                          "is refused, never replaced; restore both files from one backup")
                 return identity
             except FileNotFoundError:
                 # Created only when neither file is there: a key without its certificate (or the
@@ -236,7 +245,7 @@ class TrustStore:
                                           "identity is refused, never replaced; restore it from a backup") from None
             except (ValueError, TypeError, AssertionError):  # cryptography's refusals; not an EC key
                 raise TrustStoreError(f"the requester identity in {self.home} is corrupt") from None
-            identity = create_identity("firsttrust-requester")
+            identity = create_identity(subject)
             write_atomic(creating, b"", 0o600)
             write_atomic(self.key_path, identity.key_pem, 0o600)
             write_atomic(self.cert_path, identity.cert_pem, 0o644)

@@ -61,13 +61,9 @@ def ensure_identity(home: Path, host: str) -> Identity:
     names the host: an appliance's TLS trust tells authorized self-signed certificates apart by
     subject first, so two members with the same subject would lock one of them out (the file
     store's default subject, CN=firsttrust-requester, is the same on every host)."""
-    store = TrustStore(home)
-    with store.locked():
-        if not store.key_path.exists():
-            identity = create_identity(f"firsttrust-requester {host}")
-            write_atomic(store.cert_path, identity.cert_pem, 0o644)  # the key last: its presence means both
-            write_atomic(store.key_path, identity.key_pem, 0o600)
-    return store.identity()
+    # The file store's own creation: both files or neither, and a damaged identity (one file
+    # missing, a key that is not the certificate's) refused, never replaced.
+    return TrustStore(home).identity(subject=f"firsttrust-requester {host}")
 
 
 def _subject(certificate_pem: str) -> str:

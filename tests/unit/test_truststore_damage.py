@@ -219,3 +219,26 @@ def test_an_unreadable_appliances_folder_is_an_error_not_an_empty_store_and_ever
     monkeypatch.setattr(os, "scandir", denied)
     with pytest.raises(TrustStoreError, match="cannot read .*appliances: Permission denied"):
         store.scan()
+
+
+def test_a_key_that_is_not_the_certificates_is_refused_and_fleet_join_never_replaces_a_damaged_identity(tmp_path):
+    """`identity` printed the certificate (exit 0) though identity.key was another key's, and
+    `fleet join` replaced an identity whose key was missing with a new pair."""
+    import shutil
+
+    from firsttrust.requester.store.fleet import ensure_identity
+    from firsttrust.requester.truststore import TrustStore, TrustStoreError
+
+    store, other = TrustStore(tmp_path / "home"), TrustStore(tmp_path / "other")
+    store.identity()
+    other.identity()
+    shutil.copy(other.key_path, store.key_path)
+    with pytest.raises(TrustStoreError, match="is not the key of"):
+        store.identity()
+    store.key_path.unlink()
+    before = store.cert_path.read_bytes()
+    with pytest.raises(TrustStoreError, match="never replaced"):
+        ensure_identity(store.home, "h1")
+    assert store.cert_path.read_bytes() == before and not store.key_path.exists()
+    fresh = ensure_identity(tmp_path / "new", "h1")
+    assert fresh.certificate.subject.rfc4514_string() == "CN=firsttrust-requester h1"
