@@ -27,7 +27,7 @@ from firsttrust.credentials import EnrollmentSecrets
 from firsttrust.deployment import GUEST_PASSWORD, SEC_A, SEC_B, guestinfo_key
 from .deploymentid import DEPLOYMENT_ID_KEY, new_deployment_id
 from .deployspec import HARDENING_VMX_SETTINGS, InvalidDeploySpec, deployment_properties, user_configurable
-from .profile import shown_url
+from .profile import host_name_ok, shown_url
 from .truststore import NAME_RE
 
 # How many appliances one command deploys at most. vCenter's own limits are far above (a
@@ -194,6 +194,8 @@ def check_vcenter_url(url: str) -> str:
         raise InvalidDeployPlan(f"invalid vCenter URL {shown_url(url)!r}") from None
     if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
         raise InvalidDeployPlan("the vCenter URL must be https://HOST[:PORT][/sdk], without credentials in it")
+    if not host_name_ok(parts.hostname):
+        raise InvalidDeployPlan(f"the vCenter URL's host {shown_url(parts.hostname)!r} is not a valid host name")
     return url
 
 

@@ -86,6 +86,19 @@ def read_config(path: Path) -> dict[str, str]:
     return document
 
 
+def host_name_ok(host: str | None) -> bool:
+    """Whether a URL's host can be looked up at all: an empty DNS label (`a..b`) or one longer
+    than 63 characters fails inside socket's IDNA encoding with a UnicodeError, deep in a
+    connect, which no caller handles as the bad input it is."""
+    if not host:
+        return False
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
 def shown_url(url: str) -> str:
     """`url` as a message may quote it: everything between the scheme and the last `@` replaced
     by `***` (a password may hold '/', '?', '#' or '@' itself, so no parse of the authority can

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from firsttrust.common.cli import EXIT_OK, UsageError
 from firsttrust.errors import FirsttrustError
 
-from .profile import shown_url
+from .profile import host_name_ok, shown_url
 from .vcenter_tls import format_thumbprint
 
 CONNECT_TIMEOUT = 10.0
@@ -52,7 +52,7 @@ def read_certificate(url: str, timeout: float = CONNECT_TIMEOUT) -> bytes:
         port = parts.port or 443  # raises ValueError for a port out of range or not a number
     except ValueError:
         parts, port = None, 0
-    if parts is None or parts.scheme != "https" or not parts.hostname or "@" in parts.netloc:
+    if parts is None or parts.scheme != "https" or not host_name_ok(parts.hostname) or "@" in parts.netloc:
         raise UsageError(f"{shown_url(url)!r} is not an https://HOST[:PORT] URL")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False

@@ -88,3 +88,13 @@ def test_no_message_quotes_the_credentials_a_vcenter_url_carries(tmp_path, url):
     with pytest.raises(UsageError) as unread:
         read_certificate(url.replace("https://", "ftp://"))
     assert "hunter2" not in str(unread.value)
+
+
+@pytest.mark.parametrize("url", ["https://a..b/sdk", "https://" + "a" * 64 + ".example/sdk"])
+def test_a_host_no_lookup_can_take_is_bad_input_not_an_internal_error(url):
+    """An empty DNS label, or one over 63 characters: socket's IDNA encoding raised UnicodeError
+    inside the connect, printed as an internal error (exit 1)."""
+    with pytest.raises(InvalidDeployPlan, match="not a valid host name"):
+        check_vcenter_url(url)
+    with pytest.raises(UsageError, match="is not an https"):
+        read_certificate(url)
