@@ -68,6 +68,8 @@ from . import setupcommands
 from .enroll import parse_address
 from . import guestcommand  # noqa: F401 - its error codes are the CLI's too (deploy --embodiment)
 from .identitycheck import IdentityChanged, changed, probe
+from . import profile
+from .deployplan import InvalidDeployPlan, check_vcenter_url
 from .profile import ProfileError
 from .interrupts import INTERRUPTED_EXIT, Interrupted, StopSignal, exit_now
 from .batch import REPORT_COLUMNS, BatchReport, InvalidTargets, check_address, check_name, loose_secrets_warning, \
@@ -603,6 +605,11 @@ def _pin_cert_through_vcenter(args: argparse.Namespace) -> int:
     name = _check_name(args.name)
     if args.cert is not None:
         raise UsageError("--cert and --vcenter exclude each other: the certificate comes through vCenter")
+    profile.apply(args)  # whom to trust at vCenter, the credentials: the environment, the config file, as deploy
+    try:
+        check_vcenter_url(args.vcenter)
+    except InvalidDeployPlan as exc:
+        raise UsageError(str(exc)) from None
     if args.embodiment == "guest-command" and args.guest_credentials is None:
         raise UsageError("the guest-command way needs --guest-credentials (NAME.guest.json from deploy)")
     try:

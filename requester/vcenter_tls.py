@@ -49,6 +49,13 @@ class InvalidThumbprint(FirsttrustError):
     code = "invalid_thumbprint"
 
 
+class InvalidCaFile(InvalidThumbprint):
+    """A --ca-file that cannot be read or holds no CA certificate: whom to trust, given wrong
+    (an input error, exit 2, as a bad --thumbprint)."""
+
+    code = "ca_file"
+
+
 class ThumbprintMismatch(ssl.SSLError):
     """The server's certificate is not the pinned one. Nothing was sent to it.
 
@@ -160,12 +167,14 @@ def ca_context(ca_file: str) -> ssl.SSLContext:
     """Ordinary verification against a CA bundle, host name included.
 
     Raises:
-        InvalidThumbprint: never; FirsttrustError (code "ca_file") if the bundle cannot be loaded.
+        InvalidCaFile: the bundle cannot be read, or holds no certificate OpenSSL loads.
     """
     context = _VcenterContext(ssl.PROTOCOL_TLS_CLIENT)  # what ssl.create_default_context makes
     try:
         context.load_verify_locations(cafile=ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise FirsttrustError(f"cannot load CA bundle {ca_file}: {exc}", code="ca_file") from None
+    except ssl.SSLError as exc:  # before OSError: SSLError is one, and its strerror is OpenSSL's whole line
+        raise InvalidCaFile(f"cannot load CA bundle {ca_file}: {exc.reason or 'no CA certificate in it'}") from None
+    except OSError as exc:
+        raise InvalidCaFile(f"cannot load CA bundle {ca_file}: {exc.strerror or type(exc).__name__}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context

@@ -172,3 +172,20 @@ def test_pin_cert_through_vcenter_refuses_another_key_before_any_call_unless_rep
     record = guestcommand.verify_and_pin("app", "127.0.0.9", second.cert_pem, embodiment="injected-certificate",
                                          store=store)
     assert record.pin == second.pin == store.get("app").pin
+
+
+@pytest.mark.parametrize("extra, says", [
+    ((), "whom to trust at"),  # nothing given, nothing in the environment or the config file
+    (("--thumbprint", "00"), "invalid vCenter URL"),
+    (("--ca-file", "/nonexistent/ca.pem"), "cannot load CA bundle /nonexistent/ca.pem: No such file or directory"),
+])
+def test_pin_cert_through_vcenter_checks_its_inputs_as_deploy_does(home, capsys, monkeypatch, tmp_path, extra, says):
+    """pin-cert --vcenter skipped deploy's checks: no trust given was an internal error
+    (TypeError), a port of 99999 one too (ValueError), and a missing --ca-file exit 1."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
+    for variable in ("FIRSTTRUST_VCENTER_THUMBPRINT", "FIRSTTRUST_VCENTER_CA_FILE", "FIRSTTRUST_CONFIG"):
+        monkeypatch.delenv(variable, raising=False)
+    url = "https://vc.example:99999/sdk" if says == "invalid vCenter URL" else "https://vc.example/sdk"
+    code, out, err = run(capsys, "pin-cert", "app", "--vcenter", url, *extra)
+    assert code == cli.EXIT_USAGE and out == ""
+    assert says in err and err.count("\n") == 1 and "internal error" not in err
