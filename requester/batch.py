@@ -78,6 +78,14 @@ class Outcome:
 # --- the targets file ------------------------------------------------------------------------------
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object whose key appears twice is refused (json keeps the last silently)."""
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        raise ValueError("a key appears twice in one object")
+    return row
+
+
 def read_targets(path: str, *, warn: Callable[[str], None] | None = None) -> list[Target]:
     """The appliances of a targets file: CSV with the header `name,address,secrets`, or a JSON
     list of objects with those keys; `secrets` is a secrets file's path, relative to the targets
@@ -102,9 +110,12 @@ def read_targets(path: str, *, warn: Callable[[str], None] | None = None) -> lis
     text = data.decode("utf-8-sig", "replace")  # -sig: a spreadsheet's byte order mark is not part of "name"
     try:
         if text.lstrip().startswith("["):
-            rows = json.loads(text)
+            rows = json.loads(text, object_pairs_hook=_unique_keys)
             if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
                 raise ValueError("a JSON targets file is a list of objects")
+            if not all(isinstance(value, str) for row in rows for value in row.values()):
+                # "address": 5 connected to 0.0.0.5, a list became a secrets path: strings only
+                raise ValueError("each value of a JSON targets file is a string")
             columns = {key for row in rows for key in row}
         else:
             reader = csv.DictReader(io.StringIO(text))

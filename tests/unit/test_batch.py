@@ -32,6 +32,10 @@ def test_a_csv_and_a_json_targets_file_read_the_same(secrets_dir):
     ("name,address,secrets\napp-1,10.0.0.5:x,a.json\n", "invalid address '10.0.0.5:x'"),
     ("name,address,secrets\napp-1,10.0.0.5,missing.json\n", "cannot read secrets file"),
     ("name,address,secrets\napp-1,10.0.0.5,a.json,extra\n", "row 1: more fields than the header names"),
+    # JSON: a number was read as an address (5 connected to 0.0.0.5), a list as a path, a key twice kept the last
+    ('[{"name": "app-1", "address": 5, "secrets": "a.json"}]', "each value of a JSON targets file is a string"),
+    ('[{"name": "app-1", "address": "10.0.0.5", "secrets": ["a.json"]}]', "each value .* is a string"),
+    ('[{"name": "app-1", "address": "10.0.0.5", "address": "10.0.0.6", "secrets": "a.json"}]', "appears twice"),
 ])
 def test_a_bad_targets_file_raises_invalid_targets_naming_what(secrets_dir, text, message):
     (secrets_dir / "t.csv").write_text(text)
