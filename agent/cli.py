@@ -8,6 +8,7 @@ failing); 2 bad usage or bad input (config, properties, certificate); 3 not prov
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -16,10 +17,11 @@ from pathlib import Path
 from typing import IO
 
 import firsttrust
-from firsttrust.common.cli import EXIT_FAILED, EXIT_USAGE, Guard, Parser, Subcommand, UsageError, add_subcommands
+from firsttrust.common.cli import EXIT_FAILED, EXIT_USAGE, Guard, Parser, Subcommand, UsageError, add_subcommands, \
+    os_error_line
 from firsttrust.common.files import read_bounded
-from firsttrust.errors import FirsttrustError, InvalidCertificate
-from firsttrust.identity import load_certificate, pin_of_certificate
+from firsttrust.errors import FirsttrustError, InvalidCertificate, InvalidPin
+from firsttrust.identity import load_certificate, normalize_pin, pin_of_certificate
 
 from . import audit
 from .config import ConfigError, load_config
@@ -114,6 +116,8 @@ def _grant_summary(store: StateDir, state) -> dict | None:
 
 
 def _read_cert_input(name: str) -> bytes:
+    if name == "-" and sys.stdin is None:  # started with descriptor 0 closed (`<&-`)
+        raise UsageError("--cert -: standard input is closed")
     return read_bounded(sys.stdin.buffer if name == "-" else name, MAX_CERT_INPUT, what=name, error=UsageError,
                         too_large=InvalidCertificate)
 
@@ -127,9 +131,12 @@ def cmd_authorize(args: argparse.Namespace) -> int:
     report = _open_report(args.report)
     try:
         _, store = _store(args)
+        # Either spelling of a pin (sha256:hex in any case, curl's sha256//base64); a malformed
+        # one is InvalidPin, not "another pin".
+        expected = normalize_pin(args.expect_pin) if args.expect_pin is not None else None
         data = _read_cert_input(args.cert)
         certificate = load_certificate(data)
-        if args.expect_pin is not None and pin_of_certificate(certificate) != args.expect_pin:
+        if expected is not None and pin_of_certificate(certificate) != expected:
             # Guest operations: the pin on the command line is what the requester meant; a file
             # swapped in the guest's temporary directory is refused.
             raise UsageError("the certificate's pin is not the one --expect-pin names; nothing authorized")
@@ -142,6 +149,9 @@ def cmd_authorize(args: argparse.Namespace) -> int:
         identity = store.load_identity() if args.report else None
     except FirsttrustError as exc:
         _write_report(report, {"ok": False, "error": str(exc)})
+        raise
+    except OSError as exc:  # a read-only or full state directory: the report says so, not empty
+        _write_report(report, {"ok": False, "error": os_error_line(exc)})
         raise
     except BaseException:
         if report is not None:
@@ -165,6 +175,10 @@ def _enrolled_by_guest_command(store: StateDir) -> None:
         store.save(state)
 
 
+# The report's room, reserved when it is created: an appliance certificate and a pin (~1 kB) fit.
+REPORT_ROOM = 16 * 1024
+
+
 def _open_report(path: Path | None) -> IO[str] | None:
     """authorize --report FILE, created (0600, never replacing a file or following a link) before
     anything is authorized: the outcome for a caller that cannot read the output (guest
@@ -175,6 +189,13 @@ def _open_report(path: Path | None) -> IO[str] | None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise UsageError(f"cannot write the report {path}: {exc.strerror}") from None
+    try:  # its room taken now: a disk that fills up meanwhile cannot leave an authorization unreported
+        os.posix_fallocate(fd, 0, REPORT_ROOM)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without fallocate: best effort
+            os.close(fd)
+            os.unlink(path)
+            raise UsageError(f"cannot write the report {path}: {exc.strerror}") from None
     return os.fdopen(fd, "w")
 
 
@@ -182,6 +203,7 @@ def _write_report(report: IO[str] | None, outcome: dict) -> None:
     if report is not None:
         with report:
             json.dump(outcome, report)
+            report.truncate()  # the room taken at the open, given back
 
 
 def cmd_show_identity(args: argparse.Namespace) -> int:
@@ -277,7 +299,7 @@ def exit_code_for(exc: FirsttrustError) -> int:
         return EXIT_NOT_PROVISIONED
     if isinstance(exc, (NoConfiguration, GuestInfoError, HypervisorUnavailable)):
         return EXIT_FAILED
-    if isinstance(exc, (UsageError, ConfigError, ConfigSourceError, InvalidCertificate)):
+    if isinstance(exc, (UsageError, ConfigError, ConfigSourceError, InvalidCertificate, InvalidPin)):
         return EXIT_USAGE
     return EXIT_FAILED
 

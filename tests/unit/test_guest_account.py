@@ -102,3 +102,42 @@ def test_authorize_whose_report_cannot_be_written_authorizes_nothing(tmp_path, r
     assert "cannot write the report" in capsys.readouterr().err
     assert not (state / "authorized.json").exists()
     assert report.read_text() == "someone else's"
+
+
+def test_authorize_reads_either_spelling_of_the_expected_pin_and_calls_a_malformed_one_malformed(
+        tmp_path, requester_identity, capsys):
+    """--expect-pin was compared as a string: curl's spelling of the right pin was "another pin",
+    and a malformed pin was never said to be one."""
+    from firsttrust.identity import pin_to_curl
+
+    cert = tmp_path / "requester.pem"
+    cert.write_bytes(requester_identity.cert_pem)
+    code = main(["authorize", "--cert", str(cert), "--state-dir", str(tmp_path / "a"),
+                 "--expect-pin", pin_to_curl(requester_identity.pin)])
+    assert code == 0, capsys.readouterr().err
+    report = tmp_path / "report.json"
+    code = main(["authorize", "--cert", str(cert), "--state-dir", str(tmp_path / "b"), "--expect-pin", "sha256:abc",
+                 "--report", str(report)])
+    err = capsys.readouterr().err
+    assert code == 2 and "pin" in err and "is not the one --expect-pin names" not in err
+    assert json.loads(report.read_text())["ok"] is False
+
+
+def test_authorize_that_cannot_write_its_state_says_so_in_its_report_and_from_a_closed_stdin_in_one_line(
+        tmp_path, requester_identity, capsys, monkeypatch):
+    import sys
+
+    cert = tmp_path / "requester.pem"
+    cert.write_bytes(requester_identity.cert_pem)
+    state = tmp_path / "state"
+    state.write_text("a file where the state directory belongs")
+    report = tmp_path / "report.json"
+    code = main(["authorize", "--cert", str(cert), "--state-dir", str(state), "--report", str(report)])
+    assert code == 1
+    answer = json.loads(report.read_text())  # it was left empty
+    assert answer["ok"] is False and answer["error"]
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdin", None)
+    code = main(["authorize", "--cert", "-", "--state-dir", str(tmp_path / "s2")])
+    err = capsys.readouterr().err
+    assert code == 2 and "standard input is closed" in err and err.count("\n") == 1
