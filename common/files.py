@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -183,9 +182,7 @@ def read_at_most(source: Path | str | BinaryIO, count: int) -> tuple[bytes, int]
     # The descriptor itself, not open(): io's buffered file object adds an lseek, an isatty
     # ioctl and ~15 us of Python per read, and the agent reads state.json, SEC-B and
     # authorized.json five times an enrollment (bench/README.md).
-    # O_NONBLOCK: a FIFO no process writes to blocked the open for ever (a secrets file, a config
-    # named by mistake, `mkfifo`). Opened at once, and reads block again (below): it reads as empty.
-    fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
         return _read_descriptor(fd, count)
     except OSError as exc:  # os.read names no file (a directory opens, then fails to read: EISDIR)
@@ -198,8 +195,6 @@ def read_at_most(source: Path | str | BinaryIO, count: int) -> tuple[bytes, int]
 
 def _read_descriptor(fd: int, count: int) -> tuple[bytes, int]:
     status = os.fstat(fd)
-    if not stat.S_ISREG(status.st_mode):  # a pipe, a terminal: read as they come (O_NONBLOCK was for the open)
-        os.set_blocking(fd, True)
     # Sized by the file as opened: a read of `count` bytes allocates `count` up front (a
     # megabyte for a state file of 1.4 kB, given back at once), several times an enrollment.
     # A file that grew since, or whose size says nothing (a pipe, /dev/zero, /proc), is read

@@ -170,35 +170,3 @@ def test_a_failed_write_atomic_names_the_file_it_writes_not_its_temp_file(tmp_pa
         write_atomic(path, b"{}")
     assert caught.value.filename == str(path) and caught.value.errno == errno.EROFS
     assert list(tmp_path.iterdir()) == []
-
-
-def test_a_fifo_nobody_writes_to_reads_as_empty_at_once_and_a_pipe_with_a_writer_is_read_whole(tmp_path):
-    """`--secrets FIFO`, a config named by mistake: the open blocked for ever (review)."""
-    import os
-    import threading
-
-    from firsttrust.common.files import read_bounded
-
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    got = []
-    reader = threading.Thread(target=lambda: got.append(read_bounded(fifo, 100)), daemon=True)
-    reader.start()
-    reader.join(5)
-    assert got == [b""], "the read of a FIFO without a writer did not return"
-
-    read_end, write_end = os.pipe()  # process substitution, `<(...)`: a writer that is still writing
-
-    def write_slowly():
-        for chunk in (b"first ", b"second"):
-            os.write(write_end, chunk)
-            __import__("time").sleep(0.2)
-        os.close(write_end)
-
-    writer = threading.Thread(target=write_slowly)
-    writer.start()
-    try:
-        assert read_bounded(f"/dev/fd/{read_end}", 100) == b"first second"
-    finally:
-        writer.join()
-        os.close(read_end)
