@@ -41,6 +41,8 @@ import ssl
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
@@ -84,6 +86,9 @@ MAX_CERTIFICATE_PEM = 32 * 1024
 # default is 75 s (3.8) or 3630 s (3.9+); nginx `keepalive_timeout 75s`, Apache
 # `KeepAliveTimeout 5`.
 API_KEEPALIVE_TIMEOUT = 15.0
+# How long a closed TLS connection waits for its peer's close_notify: asyncio's default is 30 s,
+# and a refused or timed-out connection was counted nowhere while it held its descriptor.
+API_TLS_SHUTDOWN_TIMEOUT = 2.0
 
 NEXT_KEY = "identity.next.key"
 NEXT_CERT = "identity.next.crt"
@@ -285,8 +290,10 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
         return _error(exc.status, exc.code, exc.message)
     except (InvalidCertificate, InvalidPin, InvalidField) as exc:
         return _error(400, exc.code, exc.message)
-    except Exception:
-        log.exception("API request %s %s failed", request.method, request.path)
+    except (RequestPayloadError, HttpProcessingError):  # a body that is not what its headers say
+        return _error(400, "bad_request", "the request body could not be read as its headers describe it")
+    except Exception as exc:  # a bug: one line, counted by the journal's rate limit, never a traceback per request
+        log.error("API request %s %s failed: %s", request.method, request.path[:100], type(exc).__name__)
         return _error(500, "internal", "the agent failed on its side")
 
 
@@ -347,7 +354,10 @@ class _Api:
         if not isinstance(certificate, str) or len(certificate) > MAX_CERTIFICATE_PEM:
             raise InvalidField(f"field 'certificate' must be a PEM string of at most {MAX_CERTIFICATE_PEM} characters")
         name = _NAME("name", body["name"])
-        pem = certificate.encode()
+        try:  # a PEM is ASCII: a lone surrogate ("\ud800") made encode() raise, an untyped 500
+            pem = certificate.encode("ascii")
+        except UnicodeEncodeError:
+            raise InvalidField("field 'certificate' must be a PEM string (ASCII)") from None
         load_certificate(pem)  # InvalidCertificate (400) unless it is a P-256 certificate
         async with self.lock:
             pin, added = await asyncio.to_thread(self.store.authorize, pem, name=name, source="api",
@@ -405,6 +415,12 @@ def _request_deadlines(guard: ApiGuard):
     @web.middleware
     async def request_deadlines(request: web.Request, handler):
         guard.request_arrived(request.transport)
+        if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+            # Never inflated (auto_decompress=False): a 200 kB gzip body became 443 MB before
+            # client_max_size was checked, on aiohttp 3.8.4.
+            response = _error(415, "unsupported_encoding", "request bodies are sent without Content-Encoding")
+            response.force_close()
+            return response
         try:
             await asyncio.wait_for(request.read(), guard.timeout)  # kept: the handler's read() returns it
         except asyncio.TimeoutError:
@@ -469,7 +485,7 @@ class _GuardedSite(web.SockSite):
         guard = self._sock.guard
         self._server = await loop.create_server(
             guarded_protocol(server, guard), sock=self._sock, ssl=self._ssl_context, backlog=self._backlog,
-            ssl_handshake_timeout=guard.timeout)
+            ssl_handshake_timeout=guard.timeout, ssl_shutdown_timeout=API_TLS_SHUTDOWN_TIMEOUT)
         # asyncio's listen(API_ACCEPT_BATCH) sized the kernel queue too: make it API_BACKLOG again.
         self._sock.listen(API_BACKLOG)
 
@@ -504,7 +520,7 @@ async def start_api(store: StateDir, host: str, port: int, info: ApiInfo | None 
     # No access log: nobody reads it (aiohttp's logger is not kept, agent/systemd_glue.py), and
     # it would copy each client's request line.
     runner = web.AppRunner(create_app(store, contexts, info, guard), keepalive_timeout=API_KEEPALIVE_TIMEOUT,
-                           access_log=None)
+                           access_log=None, auto_decompress=False)
     await runner.setup()
     try:
         await _GuardedSite(runner, sock, guard, ssl_context=contexts.listening).start()

@@ -61,6 +61,12 @@ API_ACCEPT_BATCH = 32
 # The kernel's accept queue, as the enrollment port's ACCEPT_BACKLOG (agent/server.py): asyncio's
 # default of 100 overflows under a connect flood, and a dropped SYN costs the pinned requester 1 s.
 API_BACKLOG = 1024
+# What an authenticated connection may send ahead of aiohttp's handling (its current request's
+# head and body, MAX_REQUEST_BODY at most, and what it pipelined): beyond this, it is closed.
+MAX_UNANSWERED = 192 * 1024
+# How long a peer may leave its answers unread (the write buffer full), as long as an idle
+# keep-alive connection may wait between requests (agent/api.py API_KEEPALIVE_TIMEOUT).
+API_WRITE_TIMEOUT = 15.0
 
 
 log = logging.getLogger("firsttrust.api")
@@ -72,15 +78,18 @@ class ApiGuard:
     Args:
         caps: the descriptor budget (agent/descriptors.budget(), read at start by default).
         timeout: API_PREAUTH_TIMEOUT.
+        write_timeout: how long an authenticated peer may leave its answers unread (API_WRITE_TIMEOUT).
         doorlog: where drops and exhaustion are counted.
         clock: monotonic seconds.
     """
 
     def __init__(self, caps: Budget | None = None, *, timeout: float = API_PREAUTH_TIMEOUT,
-                 doorlog: DoorLog | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 doorlog: DoorLog | None = None, clock: Callable[[], float] = time.monotonic,
+                 write_timeout: float = API_WRITE_TIMEOUT) -> None:
         caps = caps or descriptor_budget()
         self.caps = caps
         self.timeout = timeout
+        self.write_timeout = write_timeout
         self.door = FrontDoor(caps.api_unauthenticated, caps.api_per_source, timeout, clock=clock)
         self.doorlog = doorlog or DoorLog("api")
         self._sockets: dict[Entry, tuple[socket.socket, asyncio.TimerHandle | None]] = {}
@@ -150,6 +159,7 @@ class ApiGuard:
         watched = self._watched.get(transport) if transport is not None else None
         if watched is not None:
             watched.cancel_deadline()
+            watched.request_started()
 
     def _expire(self, entry: Entry) -> None:
         if entry in self._sockets:
@@ -249,6 +259,8 @@ class _Watched(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.BaseTransport | None = None
         self.source: str | None = None  # set while it holds an authenticated slot
+        self.unanswered = 0  # bytes received since aiohttp began its last request
+        self.stalled: asyncio.TimerHandle | None = None  # while the peer reads none of its answers
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -256,7 +268,7 @@ class _Watched(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         source = source_key(str(peer[0])) if isinstance(peer, tuple) and peer else str(peer or "")
         if not self.guard.hold(source):  # its share of the kept descriptors is taken: closed now
-            transport.close()
+            transport.abort()  # not close(): that waits for the peer's close_notify, counted nowhere
             return
         self.source = source
         self.guard._watched[transport] = self
@@ -275,17 +287,34 @@ class _Watched(asyncio.Protocol):
     def _no_request(self) -> None:
         self.timer = None
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
+
+    def request_started(self) -> None:
+        """aiohttp is handling a request: what arrives from now on belongs to the next ones."""
+        self.unanswered = 0
 
     def data_received(self, data: bytes) -> None:
-        if self.source is not None:
-            self.inner.data_received(data)
+        if self.source is None:
+            return
+        # Bounded memory whatever aiohttp buffers: requests pipelined and never read, or one head
+        # of a million header lines (aiohttp 3.8.4's C parser keeps them all: 2.5 GB in 20 s in the
+        # review). A request is at most its head and MAX_UNANSWERED - that of body.
+        self.unanswered += len(data)
+        if self.unanswered > MAX_UNANSWERED:
+            self.guard.doorlog.count(self.source, "api_flood")
+            assert self.transport is not None
+            self.transport.abort()
+            return
+        self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received() if self.source is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_deadline()
+        if self.stalled is not None:
+            self.stalled.cancel()
+            self.stalled = None
         if self.source is None:  # refused at connection_made: aiohttp never saw it
             return
         self.guard.release(self.source)
@@ -295,11 +324,24 @@ class _Watched(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.source is not None:
+            # A peer that does not read its answers holds the connection while the buffer stays
+            # full: it has the keep-alive time to read, as an idle one has to send.
+            if self.stalled is None:
+                self.stalled = asyncio.get_running_loop().call_later(self.guard.write_timeout, self._not_reading)
             self.inner.pause_writing()
 
     def resume_writing(self) -> None:
+        if self.stalled is not None:
+            self.stalled.cancel()
+            self.stalled = None
         if self.source is not None:
             self.inner.resume_writing()
+
+    def _not_reading(self) -> None:
+        self.stalled = None
+        if self.transport is not None and self.source is not None:
+            self.guard.doorlog.count(self.source, "api_not_reading")
+            self.transport.abort()
 
 
 def guarded_protocol(factory: Callable[[], asyncio.Protocol], guard: ApiGuard) -> Callable[[], asyncio.Protocol]:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import socket
+import sys
 import time
 from typing import Callable, NamedTuple
 
@@ -20,7 +21,7 @@ from firsttrust.deployment import DEFAULT_API_PORT, DEFAULT_ENROLL_PORT
 from . import audit, systemd_glue
 from .apidoor import ApiDoor, bind_api_socket
 from .apiguard import ApiGuard
-from .descriptors import budget
+from .descriptors import budget, spare
 from .apiinfo import ApiInfo
 from .config import AgentConfig
 from .errors import AgentError
@@ -30,6 +31,30 @@ from .server import EnrollmentServer, OwnIdentity, start_enrollment_server
 from .state import StateDir
 
 log = logging.getLogger("firsttrust.service")
+
+# One line per UNRAISABLE_INTERVAL at most for exceptions Python can only print.
+UNRAISABLE_INTERVAL = 60.0
+
+
+class QuietUnraisable:
+    """sys.unraisablehook while the agent serves. An exception in a callback Python cannot raise
+    into (ssl's server-name callback on a ClientHello whose SNI is not ASCII: CPython fails to
+    decode it before the callback runs) was printed as a five-line traceback on stderr, the
+    journal, per connection: 26,305 of them in 10 s from one client without a certificate. Here
+    it is one line naming the type, then counted, at most one line an interval."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.count = 0
+        self.logged_at: float | None = None
+
+    def __call__(self, unraisable) -> None:
+        self.count += 1
+        now = self.clock()
+        if self.logged_at is None or now - self.logged_at >= UNRAISABLE_INTERVAL:
+            log.warning("ignored %s raised in a callback (%d since the last such line; a client's malformed "
+                        "handshake, for one)", type(unraisable.exc_value).__name__, self.count)
+            self.count, self.logged_at = 0, now
 
 
 class NotProvisioned(AgentError):
@@ -122,6 +147,7 @@ async def serve(config: AgentConfig, listen: Listen = DEFAULT_LISTEN, api_listen
     # The caps on unauthenticated connections, from the descriptor limit the agent started with
     # (agent/descriptors.py): LimitNOFILE= under systemd, `ulimit -n` by hand.
     caps = budget()
+    spare()  # the descriptor an accept sheds with at exhaustion: taken now, while one is free
     if caps.short:
         log.warning("the %s is %d short of what the caps need; raise LimitNOFILE=", caps, caps.short)
     else:
@@ -152,9 +178,11 @@ async def serve(config: AgentConfig, listen: Listen = DEFAULT_LISTEN, api_listen
     log.info("listening: enrollment %s:%s, API port %s", enroll_host, enroll_port, api_port)
     systemd_glue.notify("READY=1", status)
     watchdog = asyncio.create_task(systemd_glue.watchdog_loop())
+    previous_hook, sys.unraisablehook = sys.unraisablehook, QuietUnraisable()
     try:
         await stop.wait()
     finally:
+        sys.unraisablehook = previous_hook
         systemd_glue.notify("STOPPING=1")
         watchdog.cancel()
         server.close()

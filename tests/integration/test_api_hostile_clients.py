@@ -377,3 +377,204 @@ async def test_a_failed_start_on_a_connection_is_logged_and_retried_later(
     lines = [r for r in caplog.records if "could not start" in r.getMessage()]
     assert len(lines) == 1 and "OSError: no room" in lines[0].getMessage()
     assert not [r for r in caplog.records if r.exc_info]
+
+
+def _non_ascii_sni_hello() -> bytes:
+    """A TLS 1.3 ClientHello whose server name is not ASCII, as `openssl s_client` sends it
+    (Python's own client refuses to make one)."""
+    import socket
+    import subprocess
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{listener.getsockname()[1]}",
+                                   "-tls1_3", "-servername", "\u00e9" * 20], stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            listener.settimeout(10)
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(10)
+                return conn.recv(65536)
+        finally:
+            client.kill()
+            client.wait()
+
+
+async def test_a_flood_of_hellos_whose_server_name_python_cannot_decode_writes_no_traceback(
+        tmp_path, requester_identity):
+    """CPython fails to decode a non-ASCII SNI before the agent's callback runs and printed a
+    five-line traceback per connection to the journal (26,305 in 10 s from one client without a
+    certificate, in the review): the serving agent counts them, one line at most."""
+    from agent_fixture import provisioned
+    from test_serve import Serve
+
+    hello = _non_ascii_sni_hello()
+    assert hello[:1] == b"\x16"
+    app = provisioned(tmp_path / "app")
+    app.store.authorize(requester_identity.cert_pem, name="enrolled", source="enrollment")
+    serve = Serve(app.store.path)
+    await serve.ready()
+    try:
+        for _ in range(200):
+            reader, writer = await asyncio.open_connection("127.0.0.1", serve.api_port)
+            writer.write(hello)
+            await read_to_end(reader, 2.0)
+            writer.close()
+    finally:
+        log = serve.stop()
+    assert "Traceback" not in log and "Exception ignored" not in log
+    assert len([line for line in log.splitlines() if "UnicodeDecodeError" in line or "UnicodeError" in line]) <= 1
+
+
+async def test_a_connection_refused_for_its_sources_share_gives_its_descriptor_back_at_once(
+        tmp_path, appliance_identity, requester_identity):
+    """close() on a refused TLS connection waited up to 30 s for the peer's close_notify, counted
+    nowhere: 600 connections from one address held 607 descriptors for 30 s in the review."""
+    import os
+
+    guard, _ = guard_with_log(held=64, held_per_source=2)
+    door = await open_api(tmp_path, appliance_identity, requester_identity, guard)
+    context = client_context(tmp_path, appliance_identity, requester_identity)
+    opened = []
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(40):  # none of them ever reads the agent's close_notify, or answers it
+            reader, writer = await pinned(door.port, context, "127.0.0.91")
+            writer.transport.pause_reading()
+            opened.append((reader, writer))
+        await asyncio.sleep(1.0)
+        held = len(os.listdir("/proc/self/fd")) - before - len(opened)  # the agent's side of them
+    finally:
+        for _, writer in opened:
+            writer.transport.abort()
+        await door.close()
+    assert held <= 2 + 4, f"the agent still holds {held} descriptors of 40 connections refused for their share"
+
+
+async def test_requests_pipelined_and_never_read_or_one_endless_head_cut_the_connection(
+        tmp_path, appliance_identity, requester_identity):
+    """aiohttp 3.8.4 buffers every pipelined request and every header line: 2.5 GB in 20 s."""
+    from firsttrust.agent.apiguard import MAX_UNANSWERED
+
+    guard, written = guard_with_log()
+    door = await open_api(tmp_path, appliance_identity, requester_identity, guard)
+    context = client_context(tmp_path, appliance_identity, requester_identity)
+    try:
+        for burst in (b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n" * 10_000,
+                      b"GET /v1/health HTTP/1.1\r\nHost: x\r\n" + b"a: b\r\n" * 100_000):
+            assert len(burst) > MAX_UNANSWERED
+            reader, writer = await pinned(door.port, context, "127.0.0.92")
+            try:
+                writer.write(burst)
+                await asyncio.wait_for(writer.drain(), 10)
+            except (ConnectionError, OSError, asyncio.TimeoutError):
+                pass
+            assert await closed_by_agent_soon(reader), "the connection was not cut"
+            writer.transport.abort()
+        guard.doorlog.flush()
+    finally:
+        await door.close()
+    assert any("api_flood" in line for line in written), written
+
+
+async def closed_by_agent_soon(reader, timeout: float = 10.0) -> bool:
+    """True once the agent closed: whatever answers came first are read and dropped."""
+    try:
+        async with asyncio.timeout(timeout):
+            while await reader.read(65536):
+                pass
+        return True
+    except (ConnectionError, OSError):
+        return True
+    except TimeoutError:
+        return False
+
+
+async def test_a_peer_that_never_reads_its_answers_is_cut_after_the_write_timeout(
+        tmp_path, appliance_identity, requester_identity):
+    guard, written = guard_with_log()
+    guard.write_timeout = 1.0
+    door = await open_api(tmp_path, appliance_identity, requester_identity, guard)
+    context = client_context(tmp_path, appliance_identity, requester_identity)
+    try:
+        reader, writer = await pinned(door.port, context, "127.0.0.93")
+        writer.transport.pause_reading()  # reads nothing: the agent's answers fill the buffers
+        request = b"GET /v1/identity HTTP/1.1\r\nHost: x\r\n\r\n"
+        started = asyncio.get_running_loop().time()
+        while asyncio.get_running_loop().time() - started < 20 and not writer.transport.is_closing():
+            try:
+                for _ in range(50):
+                    writer.write(request)
+                await asyncio.wait_for(writer.drain(), 1.0)
+            except (ConnectionError, OSError):
+                break
+            except asyncio.TimeoutError:
+                pass
+            await asyncio.sleep(0.05)
+            guard.doorlog.flush()
+            if any("api_not_reading" in line for line in written):
+                break
+        guard.doorlog.flush()
+        writer.transport.abort()
+    finally:
+        await door.close()
+    assert any("api_not_reading" in line for line in written), written
+
+
+async def test_a_compressed_body_is_refused_typed_never_inflated_and_a_bad_certificate_string_is_a_400(
+        tmp_path, appliance_identity, requester_identity, caplog):
+    import gzip
+    import json
+
+    door = await open_api(tmp_path, appliance_identity, requester_identity, guard_with_log()[0])
+    context = client_context(tmp_path, appliance_identity, requester_identity)
+    answers = []
+    try:
+        bomb = gzip.compress(b"{" + b" " * 20_000_000 + b"}")
+        surrogate = json.dumps({"certificate": "\ud800", "name": "requester-2"}).encode()
+        for headers, body in ((b"Content-Encoding: gzip\r\n", bomb), (b"", surrogate)):
+            reader, writer = await pinned(door.port, context, "127.0.0.94")
+            writer.write(b"POST /v1/authorized-keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         + headers + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            answers.append(await read_to_end(reader))
+            writer.close()
+    finally:
+        await door.close()
+    assert answers[0].startswith(b"HTTP/1.1 415") and b"unsupported_encoding" in answers[0], answers[0][:200]
+    assert answers[1].startswith(b"HTTP/1.1 400") and b"invalid_field" in answers[1] and b"ASCII" in answers[1], \
+        answers[1][:300]
+    assert "Traceback" not in caplog.text
+
+
+async def test_the_spare_descriptor_is_taken_at_start_not_at_the_first_exhaustion(tmp_path):
+    """Taken lazily, at the first EMFILE, when no descriptor was left to take: the accept was
+    never shed and the event loop spun at 98 % CPU on a readable listener (review)."""
+    import subprocess
+    import sys
+
+    from agent_fixture import provisioned
+    from test_serve import ROOT, free_port
+
+    probe = tmp_path / "spare"
+    wrapper = (
+        "import sys, threading, time\n"
+        "import firsttrust.agent.descriptors as d\n"
+        "def probe():\n"
+        "    time.sleep(2.5)\n"
+        "    open(sys.argv[1], 'w').write(str(d._SPARE is not None and d._SPARE.fd is not None))\n"
+        "threading.Thread(target=probe, daemon=True).start()\n"
+        "from firsttrust.agent.cli import main\n"
+        "sys.exit(main(sys.argv[2:]))\n")
+    app = provisioned(tmp_path / "app")
+    proc = subprocess.Popen([sys.executable, "-c", wrapper, str(probe), "serve", "--state-dir", str(app.store.path),
+                             "--listen", f"127.0.0.1:{free_port()}", "--api-listen", f"127.0.0.1:{free_port()}"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if probe.exists() and probe.read_text():
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert probe.read_text() == "True"
