@@ -90,7 +90,7 @@ from .library import (
 from .retry import DEFAULT_DEADLINE
 from .errors import ConnectionFailed, PinMismatch
 from .store import open_store  # the configured backend: files, or the fleet store (docs/fleet.md)
-from .truststore import ApplianceRecord, TrustStore, UnknownAppliance
+from .truststore import ApplianceRecord, TrustStore, TrustStoreError, UnknownAppliance
 
 PROG = "firsttrust"
 EXIT_IDENTITY_CHANGED = 3  # like ssh's loud warning: a script must not take it for "failed, retry"
@@ -429,7 +429,15 @@ def _pins_list(args: argparse.Namespace) -> int:
 
 def _pins_remove(args: argparse.Namespace) -> int:
     store = open_store()
-    record = store.get(_check_name(args.name))
+    name = _check_name(args.name)
+    try:
+        record = store.get(name)
+    except UnknownAppliance:
+        raise
+    except TrustStoreError as exc:  # a damaged record is what most needs removing: it was refused here
+        store.remove(name)
+        print(one_line(f"removed {name}: its record could not be read ({exc})"))
+        return EXIT_OK
     store.remove(record.name)
     print(f"removed {record.name}: {record.address}:{record.api_port} {record.pin}")
     return EXIT_OK

@@ -89,6 +89,16 @@ def test_pins_remove_forgets_exactly_that_appliance(home, capsys):
     assert code == 2 and "no pinned appliance named 'one'" in err and err.count("\n") == 1
 
 
+def test_pins_remove_removes_a_record_that_cannot_be_read(home, capsys):
+    """The corrupt record, the one most in need of removing, was refused by `pins remove` (review)."""
+    pin(home, "one")
+    two = pin(home, "two")
+    (home.appliances / "one.json").write_text('{"name": "one", "pin": "not a pin"')
+    code, out, err = run(capsys, "pins", "remove", "one")
+    assert code == 0 and out.startswith("removed one: its record could not be read") and err == ""
+    assert not (home.appliances / "one.json").exists() and home.get("two").pin == two
+
+
 def test_a_store_that_is_a_file_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
     (tmp_path / "file").write_text("x")
     monkeypatch.setenv("FIRSTTRUST_HOME", str(tmp_path / "file"))
